@@ -1,0 +1,1 @@
+"""agent: the daemon, REST API, CNI plugin and the `ciliate` CLI."""

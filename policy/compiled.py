@@ -1,0 +1,272 @@
+"""The compiled policy state: the one value both renderers draw from.
+
+This module is the contract between `policy/` (which computes it), `redirect/`
+(which writes it into kernel maps) and `xds/` (which turns its L7 part into
+Envoy resources). It is pure data plus the reference lookup: the eBPF program
+in `bpf/` mirrors `lookup()` exactly, and `ciliate policy trace` answers with
+it, so there is one definition of what a packet's verdict is. No I/O here.
+
+Lookup algorithm (kernel and `lookup()` alike), for a packet seen by one
+endpoint in one direction with peer identity P, protocol X and port N:
+
+1. Collect the entries matching (P, X), (P, ANY), (0, X), (0, ANY), each a
+   longest-prefix match on the port. The compiler guarantees that entries
+   sharing (identity, direction, protocol) have disjoint port ranges, so each
+   of the four probes finds at most one entry and the kernel can store port
+   ranges as LPM prefixes.
+2. The strongest verdict wins: DENY > REDIRECT > ALLOW. Among REDIRECTs the
+   most specific probe (in the order above) gives the proxy port.
+3. No match: DROP if the direction is enforced for the endpoint, else ALLOW.
+
+ICMP and other protocols without ports are looked up with port 0 and their
+own protocol number; only entries with protocol ANY and all ports can match
+them, so an L3-only allow admits ICMP and a port rule never does.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Mapping
+
+# Reserved identities (DESIGN.md). 0 means "any peer" in policy keys.
+IDENTITY_ANY = 0
+IDENTITY_HOST = 1
+IDENTITY_WORLD = 2
+IDENTITY_UNMANAGED = 3
+IDENTITY_HEALTH = 4
+IDENTITY_INIT = 5
+IDENTITY_REMOTE_NODE = 6
+IDENTITY_KUBE_APISERVER = 7
+IDENTITY_INGRESS = 8
+RESERVED_IDENTITIES: Mapping[int, str] = {
+    IDENTITY_HOST: "host",
+    IDENTITY_WORLD: "world",
+    IDENTITY_UNMANAGED: "unmanaged",
+    IDENTITY_HEALTH: "health",
+    IDENTITY_INIT: "init",
+    IDENTITY_REMOTE_NODE: "remote-node",
+    IDENTITY_KUBE_APISERVER: "kube-apiserver",
+    IDENTITY_INGRESS: "ingress",
+}
+# Label-derived identities are allocated upwards from here.
+FIRST_LABEL_IDENTITY = 256
+# CIDR peers get node-local identities in their own range (as Cilium's local
+# identity scope), so they never collide with label identities.
+FIRST_CIDR_IDENTITY = 1 << 24
+
+# Proxy ports are allocated per (endpoint, direction, port) redirect.
+PROXY_PORT_MIN = 10000
+PROXY_PORT_MAX = 20000
+
+
+class Direction(enum.IntEnum):
+    INGRESS = 0
+    EGRESS = 1
+
+
+class Protocol(enum.IntEnum):
+    ANY = 0
+    ICMP = 1
+    TCP = 6
+    UDP = 17
+
+
+class Verdict(enum.IntEnum):
+    # Numeric order is precedence: a larger value wins when several match.
+    ALLOW = 1
+    REDIRECT = 2
+    DENY = 3
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PortRange:
+    """Inclusive destination port range. (0, 65535) means every port."""
+
+    lo: int
+    hi: int
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.lo <= self.hi <= 65535):
+            raise ValueError(f"bad port range {self.lo}-{self.hi}")
+
+    @property
+    def is_all(self) -> bool:
+        return self.lo == 0 and self.hi == 65535
+
+    def contains(self, port: int) -> bool:
+        return self.lo <= port <= self.hi
+
+    def __str__(self) -> str:
+        if self.is_all:
+            return "*"
+        return str(self.lo) if self.lo == self.hi else f"{self.lo}-{self.hi}"
+
+
+ALL_PORTS = PortRange(0, 65535)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RuleRef:
+    """Where a compiled entry came from, for trace output and policy status.
+
+    `policy` is "namespace/name" for namespaced kinds and "name" for
+    clusterwide ones; `path` is the field path of the rule inside the
+    document, e.g. "spec.ingress[0]" or "spec.specs[1].egressDeny[0]".
+    """
+
+    kind: str
+    policy: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.policy} {self.path}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PolicyKey:
+    identity: int  # peer identity, IDENTITY_ANY for any peer
+    direction: Direction
+    protocol: Protocol
+    ports: PortRange
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyEntry:
+    key: PolicyKey
+    verdict: Verdict
+    proxy_port: int = 0  # set iff verdict is REDIRECT
+    rules: tuple[RuleRef, ...] = ()  # provenance; not part of kernel state
+
+    def kernel_value(self) -> tuple[Verdict, int]:
+        """What the kernel map stores for this key (provenance dropped)."""
+        return (self.verdict, self.proxy_port)
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatch:
+    name: str  # lower-cased header name
+    value: str | None = None  # exact value; None means "header present"
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPRule:
+    """One HTTP rule: every field that is set must match (AND).
+
+    method, path and host are RE2 regexes that must match the whole value.
+    A rule with nothing set allows every request.
+    """
+
+    method: str | None = None
+    path: str | None = None
+    host: str | None = None
+    headers: tuple[HeaderMatch, ...] = ()
+
+    @property
+    def allows_all(self) -> bool:
+        return self.method is None and self.path is None and self.host is None and not self.headers
+
+
+ALLOW_ALL_HTTP = HTTPRule()
+
+
+@dataclass(frozen=True, slots=True)
+class L7PeerRule:
+    """An HTTP rule and the peers it admits. Rules of one listener are ORed."""
+
+    identities: frozenset[int]  # may contain IDENTITY_ANY
+    http: HTTPRule
+    rules: tuple[RuleRef, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class RedirectKey:
+    """Identifies one proxy listener: L7 rules are only allowed on single TCP ports."""
+
+    endpoint_id: int
+    direction: Direction
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class L7Policy:
+    key: RedirectKey
+    proxy_port: int
+    peer_rules: tuple[L7PeerRule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointPolicy:
+    endpoint_id: int
+    identity: int
+    ipv4: IPv4Address | None
+    ingress_enforced: bool
+    egress_enforced: bool
+    entries: tuple[PolicyEntry, ...]  # sorted by key
+    l7: tuple[L7Policy, ...] = ()  # sorted by key
+    # Policies (RuleRef.policy values) that select this endpoint.
+    selected_by: frozenset[str] = frozenset()
+
+    def enforced(self, direction: Direction) -> bool:
+        return self.ingress_enforced if direction == Direction.INGRESS else self.egress_enforced
+
+    def kernel_entries(self) -> dict[PolicyKey, tuple[Verdict, int]]:
+        return {e.key: e.kernel_value() for e in self.entries}
+
+
+@dataclass(frozen=True)
+class CompiledState:
+    revision: int
+    endpoints: Mapping[int, EndpointPolicy]
+    # prefix -> identity. Always holds 0.0.0.0/0 -> world, endpoint /32s,
+    # host addresses -> host, and the CIDR identities' prefixes.
+    ipcache: Mapping[IPv4Network, int]
+    # identity -> its labels ("source:key=value" strings), for display.
+    identity_labels: Mapping[int, frozenset[str]] = field(default_factory=dict)
+
+    def identity_of(self, addr: IPv4Address) -> int:
+        """Longest-prefix match, as the kernel's ipcache LPM trie does."""
+        best: IPv4Network | None = None
+        for net in self.ipcache:
+            if addr in net and (best is None or net.prefixlen > best.prefixlen):
+                best = net
+        return self.ipcache[best] if best is not None else IDENTITY_WORLD
+
+    def endpoint_by_ip(self, addr: IPv4Address) -> EndpointPolicy | None:
+        for ep in self.endpoints.values():
+            if ep.ipv4 == addr:
+                return ep
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict | None  # None: no entry matched
+    allowed: bool  # False means the packet is dropped
+    proxy_port: int = 0
+    entry: PolicyEntry | None = None  # the entry that decided, if any
+
+
+def lookup(ep: EndpointPolicy, peer: int, direction: Direction, protocol: int, port: int) -> Decision:
+    """Reference L3/L4 lookup; the eBPF program implements exactly this."""
+    if protocol not in (Protocol.TCP, Protocol.UDP):
+        port = 0
+    probes = [(peer, protocol), (peer, Protocol.ANY), (IDENTITY_ANY, protocol), (IDENTITY_ANY, Protocol.ANY)]
+    best: PolicyEntry | None = None
+    for ident, proto in probes:
+        for e in ep.entries:
+            k = e.key
+            if k.identity != ident or k.direction != direction or k.protocol != proto:
+                continue
+            if protocol not in (Protocol.TCP, Protocol.UDP) and not k.ports.is_all:
+                continue
+            if k.ports.contains(port):
+                if best is None or e.verdict > best.verdict:
+                    best = e
+                break  # ranges are disjoint per (identity, direction, protocol)
+    if best is None:
+        return Decision(verdict=None, allowed=not ep.enforced(direction))
+    if best.verdict == Verdict.DENY:
+        return Decision(Verdict.DENY, False, entry=best)
+    return Decision(best.verdict, True, best.proxy_port, best)
