@@ -1,0 +1,491 @@
+"""The compiler: (policies, endpoints, identities) -> CompiledState, incrementally.
+
+Policy is computed per identity (endpoints sharing labels share it) and then
+stamped per endpoint with proxy ports. Selectors are resolved once each in a
+selector cache indexed by label (key, value); a policy change re-merges only
+the identities it selected before or after, an endpoint change only the
+identities whose selectors' membership it changed. Pure: no I/O.
+
+Entities: `all` is identity 0; `world` is identity 2 plus every CIDR
+identity; `cluster` is every local label identity plus host, remote-node,
+init, health, unmanaged, kube-apiserver and ingress. CIDR peers select the
+CIDR identities of the policy prefixes inside them (minus `except`), and
+0.0.0.0/0 also selects world. Endpoint and host /32s take precedence in the
+ipcache, so CIDR rules never select local endpoints (as in Cilium).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+from policy.compiled import (
+    ALL_PORTS,
+    IDENTITY_ANY,
+    IDENTITY_HOST,
+    IDENTITY_WORLD,
+    RESERVED_IDENTITIES,
+    CompiledState,
+    Direction,
+    EndpointPolicy,
+    L7PeerRule,
+    L7Policy,
+    PolicyEntry,
+    Protocol,
+    RedirectKey,
+    Verdict,
+)
+from policy.endpoint import Endpoint, identity_labels, selectable_labels
+from policy.identity import RESERVED_BY_NAME, IdentityAllocator, ProxyPortAllocator
+from policy.merge import Atoms, merge_entries, merge_l7
+from policy.model import AnyPeer, CIDRPeer, EndpointPeer, EntityPeer, Peer, Policy, PortRule, PortSpec
+from policy.selector import SelectorIndex
+
+WORLD_NET = IPv4Network("0.0.0.0/0")
+_L3_ONLY = (PortRule((PortSpec(Protocol.ANY, ALL_PORTS),)),)
+_CLUSTER_RESERVED = frozenset(i for i in RESERVED_IDENTITIES if i != IDENTITY_WORLD)
+
+
+@dataclass(frozen=True)
+class IdentityPolicy:
+    """Resolved policy of one identity, before per-endpoint proxy ports."""
+
+    ingress_enforced: bool
+    egress_enforced: bool
+    entries: tuple[PolicyEntry, ...]
+    l7: dict[tuple[Direction, int], tuple[L7PeerRule, ...]]
+    selected_by: frozenset[str]
+    policy_keys: frozenset[str]
+
+
+_UNSELECTED = IdentityPolicy(False, False, (), {}, frozenset(), frozenset())
+
+
+def _depends_on_labels(peer: Peer) -> bool:
+    return isinstance(peer, EndpointPeer) or (isinstance(peer, EntityPeer) and peer.name == "cluster")
+
+
+def _depends_on_cidrs(peer: Peer) -> bool:
+    return isinstance(peer, CIDRPeer) or (isinstance(peer, EntityPeer) and peer.name == "world")
+
+
+class Compiler:
+    def __init__(
+        self,
+        identities: IdentityAllocator | None = None,
+        proxy_ports: ProxyPortAllocator | None = None,
+        host_ips: Iterable[IPv4Address] = (),
+    ) -> None:
+        self.identities = identities if identities is not None else IdentityAllocator()
+        self.proxy_ports = proxy_ports if proxy_ports is not None else ProxyPortAllocator()
+        self.host_ips = frozenset(host_ips)
+        self._policies: dict[str, Policy] = {}
+        self._endpoints: dict[int, Endpoint] = {}
+        self._ep_identity: dict[int, int] = {}
+        self._identity_eps: dict[int, set[int]] = {}
+        self._index = SelectorIndex()
+        # Selector cache: peer -> members, users (policy keys), and an index
+        # of label-dependent selectors by one (key, value) they require.
+        self._members: dict[Peer, frozenset[int]] = {}
+        self._users: dict[Peer, set[str]] = {}
+        self._sel_by_kv: dict[tuple[str, str], set[Peer]] = defaultdict(set)
+        self._sel_unindexed: set[Peer] = set()
+        self._cidr_sels: set[Peer] = set()
+        self._cidr_refs: dict[IPv4Network, int] = defaultdict(int)
+        self._cidr_ids: dict[IPv4Network, int] = {}
+        # policy key -> identities it selects; identity -> policy keys
+        self._subjects: dict[str, frozenset[int]] = {}
+        self._id_policies: dict[int, set[str]] = defaultdict(set)
+        self._id_policy: dict[int, IdentityPolicy] = {}
+        self._ep_policy: dict[int, EndpointPolicy] = {}
+        self._ep_redirects: dict[int, set[RedirectKey]] = {}
+        self._dirty_ids: set[int] = set()
+        self._dirty_eps: set[int] = set()
+        self._removed_eps: set[int] = set()
+        self._ipcache_dirty = True
+        self._revision = 0
+        self._state: CompiledState | None = None
+        self._changed: frozenset[int] = frozenset()
+
+    # ------------------------------------------------------------ inputs
+
+    def upsert_policy(self, policy: Policy) -> None:
+        old = self._policies.get(policy.key)
+        if old == policy:
+            return
+        if old is not None:
+            self._unregister(old)
+        self._policies[policy.key] = policy
+        self._register(policy)
+
+    def delete_policy(self, key: str) -> None:
+        old = self._policies.pop(key, None)
+        if old is not None:
+            self._unregister(old)
+
+    def upsert_endpoint(self, ep: Endpoint) -> None:
+        old = self._endpoints.get(ep.id)
+        if old == ep:
+            return
+        ident = self.identities.for_label_set(identity_labels(ep.labels))
+        old_ident = self._ep_identity.get(ep.id)
+        self._endpoints[ep.id] = ep
+        self._removed_eps.discard(ep.id)
+        if old_ident != ident:
+            if old_ident is not None:
+                self._detach(ep.id, old_ident)
+            self._ep_identity[ep.id] = ident
+            eps = self._identity_eps.setdefault(ident, set())
+            eps.add(ep.id)
+            if len(eps) == 1:
+                self._identity_added(ident)
+        if old is None or old.ipv4 != ep.ipv4:
+            self._ipcache_dirty = True
+        self._dirty_eps.add(ep.id)
+
+    def delete_endpoint(self, endpoint_id: int) -> None:
+        ep = self._endpoints.pop(endpoint_id, None)
+        if ep is None:
+            return
+        self._detach(endpoint_id, self._ep_identity.pop(endpoint_id))
+        self._dirty_eps.discard(endpoint_id)
+        self._removed_eps.add(endpoint_id)
+        self._ipcache_dirty = True
+
+    def set_host_ips(self, host_ips: Iterable[IPv4Address]) -> None:
+        new = frozenset(host_ips)
+        if new != self.host_ips:
+            self.host_ips = new
+            self._ipcache_dirty = True
+
+    # ------------------------------------------------------------ queries
+
+    @property
+    def policies(self) -> dict[str, Policy]:
+        return dict(self._policies)
+
+    def identity_of_endpoint(self, endpoint_id: int) -> int | None:
+        return self._ep_identity.get(endpoint_id)
+
+    def endpoints_of_policy(self, key: str) -> frozenset[int]:
+        """Endpoints the policy selects (it contributes to their EndpointPolicy)."""
+        out: set[int] = set()
+        for ident in self._subjects.get(key, ()):
+            out |= self._identity_eps.get(ident, set())
+        return frozenset(out)
+
+    def changed_endpoints(self) -> frozenset[int]:
+        """Endpoint ids whose EndpointPolicy differs from the previous compile
+        (including endpoints that were deleted)."""
+        return self._changed
+
+    # ------------------------------------------------------------ selector cache
+
+    def _resolve(self, peer: Peer) -> frozenset[int]:
+        if isinstance(peer, EndpointPeer):
+            return self._index.resolve(peer.selector)
+        if isinstance(peer, AnyPeer):
+            return frozenset({IDENTITY_ANY})
+        if isinstance(peer, EntityPeer):
+            if peer.name == "world":
+                return frozenset({IDENTITY_WORLD, *self._cidr_ids.values()})
+            if peer.name == "cluster":
+                return self._index.all() | _CLUSTER_RESERVED
+            return frozenset({RESERVED_BY_NAME[peer.name]})
+        assert isinstance(peer, CIDRPeer)
+        out = {
+            ident
+            for net, ident in self._cidr_ids.items()
+            if net.subnet_of(peer.net) and not any(net.subnet_of(e) for e in peer.excepts)
+        }
+        if peer.net.prefixlen == 0:
+            out.add(IDENTITY_WORLD)
+        return frozenset(out)
+
+    def _add_selector(self, peer: Peer, key: str) -> None:
+        users = self._users.get(peer)
+        if users is None:
+            self._users[peer] = {key}
+            self._members[peer] = self._resolve(peer)
+            if isinstance(peer, EndpointPeer):
+                kv = next(((r.key, r.values[0]) for r in peer.selector.requirements if r.op == "In" and len(r.values) == 1), None)
+                if kv is None:
+                    self._sel_unindexed.add(peer)
+                else:
+                    self._sel_by_kv[kv].add(peer)
+            elif _depends_on_labels(peer):
+                self._sel_unindexed.add(peer)
+            if _depends_on_cidrs(peer):
+                self._cidr_sels.add(peer)
+        else:
+            users.add(key)
+
+    def _drop_selector(self, peer: Peer, key: str) -> None:
+        users = self._users.get(peer)
+        if users is None:
+            return
+        users.discard(key)
+        if users:
+            return
+        del self._users[peer]
+        del self._members[peer]
+        self._sel_unindexed.discard(peer)
+        self._cidr_sels.discard(peer)
+        if isinstance(peer, EndpointPeer):
+            for r in peer.selector.requirements:
+                if r.op == "In" and len(r.values) == 1:
+                    self._sel_by_kv[(r.key, r.values[0])].discard(peer)
+                    break
+
+    @staticmethod
+    def _selectors_of(policy: Policy) -> set[Peer]:
+        out: set[Peer] = set()
+        for spec in policy.specs:
+            out.add(EndpointPeer(spec.subject))
+            for rule in spec.rules:
+                out.update(rule.peers)
+        return out
+
+    def _subjects_of(self, policy: Policy) -> frozenset[int]:
+        out: set[int] = set()
+        for spec in policy.specs:
+            out |= self._members[EndpointPeer(spec.subject)]
+        return frozenset(out)
+
+    def _set_subjects(self, key: str, new: frozenset[int]) -> None:
+        old = self._subjects.get(key, frozenset())
+        for ident in old - new:
+            self._id_policies[ident].discard(key)
+        for ident in new - old:
+            self._id_policies[ident].add(key)
+        if new:
+            self._subjects[key] = new
+        else:
+            self._subjects.pop(key, None)
+        self._dirty_ids |= old | new
+
+    def _register(self, policy: Policy) -> None:
+        for peer in self._selectors_of(policy):
+            self._add_selector(peer, policy.key)
+        self._retarget_cidrs(policy.cidrs(), +1)
+        self._set_subjects(policy.key, self._subjects_of(policy))
+
+    def _unregister(self, policy: Policy) -> None:
+        self._set_subjects(policy.key, frozenset())
+        for peer in self._selectors_of(policy):
+            self._drop_selector(peer, policy.key)
+        self._retarget_cidrs(policy.cidrs(), -1)
+
+    def _touch_users(self, peer: Peer) -> None:
+        """A selector's membership changed: its users' subjects must re-merge."""
+        for key in self._users.get(peer, ()):
+            policy = self._policies.get(key)
+            if policy is None:
+                continue
+            self._set_subjects(key, self._subjects_of(policy))
+
+    def _retarget_cidrs(self, nets: set[IPv4Network], delta: int) -> None:
+        changed = False
+        for net in nets:
+            if net == WORLD_NET:
+                continue
+            n = self._cidr_refs[net] + delta
+            if n <= 0:
+                del self._cidr_refs[net]
+                self._cidr_ids.pop(net, None)
+                changed = True
+            else:
+                self._cidr_refs[net] = n
+                if net not in self._cidr_ids:
+                    self._cidr_ids[net] = self.identities.for_cidr(net)
+                    changed = True
+        if not changed:
+            return
+        self._ipcache_dirty = True
+        self.identities.release_cidrs_except(self._cidr_ids)
+        for peer in list(self._cidr_sels):
+            new = self._resolve(peer)
+            if new != self._members[peer]:
+                self._members[peer] = new
+                self._touch_users(peer)
+
+    def _identity_added(self, ident: int) -> None:
+        labels = selectable_labels(self.identities.labels_of(ident))
+        self._index.add(ident, labels)
+        candidates: set[Peer] = set(self._sel_unindexed)
+        for kv in labels.items():
+            candidates |= self._sel_by_kv.get(kv, set())
+        for peer in candidates:
+            if isinstance(peer, EndpointPeer) and not peer.selector.matches(labels):
+                continue
+            self._members[peer] = self._members[peer] | {ident}
+            self._touch_users(peer)
+        self._dirty_ids.add(ident)
+
+    def _detach(self, endpoint_id: int, ident: int) -> None:
+        eps = self._identity_eps.get(ident)
+        if eps is None:
+            return
+        eps.discard(endpoint_id)
+        if eps:
+            return
+        del self._identity_eps[ident]
+        self._index.remove(ident)
+        for peer, members in list(self._members.items()):
+            if ident in members:
+                self._members[peer] = members - {ident}
+                self._touch_users(peer)
+        self._id_policy.pop(ident, None)
+        self._dirty_ids.discard(ident)
+
+    # ------------------------------------------------------------ merge
+
+    def _identity_policy(self, ident: int) -> IdentityPolicy:
+        keys = self._id_policies.get(ident)
+        if not keys:
+            return _UNSELECTED
+        atoms = Atoms()
+        ingress = egress = False
+        selected_by: set[str] = set()
+        for key in sorted(keys):
+            policy = self._policies[key]
+            for spec in policy.specs:
+                if ident not in self._members[EndpointPeer(spec.subject)]:
+                    continue
+                selected_by.add(policy.ref_name)
+                ingress |= spec.enforce_ingress
+                egress |= spec.enforce_egress
+                for rule in spec.rules:
+                    peers: set[int] = set()
+                    for peer in rule.peers:
+                        peers |= self._members[peer]
+                    if not peers:
+                        continue
+                    for pr in rule.port_rules or _L3_ONLY:
+                        for ps in pr.ports:
+                            if pr.http is not None:
+                                proto, verdict = Protocol.TCP, Verdict.REDIRECT
+                                fpeers = frozenset(peers)
+                                for http in pr.http:
+                                    atoms.l7[(rule.direction, ps.ports.lo)].append((fpeers, http, rule.ref))
+                            else:
+                                proto = ps.protocol
+                                verdict = Verdict.DENY if rule.deny else Verdict.ALLOW
+                            atom = (ps.ports.lo, ps.ports.hi, verdict, rule.ref)
+                            for peer in peers:
+                                atoms.by_key[(rule.direction, peer, proto)].append(atom)
+        return IdentityPolicy(
+            ingress, egress, merge_entries(atoms), merge_l7(atoms), frozenset(selected_by), frozenset(keys)
+        )
+
+    def _endpoint_policy(self, ep: Endpoint, ident: int, ip: IdentityPolicy) -> tuple[EndpointPolicy, set[RedirectKey]]:
+        if not ip.l7:
+            return (
+                EndpointPolicy(ep.id, ident, ep.ipv4, ip.ingress_enforced, ip.egress_enforced, ip.entries, (), ip.selected_by),
+                set(),
+            )
+        ports: dict[tuple[Direction, int], int] = {}
+        keys: set[RedirectKey] = set()
+        for direction, port in sorted(ip.l7):
+            rk = RedirectKey(ep.id, direction, port)
+            ports[(direction, port)] = self.proxy_ports.allocate(rk)
+            keys.add(rk)
+        entries = tuple(
+            PolicyEntry(e.key, e.verdict, ports[(e.key.direction, e.key.ports.lo)], e.rules)
+            if e.verdict == Verdict.REDIRECT
+            else e
+            for e in ip.entries
+        )
+        l7 = tuple(
+            L7Policy(RedirectKey(ep.id, d, p), ports[(d, p)], rules) for (d, p), rules in sorted(ip.l7.items())
+        )
+        return (
+            EndpointPolicy(ep.id, ident, ep.ipv4, ip.ingress_enforced, ip.egress_enforced, entries, l7, ip.selected_by),
+            keys,
+        )
+
+    # ------------------------------------------------------------ compile
+
+    def compile(self) -> CompiledState:
+        if self._state is not None and not (self._dirty_ids or self._dirty_eps or self._removed_eps or self._ipcache_dirty):
+            self._changed = frozenset()
+            return self._state
+        rebuild_eps = set(self._dirty_eps)
+        for ident in self._dirty_ids:
+            eps = self._identity_eps.get(ident)
+            if not eps:
+                continue
+            self._id_policy[ident] = self._identity_policy(ident)
+            rebuild_eps |= eps
+        changed: set[int] = set()
+        for ep_id in self._removed_eps:
+            if self._ep_policy.pop(ep_id, None) is not None:
+                changed.add(ep_id)
+            for rk in self._ep_redirects.pop(ep_id, set()):
+                self.proxy_ports.release(rk)
+        for ep_id in sorted(rebuild_eps):
+            ep = self._endpoints.get(ep_id)
+            if ep is None:
+                continue
+            ident = self._ep_identity[ep_id]
+            ip = self._id_policy.get(ident)
+            if ip is None:
+                ip = self._id_policy[ident] = self._identity_policy(ident)
+            new, keys = self._endpoint_policy(ep, ident, ip)
+            for rk in self._ep_redirects.get(ep_id, set()) - keys:
+                self.proxy_ports.release(rk)
+            self._ep_redirects[ep_id] = keys
+            if self._ep_policy.get(ep_id) != new:
+                self._ep_policy[ep_id] = new
+                changed.add(ep_id)
+        prev = self._state
+        ipcache = self._build_ipcache() if self._ipcache_dirty or prev is None else prev.ipcache
+        labels = self._build_identity_labels() if (self._ipcache_dirty or self._dirty_ids or prev is None) else prev.identity_labels
+        self._dirty_ids.clear()
+        self._dirty_eps.clear()
+        self._removed_eps.clear()
+        self._ipcache_dirty = False
+        self._changed = frozenset(changed)
+        if prev is not None and not changed and ipcache == prev.ipcache and labels == prev.identity_labels:
+            return prev
+        self._revision += 1
+        self._state = CompiledState(self._revision, dict(self._ep_policy), ipcache, labels)
+        return self._state
+
+    def _build_ipcache(self) -> dict[IPv4Network, int]:
+        out: dict[IPv4Network, int] = {WORLD_NET: IDENTITY_WORLD}
+        for net, ident in self._cidr_ids.items():
+            out[net] = ident
+        for addr in self.host_ips:
+            out[IPv4Network(f"{addr}/32")] = IDENTITY_HOST
+        for ep_id, ep in self._endpoints.items():
+            if ep.ipv4 is not None:
+                out[IPv4Network(f"{ep.ipv4}/32")] = self._ep_identity[ep_id]
+        return out
+
+    def _build_identity_labels(self) -> dict[int, frozenset[str]]:
+        out: dict[int, frozenset[str]] = {i: frozenset({f"reserved:{n}"}) for i, n in RESERVED_IDENTITIES.items()}
+        for ident in self._identity_eps:
+            out[ident] = self.identities.labels_of(ident)
+        for net, ident in self._cidr_ids.items():
+            enclosing = {f"cidr:{n}" for n in self._cidr_ids if net.subnet_of(n)}
+            out[ident] = frozenset({"reserved:world", f"cidr:{net}", *enclosing})
+        return out
+
+
+def compile_state(
+    policies: Iterable[Policy],
+    endpoints: Iterable[Endpoint],
+    identities: IdentityAllocator | None = None,
+    proxy_ports: ProxyPortAllocator | None = None,
+    host_ips: Iterable[IPv4Address] = (),
+) -> CompiledState:
+    """One-shot compile of a complete input (a fresh Compiler underneath)."""
+    c = Compiler(identities, proxy_ports, host_ips)
+    for p in policies:
+        c.upsert_policy(p)
+    for ep in endpoints:
+        c.upsert_endpoint(ep)
+    return c.compile()

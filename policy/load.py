@@ -1,0 +1,117 @@
+"""Load policy files and directories into Policies plus PolicyErrors.
+
+The only module of `policy/` that does I/O: it reads the files it is given.
+Directories are walked recursively over *.yaml, *.yml and *.json (sorted, so
+order is reproducible). A file may hold several documents; a bad file or
+document is reported and skipped, the good ones still load. When two
+documents define the same policy key, the later one in load order replaces
+the earlier (as `kubectl apply` of both would) and a warning says so.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from policy.errors import PolicyError, PolicyErrors
+from policy.model import Policy
+from policy.parse import parse_object
+
+EXTENSIONS = (".yaml", ".yml", ".json")
+
+
+@dataclass
+class LoadResult:
+    policies: list[Policy] = field(default_factory=list)
+    errors: list[PolicyError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+    return [path]
+
+
+def _yaml_error(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    if mark is not None:
+        return f"invalid YAML at line {mark.line + 1} column {mark.column + 1}: {problem}"
+    return f"invalid YAML: {problem}"
+
+
+def load_text(text: str, source: str, is_json: bool = False) -> LoadResult:
+    """Parse the documents of one file's text."""
+    out = LoadResult(files=[source])
+    docs: list[Any]
+    try:
+        if is_json:
+            docs = [json.loads(text)]
+        else:
+            docs = list(yaml.safe_load_all(text))
+    except json.JSONDecodeError as e:
+        out.errors.append(PolicyError(source, None, "", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"))
+        return out
+    except yaml.YAMLError as e:
+        out.errors.append(PolicyError(source, None, "", _yaml_error(e)))
+        return out
+    except (ValueError, RecursionError) as e:  # e.g. absurd nesting
+        out.errors.append(PolicyError(source, None, "", f"unreadable document: {e}"))
+        return out
+    # A lone document is named by its file alone; several get their index.
+    real = [(i, d) for i, d in enumerate(docs) if d is not None]
+    if not real:
+        return out
+    multi = len(docs) > 1
+    for i, d in real:
+        try:
+            out.policies.append(parse_object(d, source, i if multi else None))
+        except PolicyErrors as e:
+            out.errors.extend(e.errors)
+        except RecursionError:
+            out.errors.append(PolicyError(source, i if multi else None, "", "document nested too deeply"))
+    return out
+
+
+def load_paths(paths: Sequence[str | Path]) -> LoadResult:
+    out = LoadResult()
+    seen: dict[str, Policy] = {}
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            out.errors.append(PolicyError(str(raw), None, "", "no such file or directory"))
+            continue
+        for f in _files(path):
+            name = str(f)
+            try:
+                text = f.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                out.errors.append(PolicyError(name, None, "", f"cannot read: {e}"))
+                continue
+            res = load_text(text, name, is_json=f.suffix.lower() == ".json")
+            out.files.append(name)
+            out.errors.extend(res.errors)
+            for p in res.policies:
+                prev = seen.get(p.key)
+                if prev is not None:
+                    out.warnings.append(
+                        f"{_where(p)}: {p.key} replaces the one from {_where(prev)} (same kind, namespace and name)"
+                    )
+                seen[p.key] = p
+    out.policies = list(seen.values())
+    return out
+
+
+def _where(p: Policy) -> str:
+    return p.source if p.doc is None else f"{p.source}:{p.doc}"

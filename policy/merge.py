@@ -1,0 +1,118 @@
+"""Merge the rule atoms of one identity into disjoint, verdict-resolved entries.
+
+Input: every (direction, peer, protocol, port range, verdict, rule) that the
+policies selecting an identity contribute, plus the HTTP rules per redirected
+(direction, port). Output: entries whose port ranges are disjoint per
+(peer, direction, protocol), with DENY > REDIRECT > ALLOW resolved per port
+segment, and the L7 peer rules per listener, including the ALLOW_ALL_HTTP
+rule a peer gets when an L4 allow covers a redirected port (the kernel sends
+it to the proxy because REDIRECT beats ALLOW). Pure.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from policy.compiled import (
+    ALLOW_ALL_HTTP,
+    IDENTITY_ANY,
+    Direction,
+    HTTPRule,
+    L7PeerRule,
+    PolicyEntry,
+    PolicyKey,
+    PortRange,
+    Protocol,
+    RuleRef,
+    Verdict,
+)
+
+# (lo, hi, verdict, ref)
+Atom = tuple[int, int, Verdict, RuleRef]
+
+
+@dataclass
+class Atoms:
+    by_key: dict[tuple[Direction, int, Protocol], list[Atom]] = field(default_factory=lambda: defaultdict(list))
+    # (direction, port) -> [(peers, http rule, ref)]
+    l7: dict[tuple[Direction, int], list[tuple[frozenset[int], HTTPRule, RuleRef]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+
+
+def _segments(atoms: list[Atom]) -> list[tuple[int, int, Verdict, tuple[RuleRef, ...]]]:
+    if len(atoms) == 1:
+        lo, hi, v, ref = atoms[0]
+        return [(lo, hi, v, (ref,))]
+    bounds = sorted({a[0] for a in atoms} | {a[1] + 1 for a in atoms})
+    out: list[tuple[int, int, Verdict, tuple[RuleRef, ...]]] = []
+    for i in range(len(bounds) - 1):
+        lo, hi = bounds[i], bounds[i + 1] - 1
+        best: Verdict | None = None
+        refs: set[RuleRef] = set()
+        for alo, ahi, v, ref in atoms:
+            if alo <= lo and hi <= ahi:
+                if best is None or v > best:
+                    best, refs = v, {ref}
+                elif v == best:
+                    refs.add(ref)
+        if best is None:
+            continue
+        r = tuple(sorted(refs))
+        if out and out[-1][1] == lo - 1 and out[-1][2] == best and out[-1][3] == r:
+            out[-1] = (out[-1][0], hi, best, r)
+        else:
+            out.append((lo, hi, best, r))
+    return out
+
+
+def merge_entries(atoms: Atoms) -> tuple[PolicyEntry, ...]:
+    """Entries with REDIRECT proxy_port 0 (the caller stamps ports per endpoint)."""
+    entries: list[PolicyEntry] = []
+    for (direction, peer, proto), lst in atoms.by_key.items():
+        for lo, hi, v, refs in _segments(lst):
+            entries.append(PolicyEntry(PolicyKey(peer, direction, proto, PortRange(lo, hi)), v, 0, refs))
+    entries.sort(key=lambda e: e.key)
+    return tuple(entries)
+
+
+def _l4_allows(atoms: Atoms, direction: Direction, port: int) -> dict[int, set[RuleRef]]:
+    """Peers with an L4 ALLOW atom covering TCP `port`, with the rules that allowed it."""
+    out: dict[int, set[RuleRef]] = defaultdict(set)
+    for (d, peer, proto), lst in atoms.by_key.items():
+        if d != direction or proto not in (Protocol.TCP, Protocol.ANY):
+            continue
+        for lo, hi, v, ref in lst:
+            if v == Verdict.ALLOW and lo <= port <= hi:
+                out[peer].add(ref)
+    return out
+
+
+def merge_l7(atoms: Atoms) -> dict[tuple[Direction, int], tuple[L7PeerRule, ...]]:
+    out: dict[tuple[Direction, int], tuple[L7PeerRule, ...]] = {}
+    for (direction, port), items in atoms.l7.items():
+        by_rule: dict[HTTPRule, tuple[set[int], set[RuleRef]]] = {}
+        redirected: set[int] = set()
+        for peers, http, ref in items:
+            ids, refs = by_rule.setdefault(http, (set(), set()))
+            ids |= peers
+            refs.add(ref)
+            redirected |= peers
+        allows = _l4_allows(atoms, direction, port)
+        if allows:
+            if IDENTITY_ANY in redirected:
+                extra = set(allows)
+            elif IDENTITY_ANY in allows:
+                extra = set(redirected)
+            else:
+                extra = redirected & set(allows)
+            if extra:
+                ids, refs = by_rule.setdefault(ALLOW_ALL_HTTP, (set(), set()))
+                ids |= extra
+                for peer in extra:
+                    refs |= allows.get(peer, set()) | allows.get(IDENTITY_ANY, set())
+        rules = [L7PeerRule(frozenset(ids), http, tuple(sorted(refs))) for http, (ids, refs) in by_rule.items()]
+        rules.sort(key=lambda r: (sorted(r.identities), repr(r.http)))
+        out[(direction, port)] = tuple(rules)
+    return out
