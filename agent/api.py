@@ -1,0 +1,291 @@
+"""The agent's REST API: aiohttp on a unix socket (mode 0600), metrics on loopback TCP.
+
+Every route is declared once in ROUTES with its request and response models;
+the handlers parse with those models (a bad body is a 400 naming the field)
+and agent/openapi.py renders the same table into /openapi.json. Does socket
+I/O; the work is done by agent.daemon.Agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from agent.models import (
+    BpfPolicyDump,
+    Endpoint,
+    EndpointCreate,
+    EndpointList,
+    ErrorBody,
+    FlowEvent,
+    Health,
+    IdentityList,
+    PolicyList,
+    PolicyStatus,
+    Status,
+)
+
+if TYPE_CHECKING:
+    from agent.daemon import Agent
+
+_AGENT = web.AppKey("agent", object)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: str  # "path" | "query"
+    schema: dict
+    description: str = ""
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str  # OpenAPI form, {name}
+    handler: Handler
+    summary: str
+    operation_id: str
+    response: type[BaseModel] | None
+    request: type[BaseModel] | None = None
+    status: int = 200
+    params: tuple[Param, ...] = ()
+    errors: tuple[int, ...] = ()
+    stream: str | None = None  # media type of a streamed response
+    extra_status: tuple[int, ...] = field(default=())
+
+    @property
+    def aiohttp_path(self) -> str:
+        # Policy names hold a slash ("ns/name"): let that parameter span segments.
+        return self.path.replace("{name}", "{name:.+}")
+
+
+def _json(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(text=model.model_dump_json(), status=status, content_type="application/json")
+
+
+def _error(status: int, error: str, detail: str | None = None) -> web.Response:
+    return _json(ErrorBody(error=error, detail=detail), status)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "body"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _agent(request: web.Request) -> "Agent":
+    return request.app[_AGENT]  # type: ignore[return-value]
+
+
+def _endpoint_id(request: web.Request) -> int | None:
+    raw = request.match_info["id"]
+    return int(raw) if raw.isdigit() else None
+
+
+async def health(request: web.Request) -> web.StreamResponse:
+    h = _agent(request).health()
+    return _json(h, 200 if h.ok else 503)
+
+
+async def status(request: web.Request) -> web.StreamResponse:
+    return _json(_agent(request).status())
+
+
+async def list_endpoints(request: web.Request) -> web.StreamResponse:
+    views = _agent(request).table.views()
+    cid = request.query.get("container_id")
+    ifname = request.query.get("ifname")
+    views = [v for v in views if (cid is None or v.container_id == cid) and (ifname is None or v.ifname == ifname)]
+    return _json(EndpointList(endpoints=views))
+
+
+async def create_endpoint(request: web.Request) -> web.StreamResponse:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return _error(400, "request body is not JSON", str(exc))
+    try:
+        req = EndpointCreate.model_validate(body)
+    except ValidationError as exc:
+        return _error(400, "invalid endpoint", _describe(exc))
+    wait_raw = request.query.get("wait")
+    try:
+        wait = float(wait_raw) if wait_raw else None
+    except ValueError:
+        return _error(400, "invalid query", f"wait: {wait_raw!r} is not a number of seconds")
+    from agent.endpoint_table import EndpointTableFull
+
+    try:
+        view, created = await _agent(request).create_endpoint(req, wait)
+    except EndpointTableFull as exc:
+        return _error(507, "endpoint table full", str(exc))
+    return _json(view, 201 if created else 200)
+
+
+async def get_endpoint(request: web.Request) -> web.StreamResponse:
+    eid = _endpoint_id(request)
+    view = _agent(request).table.view(eid) if eid is not None else None
+    if view is None:
+        return _error(404, "no such endpoint", f"endpoint {request.match_info['id']} is not known to this agent")
+    return _json(view)
+
+
+async def delete_endpoint(request: web.Request) -> web.StreamResponse:
+    eid = _endpoint_id(request)
+    view = await _agent(request).delete_endpoint(eid) if eid is not None else None
+    if view is None:
+        return _error(404, "no such endpoint", f"endpoint {request.match_info['id']} is not known to this agent")
+    return _json(view)
+
+
+async def list_policies(request: web.Request) -> web.StreamResponse:
+    return _json(_agent(request).policies())
+
+
+async def get_policy(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    for p in _agent(request).policies().policies:
+        if p.name == name:
+            return _json(p)
+    return _error(404, "no such policy", f"no policy named {name!r} (names are namespace/name, or name for clusterwide)")
+
+
+async def list_identities(request: web.Request) -> web.StreamResponse:
+    return _json(_agent(request).identities())
+
+
+async def bpf_policy(request: web.Request) -> web.StreamResponse:
+    eid = _endpoint_id(request)
+    dump = await _agent(request).bpf_policy(eid) if eid is not None else None
+    if dump is None:
+        return _error(404, "no such endpoint", f"endpoint {request.match_info['id']} is not known to this agent")
+    return _json(dump)
+
+
+async def flows(request: web.Request) -> web.StreamResponse:
+    types = frozenset(request.query.getall("type", [])) or None
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    sub = _agent(request).flows.subscribe(types)
+    try:
+        async for event in sub:
+            await resp.write(event.model_dump_json(exclude_none=True).encode() + b"\n")
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        sub.close()
+    return resp
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    from agent.openapi import openapi_document
+
+    return web.json_response(openapi_document(ROUTES))
+
+
+_ID = Param("id", "path", {"type": "integer", "minimum": 1}, "endpoint id", True)
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v1/healthz", health, "Agent health", "getHealth", Health, errors=(503,)),
+    Route("GET", "/v1/status", status, "Agent status summary", "getStatus", Status),
+    Route(
+        "GET", "/v1/endpoints", list_endpoints, "List endpoints", "listEndpoints", EndpointList,
+        params=(
+            Param("container_id", "query", {"type": "string"}, "only this container's endpoints"),
+            Param("ifname", "query", {"type": "string"}, "only endpoints with this pod-side interface"),
+        ),
+    ),
+    Route(
+        "POST", "/v1/endpoints", create_endpoint, "Register (or update) an endpoint", "createEndpoint", Endpoint,
+        request=EndpointCreate, status=201, extra_status=(200,), errors=(400, 507),
+        params=(Param("wait", "query", {"type": "number", "minimum": 0}, "seconds to wait for the endpoint's policy to be in place"),),
+    ),
+    Route("GET", "/v1/endpoints/{id}", get_endpoint, "Get one endpoint", "getEndpoint", Endpoint, params=(_ID,), errors=(404,)),
+    Route("DELETE", "/v1/endpoints/{id}", delete_endpoint, "Remove an endpoint", "deleteEndpoint", Endpoint, params=(_ID,), errors=(404,)),
+    Route("GET", "/v1/policies", list_policies, "Policies and their status", "listPolicies", PolicyList),
+    Route(
+        "GET", "/v1/policies/{name}", get_policy, "One policy's status", "getPolicy", PolicyStatus,
+        params=(Param("name", "path", {"type": "string"}, "namespace/name, or name for clusterwide policies", True),), errors=(404,),
+    ),
+    Route("GET", "/v1/identities", list_identities, "Identities and their labels", "listIdentities", IdentityList),
+    Route("GET", "/v1/bpf/policy/{id}", bpf_policy, "An endpoint's kernel policy map, decoded", "getBpfPolicy", BpfPolicyDump, params=(_ID,), errors=(404,)),
+    Route(
+        "GET", "/v1/flows", flows, "Live flow events, one JSON object per line", "streamFlows", FlowEvent,
+        stream="application/x-ndjson",
+        params=(Param("type", "query", {"type": "array", "items": {"type": "string"}}, "only these event types (repeatable)"),),
+    ),
+    Route("GET", "/openapi.json", openapi, "This OpenAPI document", "getOpenapi", None),
+)
+
+
+def build_app(agent: "Agent") -> web.Application:
+    app = web.Application()
+    app[_AGENT] = agent
+    for r in ROUTES:
+        app.router.add_route(r.method, r.aiohttp_path, r.handler)
+    return app
+
+
+def _refuse_live_socket(path: Path) -> None:
+    """Remove a stale socket file, but never steal one an agent still listens on."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise RuntimeError(f"{path}: another agent is already listening on this socket")
+
+
+class ApiServer:
+    def __init__(self, agent: "Agent") -> None:
+        self.agent = agent
+        self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
+        self.metrics_port: int | None = None
+
+    async def start(self, socket_path: Path, metrics_host: str, metrics_port: int | None) -> None:
+        socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _refuse_live_socket(socket_path)
+        self._runner = web.AppRunner(build_app(self.agent), handle_signals=False, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.UnixSite(self._runner, str(socket_path))
+        await site.start()
+        os.chmod(socket_path, 0o600)
+        if metrics_port is not None:
+            app = web.Application()
+
+            async def metrics(_: web.Request) -> web.Response:
+                return web.Response(body=self.agent.metrics.render(), content_type="text/plain")
+
+            app.router.add_get("/metrics", metrics)
+            self._metrics_runner = web.AppRunner(app, handle_signals=False)
+            await self._metrics_runner.setup()
+            msite = web.TCPSite(self._metrics_runner, metrics_host, metrics_port)
+            await msite.start()
+            server = msite._server  # aiohttp has no public accessor for the bound port
+            self.metrics_port = server.sockets[0].getsockname()[1] if server and server.sockets else metrics_port
+
+    async def stop(self) -> None:
+        for runner in (self._runner, self._metrics_runner):
+            if runner is not None:
+                await runner.cleanup()
+        self._runner = self._metrics_runner = None

@@ -1,0 +1,340 @@
+"""The `ciliate agent` daemon: wires state, policy source, regeneration, API and flows.
+
+One place spawns, supervises and stops every task (kopf style). Start order:
+state directory -> allocators and endpoint table from disk -> datapath
+plumbing -> proxy (xDS server + Envoy) -> initial policy load -> first
+regeneration of every endpoint (which adopts the pinned kernel state rather
+than rebuilding it) -> REST API and metrics. SIGTERM stops the API, lets the
+regeneration in flight finish and stops the proxy, but never detaches an
+endpoint: the kernel keeps enforcing the last policy while the agent is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from agent.endpoint_table import EndpointTable
+from agent.flows import FlowHub
+from agent.metrics import AgentMetrics
+from agent.models import (
+    BpfPolicyDump,
+    BpfPolicyEntry,
+    Endpoint,
+    EndpointCreate,
+    EndpointState,
+    FlowEvent,
+    Health,
+    Identity,
+    IdentityList,
+    PolicyList,
+    Status,
+)
+from agent.policy_book import PolicyBook
+from agent.policy_watch import Changes, DirectoryWatcher
+from agent.ports import CompilerFactory, Datapath, PolicyCompiler, PolicyLoader, ProxyControl
+from agent.realize import RegenerationReport, Regenerator
+from agent.regeneration import RegenerationQueue
+from agent.state_store import StateStore
+from agent.status import policy_statuses
+from policy.compiled import RESERVED_IDENTITIES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR = Path("/var/run/ciliate")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    state_dir: Path = DEFAULT_STATE_DIR
+    socket_path: Path | None = None  # default: <state_dir>/agent.sock
+    policy_dir: Path | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = 9962  # None: no metrics listener; 0: any free port
+    poll_interval: float = 0.2
+    ack_timeout: float = 5.0
+    settle: float = 0.005
+    shutdown_grace: float = 10.0
+
+    @property
+    def socket(self) -> Path:
+        return self.socket_path or self.state_dir / "agent.sock"
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        compiler_factory: CompilerFactory,
+        loader: PolicyLoader,
+        datapath: Datapath,
+        proxy: ProxyControl,
+    ) -> None:
+        self.config = config
+        self.store = StateStore(config.state_dir)
+        self.table = EndpointTable(self.store)
+        self.book = PolicyBook()
+        self.flows = FlowHub()
+        self.metrics = AgentMetrics()
+        self.loader = loader
+        self.datapath = datapath
+        self.proxy = proxy
+        self._compiler_factory = compiler_factory
+        self.compiler: PolicyCompiler | None = None
+        self.queue = RegenerationQueue(self._regenerate, settle=config.settle)
+        self.regenerator: Regenerator | None = None
+        self.watcher = DirectoryWatcher(config.policy_dir, self._on_policy_change, config.poll_interval) if config.policy_dir else None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._worker: asyncio.Task[None] | None = None
+        self._api: Any = None  # agent.api.ApiServer, imported lazily (aiohttp)
+        self._stopping = asyncio.Event()
+        self.started_at = 0.0
+
+    # --- lifecycle -----------------------------------------------------------------
+    async def start(self, *, serve_api: bool = True) -> None:
+        self.store.ensure()
+        self.compiler = self._compiler_factory(self.store.load_allocations())
+        restored = self.table.load()
+        self.regenerator = Regenerator(
+            compiler=self.compiler,
+            datapath=self.datapath,
+            proxy=self.proxy,
+            table=self.table,
+            book=self.book,
+            save_allocations=self.store.save_allocations,
+            retry=lambda delay, ids, reason: self.queue.mark_later(delay, ids, reason),
+            ack_timeout=self.config.ack_timeout,
+        )
+        self.regenerator.on_report = self._observe
+        await self.datapath.setup()
+        await self.proxy.start()
+        if self.watcher is not None:
+            await self.watcher.poll_once()
+        self.queue.mark(restored, policy_changed=True, reason="agent start")
+        self._worker = asyncio.create_task(self.queue.run(), name="ciliate-regeneration")
+        if self.watcher is not None:
+            self._tasks.append(asyncio.create_task(self.watcher.run(), name="ciliate-policy-watch"))
+        self._tasks.append(asyncio.create_task(self._pump(self.datapath.flow_events, "kernel"), name="ciliate-flows-kernel"))
+        self._tasks.append(asyncio.create_task(self._pump(self.proxy.access_log, "envoy"), name="ciliate-flows-envoy"))
+        if serve_api:
+            from agent.api import ApiServer
+
+            self._api = ApiServer(self)
+            await self._api.start(self.config.socket, self.config.metrics_host, self.config.metrics_port)
+        self.started_at = time.time()
+        log.info("agent started: %d endpoints restored, state in %s", len(restored), self.config.state_dir)
+
+    async def stop(self) -> None:
+        if self._api is not None:
+            await self._api.stop()
+            self._api = None
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._worker is not None:
+            try:
+                await self.queue.drain(self.config.shutdown_grace)
+            except TimeoutError:
+                log.warning("regeneration still running after %.0fs; stopping it", self.config.shutdown_grace)
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        await self.proxy.stop()
+        # Deliberately no detach: pinned maps and tc programs keep enforcing.
+        log.info("agent stopped; datapath left enforcing")
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    # --- events in -------------------------------------------------------------------
+    async def _on_policy_change(self, changes: Changes) -> None:
+        changed = False
+        next_revision = self.queue.revision + 1
+        for path in sorted(changes.removed):
+            changed |= self.book.remove_file(path)
+            log.info("policy file removed: %s", path)
+        for path in sorted(changes.changed):
+            loaded = await asyncio.to_thread(self.loader.load_file, path)
+            changed |= self.book.update_file(path, loaded, next_revision)
+            ok = not self.book.problems().get(path)
+            self.metrics.policy_file_reloads.labels("ok" if ok else "invalid").inc()
+            if not ok:
+                for p in self.book.problems()[path]:
+                    log.warning("policy file invalid, previous version kept: %s", p)
+        if changed:
+            self.queue.mark(policy_changed=True, reason="policy files changed")
+
+    async def _regenerate(self, batch) -> None:
+        assert self.regenerator is not None
+        t0 = time.perf_counter()
+        await self.regenerator.regenerate(batch)
+        self.metrics.regeneration_seconds.observe(time.perf_counter() - t0)
+
+    def _observe(self, report: RegenerationReport) -> None:
+        m = self.metrics
+        m.policy_revision.set(report.revision)
+        ok = len(report.changed - report.failed.keys())
+        if ok:
+            m.regenerations.labels("success").inc(ok)
+        if report.failed:
+            m.regenerations.labels("failure").inc(len(report.failed))
+        counts = self._endpoint_counts()
+        for state in EndpointState:
+            m.endpoints.labels(state.value).set(counts.get(state.value, 0))
+
+    async def _pump(self, source: Callable[[], AsyncIterator[Mapping[str, Any]]], name: str) -> None:
+        """Forward one event source into the hub; restart it if it ends or breaks."""
+        while True:
+            try:
+                async for raw in source():
+                    try:
+                        event = self._enrich(raw)
+                    except ValidationError as exc:
+                        log.debug("dropping malformed %s flow event: %s", name, exc)
+                        continue
+                    self.metrics.flow_events.labels(event.type).inc()
+                    self.flows.publish(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s flow source failed; restarting it", name)
+            await asyncio.sleep(1.0)
+
+    def _labels(self, identity: int | None) -> list[str]:
+        if identity is None or self.compiler is None:
+            return []
+        return sorted(self.compiler.identity_labels().get(identity, ()))
+
+    def _enrich(self, raw: Mapping[str, Any]) -> FlowEvent:
+        data = dict(raw)
+        data.setdefault("time", time.time())
+        if not data.get("src_labels"):
+            data["src_labels"] = self._labels(data.get("src_identity"))
+        if not data.get("dst_labels"):
+            data["dst_labels"] = self._labels(data.get("dst_identity"))
+        return FlowEvent.model_validate(data)
+
+    # --- what the API serves ---------------------------------------------------------
+    async def create_endpoint(self, req: EndpointCreate, wait: float | None) -> tuple[Endpoint, bool]:
+        rec, created = await asyncio.to_thread(self.table.upsert, req)
+        live = self.table.live(rec.id)
+        generation = live.generation if live else 0
+        self.queue.mark([rec.id], reason=f"endpoint {rec.id} {'created' if created else 'updated'}")
+        if wait:
+            await self.table.wait_settled(rec.id, generation, wait)
+        view = self.table.view(rec.id)
+        assert view is not None
+        return view, created
+
+    async def delete_endpoint(self, endpoint_id: int) -> Endpoint | None:
+        view = self.table.view(endpoint_id)
+        if view is None:
+            return None
+        await asyncio.to_thread(self.table.remove, endpoint_id)
+        self.queue.mark([endpoint_id], reason=f"endpoint {endpoint_id} deleted")
+        return view
+
+    def _endpoint_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for v in self.table.views():
+            counts[v.state.value] = counts.get(v.state.value, 0) + 1
+        return counts
+
+    def policies(self) -> PolicyList:
+        regen = self.regenerator
+        statuses = policy_statuses(
+            self.book.in_force(),
+            self.book.problems(),
+            regen.compile_errors if regen else {},
+            {i: lv for i in self.table.ids() if (lv := self.table.live(i)) is not None},
+            regen.applied_revision if regen else 0,
+        )
+        counts: dict[str, int] = {}
+        for s in statuses:
+            counts[s.state] = counts.get(s.state, 0) + 1
+        for state in ("enforced", "pending", "error"):
+            self.metrics.policies.labels(state).set(counts.get(state, 0))
+        return PolicyList(revision=regen.applied_revision if regen else 0, policies=statuses)
+
+    def identities(self) -> IdentityList:
+        labels = self.compiler.identity_labels() if self.compiler else {}
+        users: dict[int, list[int]] = {}
+        for v in self.table.views():
+            if v.identity is not None:
+                users.setdefault(v.identity, []).append(v.id)
+        ids = set(labels) | set(RESERVED_IDENTITIES) | set(users)
+        out = []
+        for i in sorted(ids):
+            names = sorted(labels.get(i, ())) or ([f"reserved:{RESERVED_IDENTITIES[i]}"] if i in RESERVED_IDENTITIES else [])
+            out.append(Identity(id=i, labels=names, reserved=i in RESERVED_IDENTITIES, endpoints=users.get(i, [])))
+        return IdentityList(identities=out)
+
+    def health(self) -> Health:
+        checks: dict[str, str] = {}
+        worker = self._worker
+        if worker is None or worker.done():
+            checks["regeneration"] = "worker not running"
+        else:
+            checks["regeneration"] = "ok"
+        proxy = dict(self.proxy.status())
+        checks["proxy"] = "ok" if proxy.get("ok", True) else str(proxy.get("detail") or "not ready")
+        checks["api"] = "ok"
+        return Health(ok=all(v == "ok" for v in checks.values()), checks=checks)
+
+    def status(self) -> Status:
+        pols = self.policies()
+        pcount: dict[str, int] = {}
+        for p in pols.policies:
+            pcount[p.state] = pcount.get(p.state, 0) + 1
+        proxy = {k: v for k, v in self.proxy.status().items() if isinstance(v, (str, int, bool)) or v is None}
+        return Status(
+            ok=self.health().ok,
+            revision=pols.revision,
+            endpoints=self._endpoint_counts(),
+            policies=pcount,
+            proxy=proxy,
+            state_dir=str(self.config.state_dir),
+            policy_dir=str(self.config.policy_dir) if self.config.policy_dir else None,
+        )
+
+    async def bpf_policy(self, endpoint_id: int) -> BpfPolicyDump | None:
+        if endpoint_id not in self.table:
+            return None
+        entries = await self.datapath.dump_policy(endpoint_id)
+        return BpfPolicyDump(
+            endpoint_id=endpoint_id,
+            entries=[
+                BpfPolicyEntry(
+                    identity=e.identity,
+                    labels=self._labels(e.identity) if e.identity else ["any"],
+                    direction=e.direction,
+                    protocol=e.protocol,
+                    ports=e.ports,
+                    verdict=e.verdict,
+                    proxy_port=e.proxy_port,
+                )
+                for e in entries
+            ],
+        )

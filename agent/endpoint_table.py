@@ -1,0 +1,153 @@
+"""The endpoint table: persisted records plus each endpoint's live state.
+
+Records (what CNI registered) are written to the state directory on every
+change; the live part (identity, state, reason, revision) is recomputed by
+regeneration after a restart. Waiters (`wait_settled`) let the API answer a
+create once the endpoint's policy is in place. File I/O via StateStore only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field, replace
+
+from agent.models import Endpoint, EndpointCreate, EndpointRecord, EndpointState
+from agent.ports import Failure
+from agent.state_store import StateStore
+
+ENDPOINT_ID_MIN = 1
+ENDPOINT_ID_MAX = 4095  # as Cilium: ids fit the 12 bits some datapath keys reserve
+
+
+class EndpointTableFull(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class LiveState:
+    state: EndpointState = EndpointState.WAITING_FOR_IDENTITY
+    reason: str | None = None
+    identity: int | None = None
+    policy_revision: int = 0
+    ingress_enforced: bool = False
+    egress_enforced: bool = False
+    policies: tuple[str, ...] = ()
+    failure: Failure | None = None
+    attached: bool = False
+    generation: int = 0  # bumped on every state change, for waiters
+
+
+@dataclass(slots=True)
+class _Row:
+    record: EndpointRecord
+    live: LiveState = field(default_factory=LiveState)
+
+
+class EndpointTable:
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        self._rows: dict[int, _Row] = {}
+        self._changed = asyncio.Condition()
+
+    def load(self) -> list[int]:
+        for rec in self._store.load_endpoints():
+            self._rows[rec.id] = _Row(rec)
+        return sorted(self._rows)
+
+    def _persist(self) -> None:
+        self._store.save_endpoints([r.record for r in self._rows.values()])
+
+    # --- records -----------------------------------------------------------
+    def find(self, container_id: str, ifname: str) -> EndpointRecord | None:
+        for row in self._rows.values():
+            if row.record.container_id == container_id and row.record.ifname == ifname:
+                return row.record
+        return None
+
+    def upsert(self, req: EndpointCreate) -> tuple[EndpointRecord, bool]:
+        """Add or replace the endpoint of (container_id, ifname); returns (record, created)."""
+        existing = self.find(req.container_id, req.ifname)
+        if existing is not None:
+            rec = EndpointRecord(id=existing.id, **req.model_dump())
+            if rec == existing:
+                return rec, False
+            row = self._rows[existing.id]
+            self._rows[existing.id] = _Row(rec, LiveState(attached=row.live.attached and rec.host_ifname == existing.host_ifname))
+            self._persist()
+            return rec, False
+        new_id = next((i for i in range(ENDPOINT_ID_MIN, ENDPOINT_ID_MAX + 1) if i not in self._rows), None)
+        if new_id is None:
+            raise EndpointTableFull(f"all {ENDPOINT_ID_MAX} endpoint ids are in use")
+        rec = EndpointRecord(id=new_id, **req.model_dump())
+        self._rows[new_id] = _Row(rec)
+        self._persist()
+        return rec, True
+
+    def remove(self, endpoint_id: int) -> EndpointRecord | None:
+        row = self._rows.pop(endpoint_id, None)
+        if row is not None:
+            self._persist()
+        return row.record if row else None
+
+    def record(self, endpoint_id: int) -> EndpointRecord | None:
+        row = self._rows.get(endpoint_id)
+        return row.record if row else None
+
+    def ids(self) -> list[int]:
+        return sorted(self._rows)
+
+    def __contains__(self, endpoint_id: object) -> bool:
+        return endpoint_id in self._rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    # --- live state ----------------------------------------------------------
+    def live(self, endpoint_id: int) -> LiveState | None:
+        row = self._rows.get(endpoint_id)
+        return row.live if row else None
+
+    def set_live(self, endpoint_id: int, **changes: object) -> None:
+        row = self._rows.get(endpoint_id)
+        if row is None:
+            return
+        row.live = replace(row.live, generation=row.live.generation + 1, **changes)  # type: ignore[arg-type]
+
+    async def notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_settled(self, endpoint_id: int, after_generation: int, timeout: float) -> bool:
+        """Wait until the endpoint is ready or not-ready with a state newer than `after_generation`."""
+
+        def settled() -> bool:
+            live = self.live(endpoint_id)
+            return live is None or (
+                live.generation > after_generation and live.state in (EndpointState.READY, EndpointState.NOT_READY)
+            )
+
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(settled), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    def view(self, endpoint_id: int) -> Endpoint | None:
+        row = self._rows.get(endpoint_id)
+        if row is None:
+            return None
+        live = row.live
+        return Endpoint(
+            **row.record.model_dump(),
+            identity=live.identity,
+            state=live.state,
+            reason=live.reason,
+            policy_revision=live.policy_revision,
+            ingress_enforced=live.ingress_enforced,
+            egress_enforced=live.egress_enforced,
+            policies=sorted(live.policies),
+        )
+
+    def views(self) -> list[Endpoint]:
+        return [v for i in self.ids() if (v := self.view(i)) is not None]

@@ -1,0 +1,57 @@
+"""Fan-out of flow events (kernel verdicts, Envoy access logs) to monitor clients.
+
+Each subscriber gets its own bounded queue; a slow client loses its oldest
+events (counted) rather than slowing the agent. Pure asyncio, no I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from agent.models import FlowEvent
+
+SUBSCRIBER_QUEUE = 1024
+
+
+class Subscription:
+    def __init__(self, hub: "FlowHub", types: frozenset[str] | None) -> None:
+        self._hub = hub
+        self.types = types
+        self.queue: asyncio.Queue[FlowEvent] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        self.lost = 0
+
+    def offer(self, event: FlowEvent) -> None:
+        if self.types is not None and event.type not in self.types:
+            return
+        if self.queue.full():
+            self.queue.get_nowait()
+            self.lost += 1
+        self.queue.put_nowait(event)
+
+    def close(self) -> None:
+        self._hub._subs.discard(self)
+
+    async def __aiter__(self) -> AsyncIterator[FlowEvent]:
+        while True:
+            yield await self.queue.get()
+
+
+class FlowHub:
+    def __init__(self) -> None:
+        self._subs: set[Subscription] = set()
+        self.published = 0
+
+    def subscribe(self, types: frozenset[str] | None = None) -> Subscription:
+        sub = Subscription(self, types)
+        self._subs.add(sub)
+        return sub
+
+    def publish(self, event: FlowEvent) -> None:
+        self.published += 1
+        for sub in list(self._subs):
+            sub.offer(event)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)

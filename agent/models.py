@@ -1,0 +1,171 @@
+"""Wire shapes of the agent's REST API and of its persisted endpoint table.
+
+Every request and response body is one of these pydantic models; the OpenAPI
+schema (agent/openapi.py) is generated from them, and the CLI parses replies
+with them. Pure data, no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from ipaddress import IPv4Address
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_LABEL_KEY_MAX = 253
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EndpointState(str, enum.Enum):
+    WAITING_FOR_IDENTITY = "waiting-for-identity"
+    REGENERATING = "regenerating"
+    READY = "ready"
+    NOT_READY = "not-ready"
+
+
+class EndpointCreate(_Model):
+    """Registers a pod's interface; sent by ciliate-cni after it wired the veth."""
+
+    container_id: str = Field(min_length=1, max_length=256, description="CNI_CONTAINERID")
+    ifname: str = Field(default="eth0", min_length=1, max_length=15, description="interface inside the pod")
+    host_ifname: str = Field(min_length=1, max_length=15, description="host side of the veth pair")
+    netns: str | None = Field(default=None, description="path of the pod's network namespace")
+    ipv4: IPv4Address | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    name: str | None = Field(default=None, description="display name, e.g. namespace/pod")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_ok(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key in labels:
+            if not key or len(key) > _LABEL_KEY_MAX or "=" in key:
+                raise ValueError(f"label key {key!r} must be 1-{_LABEL_KEY_MAX} characters without '='")
+        return labels
+
+
+class EndpointRecord(EndpointCreate):
+    """What the agent persists for one endpoint (create request plus its id)."""
+
+    id: int = Field(ge=1, le=65535)
+
+
+class Endpoint(EndpointRecord):
+    identity: int | None = None
+    state: EndpointState
+    reason: str | None = Field(default=None, description="why the endpoint is not ready")
+    policy_revision: int = Field(default=0, description="policy revision the datapath enforces for it")
+    ingress_enforced: bool = False
+    egress_enforced: bool = False
+    policies: list[str] = Field(default_factory=list, description="policies selecting this endpoint")
+
+
+class EndpointList(_Model):
+    endpoints: list[Endpoint]
+
+
+class PolicyErrorKind(str, enum.Enum):
+    VALIDATION = "validation"
+    MAP_FULL = "map-full"
+    ENVOY_NACK = "envoy-nack"
+    ENVOY_TIMEOUT = "envoy-timeout"
+    DATAPATH = "datapath"
+
+
+class PolicyError(_Model):
+    kind: PolicyErrorKind
+    message: str
+
+
+class PolicyStatus(_Model):
+    name: str = Field(description="namespace/name, or name for clusterwide kinds, or the file when unparsable")
+    kind: str | None = None
+    source: str = Field(description="file the policy was read from")
+    state: Literal["enforced", "pending", "error"]
+    endpoints: int = Field(default=0, description="endpoints enforcing it")
+    revision: int = Field(default=0, description="policy revision it is enforced at")
+    errors: list[PolicyError] = Field(default_factory=list)
+    stale: bool = Field(default=False, description="a newer version failed validation; this one is still enforced")
+
+
+class PolicyList(_Model):
+    revision: int
+    policies: list[PolicyStatus]
+
+
+class Identity(_Model):
+    id: int
+    labels: list[str]
+    reserved: bool
+    endpoints: list[int] = Field(default_factory=list)
+
+
+class IdentityList(_Model):
+    identities: list[Identity]
+
+
+class Health(_Model):
+    ok: bool
+    checks: dict[str, str] = Field(description="component -> ok or what is wrong")
+
+
+class Status(_Model):
+    ok: bool
+    revision: int
+    endpoints: dict[str, int] = Field(description="endpoint state -> count")
+    policies: dict[str, int] = Field(description="policy state -> count")
+    proxy: dict[str, str | int | bool | None]
+    state_dir: str
+    policy_dir: str | None = None
+
+
+class BpfPolicyEntry(_Model):
+    identity: int
+    labels: list[str] = Field(default_factory=list)
+    direction: str
+    protocol: str
+    ports: str
+    verdict: str
+    proxy_port: int = 0
+
+
+class BpfPolicyDump(_Model):
+    endpoint_id: int
+    entries: list[BpfPolicyEntry]
+
+
+FlowType = Literal["drop", "forward", "redirect", "l7", "policy-verdict", "agent"]
+
+
+class FlowEvent(BaseModel):
+    """One line of the monitor stream: a kernel verdict or an Envoy access-log entry."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    time: float
+    type: FlowType
+    endpoint_id: int | None = None
+    direction: str | None = None
+    protocol: str | None = None
+    src_ip: str | None = None
+    src_port: int | None = None
+    dst_ip: str | None = None
+    dst_port: int | None = None
+    src_identity: int | None = None
+    dst_identity: int | None = None
+    src_labels: list[str] = Field(default_factory=list)
+    dst_labels: list[str] = Field(default_factory=list)
+    verdict: str | None = None
+    reason: str | None = None
+    method: str | None = None
+    path: str | None = None
+    status: int | None = None
+    summary: str | None = None
+
+
+class ErrorBody(_Model):
+    error: str
+    detail: str | None = None

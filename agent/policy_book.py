@@ -1,0 +1,69 @@
+"""Which policies are in force, from which file, and which files are broken.
+
+A file is taken whole or not at all: if any document in it fails validation,
+the file's previous valid version stays in force (marked stale) and its
+problems are shown on the status, so a typo never opens or closes traffic. A
+removed file's policies are withdrawn. Pure bookkeeping, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.ports import LoadedFile, NamedPolicy, PolicyProblem
+
+
+@dataclass(frozen=True, slots=True)
+class BookEntry:
+    policy: NamedPolicy
+    source: Path
+    revision: int  # the policy revision at which this version came in
+
+
+class PolicyBook:
+    def __init__(self) -> None:
+        self._by_file: dict[Path, tuple[BookEntry, ...]] = {}
+        self._problems: dict[Path, tuple[PolicyProblem, ...]] = {}
+
+    def update_file(self, path: Path, loaded: LoadedFile, revision: int) -> bool:
+        """Take a freshly loaded file; returns True when the policies in force changed."""
+        problems = list(loaded.problems)
+        owners = {e.policy.name: p for p, es in self._by_file.items() if p != path for e in es}
+        for pol in loaded.policies:
+            if pol.name in owners:
+                problems.append(PolicyProblem(str(path), "metadata.name", f"policy {pol.name!r} is already defined in {owners[pol.name]}", pol.name))
+        names = [p.name for p in loaded.policies]
+        for dup in {n for n in names if names.count(n) > 1}:
+            problems.append(PolicyProblem(str(path), "metadata.name", f"policy {dup!r} is defined twice in this file", dup))
+        if problems:
+            self._problems[path] = tuple(problems)
+            return False
+        self._problems.pop(path, None)
+        old = {e.policy.name: e for e in self._by_file.get(path, ())}
+        entries = []
+        for pol in loaded.policies:
+            prev = old.get(pol.name)
+            same = prev is not None and prev.policy.kind == pol.kind and prev.policy.document == pol.document
+            entries.append(prev if same and prev is not None else BookEntry(pol, path, revision))
+        new = tuple(entries)
+        changed = [e.policy.name for e in new] != list(old) or any(e is not old.get(e.policy.name) for e in new)
+        if new:
+            self._by_file[path] = new
+        else:
+            self._by_file.pop(path, None)
+        return changed
+
+    def remove_file(self, path: Path) -> bool:
+        self._problems.pop(path, None)
+        return self._by_file.pop(path, None) is not None
+
+    def in_force(self) -> Mapping[str, BookEntry]:
+        return {e.policy.name: e for es in self._by_file.values() for e in es}
+
+    def problems(self) -> Mapping[Path, tuple[PolicyProblem, ...]]:
+        return dict(self._problems)
+
+    def files(self) -> set[Path]:
+        return set(self._by_file) | set(self._problems)

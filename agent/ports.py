@@ -1,0 +1,181 @@
+"""The small interfaces the agent core drives: policy compiler, datapath, proxy.
+
+The daemon, the regeneration worker and the API only ever talk to these
+protocols; `agent/adapters/` binds them to the real `policy/`, `redirect/` and
+`xds/` modules, and the tests bind them to in-memory fakes. Pure types, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any, Protocol
+
+from policy.compiled import CompiledState
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    """What the compiler needs to know about one endpoint."""
+
+    endpoint_id: int
+    labels: Mapping[str, str]
+    ipv4: IPv4Address | None
+
+
+@dataclass(frozen=True, slots=True)
+class NamedPolicy:
+    """One parsed policy document; `name` is RuleRef.policy ("ns/name" or "name")."""
+
+    name: str
+    kind: str
+    document: Any
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyProblem:
+    """A validation error, said the way a person fixes it: where, which field, why."""
+
+    source: str
+    field: str
+    message: str
+    policy: str | None = None  # the policy's name when the document got that far
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.field}" if self.field else self.source
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedFile:
+    policies: tuple[NamedPolicy, ...] = ()
+    problems: tuple[PolicyProblem, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Allocations:
+    """The allocator state that must survive a restart, as opaque JSON values."""
+
+    identities: Any = None
+    proxy_ports: Any = None
+
+
+class PolicyLoader(Protocol):
+    def load_file(self, path: Path) -> LoadedFile:
+        """Parse and validate one file; never raises for bad content."""
+        ...
+
+
+class PolicyCompiler(Protocol):
+    """Holds policies and endpoints; allocates identities and proxy ports."""
+
+    def upsert_policy(self, policy: NamedPolicy) -> None: ...
+
+    def delete_policy(self, name: str) -> None: ...
+
+    def upsert_endpoint(self, endpoint: EndpointSpec) -> int:
+        """Add or update an endpoint; returns its (possibly new) identity."""
+        ...
+
+    def delete_endpoint(self, endpoint_id: int) -> None: ...
+
+    def compile(self, revision: int) -> CompiledState: ...
+
+    def allocations(self) -> Allocations:
+        """Current allocator state, to be persisted."""
+        ...
+
+    def identity_labels(self) -> Mapping[int, frozenset[str]]:
+        """Every allocated identity (reserved ones included) and its labels."""
+        ...
+
+
+class CompilerFactory(Protocol):
+    def __call__(self, allocations: Allocations | None) -> PolicyCompiler: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why one endpoint could not be realized; kind is an agent.models.PolicyErrorKind value."""
+
+    kind: str  # "map-full" | "datapath" | "envoy-nack" | "envoy-timeout"
+    message: str
+    transient: bool = False  # worth retrying without any change of input
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyOutcome:
+    """Per-endpoint failures of one datapath apply (map full, write errors)."""
+
+    failed: Mapping[int, Failure] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DumpedEntry:
+    """One kernel policy-map entry, decoded."""
+
+    identity: int
+    direction: str
+    protocol: str
+    ports: str
+    verdict: str
+    proxy_port: int
+
+
+class Datapath(Protocol):
+    async def setup(self) -> None:
+        """Global plumbing (pinned maps, proxy ip rule/route); idempotent."""
+        ...
+
+    async def attach_endpoint(self, endpoint_id: int, ifname: str, ipv4: IPv4Address | None, identity: int) -> None:
+        """Attach programs to the endpoint's host interface; idempotent (adopts)."""
+        ...
+
+    async def detach_endpoint(self, endpoint_id: int) -> None: ...
+
+    async def apply(self, state: CompiledState, changed: frozenset[int]) -> ApplyOutcome:
+        """Make the kernel match `state`; `changed` names endpoints whose policy moved."""
+        ...
+
+    async def dump_policy(self, endpoint_id: int) -> list[DumpedEntry]: ...
+
+    def flow_events(self) -> AsyncIterator[Mapping[str, Any]]:
+        """Kernel verdict events as plain dicts (see agent.models.FlowEvent)."""
+        ...
+
+
+class ProxyRejected(Exception):
+    """Envoy NACKed the configuration; `detail` is Envoy's own error text."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ProxyTimeout(Exception):
+    """Envoy did not acknowledge in time (not running, not connected, slow)."""
+
+
+class ProxyControl(Protocol):
+    async def start(self) -> None:
+        """Start the xDS server and the supervised sidecar Envoy."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    async def publish(self, state: CompiledState, timeout: float) -> str:
+        """Publish the L7 part of `state`; returns the ACKed version.
+
+        Raises ProxyRejected on NACK, ProxyTimeout when no ACK came in time.
+        """
+        ...
+
+    def status(self) -> Mapping[str, Any]:
+        """Health of the proxy side (envoy running, acked version), for `status`."""
+        ...
+
+    def access_log(self) -> AsyncIterator[Mapping[str, Any]]:
+        """Envoy access-log entries as plain dicts (see agent.models.FlowEvent)."""
+        ...

@@ -1,0 +1,265 @@
+"""One regeneration: compile, publish to Envoy and wait for its ACK, write the kernel, record.
+
+Order matters and follows Cilium: the proxy listener must be acknowledged by
+Envoy before the kernel redirects traffic to it, so the xDS snapshot goes out
+first and the datapath is written after the ACK. When Envoy rejects or does
+not answer, the endpoints whose L7 config Envoy does not hold are written
+fail-closed (their redirect entries become denies) and marked not-ready with
+the reason. Only endpoints whose compiled policy changed are regenerated.
+I/O only through the PolicyCompiler, Datapath and ProxyControl ports.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from agent.endpoint_table import EndpointTable
+from agent.models import EndpointState
+from agent.policy_book import BookEntry, PolicyBook
+from agent.ports import (
+    Allocations,
+    ApplyOutcome,
+    Datapath,
+    EndpointSpec,
+    Failure,
+    PolicyCompiler,
+    ProxyControl,
+    ProxyRejected,
+    ProxyTimeout,
+)
+from agent.regeneration import Batch
+from policy.compiled import CompiledState, EndpointPolicy, L7Policy, Verdict
+
+log = logging.getLogger(__name__)
+
+RETRY_MIN = 0.5
+RETRY_MAX = 30.0
+
+
+def fail_closed(ep: EndpointPolicy, acked: Mapping[int, L7Policy]) -> EndpointPolicy:
+    """Turn redirects to listeners Envoy has not acknowledged as-is into denies.
+
+    A denied flow is what the user would get from a proxy that rejects it; a
+    redirect to a listener with old or missing rules could let through what
+    the new policy forbids, or hang. Other entries are untouched.
+    """
+    safe = {l7.proxy_port for l7 in ep.l7 if acked.get(l7.proxy_port) == l7}
+    if all(e.verdict != Verdict.REDIRECT or e.proxy_port in safe for e in ep.entries):
+        return ep
+    entries = tuple(
+        replace(e, verdict=Verdict.DENY, proxy_port=0) if e.verdict == Verdict.REDIRECT and e.proxy_port not in safe else e
+        for e in ep.entries
+    )
+    return replace(ep, entries=entries)
+
+
+def l7_view(state: CompiledState) -> tuple:
+    """Everything the Envoy configuration is rendered from; equal views need no publish."""
+    l7 = tuple((i, ep.l7) for i, ep in sorted(state.endpoints.items()) if ep.l7)
+    if not l7:
+        return ()
+    return (l7, tuple(sorted(state.ipcache.items())))
+
+
+@dataclass(frozen=True, slots=True)
+class RegenerationReport:
+    revision: int
+    changed: frozenset[int]
+    removed: frozenset[int]
+    published: bool
+    failed: Mapping[int, Failure]
+
+
+class Regenerator:
+    def __init__(
+        self,
+        *,
+        compiler: PolicyCompiler,
+        datapath: Datapath,
+        proxy: ProxyControl,
+        table: EndpointTable,
+        book: PolicyBook,
+        save_allocations: Callable[[Allocations], None],
+        retry: Callable[[float, Iterable[int], str], object],
+        ack_timeout: float = 5.0,
+    ) -> None:
+        self.compiler = compiler
+        self.datapath = datapath
+        self.proxy = proxy
+        self.table = table
+        self.book = book
+        self._save_allocations = save_allocations
+        self._retry = retry
+        self.ack_timeout = ack_timeout
+        self.realized: dict[int, EndpointPolicy] = {}
+        self.applied_revision = 0
+        self.last_state: CompiledState | None = None
+        self.compile_errors: dict[str, str] = {}
+        self.last_report: RegenerationReport | None = None
+        self._given: dict[str, BookEntry] = {}
+        self._in_compiler: set[int] = set()
+        self._published_view: tuple | None = None
+        self._acked_l7: dict[int, L7Policy] = {}
+        self._saved_alloc: Allocations | None = None
+        self._attempts: dict[int, int] = {}
+        self.on_report: Callable[[RegenerationReport], None] | None = None
+
+    # --- inputs into the compiler -------------------------------------------
+    def _sync_policies(self) -> None:
+        in_force = self.book.in_force()
+        for name in [n for n in self._given if n not in in_force]:
+            self.compiler.delete_policy(name)
+            del self._given[name]
+            self.compile_errors.pop(name, None)
+        for name, entry in in_force.items():
+            if self._given.get(name) is entry:
+                continue
+            try:
+                self.compiler.upsert_policy(entry.policy)
+            except Exception as exc:  # the compiler's own validation: keep the rest
+                self.compile_errors[name] = str(exc) or type(exc).__name__
+                log.warning("policy %s rejected by the compiler: %s", name, exc)
+                continue
+            self.compile_errors.pop(name, None)
+            self._given[name] = entry
+
+    def _sync_endpoints(self, ids: frozenset[int]) -> set[int]:
+        removed = set()
+        for eid in sorted(ids):
+            rec = self.table.record(eid)
+            if rec is None:
+                if eid in self._in_compiler:
+                    self.compiler.delete_endpoint(eid)
+                    self._in_compiler.discard(eid)
+                removed.add(eid)
+                continue
+            identity = self.compiler.upsert_endpoint(EndpointSpec(eid, dict(rec.labels), rec.ipv4))
+            self._in_compiler.add(eid)
+            self.table.set_live(eid, identity=identity, state=EndpointState.REGENERATING, reason=None)
+        return removed
+
+    def _persist_allocations(self) -> None:
+        alloc = self.compiler.allocations()
+        if alloc != self._saved_alloc:
+            self._save_allocations(alloc)
+            self._saved_alloc = alloc
+
+    # --- the pipeline ------------------------------------------------------------
+    async def _publish(self, state: CompiledState) -> Failure | None:
+        view = l7_view(state)
+        if view == self._published_view or (view == () and self._published_view is None):
+            return None
+        try:
+            await self.proxy.publish(state, self.ack_timeout)
+        except ProxyRejected as exc:
+            return Failure("envoy-nack", f"Envoy rejected the proxy configuration: {exc.detail}")
+        except ProxyTimeout as exc:
+            return Failure("envoy-timeout", f"Envoy did not acknowledge the proxy configuration: {exc}", transient=True)
+        except Exception as exc:
+            return Failure("envoy-timeout", f"publishing to Envoy failed: {exc}", transient=True)
+        self._published_view = view
+        self._acked_l7 = {l7.proxy_port: l7 for ep in state.endpoints.values() for l7 in ep.l7}
+        return None
+
+    async def regenerate(self, batch: Batch) -> RegenerationReport:
+        if batch.policy_changed:
+            self._sync_policies()
+        removed = self._sync_endpoints(batch.endpoints)
+        try:
+            state = self.compiler.compile(batch.revision)
+        except Exception as exc:
+            log.exception("policy compilation failed")
+            failure = Failure("datapath", f"policy compilation failed: {exc}")
+            for eid in batch.endpoints:
+                self.table.set_live(eid, state=EndpointState.NOT_READY, reason=failure.message, failure=failure)
+            await self.table.notify()
+            return RegenerationReport(batch.revision, frozenset(), frozenset(removed), False, {})
+        self._persist_allocations()
+        endpoints = {i: ep for i, ep in state.endpoints.items() if i in self.table}
+        changed = {i for i, ep in endpoints.items() if self.realized.get(i) != ep}
+        changed |= batch.endpoints & endpoints.keys()
+        for eid in changed:
+            self.table.set_live(eid, state=EndpointState.REGENERATING)
+        if changed:
+            await self.table.notify()
+
+        failures: dict[int, Failure] = {}
+        for eid in sorted(changed):
+            live = self.table.live(eid)
+            rec = self.table.record(eid)
+            if live is None or rec is None or live.attached:
+                continue
+            try:
+                await self.datapath.attach_endpoint(eid, rec.host_ifname, rec.ipv4, endpoints[eid].identity)
+                self.table.set_live(eid, attached=True)
+            except Exception as exc:
+                failures[eid] = Failure("datapath", f"attaching to {rec.host_ifname} failed: {exc}", transient=True)
+
+        proxy_failure = await self._publish(state)
+        published = proxy_failure is None
+        effective: dict[int, EndpointPolicy] = {}
+        for eid, ep in endpoints.items():
+            safe = fail_closed(ep, self._acked_l7)
+            if safe is not ep and proxy_failure is not None:
+                failures.setdefault(eid, proxy_failure)
+            effective[eid] = safe
+
+        attached = {i: ep for i, ep in effective.items() if (lv := self.table.live(i)) is not None and lv.attached}
+        apply_state = CompiledState(state.revision, attached, state.ipcache, state.identity_labels)
+        try:
+            outcome = await self.datapath.apply(apply_state, frozenset(changed & attached.keys()))
+        except Exception as exc:
+            log.exception("datapath apply failed")
+            outcome = ApplyOutcome({i: Failure("datapath", f"writing the kernel maps failed: {exc}", transient=True) for i in changed})
+        for eid, f in outcome.failed.items():
+            failures.setdefault(eid, f)
+
+        for eid in sorted(removed):
+            self.realized.pop(eid, None)
+            self._attempts.pop(eid, None)
+            try:
+                await self.datapath.detach_endpoint(eid)
+            except Exception:
+                log.exception("detaching endpoint %d failed", eid)
+
+        self._record(state, endpoints, changed, failures)
+        self.applied_revision = state.revision
+        self.last_state = state
+        await self.table.notify()
+        report = RegenerationReport(state.revision, frozenset(changed), frozenset(removed), published, dict(failures))
+        self.last_report = report
+        if self.on_report is not None:
+            self.on_report(report)
+        return report
+
+    def _record(self, state: CompiledState, endpoints: Mapping[int, EndpointPolicy], changed: set[int], failures: Mapping[int, Failure]) -> None:
+        retry: list[int] = []
+        for eid, ep in endpoints.items():
+            live = self.table.live(eid)
+            if live is None:
+                continue
+            common = dict(
+                identity=ep.identity,
+                ingress_enforced=ep.ingress_enforced,
+                egress_enforced=ep.egress_enforced,
+                policies=tuple(sorted(ep.selected_by)),
+            )
+            failure = failures.get(eid)
+            if failure is not None:
+                self.realized.pop(eid, None)
+                self.table.set_live(eid, state=EndpointState.NOT_READY, reason=f"{failure.kind}: {failure.message}", failure=failure, **common)
+                if failure.transient:
+                    retry.append(eid)
+                continue
+            self._attempts.pop(eid, None)
+            if eid in changed or live.state != EndpointState.READY or live.policy_revision != state.revision:
+                self.realized[eid] = ep
+                self.table.set_live(eid, state=EndpointState.READY, reason=None, failure=None, policy_revision=state.revision, **common)
+        if retry:
+            attempt = max(self._attempts.get(i, 0) for i in retry)
+            for i in retry:
+                self._attempts[i] = self._attempts.get(i, 0) + 1
+            delay = min(RETRY_MAX, RETRY_MIN * (2**attempt))
+            self._retry(delay, retry, "retry after transient failure")

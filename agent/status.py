@@ -1,0 +1,79 @@
+"""Derives each policy's status from the book, the endpoints and the last regeneration.
+
+Status is computed, never stored: a policy is `enforced` on the endpoints that
+are ready and selected by it, at the revision the datapath holds; `pending`
+while its change has not been regenerated yet; `error` when its file failed
+validation (the previous version stays enforced and is flagged stale), the
+compiler refused it, or an endpoint it selects failed (map full, Envoy NACK).
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from agent.endpoint_table import LiveState
+from agent.models import EndpointState, PolicyError, PolicyErrorKind, PolicyStatus
+from agent.policy_book import BookEntry
+from agent.ports import PolicyProblem
+
+_MAX_ENDPOINT_ERRORS = 5  # per policy; the endpoint list has the rest
+
+
+def policy_statuses(
+    in_force: Mapping[str, BookEntry],
+    problems: Mapping[Path, tuple[PolicyProblem, ...]],
+    compile_errors: Mapping[str, str],
+    live: Mapping[int, LiveState],
+    applied_revision: int,
+) -> list[PolicyStatus]:
+    out: dict[str, PolicyStatus] = {}
+    stale_files = set(problems)
+    for name, entry in in_force.items():
+        errors: list[PolicyError] = []
+        if entry.source in stale_files:
+            errors += [PolicyError(kind=PolicyErrorKind.VALIDATION, message=str(p)) for p in problems[entry.source]]
+        if name in compile_errors:
+            errors.append(PolicyError(kind=PolicyErrorKind.VALIDATION, message=compile_errors[name]))
+        enforced = 0
+        endpoint_errors = 0
+        for eid, lv in sorted(live.items()):
+            if name not in lv.policies:
+                continue
+            if lv.state == EndpointState.READY:
+                enforced += 1
+            elif lv.state == EndpointState.NOT_READY and lv.failure is not None:
+                endpoint_errors += 1
+                if endpoint_errors <= _MAX_ENDPOINT_ERRORS:
+                    errors.append(PolicyError(kind=PolicyErrorKind(lv.failure.kind), message=f"endpoint {eid}: {lv.failure.message}"))
+        if endpoint_errors > _MAX_ENDPOINT_ERRORS:
+            errors.append(PolicyError(kind=PolicyErrorKind.DATAPATH, message=f"... and {endpoint_errors - _MAX_ENDPOINT_ERRORS} more endpoints"))
+        pending = entry.revision > applied_revision or name in compile_errors
+        state = "error" if errors else ("pending" if pending else "enforced")
+        out[name] = PolicyStatus(
+            name=name,
+            kind=entry.policy.kind,
+            source=str(entry.source),
+            state=state,
+            endpoints=enforced,
+            revision=applied_revision,
+            errors=errors,
+            stale=entry.source in stale_files,
+        )
+    # Files that failed validation and whose policies are not in force at all.
+    for path, probs in problems.items():
+        by_name: dict[str, list[PolicyProblem]] = {}
+        for p in probs:
+            by_name.setdefault(p.policy or str(path), []).append(p)
+        for name, plist in by_name.items():
+            if name in out:
+                continue
+            out[name] = PolicyStatus(
+                name=name,
+                source=str(path),
+                state="error",
+                revision=applied_revision,
+                errors=[PolicyError(kind=PolicyErrorKind.VALIDATION, message=str(p)) for p in plist],
+            )
+    return [out[n] for n in sorted(out)]

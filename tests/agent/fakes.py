@@ -1,0 +1,259 @@
+"""In-memory stand-ins for the agent's ports, for fast tests of the core.
+
+The fake compiler understands a tiny JSON policy language (one file, a list
+of {name, selector, allowFrom, port, l7}) and computes real CompiledState
+values, so the agent core is exercised against the true contract types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from agent.ports import (
+    Allocations,
+    ApplyOutcome,
+    DumpedEntry,
+    EndpointSpec,
+    Failure,
+    LoadedFile,
+    NamedPolicy,
+    PolicyProblem,
+    ProxyRejected,
+    ProxyTimeout,
+)
+from policy.compiled import (
+    ALLOW_ALL_HTTP,
+    IDENTITY_HOST,
+    IDENTITY_WORLD,
+    PROXY_PORT_MIN,
+    RESERVED_IDENTITIES,
+    CompiledState,
+    Direction,
+    EndpointPolicy,
+    L7PeerRule,
+    L7Policy,
+    PolicyEntry,
+    PolicyKey,
+    PortRange,
+    Protocol,
+    RedirectKey,
+    RuleRef,
+    Verdict,
+)
+
+
+@dataclass(frozen=True)
+class FakeDoc:
+    selector: tuple[tuple[str, str], ...]
+    allow_from: tuple[tuple[str, str], ...]
+    port: int
+    l7: bool
+
+
+class FakeLoader:
+    def __init__(self) -> None:
+        self.loads: list[Path] = []
+
+    def load_file(self, path: Path) -> LoadedFile:
+        self.loads.append(path)
+        try:
+            docs = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            return LoadedFile(problems=(PolicyProblem(str(path), "", f"not JSON: {exc}"),))
+        pols, probs = [], []
+        for i, d in enumerate(docs):
+            if not isinstance(d, dict) or not d.get("name"):
+                probs.append(PolicyProblem(str(path), f"[{i}].name", "required"))
+                continue
+            if not isinstance(d.get("port", 80), int):
+                probs.append(PolicyProblem(str(path), f"[{i}].port", "must be an integer", d["name"]))
+                continue
+            doc = FakeDoc(
+                tuple(sorted(d.get("selector", {}).items())),
+                tuple(sorted(d.get("allowFrom", {}).items())),
+                d.get("port", 80),
+                bool(d.get("l7", False)),
+            )
+            pols.append(NamedPolicy(f"default/{d['name']}", "CiliumNetworkPolicy", doc))
+        return LoadedFile(tuple(pols), tuple(probs))
+
+
+class FakeCompiler:
+    def __init__(self, allocations: Allocations | None) -> None:
+        self.policies: dict[str, NamedPolicy] = {}
+        self.endpoints: dict[int, EndpointSpec] = {}
+        ids = (allocations.identities if allocations else None) or {}
+        ports = (allocations.proxy_ports if allocations else None) or {}
+        self.ids: dict[str, int] = dict(ids)
+        self.ports: dict[str, int] = dict(ports)
+        self.compiles = 0
+        self.reject: set[str] = set()
+
+    def _identity(self, labels: Mapping[str, str]) -> int:
+        key = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        if key not in self.ids:
+            self.ids[key] = 256 + len(self.ids)
+        return self.ids[key]
+
+    def _proxy_port(self, eid: int, port: int) -> int:
+        key = f"{eid}/ingress/{port}"
+        if key not in self.ports:
+            self.ports[key] = PROXY_PORT_MIN + len(self.ports)
+        return self.ports[key]
+
+    def upsert_policy(self, policy: NamedPolicy) -> None:
+        if policy.name in {f"default/{r}" for r in self.reject}:
+            raise ValueError(f"{policy.name}: rejected by the compiler")
+        self.policies[policy.name] = policy
+
+    def delete_policy(self, name: str) -> None:
+        self.policies.pop(name, None)
+
+    def upsert_endpoint(self, endpoint: EndpointSpec) -> int:
+        self.endpoints[endpoint.endpoint_id] = endpoint
+        return self._identity(endpoint.labels)
+
+    def delete_endpoint(self, endpoint_id: int) -> None:
+        self.endpoints.pop(endpoint_id, None)
+
+    def allocations(self) -> Allocations:
+        return Allocations(identities=dict(self.ids), proxy_ports=dict(self.ports))
+
+    def identity_labels(self) -> Mapping[int, frozenset[str]]:
+        out = {i: frozenset({f"reserved:{n}"}) for i, n in RESERVED_IDENTITIES.items()}
+        for key, i in self.ids.items():
+            out[i] = frozenset(f"k8s:{kv}" for kv in key.split(",") if kv)
+        return out
+
+    def compile(self, revision: int) -> CompiledState:
+        self.compiles += 1
+        eps: dict[int, EndpointPolicy] = {}
+        for eid, spec in self.endpoints.items():
+            labels = dict(spec.labels)
+            selecting = [p for p in self.policies.values() if all(labels.get(k) == v for k, v in p.document.selector)]
+            entries: dict[PolicyKey, PolicyEntry] = {}
+            l7: list[L7Policy] = []
+            for p in sorted(selecting, key=lambda p: p.name):
+                doc: FakeDoc = p.document
+                ref = RuleRef(p.kind, p.name, "spec.ingress[0]")
+                peers = [o for o in self.endpoints.values() if all(o.labels.get(k) == v for k, v in doc.allow_from)]
+                for peer in peers:
+                    key = PolicyKey(self._identity(peer.labels), Direction.INGRESS, Protocol.TCP, PortRange(doc.port, doc.port))
+                    if doc.l7:
+                        pp = self._proxy_port(eid, doc.port)
+                        entries[key] = PolicyEntry(key, Verdict.REDIRECT, pp, (ref,))
+                    else:
+                        entries.setdefault(key, PolicyEntry(key, Verdict.ALLOW, 0, (ref,)))
+                if doc.l7 and peers:
+                    pp = self._proxy_port(eid, doc.port)
+                    rule = L7PeerRule(frozenset(self._identity(x.labels) for x in peers), ALLOW_ALL_HTTP, (ref,))
+                    l7.append(L7Policy(RedirectKey(eid, Direction.INGRESS, doc.port), pp, (rule,)))
+            eps[eid] = EndpointPolicy(
+                endpoint_id=eid,
+                identity=self._identity(labels),
+                ipv4=spec.ipv4,
+                ingress_enforced=bool(selecting),
+                egress_enforced=False,
+                entries=tuple(sorted(entries.values(), key=lambda e: e.key)),
+                l7=tuple(sorted(l7, key=lambda x: x.key)),
+                selected_by=frozenset(p.name for p in selecting),
+            )
+        ipcache: dict[IPv4Network, int] = {IPv4Network("0.0.0.0/0"): IDENTITY_WORLD, IPv4Network("127.0.0.1/32"): IDENTITY_HOST}
+        for eid, spec in self.endpoints.items():
+            if spec.ipv4 is not None:
+                ipcache[IPv4Network(f"{spec.ipv4}/32")] = eps[eid].identity
+        return CompiledState(revision, eps, ipcache, self.identity_labels())
+
+
+def compiler_factory(store: list[FakeCompiler]):
+    def make(allocations: Allocations | None) -> FakeCompiler:
+        c = FakeCompiler(allocations)
+        store.append(c)
+        return c
+
+    return make
+
+
+class FakeDatapath:
+    def __init__(self) -> None:
+        self.setups = 0
+        self.attached: dict[int, tuple[str, IPv4Address | None, int]] = {}
+        self.detached: list[int] = []
+        self.kernel: dict[int, dict[PolicyKey, tuple[Verdict, int]]] = {}
+        self.applies: list[frozenset[int]] = []
+        self.writes: list[int] = []  # endpoints whose map content actually changed, per apply
+        self.map_capacity: int | None = None
+        self.fail_attach: set[int] = set()
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def setup(self) -> None:
+        self.setups += 1
+
+    async def attach_endpoint(self, endpoint_id: int, ifname: str, ipv4: IPv4Address | None, identity: int) -> None:
+        if endpoint_id in self.fail_attach:
+            raise OSError(f"no such device {ifname}")
+        self.attached[endpoint_id] = (ifname, ipv4, identity)
+
+    async def detach_endpoint(self, endpoint_id: int) -> None:
+        self.detached.append(endpoint_id)
+        self.attached.pop(endpoint_id, None)
+        self.kernel.pop(endpoint_id, None)
+
+    async def apply(self, state: CompiledState, changed: frozenset[int]) -> ApplyOutcome:
+        self.applies.append(changed)
+        failed = {}
+        for eid, ep in state.endpoints.items():
+            want = ep.kernel_entries()
+            if self.map_capacity is not None and len(want) > self.map_capacity:
+                failed[eid] = Failure("map-full", f"policy map of endpoint {eid} holds {self.map_capacity} entries, {len(want)} needed")
+                continue
+            if self.kernel.get(eid) != want:
+                self.kernel[eid] = want
+                self.writes.append(eid)
+        return ApplyOutcome(failed)
+
+    async def dump_policy(self, endpoint_id: int) -> list[DumpedEntry]:
+        return [
+            DumpedEntry(k.identity, k.direction.name.lower(), k.protocol.name, str(k.ports), v.name.lower(), pp)
+            for k, (v, pp) in sorted(self.kernel.get(endpoint_id, {}).items())
+        ]
+
+    async def flow_events(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            yield await self.events.get()
+
+
+class FakeProxy:
+    def __init__(self) -> None:
+        self.mode = "ack"
+        self.detail = "listener 'x': invalid regex"
+        self.published: list[CompiledState] = []
+        self.started = self.stopped = 0
+        self.log: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def start(self) -> None:
+        self.started += 1
+
+    async def stop(self) -> None:
+        self.stopped += 1
+
+    async def publish(self, state: CompiledState, timeout: float) -> str:
+        self.published.append(state)
+        if self.mode == "nack":
+            raise ProxyRejected(self.detail)
+        if self.mode == "timeout":
+            raise ProxyTimeout(f"no ACK within {timeout}s")
+        return str(len(self.published))
+
+    def status(self) -> Mapping[str, Any]:
+        return {"ok": True, "envoy": "fake", "published": len(self.published)}
+
+    async def access_log(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            yield await self.log.get()
