@@ -1,0 +1,271 @@
+"""`trace`: would this flow be allowed? Answered from the compiled state.
+
+The L3/L4 answer is `compiled.lookup()` (what the eBPF program runs) for the
+source endpoint's egress and the local destination's ingress; when the
+deciding entry redirects, the L7 answer comes from that listener's
+L7PeerRules with RE2 full matching, as the Envoy configuration rendered
+from the same rules would decide. No second policy implementation. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from ipaddress import IPv4Address
+from typing import Any
+
+import re2
+
+from policy.compiled import (
+    IDENTITY_ANY,
+    RESERVED_IDENTITIES,
+    CompiledState,
+    Decision,
+    Direction,
+    EndpointPolicy,
+    HTTPRule,
+    L7PeerRule,
+    Protocol,
+    RedirectKey,
+    lookup,
+)
+from policy.errors import TraceInputError
+from policy.identity import RESERVED_BY_NAME
+
+_OPTS = re2.Options()
+_OPTS.log_errors = False
+
+
+@dataclass(frozen=True)
+class Party:
+    """One side of a flow: a local endpoint, an address, or a reserved identity."""
+
+    endpoint_id: int | None = None
+    ip: IPv4Address | None = None
+    identity: int | None = None
+
+    @staticmethod
+    def endpoint(endpoint_id: int) -> "Party":
+        return Party(endpoint_id=endpoint_id)
+
+    @staticmethod
+    def address(ip: IPv4Address | str) -> "Party":
+        return Party(ip=IPv4Address(ip))
+
+    @staticmethod
+    def entity(name: str) -> "Party":
+        if name not in RESERVED_BY_NAME:
+            raise TraceInputError(f"unknown entity {name!r}: expected one of {', '.join(RESERVED_BY_NAME)}")
+        return Party(identity=RESERVED_BY_NAME[name])
+
+
+@dataclass(frozen=True)
+class HTTPRequest:
+    method: str = "GET"
+    path: str = "/"
+    host: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One policy enforcement point the flow passes."""
+
+    endpoint_id: int
+    direction: Direction
+    peer_identity: int
+    decision: Decision
+    l7_allowed: bool | None = None  # None: not redirected, or no request to judge
+    l7_rule: L7PeerRule | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.decision
+        return {
+            "endpoint": self.endpoint_id,
+            "direction": self.direction.name.lower(),
+            "peer_identity": self.peer_identity,
+            "verdict": d.verdict.name.lower() if d.verdict is not None else None,
+            "allowed": d.allowed,
+            "proxy_port": d.proxy_port,
+            "rules": [str(r) for r in d.entry.rules] if d.entry else [],
+            "l7_allowed": self.l7_allowed,
+            "l7_rules": [str(r) for r in self.l7_rule.rules] if self.l7_rule else [],
+        }
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    verdict: str  # "allowed" | "denied"
+    layer: str  # "l3l4" | "l7"
+    reason: str
+    rules: tuple[str, ...]
+    src_identity: int
+    dst_identity: int
+    steps: tuple[Step, ...]
+    redirected: bool = False
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict == "allowed"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "layer": self.layer,
+            "reason": self.reason,
+            "rules": list(self.rules),
+            "src_identity": self.src_identity,
+            "dst_identity": self.dst_identity,
+            "redirected": self.redirected,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+@lru_cache(maxsize=4096)
+def _regex(pattern: str) -> Any:
+    return re2.compile(pattern, options=_OPTS)
+
+
+def http_matches(rule: HTTPRule, req: HTTPRequest) -> bool:
+    """Every set field must match: regexes as full matches, headers by name
+    (case-insensitive) and exact value or presence."""
+    if rule.method is not None and not _regex(rule.method).fullmatch(req.method):
+        return False
+    if rule.path is not None and not _regex(rule.path).fullmatch(req.path):
+        return False
+    if rule.host is not None and not _regex(rule.host).fullmatch(req.host):
+        return False
+    if rule.headers:
+        have = {k.lower(): v for k, v in req.headers.items()}
+        for h in rule.headers:
+            if h.name not in have or (h.value is not None and have[h.name] != h.value):
+                return False
+    return True
+
+
+def l7_decide(rules: tuple[L7PeerRule, ...], peer: int, req: HTTPRequest) -> L7PeerRule | None:
+    """The first peer rule admitting this peer and request, or None (403)."""
+    for r in rules:
+        if (peer in r.identities or IDENTITY_ANY in r.identities) and http_matches(r.http, req):
+            return r
+    return None
+
+
+def _resolve(state: CompiledState, p: Party) -> tuple[int, EndpointPolicy | None]:
+    if p.endpoint_id is not None:
+        ep = state.endpoints.get(p.endpoint_id)
+        if ep is None:
+            raise TraceInputError(f"no endpoint {p.endpoint_id}")
+        return ep.identity, ep
+    if p.ip is not None:
+        ep = state.endpoint_by_ip(p.ip)
+        if ep is not None:
+            return ep.identity, ep
+        return state.identity_of(p.ip), None
+    if p.identity is not None:
+        return p.identity, None
+    raise TraceInputError("a trace party needs an endpoint, an address or an entity")
+
+
+def _name(state: CompiledState, ident: int) -> str:
+    if ident in RESERVED_IDENTITIES:
+        return RESERVED_IDENTITIES[ident]
+    labels = state.identity_labels.get(ident)
+    return f"{ident} ({','.join(sorted(labels))})" if labels else str(ident)
+
+
+def trace(
+    state: CompiledState,
+    src: Party,
+    dst: Party,
+    dport: int,
+    protocol: int = Protocol.TCP,
+    http: HTTPRequest | None = None,
+) -> TraceResult:
+    if not 0 <= dport <= 65535:
+        raise TraceInputError(f"port {dport} out of range 0-65535")
+    src_id, src_ep = _resolve(state, src)
+    dst_id, dst_ep = _resolve(state, dst)
+    if src_ep is None and dst_ep is None:
+        raise TraceInputError("neither side is a local endpoint: no policy applies to this flow")
+    steps: list[Step] = []
+    redirected = False
+    checks: list[tuple[EndpointPolicy, Direction, int]] = []
+    if src_ep is not None:
+        checks.append((src_ep, Direction.EGRESS, dst_id))
+    if dst_ep is not None:
+        checks.append((dst_ep, Direction.INGRESS, src_id))
+    for ep, direction, peer in checks:
+        d = lookup(ep, peer, direction, protocol, dport)
+        where = f"endpoint {ep.endpoint_id} {direction.name.lower()}"
+        if not d.allowed:
+            steps.append(Step(ep.endpoint_id, direction, peer, d))
+            rules = tuple(str(r) for r in d.entry.rules) if d.entry else ()
+            if d.entry is not None:
+                reason = f"{where}: denied by rule for peer {_name(state, peer)}"
+            else:
+                reason = f"{where}: no rule allows peer {_name(state, peer)} on {dport}/{Protocol(protocol).name if protocol in Protocol._value2member_map_ else protocol} (default deny)"
+            return TraceResult("denied", "l3l4", reason, rules, src_id, dst_id, tuple(steps), redirected)
+        if d.proxy_port:
+            redirected = True
+            l7 = next(
+                (p for p in ep.l7 if p.key == RedirectKey(ep.endpoint_id, direction, dport)),
+                None,
+            )
+            if http is None:
+                steps.append(Step(ep.endpoint_id, direction, peer, d))
+                continue
+            rule = l7_decide(l7.peer_rules, peer, http) if l7 is not None else None
+            steps.append(Step(ep.endpoint_id, direction, peer, d, rule is not None, rule))
+            if rule is None:
+                reason = f"{where}: proxy on port {d.proxy_port} answers 403, no HTTP rule matches {http.method} {http.path}"
+                rules = tuple(str(r) for r in d.entry.rules) if d.entry else ()
+                return TraceResult("denied", "l7", reason, rules, src_id, dst_id, tuple(steps), redirected)
+        else:
+            steps.append(Step(ep.endpoint_id, direction, peer, d))
+    rules: list[str] = []
+    for s in steps:
+        if s.l7_rule is not None:
+            rules.extend(str(r) for r in s.l7_rule.rules)
+        elif s.decision.entry is not None:
+            rules.extend(str(r) for r in s.decision.entry.rules)
+    rules = list(dict.fromkeys(rules))
+    layer = "l7" if redirected and http is not None else "l3l4"
+    if redirected and http is None:
+        reason = "allowed at L3/L4 and redirected to the proxy: HTTP rules decide each request (give --method/--path)"
+    elif redirected:
+        reason = f"allowed: {http.method} {http.path} matches an HTTP rule"
+    elif rules:
+        reason = "allowed by policy"
+    else:
+        reason = "allowed: no policy enforces this direction"
+    return TraceResult("allowed", layer, reason, tuple(rules), src_id, dst_id, tuple(steps), redirected)
+
+
+def parse_party(spec: str) -> tuple[str, Any]:
+    """CLI SPEC -> ("labels", {k: v}) | ("ip", IPv4Address) | ("entity", name)."""
+    kind, sep, rest = spec.partition(":")
+    if not sep:
+        raise TraceInputError(f"bad SPEC {spec!r}: expected labels:k=v,..., ip:A.B.C.D or entity:NAME")
+    if kind == "labels":
+        labels: dict[str, str] = {}
+        for item in filter(None, (x.strip() for x in rest.split(","))):
+            k, eq, v = item.partition("=")
+            if not eq or not k:
+                raise TraceInputError(f"bad label {item!r} in {spec!r}: expected key=value")
+            labels[k] = v
+        if not labels:
+            raise TraceInputError(f"bad SPEC {spec!r}: no labels")
+        return "labels", labels
+    if kind == "ip":
+        try:
+            return "ip", IPv4Address(rest.strip())
+        except ValueError:
+            raise TraceInputError(f"bad address in {spec!r}: expected an IPv4 address") from None
+    if kind == "entity":
+        name = rest.strip()
+        if name not in RESERVED_BY_NAME:
+            raise TraceInputError(f"unknown entity {name!r}: expected one of {', '.join(RESERVED_BY_NAME)}")
+        return "entity", name
+    raise TraceInputError(f"bad SPEC {spec!r}: expected labels:, ip: or entity:")
