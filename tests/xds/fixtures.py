@@ -1,0 +1,68 @@
+"""Hand-built CompiledState values for the xds tests (the policy compiler is
+developed separately, so these tests pin the contract, not the compiler)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+from policy.compiled import (
+    IDENTITY_WORLD,
+    CompiledState,
+    Direction,
+    EndpointPolicy,
+    HeaderMatch,
+    HTTPRule,
+    L7PeerRule,
+    L7Policy,
+    RedirectKey,
+)
+
+CLIENT_IDENTITY = 1000  # 127.0.0.1: the test client
+OTHER_IDENTITY = 1001  # 127.0.0.2: a peer the tests never use as a client
+
+
+def ipcache() -> dict[IPv4Network, int]:
+    return {
+        IPv4Network("0.0.0.0/0"): IDENTITY_WORLD,
+        IPv4Network("127.0.0.1/32"): CLIENT_IDENTITY,
+        IPv4Network("127.0.0.2/32"): OTHER_IDENTITY,
+    }
+
+
+def rule(idents, method=None, path=None, host=None, headers=()) -> L7PeerRule:
+    hs = tuple(HeaderMatch(n, v) for n, v in headers)
+    return L7PeerRule(frozenset(idents), HTTPRule(method=method, path=path, host=host, headers=hs))
+
+
+def state(
+    policies: dict[int, tuple[L7PeerRule, ...]],
+    *,
+    direction: Direction = Direction.INGRESS,
+    revision: int = 1,
+    extra_ipcache: dict[IPv4Network, int] | None = None,
+) -> CompiledState:
+    """One endpoint (id 1) with one L7 listener per proxy port in `policies`."""
+    l7 = tuple(
+        L7Policy(RedirectKey(1, direction, 80 + i), port, rules)
+        for i, (port, rules) in enumerate(sorted(policies.items()))
+    )
+    ep = EndpointPolicy(
+        endpoint_id=1,
+        identity=2000,
+        ipv4=IPv4Address("10.0.0.1"),
+        ingress_enforced=True,
+        egress_enforced=False,
+        entries=(),
+        l7=l7,
+    )
+    ipc = ipcache()
+    ipc.update(extra_ipcache or {})
+    return CompiledState(revision=revision, endpoints={1: ep}, ipcache=ipc)
+
+
+def many_rules(n: int, idents=(CLIENT_IDENTITY,)) -> tuple[L7PeerRule, ...]:
+    """n distinct HTTP rules, the shape used by the benchmark."""
+    return tuple(
+        rule(idents, method="GET|HEAD", path=f"/api/v1/items/{i}(/.*)?", headers=(("x-team", f"t{i % 7}"),))
+        for i in range(n)
+    )

@@ -1,0 +1,144 @@
+"""gRPC access log service: receives the sidecar Envoys' HTTP access logs and
+exposes them as an async stream of `AccessLogEntry` (for `ciliate monitor`).
+Does network I/O (unix socket or loopback TCP).
+
+Envoy sends its node identity only on the first message of a stream, so the
+node id is remembered per stream. The queue towards consumers is bounded:
+when nobody reads, the oldest entries are dropped (counted in `dropped`)
+rather than growing memory without limit or pushing back on Envoy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import AsyncIterator
+
+from envoy_data_plane.envoy.data.accesslog.v3 import HttpAccessLogEntry
+from envoy_data_plane.envoy.service.accesslog.v3 import (
+    AccessLogServiceBase,
+    StreamAccessLogsMessage,
+    StreamAccessLogsResponse,
+)
+from grpclib.server import Server
+
+from .errors import XdsError
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogEntry:
+    time: datetime
+    node: str
+    method: str
+    path: str
+    authority: str
+    status: int
+    upstream: str  # upstream host:port, "" when no upstream was used (e.g. denied)
+    downstream_remote: str
+    downstream_local: str
+    response_flags: frozenset[str]
+
+    @property
+    def denied(self) -> bool:
+        return "unauthorized_details" in self.response_flags or (self.status == 403 and not self.upstream)
+
+
+def _addr(a) -> str:
+    if a is None or a.socket_address is None:
+        return ""
+    sa = a.socket_address
+    return f"{sa.address}:{sa.port_value}"
+
+
+def entry_from_proto(node: str, e: HttpAccessLogEntry) -> AccessLogEntry:
+    c, req, resp = e.common_properties, e.request, e.response
+    flags: frozenset[str] = frozenset()
+    when = datetime.now(timezone.utc)
+    if c is not None:
+        if c.response_flags is not None:
+            flags = frozenset(k for k, v in vars(c.response_flags).items() if v is True)
+        if c.start_time is not None:
+            when = c.start_time if isinstance(c.start_time, datetime) else when
+    status = resp.response_code if resp is not None and resp.response_code is not None else 0
+    return AccessLogEntry(
+        time=when,
+        node=node,
+        method=str(req.request_method.name) if req is not None and req.request_method else "",
+        path=req.path if req is not None else "",
+        authority=req.authority if req is not None else "",
+        status=int(status),
+        upstream=_addr(c.upstream_remote_address) if c is not None else "",
+        downstream_remote=_addr(c.downstream_remote_address) if c is not None else "",
+        downstream_local=_addr(c.downstream_local_address) if c is not None else "",
+        response_flags=flags,
+    )
+
+
+class _Service(AccessLogServiceBase):
+    def __init__(self, owner: "AccessLogServer") -> None:
+        self._owner = owner
+
+    async def stream_access_logs(self, messages: AsyncIterator[StreamAccessLogsMessage]) -> StreamAccessLogsResponse:
+        node = ""
+        async for msg in messages:
+            if msg.identifier is not None and msg.identifier.node is not None:
+                node = msg.identifier.node.id
+            if msg.http_logs is not None:
+                for e in msg.http_logs.log_entry:
+                    self._owner._put(entry_from_proto(node, e))
+        return StreamAccessLogsResponse()
+
+
+class AccessLogServer:
+    """`async for entry in server` yields every HTTP access log entry received."""
+
+    def __init__(
+        self, socket_path: str | None = None, tcp: tuple[str, int] | None = None, max_queue: int = 10000
+    ) -> None:
+        if socket_path is None and tcp is None:
+            raise XdsError("AccessLogServer needs socket_path or tcp")
+        if tcp is not None and tcp[0] not in ("127.0.0.1", "localhost", "::1"):
+            raise XdsError(f"access log listener must be on loopback, not {tcp[0]!r}")
+        self.socket_path = socket_path
+        self.tcp = tcp
+        self.tcp_port: int | None = None
+        self.dropped = 0
+        self._queue: asyncio.Queue[AccessLogEntry] = asyncio.Queue(max_queue)
+        self._server: Server | None = None
+
+    def _put(self, entry: AccessLogEntry) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(entry)
+
+    async def start(self) -> None:
+        self._server = Server([_Service(self)])
+        if self.socket_path is not None:
+            if os.path.exists(self.socket_path):
+                os.unlink(self.socket_path)
+            await self._server.start(path=self.socket_path)
+        else:
+            assert self.tcp is not None
+            await self._server.start(self.tcp[0], self.tcp[1])
+            self.tcp_port = self._server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        if self.socket_path and os.path.exists(self.socket_path):
+            os.unlink(self.socket_path)
+
+    async def get(self) -> AccessLogEntry:
+        return await self._queue.get()
+
+    def __aiter__(self) -> AsyncIterator[AccessLogEntry]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[AccessLogEntry]:
+        while True:
+            yield await self._queue.get()

@@ -1,0 +1,384 @@
+"""Compiled L7 state -> Envoy resources (serialized). Pure; no I/O.
+
+What one node's Envoy gets:
+
+- one ORIGINAL_DST cluster shared by every listener; its upstream sockets
+  carry SO_MARK `upstream_mark` (0x0B00) so the eBPF program recognises
+  proxy-originated traffic and does not apply policy to it again;
+- one listener per proxy port (`transparent: true` on 0.0.0.0 in
+  production), whose HTTP connection manager takes its routes over RDS from
+  a route configuration of the same name. The listener only changes when a
+  proxy port appears or goes away;
+- per listener, one route configuration: a catch-all route to the cluster
+  carrying a per-route RBAC config. Each L7 peer rule is one RBAC policy
+  (permissions: the rule's method/path/host regexes and headers, ANDed;
+  principals: the peers' ipcache prefixes). RBAC policies are ORed, which is
+  the Cilium semantics of HTTP rules; Envoy's routes could not express it
+  (the first matching route wins, so a rule that matches the request but not
+  the peer would hide a later rule that matches both). A policy change is
+  therefore an RDS update, which does not drain open connections.
+- a request that no policy admits gets RBAC's local 403, whose body the HCM's
+  local reply mapper rewrites to `Access denied`.
+
+Peers: for INGRESS listeners the peer is the downstream source
+(`direct_remote_ip` principals); for EGRESS listeners the peer is the
+original destination (`destination_ip` permissions, the accepted socket's
+local address under TPROXY). An identity's addresses are its ipcache
+prefixes minus any more specific prefix belonging to another identity, so
+the longest-prefix semantics of the kernel ipcache hold in Envoy too.
+
+Caching: `Renderer` keeps encoded bytes by content (per HTTP rule, per
+identity, per listener, per route configuration), so re-rendering after one
+rule changed re-encodes that rule and re-joins its route configuration only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from typing import Mapping
+
+from policy.compiled import IDENTITY_ANY, CompiledState, Direction, HTTPRule, L7PeerRule, L7Policy
+
+from . import serialize as w
+from .errors import RenderError
+from .resources import CLUSTER, LISTENER, ROUTE, Resource
+from .snapshot import Snapshot
+
+HCM_URL = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+RBAC_URL = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+RBAC_PER_ROUTE_URL = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+ROUTER_URL = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+GRPC_ALS_URL = "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
+RBAC_FILTER = "envoy.filters.http.rbac"
+ROUTER_FILTER = "envoy.filters.http.router"
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+
+SOL_SOCKET = 1
+SO_MARK = 36
+PROXY_UPSTREAM_MARK = 0x0B00
+DENIED_STATUS = 403
+DENIED_BODY = "Access denied"
+
+
+class OriginalDst(enum.Enum):
+    # Production: the upstream is the accepted socket's local address, which
+    # TPROXY / bpf_sk_assign leave as the packet's original destination.
+    LOCAL_ADDRESS = "local-address"
+    # TEST ONLY: the upstream comes from the x-envoy-original-dst-host request
+    # header, so tests reach a real upstream on loopback without the kernel
+    # redirect. Never use it in production: any client could pick any upstream.
+    TEST_ONLY_HTTP_HEADER = "test-only-http-header"
+
+
+@dataclass(frozen=True, slots=True)
+class RenderParams:
+    listen_address: str = "0.0.0.0"
+    transparent: bool = True
+    upstream_mark: int = PROXY_UPSTREAM_MARK
+    original_dst: OriginalDst = OriginalDst.LOCAL_ADDRESS
+    cluster_name: str = "ciliate-original-dst"
+    connect_timeout_s: float = 5.0
+    # Static cluster in the bootstrap that reaches the access log server;
+    # None renders listeners without access logging.
+    accesslog_cluster: str | None = "ciliate-accesslog"
+    accesslog_name: str = "ciliate"
+
+    @classmethod
+    def test_only_loopback(cls, **kw) -> "RenderParams":
+        """TEST ONLY: loopback, non-transparent listeners whose ORIGINAL_DST
+        cluster takes the upstream from the x-envoy-original-dst-host header."""
+        kw.setdefault("listen_address", "127.0.0.1")
+        return cls(transparent=False, original_dst=OriginalDst.TEST_ONLY_HTTP_HEADER, **kw)
+
+
+def listener_name(proxy_port: int) -> str:
+    return f"ciliate-proxy-{proxy_port}"
+
+
+route_config_name = listener_name
+
+
+# ---------------------------------------------------------------- encoders
+
+
+def _cidr(field: int, net: IPv4Network) -> bytes:
+    # envoy.config.core.v3.CidrRange: address_prefix = 1, prefix_len = 2 (UInt32Value)
+    return w.m(field, w.s(1, str(net.network_address)), w.wrapped_u32(2, net.prefixlen))
+
+
+def _header_matcher(name: str, *, regex: str | None = None, exact: str | None = None) -> bytes:
+    # HeaderMatcher: name = 1, present_match = 7, string_match = 13
+    # StringMatcher: exact = 1, safe_regex = 5 (RegexMatcher: regex = 2). Envoy's
+    # safe_regex matches the whole value, as Cilium's HTTP rules require.
+    if regex is not None:
+        return w.s(1, name) + w.m(13, w.m(5, w.s(2, regex)))
+    if exact is not None:
+        return w.s(1, name) + w.m(13, w.raw(1, exact.encode()))
+    return w.s(1, name) + w.b(7, True)
+
+
+def _http_permission(rule: HTTPRule) -> bytes:
+    """rbac.v3.Permission for one HTTP rule: and_rules = 1 (PermissionSet.rules = 1),
+    any = 3, header = 4."""
+    matchers: list[bytes] = []
+    if rule.method is not None:
+        matchers.append(_header_matcher(":method", regex=rule.method))
+    if rule.path is not None:
+        matchers.append(_header_matcher(":path", regex=rule.path))
+    if rule.host is not None:
+        matchers.append(_header_matcher(":authority", regex=rule.host))
+    for h in rule.headers:
+        matchers.append(_header_matcher(h.name, exact=h.value) if h.value is not None else _header_matcher(h.name))
+    if not matchers:
+        return w.b(3, True)
+    return w.m(1, *(w.m(1, w.raw(4, hm)) for hm in matchers))
+
+
+class _IdentityAddresses:
+    """identity -> encoded 'address has this identity' matchers, for one ipcache."""
+
+    def __init__(self, ipcache: Mapping[IPv4Network, int]) -> None:
+        self.ipcache = dict(ipcache)
+        by_ident: dict[int, list[IPv4Network]] = {}
+        for net, ident in self.ipcache.items():
+            by_ident.setdefault(ident, []).append(net)
+        self._by_ident = {k: sorted(v) for k, v in by_ident.items()}
+        self._cache: dict[tuple[int, Direction], list[bytes]] = {}
+
+    def _terms(self, ident: int) -> list[tuple[IPv4Network, list[IPv4Network]]]:
+        out = []
+        for net in self._by_ident.get(ident, ()):
+            holes = sorted(
+                q for q, other in self.ipcache.items() if other != ident and q != net and q.subnet_of(net)
+            )
+            out.append((net, holes))
+        return out
+
+    def matchers(self, ident: int, direction: Direction) -> list[bytes]:
+        key = (ident, direction)
+        got = self._cache.get(key)
+        if got is None:
+            got = [self._encode(net, holes, direction) for net, holes in self._terms(ident)]
+            self._cache[key] = got
+        return got
+
+    @staticmethod
+    def _encode(net: IPv4Network, holes: list[IPv4Network], direction: Direction) -> bytes:
+        if direction == Direction.INGRESS:
+            # Principal: and_ids = 1, or_ids = 2 (PrincipalSet.ids = 1), not_id = 8, direct_remote_ip = 10
+            base = _cidr(10, net)
+            if not holes:
+                return base
+            return w.m(1, w.m(1, base), w.m(1, w.m(8, w.m(2, *(w.m(1, _cidr(10, h)) for h in holes)))))
+        # Permission: and_rules = 1, or_rules = 2 (PermissionSet.rules = 1), destination_ip = 5, not_rule = 8
+        base = _cidr(5, net)
+        if not holes:
+            return base
+        return w.m(1, w.m(1, base), w.m(1, w.m(8, w.m(2, *(w.m(1, _cidr(5, h)) for h in holes)))))
+
+
+# ---------------------------------------------------------------- renderer
+
+
+class Renderer:
+    """Renders CompiledState into a Snapshot, reusing encoded bytes by content.
+
+    Not thread-safe; call `render` from one thread at a time (render_async
+    runs it in a worker thread so a large first render does not stall the
+    event loop).
+    """
+
+    def __init__(self, params: RenderParams | None = None) -> None:
+        self.params = params or RenderParams()
+        self._perm: dict[HTTPRule, bytes] = {}
+        self._idents: _IdentityAddresses | None = None
+        self._routes: dict[int, tuple[L7Policy, int, Resource]] = {}
+        self._listeners: dict[tuple[int, Direction], Resource] = {}
+        self._ipcache_gen = 0
+        self._cluster = self._render_cluster()
+        self.rules_encoded = 0  # rules encoded by the last render (for tests and benchmarks)
+
+    # -- public
+
+    def render(self, state: CompiledState, version: str | None = None) -> Snapshot:
+        self.rules_encoded = 0
+        if self._idents is None or self._idents.ipcache != state.ipcache:
+            self._idents = _IdentityAddresses(state.ipcache)
+            self._ipcache_gen += 1
+        by_port: dict[int, tuple[int, L7Policy]] = {}
+        for ep_id in sorted(state.endpoints):
+            ep = state.endpoints[ep_id]
+            for pol in ep.l7:
+                where = f"endpoints[{ep_id}].l7[{pol.key.direction.name.lower()}:{pol.key.port}]"
+                if not (1 <= pol.proxy_port <= 65535):
+                    raise RenderError(f"{where}.proxy_port", f"{pol.proxy_port} is not a TCP port")
+                if pol.proxy_port in by_port:
+                    raise RenderError(
+                        f"{where}.proxy_port",
+                        f"proxy port {pol.proxy_port} already used by endpoint {by_port[pol.proxy_port][0]}",
+                    )
+                by_port[pol.proxy_port] = (ep_id, pol)
+        listeners, routes = [], []
+        new_routes: dict[int, tuple[L7Policy, int, Resource]] = {}
+        for port in sorted(by_port):
+            _, pol = by_port[port]
+            listeners.append(self._listener(port, pol.key.direction))
+            prev = self._routes.get(port)
+            if prev is not None and prev[1] == self._ipcache_gen and (prev[0] is pol or prev[0] == pol):
+                res = prev[2]
+            else:
+                res = self._route_config(pol)
+            new_routes[port] = (pol, self._ipcache_gen, res)
+            routes.append(res)
+        self._routes = new_routes
+        return Snapshot.build([self._cluster, *listeners, *routes], version=version)
+
+    async def render_async(self, state: CompiledState, version: str | None = None) -> Snapshot:
+        return await asyncio.to_thread(self.render, state, version)
+
+    # -- resources
+
+    def _render_cluster(self) -> Resource:
+        p = self.params
+        # Cluster: name = 1, type = 2 (ORIGINAL_DST = 4), connect_timeout = 4,
+        # lb_policy = 6 (CLUSTER_PROVIDED = 6), upstream_bind_config = 21,
+        # original_dst_lb_config = 34 (use_http_header = 1).
+        # BindConfig: source_address = 1 (SocketAddress: address = 2, port_value = 3),
+        # socket_options = 3 (SocketOption: description = 1, level = 2, name = 3,
+        # int_value = 4, state = 6 (STATE_PREBIND = 0: set before connect)).
+        mark = w.m(
+            3,
+            w.s(1, "ciliate proxy upstream mark"),
+            w.u(2, SOL_SOCKET),
+            w.u(3, SO_MARK),
+            w.u(4, p.upstream_mark),
+        )
+        body = (
+            w.s(1, p.cluster_name)
+            + w.u(2, 4)
+            + w.duration(4, p.connect_timeout_s)
+            + w.u(6, 6)
+            + w.m(21, w.m(1, w.s(2, "0.0.0.0"), w.u_present(3, 0)), mark)
+        )
+        if p.original_dst == OriginalDst.TEST_ONLY_HTTP_HEADER:
+            body += w.m(34, w.b(1, True))
+        return Resource(CLUSTER, p.cluster_name, body)
+
+    def _listener(self, port: int, direction: Direction) -> Resource:
+        key = (port, direction)
+        got = self._listeners.get(key)
+        if got is not None:
+            return got
+        p = self.params
+        name = listener_name(port)
+        # HttpConnectionManager: stat_prefix = 2, rds = 3 (config_source = 1
+        # {ads = 3, resource_api_version = 6 (V3 = 2)}, route_config_name = 2),
+        # http_filters = 5 (name = 1, typed_config = 4), access_log = 13,
+        # local_reply_config = 38.
+        # The listener-level RBAC allows nothing: every route carries its own
+        # per-route RBAC, so a route config without one fails closed.
+        rbac_deny_all = w.m(1)  # RBAC{rules: {action: ALLOW, policies: {}}}
+        hcm = (
+            w.s(2, f"ciliate_{direction.name.lower()}_{port}")
+            + w.m(3, w.m(1, w.m(3), w.u(6, 2)), w.s(2, route_config_name(port)))
+            + w.m(5, w.s(1, RBAC_FILTER), w.any_(4, RBAC_URL, rbac_deny_all))
+            + w.m(5, w.s(1, ROUTER_FILTER), w.any_(4, ROUTER_URL, b""))
+        )
+        if p.accesslog_cluster:
+            # AccessLog: name = 1, typed_config = 4; HttpGrpcAccessLogConfig:
+            # common_config = 1 {log_name = 1, grpc_service = 2 {envoy_grpc = 1
+            # {cluster_name = 1}}, transport_api_version = 6}
+            als = w.m(
+                1,
+                w.s(1, p.accesslog_name),
+                w.m(2, w.m(1, w.s(1, p.accesslog_cluster))),
+                w.u(6, 2),
+            )
+            hcm += w.m(13, w.s(1, "envoy.access_loggers.http_grpc"), w.any_(4, GRPC_ALS_URL, als))
+        # LocalReplyConfig.mappers = 1: ResponseMapper filter = 1 {status_code_filter
+        # = 1 {comparison = 1 {op = 1 (EQ = 0), value = 2 {default_value = 2,
+        # runtime_key = 3}}}}, body = 3 (DataSource.inline_string = 3).
+        mapper = w.m(
+            1,
+            w.m(1, w.m(1, w.m(1, w.m(2, w.u(2, DENIED_STATUS), w.s(3, "ciliate.denied_status"))))),
+            w.m(3, w.s(3, DENIED_BODY)),
+        )
+        hcm += w.m(38, mapper)
+        # Listener: name = 1, address = 2 (socket_address = 1 {address = 2,
+        # port_value = 3}), filter_chains = 3 (filters = 3 {name = 1,
+        # typed_config = 4}), transparent = 10 (BoolValue), traffic_direction = 16.
+        body = (
+            w.s(1, name)
+            + w.m(2, w.m(1, w.s(2, p.listen_address), w.u_present(3, port)))
+            + w.m(3, w.m(3, w.s(1, HCM_FILTER), w.any_(4, HCM_URL, hcm)))
+            + w.wrapped_bool(10, p.transparent)
+            + w.u(16, 1 if direction == Direction.INGRESS else 2)
+        )
+        res = Resource(LISTENER, name, body, refs=frozenset({(ROUTE, route_config_name(port))}))
+        self._listeners[key] = res
+        return res
+
+    def _rbac_policy(self, rule: L7PeerRule, direction: Direction) -> bytes | None:
+        """rbac.v3.Policy (permissions = 1, principals = 2), or None if the rule
+        admits no address at all (an identity with no ipcache prefix)."""
+        assert self._idents is not None
+        self.rules_encoded += 1
+        perm = self._perm.get(rule.http)
+        if perm is None:
+            perm = self._perm[rule.http] = _http_permission(rule.http)
+        anyone = IDENTITY_ANY in rule.identities
+        peers: list[bytes] = []
+        if not anyone:
+            for ident in sorted(rule.identities):
+                peers.extend(self._idents.matchers(ident, direction))
+            if not peers:
+                return None
+        if direction == Direction.INGRESS:
+            # Principal: any = 3, or_ids = 2 (PrincipalSet.ids = 1)
+            principal = w.b(3, True) if anyone else w.m(2, *(w.m(1, x) for x in peers))
+            return w.m(1, perm) + w.m(2, principal)
+        if anyone:
+            permission = perm
+        else:
+            dest = w.m(2, *(w.m(1, x) for x in peers))  # or_rules of destination matchers
+            permission = w.m(1, w.m(1, perm), w.m(1, dest))
+        return w.m(1, permission) + w.m(2, w.b(3, True))
+
+    def _route_config(self, pol: L7Policy) -> Resource:
+        name = route_config_name(pol.proxy_port)
+        entries = []
+        for i, rule in enumerate(pol.peer_rules):
+            enc = self._rbac_policy(rule, pol.key.direction)
+            if enc is not None:
+                # RBAC.policies = 2: map<string, Policy>; names carry provenance for stats.
+                entries.append(w.map_entry(2, f"rule-{i}", enc))
+        # RBACPerRoute.rbac = 2 {rules = 1 {action = 1 (ALLOW = 0), policies = 2}}
+        per_route = w.m(2, w.m(1, *entries))
+        # Route: match = 1 (prefix = 1), route = 2 (cluster = 1),
+        # typed_per_filter_config = 13 (map<string, Any>).
+        route = (
+            w.m(1, w.s(1, "/"))
+            + w.m(2, w.s(1, self.params.cluster_name))
+            + w.m(13, w.s(1, RBAC_FILTER), w.any_(2, RBAC_PER_ROUTE_URL, per_route))
+        )
+        # RouteConfiguration: name = 1, virtual_hosts = 2 (name = 1, domains = 2, routes = 3)
+        body = w.s(1, name) + w.m(2, w.s(1, "ciliate"), w.s(2, "*"), w.m(3, route))
+        return Resource(ROUTE, name, body, refs=frozenset({(CLUSTER, self.params.cluster_name)}))
+
+
+_default_renderers: dict[RenderParams, Renderer] = {}
+
+
+def render(state: CompiledState, *, version: str | None = None, **params) -> Snapshot:
+    """Render one node's resources. Keyword arguments are RenderParams fields
+    (or `params=RenderParams(...)`); a renderer per parameter set is kept so
+    repeated calls reuse encoded bytes."""
+    rp = params.pop("params", None) or RenderParams(**params)
+    r = _default_renderers.get(rp)
+    if r is None:
+        r = _default_renderers[rp] = Renderer(rp)
+    return r.render(state, version=version)
+
