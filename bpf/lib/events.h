@@ -1,0 +1,38 @@
+/* Verdict events into the pinned ring buffer. Emitted for a flow's first
+ * packet (the policy decision) and for every drop, never for established
+ * traffic, so the hot path pays nothing for observability. */
+#ifndef CILIATE_EVENTS_H
+#define CILIATE_EVENTS_H
+
+struct ev_ctx {
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 peer_endpoint_id;
+	__u8 direction;
+	__u8 hook;
+};
+
+static __always_inline void emit_event(struct pkt *p, struct ev_ctx *c, __u8 verdict,
+				       __u8 reason, __u16 proxy_port)
+{
+	struct flow_event e = {};
+
+	e.ts_ns = bpf_ktime_get_ns();
+	e.saddr = p->saddr;
+	e.daddr = p->daddr;
+	e.src_identity = c->src_identity;
+	e.dst_identity = c->dst_identity;
+	e.endpoint_id = ENDPOINT_ID;
+	e.peer_endpoint_id = c->peer_endpoint_id;
+	e.sport = ntohs(p->sport);
+	e.dport = ntohs(p->dport);
+	e.proxy_port = proxy_port;
+	e.protocol = p->protocol;
+	e.verdict = verdict;
+	e.reason = reason;
+	e.direction = c->direction;
+	e.hook = c->hook;
+	events.ringbuf_output(&e, sizeof(e), 0);
+}
+
+#endif

@@ -1,0 +1,116 @@
+/* Map key/value and event layouts shared with Python.
+ *
+ * Mirrored in redirect/layout.py (the single Python definition); the test
+ * tests/datapath/test_layout.py compiles this header and checks that every
+ * size and field offset agrees. Change both or neither.
+ */
+#ifndef CILIATE_LAYOUT_H
+#define CILIATE_LAYOUT_H
+
+/* ipcache: LPM trie, IPv4 prefix -> identity. addr in network order. */
+struct ipcache_key {
+	__u32 prefixlen;
+	__u32 addr;
+};
+struct ipcache_value {
+	__u32 identity;
+	__u32 reserved;
+};
+
+/* lxc: local endpoints by IPv4 (network order). */
+#define LXC_F_INGRESS_ENFORCED 0x1
+#define LXC_F_EGRESS_ENFORCED  0x2
+struct lxc_key {
+	__u32 addr;
+};
+struct lxc_value {
+	__u32 endpoint_id;
+	__u32 identity;
+	__u32 flags;
+	__u32 reserved;
+};
+
+/* policy: one LPM trie per endpoint (inner map of a hash-of-maps keyed by
+ * endpoint id). The identity, direction and protocol are always matched in
+ * full (POLICY_FIXED_BITS); the port is the only prefix-matched part, so a
+ * port range is stored as the aligned power-of-two blocks covering it. */
+#define POLICY_FIXED_BITS 48
+struct policy_key {
+	__u32 prefixlen;
+	__u32 identity;
+	__u8 direction;
+	__u8 protocol;
+	__u16 dport; /* network order: prefix bits are the port's high bits */
+};
+#define VERDICT_ALLOW    1
+#define VERDICT_REDIRECT 2
+#define VERDICT_DENY     3
+struct policy_value {
+	__u16 proxy_port; /* host order */
+	__u8 verdict;
+	__u8 reserved;
+};
+
+/* conntrack: LRU hash keyed by the 5-tuple of the packet that opened the
+ * flow; a reply is found by looking up the reversed tuple. */
+struct ct_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport; /* network order */
+	__u16 dport; /* network order */
+	__u8 protocol;
+	__u8 pad[3];
+};
+#define CT_F_REDIRECT 0x1 /* flow goes to proxy_port, for its whole life */
+#define CT_F_PROXY    0x2 /* opened by the proxy (SO_MARK 0x0B00) */
+#define CT_F_CLOSING  0x4 /* FIN or RST seen: short lifetime */
+struct ct_value {
+	__u64 expires_ns; /* bpf_ktime_get_ns() clock */
+	__u16 proxy_port;
+	__u8 flags;
+	__u8 pad[5];
+};
+
+/* events: ring buffer of verdicts on new flows and drops. */
+#define EV_DROP     1
+#define EV_FORWARD  2
+#define EV_REDIRECT 3
+#define HOOK_FROM_ENDPOINT 0
+#define HOOK_TO_ENDPOINT   1
+#define DIR_NONE 255
+struct flow_event {
+	__u64 ts_ns;
+	__u32 saddr;
+	__u32 daddr;
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 endpoint_id;      /* the endpoint whose veth saw the packet */
+	__u32 peer_endpoint_id; /* local peer endpoint, 0 if none */
+	__u16 sport;            /* host order */
+	__u16 dport;            /* host order */
+	__u16 proxy_port;
+	__u8 protocol;
+	__u8 verdict;
+	__u8 reason;
+	__u8 direction;         /* policy direction that decided, DIR_NONE */
+	__u8 hook;
+	__u8 pad[5];
+};
+
+/* reasons, mirrored by redirect.events.Reason */
+#define R_POLICY_ALLOW        0
+#define R_POLICY_DENY         1
+#define R_NO_POLICY_MATCH     2
+#define R_NOT_ENFORCED        3
+#define R_ENDPOINT_UNKNOWN    4
+#define R_PROXY_NOT_LISTENING 5
+#define R_UNSUPPORTED_L3      6
+#define R_FRAGMENT            7
+#define R_MALFORMED           8
+#define R_POLICY_REDIRECT     9
+#define R_PROXY_ORIGINATED    10
+#define R_POLICY_MAP_MISSING  11
+#define R_SOURCE_SPOOFED      12
+#define R_REDIRECT_UNSUPPORTED 13
+
+#endif

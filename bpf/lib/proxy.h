@@ -1,0 +1,54 @@
+/* Transparent redirect to the proxy with bpf_sk_assign.
+ *
+ * Cilium's mark encoding is kept (0x0200 | htons(port) << 16) so the
+ * `ip rule fwmark 0x200/0xf00 lookup 2004` + `local 0.0.0.0/0 dev lo` route
+ * turns the packet into local delivery; the socket itself is chosen here:
+ * the flow's own accepted socket if the proxy already has one, else the
+ * proxy's listener on PROXY_ADDR:proxy_port (which must be IP_TRANSPARENT
+ * because the packet keeps its original destination). A missing listener
+ * is a drop with its own reason instead of a silent timeout.
+ * Only valid on tc ingress, i.e. for packets coming out of an endpoint. */
+#ifndef CILIATE_PROXY_H
+#define CILIATE_PROXY_H
+
+#define MARK_MAGIC_TO_PROXY 0x0200
+#define MARK_MAGIC_MASK     0x0f00
+#define MARK_MAGIC_PROXY_ORIGIN 0x0b00
+
+static __always_inline int redirect_to_proxy(struct __sk_buff *skb, struct pkt *p, __u16 proxy_port)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	long err;
+
+	if (p->protocol != IPPROTO_TCP)
+		return -1;
+	t.ipv4.saddr = p->saddr;
+	t.ipv4.daddr = p->daddr;
+	t.ipv4.sport = p->sport;
+	t.ipv4.dport = p->dport;
+	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (sk) {
+		if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT)
+			goto assign;
+		bpf_sk_release(sk);
+	}
+	t.ipv4.daddr = htonl(PROXY_ADDR);
+	t.ipv4.dport = htons(proxy_port);
+	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return -1;
+	if (sk->state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return -1;
+	}
+assign:
+	err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return -1;
+	skb->mark = MARK_MAGIC_TO_PROXY | ((__u32)htons(proxy_port) << 16);
+	return 0;
+}
+
+#endif

@@ -1,0 +1,185 @@
+"""Map key/value and event layouts: the one Python definition of what
+bpf/lib/layout.h declares in C.
+
+Pure (no I/O). `c_asserts()` renders `_Static_assert`s of every size and
+offset; they are compiled into every endpoint program (see redirect/config.py)
+so a drift between this file and the header fails the build with a message
+naming the struct and field, and tests/datapath/test_layout.py checks it too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+
+POLICY_FIXED_BITS = 48  # identity(32) + direction(8) + protocol(8)
+IPCACHE_FIXED_BITS = 0
+
+
+class IpcacheKey(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 4)]
+
+
+class IpcacheValue(ctypes.Structure):
+    _fields_ = [("identity", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
+
+
+class LxcKey(ctypes.Structure):
+    _fields_ = [("addr", ctypes.c_uint8 * 4)]
+
+
+LXC_F_INGRESS_ENFORCED = 0x1
+LXC_F_EGRESS_ENFORCED = 0x2
+
+
+class LxcValue(ctypes.Structure):
+    _fields_ = [
+        ("endpoint_id", ctypes.c_uint32),
+        ("identity", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+
+
+class PolicyKey(ctypes.Structure):
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("identity", ctypes.c_uint32),
+        ("direction", ctypes.c_uint8),
+        ("protocol", ctypes.c_uint8),
+        ("dport", ctypes.c_uint8 * 2),  # network order
+    ]
+
+
+class PolicyValue(ctypes.Structure):
+    _fields_ = [("proxy_port", ctypes.c_uint16), ("verdict", ctypes.c_uint8), ("reserved", ctypes.c_uint8)]
+
+
+class CtKey(ctypes.Structure):
+    _fields_ = [
+        ("saddr", ctypes.c_uint8 * 4),
+        ("daddr", ctypes.c_uint8 * 4),
+        ("sport", ctypes.c_uint8 * 2),
+        ("dport", ctypes.c_uint8 * 2),
+        ("protocol", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
+
+
+CT_F_REDIRECT = 0x1
+CT_F_PROXY = 0x2
+CT_F_CLOSING = 0x4
+
+
+class CtValue(ctypes.Structure):
+    _fields_ = [
+        ("expires_ns", ctypes.c_uint64),
+        ("proxy_port", ctypes.c_uint16),
+        ("flags", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 5),
+    ]
+
+
+class FlowEventRaw(ctypes.Structure):
+    _fields_ = [
+        ("ts_ns", ctypes.c_uint64),
+        ("saddr", ctypes.c_uint8 * 4),
+        ("daddr", ctypes.c_uint8 * 4),
+        ("src_identity", ctypes.c_uint32),
+        ("dst_identity", ctypes.c_uint32),
+        ("endpoint_id", ctypes.c_uint32),
+        ("peer_endpoint_id", ctypes.c_uint32),
+        ("sport", ctypes.c_uint16),
+        ("dport", ctypes.c_uint16),
+        ("proxy_port", ctypes.c_uint16),
+        ("protocol", ctypes.c_uint8),
+        ("verdict", ctypes.c_uint8),
+        ("reason", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+        ("hook", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 5),
+    ]
+
+
+class EventVerdict(enum.IntEnum):
+    DROP = 1
+    FORWARD = 2
+    REDIRECT = 3
+
+
+class Hook(enum.IntEnum):
+    FROM_ENDPOINT = 0
+    TO_ENDPOINT = 1
+
+
+class Reason(enum.IntEnum):
+    POLICY_ALLOW = 0
+    POLICY_DENY = 1
+    NO_POLICY_MATCH = 2
+    NOT_ENFORCED = 3
+    ENDPOINT_UNKNOWN = 4
+    PROXY_NOT_LISTENING = 5
+    UNSUPPORTED_L3 = 6
+    FRAGMENT = 7
+    MALFORMED = 8
+    POLICY_REDIRECT = 9
+    PROXY_ORIGINATED = 10
+    POLICY_MAP_MISSING = 11
+    SOURCE_SPOOFED = 12
+    REDIRECT_UNSUPPORTED = 13
+
+
+DIR_NONE = 255
+
+# C struct name -> Python mirror. Every field of the Python class must exist
+# in C with the same offset, and the sizes must agree.
+MIRRORS: dict[str, type[ctypes.Structure]] = {
+    "ipcache_key": IpcacheKey,
+    "ipcache_value": IpcacheValue,
+    "lxc_key": LxcKey,
+    "lxc_value": LxcValue,
+    "policy_key": PolicyKey,
+    "policy_value": PolicyValue,
+    "ct_key": CtKey,
+    "ct_value": CtValue,
+    "flow_event": FlowEventRaw,
+}
+
+# C macro name -> Python value, checked the same way.
+CONSTANTS: dict[str, int] = {
+    "POLICY_FIXED_BITS": POLICY_FIXED_BITS,
+    "LXC_F_INGRESS_ENFORCED": LXC_F_INGRESS_ENFORCED,
+    "LXC_F_EGRESS_ENFORCED": LXC_F_EGRESS_ENFORCED,
+    "CT_F_REDIRECT": CT_F_REDIRECT,
+    "CT_F_PROXY": CT_F_PROXY,
+    "CT_F_CLOSING": CT_F_CLOSING,
+    "VERDICT_ALLOW": 1,
+    "VERDICT_REDIRECT": 2,
+    "VERDICT_DENY": 3,
+    "EV_DROP": EventVerdict.DROP,
+    "EV_FORWARD": EventVerdict.FORWARD,
+    "EV_REDIRECT": EventVerdict.REDIRECT,
+    "HOOK_FROM_ENDPOINT": Hook.FROM_ENDPOINT,
+    "HOOK_TO_ENDPOINT": Hook.TO_ENDPOINT,
+    "DIR_NONE": DIR_NONE,
+    **{f"R_{r.name}": r.value for r in Reason},
+}
+
+
+def c_asserts() -> str:
+    """C `_Static_assert`s that fail compilation if layout.h disagrees."""
+    lines = ["/* generated from redirect/layout.py: Python and C layouts must agree */"]
+    for cname, py in MIRRORS.items():
+        lines.append(
+            f'_Static_assert(sizeof(struct {cname}) == {ctypes.sizeof(py)}, '
+            f'"layout: sizeof(struct {cname}) differs from redirect/layout.py {py.__name__}");'
+        )
+        for fname, *_ in py._fields_:
+            off = getattr(py, fname).offset
+            lines.append(
+                f"_Static_assert(__builtin_offsetof(struct {cname}, {fname}) == {off}, "
+                f'"layout: struct {cname}.{fname} offset differs from redirect/layout.py");'
+            )
+    for name, value in CONSTANTS.items():
+        lines.append(f'_Static_assert({name} == {int(value)}, "layout: {name} differs from redirect/layout.py");')
+    return "\n".join(lines) + "\n"
