@@ -30,25 +30,25 @@ class PolicyBook:
     def update_file(self, path: Path, loaded: LoadedFile, revision: int) -> bool:
         """Take a freshly loaded file; returns True when the policies in force changed."""
         problems = list(loaded.problems)
-        owners = {e.policy.name: p for p, es in self._by_file.items() if p != path for e in es}
+        owners = {e.policy.key: p for p, es in self._by_file.items() if p != path for e in es}
         for pol in loaded.policies:
-            if pol.name in owners:
-                problems.append(PolicyProblem(str(path), "metadata.name", f"policy {pol.name!r} is already defined in {owners[pol.name]}", pol.name))
-        names = [p.name for p in loaded.policies]
-        for dup in {n for n in names if names.count(n) > 1}:
-            problems.append(PolicyProblem(str(path), "metadata.name", f"policy {dup!r} is defined twice in this file", dup))
+            if pol.key in owners:
+                problems.append(PolicyProblem(str(path), "metadata.name", f"{pol.key} is already defined in {owners[pol.key]}", pol.name))
+        keys = [p.key for p in loaded.policies]
+        for dup in {k for k in keys if keys.count(k) > 1}:
+            problems.append(PolicyProblem(str(path), "metadata.name", f"{dup} is defined twice in this file"))
         if problems:
             self._problems[path] = tuple(problems)
             return False
         self._problems.pop(path, None)
-        old = {e.policy.name: e for e in self._by_file.get(path, ())}
+        old = {e.policy.key: e for e in self._by_file.get(path, ())}
         entries = []
         for pol in loaded.policies:
-            prev = old.get(pol.name)
+            prev = old.get(pol.key)
             same = prev is not None and prev.policy.kind == pol.kind and prev.policy.document == pol.document
             entries.append(prev if same and prev is not None else BookEntry(pol, path, revision))
         new = tuple(entries)
-        changed = [e.policy.name for e in new] != list(old) or any(e is not old.get(e.policy.name) for e in new)
+        changed = [e.policy.key for e in new] != list(old) or any(e is not old.get(e.policy.key) for e in new)
         if new:
             self._by_file[path] = new
         else:
@@ -60,7 +60,8 @@ class PolicyBook:
         return self._by_file.pop(path, None) is not None
 
     def in_force(self) -> Mapping[str, BookEntry]:
-        return {e.policy.name: e for es in self._by_file.values() for e in es}
+        """key -> entry of every policy in force."""
+        return {e.policy.key: e for es in self._by_file.values() for e in es}
 
     def problems(self) -> Mapping[Path, tuple[PolicyProblem, ...]]:
         return dict(self._problems)

@@ -27,8 +27,13 @@ class EndpointSpec:
 
 @dataclass(frozen=True, slots=True)
 class NamedPolicy:
-    """One parsed policy document; `name` is RuleRef.policy ("ns/name" or "name")."""
+    """One parsed policy document.
 
+    `key` is unique per policy object ("Kind/ns/name"); `name` is what
+    RuleRef.policy and EndpointPolicy.selected_by say ("ns/name" or "name").
+    """
+
+    key: str
     name: str
     kind: str
     document: Any
@@ -73,7 +78,7 @@ class PolicyCompiler(Protocol):
 
     def upsert_policy(self, policy: NamedPolicy) -> None: ...
 
-    def delete_policy(self, name: str) -> None: ...
+    def delete_policy(self, key: str) -> None: ...
 
     def upsert_endpoint(self, endpoint: EndpointSpec) -> int:
         """Add or update an endpoint; returns its (possibly new) identity."""
@@ -81,7 +86,9 @@ class PolicyCompiler(Protocol):
 
     def delete_endpoint(self, endpoint_id: int) -> None: ...
 
-    def compile(self, revision: int) -> CompiledState: ...
+    def compile(self, revision: int) -> CompiledState:
+        """The full compiled state, stamped with the agent's policy `revision`."""
+        ...
 
     def allocations(self) -> Allocations:
         """Current allocator state, to be persisted."""

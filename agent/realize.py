@@ -109,21 +109,22 @@ class Regenerator:
     # --- inputs into the compiler -------------------------------------------
     def _sync_policies(self) -> None:
         in_force = self.book.in_force()
-        for name in [n for n in self._given if n not in in_force]:
-            self.compiler.delete_policy(name)
-            del self._given[name]
-            self.compile_errors.pop(name, None)
-        for name, entry in in_force.items():
-            if self._given.get(name) is entry:
+        for key in [k for k in self._given if k not in in_force]:
+            self.compiler.delete_policy(key)
+            del self._given[key]
+        for key in [k for k in self.compile_errors if k not in in_force]:
+            del self.compile_errors[key]
+        for key, entry in in_force.items():
+            if self._given.get(key) is entry:
                 continue
             try:
                 self.compiler.upsert_policy(entry.policy)
             except Exception as exc:  # the compiler's own validation: keep the rest
-                self.compile_errors[name] = str(exc) or type(exc).__name__
-                log.warning("policy %s rejected by the compiler: %s", name, exc)
+                self.compile_errors[key] = str(exc) or type(exc).__name__
+                log.warning("policy %s rejected by the compiler: %s", key, exc)
                 continue
-            self.compile_errors.pop(name, None)
-            self._given[name] = entry
+            self.compile_errors.pop(key, None)
+            self._given[key] = entry
 
     def _sync_endpoints(self, ids: frozenset[int]) -> set[int]:
         removed = set()
@@ -178,7 +179,8 @@ class Regenerator:
             return RegenerationReport(batch.revision, frozenset(), frozenset(removed), False, {})
         self._persist_allocations()
         endpoints = {i: ep for i, ep in state.endpoints.items() if i in self.table}
-        changed = {i for i, ep in endpoints.items() if self.realized.get(i) != ep}
+        # The compiler hands back the same object for an unchanged endpoint: `is` first.
+        changed = {i for i, ep in endpoints.items() if (old := self.realized.get(i)) is not ep and old != ep}
         changed |= batch.endpoints & endpoints.keys()
         for eid in changed:
             self.table.set_live(eid, state=EndpointState.REGENERATING)

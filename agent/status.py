@@ -30,12 +30,13 @@ def policy_statuses(
 ) -> list[PolicyStatus]:
     out: dict[str, PolicyStatus] = {}
     stale_files = set(problems)
-    for name, entry in in_force.items():
+    for key, entry in in_force.items():
+        name = entry.policy.name
         errors: list[PolicyError] = []
         if entry.source in stale_files:
             errors += [PolicyError(kind=PolicyErrorKind.VALIDATION, message=str(p)) for p in problems[entry.source]]
-        if name in compile_errors:
-            errors.append(PolicyError(kind=PolicyErrorKind.VALIDATION, message=compile_errors[name]))
+        if key in compile_errors:
+            errors.append(PolicyError(kind=PolicyErrorKind.VALIDATION, message=compile_errors[key]))
         enforced = 0
         endpoint_errors = 0
         for eid, lv in sorted(live.items()):
@@ -49,9 +50,9 @@ def policy_statuses(
                     errors.append(PolicyError(kind=PolicyErrorKind(lv.failure.kind), message=f"endpoint {eid}: {lv.failure.message}"))
         if endpoint_errors > _MAX_ENDPOINT_ERRORS:
             errors.append(PolicyError(kind=PolicyErrorKind.DATAPATH, message=f"... and {endpoint_errors - _MAX_ENDPOINT_ERRORS} more endpoints"))
-        pending = entry.revision > applied_revision or name in compile_errors
+        pending = entry.revision > applied_revision or key in compile_errors
         state = "error" if errors else ("pending" if pending else "enforced")
-        out[name] = PolicyStatus(
+        out[key] = PolicyStatus(
             name=name,
             kind=entry.policy.kind,
             source=str(entry.source),
@@ -62,12 +63,15 @@ def policy_statuses(
             stale=entry.source in stale_files,
         )
     # Files that failed validation and whose policies are not in force at all.
+    in_force_files = {e.source for e in in_force.values()}
     for path, probs in problems.items():
+        if path in in_force_files:
+            continue  # already shown on the file's policies, which stay enforced (stale)
         by_name: dict[str, list[PolicyProblem]] = {}
         for p in probs:
             by_name.setdefault(p.policy or str(path), []).append(p)
         for name, plist in by_name.items():
-            if name in out:
+            if any(s.name == name for s in out.values()):
                 continue
             out[name] = PolicyStatus(
                 name=name,
@@ -76,4 +80,4 @@ def policy_statuses(
                 revision=applied_revision,
                 errors=[PolicyError(kind=PolicyErrorKind.VALIDATION, message=str(p)) for p in plist],
             )
-    return [out[n] for n in sorted(out)]
+    return sorted(out.values(), key=lambda s: (s.name, s.kind or ""))

@@ -80,7 +80,7 @@ class FakeLoader:
                 d.get("port", 80),
                 bool(d.get("l7", False)),
             )
-            pols.append(NamedPolicy(f"default/{d['name']}", "CiliumNetworkPolicy", doc))
+            pols.append(NamedPolicy(f"CiliumNetworkPolicy/default/{d['name']}", f"default/{d['name']}", "CiliumNetworkPolicy", doc))
         return LoadedFile(tuple(pols), tuple(probs))
 
 
@@ -110,10 +110,10 @@ class FakeCompiler:
     def upsert_policy(self, policy: NamedPolicy) -> None:
         if policy.name in {f"default/{r}" for r in self.reject}:
             raise ValueError(f"{policy.name}: rejected by the compiler")
-        self.policies[policy.name] = policy
+        self.policies[policy.key] = policy
 
-    def delete_policy(self, name: str) -> None:
-        self.policies.pop(name, None)
+    def delete_policy(self, key: str) -> None:
+        self.policies.pop(key, None)
 
     def upsert_endpoint(self, endpoint: EndpointSpec) -> int:
         self.endpoints[endpoint.endpoint_id] = endpoint

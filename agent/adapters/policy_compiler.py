@@ -1,0 +1,76 @@
+"""PolicyLoader and PolicyCompiler ports bound to the real `policy/` package.
+
+Allocator state is persisted as the allocators' own JSON (parsed, so the
+state files stay readable). Reads policy files through policy.load; no other I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from agent.ports import Allocations, EndpointSpec, LoadedFile, NamedPolicy, PolicyProblem
+from policy.compiled import RESERVED_IDENTITIES, CompiledState
+from policy.compiler import Compiler
+from policy.endpoint import Endpoint
+from policy.identity import IdentityAllocator, ProxyPortAllocator
+from policy.load import load_paths
+
+
+class PolicyFileLoader:
+    def load_file(self, path: Path) -> LoadedFile:
+        res = load_paths([path])
+        problems = tuple(PolicyProblem(source=e.location(), field=e.field, message=e.reason) for e in res.errors)
+        policies = tuple(NamedPolicy(key=p.key, name=p.ref_name, kind=p.kind, document=p) for p in res.policies)
+        return LoadedFile(policies, problems)
+
+
+class RealCompiler:
+    def __init__(self, allocations: Allocations | None, host_ips: Iterable[IPv4Address] = ()) -> None:
+        ids = IdentityAllocator.from_json(json.dumps(allocations.identities)) if allocations and allocations.identities is not None else None
+        ports = ProxyPortAllocator.from_json(json.dumps(allocations.proxy_ports)) if allocations and allocations.proxy_ports is not None else None
+        self._c = Compiler(ids, ports, host_ips)
+        self._last: CompiledState | None = None
+
+    def upsert_policy(self, policy: NamedPolicy) -> None:
+        self._c.upsert_policy(policy.document)
+
+    def delete_policy(self, key: str) -> None:
+        self._c.delete_policy(key)
+
+    def upsert_endpoint(self, endpoint: EndpointSpec) -> int:
+        self._c.upsert_endpoint(Endpoint(endpoint.endpoint_id, dict(endpoint.labels), endpoint.ipv4))
+        ident = self._c.identity_of_endpoint(endpoint.endpoint_id)
+        assert ident is not None
+        return ident
+
+    def delete_endpoint(self, endpoint_id: int) -> None:
+        self._c.delete_endpoint(endpoint_id)
+
+    def compile(self, revision: int) -> CompiledState:
+        state = self._c.compile()
+        self._last = state
+        # The agent's revision counts policy changes across the whole daemon;
+        # the compiler's own counter is an internal detail.
+        return state if state.revision == revision else replace(state, revision=revision)
+
+    def allocations(self) -> Allocations:
+        return Allocations(identities=json.loads(self._c.identities.to_json()), proxy_ports=json.loads(self._c.proxy_ports.to_json()))
+
+    def identity_labels(self) -> Mapping[int, frozenset[str]]:
+        # What the last compile saw; queries never trigger a compile.
+        if self._last is not None:
+            return self._last.identity_labels
+        return {i: frozenset({f"reserved:{n}"}) for i, n in RESERVED_IDENTITIES.items()}
+
+
+def make_compiler_factory(host_ips: Iterable[IPv4Address] = ()):
+    hosts = tuple(host_ips)
+
+    def factory(allocations: Allocations | None) -> RealCompiler:
+        return RealCompiler(allocations, hosts)
+
+    return factory
