@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import weakref
 from typing import Any, AsyncIterator
 
 from envoy_data_plane.envoy.service.discovery.v3 import (
@@ -46,6 +47,28 @@ class _PassthroughCodec(ProtoCodec):
         if isinstance(message, Encoded):
             return message.data
         return super().encode(message, message_type)
+
+
+class _Server(Server):
+    """grpclib's Server.close() cancels the handlers but leaves the HTTP/2
+    connections open, so Envoy would not notice the control plane went away
+    and would never reconnect. Track the connections and close them too."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self._protocols: weakref.WeakSet = weakref.WeakSet()
+
+    def _protocol_factory(self):  # type: ignore[override]
+        proto = super()._protocol_factory()
+        self._protocols.add(proto)
+        return proto
+
+    def close(self) -> None:
+        super().close()
+        for proto in list(self._protocols):
+            conn = getattr(proto, "connection", None)
+            if conn is not None:
+                conn.close()
 
 
 class _Ads(AggregatedDiscoveryServiceBase):
@@ -94,11 +117,11 @@ class XdsServer:
         if self.socket_path is not None:
             if os.path.exists(self.socket_path):
                 os.unlink(self.socket_path)
-            srv = Server([_Ads(self)], codec=_PassthroughCodec())
+            srv = _Server([_Ads(self)], codec=_PassthroughCodec())
             await srv.start(path=self.socket_path)
             self._servers.append(srv)
         if self.tcp is not None:
-            srv = Server([_Ads(self)], codec=_PassthroughCodec())
+            srv = _Server([_Ads(self)], codec=_PassthroughCodec())
             await srv.start(self.tcp[0], self.tcp[1])
             self._servers.append(srv)
             self.tcp_port = srv._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
