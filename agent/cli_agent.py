@@ -1,9 +1,304 @@
-"""Subcommands; see agent/cli.py for how they are registered."""
+"""`ciliate agent` (runs the daemon) and the client commands that talk to it:
+status, endpoint list|get, identity list, policy get, bpf policy get, monitor.
+
+Every client command takes `-o json`; table output is for people, JSON for
+scripts (one object per command, one object per line for `monitor`). The
+client side does socket I/O through agent.client; see agent/cli.py for how
+subcommands are registered.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from agent.client import AgentClient, AgentError, AgentUnavailable, default_socket
+from agent.models import FlowEvent
+
+Rows = list[Sequence[object]]
+
+
+# --- output ---------------------------------------------------------------------
+def _table(headers: Sequence[str], rows: Rows) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def _emit(args: argparse.Namespace, value: BaseModel, human: Callable[[Any], str]) -> int:
+    if args.output == "json":
+        print(value.model_dump_json(indent=2))
+    else:
+        print(human(value))
+    return 0
+
+
+def _client_command(fn: Callable[[AgentClient, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            with AgentClient(Path(args.socket)) as client:
+                return fn(client, args)
+        except AgentUnavailable as exc:
+            print(f"ciliate: {exc}", file=sys.stderr)
+            return 1
+        except AgentError as exc:
+            print(f"ciliate: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+# --- client commands ---------------------------------------------------------------
+def _status(client: AgentClient, args: argparse.Namespace) -> int:
+    def human(s) -> str:
+        eps = ", ".join(f"{n} {k}" for k, n in sorted(s.endpoints.items())) or "none"
+        pols = ", ".join(f"{n} {k}" for k, n in sorted(s.policies.items())) or "none"
+        proxy = ", ".join(f"{k}={v}" for k, v in s.proxy.items() if v is not None)
+        return "\n".join(
+            [
+                f"Health:          {'ok' if s.ok else 'DEGRADED'}",
+                f"Policy revision: {s.revision}",
+                f"Endpoints:       {eps}",
+                f"Policies:        {pols}",
+                f"Proxy:           {proxy}",
+                f"State dir:       {s.state_dir}",
+                f"Policy dir:      {s.policy_dir or '-'}",
+            ]
+        )
+
+    status = client.status()
+    _emit(args, status, human)
+    return 0 if status.ok else 1
+
+
+def _endpoint_rows(eps) -> str:
+    rows = [
+        (
+            e.id,
+            e.name or e.container_id[:12],
+            e.ipv4,
+            e.identity,
+            e.state.value + (f" ({e.reason})" if e.reason else ""),
+            "ingress" if e.ingress_enforced else "",
+            "egress" if e.egress_enforced else "",
+            e.policy_revision,
+            ",".join(f"{k}={v}" for k, v in sorted(e.labels.items())),
+        )
+        for e in eps
+    ]
+    return _table(["ID", "NAME", "IPV4", "IDENTITY", "STATE", "INGRESS", "EGRESS", "REV", "LABELS"], rows)
+
+
+def _endpoint_list(client: AgentClient, args: argparse.Namespace) -> int:
+    from agent.models import EndpointList
+
+    return _emit(args, EndpointList(endpoints=client.endpoints()), lambda v: _endpoint_rows(v.endpoints))
+
+
+def _endpoint_get(client: AgentClient, args: argparse.Namespace) -> int:
+    def human(e) -> str:
+        lines = [f"{k + ':':<18}{v}" for k, v in e.model_dump(mode="json").items() if k not in ("labels", "policies")]
+        lines.append(f"{'labels:':<18}" + ", ".join(f"{k}={v}" for k, v in sorted(e.labels.items())))
+        lines.append(f"{'policies:':<18}" + (", ".join(e.policies) or "-"))
+        return "\n".join(lines)
+
+    return _emit(args, client.endpoint(args.id), human)
+
+
+def _identity_list(client: AgentClient, args: argparse.Namespace) -> int:
+    return _emit(
+        args,
+        client.identities(),
+        lambda v: _table(
+            ["ID", "LABELS", "ENDPOINTS"],
+            [(i.id, ", ".join(i.labels), ",".join(map(str, i.endpoints))) for i in v.identities],
+        ),
+    )
+
+
+def _policy_rows(pols) -> str:
+    rows = []
+    for p in pols:
+        what = f"{p.state} on {p.endpoints} endpoint(s) at revision {p.revision}" if p.state != "error" else "error"
+        if p.stale:
+            what += " (previous version still enforced)"
+        rows.append((p.name, p.kind, what, p.source))
+        rows += [("", "", f"  {e.kind}: {e.message}", "") for e in p.errors]
+    return _table(["NAME", "KIND", "STATUS", "SOURCE"], rows)
+
+
+def _policy_get(client: AgentClient, args: argparse.Namespace) -> int:
+    if args.name:
+        pol = client.policy(args.name)
+        _emit(args, pol, lambda p: _policy_rows([p]))
+        return 0 if pol.state != "error" else 1
+    pols = client.policies()
+    return _emit(args, pols, lambda v: f"Policy revision {v.revision}\n" + _policy_rows(v.policies))
+
+
+def _bpf_policy_get(client: AgentClient, args: argparse.Namespace) -> int:
+    return _emit(
+        args,
+        client.bpf_policy(args.id),
+        lambda d: _table(
+            ["DIRECTION", "IDENTITY", "LABELS", "PROTOCOL", "PORTS", "VERDICT", "PROXY PORT"],
+            [(e.direction, e.identity, ", ".join(e.labels), e.protocol, e.ports, e.verdict, e.proxy_port or "") for e in d.entries],
+        ),
+    )
+
+
+def format_flow(e: FlowEvent) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(e.time)) + f".{int(e.time * 1000) % 1000:03d}"
+    src = f"{e.src_ip or '?'}:{e.src_port or ''}".rstrip(":")
+    dst = f"{e.dst_ip or '?'}:{e.dst_port or ''}".rstrip(":")
+    src_who = f" ({', '.join(e.src_labels)})" if e.src_labels else (f" (identity {e.src_identity})" if e.src_identity else "")
+    dst_who = f" ({', '.join(e.dst_labels)})" if e.dst_labels else (f" (identity {e.dst_identity})" if e.dst_identity else "")
+    parts = [when, e.type.upper(), f"{src}{src_who} -> {dst}{dst_who}"]
+    if e.method:
+        parts.append(f"{e.method} {e.path or ''} -> {e.status}")
+    if e.verdict:
+        parts.append(e.verdict)
+    if e.reason:
+        parts.append(f"({e.reason})")
+    return " ".join(parts)
+
+
+def _monitor(client: AgentClient, args: argparse.Namespace) -> int:
+    shown = 0
+    for event in client.flows(args.type or ()):
+        if args.output == "json":
+            print(event.model_dump_json(exclude_none=True), flush=True)
+        else:
+            print(format_flow(event), flush=True)
+        shown += 1
+        if args.count and shown >= args.count:
+            break
+    return 0
+
+
+# --- the daemon -------------------------------------------------------------------
+def _host_ips() -> list:
+    """Local IPv4 addresses, for the `host` identity (best effort)."""
+    from ipaddress import IPv4Address
+
+    try:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            return sorted({IPv4Address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)})
+    except Exception:
+        return [IPv4Address("127.0.0.1")]
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+    from agent.adapters.datapath import DatapathUnavailable, KernelDatapath
+    from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory
+    from agent.adapters.proxy import XdsProxy
+    from agent.daemon import Agent, AgentConfig
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    state_dir = Path(args.state_dir)
+    config = AgentConfig(
+        state_dir=state_dir,
+        socket_path=Path(args.socket) if args.socket else None,
+        policy_dir=Path(args.policy_dir) if args.policy_dir else None,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        ack_timeout=args.ack_timeout,
+    )
+    try:
+        datapath = KernelDatapath(Path(args.bpf_dir), state_dir / "datapath")
+    except DatapathUnavailable as exc:
+        print(f"ciliate agent: {exc}", file=sys.stderr)
+        return 1
+    xds_tcp = None
+    if args.external_envoy:
+        host, _, port = args.external_envoy.rpartition(":")
+        xds_tcp = (host or "127.0.0.1", int(port))
+    proxy = XdsProxy(state_dir, spawn_envoy=not args.external_envoy, xds_tcp=xds_tcp)
+    agent = Agent(config, compiler_factory=make_compiler_factory(_host_ips()), loader=PolicyFileLoader(), datapath=datapath, proxy=proxy)
+    try:
+        asyncio.run(agent.run_until_signalled())
+    except Exception as exc:  # startup failures: one line a person can act on
+        logging.getLogger("agent").debug("agent failed", exc_info=True)
+        print(f"ciliate agent: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- registration -------------------------------------------------------------------
+def _client_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--socket", default=str(default_socket()), help="agent API socket (env CILIATE_SOCKET)")
+    p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
+    return p
+
+
+def _find_subparsers(parser: argparse.ArgumentParser) -> "argparse._SubParsersAction | None":
+    for action in parser._actions:  # argparse offers no public way to reach them
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return None
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """Add this module's subcommands to the `ciliate` parser."""
+    common = _client_parent()
+
+    a = sub.add_parser("agent", help="run the agent daemon")
+    a.add_argument("--state-dir", default="/var/run/ciliate", help="state, sockets and allocator files (default %(default)s)")
+    a.add_argument("--socket", default=None, help="API socket (default STATE_DIR/agent.sock)")
+    a.add_argument("--policy-dir", default=None, help="directory of policy files to watch")
+    a.add_argument("--bpf-dir", default="/sys/fs/bpf/tc/globals", help="bpffs directory for pinned maps")
+    a.add_argument("--metrics-port", type=int, default=9962, help="Prometheus metrics on 127.0.0.1 (-1: off)")
+    a.add_argument("--ack-timeout", type=float, default=5.0, help="seconds to wait for Envoy's ACK")
+    a.add_argument("--external-envoy", metavar="HOST:PORT", default=None, help="serve xDS on loopback TCP for an Envoy run elsewhere instead of spawning one")
+    a.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    a.set_defaults(func=_run_agent)
+
+    s = sub.add_parser("status", parents=[common], help="agent health and counts")
+    s.set_defaults(func=_client_command(_status))
+
+    e = sub.add_parser("endpoint", help="endpoints known to the agent")
+    esub = e.add_subparsers(dest="endpoint_command", metavar="SUBCOMMAND", required=True)
+    el = esub.add_parser("list", parents=[common], help="list endpoints")
+    el.set_defaults(func=_client_command(_endpoint_list))
+    eg = esub.add_parser("get", parents=[common], help="show one endpoint")
+    eg.add_argument("id", type=int)
+    eg.set_defaults(func=_client_command(_endpoint_get))
+
+    i = sub.add_parser("identity", help="security identities")
+    isub = i.add_subparsers(dest="identity_command", metavar="SUBCOMMAND", required=True)
+    il = isub.add_parser("list", parents=[common], help="list identities and their labels")
+    il.set_defaults(func=_client_command(_identity_list))
+
+    # `policy get` joins the policy engineer's `policy` group when it exists.
+    policy_parser = sub.choices.get("policy")
+    psub = _find_subparsers(policy_parser) if policy_parser is not None else None
+    if psub is None:
+        policy_parser = sub.add_parser("policy", help="policies")
+        psub = policy_parser.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
+    pg = psub.add_parser("get", parents=[common], help="policies in force and their status (from the agent)")
+    pg.add_argument("name", nargs="?", help="namespace/name, or name for clusterwide; all when omitted")
+    pg.set_defaults(func=_client_command(_policy_get))
+
+    b = sub.add_parser("bpf", help="kernel state")
+    bsub = b.add_subparsers(dest="bpf_command", metavar="SUBCOMMAND", required=True)
+    bp = bsub.add_parser("policy", help="policy maps")
+    bpsub = bp.add_subparsers(dest="bpf_policy_command", metavar="SUBCOMMAND", required=True)
+    bpg = bpsub.add_parser("get", parents=[common], help="an endpoint's policy map, decoded")
+    bpg.add_argument("id", type=int, metavar="EPID")
+    bpg.set_defaults(func=_client_command(_bpf_policy_get))
+
+    m = sub.add_parser("monitor", parents=[common], help="live flow events: kernel verdicts and Envoy access logs")
+    m.add_argument("--type", action="append", choices=("drop", "forward", "redirect", "l7", "policy-verdict", "agent"), help="only these event types (repeatable)")
+    m.add_argument("-n", "--count", type=int, default=0, help="stop after this many events")
+    m.set_defaults(func=_client_command(_monitor))

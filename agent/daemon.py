@@ -134,6 +134,7 @@ class Agent:
         log.info("agent started: %d endpoints restored, state in %s", len(restored), self.config.state_dir)
 
     async def stop(self) -> None:
+        self.flows.close()  # lets streaming API handlers finish before the server goes
         if self._api is not None:
             await self._api.stop()
             self._api = None

@@ -18,13 +18,13 @@ class Subscription:
     def __init__(self, hub: "FlowHub", types: frozenset[str] | None) -> None:
         self._hub = hub
         self.types = types
-        self.queue: asyncio.Queue[FlowEvent] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        self.queue: asyncio.Queue[FlowEvent | None] = asyncio.Queue(SUBSCRIBER_QUEUE + 1)
         self.lost = 0
 
     def offer(self, event: FlowEvent) -> None:
         if self.types is not None and event.type not in self.types:
             return
-        if self.queue.full():
+        if self.queue.qsize() >= SUBSCRIBER_QUEUE:
             self.queue.get_nowait()
             self.lost += 1
         self.queue.put_nowait(event)
@@ -32,9 +32,13 @@ class Subscription:
     def close(self) -> None:
         self._hub._subs.discard(self)
 
+    def end(self) -> None:
+        """Make the iteration stop (agent shutdown); the slot above capacity is for this."""
+        self.queue.put_nowait(None)
+
     async def __aiter__(self) -> AsyncIterator[FlowEvent]:
-        while True:
-            yield await self.queue.get()
+        while (event := await self.queue.get()) is not None:
+            yield event
 
 
 class FlowHub:
@@ -51,6 +55,12 @@ class FlowHub:
         self.published += 1
         for sub in list(self._subs):
             sub.offer(event)
+
+    def close(self) -> None:
+        """End every subscriber's stream."""
+        for sub in list(self._subs):
+            sub.end()
+        self._subs.clear()
 
     @property
     def subscribers(self) -> int:

@@ -1,0 +1,113 @@
+"""ProxyControl bound to the real xds/ (ADS server, snapshot cache, renderer,
+access-log server) and sidecar/ (supervised Envoy).
+
+The agent publishes one snapshot per regeneration that changed the L7 view
+and waits for the Envoy node's ACK; NACK text and ACK timeouts come back as
+ProxyRejected / ProxyTimeout. With `spawn_envoy=False` an external Envoy
+(e.g. the docker-compose sidecar) connects over loopback TCP instead.
+Does socket and process I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from agent.ports import ProxyRejected, ProxyTimeout
+from policy.compiled import CompiledState
+from sidecar.supervisor import EnvoySupervisor
+from xds.accesslog import AccessLogServer
+from xds.cache import SnapshotCache
+from xds.errors import AckTimeout, NackError, XdsError
+from xds.render import Renderer, RenderParams
+from xds.server import XdsServer
+
+DEFAULT_NODE_ID = "ciliate-sidecar"
+
+
+class XdsProxy:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        node_id: str = DEFAULT_NODE_ID,
+        spawn_envoy: bool = True,
+        xds_tcp: tuple[str, int] | None = None,
+        accesslog_tcp: tuple[str, int] | None = None,
+        render_params: RenderParams | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.cache = SnapshotCache()
+        xds_sock = str(run_dir / "xds.sock")
+        log_sock = None if accesslog_tcp else str(run_dir / "accesslog.sock")
+        self.server = XdsServer(self.cache, socket_path=xds_sock, tcp=xds_tcp)
+        self.accesslog = AccessLogServer(socket_path=log_sock, tcp=accesslog_tcp)
+        self.renderer = Renderer(render_params)
+        self.supervisor = (
+            EnvoySupervisor(node_id, xds_socket=xds_sock, accesslog_socket=log_sock, workdir=run_dir / "envoy")
+            if spawn_envoy
+            else None
+        )
+        self._version = 0
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.accesslog.start()
+        if self.supervisor is not None:
+            await self.supervisor.start()
+
+    async def stop(self) -> None:
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        await self.accesslog.stop()
+        await self.server.stop()
+
+    async def publish(self, state: CompiledState, timeout: float) -> str:
+        self._version += 1
+        version = f"{state.revision}.{self._version}"
+        try:
+            snapshot = await self.renderer.render_async(state, version)
+        except XdsError as exc:  # the state cannot be expressed: same effect as a NACK
+            raise ProxyRejected(f"cannot render the proxy configuration: {exc}") from exc
+        self.cache.set_snapshot(self.node_id, snapshot)
+        try:
+            await self.cache.wait_for_ack(self.node_id, version, timeout)
+        except NackError as exc:
+            raise ProxyRejected(exc.detail) from exc
+        except AckTimeout as exc:
+            raise ProxyTimeout(str(exc)) from exc
+        return version
+
+    def status(self) -> Mapping[str, Any]:
+        sup = self.supervisor
+        connected = self.server.streams > 0
+        return {
+            "ok": connected,
+            "detail": None if connected else "no Envoy connected to the xDS server",
+            "node_id": self.node_id,
+            "envoy_pid": sup.pid if sup else None,
+            "envoy_restarts": sup.restarts if sup else 0,
+            "xds_streams": self.server.streams,
+            "acked_version": self.cache.acked_version(self.node_id),
+            "last_nack": self.cache.last_error(self.node_id),
+        }
+
+    async def access_log(self) -> AsyncIterator[Mapping[str, Any]]:
+        async for e in self.accesslog:
+            src_ip, _, src_port = e.downstream_remote.rpartition(":")
+            dst_ip, _, dst_port = (e.upstream or e.downstream_local).rpartition(":")
+            yield {
+                "time": e.time.timestamp(),
+                "type": "l7",
+                "protocol": "HTTP",
+                "src_ip": src_ip or None,
+                "src_port": int(src_port) if src_port.isdigit() else None,
+                "dst_ip": dst_ip or None,
+                "dst_port": int(dst_port) if dst_port.isdigit() else None,
+                "method": e.method,
+                "path": e.path,
+                "status": e.status,
+                "verdict": "denied" if e.denied else "forwarded",
+                "summary": f"{e.method} http://{e.authority}{e.path} -> {e.status}",
+            }

@@ -1,0 +1,138 @@
+"""A small synchronous client of the agent's REST API over its unix socket (httpx).
+
+Used by the CLI and by ciliate-cni. Errors are AgentUnavailable (nothing
+listening) or AgentError (the agent said no, with its reason). Does socket I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from agent.models import (
+    BpfPolicyDump,
+    Endpoint,
+    EndpointCreate,
+    EndpointList,
+    ErrorBody,
+    FlowEvent,
+    Health,
+    IdentityList,
+    PolicyList,
+    PolicyStatus,
+    Status,
+)
+
+DEFAULT_SOCKET = Path("/var/run/ciliate/agent.sock")
+M = TypeVar("M", bound=BaseModel)
+
+
+def default_socket() -> Path:
+    return Path(os.environ.get("CILIATE_SOCKET", str(DEFAULT_SOCKET)))
+
+
+class AgentUnavailable(Exception):
+    pass
+
+
+class AgentError(Exception):
+    def __init__(self, status: int, error: str, detail: str | None) -> None:
+        super().__init__(f"{error}: {detail}" if detail else error)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+class AgentClient:
+    def __init__(self, socket_path: Path | None = None, timeout: float = 30.0) -> None:
+        self.socket_path = socket_path or default_socket()
+        self._http = httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(self.socket_path)), base_url="http://ciliate-agent", timeout=timeout
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "AgentClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _unavailable(self, exc: Exception) -> AgentUnavailable:
+        return AgentUnavailable(f"cannot reach the agent at {self.socket_path} ({exc}); is `ciliate agent` running?")
+
+    def _call(self, method: str, path: str, model: type[M], *, ok: Iterable[int] = (200,), **kw) -> M:
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise self._unavailable(exc) from exc
+        if resp.status_code not in ok:
+            raise _error(resp)
+        try:
+            return model.model_validate_json(resp.content)
+        except ValidationError as exc:
+            raise AgentError(resp.status_code, "unexpected reply from the agent", str(exc)) from exc
+
+    def health(self) -> Health:
+        return self._call("GET", "/v1/healthz", Health, ok=(200, 503))
+
+    def status(self) -> Status:
+        return self._call("GET", "/v1/status", Status)
+
+    def endpoints(self, container_id: str | None = None, ifname: str | None = None) -> list[Endpoint]:
+        params = {k: v for k, v in (("container_id", container_id), ("ifname", ifname)) if v is not None}
+        return self._call("GET", "/v1/endpoints", EndpointList, params=params).endpoints
+
+    def endpoint(self, endpoint_id: int) -> Endpoint:
+        return self._call("GET", f"/v1/endpoints/{endpoint_id}", Endpoint)
+
+    def create_endpoint(self, req: EndpointCreate, wait: float | None = None) -> Endpoint:
+        params = {"wait": str(wait)} if wait else {}
+        return self._call(
+            "POST", "/v1/endpoints", Endpoint, ok=(200, 201), params=params,
+            content=req.model_dump_json(), headers={"Content-Type": "application/json"},
+        )
+
+    def delete_endpoint(self, endpoint_id: int) -> Endpoint:
+        return self._call("DELETE", f"/v1/endpoints/{endpoint_id}", Endpoint)
+
+    def policies(self) -> PolicyList:
+        return self._call("GET", "/v1/policies", PolicyList)
+
+    def policy(self, name: str) -> PolicyStatus:
+        return self._call("GET", f"/v1/policies/{quote(name, safe='/')}", PolicyStatus)
+
+    def identities(self) -> IdentityList:
+        return self._call("GET", "/v1/identities", IdentityList)
+
+    def bpf_policy(self, endpoint_id: int) -> BpfPolicyDump:
+        return self._call("GET", f"/v1/bpf/policy/{endpoint_id}", BpfPolicyDump)
+
+    def flows(self, types: Iterable[str] = ()) -> Iterator[FlowEvent]:
+        params = [("type", t) for t in types]
+        try:
+            with self._http.stream("GET", "/v1/flows", params=params, timeout=httpx.Timeout(None, connect=5.0)) as resp:
+                if resp.status_code != 200:
+                    resp.read()
+                    raise _error(resp)
+                for line in resp.iter_lines():
+                    if line.strip():
+                        yield FlowEvent.model_validate_json(line)
+        except httpx.TransportError as exc:
+            raise self._unavailable(exc) from exc
+
+
+def _error(resp: httpx.Response) -> AgentError:
+    try:
+        body = ErrorBody.model_validate_json(resp.content)
+        return AgentError(resp.status_code, body.error, body.detail)
+    except (ValidationError, json.JSONDecodeError):
+        return AgentError(resp.status_code, f"HTTP {resp.status_code}", resp.text[:500] or None)
