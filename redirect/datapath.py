@@ -1,0 +1,236 @@
+"""Datapath: the one object the agent drives. Does I/O (maps, bcc, tc, netlink).
+
+    dp = Datapath(pin_dir, state_dir)            # creates or adopts the install
+    dp.setup_proxy_plumbing()
+    dp.attach_endpoint(7, "lxc1234", IPv4Address("10.0.0.7"), 256)
+    result = dp.apply(compiled_state)            # ApplyResult; per-endpoint failures inside
+    dp.dump_policy(7)                            # list[DecodedEntry]
+    async with dp.events() as stream: ...        # FlowEvent
+    dp.close()                                   # enforcement stays in the kernel
+    dp.teardown()                                # uninstall: programs, plumbing, pins
+
+Everything enforced lives in the kernel (pinned maps, tc filters holding
+their programs); the process may exit at any time. A new Datapath on the
+same pin_dir and state_dir adopts it: maps are opened from their pins, the
+endpoints are read back from state_dir/<id>/endpoint.json, and re-attaching
+an endpoint whose generated header is unchanged and whose filter is in place
+does nothing (no recompile).
+
+Fail closed: a new endpoint runs a two-instruction drop program until its own
+program is attached, a compile or load failure leaves (or puts) it on the
+drop program, and an endpoint with no lxc or policy map entry drops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from policy.compiled import CompiledState
+from redirect import bpfsys, config, layout, loader, policymap, proxy, tc
+from redirect.errors import DatapathError, ProgramLoadError
+from redirect.events import EventStream
+from redirect.maps import DEFAULT_PIN_DIR, MapSizes, PinnedMaps
+from redirect.reconcile import ApplyResult, apply_state
+
+DEFAULT_STATE_DIR = Path("/var/run/ciliate/endpoints")
+BLOCK_NAME = "ciliate_block"
+ERROR_FILE = "error.txt"
+RECORD_FILE = "endpoint.json"
+
+
+@dataclass(frozen=True)
+class EndpointRecord:
+    endpoint_id: int
+    ifname: str
+    ipv4: str
+    identity: int
+    program: str  # tc filter name of the program attached, or BLOCK_NAME
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    endpoint_id: int
+    ifname: str
+    program: str | None  # what tc has attached right now (None: nothing)
+    blocked: bool
+    error: str | None
+
+
+def _as_ip(v: IPv4Address | str) -> IPv4Address:
+    return IPv4Address(str(v))
+
+
+class Datapath:
+    def __init__(
+        self,
+        pin_dir: Path = DEFAULT_PIN_DIR,
+        state_dir: Path = DEFAULT_STATE_DIR,
+        *,
+        netns: str | None = None,
+        sizes: MapSizes = MapSizes(),
+        proxy_addr: IPv4Address = IPv4Address("127.0.0.1"),
+    ) -> None:
+        self.pin_dir = Path(pin_dir)
+        self.state_dir = Path(state_dir)
+        self.netns = netns
+        self.proxy_addr = proxy_addr
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.maps = PinnedMaps(self.pin_dir, sizes)
+        self._endpoints: dict[int, EndpointRecord] = {}
+        for rec in self.state_dir.glob(f"*/{RECORD_FILE}"):
+            try:
+                r = EndpointRecord(**json.loads(rec.read_text()))
+            except (ValueError, TypeError) as e:
+                raise DatapathError(f"{rec}: unreadable endpoint record: {e}") from e
+            self._endpoints[r.endpoint_id] = r
+
+    # -- endpoints ------------------------------------------------------------
+    def _ep_dir(self, endpoint_id: int) -> Path:
+        return self.state_dir / str(endpoint_id)
+
+    def _prog_pin(self, endpoint_id: int, hook: str) -> Path:
+        return self.pin_dir / f"ciliate_prog_{endpoint_id}_{hook}"
+
+    def _save(self, rec: EndpointRecord) -> None:
+        d = self._ep_dir(rec.endpoint_id)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / (RECORD_FILE + ".tmp")
+        tmp.write_text(json.dumps(asdict(rec), indent=2))
+        tmp.replace(d / RECORD_FILE)
+        self._endpoints[rec.endpoint_id] = rec
+
+    def _block(self, endpoint_id: int, ifname: str) -> None:
+        fd = bpfsys.load_drop_program(BLOCK_NAME)
+        try:
+            tc.attach(ifname, fd, fd, BLOCK_NAME, self.netns)
+        finally:
+            os.close(fd)
+
+    def attach_endpoint(self, endpoint_id: int, ifname: str, ipv4: IPv4Address | str, identity: int) -> None:
+        """Compile and attach the endpoint's program (idempotent).
+
+        Raises ProgramLoadError (endpoint left blocked) or AttachError."""
+        ip = _as_ip(ipv4)
+        ep_dir = self._ep_dir(endpoint_id)
+        cfg = config.EndpointConfig(endpoint_id, identity, ip, ifname, self.pin_dir, self.maps.sizes, self.proxy_addr)
+        header, digest = config.write(cfg, ep_dir)
+        name = f"ciliate_{endpoint_id}_{digest[:8]}"
+
+        # Fail closed before anything else: an lxc entry that enforces both
+        # directions (apply() sets the real flags) and an empty policy map.
+        self.maps.write_lxc(ip, endpoint_id, identity,
+                            layout.LXC_F_INGRESS_ENFORCED | layout.LXC_F_EGRESS_ENFORCED, only_new=True)
+        self.maps.policy_fd(endpoint_id)
+
+        now = tc.attached(ifname, self.netns)
+        if now is None:
+            raise DatapathError(f"endpoint {endpoint_id}: interface {ifname} not found")
+        if now.ingress == name and now.egress == name and self._prog_pin(endpoint_id, "from").exists():
+            self._save(EndpointRecord(endpoint_id, ifname, str(ip), identity, name))
+            return  # adopted: same header, program in place
+        if now.ingress is None or now.egress is None:
+            self._block(endpoint_id, ifname)
+
+        try:
+            prog = loader.compile_and_load(endpoint_id, header)
+        except ProgramLoadError as e:
+            self._block(endpoint_id, ifname)
+            (ep_dir / ERROR_FILE).write_text(e.message + "\n")
+            self._save(EndpointRecord(endpoint_id, ifname, str(ip), identity, BLOCK_NAME))
+            raise
+        try:
+            tc.attach(ifname, prog.from_container, prog.to_container, name, self.netns)
+            for hook, fd in (("from", prog.from_container), ("to", prog.to_container)):
+                pin = self._prog_pin(endpoint_id, hook)
+                with contextlib.suppress(FileNotFoundError):
+                    pin.unlink()
+                bpfsys.pin(fd, pin)
+        finally:
+            prog.close()
+        with contextlib.suppress(FileNotFoundError):
+            (ep_dir / ERROR_FILE).unlink()
+        self._save(EndpointRecord(endpoint_id, ifname, str(ip), identity, name))
+
+    def detach_endpoint(self, endpoint_id: int) -> None:
+        """Remove the endpoint's programs and its map state (idempotent)."""
+        rec = self._endpoints.pop(endpoint_id, None)
+        if rec is not None:
+            tc.detach(rec.ifname, self.netns)
+            with contextlib.suppress(Exception):
+                self.maps.delete_lxc(IPv4Address(rec.ipv4))
+        for hook in ("from", "to"):
+            with contextlib.suppress(FileNotFoundError):
+                self._prog_pin(endpoint_id, hook).unlink()
+        self.maps.drop_policy_map(endpoint_id)
+        shutil.rmtree(self._ep_dir(endpoint_id), ignore_errors=True)
+
+    def endpoints(self) -> dict[int, EndpointRecord]:
+        return dict(self._endpoints)
+
+    def endpoint_status(self, endpoint_id: int) -> EndpointStatus:
+        rec = self._endpoints.get(endpoint_id)
+        if rec is None:
+            raise DatapathError(f"endpoint {endpoint_id} is not attached")
+        now = tc.attached(rec.ifname, self.netns)
+        prog = now.ingress if now else None
+        err_file = self._ep_dir(endpoint_id) / ERROR_FILE
+        return EndpointStatus(
+            endpoint_id, rec.ifname, prog, prog in (None, BLOCK_NAME),
+            err_file.read_text() if err_file.exists() else None,
+        )
+
+    def prog_stats(self, endpoint_id: int) -> dict[str, bpfsys.ProgInfo]:
+        """Run-time statistics (needs kernel.bpf_stats_enabled=1 to count)."""
+        out: dict[str, bpfsys.ProgInfo] = {}
+        for hook in ("from", "to"):
+            pin = self._prog_pin(endpoint_id, hook)
+            if pin.exists():
+                fd = bpfsys.obj_get(pin)
+                try:
+                    out[hook] = bpfsys.prog_info(fd)
+                finally:
+                    os.close(fd)
+        return out
+
+    # -- policy -------------------------------------------------------------
+    def apply(self, state: CompiledState) -> ApplyResult:
+        return apply_state(self.maps, state, keep=set(self._endpoints))
+
+    def dump_policy(self, endpoint_id: int) -> list[policymap.DecodedEntry]:
+        entries = self.maps.read_policy(endpoint_id)
+        return [policymap.describe(k, v) for k, v in sorted(entries.items())]
+
+    # -- events / proxy / lifecycle ------------------------------------------
+    def events(self) -> EventStream:
+        return EventStream(self.pin_dir)
+
+    def setup_proxy_plumbing(self) -> None:
+        proxy.setup(self.netns)
+
+    def close(self) -> None:
+        """Release this process's handles; the kernel keeps enforcing."""
+        self.maps.close()
+
+    def teardown(self) -> None:
+        """Uninstall: detach every endpoint, remove plumbing and all pins."""
+        for ep_id in list(self._endpoints):
+            self.detach_endpoint(ep_id)
+        proxy.teardown(self.netns)
+        self.maps.close()
+        for p in self.pin_dir.glob("ciliate_*"):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        with contextlib.suppress(OSError):
+            self.pin_dir.rmdir()
+
+    def __enter__(self) -> "Datapath":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

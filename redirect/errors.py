@@ -1,0 +1,44 @@
+"""The redirect/ error hierarchy, in one place. Pure.
+
+    DatapathError
+      ProgramLoadError   an endpoint program did not compile or load; the
+                         endpoint is left blocked (fail closed)
+      MapFullError       desired entries exceed a map's capacity; the old
+                         entries stay enforced
+      AttachError        tc / netlink refused an attach or detach
+      PlumbingError      ip rule / route set-up for the proxy failed
+"""
+
+from __future__ import annotations
+
+
+class DatapathError(Exception):
+    """Base of every error redirect/ raises on purpose."""
+
+
+class ProgramLoadError(DatapathError):
+    def __init__(self, endpoint_id: int, message: str) -> None:
+        super().__init__(f"endpoint {endpoint_id}: program load failed (endpoint blocked): {message}")
+        self.endpoint_id = endpoint_id
+        self.message = message
+
+
+class MapFullError(DatapathError):
+    def __init__(self, map_name: str, wanted: int, capacity: int, endpoint_id: int | None = None) -> None:
+        who = f"endpoint {endpoint_id}: " if endpoint_id is not None else ""
+        super().__init__(
+            f"{who}{map_name} would hold {wanted} entries but its capacity is {capacity}; "
+            "kept the previous entries enforced"
+        )
+        self.map_name = map_name
+        self.wanted = wanted
+        self.capacity = capacity
+        self.endpoint_id = endpoint_id
+
+
+class AttachError(DatapathError):
+    pass
+
+
+class PlumbingError(DatapathError):
+    pass

@@ -1,0 +1,94 @@
+"""Compile and load bpf/bpf_lxc.c for one endpoint with bcc.
+
+Does I/O (reads bpf/ sources, runs the compiler, loads programs). bcc only
+rewrites map method calls (`ct.lookup(...)`) in the main file, so the quoted
+`#include "lib/..."` lines are inlined into one text first; system headers
+stay includes. The per-endpoint header arrives with `-include`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from redirect.errors import ProgramLoadError
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+ENTRY = BPF_DIR / "bpf_lxc.c"
+_INCLUDE = re.compile(r'\s*#include\s+"(lib/[^"]+)"')
+
+
+def flatten(path: Path = ENTRY, root: Path = BPF_DIR, _seen: set[Path] | None = None) -> str:
+    seen = set() if _seen is None else _seen
+    out: list[str] = []
+    for line in path.read_text().splitlines():
+        m = _INCLUDE.match(line)
+        if m:
+            inc = root / m.group(1)
+            if inc not in seen:
+                seen.add(inc)
+                out.append(f"/* --- {m.group(1)} --- */")
+                out.append(flatten(inc, root, seen))
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+@dataclass
+class LoadedProgram:
+    """Program fds of one endpoint; the bcc module is kept only until the
+    programs are attached (tc then holds its own reference)."""
+
+    from_container: int
+    to_container: int
+    _bpf: object
+
+    def close(self) -> None:
+        cleanup = getattr(self._bpf, "cleanup", None)
+        if cleanup is not None:
+            with contextlib.suppress(Exception):
+                cleanup()
+
+
+@contextlib.contextmanager
+def _capture_fd2():
+    """libbcc prints compiler errors on fd 2; capture them for the error."""
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        buf = io.StringIO()
+        try:
+            yield buf
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            buf.write(tmp.read().decode(errors="replace"))
+
+
+def compile_and_load(endpoint_id: int, header: Path, source: Path = ENTRY) -> LoadedProgram:
+    from bcc import BPF  # imported here: only the loader needs the compiler
+
+    text = flatten(source)
+    with _capture_fd2() as err:
+        try:
+            b = BPF(text=text.encode(), cflags=[f"-I{BPF_DIR}", "-include", str(header)])
+            f_from = b.load_func(b"from_container", BPF.SCHED_CLS)
+            f_to = b.load_func(b"to_container", BPF.SCHED_CLS)
+        except Exception as e:  # bcc raises bare Exception
+            failure: Exception | None = e
+        else:
+            failure = None
+    if failure is not None:
+        detail = err.getvalue().strip()
+        lines = [ln for ln in detail.splitlines() if ln.strip()]
+        msg = "\n".join(lines[-40:]) if lines else str(failure)
+        raise ProgramLoadError(endpoint_id, f"{failure}\n{msg}")
+    return LoadedProgram(f_from.fd, f_to.fd, b)

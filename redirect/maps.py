@@ -1,0 +1,226 @@
+"""The pinned maps of one install: create them once, adopt them afterwards.
+
+Does I/O (bpf() syscalls, bpffs). Every map lives under `pin_dir`
+(default /sys/fs/bpf/tc/globals, files named ciliate_*), so the maps outlive
+the process that made them; a new process opens the pins and checks that
+their shapes match this code's layouts, refusing (never recreating) a map of
+another shape, which would silently drop the enforced state.
+
+    ciliate_ipcache        LPM trie   IPv4 prefix -> identity
+    ciliate_lxc            hash       local endpoint IPv4 -> id, identity, flags
+    ciliate_policy         hash of maps: endpoint id -> ciliate_policy_<id>
+    ciliate_policy_<id>    LPM trie   one endpoint's policy (see policymap.py)
+    ciliate_ct             LRU hash   conntrack
+    ciliate_events         ring buffer of verdict events
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from redirect import bpfsys, layout, policymap
+from redirect.errors import DatapathError
+
+DEFAULT_PIN_DIR = Path("/sys/fs/bpf/tc/globals")
+
+
+@dataclass(frozen=True)
+class MapSizes:
+    ipcache: int = 65536
+    endpoints: int = 1024
+    policy_entries: int = 16384  # per endpoint, in kernel entries (port blocks)
+    conntrack: int = 65536
+    events_bytes: int = 256 * 1024
+
+    @property
+    def policy_map_max(self) -> int:
+        # Room for the old and the new entries at once: the writer adds before
+        # it deletes. An LPM trie allocates per entry, so this costs nothing.
+        return 2 * self.policy_entries
+
+
+@dataclass(frozen=True)
+class _Spec:
+    name: str
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int = 0
+
+
+def _ip4(addr: IPv4Address) -> bytes:
+    return addr.packed
+
+
+class PinnedMaps:
+    """File descriptors of one install's maps; create-or-adopt on open."""
+
+    def __init__(self, pin_dir: Path = DEFAULT_PIN_DIR, sizes: MapSizes = MapSizes()) -> None:
+        self.pin_dir = Path(pin_dir)
+        self.sizes = sizes
+        self.pin_dir.mkdir(parents=True, exist_ok=True)
+        s = sizes
+        self._specs = {
+            "ipcache": _Spec("ciliate_ipcache", bpfsys.MAP_LPM_TRIE, ctypes.sizeof(layout.IpcacheKey),
+                             ctypes.sizeof(layout.IpcacheValue), s.ipcache, bpfsys.F_NO_PREALLOC),
+            "lxc": _Spec("ciliate_lxc", bpfsys.MAP_HASH, ctypes.sizeof(layout.LxcKey),
+                         ctypes.sizeof(layout.LxcValue), s.endpoints),
+            "policy": _Spec("ciliate_policy", bpfsys.MAP_HASH_OF_MAPS, 4, 4, s.endpoints),
+            "ct": _Spec("ciliate_ct", bpfsys.MAP_LRU_HASH, ctypes.sizeof(layout.CtKey),
+                        ctypes.sizeof(layout.CtValue), s.conntrack),
+            "events": _Spec("ciliate_events", bpfsys.MAP_RINGBUF, 0, 0, s.events_bytes),
+        }
+        self._inner_spec = _Spec("ciliate_pol", bpfsys.MAP_LPM_TRIE, policymap.KEY_SIZE, policymap.VALUE_SIZE,
+                                 s.policy_map_max, bpfsys.F_NO_PREALLOC)
+        self.fds: dict[str, int] = {}
+        self._policy_fds: dict[int, int] = {}
+        try:
+            for key, spec in self._specs.items():
+                self.fds[key] = self._open(spec)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening -----------------------------------------------------------
+    def path(self, name: str) -> Path:
+        return self.pin_dir / name
+
+    def _open(self, spec: _Spec) -> int:
+        p = self.path(spec.name)
+        if p.exists():
+            fd = bpfsys.obj_get(p)
+            info = bpfsys.map_info(fd)
+            want = (spec.type, spec.key_size, spec.value_size)
+            have = (info.type, info.key_size, info.value_size)
+            if have != want:
+                os.close(fd)
+                raise DatapathError(
+                    f"{p}: pinned map has type/key/value {have}, this version needs {want}; "
+                    "remove the pin directory to start over (drops enforced state)"
+                )
+            return fd
+        inner = 0
+        if spec.type == bpfsys.MAP_HASH_OF_MAPS:
+            i = self._inner_spec
+            inner = bpfsys.create_map(i.type, i.key_size, i.value_size, i.max_entries, i.flags, i.name)
+        try:
+            fd = bpfsys.create_map(spec.type, spec.key_size, spec.value_size, spec.max_entries, spec.flags,
+                                   spec.name, inner)
+        finally:
+            if inner:
+                os.close(inner)
+        try:
+            bpfsys.pin(fd, p)
+        except bpfsys.BPFError:
+            # Another process pinned it first: use theirs.
+            os.close(fd)
+            return bpfsys.obj_get(p)
+        return fd
+
+    def close(self) -> None:
+        for fd in list(self.fds.values()) + list(self._policy_fds.values()):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+        self._policy_fds.clear()
+
+    # -- per-endpoint policy maps -----------------------------------------
+    def policy_pin(self, endpoint_id: int) -> Path:
+        return self.path(f"ciliate_policy_{endpoint_id}")
+
+    def policy_fd(self, endpoint_id: int, create: bool = True) -> int | None:
+        """The endpoint's policy map, created (empty) and linked if needed."""
+        fd = self._policy_fds.get(endpoint_id)
+        if fd is not None:
+            return fd
+        p = self.policy_pin(endpoint_id)
+        if p.exists():
+            fd = bpfsys.obj_get(p)
+        elif not create:
+            return None
+        else:
+            i = self._inner_spec
+            fd = bpfsys.create_map(i.type, i.key_size, i.value_size, i.max_entries, i.flags,
+                                   f"ciliate_pol{endpoint_id}"[:15])
+            bpfsys.pin(fd, p)
+        bpfsys.update_fd_value(self.fds["policy"], struct.pack("=I", endpoint_id), fd)
+        self._policy_fds[endpoint_id] = fd
+        return fd
+
+    def drop_policy_map(self, endpoint_id: int) -> None:
+        bpfsys.delete(self.fds["policy"], struct.pack("=I", endpoint_id))
+        fd = self._policy_fds.pop(endpoint_id, None)
+        if fd is not None:
+            os.close(fd)
+        p = self.policy_pin(endpoint_id)
+        if p.exists():
+            p.unlink()
+
+    def policy_endpoints(self) -> list[int]:
+        ids = {struct.unpack("=I", k)[0] for k in bpfsys.keys(self.fds["policy"], 4)}
+        ids |= {int(p.name.rsplit("_", 1)[1]) for p in self.pin_dir.glob("ciliate_policy_*")}
+        return sorted(ids)
+
+    def read_policy(self, endpoint_id: int) -> dict[policymap.KernelKey, policymap.KernelValue]:
+        fd = self.policy_fd(endpoint_id, create=False)
+        if fd is None:
+            return {}
+        raw = bpfsys.items(fd, policymap.KEY_SIZE, policymap.VALUE_SIZE)
+        return {policymap.decode_key(k): policymap.decode_value(v) for k, v in raw.items()}
+
+    # -- ipcache -------------------------------------------------------------
+    @staticmethod
+    def _ipcache_key(net: IPv4Network) -> bytes:
+        return struct.pack("=I4s", net.prefixlen, net.network_address.packed)
+
+    def read_ipcache(self) -> dict[IPv4Network, int]:
+        out: dict[IPv4Network, int] = {}
+        for k, v in bpfsys.items(self.fds["ipcache"], 8, 8).items():
+            plen, addr = struct.unpack("=I4s", k)
+            out[IPv4Network((IPv4Address(addr), plen))] = struct.unpack("=II", v)[0]
+        return out
+
+    def write_ipcache(self, net: IPv4Network, identity: int) -> None:
+        bpfsys.update(self.fds["ipcache"], self._ipcache_key(net), struct.pack("=II", identity, 0))
+
+    def delete_ipcache(self, net: IPv4Network) -> None:
+        bpfsys.delete(self.fds["ipcache"], self._ipcache_key(net))
+
+    # -- local endpoints -----------------------------------------------------
+    def read_lxc(self) -> dict[IPv4Address, tuple[int, int, int]]:
+        out: dict[IPv4Address, tuple[int, int, int]] = {}
+        for k, v in bpfsys.items(self.fds["lxc"], 4, 16).items():
+            ep, ident, flags, _ = struct.unpack("=IIII", v)
+            out[IPv4Address(k)] = (ep, ident, flags)
+        return out
+
+    def write_lxc(self, addr: IPv4Address, endpoint_id: int, identity: int, flags: int, only_new: bool = False) -> bool:
+        try:
+            bpfsys.update(self.fds["lxc"], _ip4(addr), struct.pack("=IIII", endpoint_id, identity, flags, 0),
+                          bpfsys.NOEXIST if only_new else bpfsys.ANY)
+        except bpfsys.BPFError as e:
+            if only_new and e.errno == 17:  # EEXIST: keep what apply() wrote
+                return False
+            raise
+        return True
+
+    def delete_lxc(self, addr: IPv4Address) -> None:
+        bpfsys.delete(self.fds["lxc"], _ip4(addr))
+
+    # -- conntrack (for tests and `ciliate bpf ct list`) ----------------------
+    def read_ct(self) -> dict[bytes, bytes]:
+        return bpfsys.items(self.fds["ct"], ctypes.sizeof(layout.CtKey), ctypes.sizeof(layout.CtValue))
+
+    def flush_ct(self) -> int:
+        n = 0
+        for k in bpfsys.keys(self.fds["ct"], ctypes.sizeof(layout.CtKey)):
+            n += bpfsys.delete(self.fds["ct"], k)
+        return n

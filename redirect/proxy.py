@@ -1,0 +1,89 @@
+"""Proxy plumbing: the policy routing that turns a marked packet into local
+delivery. Does I/O (netlink). Idempotent set-up and tear-down.
+
+    ip rule add fwmark 0x200/0xf00 lookup 2004 pref 9
+    ip route add local 0.0.0.0/0 dev lo table 2004
+
+Which socket receives the packet is chosen by the program itself with
+bpf_sk_assign (bpf/lib/proxy.h), not by nftables TPROXY rules. Why: the
+program already knows the proxy port from the policy entry, so there is no
+second per-port rule set to keep in step with the policy map (and nothing
+to reconcile after a restart); and a missing listener becomes a drop with
+its own reason in `ciliate monitor` instead of the silent timeout a TPROXY
+rule pointing at nobody gives. The listener must be IP_TRANSPARENT (the
+packet keeps its original destination) and listen on PROXY_ADDR (127.0.0.1
+by default) or the wildcard address, in the netns of the endpoints' veths.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from redirect.errors import PlumbingError
+
+TO_PROXY_MARK = 0x0200
+MARK_MASK = 0x0F00
+PROXY_ORIGIN_MARK = 0x0B00  # SO_MARK on the proxy's upstream sockets
+ROUTE_TABLE = 2004
+RULE_PRIORITY = 9
+
+
+def to_proxy_mark(proxy_port: int) -> int:
+    """skb->mark the program sets for a flow redirected to proxy_port."""
+    return TO_PROXY_MARK | (int.from_bytes(proxy_port.to_bytes(2, "big"), "little") << 16)
+
+
+def _ipr(netns: str | None) -> IPRoute:
+    return IPRoute(netns=netns) if netns else IPRoute()
+
+
+def _our_rules(ipr: IPRoute) -> list:
+    out = []
+    for r in ipr.get_rules(family=2):
+        if (
+            r.get_attr("FRA_FWMARK") == TO_PROXY_MARK
+            and r.get_attr("FRA_FWMASK") == MARK_MASK
+            and (r.get_attr("FRA_TABLE") or r.get("table")) == ROUTE_TABLE
+        ):
+            out.append(r)
+    return out
+
+
+def setup(netns: str | None = None) -> None:
+    try:
+        with _ipr(netns) as ipr:
+            if not _our_rules(ipr):
+                ipr.rule("add", family=2, table=ROUTE_TABLE, fwmark=TO_PROXY_MARK, fwmask=MARK_MASK,
+                         priority=RULE_PRIORITY)
+            lo = ipr.link_lookup(ifname="lo")[0]
+            ipr.route("replace", dst="0.0.0.0/0", type="local", oif=lo, table=ROUTE_TABLE)
+    except NetlinkError as e:
+        raise PlumbingError(f"proxy routing set-up failed: {e}") from e
+
+
+def is_set_up(netns: str | None = None) -> bool:
+    with _ipr(netns) as ipr:
+        if not _our_rules(ipr):
+            return False
+        routes = ipr.get_routes(family=2, table=ROUTE_TABLE)
+        return any(r.get("type") == 2 and r.get("dst_len") == 0 for r in routes)  # RTN_LOCAL
+
+
+def teardown(netns: str | None = None) -> None:
+    with _ipr(netns) as ipr:
+        for r in _our_rules(ipr):
+            try:
+                ipr.rule("del", family=2, table=ROUTE_TABLE, fwmark=TO_PROXY_MARK, fwmask=MARK_MASK,
+                         priority=r.get_attr("FRA_PRIORITY"))
+            except NetlinkError as e:
+                if e.code != errno.ENOENT:
+                    raise PlumbingError(f"removing proxy rule: {e}") from e
+        lo = ipr.link_lookup(ifname="lo")[0]
+        try:
+            ipr.route("del", dst="0.0.0.0/0", type="local", oif=lo, table=ROUTE_TABLE)
+        except NetlinkError as e:
+            if e.code not in (errno.ESRCH, errno.ENOENT):
+                raise PlumbingError(f"removing proxy route: {e}") from e
