@@ -17,7 +17,7 @@ ipcache, so CIDR rules never select local endpoints (as in Cilium).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
@@ -63,6 +63,18 @@ class IdentityPolicy:
 _UNSELECTED = IdentityPolicy(False, False, (), {}, frozenset(), frozenset())
 
 
+def _within(net: IPv4Network, outer: IPv4Network) -> bool:
+    """net is inside outer (ipaddress.subnet_of, without its overhead)."""
+    shift = 32 - outer.prefixlen
+    return net.prefixlen >= outer.prefixlen and (
+        int(net.network_address) >> shift == int(outer.network_address) >> shift
+    )
+
+
+def _cidr_selects(peer: CIDRPeer, net: IPv4Network) -> bool:
+    return _within(net, peer.net) and not any(_within(net, e) for e in peer.excepts)
+
+
 def _depends_on_labels(peer: Peer) -> bool:
     return isinstance(peer, EndpointPeer) or (isinstance(peer, EntityPeer) and peer.name == "cluster")
 
@@ -101,10 +113,14 @@ class Compiler:
         self._id_policy: dict[int, IdentityPolicy] = {}
         self._ep_policy: dict[int, EndpointPolicy] = {}
         self._ep_redirects: dict[int, set[RedirectKey]] = {}
+        # Selectors whose membership changed since the last compile; their
+        # users' subjects are recomputed once, in compile().
+        self._stale_sels: set[Peer] = set()
         self._dirty_ids: set[int] = set()
         self._dirty_eps: set[int] = set()
         self._removed_eps: set[int] = set()
         self._ipcache_dirty = True
+        self._labels_dirty = True
         self._revision = 0
         self._state: CompiledState | None = None
         self._changed: frozenset[int] = frozenset()
@@ -195,11 +211,7 @@ class Compiler:
                 return self._index.all() | _CLUSTER_RESERVED
             return frozenset({RESERVED_BY_NAME[peer.name]})
         assert isinstance(peer, CIDRPeer)
-        out = {
-            ident
-            for net, ident in self._cidr_ids.items()
-            if net.subnet_of(peer.net) and not any(net.subnet_of(e) for e in peer.excepts)
-        }
+        out = {ident for net, ident in self._cidr_ids.items() if _cidr_selects(peer, net)}
         if peer.net.prefixlen == 0:
             out.add(IDENTITY_WORLD)
         return frozenset(out)
@@ -279,45 +291,60 @@ class Compiler:
         self._retarget_cidrs(policy.cidrs(), -1)
 
     def _touch_users(self, peer: Peer) -> None:
-        """A selector's membership changed: its users' subjects must re-merge."""
-        for key in self._users.get(peer, ()):
+        """A selector's membership changed: its users must re-merge (in compile)."""
+        self._stale_sels.add(peer)
+
+    def _flush_stale(self) -> None:
+        keys: set[str] = set()
+        for peer in self._stale_sels:
+            keys |= self._users.get(peer, set())
+        self._stale_sels.clear()
+        for key in keys:
             policy = self._policies.get(key)
-            if policy is None:
-                continue
-            self._set_subjects(key, self._subjects_of(policy))
+            if policy is not None:
+                self._set_subjects(key, self._subjects_of(policy))
 
     def _retarget_cidrs(self, nets: set[IPv4Network], delta: int) -> None:
-        changed = False
         for net in nets:
             if net == WORLD_NET:
                 continue
             n = self._cidr_refs[net] + delta
             if n <= 0:
                 del self._cidr_refs[net]
-                self._cidr_ids.pop(net, None)
-                changed = True
+                ident = self._cidr_ids.pop(net, None)
+                if ident is not None:
+                    self._cidr_changed(net, ident, added=False)
             else:
                 self._cidr_refs[net] = n
                 if net not in self._cidr_ids:
-                    self._cidr_ids[net] = self.identities.for_cidr(net)
-                    changed = True
-        if not changed:
-            return
-        self._ipcache_dirty = True
-        self.identities.release_cidrs_except(self._cidr_ids)
-        for peer in list(self._cidr_sels):
-            new = self._resolve(peer)
-            if new != self._members[peer]:
-                self._members[peer] = new
-                self._touch_users(peer)
+                    ident = self._cidr_ids[net] = self.identities.for_cidr(net)
+                    self._cidr_changed(net, ident, added=True)
+
+    def _cidr_changed(self, net: IPv4Network, ident: int, added: bool) -> None:
+        """One prefix came or went: update only the selectors it falls in."""
+        self._ipcache_dirty = self._labels_dirty = True
+        if not added:
+            self.identities.release_cidrs_except(self._cidr_ids)
+        for peer in self._cidr_sels:
+            if isinstance(peer, CIDRPeer):
+                if not _cidr_selects(peer, net):
+                    continue
+            members = self._members[peer]
+            self._members[peer] = (members | {ident}) if added else (members - {ident})
+            self._touch_users(peer)
+
+    def _label_candidates(self, labels: dict[str, str] | Mapping[str, str]) -> set[Peer]:
+        """Label-dependent selectors that may select an identity with these labels."""
+        candidates: set[Peer] = set(self._sel_unindexed)
+        for kv in labels.items():
+            candidates |= self._sel_by_kv.get(kv, set())
+        return candidates
 
     def _identity_added(self, ident: int) -> None:
         labels = selectable_labels(self.identities.labels_of(ident))
         self._index.add(ident, labels)
-        candidates: set[Peer] = set(self._sel_unindexed)
-        for kv in labels.items():
-            candidates |= self._sel_by_kv.get(kv, set())
-        for peer in candidates:
+        self._labels_dirty = True
+        for peer in self._label_candidates(labels):
             if isinstance(peer, EndpointPeer) and not peer.selector.matches(labels):
                 continue
             self._members[peer] = self._members[peer] | {ident}
@@ -332,8 +359,11 @@ class Compiler:
         if eps:
             return
         del self._identity_eps[ident]
+        self._labels_dirty = True
+        labels = self._index.labels.get(ident, {})
         self._index.remove(ident)
-        for peer, members in list(self._members.items()):
+        for peer in self._label_candidates(labels):
+            members = self._members[peer]
             if ident in members:
                 self._members[peer] = members - {ident}
                 self._touch_users(peer)
@@ -409,9 +439,10 @@ class Compiler:
     # ------------------------------------------------------------ compile
 
     def compile(self) -> CompiledState:
-        if self._state is not None and not (self._dirty_ids or self._dirty_eps or self._removed_eps or self._ipcache_dirty):
+        if self._state is not None and not (self._stale_sels or self._dirty_ids or self._dirty_eps or self._removed_eps or self._ipcache_dirty):
             self._changed = frozenset()
             return self._state
+        self._flush_stale()
         rebuild_eps = set(self._dirty_eps)
         for ident in self._dirty_ids:
             eps = self._identity_eps.get(ident)
@@ -442,11 +473,11 @@ class Compiler:
                 changed.add(ep_id)
         prev = self._state
         ipcache = self._build_ipcache() if self._ipcache_dirty or prev is None else prev.ipcache
-        labels = self._build_identity_labels() if (self._ipcache_dirty or self._dirty_ids or prev is None) else prev.identity_labels
+        labels = self._build_identity_labels() if (self._labels_dirty or prev is None) else prev.identity_labels
         self._dirty_ids.clear()
         self._dirty_eps.clear()
         self._removed_eps.clear()
-        self._ipcache_dirty = False
+        self._ipcache_dirty = self._labels_dirty = False
         self._changed = frozenset(changed)
         if prev is not None and not changed and ipcache == prev.ipcache and labels == prev.identity_labels:
             return prev
@@ -469,9 +500,21 @@ class Compiler:
         out: dict[int, frozenset[str]] = {i: frozenset({f"reserved:{n}"}) for i, n in RESERVED_IDENTITIES.items()}
         for ident in self._identity_eps:
             out[ident] = self.identities.labels_of(ident)
+        # A CIDR identity carries every policy prefix containing it, so the
+        # longest-prefix match still finds the allows of enclosing CIDRs.
+        present = {(int(n.network_address), n.prefixlen): n for n in self._cidr_ids}
+        lens = sorted({n.prefixlen for n in self._cidr_ids})
         for net, ident in self._cidr_ids.items():
-            enclosing = {f"cidr:{n}" for n in self._cidr_ids if net.subnet_of(n)}
-            out[ident] = frozenset({"reserved:world", f"cidr:{net}", *enclosing})
+            addr = int(net.network_address)
+            labels = {"reserved:world"}
+            for plen in lens:
+                if plen > net.prefixlen:
+                    break
+                shift = 32 - plen
+                outer = present.get(((addr >> shift) << shift, plen))
+                if outer is not None:
+                    labels.add(f"cidr:{outer}")
+            out[ident] = frozenset(labels)
         return out
 
 

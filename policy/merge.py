@@ -45,6 +45,11 @@ def _segments(atoms: list[Atom]) -> list[tuple[int, int, Verdict, tuple[RuleRef,
     if len(atoms) == 1:
         lo, hi, v, ref = atoms[0]
         return [(lo, hi, v, (ref,))]
+    lo0, hi0 = atoms[0][0], atoms[0][1]
+    if all(a[0] == lo0 and a[1] == hi0 for a in atoms):
+        # Common case: every rule names the same ports; only verdicts merge.
+        best = max(a[2] for a in atoms)
+        return [(lo0, hi0, best, tuple(sorted({a[3] for a in atoms if a[2] == best})))]
     bounds = sorted({a[0] for a in atoms} | {a[1] + 1 for a in atoms})
     out: list[tuple[int, int, Verdict, tuple[RuleRef, ...]]] = []
     for i in range(len(bounds) - 1):
