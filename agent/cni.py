@@ -1,0 +1,185 @@
+"""`ciliate-cni`: the CNI plugin (spec 1.0; 0.3.x/0.4.0 results too).
+
+ADD: IPAM (delegated to the configured plugin, e.g. host-local) -> veth pair
+into the pod's netns -> endpoint registered with the agent (which waits until
+the endpoint's policy is in the kernel) -> result. Anything failing after
+IPAM is rolled back. DEL is idempotent and tolerates every piece being gone.
+Errors are CNI error JSON on stdout with a non-zero exit. Does process,
+kernel and socket I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+from agent.cni_config import (
+    SUPPORTED_VERSIONS,
+    CniEnv,
+    NetConf,
+    display_name,
+    endpoint_labels,
+    host_ifname,
+    parse_env,
+    parse_netconf,
+    parse_version_only,
+)
+from agent.cni_errors import AGENT_REJECTED, CONTAINER_UNKNOWN, IPAM_FAILED, TRY_AGAIN_LATER, UNEXPECTED, CniError
+from agent.cni_ipam import exec_ipam, first_ipv4
+
+
+def build_result(version: str, *, host_if: str, host_mac: str, ifname: str, pod_mac: str, netns: str, address: str, gateway: IPv4Address) -> dict[str, Any]:
+    ip: dict[str, Any] = {"address": address, "gateway": str(gateway), "interface": 1}
+    if not version.startswith("1."):
+        ip = {"version": "4", **ip}  # 0.3.x/0.4.0 results name the IP version
+    return {
+        "cniVersion": version,
+        "interfaces": [
+            {"name": host_if, "mac": host_mac},
+            {"name": ifname, "mac": pod_mac, "sandbox": netns},
+        ],
+        "ips": [ip],
+        "routes": [{"dst": "0.0.0.0/0", "gw": str(gateway)}],
+        "dns": {},
+    }
+
+
+def _client(conf: NetConf):
+    from agent.client import AgentClient
+
+    return AgentClient(Path(conf.agent_socket) if conf.agent_socket else None, timeout=conf.wait_seconds + 10)
+
+
+def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str]) -> dict[str, Any]:
+    from agent import cni_net
+    from agent.client import AgentError, AgentUnavailable
+    from agent.models import EndpointCreate
+
+    if not Path(env.netns).exists():
+        raise CniError(CONTAINER_UNKNOWN, f"network namespace {env.netns} does not exist (is the container still running?)")
+    ipam = first_ipv4(exec_ipam("ADD", stdin, conf.ipam["type"], environ, env.path))
+    host_if = host_ifname(env.container_id, env.ifname)
+    gateway = ipam.gateway or next(ipam.address.network.hosts())
+    try:
+        wired = cni_net.add(env.netns, env.ifname, host_if, ipam.address.ip, gateway, conf.mtu)
+        try:
+            with _client(conf) as client:
+                ep = client.create_endpoint(
+                    EndpointCreate(
+                        container_id=env.container_id,
+                        ifname=env.ifname,
+                        host_ifname=host_if,
+                        netns=env.netns,
+                        ipv4=ipam.address.ip,
+                        labels=endpoint_labels(conf, env),
+                        name=display_name(env),
+                    ),
+                    wait=conf.wait_seconds,
+                )
+        except AgentUnavailable as exc:
+            raise CniError(TRY_AGAIN_LATER, str(exc)) from exc
+        except AgentError as exc:
+            raise CniError(AGENT_REJECTED, f"the agent refused the endpoint: {exc}") from exc
+        if ep.state.value != "ready":
+            # The pod is wired and the kernel fails closed for it; say why it is not ready yet.
+            print(f"ciliate-cni: endpoint {ep.id} is {ep.state.value}: {ep.reason or 'policy not in place yet'}", file=sys.stderr)
+    except BaseException:
+        cni_net.remove(host_if)
+        try:
+            exec_ipam("DEL", stdin, conf.ipam["type"], environ, env.path)
+        except CniError:
+            pass
+        raise
+    return build_result(
+        conf.cni_version,
+        host_if=host_if,
+        host_mac=wired.host_mac,
+        ifname=env.ifname,
+        pod_mac=wired.pod_mac,
+        netns=env.netns,
+        address=str(wired.address),
+        gateway=gateway,
+    )
+
+
+def cmd_del(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str]) -> None:
+    from agent import cni_net
+    from agent.client import AgentError, AgentUnavailable
+
+    agent_error: CniError | None = None
+    try:
+        with _client(conf) as client:
+            for ep in client.endpoints(container_id=env.container_id, ifname=env.ifname):
+                try:
+                    client.delete_endpoint(ep.id)
+                except AgentError as exc:
+                    if exc.status != 404:  # already gone is fine
+                        raise
+    except AgentUnavailable as exc:
+        agent_error = CniError(TRY_AGAIN_LATER, f"{exc}; the interface was removed, run DEL again once the agent is up")
+    except AgentError as exc:
+        agent_error = CniError(AGENT_REJECTED, f"the agent refused to remove the endpoint: {exc}")
+    cni_net.remove(host_ifname(env.container_id, env.ifname))
+    try:
+        exec_ipam("DEL", stdin, conf.ipam["type"], environ, env.path)
+    except CniError as exc:
+        if exc.code != IPAM_FAILED or agent_error is None:
+            raise
+    if agent_error is not None:
+        raise agent_error
+
+
+def cmd_check(conf: NetConf, env: CniEnv) -> None:
+    from agent import cni_net
+
+    prev = conf.prev_result or {}
+    ip = first_ipv4(prev) if prev else None
+    if ip is None:
+        raise CniError(IPAM_FAILED, "CHECK needs prevResult with the IPv4 address from ADD")
+    cni_net.check(env.netns, env.ifname, ip.address.ip, host_ifname(env.container_id, env.ifname))
+    from agent.client import AgentUnavailable
+
+    try:
+        with _client(conf) as client:
+            if not client.endpoints(container_id=env.container_id, ifname=env.ifname):
+                raise CniError(AGENT_REJECTED, f"the agent does not know container {env.container_id} ({env.ifname})")
+    except AgentUnavailable as exc:
+        raise CniError(TRY_AGAIN_LATER, str(exc)) from exc
+
+
+def run(stdin: bytes, environ: Mapping[str, str]) -> tuple[int, str]:
+    """The whole plugin as a function: (exit code, stdout)."""
+    version = parse_version_only(stdin)
+    try:
+        env = parse_env(environ)
+        if env.command == "VERSION":
+            return 0, json.dumps({"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)})
+        conf = parse_netconf(stdin)
+        if env.command == "ADD":
+            return 0, json.dumps(cmd_add(conf, env, stdin, environ))
+        if env.command == "DEL":
+            cmd_del(conf, env, stdin, environ)
+            return 0, ""
+        cmd_check(conf, env)
+        return 0, ""
+    except CniError as exc:
+        return 1, exc.to_json(version)
+    except Exception as exc:  # never a traceback on the runtime's stdout
+        return 1, CniError(UNEXPECTED, f"unexpected failure: {type(exc).__name__}: {exc}").to_json(version)
+
+
+def main() -> int:
+    stdin = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    code, out = run(stdin, os.environ)
+    if out:
+        print(out)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
