@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from policy.compiled import (
     ALLOW_ALL_HTTP,
@@ -27,6 +28,9 @@ from policy.compiled import (
     RuleRef,
     Verdict,
 )
+
+# Sorting by a C-level key tuple is far cheaper than RuleRef's generated __lt__.
+_REF_KEY = attrgetter("kind", "policy", "path")
 
 # (lo, hi, verdict, ref)
 Atom = tuple[int, int, Verdict, RuleRef]
@@ -49,7 +53,7 @@ def _segments(atoms: list[Atom]) -> list[tuple[int, int, Verdict, tuple[RuleRef,
     if all(a[0] == lo0 and a[1] == hi0 for a in atoms):
         # Common case: every rule names the same ports; only verdicts merge.
         best = max(a[2] for a in atoms)
-        return [(lo0, hi0, best, tuple(sorted({a[3] for a in atoms if a[2] == best})))]
+        return [(lo0, hi0, best, tuple(sorted({a[3] for a in atoms if a[2] == best}, key=_REF_KEY)))]
     bounds = sorted({a[0] for a in atoms} | {a[1] + 1 for a in atoms})
     out: list[tuple[int, int, Verdict, tuple[RuleRef, ...]]] = []
     for i in range(len(bounds) - 1):
@@ -64,7 +68,7 @@ def _segments(atoms: list[Atom]) -> list[tuple[int, int, Verdict, tuple[RuleRef,
                     refs.add(ref)
         if best is None:
             continue
-        r = tuple(sorted(refs))
+        r = tuple(sorted(refs, key=_REF_KEY))
         if out and out[-1][1] == lo - 1 and out[-1][2] == best and out[-1][3] == r:
             out[-1] = (out[-1][0], hi, best, r)
         else:
@@ -117,7 +121,7 @@ def merge_l7(atoms: Atoms) -> dict[tuple[Direction, int], tuple[L7PeerRule, ...]
                 ids |= extra
                 for peer in extra:
                     refs |= allows.get(peer, set()) | allows.get(IDENTITY_ANY, set())
-        rules = [L7PeerRule(frozenset(ids), http, tuple(sorted(refs))) for http, (ids, refs) in by_rule.items()]
+        rules = [L7PeerRule(frozenset(ids), http, tuple(sorted(refs, key=_REF_KEY))) for http, (ids, refs) in by_rule.items()]
         rules.sort(key=lambda r: (sorted(r.identities), repr(r.http)))
         out[(direction, port)] = tuple(rules)
     return out
