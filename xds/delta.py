@@ -34,7 +34,8 @@ class _TypeState:
     names: set[str] = field(default_factory=set)
     known: dict[str, str] = field(default_factory=dict)  # name -> version Envoy holds (or was sent)
     sent: dict[str, Resource] = field(default_factory=dict)  # resources behind `known`
-    pending: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)  # nonce -> (snapshot version, names)
+    # nonce -> (snapshot version, what that response carried: name -> Resource, None = removed)
+    pending: dict[str, tuple[str, dict[str, Resource | None]]] = field(default_factory=dict)
     acked: dict[str, Resource] = field(default_factory=dict)
 
 
@@ -55,13 +56,15 @@ class DeltaSession(Session):
             if t in WILDCARD_TYPES and not req.resource_names_subscribe:
                 st.wildcard = True
         if req.response_nonce and req.response_nonce in st.pending:
-            version, names = st.pending.pop(req.response_nonce)
+            version, carried = st.pending.pop(req.response_nonce)
             if req.error_detail is not None and (req.error_detail.code or req.error_detail.message):
-                self.cache.report_nack(self.node_id, NackError(req.error_detail.message, t, names, version))
+                self.cache.report_nack(self.node_id, NackError(req.error_detail.message, t, tuple(carried), version))
             else:
-                for n in names:
-                    if n in st.sent:
-                        st.acked[n] = st.sent[n]
+                # What that response carried, not what was sent since: a later
+                # response may still be in flight.
+                for n, r in carried.items():
+                    if r is not None:
+                        st.acked[n] = r
                     else:
                         st.acked.pop(n, None)
         for n in req.resource_names_subscribe:
@@ -113,7 +116,9 @@ class DeltaSession(Session):
             del st.known[n]
             st.sent.pop(n, None)
         nonce = self.next_nonce()
-        st.pending[nonce] = (snap.version, tuple(r.name for r in changed) + tuple(removed))
+        carried: dict[str, Resource | None] = {r.name: r for r in changed}
+        carried.update((n, None) for n in removed)
+        st.pending[nonce] = (snap.version, carried)
         await self.send(
             serialize.delta_discovery_response(
                 snap.version, t, nonce, [(r.name, r.version, r.body) for r in changed], removed

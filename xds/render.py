@@ -85,6 +85,9 @@ class RenderParams:
     # None renders listeners without access logging.
     accesslog_cluster: str | None = "ciliate-accesslog"
     accesslog_name: str = "ciliate"
+    # BENCHMARK BASELINE ONLY: take routes from this directory through Envoy's
+    # filesystem subscription (path_config_source) instead of ADS.
+    rds_directory: str | None = None
 
     @classmethod
     def test_only_loopback(cls, **kw) -> "RenderParams":
@@ -194,17 +197,19 @@ class Renderer:
     def __init__(self, params: RenderParams | None = None) -> None:
         self.params = params or RenderParams()
         self._perm: dict[HTTPRule, bytes] = {}
+        self._used: set[HTTPRule] = set()
         self._idents: _IdentityAddresses | None = None
         self._routes: dict[int, tuple[L7Policy, int, Resource]] = {}
         self._listeners: dict[tuple[int, Direction], Resource] = {}
         self._ipcache_gen = 0
         self._cluster = self._render_cluster()
-        self.rules_encoded = 0  # rules encoded by the last render (for tests and benchmarks)
+        self.http_rules_encoded = 0  # HTTP rules encoded (cache misses) by the last render
 
     # -- public
 
     def render(self, state: CompiledState, version: str | None = None) -> Snapshot:
-        self.rules_encoded = 0
+        self.http_rules_encoded = 0
+        self._used: set[HTTPRule] = set()
         if self._idents is None or self._idents.ipcache != state.ipcache:
             self._idents = _IdentityAddresses(state.ipcache)
             self._ipcache_gen += 1
@@ -234,7 +239,19 @@ class Renderer:
             new_routes[port] = (pol, self._ipcache_gen, res)
             routes.append(res)
         self._routes = new_routes
+        self._prune()
         return Snapshot.build([self._cluster, *listeners, *routes], version=version)
+
+    def _prune(self) -> None:
+        # Rules untouched by this render were reused whole from their route
+        # configuration's cache; count them as used so they stay warm.
+        if len(self._perm) > 2 * max(len(self._used), 1024):
+            for pol, _, _ in self._routes.values():
+                self._used.update(r.http for r in pol.peer_rules)
+            self._perm = {k: v for k, v in self._perm.items() if k in self._used}
+        ports = {(port, pol.key.direction) for port, (pol, _, _) in self._routes.items()}
+        for key in [k for k in self._listeners if k not in ports]:
+            del self._listeners[key]
 
     async def render_async(self, state: CompiledState, version: str | None = None) -> Snapshot:
         return await asyncio.to_thread(self.render, state, version)
@@ -283,7 +300,7 @@ class Renderer:
         rbac_deny_all = w.m(1)  # RBAC{rules: {action: ALLOW, policies: {}}}
         hcm = (
             w.s(2, f"ciliate_{direction.name.lower()}_{port}")
-            + w.m(3, w.m(1, w.m(3), w.u(6, 2)), w.s(2, route_config_name(port)))
+            + w.m(3, self._rds_source(port), w.s(2, route_config_name(port)))
             + w.m(5, w.s(1, RBAC_FILTER), w.any_(4, RBAC_URL, rbac_deny_all))
             + w.m(5, w.s(1, ROUTER_FILTER), w.any_(4, ROUTER_URL, b""))
         )
@@ -321,14 +338,25 @@ class Renderer:
         self._listeners[key] = res
         return res
 
+    def _rds_source(self, port: int) -> bytes:
+        # ConfigSource = 1 of Rds: ads = 3 (AggregatedConfigSource {}),
+        # path_config_source = 8 (path = 1, watched_directory = 2 {path = 1}),
+        # resource_api_version = 6 (V3 = 2).
+        d = self.params.rds_directory
+        if d is None:
+            return w.m(1, w.m(3), w.u(6, 2))
+        path = f"{d}/{route_config_name(port)}.pb"
+        return w.m(1, w.m(8, w.s(1, path), w.m(2, w.s(1, d))), w.u(6, 2))
+
     def _rbac_policy(self, rule: L7PeerRule, direction: Direction) -> bytes | None:
         """rbac.v3.Policy (permissions = 1, principals = 2), or None if the rule
         admits no address at all (an identity with no ipcache prefix)."""
         assert self._idents is not None
-        self.rules_encoded += 1
+        self._used.add(rule.http)
         perm = self._perm.get(rule.http)
         if perm is None:
             perm = self._perm[rule.http] = _http_permission(rule.http)
+            self.http_rules_encoded += 1
         anyone = IDENTITY_ANY in rule.identities
         peers: list[bytes] = []
         if not anyone:

@@ -1,0 +1,204 @@
+"""Rendering compiled L7 state into Envoy resources: our wire encoding decoded
+back with envoy-data-plane's betterproto classes, the RBAC semantics, the
+render parameters, and content caching."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network
+
+import pytest
+from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterLbPolicy
+from envoy_data_plane.envoy.config.listener.v3 import Listener
+from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
+from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import RbacPerRoute
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import HttpConnectionManager
+from envoy_data_plane.envoy.service.discovery.v3 import DeltaDiscoveryResponse, DiscoveryResponse
+
+from policy.compiled import IDENTITY_ANY, IDENTITY_WORLD, Direction
+from tests.xds.fixtures import CLIENT_IDENTITY, OTHER_IDENTITY, many_rules, rule, state
+from xds import serialize
+from xds.errors import RenderError, SnapshotError
+from xds.render import Renderer, RenderParams
+from xds.resources import CLUSTER, LISTENER, ROUTE, Resource
+from xds.snapshot import Snapshot
+
+PORT = 15001
+NAME = f"ciliate-proxy-{PORT}"
+
+
+def rbac_policies(snap, name=NAME) -> dict:
+    rc = RouteConfiguration.parse(snap.of(ROUTE)[name].body)
+    per_route = rc.virtual_hosts[0].routes[0].typed_per_filter_config["envoy.filters.http.rbac"]
+    return RbacPerRoute.parse(per_route.value).rbac.rules.to_dict().get("policies", {})
+
+
+@pytest.mark.parametrize(
+    "http, want_rules",
+    [
+        pytest.param(
+            dict(method="GET|HEAD"),
+            [{"header": {"name": ":method", "stringMatch": {"safeRegex": {"regex": "GET|HEAD"}}}}],
+            id="method-regex",
+        ),
+        pytest.param(
+            dict(path="/a/.*", host="x\\.example"),
+            [
+                {"header": {"name": ":path", "stringMatch": {"safeRegex": {"regex": "/a/.*"}}}},
+                {"header": {"name": ":authority", "stringMatch": {"safeRegex": {"regex": "x\\.example"}}}},
+            ],
+            id="path-and-host-anded",
+        ),
+        pytest.param(
+            dict(headers=(("x-token", "abc"), ("x-debug", None), ("x-empty", ""))),
+            [
+                {"header": {"name": "x-token", "stringMatch": {"exact": "abc"}}},
+                {"header": {"name": "x-debug", "presentMatch": True}},
+                {"header": {"name": "x-empty", "stringMatch": {"exact": ""}}},
+            ],
+            id="headers-exact-presence-and-empty-value",
+        ),
+    ],
+)
+def test_http_rule_becomes_anded_header_permissions(http, want_rules):
+    snap = Renderer().render(state({PORT: (rule([CLIENT_IDENTITY], **http),)}))
+    pol = rbac_policies(snap)["rule-0"]
+    assert pol["permissions"] == [{"andRules": {"rules": want_rules}}]
+
+
+def test_rule_with_nothing_set_allows_any_request_from_its_peers():
+    pol = rbac_policies(Renderer().render(state({PORT: (rule([CLIENT_IDENTITY]),)})))["rule-0"]
+    assert pol["permissions"] == [{"any": True}]
+
+
+@pytest.mark.parametrize(
+    "idents, want",
+    [
+        pytest.param([IDENTITY_ANY], [{"any": True}], id="any-peer"),
+        pytest.param(
+            [CLIENT_IDENTITY, OTHER_IDENTITY],
+            [{"orIds": {"ids": [
+                {"directRemoteIp": {"addressPrefix": "127.0.0.1", "prefixLen": 32}},
+                {"directRemoteIp": {"addressPrefix": "127.0.0.2", "prefixLen": 32}},
+            ]}}],
+            id="two-identities",
+        ),
+        pytest.param(
+            [IDENTITY_WORLD],
+            [{"orIds": {"ids": [{"andIds": {"ids": [
+                {"directRemoteIp": {"addressPrefix": "0.0.0.0", "prefixLen": 0}},
+                {"notId": {"orIds": {"ids": [
+                    {"directRemoteIp": {"addressPrefix": "127.0.0.1", "prefixLen": 32}},
+                    {"directRemoteIp": {"addressPrefix": "127.0.0.2", "prefixLen": 32}},
+                ]}}},
+            ]}}]}}],
+            id="world-excludes-more-specific-prefixes",
+        ),
+    ],
+)
+def test_ingress_peers_are_source_address_principals(idents, want):
+    pol = rbac_policies(Renderer().render(state({PORT: (rule(idents, path="/"),)})))["rule-0"]
+    assert pol["principals"] == want
+
+
+def test_egress_peers_are_destination_permissions():
+    snap = Renderer().render(state({PORT: (rule([CLIENT_IDENTITY], path="/x"),)}, direction=Direction.EGRESS))
+    pol = rbac_policies(snap)["rule-0"]
+    assert pol["principals"] == [{"any": True}]
+    assert pol["permissions"] == [{"andRules": {"rules": [
+        {"andRules": {"rules": [{"header": {"name": ":path", "stringMatch": {"safeRegex": {"regex": "/x"}}}}]}},
+        {"orRules": {"rules": [{"destinationIp": {"addressPrefix": "127.0.0.1", "prefixLen": 32}}]}},
+    ]}}]
+    lst = Listener.parse(snap.of(LISTENER)[NAME].body)
+    assert lst.traffic_direction.name == "OUTBOUND"
+
+
+def test_identity_without_addresses_drops_the_rule_and_no_rules_deny_all():
+    snap = Renderer().render(state({PORT: (rule([4242], path="/"),)}))
+    assert rbac_policies(snap) == {}
+    rc = RouteConfiguration.parse(snap.of(ROUTE)[NAME].body)
+    per_route = RbacPerRoute.parse(rc.virtual_hosts[0].routes[0].typed_per_filter_config["envoy.filters.http.rbac"].value)
+    assert per_route.rbac is not None and per_route.rbac.rules is not None, "ALLOW with no policy: deny all"
+
+
+def test_listener_cluster_and_hcm_follow_render_params():
+    snap = Renderer(RenderParams(upstream_mark=0x0B00)).render(state({PORT: (rule([CLIENT_IDENTITY]),)}))
+    lst = Listener.parse(snap.of(LISTENER)[NAME].body)
+    assert (lst.address.socket_address.address, lst.address.socket_address.port_value) == ("0.0.0.0", PORT)
+    assert lst.transparent is True
+    hcm = HttpConnectionManager.parse(lst.filter_chains[0].filters[0].typed_config.value)
+    assert hcm.rds.route_config_name == NAME and hcm.rds.config_source.ads is not None
+    assert [f.name for f in hcm.http_filters] == ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+    mapper = hcm.local_reply_config.mappers[0]
+    assert (mapper.filter.status_code_filter.comparison.value.default_value, mapper.body.inline_string) == (
+        403,
+        "Access denied",
+    )
+    (cl,) = [Cluster.parse(r.body) for r in snap.of(CLUSTER).values()]
+    assert (cl.type, cl.lb_policy) == (ClusterDiscoveryType.ORIGINAL_DST, ClusterLbPolicy.CLUSTER_PROVIDED)
+    (opt,) = cl.upstream_bind_config.socket_options
+    assert (opt.level, opt.name, opt.int_value) == (1, 36, 0x0B00)
+    assert cl.original_dst_lb_config is None, "production takes the upstream from the socket, never a header"
+
+
+def test_test_only_params_bind_loopback_and_read_the_upstream_header():
+    snap = Renderer(RenderParams.test_only_loopback()).render(state({PORT: (rule([CLIENT_IDENTITY]),)}))
+    lst = Listener.parse(snap.of(LISTENER)[NAME].body)
+    assert (lst.address.socket_address.address, lst.transparent) == ("127.0.0.1", False)
+    (cl,) = [Cluster.parse(r.body) for r in snap.of(CLUSTER).values()]
+    assert cl.original_dst_lb_config.use_http_header is True
+
+
+def test_duplicate_proxy_port_is_a_clear_error():
+    st = state({PORT: (rule([CLIENT_IDENTITY]),)})
+    ep = st.endpoints[1]
+    from dataclasses import replace
+
+    st2 = replace(st, endpoints={1: ep, 2: replace(ep, endpoint_id=2)})
+    with pytest.raises(RenderError) as e:
+        Renderer().render(st2)
+    assert "endpoints[2]" in e.value.field and "15001" in e.value.reason
+
+
+def test_one_rule_change_reencodes_one_rule_and_reuses_other_listeners():
+    r = Renderer()
+    base = {15001: many_rules(200), 15002: many_rules(200)}
+    first = r.render(state(base))
+    assert r.http_rules_encoded == 200  # identical HTTP rules are shared across listeners
+    changed = dict(base)
+    changed[15002] = base[15002][:-1] + (rule([CLIENT_IDENTITY], path="/new"),)
+    second = r.render(state(changed))
+    assert r.http_rules_encoded == 1
+    assert second.of(ROUTE)["ciliate-proxy-15001"] is first.of(ROUTE)["ciliate-proxy-15001"]
+    assert second.of(LISTENER)["ciliate-proxy-15002"] is first.of(LISTENER)["ciliate-proxy-15002"]
+    assert second.of(ROUTE)["ciliate-proxy-15002"].version != first.of(ROUTE)["ciliate-proxy-15002"].version
+    assert second.version != first.version
+    assert r.render(state(changed)).version == second.version, "same content, same version"
+
+
+def test_ipcache_change_rerenders_principals():
+    r = Renderer()
+    a = r.render(state({PORT: (rule([CLIENT_IDENTITY]),)}))
+    b = r.render(state({PORT: (rule([CLIENT_IDENTITY]),)}, extra_ipcache={IPv4Network("10.1.0.0/16"): CLIENT_IDENTITY}))
+    assert a.of(ROUTE)[NAME].version != b.of(ROUTE)[NAME].version
+    ids = rbac_policies(b)["rule-0"]["principals"][0]["orIds"]["ids"]
+    assert {"directRemoteIp": {"addressPrefix": "10.1.0.0", "prefixLen": 16}} in ids
+
+
+def test_snapshot_refuses_dangling_route_reference_and_duplicates():
+    lst = Resource(LISTENER, "l", b"\x0a\x01l", refs=frozenset({(ROUTE, "missing")}))
+    with pytest.raises(SnapshotError, match="missing"):
+        Snapshot.build([lst])
+    with pytest.raises(SnapshotError, match="duplicate"):
+        Snapshot.build([Resource(ROUTE, "r", b"1"), Resource(ROUTE, "r", b"2")])
+
+
+@pytest.mark.parametrize("n", [pytest.param(0, id="varint-zero"), pytest.param(300, id="varint-2-bytes"), pytest.param(2**40, id="varint-large")])
+def test_discovery_responses_decode(n):
+    body = serialize.u(1, n) + serialize.s(2, "x")
+    sotw = DiscoveryResponse.parse(serialize.discovery_response("v1", ROUTE, "7", [body]))
+    assert (sotw.version_info, sotw.type_url, sotw.nonce, sotw.resources[0].value) == ("v1", ROUTE, "7", body)
+    delta = DeltaDiscoveryResponse.parse(
+        serialize.delta_discovery_response("v1", ROUTE, "8", [("a", "h1", body)], ["gone"])
+    )
+    assert (delta.resources[0].name, delta.resources[0].version, delta.resources[0].resource.value) == ("a", "h1", body)
+    assert delta.removed_resources == ["gone"]
