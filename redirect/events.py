@@ -141,6 +141,12 @@ class EventStream:
                 raise StopAsyncIteration
         return self._pending.pop(0)
 
+    def __enter__(self) -> "EventStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     async def __aenter__(self) -> "EventStream":
         return self
 

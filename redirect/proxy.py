@@ -59,7 +59,7 @@ def setup(netns: str | None = None) -> None:
                 ipr.rule("add", family=2, table=ROUTE_TABLE, fwmark=TO_PROXY_MARK, fwmask=MARK_MASK,
                          priority=RULE_PRIORITY)
             lo = ipr.link_lookup(ifname="lo")[0]
-            ipr.route("replace", dst="0.0.0.0/0", type="local", oif=lo, table=ROUTE_TABLE)
+            ipr.route("replace", dst="0.0.0.0/0", type="local", oif=lo, table=ROUTE_TABLE, scope=254)
     except NetlinkError as e:
         raise PlumbingError(f"proxy routing set-up failed: {e}") from e
 
@@ -83,7 +83,7 @@ def teardown(netns: str | None = None) -> None:
                     raise PlumbingError(f"removing proxy rule: {e}") from e
         lo = ipr.link_lookup(ifname="lo")[0]
         try:
-            ipr.route("del", dst="0.0.0.0/0", type="local", oif=lo, table=ROUTE_TABLE)
+            ipr.route("del", dst="0.0.0.0/0", type="local", oif=lo, table=ROUTE_TABLE, scope=254)
         except NetlinkError as e:
             if e.code not in (errno.ESRCH, errno.ENOENT):
                 raise PlumbingError(f"removing proxy route: {e}") from e

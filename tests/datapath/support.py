@@ -1,0 +1,146 @@
+"""Helpers for the datapath kernel tests: hand-built compiled states (the
+compiler is not needed to drive the datapath) and socket probes run inside
+pod network namespaces. Does socket I/O only."""
+
+from __future__ import annotations
+
+import select
+import socket
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Iterable
+
+from policy.compiled import (
+    ALL_PORTS,
+    CompiledState,
+    Direction,
+    EndpointPolicy,
+    PolicyEntry,
+    PolicyKey,
+    PortRange,
+    Protocol,
+    Verdict,
+)
+from tests.kernelnode import GATEWAY, Pod
+
+ALLOWED_WAIT = 2.0  # an allowed connect on a veth takes well under 1 ms
+DENIED_WAIT = 0.4  # how long a denied connect is given to (not) arrive
+
+EGRESS, INGRESS = Direction.EGRESS, Direction.INGRESS
+TCP, UDP, ANY = Protocol.TCP, Protocol.UDP, Protocol.ANY
+
+
+def rule(identity: int, direction: Direction, protocol: Protocol = TCP, ports: PortRange | tuple[int, int] | int = ALL_PORTS,
+         verdict: Verdict = Verdict.ALLOW, proxy_port: int = 0) -> PolicyEntry:
+    if isinstance(ports, int):
+        ports = PortRange(ports, ports)
+    elif isinstance(ports, tuple):
+        ports = PortRange(*ports)
+    return PolicyEntry(PolicyKey(identity, direction, protocol, ports), verdict, proxy_port)
+
+
+@dataclass(frozen=True)
+class Ep:
+    endpoint_id: int
+    identity: int
+    pod: Pod
+
+
+def endpoint(ep: Ep, entries: Iterable[PolicyEntry] = (), ingress: bool = True, egress: bool = True) -> EndpointPolicy:
+    return EndpointPolicy(ep.endpoint_id, ep.identity, ep.pod.ip, ingress, egress,
+                          tuple(sorted(entries, key=lambda e: e.key)))
+
+
+def state(revision: int, endpoints: Iterable[EndpointPolicy], extra_ipcache: dict[str, int] | None = None,
+          all_ips: dict[IPv4Address, int] | None = None) -> CompiledState:
+    eps = {e.endpoint_id: e for e in endpoints}
+    ipc: dict[IPv4Network, int] = {IPv4Network("0.0.0.0/0"): 2, IPv4Network(f"{GATEWAY}/32"): 1}
+    for ip, ident in (all_ips or {}).items():
+        ipc[IPv4Network(f"{ip}/32")] = ident
+    for e in eps.values():
+        if e.ipv4 is not None:
+            ipc[IPv4Network(f"{e.ipv4}/32")] = e.identity
+    for net, ident in (extra_ipcache or {}).items():
+        ipc[IPv4Network(net)] = ident
+    return CompiledState(revision, eps, ipc)
+
+
+class Server:
+    """A TCP or UDP server socket in a pod; records what it receives."""
+
+    def __init__(self, pod: Pod, port: int, kind: int = socket.SOCK_STREAM) -> None:
+        self.sock = pod.socket(kind)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("0.0.0.0", port))
+        if kind == socket.SOCK_STREAM:
+            self.sock.listen(16)
+        self.port = port
+
+    def pending(self, wait: float = 0.0) -> bool:
+        r, _, _ = select.select([self.sock], [], [], wait)
+        return bool(r)
+
+    def accept(self, wait: float = ALLOWED_WAIT) -> socket.socket | None:
+        if not self.pending(wait):
+            return None
+        conn, _ = self.sock.accept()
+        conn.settimeout(ALLOWED_WAIT)
+        return conn
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def tcp_connect(client: Pod, dst: IPv4Address, port: int, wait: float) -> socket.socket | None:
+    """Connected socket, or None when the handshake did not complete."""
+    s = client.socket(socket.SOCK_STREAM)
+    s.settimeout(wait)
+    try:
+        s.connect((str(dst), port))
+    except (TimeoutError, socket.timeout, ConnectionRefusedError, OSError):
+        s.close()
+        return None
+    s.settimeout(ALLOWED_WAIT)
+    return s
+
+
+def tcp_flow_passes(client: Pod, server: Pod, port: int, expect: bool) -> bool:
+    """Open a TCP connection and exchange a byte each way; True if the server
+    saw the connection. When `expect` is False, wait only DENIED_WAIT."""
+    with Server(server, port) as srv:
+        c = tcp_connect(client, server.ip, port, ALLOWED_WAIT if expect else DENIED_WAIT)
+        conn = srv.accept(0.2 if c is None else ALLOWED_WAIT)
+        try:
+            if c is None or conn is None:
+                return False
+            c.sendall(b"q")
+            assert conn.recv(1) == b"q"
+            conn.sendall(b"r")
+            assert c.recv(1) == b"r"
+            return True
+        finally:
+            for s in (c, conn):
+                if s is not None:
+                    s.close()
+
+
+def udp_roundtrip(client: Pod, server: Pod, port: int, expect: bool) -> tuple[bool, bool]:
+    """(server got the datagram, client got the reply)."""
+    with Server(server, port, socket.SOCK_DGRAM) as srv:
+        c = client.socket(socket.SOCK_DGRAM)
+        try:
+            c.sendto(b"ping", (str(server.ip), port))
+            if not srv.pending(ALLOWED_WAIT if expect else DENIED_WAIT):
+                return (False, False)
+            data, addr = srv.sock.recvfrom(100)
+            srv.sock.sendto(b"pong:" + data, addr)
+            r, _, _ = select.select([c], [], [], ALLOWED_WAIT)
+            return (True, bool(r) and c.recv(100) == b"pong:ping")
+        finally:
+            c.close()
