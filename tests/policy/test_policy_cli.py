@@ -1,0 +1,122 @@
+"""`ciliate policy validate|trace` as a user runs them: exit codes, output
+lines, -o json, and never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+L7 = str(ROOT / "examples/starwars/2-l7.yaml")
+L3L4 = str(ROOT / "examples/starwars/1-l3l4.yaml")
+TIE = "labels:org=empire,class=tiefighter"
+XWING = "labels:org=alliance,class=xwing"
+DEATHSTAR = "labels:org=empire,class=deathstar"
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse usage errors
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+    return code, out.out, out.err
+
+
+def test_validate_examples_ok(capsys):
+    code, out, _ = run(capsys, "policy", "validate", str(ROOT / "examples"))
+    assert code == 0 and out.startswith("ok: ")
+
+
+def test_validate_reports_one_line_per_error(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\nspec:\n  endpointSelector: {}\n"
+        "  ingress:\n  - fromEntities: [moon]\n---\nkind: Nope\n"
+    )
+    code, out, _ = run(capsys, "policy", "validate", str(bad), L7)
+    assert code == 1
+    assert out.splitlines() == [
+        f"{bad}:0: spec.ingress[0].fromEntities[0]: unknown entity 'moon': expected one of "
+        "all, cluster, world, host, remote-node, init, health, unmanaged, kube-apiserver, ingress",
+        f"{bad}:1: kind: unknown kind 'Nope': expected one of CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy",
+    ]
+
+
+def test_validate_json(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("{{{")
+    code, out, _ = run(capsys, "policy", "validate", "-o", "json", str(bad))
+    data = json.loads(out)
+    assert code == 1 and data["valid"] is False
+    assert data["errors"][0]["file"] == str(bad) and "invalid YAML" in data["errors"][0]["reason"]
+
+
+@pytest.mark.parametrize(
+    "args,code,verdict,layer",
+    [
+        pytest.param([L7, "--src", TIE, "--dst", DEATHSTAR, "--dport", "80", "--method", "POST", "--path", "/v1/request-landing"],
+                     0, "allowed", "l7", id="landing-allowed"),
+        pytest.param([L7, "--src", TIE, "--dst", DEATHSTAR, "--dport", "80/TCP", "--method", "PUT", "--path", "/v1/exhaust-port"],
+                     1, "denied", "l7", id="exhaust-port-403"),
+        pytest.param([L7, "--src", XWING, "--dst", DEATHSTAR, "--dport", "80", "--method", "POST", "--path", "/v1/request-landing"],
+                     1, "denied", "l3l4", id="alliance-dropped"),
+        pytest.param([L3L4, "--src", TIE, "--dst", DEATHSTAR, "--dport", "80", "--method", "PUT", "--path", "/v1/exhaust-port"],
+                     0, "allowed", "l3l4", id="l3l4-stage-no-http-check"),
+        pytest.param([L3L4, "--src", "ip:1.2.3.4", "--dst", DEATHSTAR, "--dport", "80"], 1, "denied", "l3l4", id="world-dropped"),
+        pytest.param([L3L4, "--src", "entity:host", "--dst", DEATHSTAR, "--dport", "53/udp"], 1, "denied", "l3l4", id="udp"),
+    ],
+)
+def test_trace_json(capsys, args, code, verdict, layer):
+    got, out, _ = run(capsys, "policy", "trace", "--policies", *args, "-o", "json")
+    data = json.loads(out)
+    assert (got, data["verdict"], data["layer"]) == (code, verdict, layer)
+    assert data["reason"]
+
+
+def test_trace_text_names_rule(capsys):
+    code, out, _ = run(capsys, "policy", "trace", "--policies", L7, "--src", TIE, "--dst", DEATHSTAR, "--dport", "80",
+                       "--method", "PUT", "--path", "/v1/exhaust-port")
+    assert code == 1
+    assert out.splitlines()[:2] == ["verdict: denied", "layer:   l7"]
+    assert "rule:    CiliumNetworkPolicy default/rule1 spec.ingress[0]" in out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        pytest.param(["--src", "pod:x", "--dst", DEATHSTAR, "--dport", "80"], "bad SPEC 'pod:x'", id="bad-spec"),
+        pytest.param(["--src", "entity:moon", "--dst", DEATHSTAR, "--dport", "80"], "unknown entity 'moon'", id="bad-entity"),
+        pytest.param(["--src", "ip:1.2.3", "--dst", DEATHSTAR, "--dport", "80"], "bad address", id="bad-ip"),
+        pytest.param(["--src", TIE, "--dst", DEATHSTAR, "--dport", "99999"], "port out of range", id="bad-port"),
+        pytest.param(["--src", TIE, "--dst", DEATHSTAR, "--dport", "80/SCTP"], "protocol must be TCP or UDP", id="bad-proto"),
+        pytest.param(["--src", "ip:1.1.1.1", "--dst", "ip:2.2.2.2", "--dport", "80"], "neither side is a local endpoint", id="no-endpoint"),
+    ],
+)
+def test_trace_bad_input_exit_2(capsys, argv, message):
+    code, _, err = run(capsys, "policy", "trace", "--policies", L7, *argv)
+    assert code == 2 and message in err
+
+
+def test_trace_with_invalid_policies_exit_2(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\nspec: {}\n")
+    code, _, err = run(capsys, "policy", "trace", "--policies", str(bad), "--src", TIE, "--dst", DEATHSTAR, "--dport", "80")
+    assert code == 2 and f"{bad}: spec.endpointSelector: required" in err
+
+
+def test_console_script_never_tracebacks_on_garbage(tmp_path):
+    garbage = tmp_path / "g.yaml"
+    garbage.write_bytes(b"\xff\xfe\x00 not utf8 \x00")
+    exe = Path(sys.executable).with_name("ciliate")
+    proc = subprocess.run([str(exe), "policy", "validate", str(garbage)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.stdout.startswith(f"{garbage}: cannot read")
