@@ -219,11 +219,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     except DatapathUnavailable as exc:
         print(f"ciliate agent: {exc}", file=sys.stderr)
         return 1
-    xds_tcp = None
-    if args.external_envoy:
-        host, _, port = args.external_envoy.rpartition(":")
-        xds_tcp = (host or "127.0.0.1", int(port))
-    proxy = XdsProxy(state_dir, spawn_envoy=not args.external_envoy, xds_tcp=xds_tcp)
+    proxy = XdsProxy(state_dir, spawn_envoy=not args.external_envoy)
     agent = Agent(config, compiler_factory=make_compiler_factory(_host_ips()), loader=PolicyFileLoader(), datapath=datapath, proxy=proxy)
     try:
         asyncio.run(agent.run_until_signalled())
@@ -260,7 +256,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     a.add_argument("--bpf-dir", default="/sys/fs/bpf/tc/globals", help="bpffs directory for pinned maps")
     a.add_argument("--metrics-port", type=int, default=9962, help="Prometheus metrics on 127.0.0.1 (-1: off)")
     a.add_argument("--ack-timeout", type=float, default=5.0, help="seconds to wait for Envoy's ACK")
-    a.add_argument("--external-envoy", metavar="HOST:PORT", default=None, help="serve xDS on loopback TCP for an Envoy run elsewhere instead of spawning one")
+    a.add_argument(
+        "--external-envoy", action="store_true",
+        help="do not spawn Envoy; one started elsewhere (e.g. the compose sidecar) connects to STATE_DIR/xds.sock",
+    )
     a.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     a.set_defaults(func=_run_agent)
 
