@@ -75,11 +75,13 @@ class Datapath:
         netns: str | None = None,
         sizes: MapSizes = MapSizes(),
         proxy_addr: IPv4Address = IPv4Address("127.0.0.1"),
+        program_source: Path = loader.ENTRY,
     ) -> None:
         self.pin_dir = Path(pin_dir)
         self.state_dir = Path(state_dir)
         self.netns = netns
         self.proxy_addr = proxy_addr
+        self.program_source = Path(program_source)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.maps = PinnedMaps(self.pin_dir, sizes)
         self._endpoints: dict[int, EndpointRecord] = {}
@@ -138,7 +140,7 @@ class Datapath:
             self._block(endpoint_id, ifname)
 
         try:
-            prog = loader.compile_and_load(endpoint_id, header)
+            prog = loader.compile_and_load(endpoint_id, header, self.program_source)
         except ProgramLoadError as e:
             self._block(endpoint_id, ifname)
             (ep_dir / ERROR_FILE).write_text(e.message + "\n")

@@ -45,18 +45,17 @@ def make_install(attach: tuple[str, ...] = ("a", "b"), **dp_kwargs) -> Iterator[
     pin_dir = Path(f"/sys/fs/bpf/cdp-test-{secrets.token_hex(3)}")
     state_dir = Path(tempfile.mkdtemp(prefix="cdp-state-"))
     with kernel_node(PODS) as node:
-        dp = None
+        inst: Install | None = None
         try:
-            dp = Datapath(pin_dir, state_dir, netns=node.netns, **dp_kwargs)
-            inst = Install(node, pin_dir, state_dir, dp)
+            inst = Install(node, pin_dir, state_dir, Datapath(pin_dir, state_dir, netns=node.netns, **dp_kwargs))
             for name in attach:
                 p = node.pods[name]
-                dp.attach_endpoint(ENDPOINT_IDS[name], p.host_ifname, p.ip, IDENTITIES[name])
+                inst.dp.attach_endpoint(ENDPOINT_IDS[name], p.host_ifname, p.ip, IDENTITIES[name])
             yield inst
         finally:
             try:
-                if dp is not None:
-                    dp.teardown()
+                if inst is not None:
+                    inst.dp.teardown()  # tests may swap in an adopting Datapath
             finally:
                 shutil.rmtree(pin_dir, ignore_errors=True)
                 shutil.rmtree(state_dir, ignore_errors=True)

@@ -1,0 +1,130 @@
+"""Transparent redirect to a proxy listener, and the proxy's own traffic.
+
+The "proxy" is a plain IP_TRANSPARENT socket in the node netns on
+127.0.0.1:<proxy port>, as Envoy's listener would be."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from policy.compiled import Verdict
+from redirect import proxy
+from redirect.layout import EventVerdict, Reason
+from tests.datapath.support import (
+    EGRESS,
+    INGRESS,
+    TCP,
+    Server,
+    endpoint,
+    rule,
+    state,
+    tcp_connect,
+)
+
+pytestmark = pytest.mark.privileged
+
+IP_TRANSPARENT = 19
+PROXY_PORT = 15001
+
+
+def transparent_listener(node, port: int) -> socket.socket:
+    s = node.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(8)
+    s.settimeout(2.0)
+    return s
+
+
+@pytest.mark.parametrize(
+    "a_entries, b_entries, direction",
+    [
+        pytest.param([rule(257, EGRESS, TCP, 80, Verdict.REDIRECT, PROXY_PORT)], [rule(256, INGRESS, TCP, 80)],
+                     EGRESS, id="egress-redirect"),
+        pytest.param([rule(257, EGRESS, TCP, 80)], [rule(256, INGRESS, TCP, 80, Verdict.REDIRECT, PROXY_PORT)],
+                     INGRESS, id="ingress-redirect-of-local-destination"),
+    ],
+)
+def test_redirect_reaches_transparent_listener_with_original_addresses(dp_node, a_entries, b_entries, direction):
+    a, b = dp_node.ep("a"), dp_node.ep("b")
+    assert proxy.is_set_up(dp_node.node.netns)
+    dp_node.dp.apply(state(1, [endpoint(a, a_entries, ingress=False), endpoint(b, b_entries, egress=False)]))
+    lst = transparent_listener(dp_node.node, PROXY_PORT)
+    with Server(b.pod, 80) as real_server, dp_node.dp.events() as stream:
+        stream.drain()
+        c = tcp_connect(a.pod, b.pod.ip, 80, 2.0)
+        try:
+            assert c is not None, "redirected connection did not complete"
+            conn, peer = lst.accept()
+            with conn:
+                # The proxy sees the original destination and source.
+                assert conn.getsockname() == (str(b.pod.ip), 80)
+                assert peer == (str(a.pod.ip), c.getsockname()[1])
+                c.sendall(b"GET")
+                assert conn.recv(3) == b"GET"
+                conn.sendall(b"200")  # proxy -> client, spoofing b
+                assert c.recv(3) == b"200"
+                c.sendall(b"more")  # a redirected flow stays redirected
+                assert conn.recv(4) == b"more"
+            assert not real_server.pending(0.1)
+        finally:
+            if c is not None:
+                c.close()
+            lst.close()
+        ev = [e for e in stream.drain() if e.verdict == EventVerdict.REDIRECT]
+    assert ev and ev[0].proxy_port == PROXY_PORT and ev[0].direction == direction
+
+
+def test_redirect_without_listener_drops_with_reason(dp_node):
+    a, b = dp_node.ep("a"), dp_node.ep("b")
+    dp_node.dp.apply(state(1, [
+        endpoint(a, [rule(257, EGRESS, TCP, 80, Verdict.REDIRECT, PROXY_PORT + 1)], ingress=False),
+        endpoint(b, [], ingress=False, egress=False),
+    ]))
+    with Server(b.pod, 80) as srv, dp_node.dp.events() as stream:
+        stream.drain()
+        assert tcp_connect(a.pod, b.pod.ip, 80, 0.4) is None
+        assert not srv.pending(0.1)
+        drops = [e for e in stream.drain() if e.verdict == EventVerdict.DROP]
+    assert drops and drops[0].reason == Reason.PROXY_NOT_LISTENING
+
+
+@pytest.mark.parametrize(
+    "mark, expect",
+    [
+        pytest.param(0x0B00, True, id="proxy-mark-passes"),
+        pytest.param(0, False, id="unmarked-node-traffic-policed"),
+    ],
+)
+def test_proxy_originated_connections_bypass_policy_and_get_replies(dp_node, mark, expect):
+    """Envoy's upstream sockets carry SO_MARK 0x0B00 (agreement with xds/)."""
+    b = dp_node.ep("b")
+    dp_node.dp.apply(state(1, [
+        endpoint(dp_node.ep("a"), [], ingress=False, egress=False),
+        endpoint(b, [], ingress=True, egress=True),  # allows nothing at all
+    ]))
+    with Server(b.pod, 8080) as srv:
+        s = dp_node.node.socket()
+        try:
+            if mark:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            s.settimeout(2.0 if expect else 0.4)
+            try:
+                s.connect((str(b.pod.ip), 8080))
+                connected = True
+            except OSError:
+                connected = False
+            assert connected is expect
+            conn = srv.accept(2.0 if expect else 0.1)
+            assert (conn is not None) is expect
+            if conn is not None:
+                with conn:
+                    s.sendall(b"x")
+                    assert conn.recv(1) == b"x"
+                    conn.sendall(b"y")  # b's reply: only conntrack admits it
+                    assert s.recv(1) == b"y"
+        finally:
+            s.close()
