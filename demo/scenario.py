@@ -1,0 +1,78 @@
+"""The star-wars scenario as data: pods, stages, requests and what each
+request must observe. Pure: the runner (demo/run.py) does the I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEATHSTAR_PORT = 80
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Request:
+    ship: str
+    method: str
+    path: str
+    expect: str  # "200", "403" or "dropped"
+
+
+@dataclass(frozen=True)
+class Stage:
+    title: str
+    policy_files: tuple[str, ...]  # under examples/, applied cumulatively replacing the previous stage's
+    requests: tuple[Request, ...]
+
+
+PODS = (
+    Pod("deathstar", {"org": "empire", "class": "deathstar"}),
+    Pod("tiefighter", {"org": "empire", "class": "tiefighter"}),
+    Pod("xwing", {"org": "alliance", "class": "xwing"}),
+)
+
+LAND = ("POST", "/v1/request-landing")
+EXHAUST = ("PUT", "/v1/exhaust-port")
+
+STAGES = (
+    Stage(
+        "no policy: every request lands",
+        (),
+        (
+            Request("tiefighter", *LAND, "200"),
+            Request("xwing", *LAND, "200"),
+            Request("tiefighter", *EXHAUST, "200"),
+        ),
+    ),
+    Stage(
+        "L3/L4 policy: only the empire may reach the deathstar on TCP/80",
+        ("sw_l3_l4_policy.yaml",),
+        (
+            Request("tiefighter", *LAND, "200"),
+            Request("xwing", *LAND, "dropped"),
+            Request("tiefighter", *EXHAUST, "200"),
+        ),
+    ),
+    Stage(
+        "L3/L4/L7 policy: the empire may only request landing",
+        ("sw_l3_l4_l7_policy.yaml",),
+        (
+            Request("tiefighter", *LAND, "200"),
+            Request("xwing", *LAND, "dropped"),
+            Request("tiefighter", *EXHAUST, "403"),
+        ),
+    ),
+)
+
+
+def observed_label(outcome: dict[str, object]) -> str:
+    """Turn one client outcome into the vocabulary of `Request.expect`."""
+    if "status" in outcome:
+        return str(outcome["status"])
+    if outcome.get("error") == "timeout":
+        return "dropped"
+    return f"error: {outcome.get('error')}"
