@@ -92,3 +92,29 @@ def compile_and_load(endpoint_id: int, header: Path, source: Path = ENTRY) -> Lo
         msg = "\n".join(lines[-40:]) if lines else str(failure)
         raise ProgramLoadError(endpoint_id, f"{failure}\n{msg}")
     return LoadedProgram(f_from.fd, f_to.fd, b)
+
+
+def check_layout(asserts: str | None = None) -> None:
+    """Compile bpf/lib/layout.h with the Python layout asserts; raises
+    ProgramLoadError (endpoint 0) naming the first disagreement."""
+    from bcc import BPF
+
+    from redirect import layout
+
+    text = flatten_text('#include "lib/layout.h"\n') + (asserts if asserts is not None else layout.c_asserts())
+    with _capture_fd2() as err:
+        try:
+            BPF(text=text.encode(), cflags=[f"-I{BPF_DIR}"])
+        except Exception as e:
+            failure: Exception | None = e
+        else:
+            failure = None
+    if failure is not None:
+        raise ProgramLoadError(0, err.getvalue().strip() or str(failure))
+
+
+def flatten_text(text: str) -> str:
+    with tempfile.NamedTemporaryFile("w", suffix=".c", dir=BPF_DIR, delete=True) as f:
+        f.write(text)
+        f.flush()
+        return flatten(Path(f.name))

@@ -89,20 +89,34 @@ def port_blocks(r: PortRange) -> list[tuple[int, int]]:
 
 
 def render(ep: EndpointPolicy) -> dict[KernelKey, KernelValue]:
-    """The kernel entries of one endpoint's compiled policy."""
+    """The kernel entries of one endpoint's compiled policy. Raises
+    ValueError when two ranges of one (identity, direction, protocol)
+    overlap, which the compiler promises never to produce."""
+    groups: dict[tuple[int, int, int], list[PortRange]] = {}
+    for e in ep.entries:
+        groups.setdefault((e.key.identity, int(e.key.direction), int(e.key.protocol)), []).append(e.key.ports)
+    for (ident, d, proto), rs in groups.items():
+        rs.sort()
+        for prev, cur in zip(rs, rs[1:]):
+            if cur.lo <= prev.hi:
+                raise ValueError(
+                    f"endpoint {ep.endpoint_id}: overlapping port ranges for identity {ident} "
+                    f"{Direction(d).name} {_proto_name(proto)}: {prev} and {cur}"
+                )
     out: dict[KernelKey, KernelValue] = {}
     for e in ep.entries:
         k = e.key
         value = KernelValue(e.verdict, e.proxy_port if e.verdict == Verdict.REDIRECT else 0)
         for port, plen in port_blocks(k.ports):
-            kk = KernelKey(k.identity, Direction(k.direction), int(k.protocol), port, plen)
-            if kk in out and out[kk] != value:
-                raise ValueError(
-                    f"endpoint {ep.endpoint_id}: overlapping port ranges for identity {k.identity} "
-                    f"{Direction(k.direction).name} {Protocol(k.protocol).name} at port {port}"
-                )
-            out[kk] = value
+            out[KernelKey(k.identity, Direction(k.direction), int(k.protocol), port, plen)] = value
     return out
+
+
+def _proto_name(p: int) -> str:
+    try:
+        return Protocol(p).name
+    except ValueError:
+        return str(p)
 
 
 def encode_key(k: KernelKey) -> bytes:
