@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -45,14 +46,18 @@ class EnvoySupervisor:
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
         envoy_path: str | None = None,
+        bootstrap: dict | None = None,
     ) -> None:
         xds: Endpoint | None = xds_socket if xds_socket is not None else xds_tcp
-        if xds is None:
+        if xds is None and bootstrap is None:
             raise EnvoyError("EnvoySupervisor needs xds_socket or xds_tcp")
         accesslog: Endpoint | None = accesslog_socket if accesslog_socket is not None else accesslog_tcp
         self.node_id = node_id
         self.workdir = Path(workdir)
-        self.params = BootstrapParams(node_id, xds, admin_port, accesslog, delta)
+        self.params = BootstrapParams(node_id, xds or "", admin_port, accesslog, delta)
+        # A complete bootstrap instead of envoy/bootstrap.yaml (the benchmark's
+        # filesystem-config baseline uses it).
+        self.bootstrap = bootstrap
         self.log_level = log_level
         self.concurrency = concurrency
         self.backoff_initial = backoff_initial
@@ -84,7 +89,11 @@ class EnvoySupervisor:
         self._monitor = asyncio.create_task(self._watch(), name=f"envoy-supervisor-{self.node_id}")
 
     async def _spawn(self) -> None:
-        bootstrap = write_bootstrap(self.params, self.workdir / "bootstrap.json")
+        if self.bootstrap is not None:
+            bootstrap = self.workdir / "bootstrap.json"
+            bootstrap.write_text(json.dumps(self.bootstrap))
+        else:
+            bootstrap = write_bootstrap(self.params, self.workdir / "bootstrap.json")
         addr_file = self.workdir / "admin-address"
         with contextlib.suppress(FileNotFoundError):
             addr_file.unlink()

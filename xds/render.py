@@ -345,8 +345,10 @@ class Renderer:
         d = self.params.rds_directory
         if d is None:
             return w.m(1, w.m(3), w.u(6, 2))
-        path = f"{d}/{route_config_name(port)}.pb"
-        return w.m(1, w.m(8, w.s(1, path), w.m(2, w.s(1, d))), w.u(6, 2))
+        # One directory per route configuration: Envoy re-reads every file whose
+        # watched directory saw a move, so sharing one would reload them all.
+        sub = f"{d}/{route_config_name(port)}"
+        return w.m(1, w.m(8, w.s(1, f"{sub}/routes.pb"), w.m(2, w.s(1, sub))), w.u(6, 2))
 
     def _rbac_policy(self, rule: L7PeerRule, direction: Direction) -> bytes | None:
         """rbac.v3.Policy (permissions = 1, principals = 2), or None if the rule

@@ -13,7 +13,9 @@ and go-control-plane implements them:
   the stream stays quiet until the snapshot changes to something different
   (never the resend-on-NACK loop of go-control-plane issue 962);
 - a type is sent only when what Envoy should hold differs from what was last
-  sent (or Envoy asks for a different set of names);
+  sent (or Envoy asks for a different set of names); listeners and clusters
+  go out as the full set (the protocol treats a missing one as deleted),
+  route configurations only as the ones that changed;
 - on a snapshot change, types go out in ADS order: clusters, listeners,
   routes; a cluster that listeners Envoy still runs refer to is held back
   until they are replaced (session.held_clusters).
@@ -72,6 +74,8 @@ class SotwSession(Session):
         names = frozenset(req.resource_names) - {"*"}
         if not st.wildcard:
             st.names = names
+            # Envoy dropped what it unsubscribed: it no longer holds it.
+            st.acked = {n: r for n, r in st.acked.items() if n in names}
         await self._push(t)
         if t != CLUSTER and CLUSTER in self.types:
             await self._push(CLUSTER)  # an ACK may lift a make-before-break hold
@@ -99,12 +103,24 @@ class SotwSession(Session):
             return
         if st.sent is None and not st.wildcard and not want:
             return  # named resources we do not have (yet): Envoy keeps waiting
+        if st.wildcard:
+            out = [want[n] for n in sorted(want)]
+        else:
+            # RDS in SotW is incremental: a response carries only the route
+            # configurations that changed, and one left out is not deleted
+            # (Envoy drops it with the listener naming it). Re-sending all of
+            # them would make Envoy re-validate every rule of every listener
+            # on each change.
+            prev = st.sent or {}
+            out = [want[n] for n in sorted(want) if n not in prev or prev[n].version != want[n].version]
+            if not out:
+                st.sent = want  # only unsubscribed names went away: nothing to tell Envoy
+                return
         st.sent = want
         st.sent_nonce = self.next_nonce()
         st.sent_version = snap.version
         st.awaiting = True
-        bodies = [want[n].body for n in sorted(want)]
-        await self.send(serialize.discovery_response(snap.version, t, st.sent_nonce, bodies))
+        await self.send(serialize.discovery_response(snap.version, t, st.sent_nonce, [r.body for r in out]))
 
     def in_sync(self, snap: Snapshot) -> bool:
         for t in ADS_ORDER:

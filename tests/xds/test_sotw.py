@@ -129,7 +129,10 @@ async def test_new_listener_goes_out_after_clusters_and_before_its_routes():
     s.push(type_url=LISTENER, response_nonce=lds.nonce)
     s.push(type_url=ROUTE, resource_names=["ciliate-proxy-15001", "ciliate-proxy-15002"], response_nonce=(await _last_rds_nonce(s)))
     rds = await s.next()
-    assert rds.type_url == ROUTE and len(rds.resources) == 2
+    from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
+
+    assert rds.type_url == ROUTE
+    assert [RouteConfiguration.parse(a.value).name for a in rds.resources] == ["ciliate-proxy-15002"]
     await s.close()
 
 
@@ -196,3 +199,16 @@ def test_resource_version_is_a_content_digest():
     a = Resource(ROUTE, "r", b"\x0a\x01r")
     assert a.version == Resource(ROUTE, "r", b"\x0a\x01r").version
     assert a.version != Resource(ROUTE, "r", b"\x0a\x01s").version
+
+
+async def test_route_change_carries_only_the_changed_route_configuration():
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", snap({15001: "/a", 15002: "/b"}))
+    s, got = await connect(cache)
+    assert len(got[ROUTE].resources) == 2
+    cache.set_snapshot("n1", snap({15001: "/a", 15002: "/changed"}))
+    r = await s.next()
+    from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
+
+    assert [RouteConfiguration.parse(a.value).name for a in r.resources] == ["ciliate-proxy-15002"]
+    await s.close()
