@@ -89,19 +89,15 @@ int from_container(struct __sk_buff *skb)
 	int new_conn = p.protocol == IPPROTO_TCP &&
 		       (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 	if (!new_conn) {
-		ctv = ct_find(&p, 0, now);
+		ctv = ct_lookup_flow(&p, now);
 		if (ctv) {
 			ct_refresh(ctv, &p, now);
-			if (!(ctv->flags & CT_F_REDIRECT))
+			/* replies, and flows that were not redirected, pass */
+			if ((ctv->flags & (CT_F_REDIRECT | CT_F_REPLY)) != CT_F_REDIRECT)
 				return TC_ACT_OK;
 			if (redirect_to_proxy(skb, &p, ctv->proxy_port) == 0)
 				return TC_ACT_OK;
 			return drop(&p, &c, R_PROXY_NOT_LISTENING);
-		}
-		ctv = ct_find(&p, 1, now);
-		if (ctv) {
-			ct_refresh(ctv, &p, now);
-			return TC_ACT_OK;
 		}
 	}
 
@@ -162,12 +158,7 @@ int to_container(struct __sk_buff *skb)
 		return r;
 
 	now = bpf_ktime_get_ns();
-	ctv = ct_find(&p, 0, now);
-	if (ctv) {
-		ct_refresh(ctv, &p, now);
-		return TC_ACT_OK;
-	}
-	ctv = ct_find(&p, 1, now);
+	ctv = ct_lookup_flow(&p, now);
 	if (ctv) {
 		ct_refresh(ctv, &p, now);
 		return TC_ACT_OK;

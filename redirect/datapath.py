@@ -136,6 +136,18 @@ class Datapath:
         if now.ingress == name and now.egress == name and self._prog_pin(endpoint_id, "from").exists():
             self._save(EndpointRecord(endpoint_id, ifname, str(ip), identity, name))
             return  # adopted: same header, program in place
+        rec = self._endpoints.get(endpoint_id)
+        pins = [self._prog_pin(endpoint_id, h) for h in ("from", "to")]
+        if rec is not None and rec.program == name and rec.ifname == ifname and all(p.exists() for p in pins):
+            # Same program, filter lost (qdisc removed by someone): restore
+            # it from the pinned programs without recompiling.
+            fds = [bpfsys.obj_get(p) for p in pins]
+            try:
+                tc.attach(ifname, fds[0], fds[1], name, self.netns)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            return
         if now.ingress is None or now.egress is None:
             self._block(endpoint_id, ifname)
 

@@ -69,6 +69,7 @@ class CtKey(ctypes.Structure):
 CT_F_REDIRECT = 0x1
 CT_F_PROXY = 0x2
 CT_F_CLOSING = 0x4
+CT_F_REPLY = 0x8
 
 
 class CtValue(ctypes.Structure):
@@ -153,6 +154,7 @@ CONSTANTS: dict[str, int] = {
     "CT_F_REDIRECT": CT_F_REDIRECT,
     "CT_F_PROXY": CT_F_PROXY,
     "CT_F_CLOSING": CT_F_CLOSING,
+    "CT_F_REPLY": CT_F_REPLY,
     "VERDICT_ALLOW": 1,
     "VERDICT_REDIRECT": 2,
     "VERDICT_DENY": 3,

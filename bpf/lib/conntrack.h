@@ -1,8 +1,13 @@
-/* Conntrack: an LRU hash of flows keyed by the opening packet's 5-tuple.
+/* Conntrack: an LRU hash of flows keyed by 5-tuple, one entry per direction.
+ *
+ * ct_create writes the flow's entry and its reply twin (CT_F_REPLY), so an
+ * established packet in either direction is one lookup. If the twin was
+ * evicted, the slow path (a miss) still finds the flow by the reversed
+ * tuple and restores the twin.
  *
  * Lifetimes: TCP 6 h idle, 10 s after a FIN or RST; everything else 60 s.
  * An expired entry counts as absent, so the flow is policed again. The
- * expiry is rewritten at most once a second per flow to keep the hot path
+ * expiry is rewritten at most once a second per entry, keeping the hot path
  * mostly read-only. */
 #ifndef CILIATE_CONNTRACK_H
 #define CILIATE_CONNTRACK_H
@@ -49,12 +54,30 @@ static __always_inline struct ct_value *ct_find(struct pkt *p, int reverse, __u6
 	return v;
 }
 
+static __always_inline void ct_write(struct pkt *p, int reverse, __u8 flags, __u16 proxy_port, __u64 now)
+{
+	struct ct_key k = {};
+	struct ct_value v = {};
+
+	ct_fill_key(&k, p, reverse);
+	v.flags = flags;
+	v.proxy_port = proxy_port;
+	v.expires_ns = now + ct_lifetime(p, flags);
+	ct.update(&k, &v);
+}
+
+/* A FIN or RST closes both directions' entries (slow path, once per flow). */
 static __always_inline void ct_refresh(struct ct_value *v, struct pkt *p, __u64 now)
 {
 	if (p->protocol == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)) &&
 	    !(v->flags & CT_F_CLOSING)) {
 		v->flags |= CT_F_CLOSING;
 		v->expires_ns = now + CT_LIFETIME_CLOSE;
+		struct ct_value *twin = ct_find(p, 1, now);
+		if (twin) {
+			twin->flags |= CT_F_CLOSING;
+			twin->expires_ns = now + CT_LIFETIME_CLOSE;
+		}
 		return;
 	}
 	if (v->flags & CT_F_CLOSING)
@@ -66,14 +89,24 @@ static __always_inline void ct_refresh(struct ct_value *v, struct pkt *p, __u64 
 
 static __always_inline void ct_create(struct pkt *p, __u8 flags, __u16 proxy_port, __u64 now)
 {
-	struct ct_key k = {};
-	struct ct_value v = {};
+	ct_write(p, 0, flags, proxy_port, now);
+	ct_write(p, 1, flags | CT_F_REPLY, proxy_port, now);
+}
 
-	ct_fill_key(&k, p, 0);
-	v.flags = flags;
-	v.proxy_port = proxy_port;
-	v.expires_ns = now + ct_lifetime(p, flags);
-	ct.update(&k, &v);
+/* The entry for this packet's direction; restored from its twin when the
+ * LRU evicted it. NULL: the flow is not tracked (or expired). */
+static __always_inline struct ct_value *ct_lookup_flow(struct pkt *p, __u64 now)
+{
+	struct ct_value *v = ct_find(p, 0, now);
+	struct ct_value *twin;
+
+	if (v)
+		return v;
+	twin = ct_find(p, 1, now);
+	if (!twin)
+		return 0;
+	ct_write(p, 0, twin->flags ^ CT_F_REPLY, twin->proxy_port, now);
+	return ct_find(p, 0, now);
 }
 
 #endif

@@ -51,8 +51,9 @@ struct policy_value {
 	__u8 reserved;
 };
 
-/* conntrack: LRU hash keyed by the 5-tuple of the packet that opened the
- * flow; a reply is found by looking up the reversed tuple. */
+/* conntrack: LRU hash keyed by 5-tuple. A flow has two entries, one per
+ * direction (the reply twin carries CT_F_REPLY), so every established
+ * packet costs exactly one lookup. */
 struct ct_key {
 	__u32 saddr;
 	__u32 daddr;
@@ -64,6 +65,7 @@ struct ct_key {
 #define CT_F_REDIRECT 0x1 /* flow goes to proxy_port, for its whole life */
 #define CT_F_PROXY    0x2 /* opened by the proxy (SO_MARK 0x0B00) */
 #define CT_F_CLOSING  0x4 /* FIN or RST seen: short lifetime */
+#define CT_F_REPLY    0x8 /* the reverse-tuple twin of a flow's entry */
 struct ct_value {
 	__u64 expires_ns; /* bpf_ktime_get_ns() clock */
 	__u16 proxy_port;
