@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import re
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Mapping
@@ -125,19 +126,46 @@ def _header_matcher(name: str, *, regex: str | None = None, exact: str | None = 
 
 def _http_permission(rule: HTTPRule) -> bytes:
     """rbac.v3.Permission for one HTTP rule: and_rules = 1 (PermissionSet.rules = 1),
-    any = 3, header = 4."""
-    matchers: list[bytes] = []
+    or_rules = 2, any = 3, header = 4."""
+    perms: list[bytes] = []  # encoded Permission messages, ANDed
+
+    def header(name: str, **kw) -> bytes:
+        return w.raw(4, _header_matcher(name, **kw))
+
     if rule.method is not None:
-        matchers.append(_header_matcher(":method", regex=rule.method))
-    if rule.path is not None:
-        matchers.append(_header_matcher(":path", regex=rule.path))
-    if rule.host is not None:
-        matchers.append(_header_matcher(":authority", regex=rule.host))
+        literals = _literal_alternatives(rule.method)
+        if literals is None:
+            perms.append(header(":method", regex=rule.method))
+        elif len(literals) == 1:
+            perms.append(header(":method", exact=literals[0]))
+        else:
+            perms.append(w.m(2, *(w.m(1, header(":method", exact=x)) for x in literals)))
+    for name, regex in ((":path", rule.path), (":authority", rule.host)):
+        if regex is None:
+            continue
+        if _REGEX_META.search(regex) is None:
+            perms.append(header(name, exact=regex))  # a regex without metacharacters is its own literal
+        else:
+            perms.append(header(name, regex=regex))
     for h in rule.headers:
-        matchers.append(_header_matcher(h.name, exact=h.value) if h.value is not None else _header_matcher(h.name))
-    if not matchers:
+        perms.append(header(h.name, exact=h.value) if h.value is not None else header(h.name))
+    if not perms:
         return w.b(3, True)
-    return w.m(1, *(w.m(1, w.raw(4, hm)) for hm in matchers))
+    return w.m(1, *(w.raw(1, p) for p in perms))
+
+
+_METHOD_LITERAL = re.compile(r"[A-Za-z]+")
+_REGEX_META = re.compile(r"[\\.^$|?*+()\[\]{}]")
+
+
+def _literal_alternatives(regex: str) -> list[str] | None:
+    """["GET", "HEAD"] for "GET|HEAD": method regexes are nearly always plain
+    alternations of method names, which Envoy can match without compiling a
+    regex (RE2 full match of an alternation of literals == one exact equal)."""
+    parts = regex.split("|")
+    if all(_METHOD_LITERAL.fullmatch(p) for p in parts):
+        return parts
+    return None
 
 
 class _IdentityAddresses:
@@ -350,41 +378,55 @@ class Renderer:
         sub = f"{d}/{route_config_name(port)}"
         return w.m(1, w.m(8, w.s(1, f"{sub}/routes.pb"), w.m(2, w.s(1, sub))), w.u(6, 2))
 
-    def _rbac_policy(self, rule: L7PeerRule, direction: Direction) -> bytes | None:
-        """rbac.v3.Policy (permissions = 1, principals = 2), or None if the rule
-        admits no address at all (an identity with no ipcache prefix)."""
-        assert self._idents is not None
-        self._used.add(rule.http)
-        perm = self._perm.get(rule.http)
+    def _http_perm(self, http: HTTPRule) -> bytes:
+        self._used.add(http)
+        perm = self._perm.get(http)
         if perm is None:
-            perm = self._perm[rule.http] = _http_permission(rule.http)
+            perm = self._perm[http] = _http_permission(http)
             self.http_rules_encoded += 1
-        anyone = IDENTITY_ANY in rule.identities
-        peers: list[bytes] = []
-        if not anyone:
-            for ident in sorted(rule.identities):
-                peers.extend(self._idents.matchers(ident, direction))
-            if not peers:
-                return None
+        return perm
+
+    def _peer_matchers(self, identities: frozenset[int], direction: Direction) -> list[bytes] | None:
+        """Encoded address matchers for a peer set; None means any peer, [] no address at all."""
+        assert self._idents is not None
+        if IDENTITY_ANY in identities:
+            return None
+        out: list[bytes] = []
+        for ident in sorted(identities):
+            out.extend(self._idents.matchers(ident, direction))
+        return out
+
+    def _rbac_policy(self, identities: frozenset[int], perms: list[bytes], direction: Direction) -> bytes | None:
+        """rbac.v3.Policy (permissions = 1, principals = 2) for every HTTP rule
+        sharing one peer set: a policy's permissions are ORed, so the peers'
+        addresses are written (and built by Envoy) once per peer set, not once
+        per rule. None if the peers have no address at all."""
+        peers = self._peer_matchers(identities, direction)
+        if peers == []:
+            return None
         if direction == Direction.INGRESS:
             # Principal: any = 3, or_ids = 2 (PrincipalSet.ids = 1)
-            principal = w.b(3, True) if anyone else w.m(2, *(w.m(1, x) for x in peers))
-            return w.m(1, perm) + w.m(2, principal)
-        if anyone:
-            permission = perm
-        else:
-            dest = w.m(2, *(w.m(1, x) for x in peers))  # or_rules of destination matchers
-            permission = w.m(1, w.m(1, perm), w.m(1, dest))
-        return w.m(1, permission) + w.m(2, w.b(3, True))
+            principal = w.b(3, True) if peers is None else w.m(2, *(w.m(1, x) for x in peers))
+            return b"".join(w.raw(1, p) for p in perms) + w.m(2, principal)
+        if peers is None:
+            return b"".join(w.raw(1, p) for p in perms) + w.m(2, w.b(3, True))
+        # Egress: the peer is the destination. Permission: and_rules = 1,
+        # or_rules = 2 (PermissionSet.rules = 1).
+        http_any = w.m(2, *(w.raw(1, p) for p in perms))
+        dest = w.m(2, *(w.m(1, x) for x in peers))
+        return w.m(1, w.m(1, w.m(1, http_any), w.m(1, dest))) + w.m(2, w.b(3, True))
 
     def _route_config(self, pol: L7Policy) -> Resource:
         name = route_config_name(pol.proxy_port)
+        groups: dict[frozenset[int], list[bytes]] = {}
+        for rule in pol.peer_rules:
+            groups.setdefault(rule.identities, []).append(self._http_perm(rule.http))
         entries = []
-        for i, rule in enumerate(pol.peer_rules):
-            enc = self._rbac_policy(rule, pol.key.direction)
+        for i, (identities, perms) in enumerate(groups.items()):
+            enc = self._rbac_policy(identities, perms, pol.key.direction)
             if enc is not None:
-                # RBAC.policies = 2: map<string, Policy>; names carry provenance for stats.
-                entries.append(w.map_entry(2, f"rule-{i}", enc))
+                # RBAC.policies = 2: map<string, Policy>
+                entries.append(w.map_entry(2, f"peers-{i}", enc))
         # RBACPerRoute.rbac = 2 {rules = 1 {action = 1 (ALLOW = 0), policies = 2}}
         per_route = w.m(2, w.m(1, *entries))
         # Route: match = 1 (prefix = 1), route = 2 (cluster = 1),

@@ -37,8 +37,24 @@ def rbac_policies(snap, name=NAME) -> dict:
     [
         pytest.param(
             dict(method="GET|HEAD"),
-            [{"header": {"name": ":method", "stringMatch": {"safeRegex": {"regex": "GET|HEAD"}}}}],
+            [{"orRules": {"rules": [
+                {"header": {"name": ":method", "stringMatch": {"exact": "GET"}}},
+                {"header": {"name": ":method", "stringMatch": {"exact": "HEAD"}}},
+            ]}}],
+            id="method-alternation-of-literals-as-exact-matches",
+        ),
+        pytest.param(
+            dict(method="P.*"),
+            [{"header": {"name": ":method", "stringMatch": {"safeRegex": {"regex": "P.*"}}}}],
             id="method-regex",
+        ),
+        pytest.param(
+            dict(method="DELETE", path="/static/file-1"),
+            [
+                {"header": {"name": ":method", "stringMatch": {"exact": "DELETE"}}},
+                {"header": {"name": ":path", "stringMatch": {"exact": "/static/file-1"}}},
+            ],
+            id="literal-method-and-path-as-exact-matches",
         ),
         pytest.param(
             dict(path="/a/.*", host="x\\.example"),
@@ -61,12 +77,27 @@ def rbac_policies(snap, name=NAME) -> dict:
 )
 def test_http_rule_becomes_anded_header_permissions(http, want_rules):
     snap = Renderer().render(state({PORT: (rule([CLIENT_IDENTITY], **http),)}))
-    pol = rbac_policies(snap)["rule-0"]
+    pol = rbac_policies(snap)["peers-0"]
     assert pol["permissions"] == [{"andRules": {"rules": want_rules}}]
 
 
+def test_rules_sharing_peers_become_one_policy_with_ored_permissions():
+    snap = Renderer().render(state({PORT: (
+        rule([CLIENT_IDENTITY], path="/a"),
+        rule([OTHER_IDENTITY], path="/b"),
+        rule([CLIENT_IDENTITY], path="/c"),
+    )}))
+    pols = rbac_policies(snap)
+    assert len(pols) == 2
+    paths = {
+        k: [p["andRules"]["rules"][0]["header"]["stringMatch"]["exact"] for p in v["permissions"]]
+        for k, v in pols.items()
+    }
+    assert sorted(paths.values()) == [["/a", "/c"], ["/b"]]
+
+
 def test_rule_with_nothing_set_allows_any_request_from_its_peers():
-    pol = rbac_policies(Renderer().render(state({PORT: (rule([CLIENT_IDENTITY]),)})))["rule-0"]
+    pol = rbac_policies(Renderer().render(state({PORT: (rule([CLIENT_IDENTITY]),)})))["peers-0"]
     assert pol["permissions"] == [{"any": True}]
 
 
@@ -96,16 +127,18 @@ def test_rule_with_nothing_set_allows_any_request_from_its_peers():
     ],
 )
 def test_ingress_peers_are_source_address_principals(idents, want):
-    pol = rbac_policies(Renderer().render(state({PORT: (rule(idents, path="/"),)})))["rule-0"]
+    pol = rbac_policies(Renderer().render(state({PORT: (rule(idents, path="/"),)})))["peers-0"]
     assert pol["principals"] == want
 
 
 def test_egress_peers_are_destination_permissions():
     snap = Renderer().render(state({PORT: (rule([CLIENT_IDENTITY], path="/x"),)}, direction=Direction.EGRESS))
-    pol = rbac_policies(snap)["rule-0"]
+    pol = rbac_policies(snap)["peers-0"]
     assert pol["principals"] == [{"any": True}]
     assert pol["permissions"] == [{"andRules": {"rules": [
-        {"andRules": {"rules": [{"header": {"name": ":path", "stringMatch": {"safeRegex": {"regex": "/x"}}}}]}},
+        {"orRules": {"rules": [
+            {"andRules": {"rules": [{"header": {"name": ":path", "stringMatch": {"exact": "/x"}}}]}},
+        ]}},
         {"orRules": {"rules": [{"destinationIp": {"addressPrefix": "127.0.0.1", "prefixLen": 32}}]}},
     ]}}]
     lst = Listener.parse(snap.of(LISTENER)[NAME].body)
@@ -180,7 +213,7 @@ def test_ipcache_change_rerenders_principals():
     a = r.render(state({PORT: (rule([CLIENT_IDENTITY]),)}))
     b = r.render(state({PORT: (rule([CLIENT_IDENTITY]),)}, extra_ipcache={IPv4Network("10.1.0.0/16"): CLIENT_IDENTITY}))
     assert a.of(ROUTE)[NAME].version != b.of(ROUTE)[NAME].version
-    ids = rbac_policies(b)["rule-0"]["principals"][0]["orIds"]["ids"]
+    ids = rbac_policies(b)["peers-0"]["principals"][0]["orIds"]["ids"]
     assert {"directRemoteIp": {"addressPrefix": "10.1.0.0", "prefixLen": 16}} in ids
 
 
