@@ -126,3 +126,26 @@ def test_failed_program_load_leaves_endpoint_blocked(fresh_install, tmp_path):
                                 endpoint(b, [], ingress=False, egress=False)]))
         assert not tcp_flow_passes(a.pod, b.pod, 8080, False)
         assert not tcp_flow_passes(b.pod, a.pod, 8080, False)
+
+
+def test_lost_filter_is_restored_from_pins_and_teardown_leaves_nothing(fresh_install):
+    from redirect import proxy, tc
+
+    with fresh_install() as inst:
+        dp, a, netns = inst.dp, inst.ep("a"), inst.node.netns
+        dp.setup_proxy_plumbing()
+        dp.setup_proxy_plumbing()  # idempotent
+        prog = dp.prog_stats(a.endpoint_id)["from"].id
+        name = tc.attached(a.pod.host_ifname, netns).ingress
+        tc.detach(a.pod.host_ifname, netns)  # someone removed the qdisc
+        dp.attach_endpoint(a.endpoint_id, a.pod.host_ifname, a.pod.ip, a.identity)
+        assert tc.attached(a.pod.host_ifname, netns) == tc.Attached(name, name)
+        assert dp.prog_stats(a.endpoint_id)["from"].id == prog  # same program, no rebuild
+        dp.attach_endpoint(a.endpoint_id, a.pod.host_ifname, a.pod.ip, a.identity)  # and again: no-op
+        assert dp.prog_stats(a.endpoint_id)["from"].id == prog
+
+        dp.teardown()
+        assert not inst.pin_dir.exists()
+        assert tc.attached(a.pod.host_ifname, netns) == tc.Attached(None, None)
+        assert not proxy.is_set_up(netns)
+        assert not any(inst.state_dir.iterdir())
