@@ -200,7 +200,7 @@ def _host_ips() -> list:
 
 
 def _run_agent(args: argparse.Namespace) -> int:
-    from agent.adapters.datapath import DatapathUnavailable, KernelDatapath
+    from agent.adapters.datapath import KernelDatapath
     from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory
     from agent.adapters.proxy import XdsProxy
     from agent.daemon import Agent, AgentConfig
@@ -215,9 +215,9 @@ def _run_agent(args: argparse.Namespace) -> int:
         ack_timeout=args.ack_timeout,
     )
     try:
-        datapath = KernelDatapath(Path(args.bpf_dir), state_dir / "datapath")
-    except DatapathUnavailable as exc:
-        print(f"ciliate agent: {exc}", file=sys.stderr)
+        datapath = KernelDatapath(Path(args.bpf_dir), state_dir / "endpoints")
+    except Exception as exc:  # e.g. no bpffs, no bcc: say so in one line
+        print(f"ciliate agent: cannot open the kernel datapath in {args.bpf_dir}: {exc}", file=sys.stderr)
         return 1
     proxy = XdsProxy(state_dir, spawn_envoy=not args.external_envoy)
     agent = Agent(config, compiler_factory=make_compiler_factory(_host_ips()), loader=PolicyFileLoader(), datapath=datapath, proxy=proxy)

@@ -151,6 +151,7 @@ class Agent:
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
         await self.proxy.stop()
+        await self.datapath.close()
         # Deliberately no detach: pinned maps and tc programs keep enforcing.
         log.info("agent stopped; datapath left enforcing")
 

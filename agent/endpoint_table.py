@@ -72,7 +72,8 @@ class EndpointTable:
             if rec == existing:
                 return rec, False
             row = self._rows[existing.id]
-            self._rows[existing.id] = _Row(rec, LiveState(attached=row.live.attached and rec.host_ifname == existing.host_ifname))
+            same_if = rec.host_ifname == existing.host_ifname
+            self._rows[existing.id] = _Row(rec, LiveState(attached=row.live.attached and same_if, identity=row.live.identity))
             self._persist()
             return rec, False
         new_id = next((i for i in range(ENDPOINT_ID_MIN, ENDPOINT_ID_MAX + 1) if i not in self._rows), None)

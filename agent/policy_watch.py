@@ -67,14 +67,17 @@ class DirectoryWatcher:
         self.interval = interval
         self._on_change = on_change
         self._stamps: dict[Path, Stamp] = {}
+        self._lock = asyncio.Lock()
 
     async def poll_once(self) -> Changes:
-        new = await asyncio.to_thread(scan, self.directory)
-        changes = diff_stamps(self._stamps, new)
-        self._stamps = new
-        if changes:
-            await self._on_change(changes)
-        return changes
+        """One scan; a caller arriving mid-scan waits until that scan's changes are handled."""
+        async with self._lock:
+            new = await asyncio.to_thread(scan, self.directory)
+            changes = diff_stamps(self._stamps, new)
+            self._stamps = new
+            if changes:
+                await self._on_change(changes)
+            return changes
 
     async def run(self) -> None:
         while True:

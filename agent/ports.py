@@ -136,6 +136,10 @@ class Datapath(Protocol):
         """Global plumbing (pinned maps, proxy ip rule/route); idempotent."""
         ...
 
+    async def close(self) -> None:
+        """Release handles; never detaches: the kernel keeps enforcing."""
+        ...
+
     async def attach_endpoint(self, endpoint_id: int, ifname: str, ipv4: IPv4Address | None, identity: int) -> None:
         """Attach programs to the endpoint's host interface; idempotent (adopts)."""
         ...

@@ -138,7 +138,10 @@ class Regenerator:
                 continue
             identity = self.compiler.upsert_endpoint(EndpointSpec(eid, dict(rec.labels), rec.ipv4))
             self._in_compiler.add(eid)
-            self.table.set_live(eid, identity=identity, state=EndpointState.REGENERATING, reason=None)
+            live = self.table.live(eid)
+            # The endpoint's program is built for its identity: a new one means re-attach.
+            reattach = live is not None and live.attached and live.identity not in (None, identity)
+            self.table.set_live(eid, identity=identity, state=EndpointState.REGENERATING, reason=None, **({"attached": False} if reattach else {}))
         return removed
 
     def _persist_allocations(self) -> None:

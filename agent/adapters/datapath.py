@@ -1,73 +1,90 @@
-"""Datapath port bound to `redirect.datapath.Datapath` — UNFINISHED.
+"""Datapath port bound to `redirect.datapath.Datapath` (bcc, tc, pinned maps).
 
-`redirect/datapath.py` is not in the tree yet, so `ciliate agent` refuses to
-start with a clear message rather than run without a kernel datapath (the
-product fails closed; it never pretends to enforce). The binding below is
-written against the announced interface: attach_endpoint(endpoint_id, ifname,
-ipv4, identity), detach_endpoint(id), apply(state) -> result with per-endpoint
-MapFullError, dump_policy(id), events(), setup_proxy_plumbing(); it must be
-checked against the real module when it lands.
+The redirect/ calls are blocking (bcc compiles, netlink, bpf syscalls), so
+each runs in a worker thread; the regeneration worker is the only caller, so
+they never run concurrently. Map-full errors are reported as such (retrying
+does not help until policy shrinks); other failures are retried with backoff.
+Does kernel I/O through redirect/.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import AsyncIterator, Mapping
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 from agent.ports import ApplyOutcome, DumpedEntry, Failure
-from policy.compiled import CompiledState
+from policy.compiled import CompiledState, Protocol
+from redirect.datapath import Datapath
+from redirect.errors import MapFullError
+from redirect.layout import EventVerdict, Hook, Reason
 
-
-class DatapathUnavailable(RuntimeError):
-    pass
-
-
-def _module() -> Any:
-    try:
-        return importlib.import_module("redirect.datapath")
-    except ImportError as exc:
-        raise DatapathUnavailable(
-            f"the kernel datapath (redirect.datapath) is not available: {exc}; "
-            "the agent will not run without one, since nothing would be enforced"
-        ) from exc
+_FLOW_TYPE = {EventVerdict.DROP: "drop", EventVerdict.FORWARD: "forward", EventVerdict.REDIRECT: "redirect"}
 
 
 class KernelDatapath:
     def __init__(self, pin_dir: Path, state_dir: Path) -> None:
-        mod = _module()
-        self._errors = importlib.import_module("redirect.errors")
-        self._dp = mod.Datapath(pin_dir, state_dir)
+        self._dp = Datapath(pin_dir, state_dir)
 
     async def setup(self) -> None:
         await asyncio.to_thread(self._dp.setup_proxy_plumbing)
 
+    async def close(self) -> None:
+        # Releases this process's handles only; the kernel keeps enforcing.
+        await asyncio.to_thread(self._dp.close)
+
     async def attach_endpoint(self, endpoint_id: int, ifname: str, ipv4: IPv4Address | None, identity: int) -> None:
+        if ipv4 is None:
+            raise ValueError(f"endpoint {endpoint_id} has no IPv4 address; the datapath needs one")
         await asyncio.to_thread(self._dp.attach_endpoint, endpoint_id, ifname, ipv4, identity)
 
     async def detach_endpoint(self, endpoint_id: int) -> None:
         await asyncio.to_thread(self._dp.detach_endpoint, endpoint_id)
 
     async def apply(self, state: CompiledState, changed: frozenset[int]) -> ApplyOutcome:
+        # redirect/ diffs desired against the kernel itself; `changed` is only a hint.
         result = await asyncio.to_thread(self._dp.apply, state)
         failed: dict[int, Failure] = {}
-        map_full = getattr(self._errors, "MapFullError", ())
-        for eid, err in dict(getattr(result, "errors", {}) or {}).items():
-            kind = "map-full" if isinstance(err, map_full) else "datapath"
-            failed[eid] = Failure(kind, str(err), transient=kind != "map-full")
+        for eid, err in result.failed.items():
+            if isinstance(err, MapFullError):
+                failed[eid] = Failure("map-full", str(err))
+            else:
+                failed[eid] = Failure("datapath", str(err), transient=True)
         return ApplyOutcome(failed)
 
     async def dump_policy(self, endpoint_id: int) -> list[DumpedEntry]:
         rows = await asyncio.to_thread(self._dp.dump_policy, endpoint_id)
-        out = []
-        for key, value in rows:  # UNFINISHED: shape to confirm against redirect/
-            verdict, proxy_port = value
-            out.append(DumpedEntry(key.identity, key.direction.name.lower(), key.protocol.name, str(key.ports), verdict.name.lower(), proxy_port))
-        return out
+        return [
+            DumpedEntry(
+                identity=r.identity,
+                direction=r.direction.name.lower(),
+                protocol=r.protocol.name if isinstance(r.protocol, Protocol) else str(r.protocol),
+                ports=str(r.ports),
+                verdict=r.verdict.name.lower(),
+                proxy_port=r.proxy_port,
+            )
+            for r in rows
+        ]
 
     async def flow_events(self) -> AsyncIterator[Mapping[str, Any]]:
-        async for ev in self._dp.events():  # UNFINISHED: FlowEvent field names to confirm
-            yield dict(vars(ev)) if not isinstance(ev, Mapping) else ev
+        async with self._dp.events() as stream:
+            async for ev in stream:
+                reason = ev.reason.name.lower().replace("_", "-") if isinstance(ev.reason, Reason) else str(ev.reason)
+                yield {
+                    "type": _FLOW_TYPE.get(ev.verdict, "forward"),
+                    "endpoint_id": ev.endpoint_id,
+                    "direction": ev.direction.name.lower() if ev.direction is not None else None,
+                    "protocol": {6: "TCP", 17: "UDP", 1: "ICMP"}.get(ev.protocol, str(ev.protocol)),
+                    "src_ip": str(ev.src),
+                    "src_port": ev.sport or None,
+                    "dst_ip": str(ev.dst),
+                    "dst_port": ev.dport or None,
+                    "src_identity": ev.src_identity or None,
+                    "dst_identity": ev.dst_identity or None,
+                    "verdict": ev.verdict.name.lower(),
+                    "reason": reason,
+                    "summary": f"{'from' if ev.hook == Hook.FROM_ENDPOINT else 'to'} endpoint {ev.endpoint_id}"
+                    + (f" via proxy port {ev.proxy_port}" if ev.proxy_port else ""),
+                }

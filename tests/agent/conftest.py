@@ -37,7 +37,7 @@ class Rig:
         return self.compilers[-1]
 
     def agent(self, **overrides) -> Agent:
-        cfg = dict(state_dir=self.state_dir, policy_dir=self.policy_dir, metrics_port=None, poll_interval=0.02, settle=0.0)
+        cfg = dict(state_dir=self.state_dir, policy_dir=self.policy_dir, metrics_port=None, poll_interval=3600.0, settle=0.0)  # tests poll explicitly
         cfg.update(overrides)
         return Agent(
             AgentConfig(**cfg),

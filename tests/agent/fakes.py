@@ -195,6 +195,9 @@ class FakeDatapath:
     async def setup(self) -> None:
         self.setups += 1
 
+    async def close(self) -> None:
+        self.closed = getattr(self, "closed", 0) + 1
+
     async def attach_endpoint(self, endpoint_id: int, ifname: str, ipv4: IPv4Address | None, identity: int) -> None:
         if endpoint_id in self.fail_attach:
             raise OSError(f"no such device {ifname}")

@@ -298,3 +298,28 @@ async def test_flow_events_are_enriched_with_labels(rig: Rig) -> None:
         assert event.type == "drop" and "k8s:class=xwing" in event.src_labels and event.dst_port == 80
     finally:
         await agent.stop()
+
+
+async def test_label_change_gives_a_new_identity_and_reattaches(rig: Rig) -> None:
+    agent = await started(rig)
+    try:
+        first, _ = await agent.create_endpoint(ep("a", "10.200.0.1", app="a"), wait=5)
+        again, created = await agent.create_endpoint(ep("a", "10.200.0.1", app="b"), wait=5)
+        assert not created and again.id == first.id and again.identity != first.identity
+        assert rig.datapath.attached[first.id][2] == again.identity  # program rebuilt for the new identity
+    finally:
+        await agent.stop()
+
+
+async def test_watcher_picks_up_changes_on_its_own(rig: Rig) -> None:
+    agent = await started(rig, poll_interval=0.02)
+    try:
+        await add_starwars(agent)
+        rig.write_policy("l4.json", [L4])
+        for _ in range(250):
+            if [p.state for p in agent.policies().policies] == ["enforced"]:
+                break
+            await asyncio.sleep(0.02)
+        assert [(p.name, p.state) for p in agent.policies().policies] == [("default/l4", "enforced")]
+    finally:
+        await agent.stop()

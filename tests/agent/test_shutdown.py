@@ -33,7 +33,7 @@ async def test_signal_stops_cleanly_and_leaves_the_datapath_enforcing(rig: Rig, 
         os.kill(os.getpid(), sig)
         await asyncio.wait_for(runner, 10)
         assert rig.datapath.detached == [] and ep.id in rig.datapath.attached
-        assert rig.proxy.stopped == 1
+        assert rig.proxy.stopped == 1 and rig.datapath.closed == 1
         assert _refused(sock)  # nobody answers on the API socket any more
         # The endpoint table survived on disk.
         assert '"container_id": "c1"' in (rig.state_dir / "endpoints.json").read_text()
