@@ -150,6 +150,7 @@ class Compiler:
         self._endpoints[ep.id] = ep
         self._removed_eps.discard(ep.id)
         if old_ident != ident:
+            self._ipcache_dirty = True  # the endpoint's /32 maps to the new identity
             if old_ident is not None:
                 self._detach(ep.id, old_ident)
             self._ep_identity[ep.id] = ident

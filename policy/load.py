@@ -23,6 +23,7 @@ from policy.model import Policy
 from policy.parse import parse_object
 
 EXTENSIONS = (".yaml", ".yml", ".json")
+INTERNAL_ERROR = "internal error while parsing (please report)"
 
 
 @dataclass
@@ -81,6 +82,8 @@ def load_text(text: str, source: str, is_json: bool = False) -> LoadResult:
             out.errors.extend(e.errors)
         except RecursionError:
             out.errors.append(PolicyError(source, i if multi else None, "", "document nested too deeply"))
+        except Exception as e:  # noqa: BLE001 - a parser bug must not lose the other documents
+            out.errors.append(PolicyError(source, i if multi else None, "", f"{INTERNAL_ERROR}: {type(e).__name__}: {e}"))
     return out
 
 

@@ -833,7 +833,7 @@ def _parse(ctx: _Ctx, obj: Any) -> Policy | None:
         return None
     _check_fields(ctx, m, "", {"apiVersion", "kind", "metadata", "spec", "specs"}, ignored={"status"})
     kind = m.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         ctx.err("kind", f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
         return None
     api = m.get("apiVersion")
