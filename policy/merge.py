@@ -69,7 +69,8 @@ def _segments(atoms: list[Atom]) -> list[tuple[int, int, Verdict, tuple[RuleRef,
         if best is None:
             continue
         r = tuple(sorted(refs, key=_REF_KEY))
-        if out and out[-1][1] == lo - 1 and out[-1][2] == best and out[-1][3] == r:
+        # REDIRECT segments never merge: each port is its own listener.
+        if out and out[-1][1] == lo - 1 and out[-1][2] == best and out[-1][3] == r and best != Verdict.REDIRECT:
             out[-1] = (out[-1][0], hi, best, r)
         else:
             out.append((lo, hi, best, r))

@@ -170,3 +170,12 @@ def test_entity_identities(entity, expected):
     names = {st.endpoints[1].identity: "web", st.endpoints[2].identity: "client"}
     got = {names.get(e.key.identity, e.key.identity) for e in st.endpoints[1].entries}
     assert got == expected
+
+
+def test_adjacent_redirected_ports_stay_separate_listeners():
+    text = cnp("a", "endpointSelector: {matchLabels: {app: web}}\ningress:\n- fromEndpoints: [{matchLabels: {app: client}}]\n  toPorts:\n  - ports: [{port: '80', protocol: TCP}, {port: '81', protocol: TCP}]\n    rules: {http: [{method: GET}]}\n  - ports: [{port: '79', protocol: TCP}]\n")
+    web = compile_state(policies(text), [WEB, CLIENT]).endpoints[1]
+    redirects = [(e.key.ports.lo, e.key.ports.hi, e.proxy_port) for e in web.entries if e.verdict == Verdict.REDIRECT]
+    assert [(lo, hi) for lo, hi, _ in redirects] == [(80, 80), (81, 81)]
+    assert len({p for _, _, p in redirects}) == 2
+    assert sorted((p.key.port, p.proxy_port) for p in web.l7) == sorted((lo, p) for lo, _, p in redirects)
