@@ -217,6 +217,24 @@ def _selector(ctx: _Ctx, v: Any, path: str, key_map: Callable[[str], str] = stri
     return LabelSelector.of(reqs) if ok else None
 
 
+def _reserved_selector(ctx: _Ctx, v: Any, path: str) -> Peer | None | bool:
+    """A Cilium selector on a reserved label ("reserved:host": "") names an
+    entity. False: not such a selector; None: an invalid one (reported)."""
+    if not isinstance(v, dict) or not isinstance(v.get("matchLabels"), dict):
+        return False
+    keys = [k for k in v["matchLabels"] if isinstance(k, str) and k.startswith("reserved:")]
+    if not keys:
+        return False
+    if len(v["matchLabels"]) != 1 or set(v) != {"matchLabels"}:
+        ctx.err(f"{path}.matchLabels.{keys[0]}", "not supported: reserved labels combined with other labels (use fromEntities/toEntities)")
+        return None
+    name = keys[0].partition(":")[2]
+    if name not in ENTITIES or name in ("all", "cluster"):
+        ctx.err(f"{path}.matchLabels.{keys[0]}", f"unknown reserved label {name!r}")
+        return None
+    return EntityPeer(name)
+
+
 def _in_namespace(ns: str) -> LabelSelector:
     return LabelSelector.of([Requirement(NAMESPACE_LABEL, "In", (ns,))])
 
@@ -527,6 +545,13 @@ def _cilium_rule(
             ok = False
         else:
             for i, s in enumerate(lst):
+                reserved = _reserved_selector(ctx, s, f"{path}.{ep_key}[{i}]")
+                if reserved is not False:
+                    if reserved is None:
+                        ok = False
+                    else:
+                        peers.append(reserved)
+                    continue
                 sel = _selector(ctx, s, f"{path}.{ep_key}[{i}]")
                 if sel is None:
                     ok = False

@@ -131,6 +131,10 @@ CASES = [
                  "allowed", "l3l4", id="remote-node-entity"),
     pytest.param(cnp(SEL_WEB + "egress:\n- toEntities: [world]\n") + "---\n" + cnp("endpointSelector: {matchLabels: {app: z}}\negress:\n- toCIDR: [20.0.0.0/8]\n", name="q"),
                  "labels:app=web", "ip:20.1.1.1", 443, "TCP", None, "allowed", "l3l4", id="world-includes-cidr-identities"),
+    pytest.param(cnp(SEL_WEB + "ingress:\n- fromEndpoints:\n  - matchLabels: {'reserved:host': ''}\n"), "entity:host", "labels:app=web", 80,
+                 "TCP", None, "allowed", "l3l4", id="reserved-label-selector-is-entity"),
+    pytest.param(cnp(SEL_WEB + "ingress:\n- fromEndpoints:\n  - matchLabels: {'reserved:host': ''}\n"), "labels:x=y", "labels:app=web", 80,
+                 "TCP", None, "denied", "l3l4", id="reserved-label-selector-not-endpoints"),
     # -------- CIDR
     pytest.param(cnp(SEL_WEB + "ingress:\n- fromCIDR: [10.0.0.0/8]\n"), "ip:10.1.2.3", "labels:app=web", 80, "TCP", None, "allowed",
                  "l3l4", id="from-cidr"),

@@ -73,6 +73,8 @@ CASES = [
                  "spec.ingress[0].fromEndpoints[0].matchExpressions[0].operator", "unknown operator 'Has'", id="bad-operator"),
     pytest.param(cnp_rule("fromEndpoints: [{matchExpressions: [{key: a, operator: In}]}]\n"),
                  "spec.ingress[0].fromEndpoints[0].matchExpressions[0].values", "operator In needs at least one value", id="in-without-values"),
+    pytest.param(cnp_rule("fromEndpoints: [{matchLabels: {'reserved:host': '', app: x}}]\n"),
+                 "spec.ingress[0].fromEndpoints[0].matchLabels.reserved:host", "not supported: reserved labels combined", id="reserved-mixed"),
     pytest.param(cnp_rule(HTTP_PORT + "    - {headers: ['bad name: x']}\n"), "spec.ingress[0].toPorts[0].rules.http[1].headers[0]",
                  "bad header", id="bad-header"),
     pytest.param(cnp_rule(HTTP_PORT + "    - {headerMatches: [{name: X, secret: {name: s}}]}\n"),
