@@ -85,7 +85,7 @@ int from_container(struct __sk_buff *skb)
 	if (p.saddr != self_key.addr)
 		return drop(&p, &c, R_SOURCE_SPOOFED);
 
-	now = bpf_ktime_get_ns();
+	now = bpf_ktime_get_coarse_ns(); /* tick resolution is plenty for expiry */
 	int new_conn = p.protocol == IPPROTO_TCP &&
 		       (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 	if (!new_conn) {
@@ -94,7 +94,7 @@ int from_container(struct __sk_buff *skb)
 			ct_refresh(ctv, &p, now);
 			/* replies, and flows that were not redirected, pass */
 			if ((ctv->flags & (CT_F_REDIRECT | CT_F_REPLY)) != CT_F_REDIRECT)
-				return TC_ACT_OK;
+				return pass_decided(skb);
 			if (redirect_to_proxy(skb, &p, ctv->proxy_port) == 0)
 				return TC_ACT_OK;
 			return drop(&p, &c, R_PROXY_NOT_LISTENING);
@@ -139,7 +139,7 @@ int from_container(struct __sk_buff *skb)
 	}
 	ct_create(&p, 0, 0, now);
 	emit_event(&p, &c, EV_FORWARD, v->reason, 0);
-	return TC_ACT_OK;
+	return pass_decided(skb);
 }
 
 int to_container(struct __sk_buff *skb)
@@ -153,11 +153,13 @@ int to_container(struct __sk_buff *skb)
 	__u64 now;
 	int r;
 
+	if ((skb->mark & MARK_MAGIC_MASK) == MARK_MAGIC_DECIDED)
+		return TC_ACT_OK;
 	r = parse_or_verdict(skb, &p, &c);
 	if (r >= 0)
 		return r;
 
-	now = bpf_ktime_get_ns();
+	now = bpf_ktime_get_coarse_ns(); /* tick resolution is plenty for expiry */
 	ctv = ct_lookup_flow(&p, now);
 	if (ctv) {
 		ct_refresh(ctv, &p, now);

@@ -67,7 +67,7 @@ struct ct_key {
 #define CT_F_CLOSING  0x4 /* FIN or RST seen: short lifetime */
 #define CT_F_REPLY    0x8 /* the reverse-tuple twin of a flow's entry */
 struct ct_value {
-	__u64 expires_ns; /* bpf_ktime_get_ns() clock */
+	__u64 expires_ns; /* bpf_ktime_get_coarse_ns() clock (CLOCK_MONOTONIC) */
 	__u16 proxy_port;
 	__u8 flags;
 	__u8 pad[5];

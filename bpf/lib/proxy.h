@@ -14,6 +14,17 @@
 #define MARK_MAGIC_TO_PROXY 0x0200
 #define MARK_MAGIC_MASK     0x0f00
 #define MARK_MAGIC_PROXY_ORIGIN 0x0b00
+/* Set by from_container on packets it passed: the source's egress and a local
+ * destination's ingress policy (or conntrack) already decided them, so the
+ * destination's to_container lets them through without a second lookup. The
+ * mark does not survive into the pod's netns (skb_scrub_packet). */
+#define MARK_MAGIC_DECIDED 0x0c00
+
+static __always_inline int pass_decided(struct __sk_buff *skb)
+{
+	skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_MAGIC_DECIDED;
+	return TC_ACT_OK;
+}
 
 static __always_inline int redirect_to_proxy(struct __sk_buff *skb, struct pkt *p, __u16 proxy_port)
 {
