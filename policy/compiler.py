@@ -389,24 +389,25 @@ class Compiler:
                 ingress |= spec.enforce_ingress
                 egress |= spec.enforce_egress
                 for rule in spec.rules:
-                    peers: set[int] = set()
-                    for peer in rule.peers:
-                        peers |= self._members[peer]
-                    if not peers:
+                    # One selector: share its member set, so equal peer sets
+                    # across rules collapse into one key in Atoms.items.
+                    if len(rule.peers) == 1:
+                        fpeers = self._members[rule.peers[0]]
+                    else:
+                        fpeers = frozenset().union(*(self._members[p] for p in rule.peers))
+                    if not fpeers:
                         continue
+                    items = atoms.items[fpeers]
                     for pr in rule.port_rules or _L3_ONLY:
                         for ps in pr.ports:
                             if pr.http is not None:
                                 proto, verdict = Protocol.TCP, Verdict.REDIRECT
-                                fpeers = frozenset(peers)
                                 for http in pr.http:
                                     atoms.l7[(rule.direction, ps.ports.lo)].append((fpeers, http, rule.ref))
                             else:
                                 proto = ps.protocol
                                 verdict = Verdict.DENY if rule.deny else Verdict.ALLOW
-                            atom = (ps.ports.lo, ps.ports.hi, verdict, rule.ref)
-                            for peer in peers:
-                                atoms.by_key[(rule.direction, peer, proto)].append(atom)
+                            items.append((rule.direction, proto, ps.ports.lo, ps.ports.hi, verdict, rule.ref))
         return IdentityPolicy(
             ingress, egress, merge_entries(atoms), merge_l7(atoms), frozenset(selected_by), frozenset(keys)
         )

@@ -34,11 +34,16 @@ _REF_KEY = attrgetter("kind", "policy", "path")
 
 # (lo, hi, verdict, ref)
 Atom = tuple[int, int, Verdict, RuleRef]
+# (direction, protocol, lo, hi, verdict, ref)
+Item = tuple[Direction, Protocol, int, int, Verdict, RuleRef]
 
 
 @dataclass
 class Atoms:
-    by_key: dict[tuple[Direction, int, Protocol], list[Atom]] = field(default_factory=lambda: defaultdict(list))
+    """Rule items keyed by the peer set they apply to. Peers are expanded
+    only at the end, and peers sharing the same items share the work."""
+
+    items: dict[frozenset[int], list[Item]] = field(default_factory=lambda: defaultdict(list))
     # (direction, port) -> [(peers, http rule, ref)]
     l7: dict[tuple[Direction, int], list[tuple[frozenset[int], HTTPRule, RuleRef]]] = field(
         default_factory=lambda: defaultdict(list)
@@ -79,23 +84,46 @@ def _segments(atoms: list[Atom]) -> list[tuple[int, int, Verdict, tuple[RuleRef,
 
 def merge_entries(atoms: Atoms) -> tuple[PolicyEntry, ...]:
     """Entries with REDIRECT proxy_port 0 (the caller stamps ports per endpoint)."""
+    peersets = [ps for ps, items in atoms.items.items() if items]
+    signature: dict[int, list[int]] = defaultdict(list)
+    for j, ps in enumerate(peersets):
+        for peer in ps:
+            signature[peer].append(j)
+    by_signature: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for peer, js in signature.items():
+        by_signature[tuple(js)].append(peer)
     entries: list[PolicyEntry] = []
-    for (direction, peer, proto), lst in atoms.by_key.items():
-        for lo, hi, v, refs in _segments(lst):
-            entries.append(PolicyEntry(PolicyKey(peer, direction, proto, PortRange(lo, hi)), v, 0, refs))
-    entries.sort(key=lambda e: e.key)
+    for js, peers in by_signature.items():
+        groups: dict[tuple[Direction, Protocol], list[Atom]] = defaultdict(list)
+        for j in js:
+            for d, proto, lo, hi, v, ref in atoms.items[peersets[j]]:
+                groups[(d, proto)].append((lo, hi, v, ref))
+        for (d, proto), lst in groups.items():
+            for lo, hi, v, refs in _segments(lst):
+                ports = PortRange(lo, hi)
+                for peer in peers:
+                    entries.append(PolicyEntry(PolicyKey(peer, d, proto, ports), v, 0, refs))
+    entries.sort(key=_entry_key)
     return tuple(entries)
 
 
+def _entry_key(e: PolicyEntry) -> tuple[int, int, int, int]:
+    k = e.key
+    return (k.identity, k.direction, k.protocol, k.ports.lo)
+
+
 def _l4_allows(atoms: Atoms, direction: Direction, port: int) -> dict[int, set[RuleRef]]:
-    """Peers with an L4 ALLOW atom covering TCP `port`, with the rules that allowed it."""
+    """Peers with an L4 ALLOW covering TCP `port`, with the rules that allowed it."""
     out: dict[int, set[RuleRef]] = defaultdict(set)
-    for (d, peer, proto), lst in atoms.by_key.items():
-        if d != direction or proto not in (Protocol.TCP, Protocol.ANY):
-            continue
-        for lo, hi, v, ref in lst:
-            if v == Verdict.ALLOW and lo <= port <= hi:
-                out[peer].add(ref)
+    for ps, items in atoms.items.items():
+        refs = {
+            ref
+            for d, proto, lo, hi, v, ref in items
+            if d == direction and v == Verdict.ALLOW and proto in (Protocol.TCP, Protocol.ANY) and lo <= port <= hi
+        }
+        if refs:
+            for peer in ps:
+                out[peer] |= refs
     return out
 
 
