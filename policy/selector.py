@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class Op(enum.Enum):
@@ -46,11 +46,19 @@ class Requirement:
         return f"{self.key} {self.op.lower()} ({','.join(self.values)})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LabelSelector:
     """Requirements ANDed; no requirements selects everything."""
 
     requirements: tuple[Requirement, ...] = ()
+    # Selectors are dictionary keys on the compiler's hot path: hash once.
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(self.requirements))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @staticmethod
     def of(reqs: Iterable[Requirement]) -> "LabelSelector":
