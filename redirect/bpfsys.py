@@ -34,6 +34,7 @@ MAP_HASH, MAP_ARRAY, MAP_LRU_HASH, MAP_LPM_TRIE, MAP_HASH_OF_MAPS, MAP_RINGBUF =
 F_NO_PREALLOC = 1
 ANY, NOEXIST, EXIST = 0, 1, 2
 PROG_SCHED_CLS = 3
+TC_ACT_OK = 0
 TC_ACT_SHOT = 2
 
 _ATTR_SIZE = 144
@@ -192,6 +193,18 @@ def prog_info(fd: int) -> ProgInfo:
     return ProgInfo(t, i, tag, name, run_time_ns, run_cnt)
 
 
+def test_run(prog_fd: int, data: bytes, repeat: int) -> tuple[int, int]:
+    """BPF_PROG_TEST_RUN: (return value, mean duration in ns per run)."""
+    din = ctypes.create_string_buffer(data, len(data))
+    dout = ctypes.create_string_buffer(len(data) + 256)
+    attr = _attr(struct.pack("=IIIIQQII", prog_fd, 0, len(data), len(dout), ctypes.addressof(din),
+                             ctypes.addressof(dout), repeat, 0))
+    _bpf(10, attr)
+    retval, = struct.unpack_from("=I", attr.raw, 4)
+    duration, = struct.unpack_from("=I", attr.raw, 36)
+    return retval, duration
+
+
 def prog_info_by_id(prog_id: int) -> ProgInfo:
     fd = prog_fd_by_id(prog_id)
     try:
@@ -203,7 +216,13 @@ def prog_info_by_id(prog_id: int) -> ProgInfo:
 def load_drop_program(name: str = "ciliate_block") -> int:
     """Load `r0 = TC_ACT_SHOT; exit`: what an endpoint runs when its real
     program cannot be compiled or loaded (fail closed). Needs no compiler."""
-    insns = struct.pack("=BBhi", 0xB7, 0, 0, TC_ACT_SHOT) + struct.pack("=BBhi", 0x95, 0, 0, 0)
+    return load_constant_program(TC_ACT_SHOT, name)
+
+
+def load_constant_program(verdict: int, name: str) -> int:
+    """A sched_cls program that returns `verdict` (benchmarks use TC_ACT_OK
+    to measure the cost of the tc hook itself)."""
+    insns = struct.pack("=BBhi", 0xB7, 0, 0, verdict) + struct.pack("=BBhi", 0x95, 0, 0, 0)
     ibuf = ctypes.create_string_buffer(insns, len(insns))
     lic = ctypes.create_string_buffer(b"GPL")
     payload = struct.pack(
