@@ -216,9 +216,12 @@ class Datapath:
     def apply(self, state: CompiledState) -> ApplyResult:
         return apply_state(self.maps, state, keep=set(self._endpoints))
 
-    def dump_policy(self, endpoint_id: int) -> list[policymap.DecodedEntry]:
-        entries = self.maps.read_policy(endpoint_id)
-        return [policymap.describe(k, v) for k, v in sorted(entries.items())]
+    def dump_policy(self, endpoint_id: int, merge_ranges: bool = True) -> list[policymap.DecodedEntry]:
+        """The endpoint's kernel policy entries, read back from its map.
+        With merge_ranges, adjacent port blocks of one (identity, direction,
+        protocol) with the same verdict are shown as one range."""
+        entries = [policymap.describe(k, v) for k, v in sorted(self.maps.read_policy(endpoint_id).items())]
+        return policymap.merge_ranges(entries) if merge_ranges else entries
 
     # -- events / proxy / lifecycle ------------------------------------------
     def events(self) -> EventStream:

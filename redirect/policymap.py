@@ -153,6 +153,25 @@ def describe(k: KernelKey, v: KernelValue) -> DecodedEntry:
     return DecodedEntry(k.identity, k.direction, proto, k.ports, v.verdict, v.proxy_port)
 
 
+def merge_ranges(entries: list[DecodedEntry]) -> list[DecodedEntry]:
+    """Join adjacent port blocks of the same (identity, direction, protocol,
+    verdict, proxy port) into one range, for display."""
+    out: list[DecodedEntry] = []
+    for e in sorted(entries, key=lambda e: (e.direction, e.identity, int(e.protocol), e.ports.lo)):
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and (last.direction, last.identity, int(last.protocol), last.verdict, last.proxy_port)
+            == (e.direction, e.identity, int(e.protocol), e.verdict, e.proxy_port)
+            and last.ports.hi + 1 == e.ports.lo
+        ):
+            out[-1] = DecodedEntry(e.identity, e.direction, e.protocol, PortRange(last.ports.lo, e.ports.hi),
+                                   e.verdict, e.proxy_port)
+        else:
+            out.append(e)
+    return out
+
+
 def kernel_lookup(
     entries: Mapping[KernelKey, KernelValue],
     enforced: bool,

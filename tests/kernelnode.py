@@ -179,3 +179,18 @@ def kernel_node(
 
 def run_in(node_or_pod: Node | Pod, argv: Sequence[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(node_or_pod.argv(argv), check=True, capture_output=True, text=True, **kw)
+
+
+def node_fixture(pods: Sequence[PodSpec], *, scope: str = "function", **kw):
+    """A pytest fixture yielding a Node built from `pods`, torn down after.
+
+        node = node_fixture([PodSpec("client", "10.201.0.2", {"app": "x"})], prefix="cag")
+    """
+    import pytest
+
+    @pytest.fixture(scope=scope)
+    def _node() -> Iterator[Node]:
+        with kernel_node(pods, **kw) as node:
+            yield node
+
+    return _node

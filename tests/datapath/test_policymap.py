@@ -129,3 +129,18 @@ def test_update_order_never_admits_a_flow_both_states_deny(old_ep, new_ep):
         for p in doubly_denied:
             assert not policymap.kernel_lookup(mid, True, *p)[0], p
     assert cur == new
+
+
+def test_merge_ranges_shows_a_range_as_written():
+    ep = EndpointPolicy(1, 256, None, True, True, (
+        PolicyEntry(PolicyKey(9, Direction.EGRESS, Protocol.TCP, PortRange(8000, 8100)), Verdict.ALLOW),
+        PolicyEntry(PolicyKey(9, Direction.EGRESS, Protocol.TCP, PortRange(8101, 8101)), Verdict.DENY),
+        PolicyEntry(PolicyKey(0, Direction.INGRESS, Protocol.ANY, ALL_PORTS), Verdict.ALLOW),
+    ))
+    blocks = [policymap.describe(k, v) for k, v in policymap.render(ep).items()]
+    assert len(blocks) == 6
+    assert [str(e) for e in policymap.merge_ranges(blocks)] == [
+        "ingress identity=0        ANY  port=*           ALLOW",
+        "egress  identity=9        TCP  port=8000-8100   ALLOW",
+        "egress  identity=9        TCP  port=8101        DENY",
+    ]
