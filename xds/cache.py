@@ -19,6 +19,8 @@ from .snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
+_MAX_VERSIONS = 1024
+
 
 @dataclass
 class _Node:
@@ -52,6 +54,9 @@ class SnapshotCache:
         n.seq += 1
         n.snapshot = snapshot
         n.seq_of[snapshot.version] = n.seq
+        if len(n.seq_of) > _MAX_VERSIONS:  # forget the oldest versions; waiters on them time out
+            for v in list(n.seq_of)[: len(n.seq_of) - _MAX_VERSIONS]:
+                del n.seq_of[v]
         for cb in list(n.watchers):
             cb()
 

@@ -33,7 +33,6 @@ class _TypeState:
     wildcard: bool = False
     names: set[str] = field(default_factory=set)
     known: dict[str, str] = field(default_factory=dict)  # name -> version Envoy holds (or was sent)
-    sent: dict[str, Resource] = field(default_factory=dict)  # resources behind `known`
     # nonce -> (snapshot version, what that response carried: name -> Resource, None = removed)
     pending: dict[str, tuple[str, dict[str, Resource | None]]] = field(default_factory=dict)
     acked: dict[str, Resource] = field(default_factory=dict)
@@ -80,7 +79,6 @@ class DeltaSession(Session):
             else:
                 st.names.discard(n)
                 st.known.pop(n, None)
-                st.sent.pop(n, None)
                 st.acked.pop(n, None)
         await self._push(t)
         if t != CLUSTER and CLUSTER in self.types:
@@ -111,10 +109,8 @@ class DeltaSession(Session):
             return
         for r in changed:
             st.known[r.name] = r.version
-            st.sent[r.name] = r
         for n in removed:
             del st.known[n]
-            st.sent.pop(n, None)
         nonce = self.next_nonce()
         carried: dict[str, Resource | None] = {r.name: r for r in changed}
         carried.update((n, None) for n in removed)
