@@ -40,7 +40,7 @@ from policy.compiled import (
 from policy.endpoint import Endpoint, identity_labels, selectable_labels
 from policy.identity import RESERVED_BY_NAME, IdentityAllocator, ProxyPortAllocator
 from policy.merge import Atoms, merge_entries, merge_l7
-from policy.model import AnyPeer, CIDRPeer, EndpointPeer, EntityPeer, Peer, Policy, PortRule, PortSpec
+from policy.model import AnyPeer, CIDRPeer, EndpointPeer, EntityPeer, Peer, Policy, PolicySpec, PortRule, PortSpec
 from policy.selector import SelectorIndex
 
 WORLD_NET = IPv4Network("0.0.0.0/0")
@@ -105,6 +105,11 @@ class Compiler:
         self._sel_by_kv: dict[tuple[str, str], set[Peer]] = defaultdict(set)
         self._sel_unindexed: set[Peer] = set()
         self._cidr_sels: set[Peer] = set()
+        # CIDR selectors by their prefix, so a new prefix finds the selectors
+        # containing it through its <= 33 supernets instead of a scan.
+        self._cidr_sel_by_net: dict[tuple[int, int], set[CIDRPeer]] = defaultdict(set)
+        # Per policy: its RuleRef name and (subject selector, spec) pairs.
+        self._meta: dict[str, tuple[str, tuple[tuple[EndpointPeer, PolicySpec], ...]]] = {}
         self._cidr_refs: dict[IPv4Network, int] = defaultdict(int)
         self._cidr_ids: dict[IPv4Network, int] = {}
         # policy key -> identities it selects; identity -> policy keys
@@ -140,6 +145,7 @@ class Compiler:
         old = self._policies.pop(key, None)
         if old is not None:
             self._unregister(old)
+            del self._meta[key]
 
     def upsert_endpoint(self, ep: Endpoint) -> None:
         old = self._endpoints.get(ep.id)
@@ -232,6 +238,8 @@ class Compiler:
                 self._sel_unindexed.add(peer)
             if _depends_on_cidrs(peer):
                 self._cidr_sels.add(peer)
+                if isinstance(peer, CIDRPeer):
+                    self._cidr_sel_by_net[(int(peer.net.network_address), peer.net.prefixlen)].add(peer)
         else:
             users.add(key)
 
@@ -246,6 +254,8 @@ class Compiler:
         del self._members[peer]
         self._sel_unindexed.discard(peer)
         self._cidr_sels.discard(peer)
+        if isinstance(peer, CIDRPeer):
+            self._cidr_sel_by_net[(int(peer.net.network_address), peer.net.prefixlen)].discard(peer)
         if isinstance(peer, EndpointPeer):
             for r in peer.selector.requirements:
                 if r.op == "In" and len(r.values) == 1:
@@ -263,8 +273,8 @@ class Compiler:
 
     def _subjects_of(self, policy: Policy) -> frozenset[int]:
         out: set[int] = set()
-        for spec in policy.specs:
-            out |= self._members[EndpointPeer(spec.subject)]
+        for subject, _ in self._meta[policy.key][1]:
+            out |= self._members[subject]
         return frozenset(out)
 
     def _set_subjects(self, key: str, new: frozenset[int]) -> None:
@@ -280,6 +290,7 @@ class Compiler:
         self._dirty_ids |= old | new
 
     def _register(self, policy: Policy) -> None:
+        self._meta[policy.key] = (policy.ref_name, tuple((EndpointPeer(spec.subject), spec) for spec in policy.specs))
         for peer in self._selectors_of(policy):
             self._add_selector(peer, policy.key)
         self._retarget_cidrs(policy.cidrs(), +1)
@@ -326,10 +337,14 @@ class Compiler:
         self._ipcache_dirty = self._labels_dirty = True
         if not added:
             self.identities.release_cidrs_except(self._cidr_ids)
-        for peer in self._cidr_sels:
-            if isinstance(peer, CIDRPeer):
-                if not _cidr_selects(peer, net):
-                    continue
+        addr = int(net.network_address)
+        affected: list[Peer] = [p for p in self._cidr_sels if isinstance(p, EntityPeer)]
+        for plen in range(net.prefixlen + 1):
+            shift = 32 - plen
+            for peer in self._cidr_sel_by_net.get(((addr >> shift) << shift, plen), ()):
+                if _cidr_selects(peer, net):
+                    affected.append(peer)
+        for peer in affected:
             members = self._members[peer]
             self._members[peer] = (members | {ident}) if added else (members - {ident})
             self._touch_users(peer)
@@ -380,12 +395,13 @@ class Compiler:
         atoms = Atoms()
         ingress = egress = False
         selected_by: set[str] = set()
+        members = self._members
         for key in sorted(keys):
-            policy = self._policies[key]
-            for spec in policy.specs:
-                if ident not in self._members[EndpointPeer(spec.subject)]:
+            ref_name, specs = self._meta[key]
+            for subject, spec in specs:
+                if ident not in members[subject]:
                     continue
-                selected_by.add(policy.ref_name)
+                selected_by.add(ref_name)
                 ingress |= spec.enforce_ingress
                 egress |= spec.enforce_egress
                 for rule in spec.rules:
