@@ -19,6 +19,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from redirect.errors import DatapathError
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _NR_BPF = 321  # x86_64
@@ -40,7 +42,7 @@ TC_ACT_SHOT = 2
 _ATTR_SIZE = 144
 
 
-class BPFError(OSError):
+class BPFError(OSError, DatapathError):
     """A bpf() call failed; errno and the operation are kept for the message."""
 
 

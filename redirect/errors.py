@@ -7,6 +7,7 @@
                          entries stay enforced
       AttachError        tc / netlink refused an attach or detach
       PlumbingError      ip rule / route set-up for the proxy failed
+      bpfsys.BPFError    a bpf() system call failed (also an OSError)
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ class MapFullError(DatapathError):
     def __init__(self, map_name: str, wanted: int, capacity: int, endpoint_id: int | None = None) -> None:
         who = f"endpoint {endpoint_id}: " if endpoint_id is not None else ""
         super().__init__(
-            f"{who}{map_name} would hold {wanted} entries but its capacity is {capacity}; "
-            "kept the previous entries enforced"
+            f"{who}{map_name} would hold {wanted} entries but its capacity is {capacity} "
+            "(a port range takes one entry per aligned power-of-two block); kept the previous entries enforced"
         )
         self.map_name = map_name
         self.wanted = wanted

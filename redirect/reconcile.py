@@ -28,7 +28,7 @@ before anything is written.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Network
 
 from policy.compiled import CompiledState, EndpointPolicy
 from redirect import bpfsys, layout, policymap
@@ -91,7 +91,7 @@ def apply_state(maps: PinnedMaps, state: CompiledState, keep: set[int] = frozens
             res.failed[ep_id] = DatapathError(str(e))
             continue
         if len(d) > cap:
-            res.failed[ep_id] = MapFullError(f"policy map of endpoint {ep_id}", len(d), cap, ep_id)
+            res.failed[ep_id] = MapFullError("policy map", len(d), cap, ep_id)
             continue
         desired[ep_id] = d
 
