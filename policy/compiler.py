@@ -199,6 +199,20 @@ class Compiler:
             out |= self._identity_eps.get(ident, set())
         return frozenset(out)
 
+    def redirect_keys(self) -> frozenset[RedirectKey]:
+        """Every redirect of the last compile. After a restart, once all
+        endpoints are restored, `proxy_ports.retain(c.redirect_keys())` frees
+        ports persisted for redirects that no longer exist."""
+        out: set[RedirectKey] = set()
+        for keys in self._ep_redirects.values():
+            out |= keys
+        return frozenset(out)
+
+    @property
+    def state(self) -> CompiledState | None:
+        """The last compiled state (None before the first compile)."""
+        return self._state
+
     def changed_endpoints(self) -> frozenset[int]:
         """Endpoint ids whose EndpointPolicy differs from the previous compile
         (including endpoints that were deleted)."""

@@ -179,3 +179,19 @@ def test_adjacent_redirected_ports_stay_separate_listeners():
     assert [(lo, hi) for lo, hi, _ in redirects] == [(80, 80), (81, 81)]
     assert len({p for _, _, p in redirects}) == 2
     assert sorted((p.key.port, p.proxy_port) for p in web.l7) == sorted((lo, p) for lo, _, p in redirects)
+
+
+def test_ports_persisted_for_vanished_redirects_can_be_released_after_restart():
+    l7 = policies(cnp("a", "endpointSelector: {matchLabels: {app: web}}\ningress:\n- toPorts: [{ports: [{port: '80', protocol: TCP}], rules: {http: [{}]}}]\n"))
+    before = ProxyPortAllocator()
+    stale = RedirectKey(99, Direction.INGRESS, 80)
+    before.allocate(stale)
+    kept = before.allocate(RedirectKey(1, Direction.INGRESS, 80))
+    ports = ProxyPortAllocator.from_json(before.to_json())
+    c = Compiler(proxy_ports=ports)
+    c.upsert_policy(l7[0])
+    c.upsert_endpoint(WEB)
+    st = c.compile()
+    assert st.endpoints[1].l7[0].proxy_port == kept  # the restarted agent keeps the port Envoy listens on
+    ports.retain(c.redirect_keys())
+    assert ports.port_of(stale) is None and ports.port_of(RedirectKey(1, Direction.INGRESS, 80)) == kept
