@@ -133,6 +133,7 @@ def _policy_rows(pols) -> str:
             what += " (previous version still enforced)"
         rows.append((p.name, p.kind, what, p.source))
         rows += [("", "", f"  {e.kind}: {e.message}", "") for e in p.errors]
+        rows += [("", "", f"  warning: {w}", "") for w in p.warnings]
     return _table(["NAME", "KIND", "STATUS", "SOURCE"], rows)
 
 

@@ -4,7 +4,11 @@ The pod gets its address as a /32, a link route to the gateway and a default
 route through it; the gateway's MAC is pinned in the pod's neighbour table to
 the host-side veth, so no ARP proxying is needed. The host gets a /32 route to
 the pod over the host-side veth, where the datapath attaches its programs.
-Does kernel I/O (netlink, sysctl).
+The gateway address itself lives on the host device `ciliate_host` (a veth
+pair with `ciliate_net`, as Cilium's cilium_host/cilium_net; the dummy driver
+is not on every kernel), so the host and the sidecar Envoy have a source
+address to reach pods from and pods' replies come back. Does kernel I/O
+(netlink, sysctl).
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from agent.cni_errors import CONTAINER_UNKNOWN, IO_FAILURE, CniError
 
 ENOENT = 2
 ENODEV = 19
+EEXIST = 17
+HOST_DEVICE = "ciliate_host"
+HOST_PEER = "ciliate_net"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +47,26 @@ def _sysctl(path: str, value: str) -> None:
         Path(path).write_text(value)
     except OSError as exc:
         raise CniError(IO_FAILURE, f"cannot set {path} to {value}: {exc}") from exc
+
+
+def _ensure_gateway(ipr: IPRoute, gateway: IPv4Address) -> None:
+    if not ipr.link_lookup(ifname=HOST_DEVICE):
+        try:
+            ipr.link("add", ifname=HOST_DEVICE, kind="veth", peer=HOST_PEER)
+        except NetlinkError as exc:
+            if exc.code != EEXIST:  # a concurrent ADD made it
+                raise
+    idx = ipr.link_lookup(ifname=HOST_DEVICE)[0]
+    have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
+    if str(gateway) not in have:
+        try:
+            ipr.addr("add", index=idx, address=str(gateway), prefixlen=32)
+        except NetlinkError as exc:
+            if exc.code != EEXIST:
+                raise
+    ipr.link("set", index=idx, state="up")
+    for peer in ipr.link_lookup(ifname=HOST_PEER):
+        ipr.link("set", index=peer, state="up")
 
 
 def add(netns: str, ifname: str, host_if: str, address: IPv4Address, gateway: IPv4Address, mtu: int | None) -> Wired:
@@ -71,7 +98,8 @@ def add(netns: str, ifname: str, host_if: str, address: IPv4Address, gateway: IP
             pod.route("replace", dst=f"{gateway}/32", oif=idx, scope="link")
             pod.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=idx)
         with IPRoute() as ipr:
-            ipr.route("replace", dst=f"{address}/32", oif=host_idx, scope="link")
+            _ensure_gateway(ipr, gateway)
+            ipr.route("replace", dst=f"{address}/32", oif=host_idx, scope="link", prefsrc=str(gateway))
     except NetlinkError as exc:
         remove(host_if)
         raise CniError(IO_FAILURE, f"wiring {ifname} into {netns} failed: {exc}") from exc

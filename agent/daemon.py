@@ -272,6 +272,7 @@ class Agent:
             regen.compile_errors if regen else {},
             {i: lv for i in self.table.ids() if (lv := self.table.live(i)) is not None},
             regen.applied_revision if regen else 0,
+            self.book.shadowed(),
         )
         counts: dict[str, int] = {}
         for s in statuses:

@@ -89,6 +89,7 @@ class PolicyStatus(_Model):
     revision: int = Field(default=0, description="policy revision it is enforced at")
     errors: list[PolicyError] = Field(default_factory=list)
     stale: bool = Field(default=False, description="a newer version failed validation; this one is still enforced")
+    warnings: list[str] = Field(default_factory=list)
 
 
 class PolicyList(_Model):

@@ -3,7 +3,10 @@
 A file is taken whole or not at all: if any document in it fails validation,
 the file's previous valid version stays in force (marked stale) and its
 problems are shown on the status, so a typo never opens or closes traffic. A
-removed file's policies are withdrawn. Pure bookkeeping, no I/O.
+removed file's policies are withdrawn. When two files define the same policy
+(kind, namespace, name), the later path in sorted order wins, as
+`ciliate policy validate DIR` and `kubectl apply` of both would; the status
+warns about the shadowed copy. Pure bookkeeping, no I/O.
 """
 
 from __future__ import annotations
@@ -30,10 +33,6 @@ class PolicyBook:
     def update_file(self, path: Path, loaded: LoadedFile, revision: int) -> bool:
         """Take a freshly loaded file; returns True when the policies in force changed."""
         problems = list(loaded.problems)
-        owners = {e.policy.key: p for p, es in self._by_file.items() if p != path for e in es}
-        for pol in loaded.policies:
-            if pol.key in owners:
-                problems.append(PolicyProblem(str(path), "metadata.name", f"{pol.key} is already defined in {owners[pol.key]}", pol.name))
         keys = [p.key for p in loaded.policies]
         for dup in {k for k in keys if keys.count(k) > 1}:
             problems.append(PolicyProblem(str(path), "metadata.name", f"{dup} is defined twice in this file"))
@@ -60,8 +59,16 @@ class PolicyBook:
         return self._by_file.pop(path, None) is not None
 
     def in_force(self) -> Mapping[str, BookEntry]:
-        """key -> entry of every policy in force."""
-        return {e.policy.key: e for es in self._by_file.values() for e in es}
+        """key -> entry of every policy in force (a later path shadows an earlier one)."""
+        return {e.policy.key: e for path in sorted(self._by_file) for e in self._by_file[path]}
+
+    def shadowed(self) -> dict[str, list[Path]]:
+        """key -> files whose definition of that policy is hidden by a later file."""
+        seen: dict[str, list[Path]] = {}
+        for path in sorted(self._by_file):
+            for e in self._by_file[path]:
+                seen.setdefault(e.policy.key, []).append(path)
+        return {k: paths[:-1] for k, paths in seen.items() if len(paths) > 1}
 
     def problems(self) -> Mapping[Path, tuple[PolicyProblem, ...]]:
         return dict(self._problems)

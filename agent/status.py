@@ -27,7 +27,9 @@ def policy_statuses(
     compile_errors: Mapping[str, str],
     live: Mapping[int, LiveState],
     applied_revision: int,
+    shadowed: Mapping[str, list[Path]] | None = None,
 ) -> list[PolicyStatus]:
+    shadowed = shadowed or {}
     out: dict[str, PolicyStatus] = {}
     stale_files = set(problems)
     for key, entry in in_force.items():
@@ -61,6 +63,7 @@ def policy_statuses(
             revision=applied_revision,
             errors=errors,
             stale=entry.source in stale_files,
+            warnings=[f"also defined in {p}, which this file overrides (later path wins)" for p in shadowed.get(key, [])],
         )
     # Files that failed validation and whose policies are not in force at all.
     in_force_files = {e.source for e in in_force.values()}
@@ -71,9 +74,9 @@ def policy_statuses(
         for p in probs:
             by_name.setdefault(p.policy or str(path), []).append(p)
         for name, plist in by_name.items():
-            if any(s.name == name for s in out.values()):
+            if any(s.name == name and s.source == str(path) for s in out.values()):
                 continue
-            out[name] = PolicyStatus(
+            out[f"{path}#{name}"] = PolicyStatus(
                 name=name,
                 source=str(path),
                 state="error",

@@ -26,6 +26,7 @@ _FLOW_TYPE = {EventVerdict.DROP: "drop", EventVerdict.FORWARD: "forward", EventV
 
 class KernelDatapath:
     def __init__(self, pin_dir: Path, state_dir: Path) -> None:
+        pin_dir.mkdir(parents=True, exist_ok=True)  # a directory in bpffs, e.g. /sys/fs/bpf/tc/globals
         self._dp = Datapath(pin_dir, state_dir)
 
     async def setup(self) -> None:

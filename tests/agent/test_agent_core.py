@@ -323,3 +323,24 @@ async def test_watcher_picks_up_changes_on_its_own(rig: Rig) -> None:
         assert [(p.name, p.state) for p in agent.policies().policies] == [("default/l4", "enforced")]
     finally:
         await agent.stop()
+
+
+async def test_same_policy_in_two_files_later_path_wins_with_a_warning(rig: Rig) -> None:
+    agent = await started(rig)
+    try:
+        ids = await add_starwars(agent)
+        rig.write_policy("1-l4.json", [dict(L4, name="rule1")])
+        await settle(agent)
+        rig.write_policy("2-l7.json", [dict(L7, name="rule1")])
+        await settle(agent)
+        (st,) = agent.policies().policies
+        assert st.state == "enforced" and st.source.endswith("2-l7.json")
+        assert len(st.warnings) == 1 and "1-l4.json" in st.warnings[0]
+        assert {v for v, _ in rig.datapath.kernel[ids["deathstar"]].values()} == {Verdict.REDIRECT}
+        (rig.policy_dir / "2-l7.json").unlink()
+        await settle(agent)
+        (st,) = agent.policies().policies
+        assert st.source.endswith("1-l4.json") and not st.warnings
+        assert {v for v, _ in rig.datapath.kernel[ids["deathstar"]].values()} == {Verdict.ALLOW}
+    finally:
+        await agent.stop()

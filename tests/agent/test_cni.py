@@ -129,21 +129,30 @@ def kernel_lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+HOST_NS = "cilagt-cni-host"  # stands in for the host: the plugin's veths and ciliate_host land here
+POD_NS = "cilagt-cni-test"
+
+
 @pytest.fixture
 def netns(kernel_lock) -> Iterator[str]:
-    name = "cilagt-cni-test"
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield f"/var/run/netns/{name}"
-    finally:
-        subprocess.run(["ip", "link", "del", host_ifname("cilagt-ctr", "eth0")], capture_output=True)
+    for name in (HOST_NS, POD_NS):
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield f"/var/run/netns/{POD_NS}"
+    finally:
+        for name in (POD_NS, HOST_NS):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def _host(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "-n", HOST_NS, *cmd], capture_output=True, text=True)
 
 
 async def _cni(command: str, stdin: dict, env: dict) -> tuple[int, dict | None]:
+    # nsenter, not `ip netns exec`: the latter remounts /sys, hiding bpffs.
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent.cni", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        "nsenter", f"--net=/var/run/netns/{HOST_NS}", sys.executable, "-m", "agent.cni", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         env={**os.environ, **env, "CNI_COMMAND": command}, cwd=Path(__file__).resolve().parents[2],
     )
     out, _ = await proc.communicate(json.dumps(stdin).encode())
@@ -168,18 +177,19 @@ async def test_add_check_del_with_a_real_netns(rig, netns: str) -> None:
         (ep,) = agent.table.views()
         assert ep.state.value == "ready" and ep.labels == {"org": "empire"} and str(ep.ipv4) == "10.244.77.2"
         assert ep.host_ifname == result["interfaces"][0]["name"]
-        inside = subprocess.run(["ip", "-n", "cilagt-cni-test", "-j", "addr", "show", "eth0"], capture_output=True, text=True, check=True)
+        inside = subprocess.run(["ip", "-n", POD_NS, "-j", "addr", "show", "eth0"], capture_output=True, text=True, check=True)
         assert "10.244.77.2" in inside.stdout
-        routes = subprocess.run(["ip", "-n", "cilagt-cni-test", "route"], capture_output=True, text=True, check=True).stdout
+        routes = subprocess.run(["ip", "-n", POD_NS, "route"], capture_output=True, text=True, check=True).stdout
         assert "default via 10.244.77.1" in routes
+        assert "10.244.77.1/32" in _host("addr", "show", "ciliate_host").stdout  # the gateway lives on the host
+        assert f"10.244.77.2 dev {ep.host_ifname}" in _host("route").stdout
         rc, _ = await _cni("CHECK", {**c, "prevResult": result}, env)
         assert rc == 0
         for _ in range(2):  # DEL twice: idempotent
             rc, out = await _cni("DEL", c, env)
             assert rc == 0, out
         assert agent.table.views() == []
-        gone = subprocess.run(["ip", "link", "show", ep.host_ifname], capture_output=True)
-        assert gone.returncode != 0
+        assert _host("link", "show", ep.host_ifname).returncode != 0
         rc, out = await _cni("CHECK", {**c, "prevResult": result}, env)
         assert rc != 0 and out["code"] == 5 and "missing" in out["msg"]
     finally:
