@@ -82,7 +82,10 @@ def pin(fd: int, path: Path) -> None:
 
 def obj_get(path: Path) -> int:
     p = ctypes.create_string_buffer(str(path).encode())
-    return _bpf(OBJ_GET, _attr(struct.pack("=QII", ctypes.addressof(p), 0, 0)))
+    try:
+        return _bpf(OBJ_GET, _attr(struct.pack("=QII", ctypes.addressof(p), 0, 0)))
+    except BPFError as e:
+        raise BPFError(e.errno, f"opening pinned object {path}: {os.strerror(e.errno)}") from None
 
 
 def _elem(cmd: int, fd: int, key: bytes, value: ctypes.Array | None, flags: int = 0) -> int:

@@ -28,6 +28,7 @@ before anything is written.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 from ipaddress import IPv4Network
 
 from policy.compiled import CompiledState, EndpointPolicy
@@ -62,7 +63,7 @@ def _flags(ep: EndpointPolicy) -> int:
     )
 
 
-def _run(fd: int, ops: list[policymap.Op], res: ApplyResult) -> None:
+def _run(fd: int, ops: list[policymap.Op], res: ApplyResult, after_write: Callable[[], None] | None) -> None:
     for op in ops:
         if op.kind is policymap.OpKind.WRITE:
             assert op.value is not None
@@ -71,11 +72,20 @@ def _run(fd: int, ops: list[policymap.Op], res: ApplyResult) -> None:
         else:
             bpfsys.delete(fd, policymap.encode_key(op.key))
             res.deleted += 1
+        if after_write is not None:
+            after_write()
 
 
-def apply_state(maps: PinnedMaps, state: CompiledState, keep: set[int] = frozenset()) -> ApplyResult:
+def apply_state(
+    maps: PinnedMaps,
+    state: CompiledState,
+    keep: set[int] = frozenset(),
+    after_write: Callable[[], None] | None = None,
+) -> ApplyResult:
     """Reconcile the kernel maps with `state`. `keep`: endpoint ids that are
-    attached but not in the state yet (left alone instead of removed)."""
+    attached but not in the state yet (left alone instead of removed).
+    `after_write` runs after every policy map write (tests widen the gaps
+    between writes with it to prove no window opens)."""
     res = ApplyResult(state.revision)
     cap = maps.sizes.policy_entries
 
@@ -119,7 +129,7 @@ def apply_state(maps: PinnedMaps, state: CompiledState, keep: set[int] = frozens
         fd = maps.policy_fd(ep_id)
         assert fd is not None
         first, second = policymap.plan_phases(maps.read_policy(ep_id), d)
-        _run(fd, first, res)
+        _run(fd, first, res, after_write)
         plans[ep_id] = (fd, second)
 
     # 2. ipcache and identities: writes before deletes.
@@ -139,7 +149,7 @@ def apply_state(maps: PinnedMaps, state: CompiledState, keep: set[int] = frozens
 
     # 3. policy: new allows/redirects, then stale denies.
     for ep_id, (fd, second) in plans.items():
-        _run(fd, second, res)
+        _run(fd, second, res, after_write)
         res.applied.add(ep_id)
 
     # 4. final flags; endpoints that left the state go.

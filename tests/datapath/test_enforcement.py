@@ -193,3 +193,48 @@ def test_arp_passes_and_blocked_traffic_reports_reason(dp_node):
     out = subprocess.run(a.pod.argv(["ip", "neigh", "show", "dev", "eth0"]), capture_output=True, text=True).stdout
     assert "lladdr" in out  # ARP for the gateway went through
     assert drops[0].reason == Reason.NO_POLICY_MATCH
+
+
+def test_no_window_while_flipping_policies_that_both_deny_a_port(dp_node):
+    """Old: allow 8000-8079 and 8081-8100 (8080 unmatched -> drop). New: allow
+    every port but deny 8080. Written in the wrong order (allow-all before
+    the deny), 8080 opens between two writes. The gaps between writes are
+    widened to 20 ms while a client keeps knocking on 8080: the server must
+    never see it. (With a naive write order this test fails.)"""
+    import threading
+    import time
+
+    from redirect.reconcile import apply_state
+    from tests.datapath.support import Server, tcp_connect
+
+    a, b = dp_node.ep("a"), dp_node.ep("b")
+    old = state(1, [endpoint(a, [rule(257, EGRESS, TCP, (8000, 8079)), rule(257, EGRESS, TCP, (8081, 8100))],
+                             ingress=False), endpoint(b, [], ingress=False, egress=False)])
+    new = state(2, [endpoint(a, [rule(257, EGRESS, ANY), rule(257, EGRESS, TCP, 8080, Verdict.DENY)],
+                             ingress=False), endpoint(b, [], ingress=False, egress=False)])
+    keep = set(dp_node.dp.endpoints())
+    dp_node.dp.apply(old)
+    stop = threading.Event()
+    attempts = 0
+
+    def knock() -> None:
+        nonlocal attempts
+        while not stop.is_set():
+            s = tcp_connect(a.pod, b.pod.ip, 8080, 0.005)
+            attempts += 1
+            if s is not None:
+                s.close()
+
+    with Server(b.pod, 8080) as srv:
+        t = threading.Thread(target=knock)
+        t.start()
+        try:
+            for i in range(10):
+                apply_state(dp_node.dp.maps, new if i % 2 == 0 else old, keep, after_write=lambda: time.sleep(0.02))
+        finally:
+            stop.set()
+            t.join()
+        assert attempts > 20
+        assert not srv.pending(0.1), "a connection to the doubly-denied port got through"
+    dp_node.dp.apply(new)
+    assert tcp_flow_passes(a.pod, b.pod, 8081, True)  # the new state did apply
