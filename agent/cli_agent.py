@@ -188,16 +188,14 @@ def _monitor(client: AgentClient, args: argparse.Namespace) -> int:
 
 # --- the daemon -------------------------------------------------------------------
 def _host_ips() -> list:
-    """Local IPv4 addresses, for the `host` identity (best effort)."""
+    """Local IPv4 addresses (lo excluded: the ipcache has no use for 127/8), for the `host` identity."""
     from ipaddress import IPv4Address
 
-    try:
-        from pyroute2 import IPRoute
+    from pyroute2 import IPRoute
 
-        with IPRoute() as ipr:
-            return sorted({IPv4Address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)})
-    except Exception:
-        return [IPv4Address("127.0.0.1")]
+    with IPRoute() as ipr:
+        addrs = {IPv4Address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}
+    return sorted(a for a in addrs if not a.is_loopback)
 
 
 def _run_agent(args: argparse.Namespace) -> int:
@@ -221,7 +219,9 @@ def _run_agent(args: argparse.Namespace) -> int:
         print(f"ciliate agent: cannot open the kernel datapath in {args.bpf_dir}: {exc}", file=sys.stderr)
         return 1
     proxy = XdsProxy(state_dir, spawn_envoy=not args.external_envoy)
-    agent = Agent(config, compiler_factory=make_compiler_factory(_host_ips()), loader=PolicyFileLoader(), datapath=datapath, proxy=proxy)
+    agent = Agent(
+        config, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=datapath, proxy=proxy, host_ips=_host_ips
+    )
     try:
         asyncio.run(agent.run_until_signalled())
     except Exception as exc:  # startup failures: one line a person can act on

@@ -15,7 +15,8 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from ipaddress import IPv4Address
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,10 @@ class Agent:
         loader: PolicyLoader,
         datapath: Datapath,
         proxy: ProxyControl,
+        host_ips: Callable[[], Iterable[IPv4Address]] | None = None,
     ) -> None:
         self.config = config
+        self._host_ips = host_ips
         self.store = StateStore(config.state_dir)
         self.table = EndpointTable(self.store)
         self.book = PolicyBook()
@@ -113,10 +116,13 @@ class Agent:
             save_allocations=self.store.save_allocations,
             retry=lambda delay, ids, reason: self.queue.mark_later(delay, ids, reason),
             ack_timeout=self.config.ack_timeout,
+            host_ips=self._host_ips,
         )
         self.regenerator.on_report = self._observe
         await self.datapath.setup()
         await self.proxy.start()
+        if self.config.policy_dir is not None and not self.config.policy_dir.is_dir():
+            log.warning("policy directory %s does not exist (yet); no policy is loaded until it does", self.config.policy_dir)
         if self.watcher is not None:
             await self.watcher.poll_once()
         self.queue.mark(restored, policy_changed=True, reason="agent start")

@@ -7,7 +7,7 @@ protocols; `agent/adapters/` binds them to the real `policy/`, `redirect/` and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -85,6 +85,10 @@ class PolicyCompiler(Protocol):
         ...
 
     def delete_endpoint(self, endpoint_id: int) -> None: ...
+
+    def set_host_ips(self, ips: Iterable[IPv4Address]) -> None:
+        """Addresses that carry the `host` identity in the ipcache."""
+        ...
 
     def compile(self, revision: int) -> CompiledState:
         """The full compiled state, stamped with the agent's policy `revision`."""

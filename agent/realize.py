@@ -12,7 +12,9 @@ I/O only through the PolicyCompiler, Datapath and ProxyControl ports.
 from __future__ import annotations
 
 import logging
+import asyncio
 from collections.abc import Callable, Iterable, Mapping
+from ipaddress import IPv4Address
 from dataclasses import dataclass, replace
 
 from agent.endpoint_table import EndpointTable
@@ -84,6 +86,7 @@ class Regenerator:
         save_allocations: Callable[[Allocations], None],
         retry: Callable[[float, Iterable[int], str], object],
         ack_timeout: float = 5.0,
+        host_ips: Callable[[], Iterable[IPv4Address]] | None = None,
     ) -> None:
         self.compiler = compiler
         self.datapath = datapath
@@ -105,6 +108,8 @@ class Regenerator:
         self._saved_alloc: Allocations | None = None
         self._attempts: dict[int, int] = {}
         self.on_report: Callable[[RegenerationReport], None] | None = None
+        self._host_ips = host_ips
+        self._known_host_ips: frozenset[IPv4Address] | None = None
 
     # --- inputs into the compiler -------------------------------------------
     def _sync_policies(self) -> None:
@@ -167,7 +172,22 @@ class Regenerator:
         self._acked_l7 = {l7.proxy_port: l7 for ep in state.endpoints.values() for l7 in ep.l7}
         return None
 
+    async def _sync_host_ips(self) -> None:
+        # New endpoints may bring new host addresses (their gateway on ciliate_host).
+        if self._host_ips is None:
+            return
+        try:
+            ips = frozenset(await asyncio.to_thread(lambda: list(self._host_ips())))  # type: ignore[misc]
+        except Exception:
+            log.exception("reading the host's addresses failed; keeping the previous ones")
+            return
+        if ips != self._known_host_ips:
+            self.compiler.set_host_ips(ips)
+            self._known_host_ips = ips
+
     async def regenerate(self, batch: Batch) -> RegenerationReport:
+        if batch.endpoints or self._known_host_ips is None:
+            await self._sync_host_ips()
         if batch.policy_changed:
             self._sync_policies()
         removed = self._sync_endpoints(batch.endpoints)

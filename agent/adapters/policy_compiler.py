@@ -50,6 +50,9 @@ class RealCompiler:
     def delete_endpoint(self, endpoint_id: int) -> None:
         self._c.delete_endpoint(endpoint_id)
 
+    def set_host_ips(self, ips: Iterable[IPv4Address]) -> None:
+        self._c.set_host_ips(ips)
+
     def compile(self, revision: int) -> CompiledState:
         state = self._c.compile()
         self._last = state

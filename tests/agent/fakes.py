@@ -122,6 +122,9 @@ class FakeCompiler:
     def delete_endpoint(self, endpoint_id: int) -> None:
         self.endpoints.pop(endpoint_id, None)
 
+    def set_host_ips(self, ips) -> None:
+        self.host_ips = frozenset(ips)
+
     def allocations(self) -> Allocations:
         return Allocations(identities=dict(self.ids), proxy_ports=dict(self.ports))
 

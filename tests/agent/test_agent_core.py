@@ -344,3 +344,18 @@ async def test_same_policy_in_two_files_later_path_wins_with_a_warning(rig: Rig)
         assert {v for v, _ in rig.datapath.kernel[ids["deathstar"]].values()} == {Verdict.ALLOW}
     finally:
         await agent.stop()
+
+
+async def test_host_addresses_are_refreshed_when_endpoints_arrive(rig: Rig) -> None:
+    addrs = [IPv4Address("192.0.2.1")]
+    agent = rig.agent()
+    agent._host_ips = lambda: list(addrs)  # what `ciliate agent` reads from netlink
+    await agent.start(serve_api=False)
+    try:
+        await agent.queue.drain(5)
+        assert rig.compiler.host_ips == {IPv4Address("192.0.2.1")}
+        addrs.append(IPv4Address("10.200.0.1"))  # the CNI put a gateway on ciliate_host
+        await agent.create_endpoint(ep("a", "10.200.0.2", app="a"), wait=5)
+        assert rig.compiler.host_ips == {IPv4Address("192.0.2.1"), IPv4Address("10.200.0.1")}
+    finally:
+        await agent.stop()
