@@ -20,7 +20,7 @@ from policy.identity import IdentityAllocator
 from policy.load import INTERNAL_ERROR, load_text
 from policy.model import AnyPeer, EndpointPeer, EntityPeer, Policy
 from policy.parse import parse_object
-from policy.trace import Party, trace
+from policy.trace import HTTPRequest, Party, trace
 
 # POLICY_FUZZ_EXAMPLES=2000 for a deeper run; the default keeps the suite lean.
 SETTINGS = settings(max_examples=int(__import__("os").environ.get("POLICY_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -212,38 +212,51 @@ def _peer_matches(peer: Any, other: dict | int) -> bool:
     return False
 
 
-def _ports_match(rule: Any, proto: Protocol, port: int) -> bool:
+def _l4_match(rule: Any, proto: Protocol, port: int) -> bool:
+    """The rule allows or denies this port without L7 (empty toPorts = all)."""
     if not rule.port_rules:
         return True
-    for pr in rule.port_rules:
-        for ps in pr.ports:
-            if pr.http is not None:
-                if proto == Protocol.TCP and ps.ports.contains(port):
-                    return True
-            elif ps.protocol in (Protocol.ANY, proto) and ps.ports.contains(port):
-                return True
-    return False
+    return any(
+        pr.http is None and ps.protocol in (Protocol.ANY, proto) and ps.ports.contains(port)
+        for pr in rule.port_rules
+        for ps in pr.ports
+    )
 
 
-def oracle_direction(pols: list[Policy], me: dict, direction: Direction, other: dict | int, proto: Protocol, port: int) -> bool:
+def _l7_rules(rule: Any, proto: Protocol, port: int) -> list[Any]:
+    """HTTP rules this rule puts on the port (HTTP redirects TCP only)."""
+    if proto != Protocol.TCP:
+        return []
+    return [h for pr in rule.port_rules if pr.http is not None for ps in pr.ports if ps.ports.contains(port) for h in pr.http]
+
+
+def oracle_direction(
+    pols: list[Policy], me: dict, direction: Direction, other: dict | int, proto: Protocol, port: int, method: str | None
+) -> tuple[bool, str]:
+    """(allowed, layer) read straight from the policy model, as DESIGN.md states the semantics."""
     mine = selectable_labels(identity_labels(me))
-    enforced = allowed = denied = False
+    enforced = l4_allowed = denied = False
+    l7: list[Any] = []
     for p in pols:
         for spec in p.specs:
             if not spec.subject.matches(mine):
                 continue
             enforced |= spec.enforce_ingress if direction == Direction.INGRESS else spec.enforce_egress
             for rule in spec.rules:
-                if rule.direction != direction:
+                if rule.direction != direction or not any(_peer_matches(peer, other) for peer in rule.peers):
                     continue
-                if any(_peer_matches(peer, other) for peer in rule.peers) and _ports_match(rule, proto, port):
-                    if rule.deny:
-                        denied = True
-                    else:
-                        allowed = True
+                if _l4_match(rule, proto, port):
+                    denied |= rule.deny
+                    l4_allowed |= not rule.deny
+                l7 += _l7_rules(rule, proto, port)
     if denied:
-        return False
-    return allowed or not enforced
+        return False, "l3l4"
+    if l7:
+        # Redirected (REDIRECT beats ALLOW); an L4 allow of the same peer admits all HTTP.
+        if method is None or l4_allowed:
+            return True, "l7" if method is not None else "l3l4"
+        return any(h.method is None or h.method == method for h in l7), "l7"
+    return l4_allowed or not enforced, "l3l4"
 
 
 @SETTINGS
@@ -254,21 +267,27 @@ def oracle_direction(pols: list[Policy], me: dict, direction: Direction, other: 
     st.sampled_from([None, IDENTITY_WORLD, IDENTITY_HOST]),
     st.sampled_from([Protocol.TCP, Protocol.UDP]),
     st.sampled_from([80, 81, 85, 443, 8080]),
+    st.sampled_from([None, "GET", "POST", "PUT"]),
 )
-def test_trace_agrees_with_policy_model(pols, src_labels, dst_labels, reserved_src, proto, port):
+def test_trace_agrees_with_policy_model(pols, src_labels, dst_labels, reserved_src, proto, port, method):
     eps = [Endpoint(1, src_labels, IPv4Address("10.0.0.1")), Endpoint(2, dst_labels, IPv4Address("10.0.0.2"))]
     state = compile_state(pols, eps)
+    http = HTTPRequest(method, "/") if method else None
     if reserved_src is None:
-        result = trace(state, Party.endpoint(1), Party.endpoint(2), port, proto)
-        expected = oracle_direction(pols, src_labels, Direction.EGRESS, dst_labels, proto, port) and oracle_direction(
-            pols, dst_labels, Direction.INGRESS, src_labels, proto, port
-        )
+        result = trace(state, Party.endpoint(1), Party.endpoint(2), port, proto, http)
+        steps = [
+            oracle_direction(pols, src_labels, Direction.EGRESS, dst_labels, proto, port, method),
+            oracle_direction(pols, dst_labels, Direction.INGRESS, src_labels, proto, port, method),
+        ]
     else:
-        result = trace(state, Party(identity=reserved_src), Party.endpoint(2), port, proto)
-        expected = oracle_direction(pols, dst_labels, Direction.INGRESS, reserved_src, proto, port)
-    assert result.allowed == expected, result.reason
-    if not result.allowed:
-        assert result.layer == "l3l4"
+        result = trace(state, Party(identity=reserved_src), Party.endpoint(2), port, proto, http)
+        steps = [oracle_direction(pols, dst_labels, Direction.INGRESS, reserved_src, proto, port, method)]
+    first_denial = next((layer for ok, layer in steps if not ok), None)
+    if first_denial is not None:
+        assert (result.verdict, result.layer) == ("denied", first_denial), result.reason
+    else:
+        expected_layer = "l7" if any(layer == "l7" for _, layer in steps) else "l3l4"
+        assert (result.verdict, result.layer) == ("allowed", expected_layer), result.reason
 
 
 # ---------------------------------------------------------------- incremental == full
