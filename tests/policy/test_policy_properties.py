@@ -5,7 +5,7 @@ a full compile after any sequence of changes."""
 from __future__ import annotations
 
 from dataclasses import replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 import yaml
@@ -18,7 +18,7 @@ from policy.endpoint import Endpoint, identity_labels, selectable_labels
 from policy.errors import PolicyError
 from policy.identity import IdentityAllocator
 from policy.load import INTERNAL_ERROR, load_text
-from policy.model import AnyPeer, EndpointPeer, EntityPeer, Policy
+from policy.model import AnyPeer, CIDRPeer, EndpointPeer, EntityPeer, Policy
 from policy.parse import parse_object
 from policy.trace import HTTPRequest, Party, trace
 
@@ -81,6 +81,8 @@ def test_policy_shaped_objects_never_crash(spec, kind):
 # ---------------------------------------------------------------- random valid policies
 
 LABEL_KEYS = ["app", "tier"]
+CIDRS = ["0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "192.168.0.0/16"]
+ADDRESSES = ["10.1.2.3", "10.1.9.9", "10.7.0.1", "192.168.5.5", "8.8.8.8"]
 LABEL_VALUES = ["a", "b", "c"]
 NAMESPACES = ["default", "other"]
 
@@ -131,7 +133,12 @@ def port_rule_st(draw: Any, deny: bool) -> dict:
 def cilium_rule_st(draw: Any, direction: str, deny: bool) -> dict:
     pre = "from" if direction == "ingress" else "to"
     rule: dict[str, Any] = {}
-    kind = draw(st.sampled_from(["endpoints", "entities", "none"]))
+    kind = draw(st.sampled_from(["endpoints", "entities", "cidr", "none"]))
+    if kind == "cidr":
+        cidr = draw(st.sampled_from(CIDRS))
+        inside = [c for c in CIDRS if c != cidr and IPv4Network(c).subnet_of(IPv4Network(cidr))]
+        excepts = draw(st.lists(st.sampled_from(inside), max_size=1)) if inside else []
+        rule[f"{pre}CIDRSet"] = [{"cidr": cidr, "except": excepts}] if excepts else [{"cidr": cidr}]
     if kind == "endpoints":
         rule[f"{pre}Endpoints"] = draw(st.lists(selector_st(allow_ns=True), min_size=1, max_size=2))
     elif kind == "entities":
@@ -197,9 +204,15 @@ def policies_st(draw: Any, max_size: int = 4) -> list[Policy]:
 CLUSTER_RESERVED = {1, 3, 4, 5, 6, 7, 8}
 
 
-def _peer_matches(peer: Any, other: dict | int) -> bool:
+def _peer_matches(peer: Any, other: dict | int | IPv4Address) -> bool:
     if isinstance(peer, AnyPeer):
         return True
+    if isinstance(other, IPv4Address):  # an address outside the cluster
+        if isinstance(peer, CIDRPeer):
+            return other in peer.net and not any(other in e for e in peer.excepts)
+        return isinstance(peer, EntityPeer) and peer.name == "world"
+    if isinstance(peer, CIDRPeer):
+        return other == IDENTITY_WORLD and peer.net.prefixlen == 0
     if isinstance(peer, EndpointPeer):
         return isinstance(other, dict) and peer.selector.matches(selectable_labels(identity_labels(other)))
     assert isinstance(peer, EntityPeer)
@@ -264,24 +277,34 @@ def oracle_direction(
     policies_st(),
     labels_st,
     labels_st,
-    st.sampled_from([None, IDENTITY_WORLD, IDENTITY_HOST]),
+    st.sampled_from(["endpoint", "world", "host", *ADDRESSES]),
+    st.sampled_from(["endpoint", *ADDRESSES]),
     st.sampled_from([Protocol.TCP, Protocol.UDP]),
     st.sampled_from([80, 81, 85, 443, 8080]),
     st.sampled_from([None, "GET", "POST", "PUT"]),
 )
-def test_trace_agrees_with_policy_model(pols, src_labels, dst_labels, reserved_src, proto, port, method):
-    eps = [Endpoint(1, src_labels, IPv4Address("10.0.0.1")), Endpoint(2, dst_labels, IPv4Address("10.0.0.2"))]
+def test_trace_agrees_with_policy_model(pols, src_labels, dst_labels, src_kind, dst_kind, proto, port, method):
+    eps = [Endpoint(1, src_labels, IPv4Address("172.16.0.1")), Endpoint(2, dst_labels, IPv4Address("172.16.0.2"))]
     state = compile_state(pols, eps)
     http = HTTPRequest(method, "/") if method else None
-    if reserved_src is None:
-        result = trace(state, Party.endpoint(1), Party.endpoint(2), port, proto, http)
-        steps = [
-            oracle_direction(pols, src_labels, Direction.EGRESS, dst_labels, proto, port, method),
-            oracle_direction(pols, dst_labels, Direction.INGRESS, src_labels, proto, port, method),
-        ]
+    src: Any
+    if src_kind == "endpoint":
+        src, src_party = src_labels, Party.endpoint(1)
+    elif src_kind in ("world", "host"):
+        src = IDENTITY_WORLD if src_kind == "world" else IDENTITY_HOST
+        src_party = Party(identity=src)
     else:
-        result = trace(state, Party(identity=reserved_src), Party.endpoint(2), port, proto, http)
-        steps = [oracle_direction(pols, dst_labels, Direction.INGRESS, reserved_src, proto, port, method)]
+        src, src_party = IPv4Address(src_kind), Party.address(src_kind)
+    if dst_kind == "endpoint" or src_kind != "endpoint":
+        dst, dst_party = dst_labels, Party.endpoint(2)
+    else:
+        dst, dst_party = IPv4Address(dst_kind), Party.address(dst_kind)
+    result = trace(state, src_party, dst_party, port, proto, http)
+    steps = []
+    if src_kind == "endpoint":
+        steps.append(oracle_direction(pols, src_labels, Direction.EGRESS, dst, proto, port, method))
+    if isinstance(dst, dict):
+        steps.append(oracle_direction(pols, dst_labels, Direction.INGRESS, src, proto, port, method))
     first_denial = next((layer for ok, layer in steps if not ok), None)
     if first_denial is not None:
         assert (result.verdict, result.layer) == ("denied", first_denial), result.reason
