@@ -2,9 +2,12 @@
 """Datapath benchmark: what the eBPF program costs, next to what a user would
 otherwise reach for (an nftables ruleset), measured in one run.
 
-Two pods on one node (tests/kernelnode.py); client and server processes both
-pinned to the same core with taskset, so the figures compare CPU work, not
-scheduling luck. For each configuration:
+Two pods on one node (tests/kernelnode.py); a persistent client process and
+the server, both pinned to the same core with taskset, so the figures compare
+CPU work, not scheduling luck. Each configuration is measured in short blocks,
+each between two baseline blocks (A-B-A), and reported as the median ratio:
+on a shared machine this pairing is what keeps neighbours' load out of the
+ratios. Metrics per block:
 
   rr    request/response round trip (1 byte each way) on one TCP connection
   crr   connect + 1-byte request/response + close (policy is evaluated per
@@ -78,26 +81,28 @@ while True:
 
 CLIENT = r"""
 import json, socket, sys, time
-ip, port, mode, n, rounds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+ip, port = sys.argv[1], int(sys.argv[2])
 def conn(m):
     c = socket.create_connection((ip, port), timeout=5)
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     c.sendall(m)
     return c
-out = []
-for _ in range(rounds):
+rr = None
+print("ready", flush=True)
+for line in sys.stdin:
+    mode, n = line.split(); n = int(n)
     if mode == "rr":
-        c = conn(b"r"); assert c.recv(1) == b"k"
+        if rr is None:
+            rr = conn(b"r"); assert rr.recv(1) == b"k"
         t = time.perf_counter_ns()
         for _ in range(n):
-            c.sendall(b"x"); c.recv(1)
-        out.append((time.perf_counter_ns() - t) / n / 1000)
-        c.close()
+            rr.sendall(b"x"); rr.recv(1)
+        out = (time.perf_counter_ns() - t) / n / 1000
     elif mode == "crr":
         t = time.perf_counter_ns()
         for _ in range(n):
             c = conn(b"r"); c.recv(1); c.sendall(b"x"); c.recv(1); c.close()
-        out.append((time.perf_counter_ns() - t) / n / 1000)
+        out = (time.perf_counter_ns() - t) / n / 1000
     else:
         c = conn(b"b"); buf = b"\0" * 65536; sent = 0
         t = time.perf_counter(); end = t + n / 1000
@@ -105,9 +110,32 @@ for _ in range(rounds):
             sent += c.send(buf)
         dt = time.perf_counter() - t
         c.close()
-        out.append(sent * 8 / dt / 1e9)
-print(json.dumps(out))
+        out = sent * 8 / dt / 1e9
+    print(json.dumps(out), flush=True)
 """
+
+
+class Client:
+    """The persistent client process in the client pod, pinned to CPU."""
+
+    def __init__(self, pod, server_ip) -> None:
+        argv = pod.argv(["taskset", "-c", CPU, sys.executable, "-u", "-c", CLIENT, str(server_ip), str(PORT)])
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+
+    def run(self, mode: str, n: int) -> float:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{mode} {n}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"client died during {mode}")
+        return float(json.loads(line))
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
 
 NFT_HEAD = """table inet cdpbench {
   chain policy_fwd {
@@ -135,18 +163,12 @@ def policy(n: int, a: Ep, b: Ep):
     return state(n, [endpoint(a, a_rules), endpoint(b, b_rules)])
 
 
-def run_client(pod, server_ip, mode: str, n: int, rounds: int) -> list[float]:
-    argv = pod.argv(["taskset", "-c", CPU, sys.executable, "-c", CLIENT, str(server_ip), str(PORT), mode, str(n), str(rounds)])
-    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=300)
-    return json.loads(out.stdout)
+METRICS = (("rr_us", "rr"), ("crr_us", "crr"), ("bulk_gbps", "bulk"))
 
 
-def measure_once(a, b, args) -> dict[str, float]:
-    return {
-        "rr_us": run_client(a, b.ip, "rr", args.rr, 1)[0],
-        "crr_us": run_client(a, b.ip, "crr", args.crr, 1)[0],
-        "bulk_gbps": run_client(a, b.ip, "bulk", args.bulk_ms, 1)[0],
-    }
+def block(client: Client, args) -> dict[str, float]:
+    sizes = {"rr": args.rr, "crr": args.crr, "bulk": args.bulk_ms}
+    return {key: client.run(mode, sizes[mode]) for key, mode in METRICS}
 
 
 def tcp_packet(src, dst, sport: int, dport: int, flags: int) -> bytes:
@@ -195,11 +217,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     args = ap.parse_args()
-    args.rr, args.crr, args.rounds, args.bulk_ms = (4000, 300, 7, 700) if not args.quick else (1000, 60, 3, 300)
+    args.rr, args.crr, args.bulk_ms, args.pairs = (2000, 100, 150, 15) if not args.quick else (500, 30, 60, 4)
 
     pin_dir = Path(f"/sys/fs/bpf/cdp-bench-{secrets.token_hex(3)}")
     state_dir = Path(tempfile.mkdtemp(prefix="cdp-bench-"))
-    samples: dict[str, list[dict[str, float]]] = {}
+    values: dict[str, list[dict[str, float]]] = {"baseline": []}
+    ratios: dict[str, list[dict[str, float]]] = {}
     ns_per_run: dict[str, dict[str, float]] = {}
     apply_ms: dict[str, float] = {}
     old_stats = None
@@ -209,8 +232,10 @@ def main() -> None:
         server = subprocess.Popen(b_pod.argv(["taskset", "-c", CPU, sys.executable, "-c", SERVER, str(PORT)]),
                                   stdout=subprocess.PIPE, text=True)
         dp = None
+        client = None
         try:
             assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            client = Client(a_pod, b_pod.ip)
             for n in (10, 10_000):
                 (state_dir / f"rules-{n}.nft").write_text(nft_ruleset(n, str(a_pod.ip), str(b_pod.ip)))
             dp = Datapath(pin_dir, state_dir / "eps", netns=node.netns)
@@ -221,14 +246,18 @@ def main() -> None:
                 for ifname in (a_pod.host_ifname, b_pod.host_ifname):
                     tc.detach(ifname, node.netns)
 
-            def program(n: int) -> None:
+            def program_on() -> None:
+                # First time compiles; afterwards restores from the pinned programs.
                 dp.attach_endpoint(1, a_pod.host_ifname, a_pod.ip, 256)
                 dp.attach_endpoint(2, b_pod.host_ifname, b_pod.ip, 257)
+
+            def load_policy(n: int) -> None:
+                program_on()
                 t0 = time.perf_counter()
                 res = dp.apply(states[n])
-                apply_ms.setdefault(f"program {n} entries", (time.perf_counter() - t0) * 1000)
+                apply_ms[f"program {n} entries"] = (time.perf_counter() - t0) * 1000
                 assert res.ok, res.failed
-                dp.maps.flush_ct()
+                no_program()
 
             def empty_hook() -> None:
                 fd = bpfsys.load_constant_program(bpfsys.TC_ACT_OK, "cdp_empty")
@@ -238,47 +267,61 @@ def main() -> None:
                 finally:
                     os.close(fd)
 
-            def nft(n: int) -> None:
-                subprocess.run(node.argv(["nft", "-f", str(state_dir / f"rules-{n}.nft")]), check=True)
+            def nft(n: int):
+                return lambda: subprocess.run(node.argv(["nft", "-f", str(state_dir / f"rules-{n}.nft")]), check=True)
 
             def nft_off() -> None:
                 subprocess.run(node.argv(["nft", "delete", "table", "inet", "cdpbench"]), check=True)
 
+            # (name, prepare once, switch on, switch off). Each measured block
+            # of a configuration sits between two baseline blocks (A-B-A), and
+            # its ratio is taken against their mean, so load from neighbours
+            # and drift hit both sides of every ratio alike.
             configs = [
-                ("baseline", no_program, None),
-                ("tc hook, empty program", empty_hook, no_program),
-                ("nftables 10 rules", lambda: nft(10), nft_off),
-                ("nftables 10000 rules", lambda: nft(10_000), nft_off),
-                ("program 10 entries", lambda: program(10), None),
-                ("program 10000 entries", lambda: program(10_000), None),
+                ("tc hook, empty program", None, empty_hook, no_program),
+                ("nftables 10 rules", None, nft(10), nft_off),
+                ("nftables 10000 rules", None, nft(10_000), nft_off),
+                ("program 10 entries", lambda: load_policy(10), program_on, no_program),
+                ("program 10000 entries", lambda: load_policy(10_000), program_on, no_program),
             ]
-            measure_once(a_pod, b_pod, args)  # warm-up, discarded
-            for _ in range(args.rounds):  # interleaved, so drift hits every config alike
-                for name, on, off in configs:
+            block(client, args)  # warm-up, discarded
+            for name, prepare, on, off in configs:
+                if prepare:
+                    prepare()
+                before = block(client, args)
+                for _ in range(args.pairs):
                     on()
                     try:
-                        samples.setdefault(name, []).append(measure_once(a_pod, b_pod, args))
+                        mid = block(client, args)
                     finally:
-                        if off:
-                            off()
+                        off()
+                    after = block(client, args)
+                    values["baseline"].append(before)
+                    values.setdefault(name, []).append(mid)
+                    ratios.setdefault(name, []).append(
+                        {k: mid[k] / ((before[k] + after[k]) / 2) for k, _ in METRICS})
+                    before = after
 
             # The program's own cost, in a separate pass: the statistics
-            # themselves cost two clock reads per run.
+            # themselves cost a clock read or two per run.
             old_stats = set_stats(True)
             for n in (10, 10_000):
-                program(n)
-                before = prog_totals(dp, [1, 2])
-                run_client(a_pod, b_pod.ip, "rr", args.rr, 1)
-                after = prog_totals(dp, [1, 2])
+                load_policy(n)
+                program_on()
+                before_t = prog_totals(dp, [1, 2])
+                client.run("rr", args.rr * 2)
+                after_t = prog_totals(dp, [1, 2])
                 ns_per_run[f"program {n} entries"] = {
-                    h: (after[h][0] - before[h][0]) / max(1, after[h][1] - before[h][1]) for h in after
+                    h: (after_t[h][0] - before_t[h][0]) / max(1, after_t[h][1] - before_t[h][1]) for h in after_t
                 }
             set_stats(old_stats == "1")
             old_stats = None
-            hot = hot_cost(dp, a_pod.ip, b_pod.ip)  # statistics off: they cost ~70 ns per run
+            hot = hot_cost(dp, a_pod.ip, b_pod.ip)  # statistics off
         finally:
             if old_stats is not None:
                 set_stats(old_stats == "1")
+            if client is not None:
+                client.close()
             server.kill()
             server.wait()
             if dp is not None:
@@ -286,36 +329,32 @@ def main() -> None:
             shutil.rmtree(pin_dir, ignore_errors=True)
             shutil.rmtree(state_dir, ignore_errors=True)
 
-    # Each config is compared with the baseline of the same round, then the
-    # median over rounds is taken: drift and neighbours' load hit both alike.
-    keys = ("rr_us", "crr_us", "bulk_gbps")
-    med = {name: {k: statistics.median(s[k] for s in ss) for k in keys} for name, ss in samples.items()}
-    ratio = {
-        name: {k: statistics.median(s[k] / b[k] for s, b in zip(ss, samples["baseline"])) for k in keys}
-        for name, ss in samples.items()
-    }
-    print(f"same-core pinned (cpu {CPU}); {args.rounds} interleaved rounds; per round "
-          f"rr={args.rr} round trips, crr={args.crr} connections, bulk {args.bulk_ms} ms")
-    print("values: median over rounds; ratio: median over rounds of config / baseline of the same round")
+    keys = [k for k, _ in METRICS]
+    med = {name: {k: statistics.median(v[k] for v in vs) for k in keys} for name, vs in values.items()}
+    q = {name: {k: statistics.median(r[k] for r in rs) for k in keys} for name, rs in ratios.items()}
+    q["baseline"] = {k: 1.0 for k in keys}
+    print(f"same-core pinned (cpu {CPU}); {args.pairs} A-B-A pairs per configuration; per block "
+          f"rr={args.rr} round trips on one connection, crr={args.crr} connections, bulk {args.bulk_ms} ms")
+    print("values: medians over blocks; ratio: median over pairs of block / mean of the baseline blocks around it")
     print(f"{'configuration':24} {'rr us':>8} {'rr ratio':>9} {'crr us':>8} {'crr ratio':>9} {'bulk Gb/s':>10} "
           f"{'bulk ratio':>10} {'ns/run from,to':>15} {'apply ms':>9}")
-    for name, r in med.items():
-        q = ratio[name]
+    for name in ["baseline"] + [c[0] for c in configs]:
+        r, rq = med[name], q[name]
         ns = ns_per_run.get(name)
         ns_txt = f"{ns['from']:7.0f},{ns['to']:7.0f}" if ns is not None else "              -"
         ap_ms = apply_ms.get(name)
-        print(f"{name:24} {r['rr_us']:8.2f} {q['rr_us']:9.3f} {r['crr_us']:8.1f} "
-              f"{q['crr_us']:9.3f} {r['bulk_gbps']:10.2f} {q['bulk_gbps']:10.3f} "
+        print(f"{name:24} {r['rr_us']:8.2f} {rq['rr_us']:9.3f} {r['crr_us']:8.1f} "
+              f"{rq['crr_us']:9.3f} {r['bulk_gbps']:10.2f} {rq['bulk_gbps']:10.3f} "
               f"{ns_txt} "
               f"{(format(ap_ms, '9.1f') if ap_ms is not None else '        -')}")
-    p10k, n10k = ratio["program 10000 entries"], ratio["nftables 10000 rules"]
+    p10k, n10k = q["program 10000 entries"], q["nftables 10000 rules"]
     print(f"goal rr ratio <= 1.03 at 10k entries: {p10k['rr_us']:.3f} ({'met' if p10k['rr_us'] <= 1.03 else 'NOT met'})")
     ahead = p10k["rr_us"] <= n10k["rr_us"] and p10k["crr_us"] <= n10k["crr_us"]
     print(f"goal ahead of nftables at 10k (ratios): rr {p10k['rr_us']:.3f} vs {n10k['rr_us']:.3f}, "
           f"crr {p10k['crr_us']:.3f} vs {n10k['crr_us']:.3f} ({'met' if ahead else 'NOT met'})")
-    print("hot-cache cost per run (BPF_PROG_TEST_RUN): " + ", ".join(f"{k} {v} ns" for k, v in hot.items()))
-    print("ns/run: mean cost of one run of from_container / to_container (both endpoints), "
-          "kernel.bpf_stats_enabled, measured in a separate rr pass")
+    print("hot-cache cost per run (BPF_PROG_TEST_RUN, stats off): " + ", ".join(f"{k} {v} ns" for k, v in hot.items()))
+    print("ns/run: mean cost of one run of from_container / to_container (both endpoints) under rr, "
+          "kernel.bpf_stats_enabled=1 (includes the statistics' own clock reads)")
 
 
 if __name__ == "__main__":

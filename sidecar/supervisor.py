@@ -30,16 +30,24 @@ log = logging.getLogger(__name__)
 
 
 class EnvoySupervisor:
+    """One supervised Envoy for one node id.
+
+    `admin_port=0` lets Envoy pick a free loopback port (read back from the
+    admin address file; see `admin_address`). `restarts` counts unrequested
+    exits; `pid` is None while Envoy is down. `delta=True` makes Envoy use
+    incremental ADS; Envoy's own log goes to `workdir/envoy.log`.
+    """
+
     def __init__(
         self,
         node_id: str,
-        *,
         xds_socket: str | None = None,
         xds_tcp: tuple[str, int] | None = None,
         admin_port: int = 0,
         accesslog_socket: str | None = None,
         accesslog_tcp: tuple[str, int] | None = None,
-        workdir: str | Path,
+        workdir: str | Path | None = None,
+        *,
         delta: bool = False,
         log_level: str = "warning",
         concurrency: int = 1,
@@ -48,6 +56,8 @@ class EnvoySupervisor:
         envoy_path: str | None = None,
         bootstrap: dict | None = None,
     ) -> None:
+        if workdir is None:
+            raise EnvoyError("EnvoySupervisor needs a workdir (bootstrap, admin address file, envoy.log)")
         xds: Endpoint | None = xds_socket if xds_socket is not None else xds_tcp
         if xds is None and bootstrap is None:
             raise EnvoyError("EnvoySupervisor needs xds_socket or xds_tcp")

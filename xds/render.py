@@ -37,6 +37,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import re
+
+import re2
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Mapping
@@ -96,6 +98,13 @@ class RenderParams:
         cluster takes the upstream from the x-envoy-original-dst-host header."""
         kw.setdefault("listen_address", "127.0.0.1")
         return cls(transparent=False, original_dst=OriginalDst.TEST_ONLY_HTTP_HEADER, **kw)
+
+
+def _group_by_peers(rules: tuple[L7PeerRule, ...]) -> dict[frozenset[int], list[HTTPRule]]:
+    groups: dict[frozenset[int], list[HTTPRule]] = {}
+    for r in rules:
+        groups.setdefault(r.identities, []).append(r.http)
+    return groups
 
 
 def listener_name(proxy_port: int) -> str:
@@ -226,6 +235,7 @@ class Renderer:
         self.params = params or RenderParams()
         self._perm: dict[HTTPRule, bytes] = {}
         self._used: set[HTTPRule] = set()
+        self._valid: dict[str, bool] = {}
         self._idents: _IdentityAddresses | None = None
         self._routes: dict[int, tuple[L7Policy, int, Resource]] = {}
         self._listeners: dict[tuple[int, Direction], Resource] = {}
@@ -275,8 +285,11 @@ class Renderer:
         # configuration's cache; count them as used so they stay warm.
         if len(self._perm) > 2 * max(len(self._used), 1024):
             for pol, _, _ in self._routes.values():
-                self._used.update(r.http for r in pol.peer_rules)
+                for rules in _group_by_peers(pol.peer_rules).values():
+                    self._used.update(self._merge_paths(rules))
             self._perm = {k: v for k, v in self._perm.items() if k in self._used}
+        if len(self._valid) > 4 * max(len(self._perm), 1024):
+            self._valid.clear()
         ports = {(port, pol.key.direction) for port, (pol, _, _) in self._routes.items()}
         for key in [k for k in self._listeners if k not in ports]:
             del self._listeners[key]
@@ -378,6 +391,43 @@ class Renderer:
         sub = f"{d}/{route_config_name(port)}"
         return w.m(1, w.m(8, w.s(1, f"{sub}/routes.pb"), w.m(2, w.s(1, sub))), w.u(6, 2))
 
+    def _path_ok(self, regex: str) -> bool:
+        ok = self._valid.get(regex)
+        if ok is None:
+            try:
+                re2.compile(regex)
+                ok = True
+            except re2.error:
+                ok = False
+            self._valid[regex] = ok
+        return ok
+
+    def _merge_paths(self, rules: list[HTTPRule]) -> list[HTTPRule]:
+        """Rules of one peer set that differ only in their path become one rule
+        whose path is the alternation of theirs: `(?:p1)|(?:p2)|...` full-matches
+        exactly when one of the paths does, so the verdict is unchanged, but
+        Envoy builds and compiles one matcher instead of thousands (its cost
+        per RBAC permission dominates a large update; see bench/bench_xds.py).
+        A path that is not a valid RE2 regex on its own is left unmerged so it
+        cannot change the meaning of the others and Envoy's NACK names it."""
+        by_rest: dict[tuple, list[HTTPRule]] = {}
+        for r in rules:
+            by_rest.setdefault((r.method, r.host, r.headers), []).append(r)
+        out: list[HTTPRule] = []
+        for (method, host, headers), same in by_rest.items():
+            if len(same) == 1:
+                out.extend(same)
+                continue
+            if any(r.path is None for r in same):
+                out.append(HTTPRule(method=method, path=None, host=host, headers=headers))  # any path
+                continue
+            good = list(dict.fromkeys(r.path for r in same if self._path_ok(r.path)))
+            out.extend(r for r in same if not self._path_ok(r.path))
+            if good:
+                alternation = good[0] if len(good) == 1 else "|".join(f"(?:{p})" for p in good)
+                out.append(HTTPRule(method=method, path=alternation, host=host, headers=headers))
+        return out
+
     def _http_perm(self, http: HTTPRule) -> bytes:
         self._used.add(http)
         perm = self._perm.get(http)
@@ -418,11 +468,9 @@ class Renderer:
 
     def _route_config(self, pol: L7Policy) -> Resource:
         name = route_config_name(pol.proxy_port)
-        groups: dict[frozenset[int], list[bytes]] = {}
-        for rule in pol.peer_rules:
-            groups.setdefault(rule.identities, []).append(self._http_perm(rule.http))
         entries = []
-        for i, (identities, perms) in enumerate(groups.items()):
+        for i, (identities, rules) in enumerate(_group_by_peers(pol.peer_rules).items()):
+            perms = [self._http_perm(r) for r in self._merge_paths(rules)]
             enc = self._rbac_policy(identities, perms, pol.key.direction)
             if enc is not None:
                 # RBAC.policies = 2: map<string, Policy>

@@ -29,6 +29,9 @@ POLICY = (
     rule([CLIENT_IDENTITY], path="/debug", headers=(("x-debug", None),)),
     rule([OTHER_IDENTITY], path="/other-only"),
     rule([IDENTITY_ANY], path="/anyone"),
+    # Same peers and fields but the path: merged into one alternation by the renderer.
+    rule([CLIENT_IDENTITY], method="GET", path="/m1"),
+    rule([CLIENT_IDENTITY], method="GET", path="/m2/[a-z]+"),
 )
 
 CASES = [
@@ -48,6 +51,10 @@ CASES = [
     pytest.param("GET", "/other-only", {}, 403, id="peer-identity-not-allowed"),
     pytest.param("GET", "/anyone", {}, 200, id="any-identity-allowed"),
     pytest.param("GET", "/nothing", {}, 403, id="no-rule-matches"),
+    pytest.param("GET", "/m1", {}, 200, id="merged-paths-first"),
+    pytest.param("GET", "/m2/abc", {}, 200, id="merged-paths-second"),
+    pytest.param("GET", "/m1/abc", {}, 403, id="merged-paths-still-match-whole"),
+    pytest.param("POST", "/m1", {}, 403, id="merged-paths-keep-method"),
 ]
 
 

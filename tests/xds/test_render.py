@@ -83,17 +83,45 @@ def test_http_rule_becomes_anded_header_permissions(http, want_rules):
 
 def test_rules_sharing_peers_become_one_policy_with_ored_permissions():
     snap = Renderer().render(state({PORT: (
-        rule([CLIENT_IDENTITY], path="/a"),
+        rule([CLIENT_IDENTITY], method="GET", path="/a"),
         rule([OTHER_IDENTITY], path="/b"),
-        rule([CLIENT_IDENTITY], path="/c"),
+        rule([CLIENT_IDENTITY], method="POST", path="/c"),
     )}))
     pols = rbac_policies(snap)
     assert len(pols) == 2
     paths = {
-        k: [p["andRules"]["rules"][0]["header"]["stringMatch"]["exact"] for p in v["permissions"]]
+        k: [p["andRules"]["rules"][-1]["header"]["stringMatch"]["exact"] for p in v["permissions"]]
         for k, v in pols.items()
     }
     assert sorted(paths.values()) == [["/a", "/c"], ["/b"]]
+
+
+def _path_matchers(pol) -> list:
+    return [p["andRules"]["rules"][-1]["header"]["stringMatch"] for p in pol["permissions"]]
+
+
+@pytest.mark.parametrize(
+    "paths, want",
+    [
+        pytest.param(["/a", "/b/.*"], [{"safeRegex": {"regex": "(?:/a)|(?:/b/.*)"}}], id="alternation"),
+        pytest.param(["/a", "/a"], [{"exact": "/a"}], id="duplicates-collapse"),
+        pytest.param(
+            ["/ok/.*", "/bad((", "/fine"],
+            [{"safeRegex": {"regex": "/bad(("}}, {"safeRegex": {"regex": "(?:/ok/.*)|(?:/fine)"}}],
+            id="invalid-regex-left-alone",
+        ),
+    ],
+)
+def test_rules_differing_only_in_path_merge_into_one_regex(paths, want):
+    rules = tuple(rule([CLIENT_IDENTITY], method="GET", path=p) for p in paths)
+    (pol,) = rbac_policies(Renderer().render(state({PORT: rules}))).values()
+    assert _path_matchers(pol) == want
+
+
+def test_rule_without_path_absorbs_path_rules_with_the_same_other_fields():
+    rules = (rule([CLIENT_IDENTITY], method="GET", path="/a"), rule([CLIENT_IDENTITY], method="GET"))
+    (pol,) = rbac_policies(Renderer().render(state({PORT: rules}))).values()
+    assert pol["permissions"] == [{"andRules": {"rules": [{"header": {"name": ":method", "stringMatch": {"exact": "GET"}}}]}}]
 
 
 def test_rule_with_nothing_set_allows_any_request_from_its_peers():
@@ -196,11 +224,13 @@ def test_one_rule_change_reencodes_one_rule_and_reuses_other_listeners():
     r = Renderer()
     base = {15001: many_rules(200), 15002: many_rules(200)}
     first = r.render(state(base))
-    assert r.http_rules_encoded == 200  # identical HTTP rules are shared across listeners
+    # many_rules: one method, 7 distinct headers, distinct paths -> 7 merged
+    # permissions, shared by both listeners (same content).
+    assert r.http_rules_encoded == 7
     changed = dict(base)
     changed[15002] = base[15002][:-1] + (rule([CLIENT_IDENTITY], path="/new"),)
     second = r.render(state(changed))
-    assert r.http_rules_encoded == 1
+    assert r.http_rules_encoded == 2  # the group that lost a path, and the new rule
     assert second.of(ROUTE)["ciliate-proxy-15001"] is first.of(ROUTE)["ciliate-proxy-15001"]
     assert second.of(LISTENER)["ciliate-proxy-15002"] is first.of(LISTENER)["ciliate-proxy-15002"]
     assert second.of(ROUTE)["ciliate-proxy-15002"].version != first.of(ROUTE)["ciliate-proxy-15002"].version
