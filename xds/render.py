@@ -307,12 +307,18 @@ class Renderer:
         # BindConfig: source_address = 1 (SocketAddress: address = 2, port_value = 3),
         # socket_options = 3 (SocketOption: description = 1, level = 2, name = 3,
         # int_value = 4, state = 6 (STATE_PREBIND = 0: set before connect)).
-        mark = w.m(
-            3,
-            w.s(1, "ciliate proxy upstream mark"),
-            w.u(2, SOL_SOCKET),
-            w.u(3, SO_MARK),
-            w.u(4, p.upstream_mark),
+        # upstream_mark = 0 leaves SO_MARK unset: setting it needs CAP_NET_ADMIN,
+        # which only a test run without root lacks.
+        mark = (
+            w.m(
+                3,
+                w.s(1, "ciliate proxy upstream mark"),
+                w.u(2, SOL_SOCKET),
+                w.u(3, SO_MARK),
+                w.u(4, p.upstream_mark),
+            )
+            if p.upstream_mark
+            else b""
         )
         body = (
             w.s(1, p.cluster_name)

@@ -27,7 +27,7 @@ from envoy_data_plane.envoy.config.core.v3 import Node
 from sidecar.supervisor import EnvoySupervisor
 from xds.accesslog import AccessLogServer
 from xds.cache import SnapshotCache
-from xds.render import Renderer, RenderParams
+from xds.render import PROXY_UPSTREAM_MARK, Renderer, RenderParams
 from xds.server import XdsServer
 
 
@@ -150,7 +150,11 @@ async def envoy_rig():
             delta=delta,
             backoff_initial=0.1,
         )
-        rig = Rig(workdir, cache, xds, als, env, Renderer(RenderParams.test_only_loopback()), up_port, node)
+        # SO_MARK on upstream sockets needs CAP_NET_ADMIN: keep the production
+        # mark when root (CI), leave it out for a developer's non-root run.
+        mark = PROXY_UPSTREAM_MARK if os.geteuid() == 0 else 0
+        params = RenderParams.test_only_loopback(upstream_mark=mark)
+        rig = Rig(workdir, cache, xds, als, env, Renderer(params), up_port, node)
         started.append((rig, runner))
         await xds.start()
         await als.start()

@@ -140,3 +140,24 @@ async def test_listener_added_and_removed_with_proxy_ports(envoy_rig):
             for _ in range(50):  # the removed listener closes once drained
                 await rig.get(client, p1, "/x", headers={"connection": "close"})
                 await asyncio.sleep(0.1)
+
+
+@pytest.mark.privileged
+async def test_upstream_connections_carry_the_proxy_mark(envoy_rig):
+    """The datapath recognises proxy-originated traffic by SO_MARK 0x0B00 on
+    Envoy's upstream sockets (needs CAP_NET_ADMIN, hence root)."""
+    import subprocess
+
+    rig = await envoy_rig()
+    port = free_port()
+    await rig.publish(state({port: (rule([CLIENT_IDENTITY], path="/m"),)}))
+    await rig.envoy.wait_ready()
+    async with httpx.AsyncClient() as client:
+        assert (await rig.get(client, port, "/m")).status_code == 200
+        # Envoy keeps the upstream connection pooled: inspect it while it is open.
+        out = subprocess.run(
+            ["ss", "-tnHe", "state", "established", "dst", f"127.0.0.1:{rig.upstream_port}"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    assert out.strip(), "no upstream connection from Envoy found"
+    assert all("fwmark:0xb00" in line for line in out.strip().splitlines()), out
