@@ -213,10 +213,12 @@ class Agent:
             m.endpoints.labels(state.value).set(counts.get(state.value, 0))
 
     async def _pump(self, source: Callable[[], AsyncIterator[Mapping[str, Any]]], name: str) -> None:
-        """Forward one event source into the hub; restart it if it ends or breaks."""
+        """Forward one event source into the hub; restart it (with backoff) if it ends or breaks."""
+        delay = 1.0
         while True:
             try:
                 async for raw in source():
+                    delay = 1.0
                     try:
                         event = self._enrich(raw)
                     except ValidationError as exc:
@@ -227,8 +229,9 @@ class Agent:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("%s flow source failed; restarting it", name)
-            await asyncio.sleep(1.0)
+                log.exception("%s flow source failed; restarting it in %.0fs", name, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
 
     def _labels(self, identity: int | None) -> list[str]:
         if identity is None or self.compiler is None:
@@ -246,7 +249,9 @@ class Agent:
 
     # --- what the API serves ---------------------------------------------------------
     async def create_endpoint(self, req: EndpointCreate, wait: float | None) -> tuple[Endpoint, bool]:
-        rec, created = await asyncio.to_thread(self.table.upsert, req)
+        # In the loop, not a thread: the table is read by every API call, and the
+        # write (one small atomic file) must not be reordered with the next one.
+        rec, created = self.table.upsert(req)
         live = self.table.live(rec.id)
         generation = live.generation if live else 0
         self.queue.mark([rec.id], reason=f"endpoint {rec.id} {'created' if created else 'updated'}")
@@ -260,7 +265,7 @@ class Agent:
         view = self.table.view(endpoint_id)
         if view is None:
             return None
-        await asyncio.to_thread(self.table.remove, endpoint_id)
+        self.table.remove(endpoint_id)
         self.queue.mark([endpoint_id], reason=f"endpoint {endpoint_id} deleted")
         return view
 
