@@ -40,6 +40,7 @@ import re
 
 import re2
 from dataclasses import dataclass
+from functools import lru_cache
 from ipaddress import IPv4Network
 from typing import Mapping
 
@@ -91,6 +92,9 @@ class RenderParams:
     # BENCHMARK BASELINE ONLY: take routes from this directory through Envoy's
     # filesystem subscription (path_config_source) instead of ADS.
     rds_directory: str | None = None
+    # Merge rules differing only in path into one regex alternation (see
+    # Renderer._merge_paths). Off: one RBAC permission per rule.
+    merge_paths: bool = True
 
     @classmethod
     def test_only_loopback(cls, **kw) -> "RenderParams":
@@ -98,6 +102,36 @@ class RenderParams:
         cluster takes the upstream from the x-envoy-original-dst-host header."""
         kw.setdefault("listen_address", "127.0.0.1")
         return cls(transparent=False, original_dst=OriginalDst.TEST_ONLY_HTTP_HEADER, **kw)
+
+
+@lru_cache(maxsize=1 << 16)
+def _balanced(regex: str) -> bool:
+    """Parentheses balance outside escapes and character classes, so the
+    regex cannot close a group it did not open."""
+    depth, i, n, in_class = 0, 0, len(regex), False
+    while i < n:
+        c = regex[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            if c == "]":
+                in_class = False
+        elif c == "[":
+            in_class = True
+            # a ']' right after '[' or '[^' is a literal member
+            if regex[i + 1 : i + 2] == "^":
+                i += 1
+            if regex[i + 1 : i + 2] == "]":
+                i += 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth < 0:
+                return False
+        i += 1
+    return depth == 0 and not in_class and i == n
 
 
 def _group_by_peers(rules: tuple[L7PeerRule, ...]) -> dict[frozenset[int], list[HTTPRule]]:
@@ -288,7 +322,7 @@ class Renderer:
                 for rules in _group_by_peers(pol.peer_rules).values():
                     self._used.update(self._merge_paths(rules))
             self._perm = {k: v for k, v in self._perm.items() if k in self._used}
-        if len(self._valid) > 4 * max(len(self._perm), 1024):
+        if len(self._valid) > 4096:  # alternations of past renders: forget them
             self._valid.clear()
         ports = {(port, pol.key.direction) for port, (pol, _, _) in self._routes.items()}
         for key in [k for k in self._listeners if k not in ports]:
@@ -397,7 +431,7 @@ class Renderer:
         sub = f"{d}/{route_config_name(port)}"
         return w.m(1, w.m(8, w.s(1, f"{sub}/routes.pb"), w.m(2, w.s(1, sub))), w.u(6, 2))
 
-    def _path_ok(self, regex: str) -> bool:
+    def _compiles(self, regex: str) -> bool:
         ok = self._valid.get(regex)
         if ok is None:
             try:
@@ -414,8 +448,12 @@ class Renderer:
         exactly when one of the paths does, so the verdict is unchanged, but
         Envoy builds and compiles one matcher instead of thousands (its cost
         per RBAC permission dominates a large update; see bench/bench_xds.py).
-        A path that is not a valid RE2 regex on its own is left unmerged so it
-        cannot change the meaning of the others and Envoy's NACK names it."""
+
+        A path can only be merged if it cannot leak out of its `(?:...)`:
+        its parentheses must balance (cheap check, cached) and the alternation
+        must compile. If it does not, each path is checked alone and an invalid
+        one stays unmerged, so it cannot change the meaning of the others and
+        Envoy's NACK names it."""
         by_rest: dict[tuple, list[HTTPRule]] = {}
         for r in rules:
             by_rest.setdefault((r.method, r.host, r.headers), []).append(r)
@@ -427,11 +465,17 @@ class Renderer:
             if any(r.path is None for r in same):
                 out.append(HTTPRule(method=method, path=None, host=host, headers=headers))  # any path
                 continue
-            good = list(dict.fromkeys(r.path for r in same if self._path_ok(r.path)))
-            out.extend(r for r in same if not self._path_ok(r.path))
+            paths = list(dict.fromkeys(r.path for r in same))  # type: ignore[misc]
+            good = [p for p in paths if _balanced(p)]
+            alternation = "|".join(f"(?:{p})" for p in good) if len(good) > 1 else None
+            if alternation is not None and not self._compiles(alternation):
+                good = [p for p in good if self._compiles(p)]
+                alternation = "|".join(f"(?:{p})" for p in good) if len(good) > 1 else None
+            merged = set(good)
+            out.extend(HTTPRule(method=method, path=p, host=host, headers=headers) for p in paths if p not in merged)
             if good:
-                alternation = good[0] if len(good) == 1 else "|".join(f"(?:{p})" for p in good)
-                out.append(HTTPRule(method=method, path=alternation, host=host, headers=headers))
+                path = alternation if alternation is not None else good[0]
+                out.append(HTTPRule(method=method, path=path, host=host, headers=headers))
         return out
 
     def _http_perm(self, http: HTTPRule) -> bytes:
@@ -476,7 +520,8 @@ class Renderer:
         name = route_config_name(pol.proxy_port)
         entries = []
         for i, (identities, rules) in enumerate(_group_by_peers(pol.peer_rules).items()):
-            perms = [self._http_perm(r) for r in self._merge_paths(rules)]
+            merged = self._merge_paths(rules) if self.params.merge_paths else rules
+            perms = [self._http_perm(r) for r in merged]
             enc = self._rbac_policy(identities, perms, pol.key.direction)
             if enc is not None:
                 # RBAC.policies = 2: map<string, Policy>
