@@ -57,7 +57,9 @@ def test_envoy_is_the_official_image_with_our_bootstrap(config: dict) -> None:
     }
     assert "/var/run/ciliate" in shared
     expected = render_bootstrap(BootstrapParams(DEFAULT_NODE_ID, "/var/run/ciliate/xds.sock", 9901, "/var/run/ciliate/accesslog.sock"))
-    assert boot == json.loads(json.dumps(expected)), "deploy/envoy-bootstrap.yaml drifted from envoy/bootstrap.yaml"
+    assert boot == json.loads(json.dumps(expected)), (
+        "deploy/envoy-bootstrap.yaml drifted from envoy/bootstrap.yaml; run .venv/bin/python deploy/render_envoy_bootstrap.py"
+    )
 
 
 @pytest.mark.parametrize(
