@@ -215,8 +215,10 @@ def prog_totals(dp: Datapath, ids: list[int]) -> dict[str, tuple[int, int]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
+    ap.add_argument("--pairs", type=int, default=None, help="A-B-A pairs per configuration (default 15)")
     args = ap.parse_args()
-    args.rr, args.crr, args.bulk_ms, args.pairs = (2000, 100, 150, 15) if not args.quick else (500, 30, 60, 4)
+    args.rr, args.crr, args.bulk_ms, pairs = (2000, 100, 150, 15) if not args.quick else (500, 30, 60, 4)
+    args.pairs = args.pairs or pairs
 
     pin_dir = Path(f"/sys/fs/bpf/cdp-bench-{secrets.token_hex(3)}")
     state_dir = Path(tempfile.mkdtemp(prefix="cdp-bench-"))
