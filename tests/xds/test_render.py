@@ -110,6 +110,11 @@ def _path_matchers(pol) -> list:
             [{"safeRegex": {"regex": "/bad(("}}, {"safeRegex": {"regex": "(?:/ok/.*)|(?:/fine)"}}],
             id="invalid-regex-left-alone",
         ),
+        pytest.param(
+            ["/ok/.*", "x)|(?:.*"],
+            [{"safeRegex": {"regex": "x)|(?:.*"}}, {"safeRegex": {"regex": "/ok/.*"}}],
+            id="unbalanced-regex-cannot-widen-others",
+        ),
     ],
 )
 def test_rules_differing_only_in_path_merge_into_one_regex(paths, want):

@@ -1,0 +1,35 @@
+"""AccessLogServer's consumer side (the Envoy side is covered by
+test_envoy_enforcement's access log test)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from xds.accesslog import AccessLogEntry, AccessLogServer
+
+
+def _entry(i: int) -> AccessLogEntry:
+    return AccessLogEntry(
+        time=datetime.now(timezone.utc), node="n", method="GET", path=f"/{i}", authority="a",
+        status=200, upstream="127.0.0.1:1", downstream_remote="127.0.0.1:2", downstream_local="127.0.0.1:3",
+        response_flags=frozenset(),
+    )
+
+
+async def test_a_full_queue_drops_the_oldest_and_counts_it():
+    als = AccessLogServer(socket_path="/unused", max_queue=3)
+    for i in range(5):
+        als._put(_entry(i))
+    assert als.dropped == 2
+    got = [(await als.get()).path for _ in range(3)]
+    assert got == ["/2", "/3", "/4"]
+
+
+def test_denied_is_rbac_flag_or_local_403():
+    e = _entry(0)
+    assert not e.denied
+    from dataclasses import replace
+
+    assert replace(e, status=403, upstream="").denied
+    assert replace(e, response_flags=frozenset({"unauthorized_details"})).denied
+    assert not replace(e, status=403).denied, "an upstream's own 403 is not a policy denial"
