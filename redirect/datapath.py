@@ -42,6 +42,7 @@ DEFAULT_STATE_DIR = Path("/var/run/ciliate/endpoints")
 BLOCK_NAME = "ciliate_block"
 ERROR_FILE = "error.txt"
 RECORD_FILE = "endpoint.json"
+PLUMBING_FILE = "proxy-plumbing.json"
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Datapath:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.maps = PinnedMaps(self.pin_dir, sizes)
         self._endpoints: dict[int, EndpointRecord] = {}
-        for rec in self.state_dir.glob(f"*/{RECORD_FILE}"):
+        for rec in self.state_dir.glob(f"*/{RECORD_FILE}"):  # adopt endpoints
             try:
                 r = EndpointRecord(**json.loads(rec.read_text()))
             except (ValueError, TypeError) as e:
@@ -229,6 +230,9 @@ class Datapath:
 
     def setup_proxy_plumbing(self) -> None:
         proxy.setup(self.netns)
+        # The rule and route are per netns, not per install: remember that
+        # this install set them up, so teardown removes only its own.
+        (self.state_dir / PLUMBING_FILE).write_text(json.dumps({"netns": self.netns}) + "\n")
 
     def close(self) -> None:
         """Release this process's handles; the kernel keeps enforcing."""
@@ -238,7 +242,10 @@ class Datapath:
         """Uninstall: detach every endpoint, remove plumbing and all pins."""
         for ep_id in list(self._endpoints):
             self.detach_endpoint(ep_id)
-        proxy.teardown(self.netns)
+        marker = self.state_dir / PLUMBING_FILE
+        if marker.exists():
+            proxy.teardown(self.netns)
+            marker.unlink()
         self.maps.close()
         for p in self.pin_dir.glob("ciliate_*"):
             with contextlib.suppress(FileNotFoundError):

@@ -7,7 +7,8 @@ test never touches the root netns's routes, rules or nftables, and parallel
 users cannot collide; pass `node_netns=False` to build the pods off the root
 netns instead, as a real agent would see them):
 
-    node netns  (lo up, ip_forward=1, rp_filter=0)
+    node netns  (lo up, ip_forward=1, rp_filter=0; in the root netns these
+                 two sysctls are put back on exit)
       <prefix><tag><i>  host side of pod i's veth; carries the node's
                         gateway address GATEWAY/32, route POD_IP/32 dev it
     pod netns i
@@ -72,10 +73,15 @@ def in_netns(name: str | None) -> Iterator[None]:
         os.close(own)
 
 
-def _sysctl(ns: str | None, key: str, value: str) -> None:
+def _sysctl(ns: str | None, key: str, value: str) -> str:
+    """Set a sysctl in netns `ns`; returns the previous value."""
     with in_netns(ns):
-        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+        path = "/proc/sys/" + key.replace(".", "/")
+        with open(path) as f:
+            old = f.read().strip()
+        with open(path, "w") as f:
             f.write(value)
+    return old
 
 
 @dataclass
@@ -125,6 +131,7 @@ def kernel_node(
     node_ns = f"{prefix}node-{tag}" if node_netns else None
     created_ns: list[str] = []
     host_ifs: list[str] = []
+    restore: list[tuple[str, str]] = []  # root-netns sysctls to put back
     try:
         if node_ns:
             netns.create(node_ns)
@@ -132,9 +139,10 @@ def kernel_node(
         with (IPRoute(netns=node_ns) if node_ns else IPRoute()) as ipr:
             if node_ns:
                 ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
-            _sysctl(node_ns, "net.ipv4.ip_forward", "1")
-            for k in ("all", "default"):
-                _sysctl(node_ns, f"net.ipv4.conf.{k}.rp_filter", "0")
+            for key in ("net.ipv4.ip_forward", "net.ipv4.conf.all.rp_filter"):
+                old = _sysctl(node_ns, key, "1" if key.endswith("forward") else "0")
+                if node_ns is None:
+                    restore.append((key, old))
             out: dict[str, Pod] = {}
             for i, spec in enumerate(pods):
                 pod_ns = f"{prefix}-{tag}-{spec.name}"[:60]
@@ -162,6 +170,9 @@ def kernel_node(
         yield Node(node_ns, gateway, out)
     finally:
         errors: list[str] = []
+        for key, old in reversed(restore):
+            with contextlib.suppress(OSError):
+                _sysctl(None, key, old)
         if node_ns is None and host_ifs:
             with IPRoute() as ipr:
                 for name in host_ifs:
