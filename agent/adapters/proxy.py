@@ -4,12 +4,21 @@ access-log server) and sidecar/ (supervised Envoy).
 The agent publishes one snapshot per regeneration that changed the L7 view
 and waits for the Envoy node's ACK; NACK text and ACK timeouts come back as
 ProxyRejected / ProxyTimeout. With `spawn_envoy=False` an external Envoy
-(e.g. the docker-compose sidecar) connects over loopback TCP instead.
+(e.g. the docker-compose sidecar) connects to the same socket instead.
+
+An Envoy left running by an agent that was killed (it runs in its own
+session, so it outlives the agent and keeps serving L7 meanwhile) is found
+by its bootstrap path in /proc and retired once the new one is ready; the
+two share the listener ports (SO_REUSEPORT) during the overlap.
 Does socket and process I/O.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import signal
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +33,23 @@ from xds.render import Renderer, RenderParams
 from xds.server import XdsServer
 
 DEFAULT_NODE_ID = "ciliate-sidecar"
+RETIRE_AFTER = 30.0  # seconds to wait for the new Envoy before retiring the old one anyway
+log = logging.getLogger(__name__)
+
+
+def envoys_using(bootstrap: Path, proc: Path = Path("/proc")) -> list[int]:
+    """Pids of Envoy processes started with this bootstrap file."""
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"envoy" in Path(argv[0].decode(errors="replace")).name.encode() and str(bootstrap).encode() in argv:
+            found.append(int(entry.name))
+    return sorted(found)
 
 
 class XdsProxy:
@@ -50,14 +76,37 @@ class XdsProxy:
             else None
         )
         self._version = 0
+        self._retirer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.server.start()
         await self.accesslog.start()
+        # An empty configuration right away, so Envoy finishes its init and
+        # reports ready even before (or without) any L7 policy.
+        self.cache.set_snapshot(self.node_id, self.renderer.render(CompiledState(0, {}, {}), "0"))
         if self.supervisor is not None:
+            leftovers = envoys_using(self.supervisor.workdir / "bootstrap.json")
             await self.supervisor.start()
+            if leftovers:
+                self._retirer = asyncio.create_task(self._retire(leftovers), name="ciliate-retire-old-envoy")
+
+    async def _retire(self, pids: list[int]) -> None:
+        assert self.supervisor is not None
+        try:
+            await self.supervisor.wait_ready(RETIRE_AFTER)
+        except Exception as exc:
+            log.warning("new Envoy not ready (%s); retiring the previous one anyway", exc)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                log.info("retired Envoy pid %d left by a previous agent", pid)
+            except ProcessLookupError:
+                pass
 
     async def stop(self) -> None:
+        if self._retirer is not None:
+            self._retirer.cancel()
+            await asyncio.gather(self._retirer, return_exceptions=True)
         if self.supervisor is not None:
             await self.supervisor.stop()
         await self.accesslog.stop()

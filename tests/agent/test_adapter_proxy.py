@@ -1,0 +1,82 @@
+"""The xDS proxy adapter with the real Envoy: ACK, NACK text, and an Envoy left behind
+by a killed agent being retired by the next one."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from agent.adapters.proxy import XdsProxy, envoys_using
+from agent.ports import ProxyRejected
+from policy.compiled import (
+    ALLOW_ALL_HTTP,
+    CompiledState,
+    Direction,
+    EndpointPolicy,
+    HTTPRule,
+    L7PeerRule,
+    L7Policy,
+    RedirectKey,
+)
+from xds.render import RenderParams
+
+
+def state(path_regex: str | None, revision: int = 1) -> CompiledState:
+    rule = HTTPRule(method="GET", path=path_regex) if path_regex is not None else ALLOW_ALL_HTTP
+    l7 = L7Policy(RedirectKey(1, Direction.INGRESS, 80), 10080, (L7PeerRule(frozenset({0}), rule),))
+    ep = EndpointPolicy(1, 256, None, True, False, (), (l7,), frozenset({"default/p"}))
+    return CompiledState(revision, {1: ep}, {})
+
+
+def test_envoys_using_finds_processes_by_bootstrap(tmp_path: Path) -> None:
+    def proc(pid: int, *argv: str) -> None:
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+
+    proc(10, "/venv/bin/envoy", "-c", "/run/a/envoy/bootstrap.json")
+    proc(11, "/venv/bin/envoy", "-c", "/run/b/envoy/bootstrap.json")
+    proc(12, "/usr/bin/vim", "/run/a/envoy/bootstrap.json")
+    assert envoys_using(Path("/run/a/envoy/bootstrap.json"), tmp_path) == [10]
+
+
+@pytest.mark.envoy
+async def test_ack_nack_and_retiring_a_leftover_envoy() -> None:
+    run = Path(tempfile.mkdtemp(prefix="cil-px-"))
+    params = RenderParams.test_only_loopback()
+    first = XdsProxy(run, render_params=params)
+    await first.start()
+    old_pid = first.supervisor.pid
+    try:
+        assert await first.publish(state("/v1/.*"), timeout=20)
+        with pytest.raises(ProxyRejected) as err:
+            await first.publish(state("(unbalanced"), timeout=20)
+        assert err.value.detail
+        # Simulate `kill -9` of the agent: its Envoy lives on; a new agent starts.
+        first.supervisor._stopping = True  # the dead agent's supervisor no longer watches
+        first.supervisor._monitor.cancel()
+        await first.accesslog.stop()
+        await first.server.stop()
+        second = XdsProxy(run, render_params=params)
+        await second.start()
+        try:
+            for _ in range(300):
+                if not envoys_using(run / "envoy" / "bootstrap.json") == sorted({old_pid, second.supervisor.pid}):
+                    break
+                await asyncio.sleep(0.1)
+            assert envoys_using(run / "envoy" / "bootstrap.json") == [second.supervisor.pid]
+            assert await second.publish(state("/v1/.*", 2), timeout=20)
+        finally:
+            await second.stop()
+    finally:
+        try:
+            os.kill(old_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        await asyncio.gather(first.supervisor._proc.wait(), return_exceptions=True)
+        shutil.rmtree(run, ignore_errors=True)
