@@ -24,17 +24,22 @@ ENTRY = BPF_DIR / "bpf_lxc.c"
 _INCLUDE = re.compile(r'\s*#include\s+"(lib/[^"]+)"')
 
 
-def flatten(path: Path = ENTRY, root: Path = BPF_DIR, _seen: set[Path] | None = None) -> str:
+def flatten(path: Path = ENTRY, root: Path = BPF_DIR) -> str:
+    return flatten_text(path.read_text(), root)
+
+
+def flatten_text(text: str, root: Path = BPF_DIR, _seen: set[Path] | None = None) -> str:
+    """Inline every `#include "lib/..."` (once each), recursively."""
     seen = set() if _seen is None else _seen
     out: list[str] = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         m = _INCLUDE.match(line)
         if m:
             inc = root / m.group(1)
             if inc not in seen:
                 seen.add(inc)
                 out.append(f"/* --- {m.group(1)} --- */")
-                out.append(flatten(inc, root, seen))
+                out.append(flatten_text(inc.read_text(), root, seen))
             continue
         out.append(line)
     return "\n".join(out) + "\n"
@@ -112,9 +117,3 @@ def check_layout(asserts: str | None = None) -> None:
     if failure is not None:
         raise ProgramLoadError(0, err.getvalue().strip() or str(failure))
 
-
-def flatten_text(text: str) -> str:
-    with tempfile.NamedTemporaryFile("w", suffix=".c", dir=BPF_DIR, delete=True) as f:
-        f.write(text)
-        f.flush()
-        return flatten(Path(f.name))
