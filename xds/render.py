@@ -134,6 +134,14 @@ def _balanced(regex: str) -> bool:
     return depth == 0 and not in_class and i == n
 
 
+def _re2_ok(regex: str) -> bool:
+    try:
+        re2.compile(regex)
+        return True
+    except re2.error:
+        return False
+
+
 def _group_by_peers(rules: tuple[L7PeerRule, ...]) -> dict[frozenset[int], list[HTTPRule]]:
     groups: dict[frozenset[int], list[HTTPRule]] = {}
     for r in rules:
@@ -322,7 +330,7 @@ class Renderer:
                 for rules in _group_by_peers(pol.peer_rules).values():
                     self._used.update(self._merge_paths(rules))
             self._perm = {k: v for k, v in self._perm.items() if k in self._used}
-        if len(self._valid) > 4096:  # alternations of past renders: forget them
+        if len(self._valid) > 1 << 18:  # paths of long-gone rules: forget them (re-checked in bulk)
             self._valid.clear()
         ports = {(port, pol.key.direction) for port, (pol, _, _) in self._routes.items()}
         for key in [k for k in self._listeners if k not in ports]:
@@ -431,16 +439,17 @@ class Renderer:
         sub = f"{d}/{route_config_name(port)}"
         return w.m(1, w.m(8, w.s(1, f"{sub}/routes.pb"), w.m(2, w.s(1, sub))), w.u(6, 2))
 
-    def _compiles(self, regex: str) -> bool:
-        ok = self._valid.get(regex)
-        if ok is None:
-            try:
-                re2.compile(regex)
-                ok = True
-            except re2.error:
-                ok = False
-            self._valid[regex] = ok
-        return ok
+    def _valid_paths(self, paths: list[str]) -> list[str]:
+        """The paths that compile as RE2 regexes. Each path is compiled once in
+        the renderer's life: new paths in bulk as one alternation (one C++
+        compile instead of thousands of Python calls), one by one only when
+        that fails, to single out the invalid ones."""
+        new = [p for p in paths if p not in self._valid]
+        if len(new) > 1 and _re2_ok("|".join(f"(?:{p})" for p in new)):
+            self._valid.update(dict.fromkeys(new, True))
+        else:
+            self._valid.update((p, _re2_ok(p)) for p in new)
+        return [p for p in paths if self._valid[p]]
 
     def _merge_paths(self, rules: list[HTTPRule]) -> list[HTTPRule]:
         """Rules of one peer set that differ only in their path become one rule
@@ -449,11 +458,10 @@ class Renderer:
         Envoy builds and compiles one matcher instead of thousands (its cost
         per RBAC permission dominates a large update; see bench/bench_xds.py).
 
-        A path can only be merged if it cannot leak out of its `(?:...)`:
-        its parentheses must balance (cheap check, cached) and the alternation
-        must compile. If it does not, each path is checked alone and an invalid
-        one stays unmerged, so it cannot change the meaning of the others and
-        Envoy's NACK names it."""
+        A path is merged only if it cannot leak out of its `(?:...)` and is
+        valid RE2 on its own: its parentheses balance and it compiles
+        (_valid_paths). Any other path stays unmerged, so it cannot change the
+        meaning of the others and Envoy's NACK names it."""
         by_rest: dict[tuple, list[HTTPRule]] = {}
         for r in rules:
             by_rest.setdefault((r.method, r.host, r.headers), []).append(r)
@@ -466,11 +474,8 @@ class Renderer:
                 out.append(HTTPRule(method=method, path=None, host=host, headers=headers))  # any path
                 continue
             paths = list(dict.fromkeys(r.path for r in same))  # type: ignore[misc]
-            good = [p for p in paths if _balanced(p)]
+            good = self._valid_paths([p for p in paths if _balanced(p)])
             alternation = "|".join(f"(?:{p})" for p in good) if len(good) > 1 else None
-            if alternation is not None and not self._compiles(alternation):
-                good = [p for p in good if self._compiles(p)]
-                alternation = "|".join(f"(?:{p})" for p in good) if len(good) > 1 else None
             merged = set(good)
             out.extend(HTTPRule(method=method, path=p, host=host, headers=headers) for p in paths if p not in merged)
             if good:
