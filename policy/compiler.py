@@ -124,7 +124,12 @@ class Compiler:
         self._dirty_ids: set[int] = set()
         self._dirty_eps: set[int] = set()
         self._removed_eps: set[int] = set()
+        # The ipcache is patched per endpoint address; a CIDR or host change
+        # rebuilds it (rare, and cheap next to a policy merge).
         self._ipcache_dirty = True
+        self._ipcache: dict[IPv4Network, int] = {}
+        self._ip_eps: dict[IPv4Address, set[int]] = defaultdict(set)
+        self._dirty_addrs: set[IPv4Address] = set()
         self._labels_dirty = True
         self._revision = 0
         self._state: CompiledState | None = None
@@ -156,7 +161,8 @@ class Compiler:
         self._endpoints[ep.id] = ep
         self._removed_eps.discard(ep.id)
         if old_ident != ident:
-            self._ipcache_dirty = True  # the endpoint's /32 maps to the new identity
+            if ep.ipv4 is not None:
+                self._dirty_addrs.add(ep.ipv4)  # its /32 maps to the new identity
             if old_ident is not None:
                 self._detach(ep.id, old_ident)
             self._ep_identity[ep.id] = ident
@@ -165,7 +171,12 @@ class Compiler:
             if len(eps) == 1:
                 self._identity_added(ident)
         if old is None or old.ipv4 != ep.ipv4:
-            self._ipcache_dirty = True
+            if old is not None and old.ipv4 is not None:
+                self._ip_eps[old.ipv4].discard(ep.id)
+                self._dirty_addrs.add(old.ipv4)
+            if ep.ipv4 is not None:
+                self._ip_eps[ep.ipv4].add(ep.id)
+                self._dirty_addrs.add(ep.ipv4)
         self._dirty_eps.add(ep.id)
 
     def delete_endpoint(self, endpoint_id: int) -> None:
@@ -175,7 +186,9 @@ class Compiler:
         self._detach(endpoint_id, self._ep_identity.pop(endpoint_id))
         self._dirty_eps.discard(endpoint_id)
         self._removed_eps.add(endpoint_id)
-        self._ipcache_dirty = True
+        if ep.ipv4 is not None:
+            self._ip_eps[ep.ipv4].discard(endpoint_id)
+            self._dirty_addrs.add(ep.ipv4)
 
     def set_host_ips(self, host_ips: Iterable[IPv4Address]) -> None:
         new = frozenset(host_ips)
@@ -471,7 +484,7 @@ class Compiler:
     # ------------------------------------------------------------ compile
 
     def compile(self) -> CompiledState:
-        if self._state is not None and not (self._stale_sels or self._dirty_ids or self._dirty_eps or self._removed_eps or self._ipcache_dirty):
+        if self._state is not None and not (self._stale_sels or self._dirty_ids or self._dirty_eps or self._removed_eps or self._ipcache_dirty or self._dirty_addrs):
             self._changed = frozenset()
             return self._state
         self._flush_stale()
@@ -504,7 +517,7 @@ class Compiler:
                 self._ep_policy[ep_id] = new
                 changed.add(ep_id)
         prev = self._state
-        ipcache = self._build_ipcache() if self._ipcache_dirty or prev is None else prev.ipcache
+        ipcache = self._update_ipcache(prev)
         labels = self._build_identity_labels() if (self._labels_dirty or prev is None) else prev.identity_labels
         self._dirty_ids.clear()
         self._dirty_eps.clear()
@@ -517,16 +530,35 @@ class Compiler:
         self._state = CompiledState(self._revision, dict(self._ep_policy), ipcache, labels)
         return self._state
 
-    def _build_ipcache(self) -> dict[IPv4Network, int]:
-        out: dict[IPv4Network, int] = {WORLD_NET: IDENTITY_WORLD}
-        for net, ident in self._cidr_ids.items():
-            out[net] = ident
-        for addr in self.host_ips:
-            out[IPv4Network(f"{addr}/32")] = IDENTITY_HOST
-        for ep_id, ep in self._endpoints.items():
-            if ep.ipv4 is not None:
-                out[IPv4Network(f"{ep.ipv4}/32")] = self._ep_identity[ep_id]
-        return out
+    def _update_ipcache(self, prev: CompiledState | None) -> Mapping[IPv4Network, int]:
+        """Precedence per prefix: endpoint (lowest id if several) > host > CIDR > world."""
+        if self._ipcache_dirty or prev is None:
+            out: dict[IPv4Network, int] = {WORLD_NET: IDENTITY_WORLD}
+            out.update(self._cidr_ids)
+            for addr in self.host_ips:
+                out[IPv4Network(addr)] = IDENTITY_HOST
+            for addr, eps in self._ip_eps.items():
+                if eps:
+                    out[IPv4Network(addr)] = self._ep_identity[min(eps)]
+            self._ipcache = out
+        elif self._dirty_addrs:
+            for addr in self._dirty_addrs:
+                net = IPv4Network(addr)
+                eps = self._ip_eps.get(addr)
+                if eps:
+                    ident: int | None = self._ep_identity[min(eps)]
+                elif addr in self.host_ips:
+                    ident = IDENTITY_HOST
+                else:
+                    ident = self._cidr_ids.get(net)
+                if ident is None:
+                    self._ipcache.pop(net, None)
+                else:
+                    self._ipcache[net] = ident
+        else:
+            return prev.ipcache
+        self._dirty_addrs.clear()
+        return dict(self._ipcache)
 
     def _build_identity_labels(self) -> dict[int, frozenset[str]]:
         out: dict[int, frozenset[str]] = {i: frozenset({f"reserved:{n}"}) for i, n in RESERVED_IDENTITIES.items()}

@@ -81,7 +81,7 @@ def test_policy_shaped_objects_never_crash(spec, kind):
 # ---------------------------------------------------------------- random valid policies
 
 LABEL_KEYS = ["app", "tier"]
-CIDRS = ["0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "192.168.0.0/16"]
+CIDRS = ["0.0.0.0/0", "10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "10.0.0.2/32", "192.168.0.0/16"]
 ADDRESSES = ["10.1.2.3", "10.1.9.9", "10.7.0.1", "192.168.5.5", "8.8.8.8"]
 LABEL_VALUES = ["a", "b", "c"]
 NAMESPACES = ["default", "other"]
@@ -327,10 +327,11 @@ def _normalized(state: CompiledState) -> dict:
     return out
 
 
+HOST_IP = "10.1.2.3"
 op_st = st.one_of(
     st.tuples(st.just("upsert_policy"), st.integers(0, 5)),
     st.tuples(st.just("delete_policy"), st.integers(0, 5)),
-    st.tuples(st.just("upsert_endpoint"), st.integers(1, 4), labels_st),
+    st.tuples(st.just("upsert_endpoint"), st.integers(1, 4), labels_st, st.sampled_from(["10.0.0.1", "10.0.0.2", "10.1.2.0", HOST_IP])),
     st.tuples(st.just("delete_endpoint"), st.integers(1, 4)),
     st.tuples(st.just("compile")),
 )
@@ -342,7 +343,7 @@ def test_incremental_compile_equals_full_compile(data):
     pool = [parse_object(data.draw(st.one_of(cnp_st(f"p{i}"), np_st(f"p{i}"))), "gen.yaml") for i in range(6)]
     ops = data.draw(st.lists(op_st, min_size=1, max_size=14))
     ids = IdentityAllocator()
-    c = Compiler(identities=ids)
+    c = Compiler(identities=ids, host_ips=[IPv4Address(HOST_IP)])
     pols: dict[str, Policy] = {}
     eps: dict[int, Endpoint] = {}
     prev = c.compile()
@@ -354,7 +355,8 @@ def test_incremental_compile_equals_full_compile(data):
             pols.pop(pool[op[1]].key, None)
             c.delete_policy(pool[op[1]].key)
         elif op[0] == "upsert_endpoint":
-            ep = Endpoint(op[1], op[2], IPv4Address(f"10.0.0.{op[1]}"))
+            # Addresses collide on purpose: endpoints, the host and CIDR prefixes share /32s.
+            ep = Endpoint(op[1], op[2], IPv4Address(op[3]))
             eps[op[1]] = ep
             c.upsert_endpoint(ep)
         elif op[0] == "delete_endpoint":
@@ -362,7 +364,7 @@ def test_incremental_compile_equals_full_compile(data):
             c.delete_endpoint(op[1])
         else:
             state = c.compile()
-            full = compile_state(pols.values(), eps.values(), identities=ids)
+            full = compile_state(pols.values(), eps.values(), identities=ids, host_ips=[IPv4Address(HOST_IP)])
             assert _normalized(state) == _normalized(full)
             assert dict(state.ipcache) == dict(full.ipcache)
             differs = {i for i in set(state.endpoints) | set(prev.endpoints) if state.endpoints.get(i) != prev.endpoints.get(i)}
