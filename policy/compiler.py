@@ -495,12 +495,10 @@ class Compiler:
                 continue
             self._id_policy[ident] = self._identity_policy(ident)
             rebuild_eps |= eps
-        changed: set[int] = set()
-        for ep_id in self._removed_eps:
-            if self._ep_policy.pop(ep_id, None) is not None:
-                changed.add(ep_id)
-            for rk in self._ep_redirects.pop(ep_id, set()):
-                self.proxy_ports.release(rk)
+        # Build everything first, commit after: if proxy ports run out, nothing
+        # is half-applied and the next compile retries the same work (ports
+        # already handed out are stable per RedirectKey, so a retry reuses them).
+        built: dict[int, tuple[EndpointPolicy, set[RedirectKey]]] = {}
         for ep_id in sorted(rebuild_eps):
             ep = self._endpoints.get(ep_id)
             if ep is None:
@@ -509,7 +507,14 @@ class Compiler:
             ip = self._id_policy.get(ident)
             if ip is None:
                 ip = self._id_policy[ident] = self._identity_policy(ident)
-            new, keys = self._endpoint_policy(ep, ident, ip)
+            built[ep_id] = self._endpoint_policy(ep, ident, ip)
+        changed: set[int] = set()
+        for ep_id in self._removed_eps:
+            if self._ep_policy.pop(ep_id, None) is not None:
+                changed.add(ep_id)
+            for rk in self._ep_redirects.pop(ep_id, set()):
+                self.proxy_ports.release(rk)
+        for ep_id, (new, keys) in built.items():
             for rk in self._ep_redirects.get(ep_id, set()) - keys:
                 self.proxy_ports.release(rk)
             self._ep_redirects[ep_id] = keys

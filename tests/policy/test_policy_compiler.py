@@ -195,3 +195,22 @@ def test_ports_persisted_for_vanished_redirects_can_be_released_after_restart():
     assert st.endpoints[1].l7[0].proxy_port == kept  # the restarted agent keeps the port Envoy listens on
     ports.retain(c.redirect_keys())
     assert ports.port_of(stale) is None and ports.port_of(RedirectKey(1, Direction.INGRESS, 80)) == kept
+
+
+def test_running_out_of_proxy_ports_is_an_error_and_loses_nothing():
+    from policy.identity import ProxyPortsExhausted
+
+    text = cnp("a", "endpointSelector: {matchLabels: {app: web}}\ningress:\n- toPorts:\n  - ports: [{port: '80', protocol: TCP}, {port: '81', protocol: TCP}]\n    rules: {http: [{}]}\n")
+    ports = ProxyPortAllocator(lo=10000, hi=10002)
+    c = Compiler(proxy_ports=ports)
+    c.upsert_endpoint(WEB)
+    c.upsert_endpoint(Endpoint(5, {"app": "web"}, IPv4Address("10.0.0.5")))
+    first = c.compile()
+    c.upsert_policy(policies(text)[0])
+    with pytest.raises(ProxyPortsExhausted):
+        c.compile()  # two endpoints x two ports need four proxy ports
+    assert c.state is first
+    c.delete_endpoint(5)
+    st = c.compile()
+    assert c.changed_endpoints() == {1, 5}
+    assert sorted(p.key.port for p in st.endpoints[1].l7) == [80, 81]
