@@ -415,45 +415,67 @@ class Compiler:
 
     # ------------------------------------------------------------ merge
 
-    def _identity_policy(self, ident: int) -> IdentityPolicy:
+    def _selecting_specs(self, ident: int) -> tuple[tuple[str, int], ...]:
+        """(policy key, spec index) of every spec selecting the identity."""
         keys = self._id_policies.get(ident)
         if not keys:
+            return ()
+        members = self._members
+        return tuple(
+            (key, i)
+            for key in sorted(keys)
+            for i, (subject, _) in enumerate(self._meta[key][1])
+            if ident in members[subject]
+        )
+
+    def _identity_policy(
+        self, ident: int, memo: dict[tuple[tuple[str, int], ...], IdentityPolicy] | None = None
+    ) -> IdentityPolicy:
+        """An identity's policy depends only on the specs selecting it, so
+        identities selected by the same specs share one merge (`memo`)."""
+        specs = self._selecting_specs(ident)
+        if not specs:
             return _UNSELECTED
+        if memo is not None and specs in memo:
+            return memo[specs]
+        out = self._merge_specs(specs)
+        if memo is not None:
+            memo[specs] = out
+        return out
+
+    def _merge_specs(self, selecting: tuple[tuple[str, int], ...]) -> IdentityPolicy:
         atoms = Atoms()
         ingress = egress = False
         selected_by: set[str] = set()
         members = self._members
-        for key in sorted(keys):
+        for key, idx in selecting:
             ref_name, specs = self._meta[key]
-            for subject, spec in specs:
-                if ident not in members[subject]:
+            spec = specs[idx][1]
+            selected_by.add(ref_name)
+            ingress |= spec.enforce_ingress
+            egress |= spec.enforce_egress
+            for rule in spec.rules:
+                # One selector: share its member set, so equal peer sets
+                # across rules collapse into one key in Atoms.items.
+                if len(rule.peers) == 1:
+                    fpeers = members[rule.peers[0]]
+                else:
+                    fpeers = frozenset().union(*(members[p] for p in rule.peers))
+                if not fpeers:
                     continue
-                selected_by.add(ref_name)
-                ingress |= spec.enforce_ingress
-                egress |= spec.enforce_egress
-                for rule in spec.rules:
-                    # One selector: share its member set, so equal peer sets
-                    # across rules collapse into one key in Atoms.items.
-                    if len(rule.peers) == 1:
-                        fpeers = self._members[rule.peers[0]]
-                    else:
-                        fpeers = frozenset().union(*(self._members[p] for p in rule.peers))
-                    if not fpeers:
-                        continue
-                    items = atoms.items[fpeers]
-                    for pr in rule.port_rules or _L3_ONLY:
-                        for ps in pr.ports:
-                            if pr.http is not None:
-                                proto, verdict = Protocol.TCP, Verdict.REDIRECT
-                                for http in pr.http:
-                                    atoms.l7[(rule.direction, ps.ports.lo)].append((fpeers, http, rule.ref))
-                            else:
-                                proto = ps.protocol
-                                verdict = Verdict.DENY if rule.deny else Verdict.ALLOW
-                            items.append((rule.direction, proto, ps.ports.lo, ps.ports.hi, verdict, rule.ref))
-        return IdentityPolicy(
-            ingress, egress, merge_entries(atoms), merge_l7(atoms), frozenset(selected_by), frozenset(keys)
-        )
+                items = atoms.items[fpeers]
+                for pr in rule.port_rules or _L3_ONLY:
+                    for ps in pr.ports:
+                        if pr.http is not None:
+                            proto, verdict = Protocol.TCP, Verdict.REDIRECT
+                            for http in pr.http:
+                                atoms.l7[(rule.direction, ps.ports.lo)].append((fpeers, http, rule.ref))
+                        else:
+                            proto = ps.protocol
+                            verdict = Verdict.DENY if rule.deny else Verdict.ALLOW
+                        items.append((rule.direction, proto, ps.ports.lo, ps.ports.hi, verdict, rule.ref))
+        keys = frozenset(key for key, _ in selecting)
+        return IdentityPolicy(ingress, egress, merge_entries(atoms), merge_l7(atoms), frozenset(selected_by), keys)
 
     def _endpoint_policy(self, ep: Endpoint, ident: int, ip: IdentityPolicy) -> tuple[EndpointPolicy, set[RedirectKey]]:
         if not ip.l7:
@@ -489,11 +511,12 @@ class Compiler:
             return self._state
         self._flush_stale()
         rebuild_eps = set(self._dirty_eps)
+        memo: dict[tuple[tuple[str, int], ...], IdentityPolicy] = {}
         for ident in self._dirty_ids:
             eps = self._identity_eps.get(ident)
             if not eps:
                 continue
-            self._id_policy[ident] = self._identity_policy(ident)
+            self._id_policy[ident] = self._identity_policy(ident, memo)
             rebuild_eps |= eps
         # Build everything first, commit after: if proxy ports run out, nothing
         # is half-applied and the next compile retries the same work (ports
