@@ -10,13 +10,19 @@ What one node's Envoy gets:
   a route configuration of the same name. The listener only changes when a
   proxy port appears or goes away;
 - per listener, one route configuration: a catch-all route to the cluster
-  carrying a per-route RBAC config. Each L7 peer rule is one RBAC policy
-  (permissions: the rule's method/path/host regexes and headers, ANDed;
-  principals: the peers' ipcache prefixes). RBAC policies are ORed, which is
-  the Cilium semantics of HTTP rules; Envoy's routes could not express it
-  (the first matching route wins, so a rule that matches the request but not
-  the peer would hide a later rule that matches both). A policy change is
-  therefore an RDS update, which does not drain open connections.
+  carrying a per-route RBAC config with one RBAC policy per peer set
+  (principals: the peers' ipcache prefixes; permissions: one per HTTP rule,
+  ORed, each ANDing the rule's method/path/host regexes and headers). RBAC
+  ORs policies and permissions, which is the Cilium semantics of HTTP rules;
+  Envoy's routes could not express it (the first matching route wins, so a
+  rule that matches the request but not the peer would hide a later rule
+  that matches both). A policy change is therefore an RDS update, which does
+  not drain open connections.
+- to keep Envoy's own work per update small (it rebuilds every matcher of a
+  route configuration it receives), literal methods/paths/hosts become exact
+  matchers and rules of one peer set that differ only in path are merged
+  into one RE2 alternation (Renderer._merge_paths). Envoy's default RE2
+  program-size limit (100) is lifted in envoy/bootstrap.yaml for this.
 - a request that no policy admits gets RBAC's local 403, whose body the HCM's
   local reply mapper rewrites to `Access denied`.
 
@@ -28,8 +34,10 @@ prefixes minus any more specific prefix belonging to another identity, so
 the longest-prefix semantics of the kernel ipcache hold in Envoy too.
 
 Caching: `Renderer` keeps encoded bytes by content (per HTTP rule, per
-identity, per listener, per route configuration), so re-rendering after one
-rule changed re-encodes that rule and re-joins its route configuration only.
+identity, per listener, per route configuration) and each path's RE2
+validity, so re-rendering after one rule changed re-encodes that rule (or its
+merged group) and re-joins its route configuration only; other listeners'
+resources are reused as the same objects.
 """
 
 from __future__ import annotations
