@@ -271,8 +271,10 @@ class Agent:
 
     def _endpoint_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for v in self.table.views():
-            counts[v.state.value] = counts.get(v.state.value, 0) + 1
+        for i in self.table.ids():
+            live = self.table.live(i)
+            if live is not None:
+                counts[live.state.value] = counts.get(live.state.value, 0) + 1
         return counts
 
     def policies(self) -> PolicyList:

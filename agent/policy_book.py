@@ -29,6 +29,7 @@ class PolicyBook:
     def __init__(self) -> None:
         self._by_file: dict[Path, tuple[BookEntry, ...]] = {}
         self._problems: dict[Path, tuple[PolicyProblem, ...]] = {}
+        self._in_force: dict[str, BookEntry] | None = None  # cache, dropped on every change
 
     def update_file(self, path: Path, loaded: LoadedFile, revision: int) -> bool:
         """Take a freshly loaded file; returns True when the policies in force changed."""
@@ -36,6 +37,7 @@ class PolicyBook:
         keys = [p.key for p in loaded.policies]
         for dup in {k for k in keys if keys.count(k) > 1}:
             problems.append(PolicyProblem(str(path), "metadata.name", f"{dup} is defined twice in this file"))
+        self._in_force = None
         if problems:
             self._problems[path] = tuple(problems)
             return False
@@ -55,17 +57,20 @@ class PolicyBook:
         return changed
 
     def remove_file(self, path: Path) -> bool:
+        self._in_force = None
         self._problems.pop(path, None)
         return self._by_file.pop(path, None) is not None
 
     def in_force(self) -> Mapping[str, BookEntry]:
         """key -> entry of every policy in force (a later path shadows an earlier one)."""
-        return {e.policy.key: e for path in sorted(self._by_file) for e in self._by_file[path]}
+        if self._in_force is None:
+            self._in_force = {e.policy.key: e for path in sorted(self._by_file, key=str) for e in self._by_file[path]}
+        return self._in_force
 
     def shadowed(self) -> dict[str, list[Path]]:
         """key -> files whose definition of that policy is hidden by a later file."""
         seen: dict[str, list[Path]] = {}
-        for path in sorted(self._by_file):
+        for path in sorted(self._by_file, key=str):
             for e in self._by_file[path]:
                 seen.setdefault(e.policy.key, []).append(path)
         return {k: paths[:-1] for k, paths in seen.items() if len(paths) > 1}

@@ -14,14 +14,14 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
 
 
-@dataclass(frozen=True, slots=True)
-class Stamp:
+class Stamp(NamedTuple):  # a tuple: compared in C, thousands per poll
     mtime_ns: int
     size: int
     inode: int
@@ -36,9 +36,12 @@ class Changes:
         return bool(self.changed or self.removed)
 
 
-def scan(directory: Path) -> dict[Path, Stamp]:
-    """Policy files directly in `directory` (hidden files skipped), following symlinks."""
-    found: dict[Path, Stamp] = {}
+def scan(directory: Path) -> dict[str, Stamp]:
+    """Policy files directly in `directory` (hidden files skipped), following symlinks.
+
+    Keyed by path string: hashing and comparing str is ~10x cheaper than Path,
+    which matters at a few thousand files polled five times a second."""
+    found: dict[str, Stamp] = {}
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
@@ -51,13 +54,13 @@ def scan(directory: Path) -> dict[Path, Stamp]:
         except FileNotFoundError:
             continue  # removed between listing and stat
         if entry.is_file():
-            found[Path(entry.path)] = Stamp(st.st_mtime_ns, st.st_size, st.st_ino)
+            found[entry.path] = Stamp(st.st_mtime_ns, st.st_size, st.st_ino)
     return found
 
 
-def diff_stamps(old: Mapping[Path, Stamp], new: Mapping[Path, Stamp]) -> Changes:
-    changed = frozenset(p for p, s in new.items() if old.get(p) != s)
-    removed = frozenset(p for p in old if p not in new)
+def diff_stamps(old: Mapping[str, Stamp], new: Mapping[str, Stamp]) -> Changes:
+    changed = frozenset(Path(p) for p, s in new.items() if old.get(p) != s)
+    removed = frozenset(Path(p) for p in old.keys() - new.keys())
     return Changes(changed, removed)
 
 
@@ -66,7 +69,7 @@ class DirectoryWatcher:
         self.directory = directory
         self.interval = interval
         self._on_change = on_change
-        self._stamps: dict[Path, Stamp] = {}
+        self._stamps: dict[str, Stamp] = {}
         self._lock = asyncio.Lock()
 
     async def poll_once(self) -> Changes:
