@@ -110,7 +110,7 @@ def run(rules: int, endpoints: int, repeat: int, unique: bool = False) -> None:
         inc_times.append(time.perf_counter() - t0)
         affected.append(len(c.changed_endpoints()))
     inc_s = statistics.median(inc_times)
-    naive_s, _ = timed(lambda: compile_state(pols[:3] + [changes[-1]] + pols[4:], eps), 1)
+    naive_s, _ = timed(lambda: compile_state(pols[:3] + [changes[-1]] + pols[4:], eps), repeat)
 
     # One new endpoint with a new identity (selected by some policies, a peer of others).
     ep_times = []

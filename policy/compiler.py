@@ -421,12 +421,14 @@ class Compiler:
         if not keys:
             return ()
         members = self._members
-        return tuple(
-            (key, i)
-            for key in sorted(keys)
-            for i, (subject, _) in enumerate(self._meta[key][1])
-            if ident in members[subject]
-        )
+        out: list[tuple[str, int]] = []
+        for key in sorted(keys):
+            specs = self._meta[key][1]
+            if len(specs) == 1:
+                out.append((key, 0))  # the policy selects it, so its only spec does
+            else:
+                out.extend((key, i) for i, (subject, _) in enumerate(specs) if ident in members[subject])
+        return tuple(out)
 
     def _identity_policy(
         self, ident: int, memo: dict[tuple[tuple[str, int], ...], IdentityPolicy] | None = None
