@@ -5,7 +5,8 @@
  * endpoint's ingress policy too, so a pod-to-pod packet is decided once,
  * where it enters the node. to_container (tc egress: packets entering the
  * pod) applies the pod's ingress policy to traffic that was not already
- * decided: from the host, the world, or unmanaged interfaces.
+ * decided: from the host, the world, or unmanaged interfaces; its ingress
+ * redirects go to the proxy through lo (see bpf_lo.c).
  *
  * Order: conntrack first (established flows and replies pass; a redirected
  * flow stays redirected), then policy. A TCP SYN without ACK is always a new
@@ -163,6 +164,8 @@ int to_container(struct __sk_buff *skb)
 	ctv = ct_lookup_flow(&p, now);
 	if (ctv) {
 		ct_refresh(ctv, &p, now);
+		if ((ctv->flags & (CT_F_REDIRECT | CT_F_REPLY)) == CT_F_REDIRECT)
+			return redirect_via_lo(skb, ctv->proxy_port);
 		return TC_ACT_OK;
 	}
 
@@ -184,11 +187,13 @@ int to_container(struct __sk_buff *skb)
 	policy_decide(ENDPOINT_ID, self->flags & LXC_F_INGRESS_ENFORCED, c.src_identity, 0, &p, &in);
 	if (!in.verdict)
 		return drop(&p, &c, in.reason);
-	/* Packets reaching a pod from the node are already routed: tc egress
-	 * cannot hand them to a local socket, so an ingress redirect is only
-	 * honoured for traffic from local endpoints (decided at their veth). */
-	if (in.verdict == VERDICT_REDIRECT)
-		return drop(&p, &c, R_REDIRECT_UNSUPPORTED);
+	if (in.verdict == VERDICT_REDIRECT) {
+		if (p.protocol != IPPROTO_TCP)
+			return drop(&p, &c, R_REDIRECT_UNSUPPORTED);
+		ct_create(&p, CT_F_REDIRECT, in.proxy_port, now);
+		emit_event(&p, &c, EV_REDIRECT, R_POLICY_REDIRECT, in.proxy_port);
+		return redirect_via_lo(skb, in.proxy_port);
+	}
 	ct_create(&p, 0, 0, now);
 	emit_event(&p, &c, EV_FORWARD, in.reason, 0);
 	return TC_ACT_OK;

@@ -43,6 +43,8 @@ BLOCK_NAME = "ciliate_block"
 ERROR_FILE = "error.txt"
 RECORD_FILE = "endpoint.json"
 PLUMBING_FILE = "proxy-plumbing.json"
+LO_DIR = "lo"  # state of the loopback program (config header it was built from)
+LO_PRIO = 2004  # our filter's prio on lo, which others may use too
 
 
 @dataclass(frozen=True)
@@ -229,10 +231,37 @@ class Datapath:
         return EventStream(self.pin_dir)
 
     def setup_proxy_plumbing(self) -> None:
-        proxy.setup(self.netns)
-        # The rule and route are per netns, not per install: remember that
-        # this install set them up, so teardown removes only its own.
-        (self.state_dir / PLUMBING_FILE).write_text(json.dumps({"netns": self.netns}) + "\n")
+        """ip rule + local route for marked packets, and the lo program that
+        hands ingress redirects of node/world traffic to the proxy socket.
+        Idempotent; an unchanged lo program is adopted, not rebuilt."""
+        marker = self.state_dir / PLUMBING_FILE
+        first = not marker.exists()
+        replaced = proxy.setup(self.netns)
+        # The rule, route and sysctls are per netns, not per install:
+        # remember that this install set them up and what they were, so
+        # teardown removes only its own and puts the sysctls back.
+        if first:
+            marker.write_text(json.dumps({"netns": self.netns, "sysctls": replaced}) + "\n")
+        self._attach_lo()
+
+    def _attach_lo(self) -> None:
+        cfg = config.EndpointConfig(0, 0, IPv4Address("0.0.0.0"), "lo", self.pin_dir, self.maps.sizes,
+                                    self.proxy_addr)
+        header, digest = config.write(cfg, self.state_dir / LO_DIR)
+        name = f"ciliate_lo_{digest[:8]}"
+        now = tc.attached("lo", self.netns, prio=LO_PRIO)
+        if now is not None and now.ingress == name:
+            return
+        fds, module = loader.load_functions(0, header, loader.LO_ENTRY, ("from_lo",))
+        try:
+            tc.attach("lo", fds["from_lo"], None, name, self.netns, prio=LO_PRIO)
+            pin = self.pin_dir / "ciliate_prog_lo"
+            with contextlib.suppress(FileNotFoundError):
+                pin.unlink()
+            bpfsys.pin(fds["from_lo"], pin)
+        finally:
+            with contextlib.suppress(Exception):
+                module.cleanup()  # type: ignore[attr-defined]
 
     def close(self) -> None:
         """Release this process's handles; the kernel keeps enforcing."""
@@ -244,8 +273,11 @@ class Datapath:
             self.detach_endpoint(ep_id)
         marker = self.state_dir / PLUMBING_FILE
         if marker.exists():
-            proxy.teardown(self.netns)
+            saved = json.loads(marker.read_text()).get("sysctls", {})
+            tc.detach_filter("lo", LO_PRIO, self.netns)
+            proxy.teardown(self.netns, saved)
             marker.unlink()
+        shutil.rmtree(self.state_dir / LO_DIR, ignore_errors=True)
         self.maps.close()
         for p in self.pin_dir.glob("ciliate_*"):
             with contextlib.suppress(FileNotFoundError):

@@ -21,6 +21,7 @@ from redirect.errors import ProgramLoadError
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 ENTRY = BPF_DIR / "bpf_lxc.c"
+LO_ENTRY = BPF_DIR / "bpf_lo.c"
 _INCLUDE = re.compile(r'\s*#include\s+"(lib/[^"]+)"')
 
 
@@ -79,24 +80,36 @@ def _capture_fd2():
 
 
 def compile_and_load(endpoint_id: int, header: Path, source: Path = ENTRY) -> LoadedProgram:
+    fds, b = load_functions(endpoint_id, header, source, ("from_container", "to_container"))
+    return LoadedProgram(fds["from_container"], fds["to_container"], b)
+
+
+def load_functions(endpoint_id: int, header: Path, source: Path, names: tuple[str, ...]) -> tuple[dict[str, int], object]:
+    """Compile `source` with `header` and load the named sched_cls functions.
+    Returns their fds and the bcc module (close it once attached)."""
     from bcc import BPF  # imported here: only the loader needs the compiler
 
     text = flatten(source)
+    fds: dict[str, int] = {}
+    b = None
     with _capture_fd2() as err:
         try:
             b = BPF(text=text.encode(), cflags=[f"-I{BPF_DIR}", "-include", str(header)])
-            f_from = b.load_func(b"from_container", BPF.SCHED_CLS)
-            f_to = b.load_func(b"to_container", BPF.SCHED_CLS)
+            for name in names:
+                fds[name] = b.load_func(name.encode(), BPF.SCHED_CLS).fd
         except Exception as e:  # bcc raises bare Exception
             failure: Exception | None = e
         else:
             failure = None
     if failure is not None:
+        if b is not None:
+            with contextlib.suppress(Exception):
+                b.cleanup()
         detail = err.getvalue().strip()
         lines = [ln for ln in detail.splitlines() if ln.strip()]
         msg = "\n".join(lines[-40:]) if lines else str(failure)
         raise ProgramLoadError(endpoint_id, f"{failure}\n{msg}")
-    return LoadedProgram(f_from.fd, f_to.fd, b)
+    return fds, b
 
 
 def check_layout(asserts: str | None = None) -> None:

@@ -3,6 +3,7 @@ delivery. Does I/O (netlink). Idempotent set-up and tear-down.
 
     ip rule add fwmark 0x200/0xf00 lookup 2004 pref 9
     ip route add local 0.0.0.0/0 dev lo table 2004
+    sysctl net.ipv4.conf.lo.accept_local=1 net.ipv4.tcp_early_demux=0  (see setup())
 
 Which socket receives the packet is chosen by the program itself with
 bpf_sk_assign (bpf/lib/proxy.h), not by nftables TPROXY rules. Why: the
@@ -17,7 +18,10 @@ by default) or the wildcard address, in the netns of the endpoints' veths.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import os
+from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -52,7 +56,52 @@ def _our_rules(ipr: IPRoute) -> list:
     return out
 
 
-def setup(netns: str | None = None) -> None:
+EARLY_DEMUX = "/proc/sys/net/ipv4/tcp_early_demux"
+ACCEPT_LOCAL = "/proc/sys/net/ipv4/conf/lo/accept_local"
+
+
+def _in_netns_write(netns: str | None, path: str, value: str | None) -> str:
+    """Write (value None: only read) a /proc/sys file as seen from netns
+    (setns on this thread only); returns the previous value."""
+    if netns is None:
+        old = Path(path).read_text().strip()
+        if value is not None:
+            Path(path).write_text(value)
+        return old
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        if libc.setns(target, 0x40000000) != 0:
+            raise PlumbingError(f"setns({netns}): {os.strerror(ctypes.get_errno())}")
+        try:
+            old = Path(path).read_text().strip()
+            if value is not None:
+                Path(path).write_text(value)
+        finally:
+            libc.setns(own, 0x40000000)
+    finally:
+        os.close(target)
+        os.close(own)
+    return old
+
+
+def setup(netns: str | None = None) -> dict[str, str]:
+    """Set up the routing; returns the sysctl values it replaced (give them
+    back to teardown()).
+
+    Two sysctls, both for ingress redirects decided at tc egress (traffic
+    from the node or from interfaces without a program), which re-enter
+    through lo: accept_local on lo, or a packet with a node address as
+    source is a martian there and vanishes without a counter; and
+    tcp_early_demux off, or the second packet of such a flow, arriving on
+    its original interface, is matched by early demux to the proxy's
+    transparent socket before routing, and ip_forward drops any packet that
+    already has a socket, so the handshake never completes."""
+    old = {
+        ACCEPT_LOCAL: _in_netns_write(netns, ACCEPT_LOCAL, "1"),
+        EARLY_DEMUX: _in_netns_write(netns, EARLY_DEMUX, "0"),
+    }
     try:
         with _ipr(netns) as ipr:
             if not _our_rules(ipr):
@@ -62,6 +111,7 @@ def setup(netns: str | None = None) -> None:
             ipr.route("replace", dst="0.0.0.0/0", type="local", oif=lo, table=ROUTE_TABLE, scope=254)
     except NetlinkError as e:
         raise PlumbingError(f"proxy routing set-up failed: {e}") from e
+    return old
 
 
 def is_set_up(netns: str | None = None) -> bool:
@@ -72,7 +122,10 @@ def is_set_up(netns: str | None = None) -> bool:
         return any(r.get("type") == 2 and r.get("dst_len") == 0 for r in routes)  # RTN_LOCAL
 
 
-def teardown(netns: str | None = None) -> None:
+def teardown(netns: str | None = None, restore: dict[str, str] | None = None) -> None:
+    for path, value in (restore or {}).items():
+        if path in (ACCEPT_LOCAL, EARLY_DEMUX):
+            _in_netns_write(netns, path, value)
     with _ipr(netns) as ipr:
         for r in _our_rules(ipr):
             try:

@@ -42,8 +42,9 @@ def ifindex(ifname: str, netns: str | None = None) -> int:
     return idx[0]
 
 
-def attach(ifname: str, from_fd: int, to_fd: int, name: str, netns: str | None = None) -> None:
-    """Attach `from_fd` on tc ingress and `to_fd` on tc egress of ifname."""
+def attach(ifname: str, from_fd: int, to_fd: int | None, name: str, netns: str | None = None,
+           prio: int = PRIO) -> None:
+    """Attach `from_fd` on tc ingress and `to_fd` (if any) on tc egress."""
     with _ipr(netns) as ipr:
         idx = ipr.link_lookup(ifname=ifname)
         if not idx:
@@ -54,14 +55,16 @@ def attach(ifname: str, from_fd: int, to_fd: int, name: str, netns: str | None =
             if e.code != errno.EEXIST:
                 raise AttachError(f"{ifname}: adding clsact: {e}") from e
         for parent, fd in ((INGRESS, from_fd), (EGRESS, to_fd)):
+            if fd is None:
+                continue
             try:
                 ipr.tc("replace-filter", "bpf", idx[0], HANDLE, fd=fd, name=name, parent=parent,
-                       classid=1, direct_action=True, prio=PRIO)
+                       classid=1, direct_action=True, prio=prio)
             except NetlinkError as e:
                 raise AttachError(f"{ifname}: attaching {name}: {e}") from e
 
 
-def attached(ifname: str, netns: str | None = None) -> Attached | None:
+def attached(ifname: str, netns: str | None = None, prio: int = PRIO) -> Attached | None:
     """Names of our filters on ifname, None when the interface is gone."""
     with _ipr(netns) as ipr:
         idx = ipr.link_lookup(ifname=ifname)
@@ -76,9 +79,24 @@ def attached(ifname: str, netns: str | None = None) -> Attached | None:
                 continue
             for f in filters:
                 opts = f.get_attr("TCA_OPTIONS")
-                if f.get("handle") == HANDLE and opts is not None:
+                if f.get("handle") == HANDLE and opts is not None and (f.get("info") >> 16) == prio:
                     names[parent] = opts.get_attr("TCA_BPF_NAME")
     return Attached(names[INGRESS], names[EGRESS])
+
+
+def detach_filter(ifname: str, prio: int, netns: str | None = None) -> None:
+    """Remove only our filter at `prio` (both directions), leaving the qdisc
+    and anyone else's filters (for shared devices such as lo)."""
+    with _ipr(netns) as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            return
+        for parent in (INGRESS, EGRESS):
+            try:
+                ipr.tc("del-filter", "bpf", idx[0], HANDLE, parent=parent, prio=prio)
+            except NetlinkError as e:
+                if e.code not in (errno.ENOENT, errno.EINVAL):
+                    raise AttachError(f"{ifname}: removing filter prio {prio}: {e}") from e
 
 
 def detach(ifname: str, netns: str | None = None) -> None:

@@ -62,4 +62,21 @@ assign:
 	return 0;
 }
 
+/* Ingress redirect of a packet that tc egress already has (from the node or
+ * the world, routed to the pod): sk_assign is not allowed here, so hand it
+ * back to the node through lo's ingress with the to-proxy mark; bpf_lo.c
+ * on lo assigns the proxy socket there. lo's address is all zeroes, so the
+ * destination MAC becomes that, or the stack would see PACKET_OTHERHOST. */
+#define LOOPBACK_IFINDEX 1
+
+static __always_inline int redirect_via_lo(struct __sk_buff *skb, __u16 proxy_port)
+{
+	__u8 zero[ETH_ALEN] = {};
+
+	if (bpf_skb_store_bytes(skb, 0, zero, ETH_ALEN, 0) < 0)
+		return TC_ACT_SHOT;
+	skb->mark = MARK_MAGIC_TO_PROXY | ((__u32)htons(proxy_port) << 16);
+	return bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS);
+}
+
 #endif

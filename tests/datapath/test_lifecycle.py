@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from redirect.datapath import BLOCK_NAME, Datapath
+from redirect.datapath import BLOCK_NAME, LO_PRIO, Datapath
 from redirect.errors import MapFullError, ProgramLoadError
 from redirect.maps import MapSizes
 from tests.datapath.conftest import ENDPOINT_IDS, IDENTITIES
@@ -134,7 +134,9 @@ def test_lost_filter_is_restored_from_pins_and_teardown_leaves_nothing(fresh_ins
     with fresh_install() as inst:
         dp, a, netns = inst.dp, inst.ep("a"), inst.node.netns
         dp.setup_proxy_plumbing()
-        dp.setup_proxy_plumbing()  # idempotent
+        lo_prog = tc.attached("lo", netns, prio=LO_PRIO).ingress
+        dp.setup_proxy_plumbing()  # idempotent: the lo program is adopted
+        assert lo_prog and tc.attached("lo", netns, prio=LO_PRIO).ingress == lo_prog
         prog = dp.prog_stats(a.endpoint_id)["from"].id
         name = tc.attached(a.pod.host_ifname, netns).ingress
         tc.detach(a.pod.host_ifname, netns)  # someone removed the qdisc
@@ -148,4 +150,5 @@ def test_lost_filter_is_restored_from_pins_and_teardown_leaves_nothing(fresh_ins
         assert not inst.pin_dir.exists()
         assert tc.attached(a.pod.host_ifname, netns) == tc.Attached(None, None)
         assert not proxy.is_set_up(netns)
+        assert tc.attached("lo", netns, prio=LO_PRIO) == tc.Attached(None, None)
         assert not any(inst.state_dir.iterdir())

@@ -11,7 +11,7 @@ import pytest
 
 from policy.compiled import Verdict
 from redirect import proxy
-from redirect.layout import EventVerdict, Reason
+from redirect.layout import EventVerdict, Hook, Reason
 from tests.datapath.support import (
     EGRESS,
     INGRESS,
@@ -128,3 +128,47 @@ def test_proxy_originated_connections_bypass_policy_and_get_replies(dp_node, mar
                     assert s.recv(1) == b"y"
         finally:
             s.close()
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        pytest.param("node", id="from-the-node"),
+        pytest.param("unmanaged-pod", id="from-an-unmanaged-pod"),
+    ],
+)
+def test_ingress_redirect_of_traffic_not_from_an_endpoint_goes_through_lo(dp_node, source):
+    """Packets reach b's to_container already routed; they go to the proxy
+    through lo (bpf_lo.c assigns the socket there)."""
+    b = dp_node.ep("b")
+    dp_node.dp.apply(state(1, [
+        endpoint(dp_node.ep("a"), [], ingress=False, egress=False),
+        endpoint(b, [rule(0, INGRESS, TCP, 80, Verdict.REDIRECT, PROXY_PORT)], egress=True),
+    ]))
+    lst = transparent_listener(dp_node.node, PROXY_PORT)
+    with Server(b.pod, 80) as real_server, dp_node.dp.events() as stream:
+        stream.drain()
+        if source == "node":
+            c = dp_node.node.socket()
+            c.settimeout(2.0)
+            c.connect((str(b.pod.ip), 80))
+        else:
+            c = tcp_connect(dp_node.node.pods["c"], b.pod.ip, 80, 2.0)
+            assert c is not None
+        try:
+            conn, peer = lst.accept()
+            with conn:
+                assert conn.getsockname() == (str(b.pod.ip), 80)
+                assert peer == c.getsockname()
+                c.sendall(b"GET")
+                assert conn.recv(3) == b"GET"
+                conn.sendall(b"200")
+                assert c.recv(3) == b"200"
+                c.sendall(b"more")
+                assert conn.recv(4) == b"more"
+            assert not real_server.pending(0.1)
+        finally:
+            c.close()
+            lst.close()
+        ev = [e for e in stream.drain() if e.verdict == EventVerdict.REDIRECT]
+    assert ev and ev[0].hook == Hook.TO_ENDPOINT and ev[0].proxy_port == PROXY_PORT
