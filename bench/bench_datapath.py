@@ -360,6 +360,9 @@ def main() -> None:
     ahead = p10k["rr_us"] <= n10k["rr_us"] and p10k["crr_us"] <= n10k["crr_us"]
     print(f"goal ahead of nftables at 10k (ratios): rr {p10k['rr_us']:.3f} vs {n10k['rr_us']:.3f}, "
           f"crr {p10k['crr_us']:.3f} vs {n10k['crr_us']:.3f} ({'met' if ahead else 'NOT met'})")
+    e = q["tc hook, empty program"]
+    print(f"program 10000 entries over an empty tc hook (the program's own share): rr {p10k['rr_us'] / e['rr_us']:.3f}, "
+          f"crr {p10k['crr_us'] / e['crr_us']:.3f}, bulk {p10k['bulk_gbps'] / e['bulk_gbps']:.3f}")
     print("hot-cache cost per run (BPF_PROG_TEST_RUN, stats off): " + ", ".join(f"{k} {v} ns" for k, v in hot.items()))
     print("ns/run: mean cost of one run of from_container / to_container (both endpoints) under rr, "
           "kernel.bpf_stats_enabled=1 (includes the statistics' own clock reads)")
