@@ -117,7 +117,7 @@ def _str(ctx: _Ctx, v: Any, path: str) -> str | None:
 
 
 def _check_fields(
-    ctx: _Ctx, m: dict, path: str, known: set[str], unsupported: dict[str, str] | None = None, ignored: set[str] = set()
+    ctx: _Ctx, m: dict, path: str, known: set[str], unsupported: dict[str, str] | None = None, ignored: frozenset[str] = frozenset()
 ) -> None:
     for k in m:
         sub = f"{path}.{k}" if path else k
@@ -641,7 +641,7 @@ def _cilium_spec(ctx: _Ctx, v: Any, path: str, kind: str, namespace: str | None,
         path,
         {"endpointSelector", "ingress", "egress", "ingressDeny", "egressDeny", "enableDefaultDeny"},
         _UNSUPPORTED_RULE,
-        ignored={"labels", "description"},
+        ignored=frozenset({"labels", "description"}),
     )
     ok = "nodeSelector" not in m
     subject: LabelSelector | None = None
@@ -856,7 +856,7 @@ def _parse(ctx: _Ctx, obj: Any) -> Policy | None:
     m = _map(ctx, obj, "")
     if m is None:
         return None
-    _check_fields(ctx, m, "", {"apiVersion", "kind", "metadata", "spec", "specs"}, ignored={"status"})
+    _check_fields(ctx, m, "", {"apiVersion", "kind", "metadata", "spec", "specs"}, ignored=frozenset({"status"}))
     kind = m.get("kind")
     if not isinstance(kind, str) or kind not in KINDS:
         ctx.err("kind", f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")

@@ -168,6 +168,13 @@ def _resolve(state: CompiledState, p: Party) -> tuple[int, EndpointPolicy | None
     raise TraceInputError("a trace party needs an endpoint, an address or an entity")
 
 
+def _proto_name(protocol: int) -> str:
+    try:
+        return Protocol(protocol).name
+    except ValueError:
+        return str(protocol)
+
+
 def _name(state: CompiledState, ident: int) -> str:
     if ident in RESERVED_IDENTITIES:
         return RESERVED_IDENTITIES[ident]
@@ -205,7 +212,7 @@ def trace(
             if d.entry is not None:
                 reason = f"{where}: denied by rule for peer {_name(state, peer)}"
             else:
-                reason = f"{where}: no rule allows peer {_name(state, peer)} on {dport}/{Protocol(protocol).name if protocol in Protocol._value2member_map_ else protocol} (default deny)"
+                reason = f"{where}: no rule allows peer {_name(state, peer)} on {dport}/{_proto_name(protocol)} (default deny)"
             return TraceResult("denied", "l3l4", reason, rules, src_id, dst_id, tuple(steps), redirected)
         if d.proxy_port:
             redirected = True
