@@ -24,6 +24,7 @@ drop program, and an endpoint with no lxc or policy map entry drops.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -63,6 +64,10 @@ class EndpointStatus:
     program: str | None  # what tc has attached right now (None: nothing)
     blocked: bool
     error: str | None
+
+
+def _digest(header_digest: str, source: Path) -> str:
+    return hashlib.sha256((header_digest + loader.flatten(source)).encode()).hexdigest()[:8]
 
 
 def _as_ip(v: IPv4Address | str) -> IPv4Address:
@@ -125,7 +130,9 @@ class Datapath:
         ep_dir = self._ep_dir(endpoint_id)
         cfg = config.EndpointConfig(endpoint_id, identity, ip, ifname, self.pin_dir, self.maps.sizes, self.proxy_addr)
         header, digest = config.write(cfg, ep_dir)
-        name = f"ciliate_{endpoint_id}_{digest[:8]}"
+        # The name identifies header and program text, so a restart with new
+        # datapath code rebuilds instead of adopting the old program.
+        name = f"ciliate_{endpoint_id}_{_digest(digest, self.program_source)}"
 
         # Fail closed before anything else: an lxc entry that enforces both
         # directions (apply() sets the real flags) and an empty policy map.
@@ -248,7 +255,7 @@ class Datapath:
         cfg = config.EndpointConfig(0, 0, IPv4Address("0.0.0.0"), "lo", self.pin_dir, self.maps.sizes,
                                     self.proxy_addr)
         header, digest = config.write(cfg, self.state_dir / LO_DIR)
-        name = f"ciliate_lo_{digest[:8]}"
+        name = f"ciliate_lo_{_digest(digest, loader.LO_ENTRY)}"
         now = tc.attached("lo", self.netns, prio=LO_PRIO)
         if now is not None and now.ingress == name:
             return
