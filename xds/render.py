@@ -142,6 +142,76 @@ def _balanced(regex: str) -> bool:
     return depth == 0 and not in_class and i == n
 
 
+_QUANTIFIERS = "*+?{"
+
+
+@lru_cache(maxsize=1 << 16)
+def _split_literal(regex: str) -> tuple[str, str] | None:
+    """(literal prefix, rest) with prefix + rest == regex and the prefix free
+    of metacharacters; None if the regex has a top-level `|` (concatenation
+    would not distribute over it). A quantifier binds the character before
+    it, so that character stays in the rest."""
+    m = _REGEX_META.search(regex)
+    if m is None:
+        return regex, ""
+    i = m.start()
+    if regex[i] in _QUANTIFIERS and i > 0:
+        i -= 1
+    if _has_top_level_pipe(regex):
+        return None
+    return regex[:i], regex[i:]
+
+
+def _has_top_level_pipe(regex: str) -> bool:
+    depth, i, n, in_class = 0, 0, len(regex), False
+    while i < n:
+        c = regex[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            if c == "]":
+                in_class = False
+        elif c == "[":
+            in_class = True
+            if regex[i + 1 : i + 2] == "^":
+                i += 1
+            if regex[i + 1 : i + 2] == "]":
+                i += 1
+        elif c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            return True
+        i += 1
+    return False
+
+
+def _alternation(paths: list[str]) -> str:
+    """One regex that full-matches exactly what one of `paths` full-matches.
+
+    Paths sharing the regex tail after their literal prefix are written as
+    `(?:prefix1|prefix2|...)(?:tail)` (concatenation distributes over
+    alternation). RE2 factors common prefixes itself but not tails, and
+    thousands of branches each ending in their own `(/.*)?` made Envoy's
+    compile of a 10k-rule update ~4x slower than the factored form."""
+    by_tail: dict[str, list[str]] = {}
+    whole: list[str] = []
+    for p in paths:
+        split = _split_literal(p)
+        if split is None or not split[0]:
+            whole.append(p)
+        else:
+            by_tail.setdefault(split[1], []).append(split[0])
+    parts = []
+    for tail, prefixes in by_tail.items():
+        head = prefixes[0] if len(prefixes) == 1 else "(?:" + "|".join(prefixes) + ")"
+        parts.append(head + (f"(?:{tail})" if tail else ""))
+    parts.extend(whole)
+    return parts[0] if len(parts) == 1 and not whole else "|".join(f"(?:{x})" for x in parts)
+
+
 def _re2_ok(regex: str) -> bool:
     try:
         re2.compile(regex)
@@ -483,7 +553,7 @@ class Renderer:
                 continue
             paths = list(dict.fromkeys(r.path for r in same))  # type: ignore[misc]
             good = self._valid_paths([p for p in paths if _balanced(p)])
-            alternation = "|".join(f"(?:{p})" for p in good) if len(good) > 1 else None
+            alternation = _alternation(good) if len(good) > 1 else None
             merged = set(good)
             out.extend(HTTPRule(method=method, path=p, host=host, headers=headers) for p in paths if p not in merged)
             if good:

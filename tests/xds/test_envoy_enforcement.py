@@ -32,6 +32,8 @@ POLICY = (
     # Same peers and fields but the path: merged into one alternation by the renderer.
     rule([CLIENT_IDENTITY], method="GET", path="/m1"),
     rule([CLIENT_IDENTITY], method="GET", path="/m2/[a-z]+"),
+    rule([CLIENT_IDENTITY], method="GET", path="/t/1(/.*)?"),
+    rule([CLIENT_IDENTITY], method="GET", path="/t/2(/.*)?"),
 )
 
 CASES = [
@@ -55,6 +57,9 @@ CASES = [
     pytest.param("GET", "/m2/abc", {}, 200, id="merged-paths-second"),
     pytest.param("GET", "/m1/abc", {}, 403, id="merged-paths-still-match-whole"),
     pytest.param("POST", "/m1", {}, 403, id="merged-paths-keep-method"),
+    pytest.param("GET", "/t/2/deep/er", {}, 200, id="merged-shared-tail"),
+    pytest.param("GET", "/t/1", {}, 200, id="merged-shared-tail-optional"),
+    pytest.param("GET", "/t/3/x", {}, 403, id="merged-shared-tail-other-prefix"),
 ]
 
 

@@ -103,11 +103,14 @@ def _path_matchers(pol) -> list:
 @pytest.mark.parametrize(
     "paths, want",
     [
-        pytest.param(["/a", "/b/.*"], [{"safeRegex": {"regex": "(?:/a)|(?:/b/.*)"}}], id="alternation"),
+        pytest.param(["/a", "/b/.*"], [{"safeRegex": {"regex": "(?:/a)|(?:/b/(?:.*))"}}], id="alternation"),
+        pytest.param(
+            ["/x/1(/.*)?", "/x/2(/.*)?"], [{"safeRegex": {"regex": "(?:/x/1|/x/2)(?:(/.*)?)"}}], id="shared-tail-factored"
+        ),
         pytest.param(["/a", "/a"], [{"exact": "/a"}], id="duplicates-collapse"),
         pytest.param(
             ["/ok/.*", "/bad((", "/fine"],
-            [{"safeRegex": {"regex": "/bad(("}}, {"safeRegex": {"regex": "(?:/ok/.*)|(?:/fine)"}}],
+            [{"safeRegex": {"regex": "/bad(("}}, {"safeRegex": {"regex": "(?:/ok/(?:.*))|(?:/fine)"}}],
             id="invalid-regex-left-alone",
         ),
         pytest.param(
