@@ -131,6 +131,9 @@ class Compiler:
         self._ip_eps: dict[IPv4Address, set[int]] = defaultdict(set)
         self._dirty_addrs: set[IPv4Address] = set()
         self._labels_dirty = True
+        self._cidr_labels_dirty = True
+        self._label_view: dict[int, frozenset[str]] = {}
+        self._cidr_label_view: dict[int, frozenset[str]] = {}
         self._revision = 0
         self._state: CompiledState | None = None
         self._changed: frozenset[int] = frozenset()
@@ -334,11 +337,19 @@ class Compiler:
         self._stale_sels.add(peer)
 
     def _flush_stale(self) -> None:
-        keys: set[str] = set()
+        resubject: set[str] = set()
         for peer in self._stale_sels:
-            keys |= self._users.get(peer, set())
+            for key in self._users.get(peer, ()):
+                meta = self._meta.get(key)
+                if meta is None:
+                    continue
+                if any(subject == peer for subject, _ in meta[1]):
+                    resubject.add(key)
+                else:
+                    # Only its peers changed: the same subjects re-merge.
+                    self._dirty_ids |= self._subjects.get(key, frozenset())
         self._stale_sels.clear()
-        for key in keys:
+        for key in resubject:
             policy = self._policies.get(key)
             if policy is not None:
                 self._set_subjects(key, self._subjects_of(policy))
@@ -361,7 +372,7 @@ class Compiler:
 
     def _cidr_changed(self, net: IPv4Network, ident: int, added: bool) -> None:
         """One prefix came or went: update only the selectors it falls in."""
-        self._ipcache_dirty = self._labels_dirty = True
+        self._ipcache_dirty = self._labels_dirty = self._cidr_labels_dirty = True
         if not added:
             self.identities.release_cidrs_except(self._cidr_ids)
         addr = int(net.network_address)
@@ -386,6 +397,7 @@ class Compiler:
     def _identity_added(self, ident: int) -> None:
         labels = selectable_labels(self.identities.labels_of(ident))
         self._index.add(ident, labels)
+        self._label_view[ident] = self.identities.labels_of(ident)
         self._labels_dirty = True
         for peer in self._label_candidates(labels):
             if isinstance(peer, EndpointPeer) and not peer.selector.matches(labels):
@@ -402,6 +414,7 @@ class Compiler:
         if eps:
             return
         del self._identity_eps[ident]
+        self._label_view.pop(ident, None)
         self._labels_dirty = True
         labels = self._index.labels.get(ident, {})
         self._index.remove(ident)
@@ -591,9 +604,16 @@ class Compiler:
         return dict(self._ipcache)
 
     def _build_identity_labels(self) -> dict[int, frozenset[str]]:
+        if self._cidr_labels_dirty:
+            self._cidr_label_view = self._build_cidr_labels()
+            self._cidr_labels_dirty = False
         out: dict[int, frozenset[str]] = {i: frozenset({f"reserved:{n}"}) for i, n in RESERVED_IDENTITIES.items()}
-        for ident in self._identity_eps:
-            out[ident] = self.identities.labels_of(ident)
+        out.update(self._label_view)
+        out.update(self._cidr_label_view)
+        return out
+
+    def _build_cidr_labels(self) -> dict[int, frozenset[str]]:
+        out: dict[int, frozenset[str]] = {}
         # A CIDR identity carries every policy prefix containing it, so the
         # longest-prefix match still finds the allows of enclosing CIDRs.
         present = {(int(n.network_address), n.prefixlen): n for n in self._cidr_ids}

@@ -367,6 +367,7 @@ def test_incremental_compile_equals_full_compile(data):
             full = compile_state(pols.values(), eps.values(), identities=ids, host_ips=[IPv4Address(HOST_IP)])
             assert _normalized(state) == _normalized(full)
             assert dict(state.ipcache) == dict(full.ipcache)
+            assert dict(state.identity_labels) == dict(full.identity_labels)
             differs = {i for i in set(state.endpoints) | set(prev.endpoints) if state.endpoints.get(i) != prev.endpoints.get(i)}
             assert c.changed_endpoints() == differs
             assert state.revision >= prev.revision
