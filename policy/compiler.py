@@ -75,6 +75,11 @@ def _cidr_selects(peer: CIDRPeer, net: IPv4Network) -> bool:
     return _within(net, peer.net) and not any(_within(net, e) for e in peer.excepts)
 
 
+def _entry_order(e: PolicyEntry) -> tuple[int, int, int, int]:
+    k = e.key
+    return (k.identity, k.direction, k.protocol, k.ports.lo)
+
+
 def _depends_on_labels(peer: Peer) -> bool:
     return isinstance(peer, EndpointPeer) or (isinstance(peer, EntityPeer) and peer.name == "cluster")
 
@@ -120,7 +125,10 @@ class Compiler:
         self._ep_redirects: dict[int, set[RedirectKey]] = {}
         # Selectors whose membership changed since the last compile; their
         # users' subjects are recomputed once, in compile().
-        self._stale_sels: set[Peer] = set()
+        self._stale_sels: dict[Peer, set[int]] = {}
+        # Identity -> peers whose membership changed while its specs did not:
+        # compile() patches just those peers' entries instead of re-merging.
+        self._peer_dirty: dict[int, set[int]] = {}
         self._dirty_ids: set[int] = set()
         self._dirty_eps: set[int] = set()
         self._removed_eps: set[int] = set()
@@ -332,13 +340,13 @@ class Compiler:
             self._drop_selector(peer, policy.key)
         self._retarget_cidrs(policy.cidrs(), -1)
 
-    def _touch_users(self, peer: Peer) -> None:
-        """A selector's membership changed: its users must re-merge (in compile)."""
-        self._stale_sels.add(peer)
+    def _touch_users(self, peer: Peer, ident: int) -> None:
+        """A selector gained or lost `ident`: its users must re-merge (in compile)."""
+        self._stale_sels.setdefault(peer, set()).add(ident)
 
     def _flush_stale(self) -> None:
         resubject: set[str] = set()
-        for peer in self._stale_sels:
+        for peer, changed in self._stale_sels.items():
             for key in self._users.get(peer, ()):
                 meta = self._meta.get(key)
                 if meta is None:
@@ -346,8 +354,9 @@ class Compiler:
                 if any(subject == peer for subject, _ in meta[1]):
                     resubject.add(key)
                 else:
-                    # Only its peers changed: the same subjects re-merge.
-                    self._dirty_ids |= self._subjects.get(key, frozenset())
+                    # Only its peers changed: the same subjects get those peers patched.
+                    for ident in self._subjects.get(key, ()):
+                        self._peer_dirty.setdefault(ident, set()).update(changed)
         self._stale_sels.clear()
         for key in resubject:
             policy = self._policies.get(key)
@@ -385,7 +394,7 @@ class Compiler:
         for peer in affected:
             members = self._members[peer]
             self._members[peer] = (members | {ident}) if added else (members - {ident})
-            self._touch_users(peer)
+            self._touch_users(peer, ident)
 
     def _label_candidates(self, labels: dict[str, str] | Mapping[str, str]) -> set[Peer]:
         """Label-dependent selectors that may select an identity with these labels."""
@@ -403,7 +412,7 @@ class Compiler:
             if isinstance(peer, EndpointPeer) and not peer.selector.matches(labels):
                 continue
             self._members[peer] = self._members[peer] | {ident}
-            self._touch_users(peer)
+            self._touch_users(peer, ident)
         self._dirty_ids.add(ident)
 
     def _detach(self, endpoint_id: int, ident: int) -> None:
@@ -422,8 +431,9 @@ class Compiler:
             members = self._members[peer]
             if ident in members:
                 self._members[peer] = members - {ident}
-                self._touch_users(peer)
+                self._touch_users(peer, ident)
         self._id_policy.pop(ident, None)
+        self._peer_dirty.pop(ident, None)
         self._dirty_ids.discard(ident)
 
     # ------------------------------------------------------------ merge
@@ -457,6 +467,33 @@ class Compiler:
         if memo is not None:
             memo[specs] = out
         return out
+
+    def _patch_peers(self, ident: int, ip: IdentityPolicy, peers: set[int]) -> IdentityPolicy | None:
+        """Recompute only the entries of `peers` in an identity's policy; None
+        when a full merge is needed (L7 involved)."""
+        if ip.l7:
+            return None
+        selecting = self._selecting_specs(ident)
+        atoms = Atoms()
+        members = self._members
+        for key, idx in selecting:
+            spec = self._meta[key][1][idx][1]
+            for rule in spec.rules:
+                hit: set[int] = set()
+                for p in rule.peers:
+                    hit |= members[p] & peers
+                if not hit:
+                    continue
+                items = atoms.items[frozenset(hit)]
+                for pr in rule.port_rules or _L3_ONLY:
+                    if pr.http is not None:
+                        return None
+                    for ps in pr.ports:
+                        verdict = Verdict.DENY if rule.deny else Verdict.ALLOW
+                        items.append((rule.direction, ps.protocol, ps.ports.lo, ps.ports.hi, verdict, rule.ref))
+        kept = [e for e in ip.entries if e.key.identity not in peers]
+        entries = tuple(sorted(kept + list(merge_entries(atoms)), key=_entry_order))
+        return IdentityPolicy(ip.ingress_enforced, ip.egress_enforced, entries, {}, ip.selected_by, ip.policy_keys)
 
     def _merge_specs(self, selecting: tuple[tuple[str, int], ...]) -> IdentityPolicy:
         atoms = Atoms()
@@ -533,6 +570,14 @@ class Compiler:
                 continue
             self._id_policy[ident] = self._identity_policy(ident, memo)
             rebuild_eps |= eps
+        for ident, peers in self._peer_dirty.items():
+            eps = self._identity_eps.get(ident)
+            if not eps or ident in self._dirty_ids:
+                continue
+            old = self._id_policy.get(ident)
+            patched = self._patch_peers(ident, old, peers) if old is not None else None
+            self._id_policy[ident] = patched if patched is not None else self._identity_policy(ident, memo)
+            rebuild_eps |= eps
         # Build everything first, commit after: if proxy ports run out, nothing
         # is half-applied and the next compile retries the same work (ports
         # already handed out are stable per RedirectKey, so a retry reuses them).
@@ -563,6 +608,7 @@ class Compiler:
         ipcache = self._update_ipcache(prev)
         labels = self._build_identity_labels() if (self._labels_dirty or prev is None) else prev.identity_labels
         self._dirty_ids.clear()
+        self._peer_dirty.clear()
         self._dirty_eps.clear()
         self._removed_eps.clear()
         self._ipcache_dirty = self._labels_dirty = False

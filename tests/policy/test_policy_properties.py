@@ -337,11 +337,25 @@ op_st = st.one_of(
 )
 
 
+@st.composite
+def narrow_cnp_st(draw: Any, name: str) -> dict:
+    """CNPs selecting one app: endpoint churn then changes only their peers,
+    which the compiler patches instead of re-merging."""
+    obj = draw(cnp_st(name))
+    obj["spec"]["endpointSelector"] = {"matchLabels": {"app": draw(st.sampled_from(LABEL_VALUES))}}
+    return obj
+
+
 @settings(SETTINGS, max_examples=max(10, SETTINGS.max_examples // 3))
-@given(st.data())
-def test_incremental_compile_equals_full_compile(data):
-    pool = [parse_object(data.draw(st.one_of(cnp_st(f"p{i}"), np_st(f"p{i}"))), "gen.yaml") for i in range(6)]
-    ops = data.draw(st.lists(op_st, min_size=1, max_size=14))
+@given(st.data(), st.booleans())
+def test_incremental_compile_equals_full_compile(data, narrow):
+    policy_st = (lambda i: narrow_cnp_st(f"p{i}")) if narrow else (lambda i: st.one_of(cnp_st(f"p{i}"), np_st(f"p{i}")))
+    pool = [parse_object(data.draw(policy_st(i)), "gen.yaml") for i in range(6)]
+    # Start from a populated cluster so later churn hits selected endpoints.
+    seed = [("upsert_policy", i) for i in range(data.draw(st.integers(0, 6)))] + [
+        ("upsert_endpoint", i, data.draw(labels_st), f"10.0.0.{i}") for i in range(1, data.draw(st.integers(1, 5)))
+    ]
+    ops = seed + [("compile",)] + data.draw(st.lists(op_st, min_size=1, max_size=14))
     ids = IdentityAllocator()
     c = Compiler(identities=ids, host_ips=[IPv4Address(HOST_IP)])
     pols: dict[str, Policy] = {}
@@ -372,3 +386,38 @@ def test_incremental_compile_equals_full_compile(data):
             assert c.changed_endpoints() == differs
             assert state.revision >= prev.revision
             prev = state
+
+
+churn_st = st.lists(
+    st.one_of(
+        st.tuples(st.just("upsert"), st.integers(1, 6), labels_st),
+        st.tuples(st.just("delete"), st.integers(1, 6), st.just(None)),
+    ),
+    min_size=8,
+    max_size=30,
+)
+
+
+@settings(SETTINGS, max_examples=max(10, SETTINGS.max_examples // 3))
+@given(st.lists(narrow_cnp_st("n"), min_size=1, max_size=6), churn_st)
+def test_endpoint_churn_patches_equal_full_compile(objs, churn):
+    pols = {}
+    for i, obj in enumerate(objs):
+        obj["metadata"]["name"] = f"n{i}"
+        p = parse_object(obj, "gen.yaml")
+        pols[p.key] = p
+    ids = IdentityAllocator()
+    c = Compiler(identities=ids)
+    for p in pols.values():
+        c.upsert_policy(p)
+    eps: dict[int, Endpoint] = {}
+    for op, ep_id, labels in churn:
+        if op == "upsert":
+            eps[ep_id] = Endpoint(ep_id, labels, IPv4Address(f"10.0.0.{ep_id}"))
+            c.upsert_endpoint(eps[ep_id])
+        else:
+            eps.pop(ep_id, None)
+            c.delete_endpoint(ep_id)
+        state = c.compile()
+        full = compile_state(pols.values(), eps.values(), identities=ids)
+        assert _normalized(state) == _normalized(full)
