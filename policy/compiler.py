@@ -1,10 +1,12 @@
 """The compiler: (policies, endpoints, identities) -> CompiledState, incrementally.
 
-Policy is computed per identity (endpoints sharing labels share it) and then
+Policy is computed per identity (endpoints sharing labels share it; within
+one compile, identities selected by the same specs share one merge) and then
 stamped per endpoint with proxy ports. Selectors are resolved once each in a
 selector cache indexed by label (key, value); a policy change re-merges only
-the identities it selected before or after, an endpoint change only the
-identities whose selectors' membership it changed. Pure: no I/O.
+the identities it selected before or after; an endpoint change that only
+adds or removes a peer patches that peer's entries in the identities whose
+rules name it (a full re-merge when L7 is involved). Pure: no I/O.
 
 Entities: `all` is identity 0; `world` is identity 2 plus every CIDR
 identity; `cluster` is every local label identity plus host, remote-node,
