@@ -75,9 +75,20 @@ DENIED_STATUS = 403
 DENIED_BODY = "Access denied"
 
 
+# Internal header carrying the original destination from the listener to the
+# ORIGINAL_DST cluster (see OriginalDst.LOCAL_ADDRESS).
+ORIGINAL_DST_HEADER = "x-ciliate-original-dst"
+
+
 class OriginalDst(enum.Enum):
     # Production: the upstream is the accepted socket's local address, which
     # TPROXY / bpf_sk_assign leave as the packet's original destination.
+    # Envoy's ORIGINAL_DST load balancer only uses a local address that a
+    # listener filter "restored", and the stock original_dst filter restores
+    # it from SO_ORIGINAL_DST, which needs a netfilter conntrack entry that
+    # bpf_sk_assign never creates (measured: 503 "no original_dst"). So every
+    # route config writes %DOWNSTREAM_LOCAL_ADDRESS% into an internal header,
+    # overwriting whatever a client sent, and the cluster reads that header.
     LOCAL_ADDRESS = "local-address"
     # TEST ONLY: the upstream comes from the x-envoy-original-dst-host request
     # header, so tests reach a real upstream on loopback without the kernel
@@ -449,6 +460,9 @@ class Renderer:
         )
         if p.original_dst == OriginalDst.TEST_ONLY_HTTP_HEADER:
             body += w.m(34, w.b(1, True))
+        else:
+            # OriginalDstLbConfig: use_http_header = 1, http_header_name = 2
+            body += w.m(34, w.b(1, True), w.s(2, ORIGINAL_DST_HEADER))
         return Resource(CLUSTER, p.cluster_name, body)
 
     def _listener(self, port: int, direction: Direction) -> Resource:
@@ -620,6 +634,11 @@ class Renderer:
         )
         # RouteConfiguration: name = 1, virtual_hosts = 2 (name = 1, domains = 2, routes = 3)
         body = w.s(1, name) + w.m(2, w.s(1, "ciliate"), w.s(2, "*"), w.m(3, route))
+        if self.params.original_dst == OriginalDst.LOCAL_ADDRESS:
+            # request_headers_to_add = 6: HeaderValueOption{header = 1 {key = 1,
+            # value = 2}, append_action = 3 (OVERWRITE_IF_EXISTS_OR_ADD = 2)}:
+            # overwrite, so a client can never choose the upstream.
+            body += w.m(6, w.m(1, w.s(1, ORIGINAL_DST_HEADER), w.s(2, "%DOWNSTREAM_LOCAL_ADDRESS%")), w.u(3, 2))
         return Resource(ROUTE, name, body, refs=frozenset({(CLUSTER, self.params.cluster_name)}))
 
 

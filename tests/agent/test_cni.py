@@ -4,7 +4,6 @@ real host-local plugin, and (privileged) one ADD/CHECK/DEL against a real netns.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import shutil
@@ -119,14 +118,6 @@ def test_ipam_exhaustion_is_reported_with_the_plugins_words(tmp_path: Path) -> N
 
 # --- privileged: one real pod wired into a netns and registered with an agent --------------
 
-@pytest.fixture
-def kernel_lock() -> Iterator[None]:
-    with open("/tmp/ciliate-kernel.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 HOST_NS = "cilagt-cni-host"  # stands in for the host: the plugin's veths and ciliate_host land here
@@ -134,7 +125,7 @@ POD_NS = "cilagt-cni-test"
 
 
 @pytest.fixture
-def netns(kernel_lock) -> Iterator[str]:
+def netns() -> Iterator[str]:
     for name in (HOST_NS, POD_NS):
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
         subprocess.run(["ip", "netns", "add", name], check=True)

@@ -8,6 +8,7 @@ from ipaddress import IPv4Network
 
 import pytest
 from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterLbPolicy
+from envoy_data_plane.envoy.config.core.v3 import HeaderValueOptionHeaderAppendAction
 from envoy_data_plane.envoy.config.listener.v3 import Listener
 from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
 from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import RbacPerRoute
@@ -206,7 +207,17 @@ def test_listener_cluster_and_hcm_follow_render_params():
     assert (cl.type, cl.lb_policy) == (ClusterDiscoveryType.ORIGINAL_DST, ClusterLbPolicy.CLUSTER_PROVIDED)
     (opt,) = cl.upstream_bind_config.socket_options
     assert (opt.level, opt.name, opt.int_value) == (1, 36, 0x0B00)
-    assert cl.original_dst_lb_config is None, "production takes the upstream from the socket, never a header"
+    # Production takes the upstream from the accepted socket's local address,
+    # carried in an internal header that only Envoy writes (overwrite, so a
+    # client-sent value never picks the upstream).
+    assert (cl.original_dst_lb_config.use_http_header, cl.original_dst_lb_config.http_header_name) == (
+        True,
+        "x-ciliate-original-dst",
+    )
+    (rc,) = [RouteConfiguration.parse(r.body) for r in snap.of(ROUTE).values()]
+    (added,) = rc.request_headers_to_add
+    assert (added.header.key, added.header.value) == ("x-ciliate-original-dst", "%DOWNSTREAM_LOCAL_ADDRESS%")
+    assert added.append_action == HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
 
 
 def test_test_only_params_bind_loopback_and_read_the_upstream_header():
