@@ -8,10 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from agent import cli_agent, cli_policy
+from demo import run as demo_run
 
 # Each module adds its subcommands and sets `func` on its parsers; `func`
 # takes the parsed namespace and returns the process exit code.
-_COMMAND_MODULES = (cli_policy, cli_agent)
+_COMMAND_MODULES = (cli_policy, cli_agent, demo_run)
 
 
 def build_parser() -> argparse.ArgumentParser:

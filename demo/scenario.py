@@ -25,7 +25,7 @@ class Request:
 @dataclass(frozen=True)
 class Stage:
     title: str
-    policy_files: tuple[str, ...]  # under examples/, applied cumulatively replacing the previous stage's
+    policy_files: tuple[str, ...]  # under examples/starwars/; each stage replaces the previous one's
     requests: tuple[Request, ...]
 
 
@@ -50,7 +50,7 @@ STAGES = (
     ),
     Stage(
         "L3/L4 policy: only the empire may reach the deathstar on TCP/80",
-        ("sw_l3_l4_policy.yaml",),
+        ("1-l3l4.yaml",),
         (
             Request("tiefighter", *LAND, "200"),
             Request("xwing", *LAND, "dropped"),
@@ -59,7 +59,7 @@ STAGES = (
     ),
     Stage(
         "L3/L4/L7 policy: the empire may only request landing",
-        ("sw_l3_l4_l7_policy.yaml",),
+        ("2-l7.yaml",),
         (
             Request("tiefighter", *LAND, "200"),
             Request("xwing", *LAND, "dropped"),

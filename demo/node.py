@@ -1,0 +1,241 @@
+"""A throw-away ciliate node: a "host" network namespace running the real
+agent (with its eBPF datapath and supervised Envoy), and pods that join it
+through the real `ciliate-cni` plugin with host-local IPAM.
+
+Used by `ciliate demo`, the end-to-end and reliability tests and the
+end-to-end benchmark. Does I/O throughout: namespaces, processes, bpffs.
+Everything it makes (namespaces, veths, pins, processes, files) is removed on
+exit, also when the body raises.
+
+Why a host namespace instead of the root one: the agent's ip rules, routes,
+sysctls and tc programs stay inside it, so a demo or test never changes the
+machine it runs on. The agent and the plugin are entered with nsenter, not
+`ip netns exec`, because the latter remounts /sys and hides bpffs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NETNS_DIR = Path("/var/run/netns")
+PY = sys.executable
+
+
+class NodeError(RuntimeError):
+    """A step of building or driving the node failed; the message says which."""
+
+
+@dataclass
+class Pod:
+    name: str
+    netns: str
+    ip: str
+    endpoint_id: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def _run(*cmd: str, check: bool = False, **kw) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if check and out.returncode != 0:
+        raise NodeError(f"{' '.join(cmd)}: exit {out.returncode}: {(out.stderr or out.stdout).strip()}")
+    return out
+
+
+class Node:
+    """Context manager; see the module docstring."""
+
+    def __init__(self, prefix: str = "cildemo", subnet: str = "10.203.0.0/24", workdir: Path | None = None) -> None:
+        self.prefix = prefix
+        self.subnet = subnet
+        self.host_ns = f"{prefix}-host"
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+        self.state = self.workdir / "state"
+        self.policies = self.workdir / "policies"
+        self.pins = Path("/sys/fs/bpf") / f"{prefix}-{os.getpid()}"
+        self.socket = self.state / "agent.sock"
+        self.agent_log = self.workdir / "agent.log"
+        self.agent: subprocess.Popen | None = None
+        self.pods: dict[str, Pod] = {}
+        self._procs: list[subprocess.Popen] = []
+
+    # -- lifecycle
+
+    def __enter__(self) -> "Node":
+        if os.geteuid() != 0:
+            raise NodeError("the node needs root: network namespaces, tc and bpf")
+        try:
+            self._netns_add(self.host_ns)
+            _run("ip", "-n", self.host_ns, "link", "set", "lo", "up", check=True)
+            self.policies.mkdir(parents=True, exist_ok=True)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for proc in [*self._procs, self.agent]:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        # The agent's Envoy outlives a killed agent by design; find it by the
+        # workdir in its command line, which is unique to this node.
+        for pid in _run("pgrep", "-f", str(self.workdir)).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        for pod in list(self.pods.values()):
+            _run("ip", "netns", "del", pod.netns)
+        _run("ip", "netns", "del", self.host_ns)
+        shutil.rmtree(self.pins, ignore_errors=True)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _netns_add(self, name: str) -> None:
+        _run("ip", "netns", "del", name)  # a leftover of a killed run
+        _run("ip", "netns", "add", name, check=True)
+
+    # -- the agent
+
+    def start_agent(self, *extra: str, timeout: float = 60.0) -> subprocess.Popen:
+        log = open(self.agent_log, "ab")
+        self.agent = subprocess.Popen(
+            [
+                "nsenter", f"--net={NETNS_DIR / self.host_ns}", PY, "-m", "agent.cli", "agent",
+                "--state-dir", str(self.state), "--policy-dir", str(self.policies), "--bpf-dir", str(self.pins),
+                "--metrics-port", "-1", "--ack-timeout", "10", *extra,
+            ],
+            stdout=log, stderr=log,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.agent.poll() is not None:
+                raise NodeError(f"agent exited with {self.agent.returncode}:\n{self.agent_tail()}")
+            if self.socket.exists() and self.ciliate("status").returncode == 0:
+                return self.agent
+            time.sleep(0.2)
+        raise NodeError(f"agent not healthy after {timeout:.0f}s:\n{self.agent_tail()}")
+
+    def agent_tail(self, n: int = 3000) -> str:
+        try:
+            return self.agent_log.read_text(errors="replace")[-n:]
+        except OSError:
+            return "(no agent log)"
+
+    def ciliate(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return _run(PY, "-m", "agent.cli", *args, "--socket", str(self.socket), timeout=timeout)
+
+    def ciliate_json(self, *args: str) -> dict:
+        out = self.ciliate(*args, "-o", "json")
+        if out.returncode != 0:
+            raise NodeError(f"ciliate {' '.join(args)}: {(out.stderr or out.stdout).strip()}")
+        return json.loads(out.stdout)
+
+    # -- pods
+
+    def add_pod(self, name: str, labels: dict[str, str]) -> Pod:
+        netns = f"{self.prefix}-{name}"[:15]
+        self._netns_add(netns)
+        pod = Pod(name, netns, "", labels=dict(labels))
+        self.pods[name] = pod
+        result = self.cni("ADD", pod)
+        pod.ip = result["ips"][0]["address"].split("/")[0]
+        for ep in self.ciliate_json("endpoint", "list")["endpoints"]:
+            if ep.get("ipv4") == pod.ip:
+                pod.endpoint_id = ep["id"]
+        return pod
+
+    def cni(self, command: str, pod: Pod) -> dict:
+        conf = {
+            "cniVersion": "1.0.0", "name": self.prefix, "type": "ciliate-cni", "agentSocket": str(self.socket),
+            "ipam": {"type": "host-local", "dataDir": str(self.workdir / "ipam"), "ranges": [[{"subnet": self.subnet}]]},
+            "args": {"cni": {"labels": [{"key": k, "value": v} for k, v in pod.labels.items()]}},
+        }
+        env = {
+            **os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": f"{self.prefix}-{pod.name}",
+            "CNI_NETNS": str(NETNS_DIR / pod.netns), "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",
+        }
+        out = _run("nsenter", f"--net={NETNS_DIR / self.host_ns}", PY, "-m", "agent.cni", input=json.dumps(conf), env=env)
+        if out.returncode != 0:
+            raise NodeError(f"ciliate-cni {command} {pod.name}: {out.stdout.strip()} {out.stderr.strip()}")
+        return json.loads(out.stdout) if out.stdout.strip() else {}
+
+    def spawn(self, pod: str, argv: list[str]) -> subprocess.Popen:
+        """A long-running process inside a pod; killed on close."""
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.pods[pod].netns, *argv],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        self._procs.append(proc)
+        return proc
+
+    def serve_deathstar(self, pod: str = "deathstar", port: int = 80) -> subprocess.Popen:
+        proc = self.spawn(pod, [PY, "-m", "demo.apps", "server", "--port", str(port)])
+        line = proc.stdout.readline() if proc.stdout else ""
+        if "listening" not in line:
+            raise NodeError(f"deathstar server did not start in {pod}: {line!r}")
+        return proc
+
+    def request(self, pod: str, method: str, dst: str, path: str, timeout: float = 2.0) -> dict:
+        """One HTTP request from a pod: {"status": N, "body": ...} or {"error": ...}."""
+        out = _run(
+            "ip", "netns", "exec", self.pods[pod].netns, PY, "-m", "demo.apps", "request",
+            method, f"http://{dst}{path}", "--timeout", str(timeout),
+        )
+        try:
+            return json.loads(out.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            return {"error": "client-failed", "detail": out.stderr.strip()[-300:]}
+
+    # -- policies
+
+    def policy_revision(self) -> int:
+        return int(self.ciliate_json("policy", "get")["revision"])
+
+    def apply_policy(self, source: Path, name: str | None = None, timeout: float = 30.0) -> int:
+        """Write a policy file into the watched directory atomically and wait
+        until the agent reports it enforced at a newer revision."""
+        before = self.policy_revision()
+        target = self.policies / (name or source.name)
+        tmp = self.policies / f".{target.name}.tmp"
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+        return self.wait_policy(target.name, after=before, timeout=timeout)
+
+    def remove_policy(self, name: str, timeout: float = 30.0) -> None:
+        before = self.policy_revision()
+        (self.policies / name).unlink()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pols = self.ciliate_json("policy", "get")
+            if pols["revision"] > before and not any(p["source"].endswith("/" + name) for p in pols["policies"]):
+                return
+            time.sleep(0.05)
+        raise NodeError(f"{name} still in force after {timeout:.0f}s")
+
+    def wait_policy(self, file_name: str, after: int = -1, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        last: list = []
+        while time.monotonic() < deadline:
+            pols = self.ciliate_json("policy", "get")
+            last = [p for p in pols["policies"] if p["source"].endswith("/" + file_name)]
+            if last and all(p["state"] == "enforced" and p["revision"] > after for p in last):
+                return int(pols["revision"])
+            if any(p["state"] == "error" for p in last):
+                raise NodeError(f"{file_name} was rejected: {last}")
+            time.sleep(0.05)
+        raise NodeError(f"{file_name} not enforced after {timeout:.0f}s: {last}")
