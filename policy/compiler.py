@@ -37,6 +37,7 @@ from policy.compiled import (
     PolicyEntry,
     Protocol,
     RedirectKey,
+    RuleRef,
     Verdict,
 )
 from policy.endpoint import Endpoint, identity_labels, selectable_labels
@@ -48,6 +49,8 @@ from policy.selector import SelectorIndex
 WORLD_NET = IPv4Network("0.0.0.0/0")
 _L3_ONLY = (PortRule((PortSpec(Protocol.ANY, ALL_PORTS),)),)
 _CLUSTER_RESERVED = frozenset(i for i in RESERVED_IDENTITIES if i != IDENTITY_WORLD)
+_HOST_ONLY = frozenset({IDENTITY_HOST})
+ALLOW_LOCALHOST_REF = RuleRef("reserved", "allow-localhost", "ingress from the node (allow_localhost)")
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,13 @@ class Compiler:
         identities: IdentityAllocator | None = None,
         proxy_ports: ProxyPortAllocator | None = None,
         host_ips: Iterable[IPv4Address] = (),
+        allow_localhost: bool = True,
     ) -> None:
         self.identities = identities if identities is not None else IdentityAllocator()
+        # As Cilium's allow-localhost default: the node itself may always
+        # reach its local endpoints, or kubelet probes and node-local health
+        # checks would break the moment a pod's ingress becomes enforced.
+        self.allow_localhost = allow_localhost
         self.proxy_ports = proxy_ports if proxy_ports is not None else ProxyPortAllocator()
         self.host_ips = frozenset(host_ips)
         self._policies: dict[str, Policy] = {}
@@ -528,6 +536,11 @@ class Compiler:
                             proto = ps.protocol
                             verdict = Verdict.DENY if rule.deny else Verdict.ALLOW
                         items.append((rule.direction, proto, ps.ports.lo, ps.ports.hi, verdict, rule.ref))
+        if ingress and self.allow_localhost:
+            # Merged like any rule, so an explicit deny of the host still wins.
+            atoms.items[_HOST_ONLY].append(
+                (Direction.INGRESS, Protocol.ANY, 0, 65535, Verdict.ALLOW, ALLOW_LOCALHOST_REF)
+            )
         keys = frozenset(key for key, _ in selecting)
         return IdentityPolicy(ingress, egress, merge_entries(atoms), merge_l7(atoms), frozenset(selected_by), keys)
 
@@ -686,9 +699,10 @@ def compile_state(
     identities: IdentityAllocator | None = None,
     proxy_ports: ProxyPortAllocator | None = None,
     host_ips: Iterable[IPv4Address] = (),
+    allow_localhost: bool = True,
 ) -> CompiledState:
     """One-shot compile of a complete input (a fresh Compiler underneath)."""
-    c = Compiler(identities, proxy_ports, host_ips)
+    c = Compiler(identities, proxy_ports, host_ips, allow_localhost)
     for p in policies:
         c.upsert_policy(p)
     for ep in endpoints:

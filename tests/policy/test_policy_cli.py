@@ -71,7 +71,8 @@ def test_validate_json(capsys, tmp_path):
         pytest.param([L3L4, "--src", TIE, "--dst", DEATHSTAR, "--dport", "80", "--method", "PUT", "--path", "/v1/exhaust-port"],
                      0, "allowed", "l3l4", id="l3l4-stage-no-http-check"),
         pytest.param([L3L4, "--src", "ip:1.2.3.4", "--dst", DEATHSTAR, "--dport", "80"], 1, "denied", "l3l4", id="world-dropped"),
-        pytest.param([L3L4, "--src", "entity:host", "--dst", DEATHSTAR, "--dport", "53/udp"], 1, "denied", "l3l4", id="udp"),
+        pytest.param([L3L4, "--src", TIE, "--dst", DEATHSTAR, "--dport", "53/udp"], 1, "denied", "l3l4", id="udp"),
+        pytest.param([L3L4, "--src", "entity:host", "--dst", DEATHSTAR, "--dport", "53/udp"], 0, "allowed", "l3l4", id="host-allowed-by-default"),
     ],
 )
 def test_trace_json(capsys, args, code, verdict, layer):

@@ -21,6 +21,7 @@ from policy.compiled import (
     Protocol,
     RedirectKey,
     Verdict,
+    lookup,
 )
 from policy.compiler import Compiler, compile_state
 from policy.endpoint import Endpoint
@@ -76,7 +77,7 @@ def test_redirect_carries_allocated_proxy_port_and_peer_gets_allow_all_http():
 
 def test_l7_with_protocol_any_redirects_tcp_only():
     text = cnp("a", "endpointSelector: {matchLabels: {app: web}}\ningress:\n- toPorts: [{ports: [{port: '80', protocol: ANY}], rules: {http: [{}]}}]\n")
-    web = compile_state(policies(text), [WEB]).endpoints[1]
+    web = compile_state(policies(text), [WEB], allow_localhost=False).endpoints[1]
     assert [(e.key.identity, e.key.protocol, e.verdict) for e in web.entries] == [(IDENTITY_ANY, Protocol.TCP, Verdict.REDIRECT)]
 
 
@@ -166,7 +167,7 @@ def test_unselected_endpoint_is_not_enforced():
 )
 def test_entity_identities(entity, expected):
     text = cnp("a", f"endpointSelector: {{matchLabels: {{app: web}}}}\ningress:\n- fromEntities: [{entity}]\n")
-    st = compile_state(policies(text), [WEB, CLIENT])
+    st = compile_state(policies(text), [WEB, CLIENT], allow_localhost=False)
     names = {st.endpoints[1].identity: "web", st.endpoints[2].identity: "client"}
     got = {names.get(e.key.identity, e.key.identity) for e in st.endpoints[1].entries}
     assert got == expected
@@ -214,3 +215,24 @@ def test_running_out_of_proxy_ports_is_an_error_and_loses_nothing():
     st = c.compile()
     assert c.changed_endpoints() == {1, 5}
     assert sorted(p.key.port for p in st.endpoints[1].l7) == [80, 81]
+
+
+@pytest.mark.parametrize(
+    "extra,allow_localhost,host_allowed",
+    [
+        pytest.param("", True, True, id="node-reaches-enforced-pod-by-default"),
+        pytest.param("", False, False, id="allow-localhost-off"),
+        pytest.param("ingressDeny:\n- fromEntities: [host]\n", True, False, id="explicit-host-deny-wins"),
+    ],
+)
+def test_allow_localhost(extra, allow_localhost, host_allowed):
+    """As Cilium's allow-localhost default: once a pod's ingress is enforced the
+    node may still reach it (probes), unless a policy denies the host."""
+    text = cnp("a", "endpointSelector: {matchLabels: {app: web}}\ningress:\n- fromEndpoints: [{matchLabels: {app: client}}]\n" + extra)
+    st = compile_state(policies(text), [WEB, CLIENT], allow_localhost=allow_localhost)
+    got = lookup(st.endpoints[1], IDENTITY_HOST, Direction.INGRESS, Protocol.TCP, 8080)
+    assert got.allowed is host_allowed
+    # Egress is untouched: the option never enforces or opens a direction.
+    assert st.endpoints[1].egress_enforced is False
+    unselected = compile_state([], [WEB], allow_localhost=allow_localhost).endpoints[1]
+    assert unselected.entries == ()

@@ -285,7 +285,7 @@ def oracle_direction(
 )
 def test_trace_agrees_with_policy_model(pols, src_labels, dst_labels, src_kind, dst_kind, proto, port, method):
     eps = [Endpoint(1, src_labels, IPv4Address("172.16.0.1")), Endpoint(2, dst_labels, IPv4Address("172.16.0.2"))]
-    state = compile_state(pols, eps)
+    state = compile_state(pols, eps, allow_localhost=False)
     http = HTTPRequest(method, "/") if method else None
     src: Any
     if src_kind == "endpoint":
