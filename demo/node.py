@@ -4,6 +4,11 @@ through the real `ciliate-cni` plugin with host-local IPAM.
 
 Used by `ciliate demo`, the end-to-end and reliability tests and the
 end-to-end benchmark. Does I/O throughout: namespaces, processes, bpffs.
+
+`python -m demo.node traffic METHOD URL ...` is the traffic generator the
+reliability tests run inside a pod (`Node.traffic`): a request per interval,
+one JSON line per outcome, on a new connection each time or on one
+keep-alive connection (to prove an established connection survives).
 Everything it makes (namespaces, veths, pins, processes, files) is removed on
 exit, also when the body raises.
 
@@ -22,7 +27,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +48,45 @@ class Pod:
     ip: str
     endpoint_id: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+
+
+class Lines:
+    """Drains a process's stdout in a thread so a chatty process (the
+    deathstar logs every request) never blocks on a full pipe; keeps every
+    line, JSON-decoded when it is JSON."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self._lines: list[dict] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                item = json.loads(raw)
+            except json.JSONDecodeError:
+                item = {"raw": raw.rstrip("\n")}
+            with self._lock:
+                self._lines.append(item if isinstance(item, dict) else {"raw": item})
+
+    def snapshot(self) -> list[dict]:
+        with self._lock:
+            return list(self._lines)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._lines)
+
+    def stop(self) -> list[dict]:
+        """Kill the process and return every line it printed."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._thread.join(5)
+        return self.snapshot()
 
 
 def _run(*cmd: str, check: bool = False, **kw) -> subprocess.CompletedProcess:
@@ -136,6 +182,34 @@ class Node:
         except OSError:
             return "(no agent log)"
 
+    def kill_agent(self) -> None:
+        """SIGKILL the agent, as a crash would: no shutdown code runs."""
+        if self.agent is None or self.agent.poll() is not None:
+            raise NodeError("the agent is not running")
+        self.agent.send_signal(signal.SIGKILL)
+        self.agent.wait(10)
+
+    def envoy_pid(self) -> int | None:
+        """The pid of the Envoy the agent supervises, from `ciliate status`."""
+        return self.status()["proxy"].get("envoy_pid") or None
+
+    def status(self) -> dict:
+        """`ciliate status -o json`, also while degraded (it then exits 1)."""
+        out = self.ciliate("status", "-o", "json")
+        try:
+            return json.loads(out.stdout)
+        except json.JSONDecodeError:
+            raise NodeError(f"ciliate status: {(out.stderr or out.stdout).strip()}") from None
+
+    def agent_rss(self) -> int:
+        """Resident memory of the agent process in bytes (VmRSS in /proc)."""
+        if self.agent is None or self.agent.poll() is not None:
+            raise NodeError("the agent is not running")
+        for line in Path(f"/proc/{self.agent.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise NodeError(f"no VmRSS in /proc/{self.agent.pid}/status")
+
     def ciliate(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return _run(PY, "-m", "agent.cli", *args, "--socket", str(self.socket), timeout=timeout)
 
@@ -173,6 +247,30 @@ class Node:
         if out.returncode != 0:
             raise NodeError(f"ciliate-cni {command} {pod.name}: {out.stdout.strip()} {out.stderr.strip()}")
         return json.loads(out.stdout) if out.stdout.strip() else {}
+
+    def watch(self, proc: subprocess.Popen) -> Lines:
+        """Collect a spawned process's output lines from now on (see Lines)."""
+        return Lines(proc)
+
+    def traffic(
+        self, pod: str, method: str, dst: str, path: str, *,
+        interval: float = 0.05, timeout: float = 1.0, keepalive: bool = False,
+    ) -> Lines:
+        """Continuous requests from a pod until stopped; one outcome per line:
+        {"t", "seq", "conn", "status"} or {"t", "seq", "conn", "error"}. With
+        keepalive, every request reuses one connection (`conn` counts the
+        connections the generator had to open)."""
+        argv = [
+            PY, "-m", "demo.node", "traffic", method, f"http://{dst}{path}",
+            "--interval", str(interval), "--timeout", str(timeout), *(["--keepalive"] if keepalive else []),
+        ]
+        lines = Lines(self.spawn(pod, argv))
+        deadline = time.monotonic() + 10
+        while not lines.snapshot() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not lines.snapshot() or "started" not in lines.snapshot()[0]:
+            raise NodeError(f"traffic generator in {pod} did not start: {lines.snapshot()[:1]}")
+        return lines
 
     def spawn(self, pod: str, argv: list[str]) -> subprocess.Popen:
         """A long-running process inside a pod; killed on close."""
@@ -239,3 +337,67 @@ class Node:
                 raise NodeError(f"{file_name} was rejected: {last}")
             time.sleep(0.05)
         raise NodeError(f"{file_name} not enforced after {timeout:.0f}s: {last}")
+
+
+# -- the traffic generator (runs inside a pod: standard library only)
+
+
+def _generate(method: str, url: str, interval: float, timeout: float, keepalive: bool) -> Iterator[dict]:
+    import http.client
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn: http.client.HTTPConnection | None = None
+    opened = 0
+    seq = 0
+    while True:
+        seq += 1
+        t = time.time()
+        if conn is None:
+            conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout)
+            opened += 1
+        try:
+            conn.request(method, parts.path or "/", body=b"" if method in ("POST", "PUT") else None)
+            resp = conn.getresponse()
+            resp.read()
+            out: dict = {"status": resp.status}
+            if resp.will_close:
+                conn.close()
+                conn = None
+        except (socket.timeout, TimeoutError):
+            out = {"error": "timeout"}
+            conn.close()
+            conn = None
+        except (OSError, http.client.HTTPException) as exc:
+            out = {"error": type(exc).__name__}
+            conn.close()
+            conn = None
+        if not keepalive and conn is not None:
+            conn.close()
+            conn = None
+        yield {"t": t, "seq": seq, "conn": opened, **out}
+        time.sleep(max(0.0, interval - (time.time() - t)))
+
+
+def _traffic_main(argv: list[str]) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m demo.node traffic")
+    ap.add_argument("method")
+    ap.add_argument("url")
+    ap.add_argument("--interval", type=float, default=0.05)
+    ap.add_argument("--timeout", type=float, default=1.0)
+    ap.add_argument("--keepalive", action="store_true")
+    a = ap.parse_args(argv)
+    print(json.dumps({"started": a.url}), flush=True)
+    for outcome in _generate(a.method.upper(), a.url, a.interval, a.timeout, a.keepalive):
+        print(json.dumps(outcome), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["traffic"]:
+        print("usage: python -m demo.node traffic METHOD URL [--interval S] [--timeout S] [--keepalive]", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(_traffic_main(sys.argv[2:]))
