@@ -8,8 +8,12 @@ ProxyRejected / ProxyTimeout. With `spawn_envoy=False` an external Envoy
 
 An Envoy left running by an agent that was killed (it runs in its own
 session, so it outlives the agent and keeps serving L7 meanwhile) is found
-by its bootstrap path in /proc and retired once the new one is ready; the
-two share the listener ports (SO_REUSEPORT) during the overlap.
+by its bootstrap path in /proc and retired once the new one is ready and has
+acknowledged this agent's first configuration (before that it may not have
+the listeners yet, and connections would find no proxy socket). Retiring
+drains it gracefully through its admin API before SIGTERM, so requests in
+flight on it finish; the two share the listener ports (SO_REUSEPORT) during
+the overlap.
 Does socket and process I/O.
 """
 
@@ -23,6 +27,8 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from agent.ports import ProxyRejected, ProxyTimeout
 from policy.compiled import CompiledState
 from sidecar.supervisor import EnvoySupervisor
@@ -34,6 +40,7 @@ from xds.server import XdsServer
 
 DEFAULT_NODE_ID = "ciliate-sidecar"
 RETIRE_AFTER = 30.0  # seconds to wait for the new Envoy before retiring the old one anyway
+DRAIN_SECONDS = 1.5  # the supervisor starts Envoy with --drain-time-s 1; a margin on top
 log = logging.getLogger(__name__)
 
 
@@ -77,25 +84,47 @@ class XdsProxy:
         )
         self._version = 0
         self._retirer: asyncio.Task[None] | None = None
+        self._acked = asyncio.Event()  # a configuration published by this agent was ACKed
 
     async def start(self) -> None:
         await self.server.start()
         await self.accesslog.start()
-        # An empty configuration right away, so Envoy finishes its init and
-        # reports ready even before (or without) any L7 policy.
-        self.cache.set_snapshot(self.node_id, self.renderer.render(CompiledState(0, {}, {}), "0"))
+        leftovers = envoys_using(self.supervisor.workdir / "bootstrap.json") if self.supervisor is not None else []
+        if not leftovers:
+            # An empty configuration right away, so Envoy finishes its init and
+            # reports ready even before (or without) any L7 policy.
+            self._set_empty()
+        # Else no configuration until the first publish: the Envoy a killed
+        # agent left reconnects to this server, and an empty one would remove
+        # the listeners it is still serving L7 with (a window where redirected
+        # connections find no proxy socket). With none, it keeps its own.
         if self.supervisor is not None:
-            leftovers = envoys_using(self.supervisor.workdir / "bootstrap.json")
+            # Read before the new Envoy overwrites the file with its own address.
+            old_admin = _read_admin_file(self.supervisor.workdir / "admin-address") if leftovers else None
             await self.supervisor.start()
             if leftovers:
-                self._retirer = asyncio.create_task(self._retire(leftovers), name="ciliate-retire-old-envoy")
+                self._retirer = asyncio.create_task(self._retire(leftovers, old_admin), name="ciliate-retire-old-envoy")
 
-    async def _retire(self, pids: list[int]) -> None:
+    def _set_empty(self) -> None:
+        self.cache.set_snapshot(self.node_id, self.renderer.render(CompiledState(0, {}, {}), "0"))
+
+    async def _retire(self, pids: list[int], old_admin: str | None) -> None:
         assert self.supervisor is not None
+        try:
+            # The new Envoy holds the listeners once it ACKed this agent's
+            # first configuration. With no L7 policy no configuration comes:
+            # serve the empty one then (nothing is redirected to either Envoy).
+            await asyncio.wait_for(self._acked.wait(), RETIRE_AFTER)
+        except TimeoutError:
+            log.info("no proxy configuration published in %.0fs; giving the new Envoy an empty one", RETIRE_AFTER)
+            if self.cache.get_snapshot(self.node_id) is None:
+                self._set_empty()
         try:
             await self.supervisor.wait_ready(RETIRE_AFTER)
         except Exception as exc:
-            log.warning("new Envoy not ready (%s); retiring the previous one anyway", exc)
+            log.warning("new Envoy not ready (%s); retiring the previous one anyway", exc or type(exc).__name__)
+        if old_admin is not None:
+            await _drain(old_admin)
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGTERM)
@@ -126,6 +155,7 @@ class XdsProxy:
             raise ProxyRejected(exc.detail) from exc
         except AckTimeout as exc:
             raise ProxyTimeout(str(exc)) from exc
+        self._acked.set()
         return version
 
     def status(self) -> Mapping[str, Any]:
@@ -160,3 +190,26 @@ class XdsProxy:
                 "verdict": "denied" if e.denied else "forwarded",
                 "summary": f"{e.method} http://{e.authority}{e.path} -> {e.status}",
             }
+
+
+def _read_admin_file(path: Path) -> str | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return text or None
+
+
+async def _drain(admin: str) -> None:
+    """Gracefully drain an Envoy's listeners (it tells HTTP clients to close,
+    then stops accepting) and give it the drain time; best effort."""
+    try:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            resp = await client.post(f"http://{admin}/drain_listeners", params={"graceful": ""})
+        if resp.status_code != 200:
+            log.warning("draining the previous Envoy at %s: HTTP %d %s", admin, resp.status_code, resp.text[:200])
+            return
+    except httpx.HTTPError as exc:
+        log.warning("draining the previous Envoy at %s failed: %s", admin, exc)
+        return
+    await asyncio.sleep(DRAIN_SECONDS)

@@ -10,6 +10,7 @@ import signal
 import tempfile
 from pathlib import Path
 
+import httpx
 import pytest
 
 from agent.adapters.proxy import XdsProxy, envoys_using
@@ -32,6 +33,12 @@ def state(path_regex: str | None, revision: int = 1) -> CompiledState:
     l7 = L7Policy(RedirectKey(1, Direction.INGRESS, 80), 10080, (L7PeerRule(frozenset({0}), rule),))
     ep = EndpointPolicy(1, 256, None, True, False, (), (l7,), frozenset({"default/p"}))
     return CompiledState(revision, {1: ep}, {})
+
+
+async def listener_names(admin: str) -> list[str]:
+    async with httpx.AsyncClient(timeout=5) as client:
+        resp = await client.get(f"http://{admin}/listeners", params={"format": "json"})
+    return sorted(ls["name"] for ls in resp.json().get("listener_statuses", []))
 
 
 def test_envoys_using_finds_processes_by_bootstrap(tmp_path: Path) -> None:
@@ -62,15 +69,32 @@ async def test_ack_nack_and_retiring_a_leftover_envoy() -> None:
         first.supervisor._monitor.cancel()
         await first.accesslog.stop()
         await first.server.stop()
+        old_admin = (run / "envoy" / "admin-address").read_text().strip()
+        serving = await listener_names(old_admin)
+        assert serving, "the published L7 policy gave the Envoy no listener"
         second = XdsProxy(run, render_params=params)
         await second.start()
         try:
+            # The old Envoy reconnects to the new agent's xDS server; until the
+            # new agent publishes, it must keep the listeners it serves L7 with
+            # (an empty start-up snapshot would remove them: connections
+            # redirected meanwhile would find no proxy socket).
             for _ in range(300):
-                if not envoys_using(run / "envoy" / "bootstrap.json") == sorted({old_pid, second.supervisor.pid}):
+                if second.server.streams >= 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert second.server.streams >= 2, "the old Envoy did not reconnect"
+            await asyncio.sleep(0.5)
+            assert await listener_names(old_admin) == serving
+            assert envoys_using(run / "envoy" / "bootstrap.json") == sorted({old_pid, second.supervisor.pid})
+            assert await second.publish(state("/v1/.*", 2), timeout=20)
+            # Now the new one has the listeners: the old one is drained and retired.
+            for _ in range(300):
+                if envoys_using(run / "envoy" / "bootstrap.json") == [second.supervisor.pid]:
                     break
                 await asyncio.sleep(0.1)
             assert envoys_using(run / "envoy" / "bootstrap.json") == [second.supervisor.pid]
-            assert await second.publish(state("/v1/.*", 2), timeout=20)
+            assert await listener_names(f"{second.supervisor.admin_address[0]}:{second.supervisor.admin_address[1]}")
         finally:
             await second.stop()
     finally:
