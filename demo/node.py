@@ -53,7 +53,7 @@ class Pod:
 class Lines:
     """Drains a process's stdout in a thread so a chatty process (the
     deathstar logs every request) never blocks on a full pipe; keeps every
-    line, JSON-decoded when it is JSON."""
+    line, JSON-decoded when it is JSON, stamped with `_at` (time read)."""
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc = proc
@@ -69,8 +69,10 @@ class Lines:
                 item = json.loads(raw)
             except json.JSONDecodeError:
                 item = {"raw": raw.rstrip("\n")}
+            item = item if isinstance(item, dict) else {"raw": item}
+            item["_at"] = time.time()  # when it was read: orders server logs against client outcomes
             with self._lock:
-                self._lines.append(item if isinstance(item, dict) else {"raw": item})
+                self._lines.append(item)
 
     def snapshot(self) -> list[dict]:
         with self._lock:
@@ -192,6 +194,21 @@ class Node:
     def envoy_pid(self) -> int | None:
         """The pid of the Envoy the agent supervises, from `ciliate status`."""
         return self.status()["proxy"].get("envoy_pid") or None
+
+    def envoy_pids(self) -> list[int]:
+        """Every Envoy process of this node (the supervised one, and one a
+        killed agent left behind until the next agent retires it)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and b"envoy" in argv[0].rsplit(b"/", 1)[-1] and any(str(self.workdir).encode() in a for a in argv):
+                found.append(int(entry.name))
+        return sorted(found)
 
     def status(self) -> dict:
         """`ciliate status -o json`, also while degraded (it then exits 1)."""

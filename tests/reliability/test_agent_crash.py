@@ -47,9 +47,10 @@ def test_agent_sigkill_under_traffic_keeps_enforcing_and_restart_adopts(node) ->
     wait_for("every endpoint ready after the restart", lambda: {s for _, _, s in sw.endpoints().values()} == {"ready"})
     t_ready = time.time()
     # The restarted agent's Envoy takes over from the one the dead agent left
-    # (retired once the new one is ready): keep going past that hand-over.
-    wait_for("the restarted agent's Envoy connected", lambda: node.status()["ok"], timeout=30)
-    time.sleep(2.5)
+    # (drained and retired once the new one has the configuration): keep
+    # going past that hand-over.
+    wait_for("the old Envoy retired", lambda: node.status()["ok"] and node.envoy_pids() == [node.envoy_pid()], timeout=40)
+    time.sleep(1.0)
     t_end = time.time()
     results = {name: (lines.stop(), expect) for name, (lines, expect) in flows.items()}
 
@@ -58,6 +59,7 @@ def test_agent_sigkill_under_traffic_keeps_enforcing_and_restart_adopts(node) ->
         f"{name:44} " + "  ".join(f"{ph}: {tally(outcomes(lines, a, b))}" for ph, (a, b) in phases.items())
         for name, (lines, _) in results.items()
     )
+    print(report)
     for name, (lines, expect) in results.items():
         wrong = [o for o in outcomes(lines) if (str(o.get("status", o.get("error"))) not in expect)]
         assert not wrong, f"{name}: {len(wrong)} requests not {expect}, first {wrong[:3]}\n{report}"
