@@ -124,10 +124,12 @@ class RenderParams:
 
 
 @lru_cache(maxsize=1 << 16)
-def _balanced(regex: str) -> bool:
-    """Parentheses balance outside escapes and character classes, so the
-    regex cannot close a group it did not open."""
+def _regex_shape(regex: str) -> tuple[bool, bool]:
+    """(balanced, has a top-level `|`), in one scan that skips escapes and
+    character classes. Balanced: the parentheses balance, so the regex
+    cannot close a group it did not open."""
     depth, i, n, in_class = 0, 0, len(regex), False
+    went_negative = top_pipe = False
     while i < n:
         c = regex[i]
         if c == "\\":
@@ -147,10 +149,19 @@ def _balanced(regex: str) -> bool:
             depth += 1
         elif c == ")":
             depth -= 1
-            if depth < 0:
-                return False
+            went_negative |= depth < 0
+        elif c == "|" and depth == 0:
+            top_pipe = True
         i += 1
-    return depth == 0 and not in_class and i == n
+    return (depth == 0 and not went_negative and not in_class and i == n), top_pipe
+
+
+def _balanced(regex: str) -> bool:
+    return _regex_shape(regex)[0]
+
+
+def _has_top_level_pipe(regex: str) -> bool:
+    return _regex_shape(regex)[1]
 
 
 _QUANTIFIERS = "*+?{"
@@ -173,30 +184,6 @@ def _split_literal(regex: str) -> tuple[str, str] | None:
     return regex[:i], regex[i:]
 
 
-def _has_top_level_pipe(regex: str) -> bool:
-    depth, i, n, in_class = 0, 0, len(regex), False
-    while i < n:
-        c = regex[i]
-        if c == "\\":
-            i += 2
-            continue
-        if in_class:
-            if c == "]":
-                in_class = False
-        elif c == "[":
-            in_class = True
-            if regex[i + 1 : i + 2] == "^":
-                i += 1
-            if regex[i + 1 : i + 2] == "]":
-                i += 1
-        elif c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-        elif c == "|" and depth == 0:
-            return True
-        i += 1
-    return False
 
 
 def _alternation(paths: list[str]) -> str:
