@@ -218,7 +218,7 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def change_series(node, kind: str, changes: int) -> tuple[list[float], list[float], list[float]]:
+def change_series(node, kind: str, changes: int, keepalive_probe: bool = True) -> tuple[list[float], list[float], list[float]]:
     """(end-to-end, agent regeneration, end-to-end on a keep-alive connection) seconds per change."""
     ds = node.pods["deathstar"].ip
     if kind == "kernel":
@@ -236,7 +236,7 @@ def change_series(node, kind: str, changes: int) -> tuple[list[float], list[floa
         # connection keeps the previous L7 policy.
         kept = {
             name: Prober(node, "tiefighter", ["probe", "http-keepalive", ds, "80", method, path]) for name, (method, path) in L7_ALLOWED.items()
-        }
+        } if keepalive_probe else {}
         version = lambda who: STARWARS.format(l4_org="empire", sink=SINK_PORT, method=L7_ALLOWED[who][0], path=L7_ALLOWED[who][1])  # noqa: E731
         order, denied = ("exhaust", "land"), "403"
     allowed = "open" if kind == "kernel" else "200"
@@ -302,7 +302,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--changes", type=int, default=100)
     ap.add_argument("--policies", type=int, default=1000)
-    ap.add_argument("--endpoints", default="100,1000", help="memory checkpoints (total endpoints)")
+    ap.add_argument("--endpoints", default="100,1000", help="memory checkpoints (total endpoints); empty: skip")
+    ap.add_argument("--only", choices=("kernel", "l7"), help="run one latency series only")
+    ap.add_argument("--no-keepalive-probe", action="store_true", help="L7: skip the keep-alive probers (less load)")
     a = ap.parse_args()
     checkpoints = sorted(int(x) for x in a.endpoints.split(",") if x)
 
@@ -321,7 +323,8 @@ def main() -> int:
 
         rows = []
         for kind, goal in (("kernel", 0.050), ("l7", 0.150)):
-            rows.append((kind, goal, *change_series(node, kind, a.changes)))
+            if a.only in (None, kind):
+                rows.append((kind, goal, *change_series(node, kind, a.changes, keepalive_probe=not a.no_keepalive_probe)))
 
         print(f"\npolicy change -> enforcement, end to end ({n_pol} policies in force, {a.changes} changes each, 3 pods)")
         print("  (L3/L4 probe: a new TCP connection every 3 ms; L7 probe: a request on a new connection every 10 ms;")

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.reliability.conftest import (
-    EXHAUST, L4_PORT, L7_PORT, LAND, POLICIES, Starwars, build_starwars, outcomes, tally, wait_for,
+    EXHAUST, L4_PORT, L7_PORT, LAND, POLICIES, Starwars, build_starwars, label, outcomes, tally, wait_for,
 )
 
 AWAY = 2.0  # seconds the agent stays dead, with traffic flowing
@@ -29,13 +29,13 @@ def test_agent_sigkill_under_traffic_keeps_enforcing_and_restart_adopts(node) ->
     # (flow, expected outcome of every request); denied flows use a short
     # timeout so they are sampled often too.
     flows = {
-        "tiefighter POST landing :80 (L7 allowed)": (node.traffic("tiefighter", *LAND[:1], sw.dst(L7_PORT), LAND[1]), {"200"}),
-        "tiefighter PUT exhaust :80 (L7 denied)": (node.traffic("tiefighter", *EXHAUST[:1], sw.dst(L7_PORT), EXHAUST[1]), {"403"}),
+        "tiefighter POST landing :80 (L7 allowed)": (node.traffic("tiefighter", LAND[0], sw.dst(L7_PORT), LAND[1]), {"200"}),
+        "tiefighter PUT exhaust :80 (L7 denied)": (node.traffic("tiefighter", EXHAUST[0], sw.dst(L7_PORT), EXHAUST[1]), {"403"}),
         "tiefighter keep-alive :8080 (L3/L4 allowed)": (
             node.traffic("tiefighter", "POST", sw.dst(L4_PORT), LAND[1], keepalive=True), {"200"},
         ),
-        "xwing POST landing :80 (denied)": (node.traffic("xwing", *LAND[:1], sw.dst(L7_PORT), LAND[1], timeout=0.5), {"timeout"}),
-        "xwing POST landing :8080 (denied)": (node.traffic("xwing", *LAND[:1], sw.dst(L4_PORT), LAND[1], timeout=0.5), {"timeout"}),
+        "xwing POST landing :80 (denied)": (node.traffic("xwing", LAND[0], sw.dst(L7_PORT), LAND[1], timeout=0.5), {"timeout"}),
+        "xwing POST landing :8080 (denied)": (node.traffic("xwing", LAND[0], sw.dst(L4_PORT), LAND[1], timeout=0.5), {"timeout"}),
     }
     time.sleep(1.5)
 
@@ -61,7 +61,7 @@ def test_agent_sigkill_under_traffic_keeps_enforcing_and_restart_adopts(node) ->
     )
     print(report)
     for name, (lines, expect) in results.items():
-        wrong = [o for o in outcomes(lines) if (str(o.get("status", o.get("error"))) not in expect)]
+        wrong = [o for o in outcomes(lines) if label(o) not in expect]
         assert not wrong, f"{name}: {len(wrong)} requests not {expect}, first {wrong[:3]}\n{report}"
         assert outcomes(lines, t_kill, t_restart), f"{name}: no request while the agent was dead\n{report}"
     # The keep-alive connection opened before the crash carried every request.

@@ -24,8 +24,8 @@ def test_envoy_sigkill_fails_closed_and_is_restarted(node) -> None:
     sw = build_starwars(node, STARWARS / "2-l7.yaml")
     # A short client timeout: Envoy is back within a second or two, and the
     # outage must be sampled by several requests.
-    land = node.traffic("tiefighter", *LAND[:1], sw.dst(), LAND[1], interval=0.03, timeout=0.3)
-    exhaust = node.traffic("tiefighter", *EXHAUST[:1], sw.dst(), EXHAUST[1], interval=0.03, timeout=0.3)
+    land = node.traffic("tiefighter", LAND[0], sw.dst(), LAND[1], interval=0.03, timeout=0.3)
+    exhaust = node.traffic("tiefighter", EXHAUST[0], sw.dst(), EXHAUST[1], interval=0.03, timeout=0.3)
     wait_for("L7 traffic flowing", lambda: any(o.get("status") == 200 for o in outcomes(land)))
     old = node.envoy_pid()
     assert old is not None, node.status()
@@ -62,5 +62,5 @@ def test_envoy_sigkill_fails_closed_and_is_restarted(node) -> None:
     # The agent did it, and says so.
     st = node.status()
     assert st["ok"] and st["proxy"]["envoy_pid"] == new and st["proxy"]["envoy_restarts"] == restarts + 1, st
-    got = node.request("tiefighter", *EXHAUST[:1], sw.dst(), EXHAUST[1])
+    got = node.request("tiefighter", EXHAUST[0], sw.dst(), EXHAUST[1])
     assert (got.get("status"), got.get("body")) == (403, "Access denied"), got

@@ -36,7 +36,7 @@ def statuses(node: Node, file_name: str) -> list[dict]:
 
 
 def observed(sw: Starwars, ship: str) -> str:
-    got = sw.node.request(ship, *LAND[:1], sw.dst(), LAND[1], timeout=1.0)
+    got = sw.node.request(ship, LAND[0], sw.dst(), LAND[1], timeout=1.0)
     return str(got["status"]) if "status" in got else got.get("error", "?")
 
 

@@ -23,11 +23,11 @@ BURST_FLIPS = 10  # back to back, 50 ms apart: the agent coalesces and must stay
 def test_flipping_policy_never_lets_a_doubly_denied_request_through(node) -> None:
     sw = build_starwars(node, STARWARS / "1-l3l4.yaml")
     flows = {
-        "xwing POST landing (denied by both)": node.traffic("xwing", *LAND[:1], sw.dst(), LAND[1], timeout=0.3, interval=0.01),
-        "xwing PUT exhaust (denied by both)": node.traffic("xwing", *EXHAUST[:1], sw.dst(), EXHAUST[1], timeout=0.3, interval=0.01),
-        "tiefighter POST landing (allowed by both)": node.traffic("tiefighter", *LAND[:1], sw.dst(), LAND[1], interval=0.02, timeout=2.0),
+        "xwing POST landing (denied by both)": node.traffic("xwing", LAND[0], sw.dst(), LAND[1], timeout=0.3, interval=0.01),
+        "xwing PUT exhaust (denied by both)": node.traffic("xwing", EXHAUST[0], sw.dst(), EXHAUST[1], timeout=0.3, interval=0.01),
+        "tiefighter POST landing (allowed by both)": node.traffic("tiefighter", LAND[0], sw.dst(), LAND[1], interval=0.02, timeout=2.0),
         "tiefighter PUT exhaust (200 under L3/L4, 403 under L7)": node.traffic(
-            "tiefighter", *EXHAUST[:1], sw.dst(), EXHAUST[1], interval=0.02, timeout=2.0,
+            "tiefighter", EXHAUST[0], sw.dst(), EXHAUST[1], interval=0.02, timeout=2.0,
         ),
     }
     target = node.policies / "starwars.yaml"
