@@ -36,6 +36,7 @@ import ctypes
 import json
 import os
 import random
+import signal
 import socket
 import statistics
 import struct
@@ -308,6 +309,8 @@ def main() -> int:
     a = ap.parse_args()
     checkpoints = sorted(int(x) for x in a.endpoints.split(",") if x)
 
+    # SIGTERM unwinds like Ctrl-C, so the node's cleanup runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with Node(prefix="cilbench", subnet="10.207.0.0/24") as node:
         for k in range(a.policies):
             (node.policies / f"bench-{k:05d}.yaml").write_text(unrelated(k))
@@ -315,7 +318,9 @@ def main() -> int:
         node.start_agent("--metrics-port", str(METRICS_PORT), timeout=120)
         for pod in PODS:
             node.add_pod(pod.name, pod.labels)
-        node.serve_deathstar()
+        # Drained: the server logs every request, and a full pipe would block
+        # its threads mid-connection (Envoy's upstream then stalls for seconds).
+        node.watch(node.serve_deathstar())
         sink = node.watch(node.spawn("deathstar", [sys.executable, str(Path(__file__).resolve()), "sink", str(SINK_PORT)]))
         time.sleep(0.3)
         assert sink.snapshot(), "the TCP sink did not start"
