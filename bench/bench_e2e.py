@@ -250,7 +250,7 @@ def change_series(node, kind: str, changes: int, keepalive_probe: bool = True) -
     e2e, regen, keepalive = [], [], []
     for i in range(changes):
         now, other = order[i % 2], order[(i + 1) % 2]
-        # A random phase against the agent's directory poll (every 200 ms),
+        # A random phase against the agent's safety-net directory poll (every 200 ms),
         # or a fixed loop period would always land at the same point of it.
         time.sleep(random.uniform(0, POLL))
         before = regen_seconds_sum(node)
@@ -333,7 +333,7 @@ def main() -> int:
 
         print(f"\npolicy change -> enforcement, end to end ({n_pol} policies in force, {a.changes} changes each, 3 pods)")
         print("  (L3/L4 probe: a new TCP connection every 3 ms; L7 probe: a request on a new connection every 10 ms;")
-        print(f"   the agent notices a file by polling its directory every {POLL * 1e3:.0f} ms, so up to that is waiting alone)")
+        print(f"   the agent is woken by inotify; its directory poll every {POLL * 1e3:.0f} ms is only the safety net)")
         print(f"  {'':44} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'goal p99':>9}")
         for kind, goal, e2e, regen, keepalive in rows:
             what = "kernel: file written -> next conn dropped" if kind == "kernel" else "L7: file written -> next request 403"
