@@ -5,9 +5,11 @@ made by demo.node.Node, which removes them even when a test fails."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,9 +56,27 @@ def test_starwars_through_the_real_agent_and_sigterm_keeps_enforcing(node: Node)
     check("L3/L4", "tiefighter", LAND, "200")
     check("L3/L4", "xwing", LAND, "dropped")
     node.apply_policy(EXAMPLES / "2-l7.yaml", name="starwars.yaml")
-    check("L7", "tiefighter", EXHAUST, "403")
-    check("L7", "xwing", LAND, "dropped")
-    check("L7", "tiefighter", LAND, "200")
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "monitor", "--type", "drop", "--type", "l7", "-o", "json", "--socket", str(node.socket)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(1.0)  # the stream is subscribed before the requests
+        check("L7", "tiefighter", EXHAUST, "403")
+        check("L7", "xwing", LAND, "dropped")
+        check("L7", "tiefighter", LAND, "200")
+        time.sleep(1.0)  # access logs are flushed by Envoy shortly after the request
+    finally:
+        monitor.terminate()
+        events_out, _ = monitor.communicate(timeout=10)
+    events = [json.loads(line) for line in events_out.splitlines() if line.strip()]
+    tie, xwing = node.pods["tiefighter"].ip, node.pods["xwing"].ip
+    l7 = {(e.get("src_ip"), e.get("method"), e.get("path"), e.get("status")) for e in events if e["type"] == "l7"}
+    assert (tie, "PUT", "/v1/exhaust-port", 403) in l7, events
+    assert (tie, "POST", "/v1/request-landing", 200) in l7, events
+    drops = [e for e in events if e["type"] == "drop" and e.get("src_ip") == xwing]
+    assert drops and all(e.get("dst_port") == 80 for e in drops), events
+    assert any("org=alliance" in ",".join(e.get("src_labels", [])) for e in drops), drops
     ds = node.pods["deathstar"].endpoint_id
     dump = node.ciliate_json("bpf", "policy", "get", str(ds))
     # Every peer goes through the proxy on port 80; the node keeps its
