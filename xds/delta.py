@@ -56,7 +56,7 @@ class DeltaSession(Session):
                 st.wildcard = True
         if req.response_nonce and req.response_nonce in st.pending:
             version, carried = st.pending.pop(req.response_nonce)
-            if req.error_detail is not None and (req.error_detail.code or req.error_detail.message):
+            if self.is_nack(req):
                 self.cache.report_nack(self.node_id, NackError(req.error_detail.message, t, tuple(carried), version))
             else:
                 # What that response carried, not what was sent since: a later

@@ -41,6 +41,12 @@ class Session:
     def next_nonce(self) -> str:
         return str(next(self._nonces))
 
+    @staticmethod
+    def is_nack(req: Any) -> bool:
+        """SotW and delta requests say NACK the same way: an error_detail
+        with a code or a message."""
+        return req.error_detail is not None and bool(req.error_detail.code or req.error_detail.message)
+
     @property
     def snapshot(self) -> Snapshot:
         if self.node_id is None:

@@ -63,7 +63,7 @@ class SotwSession(Session):
             return  # stale nonce: Envoy has not seen our latest response yet
         elif st.awaiting:
             st.awaiting = False
-            if req.error_detail is not None and (req.error_detail.code or req.error_detail.message):
+            if self.is_nack(req):
                 assert st.sent is not None
                 self.cache.report_nack(
                     self.node_id,
