@@ -29,8 +29,11 @@
 #include <uapi/linux/icmp.h>
 #include <uapi/linux/pkt_cls.h>
 
-/* The generated per-endpoint header arrives with -include; without it (tests
- * that only compile) the checked-in dummy stands in. */
+/* The generated shared config header (pin dir, sizes, proxy address) arrives
+ * with -include; without it (tests that only compile) the checked-in dummy
+ * stands in. Nothing endpoint-specific is compiled in: one program serves
+ * every endpoint and looks its endpoint up by skb->ifindex (ciliate_ifindex),
+ * so attaching another endpoint needs no compile. */
 #ifndef CILIATE_EP_CONFIG_H
 #include "lib/dummy_config.h"
 #endif
@@ -44,6 +47,14 @@
 #ifdef CILIATE_LAYOUT_CHECK
 #include CILIATE_LAYOUT_CHECK
 #endif
+
+/* The endpoint this veth belongs to; NULL (no entry) drops, fail closed. */
+static __always_inline struct ifindex_value *endpoint_of(struct __sk_buff *skb)
+{
+	struct ifindex_key k = { .ifindex = skb->ifindex };
+
+	return endpoint_of_if.lookup(&k);
+}
 
 static __always_inline int drop(struct pkt *p, struct ev_ctx *c, __u8 reason)
 {
@@ -74,11 +85,22 @@ int from_container(struct __sk_buff *skb)
 	struct pkt p = {};
 	struct ev_ctx c = { .hook = HOOK_FROM_ENDPOINT, .direction = DIR_NONE };
 	struct ct_value *ctv;
-	struct lxc_key self_key = { .addr = htonl(ENDPOINT_IPV4) };
+	struct lxc_key self_key = {};
 	struct lxc_value *self, *dst;
+	struct ifindex_value *me;
 	struct verdict eg = {}, in = {};
+	__u32 endpoint_id;
 	__u64 now;
 	int r;
+
+	me = endpoint_of(skb);
+	if (!me) {
+		parse_packet(skb, &p);
+		return drop(&p, &c, R_ENDPOINT_UNKNOWN);
+	}
+	endpoint_id = me->endpoint_id;
+	self_key.addr = me->addr;
+	c.endpoint_id = endpoint_id;
 
 	r = parse_or_verdict(skb, &p, &c);
 	if (r >= 0)
@@ -109,7 +131,7 @@ int from_container(struct __sk_buff *skb)
 	c.dst_identity = ipcache_identity(p.daddr);
 
 	c.direction = 1; /* egress */
-	policy_decide(ENDPOINT_ID, self->flags & LXC_F_EGRESS_ENFORCED, c.dst_identity, 1, &p, &eg);
+	policy_decide(endpoint_id, self->flags & LXC_F_EGRESS_ENFORCED, c.dst_identity, 1, &p, &eg);
 	if (!eg.verdict)
 		return drop(&p, &c, eg.reason);
 
@@ -148,14 +170,24 @@ int to_container(struct __sk_buff *skb)
 	struct pkt p = {};
 	struct ev_ctx c = { .hook = HOOK_TO_ENDPOINT, .direction = DIR_NONE };
 	struct ct_value *ctv;
-	struct lxc_key self_key = { .addr = htonl(ENDPOINT_IPV4) };
+	struct lxc_key self_key = {};
 	struct lxc_value *self;
+	struct ifindex_value *me;
 	struct verdict in = {};
+	__u32 endpoint_id;
 	__u64 now;
 	int r;
 
 	if ((skb->mark & MARK_MAGIC_MASK) == MARK_MAGIC_DECIDED)
 		return TC_ACT_OK;
+	me = endpoint_of(skb);
+	if (!me) {
+		parse_packet(skb, &p);
+		return drop(&p, &c, R_ENDPOINT_UNKNOWN);
+	}
+	endpoint_id = me->endpoint_id;
+	self_key.addr = me->addr;
+	c.endpoint_id = endpoint_id;
 	r = parse_or_verdict(skb, &p, &c);
 	if (r >= 0)
 		return r;
@@ -184,7 +216,7 @@ int to_container(struct __sk_buff *skb)
 		return drop(&p, &c, R_ENDPOINT_UNKNOWN);
 
 	c.direction = 0;
-	policy_decide(ENDPOINT_ID, self->flags & LXC_F_INGRESS_ENFORCED, c.src_identity, 0, &p, &in);
+	policy_decide(endpoint_id, self->flags & LXC_F_INGRESS_ENFORCED, c.src_identity, 0, &p, &in);
 	if (!in.verdict)
 		return drop(&p, &c, in.reason);
 	if (in.verdict == VERDICT_REDIRECT) {

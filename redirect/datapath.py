@@ -13,8 +13,13 @@ Everything enforced lives in the kernel (pinned maps, tc filters holding
 their programs); the process may exit at any time. A new Datapath on the
 same pin_dir and state_dir adopts it: maps are opened from their pins, the
 endpoints are read back from state_dir/<id>/endpoint.json, and re-attaching
-an endpoint whose generated header is unchanged and whose filter is in place
-does nothing (no recompile).
+an endpoint whose filter already runs the current program does nothing.
+
+One program for all endpoints: bpf_lxc.c is compiled once per (program text,
+shared config header) and the same program is attached to every endpoint's
+veth; it finds its endpoint by skb->ifindex in ciliate_ifindex. The build is
+pinned (ciliate_prog_lxc_<hash>_from/to), so a restarted process attaches new
+endpoints without compiling either.
 
 Fail closed: a new endpoint runs a two-instruction drop program until its own
 program is attached, a compile or load failure leaves (or puts) it on the
@@ -44,7 +49,7 @@ BLOCK_NAME = "ciliate_block"
 ERROR_FILE = "error.txt"
 RECORD_FILE = "endpoint.json"
 PLUMBING_FILE = "proxy-plumbing.json"
-LO_DIR = "lo"  # state of the loopback program (config header it was built from)
+SHARED_DIR = "datapath"  # the shared config header every program is built from
 LO_PRIO = 2004  # our filter's prio on lo, which others may use too
 
 
@@ -55,6 +60,7 @@ class EndpointRecord:
     ipv4: str
     identity: int
     program: str  # tc filter name of the program attached, or BLOCK_NAME
+    ifindex: int = 0  # of ifname, the key of its ciliate_ifindex entry (0: older record)
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ class Datapath:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.maps = PinnedMaps(self.pin_dir, sizes)
         self._endpoints: dict[int, EndpointRecord] = {}
+        self._programs: dict[str, tuple[int, int]] = {}  # shared program name -> fds held
         for rec in self.state_dir.glob(f"*/{RECORD_FILE}"):  # adopt endpoints
             try:
                 r = EndpointRecord(**json.loads(rec.read_text()))
@@ -122,64 +129,105 @@ class Datapath:
         finally:
             os.close(fd)
 
+    def _shared(self) -> tuple[Path, str]:
+        """Write the shared config header; return it and its hash."""
+        cfg = config.SharedConfig(self.pin_dir, self.maps.sizes, self.proxy_addr)
+        return config.write_shared(cfg, self.state_dir / SHARED_DIR)
+
+    def _shared_pin(self, name: str, hook: str) -> Path:
+        return self.pin_dir / f"ciliate_prog_{name.removeprefix('ciliate_')}_{hook}"
+
+    def _program(self, name: str) -> tuple[int, int] | None:
+        """fds of the shared program `name`, from this process or its pins;
+        None when it has to be compiled."""
+        if name in self._programs:
+            return self._programs[name]
+        pins = [self._shared_pin(name, h) for h in ("from", "to")]
+        if not all(p.exists() for p in pins):
+            return None
+        fds = [bpfsys.obj_get(p) for p in pins]
+        self._programs[name] = (fds[0], fds[1])
+        return self._programs[name]
+
+    def _compile(self, name: str, header: Path, endpoint_id: int) -> tuple[int, int]:
+        """Compile and load the shared program, pin it, and forget pins of
+        older builds (endpoints still on them hold them through tc until
+        they are re-attached)."""
+        prog = loader.compile_and_load(endpoint_id, header, self.program_source)
+        try:
+            fds = (os.dup(prog.from_container), os.dup(prog.to_container))
+        finally:
+            prog.close()
+        for old in self.pin_dir.glob("ciliate_prog_lxc_*"):
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+        for hook, fd in zip(("from", "to"), fds):
+            bpfsys.pin(fd, self._shared_pin(name, hook))
+        self._programs[name] = fds
+        return fds
+
     def attach_endpoint(self, endpoint_id: int, ifname: str, ipv4: IPv4Address | str, identity: int) -> None:
-        """Compile and attach the endpoint's program (idempotent).
+        """Attach the install's shared program to the endpoint's veth
+        (compiling it only if no endpoint has it yet; idempotent).
 
         Raises ProgramLoadError (endpoint left blocked) or AttachError."""
         ip = _as_ip(ipv4)
         ep_dir = self._ep_dir(endpoint_id)
-        cfg = config.EndpointConfig(endpoint_id, identity, ip, ifname, self.pin_dir, self.maps.sizes, self.proxy_addr)
-        header, digest = config.write(cfg, ep_dir)
-        # The name identifies header and program text, so a restart with new
-        # datapath code rebuilds instead of adopting the old program.
-        name = f"ciliate_{endpoint_id}_{_digest(digest, self.program_source)}"
-
-        # Fail closed before anything else: an lxc entry that enforces both
-        # directions (apply() sets the real flags) and an empty policy map.
-        self.maps.write_lxc(ip, endpoint_id, identity,
-                            layout.LXC_F_INGRESS_ENFORCED | layout.LXC_F_EGRESS_ENFORCED, only_new=True)
-        self.maps.policy_fd(endpoint_id)
+        header, digest = self._shared()
+        # The name identifies shared header and program text, so a restart
+        # with new datapath code rebuilds instead of adopting the old program.
+        name = f"ciliate_lxc_{_digest(digest, self.program_source)}"
 
         now = tc.attached(ifname, self.netns)
         if now is None:
             raise DatapathError(f"endpoint {endpoint_id}: interface {ifname} not found")
-        if now.ingress == name and now.egress == name and self._prog_pin(endpoint_id, "from").exists():
-            self._save(EndpointRecord(endpoint_id, ifname, str(ip), identity, name))
-            return  # adopted: same header, program in place
-        rec = self._endpoints.get(endpoint_id)
-        pins = [self._prog_pin(endpoint_id, h) for h in ("from", "to")]
-        if rec is not None and rec.program == name and rec.ifname == ifname and all(p.exists() for p in pins):
-            # Same program, filter lost (qdisc removed by someone): restore
-            # it from the pinned programs without recompiling.
-            fds = [bpfsys.obj_get(p) for p in pins]
-            try:
-                tc.attach(ifname, fds[0], fds[1], name, self.netns)
-            finally:
-                for fd in fds:
-                    os.close(fd)
-            return
-        if now.ingress is None or now.egress is None:
-            self._block(endpoint_id, ifname)
+        ifindex = tc.ifindex(ifname, self.netns)
+        config.write_endpoint(config.EndpointConfig(endpoint_id, identity, ip, ifname, ifindex, name, header), ep_dir)
 
-        try:
-            prog = loader.compile_and_load(endpoint_id, header, self.program_source)
-        except ProgramLoadError as e:
-            self._block(endpoint_id, ifname)
-            (ep_dir / ERROR_FILE).write_text(e.message + "\n")
-            self._save(EndpointRecord(endpoint_id, ifname, str(ip), identity, BLOCK_NAME))
-            raise
-        try:
-            tc.attach(ifname, prog.from_container, prog.to_container, name, self.netns)
-            for hook, fd in (("from", prog.from_container), ("to", prog.to_container)):
-                pin = self._prog_pin(endpoint_id, hook)
-                with contextlib.suppress(FileNotFoundError):
-                    pin.unlink()
-                bpfsys.pin(fd, pin)
-        finally:
-            prog.close()
+        # Fail closed before anything else: an lxc entry that enforces both
+        # directions (apply() sets the real flags), an empty policy map, and
+        # the entry by which the shared program finds this endpoint.
+        self.maps.write_lxc(ip, endpoint_id, identity,
+                            layout.LXC_F_INGRESS_ENFORCED | layout.LXC_F_EGRESS_ENFORCED, only_new=True)
+        self.maps.policy_fd(endpoint_id)
+        self.maps.write_ifindex(ifindex, endpoint_id, ip)
+        record = EndpointRecord(endpoint_id, ifname, str(ip), identity, name, ifindex)
+
+        fds = self._program(name)
+        if fds is not None and now.ingress == name and now.egress == name:
+            self._pin_endpoint(endpoint_id, fds)
+            self._save(record)
+            return  # adopted: same program in place
+        if fds is None:
+            if now.ingress is None or now.egress is None:
+                self._block(endpoint_id, ifname)
+            try:
+                fds = self._compile(name, header, endpoint_id)
+            except ProgramLoadError as e:
+                self._block(endpoint_id, ifname)
+                (ep_dir / ERROR_FILE).write_text(e.message + "\n")
+                self._save(EndpointRecord(endpoint_id, ifname, str(ip), identity, BLOCK_NAME, ifindex))
+                raise
+        tc.attach(ifname, fds[0], fds[1], name, self.netns)
+        self._pin_endpoint(endpoint_id, fds)
         with contextlib.suppress(FileNotFoundError):
             (ep_dir / ERROR_FILE).unlink()
-        self._save(EndpointRecord(endpoint_id, ifname, str(ip), identity, name))
+        self._save(record)
+
+    def _pin_endpoint(self, endpoint_id: int, fds: tuple[int, int]) -> None:
+        """Per-endpoint pins of the (shared) program, for prog_stats."""
+        for hook, fd in zip(("from", "to"), fds):
+            pin = self._prog_pin(endpoint_id, hook)
+            if pin.exists():
+                cur = bpfsys.obj_get(pin)
+                try:
+                    if bpfsys.prog_info(cur).id == bpfsys.prog_info(fd).id:
+                        continue
+                finally:
+                    os.close(cur)
+                with contextlib.suppress(FileNotFoundError):
+                    pin.unlink()
+            bpfsys.pin(fd, pin)
 
     def detach_endpoint(self, endpoint_id: int) -> None:
         """Remove the endpoint's programs and its map state (idempotent)."""
@@ -188,6 +236,9 @@ class Datapath:
             tc.detach(rec.ifname, self.netns)
             with contextlib.suppress(Exception):
                 self.maps.delete_lxc(IPv4Address(rec.ipv4))
+            if rec.ifindex:
+                with contextlib.suppress(Exception):
+                    self.maps.delete_ifindex(rec.ifindex, endpoint_id)
         for hook in ("from", "to"):
             with contextlib.suppress(FileNotFoundError):
                 self._prog_pin(endpoint_id, hook).unlink()
@@ -252,9 +303,7 @@ class Datapath:
         self._attach_lo()
 
     def _attach_lo(self) -> None:
-        cfg = config.EndpointConfig(0, 0, IPv4Address("0.0.0.0"), "lo", self.pin_dir, self.maps.sizes,
-                                    self.proxy_addr)
-        header, digest = config.write(cfg, self.state_dir / LO_DIR)
+        header, digest = self._shared()
         name = f"ciliate_lo_{_digest(digest, loader.LO_ENTRY)}"
         now = tc.attached("lo", self.netns, prio=LO_PRIO)
         if now is not None and now.ingress == name:
@@ -272,7 +321,15 @@ class Datapath:
 
     def close(self) -> None:
         """Release this process's handles; the kernel keeps enforcing."""
+        self._close_programs()
         self.maps.close()
+
+    def _close_programs(self) -> None:
+        for fds in self._programs.values():
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._programs.clear()
 
     def teardown(self) -> None:
         """Uninstall: detach every endpoint, remove plumbing and all pins."""
@@ -284,7 +341,8 @@ class Datapath:
             tc.detach_filter("lo", LO_PRIO, self.netns)
             proxy.teardown(self.netns, saved)
             marker.unlink()
-        shutil.rmtree(self.state_dir / LO_DIR, ignore_errors=True)
+        shutil.rmtree(self.state_dir / SHARED_DIR, ignore_errors=True)
+        self._close_programs()
         self.maps.close()
         for p in self.pin_dir.glob("ciliate_*"):
             with contextlib.suppress(FileNotFoundError):

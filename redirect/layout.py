@@ -41,6 +41,14 @@ class LxcValue(ctypes.Structure):
     ]
 
 
+class IfindexKey(ctypes.Structure):
+    _fields_ = [("ifindex", ctypes.c_uint32)]
+
+
+class IfindexValue(ctypes.Structure):
+    _fields_ = [("endpoint_id", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 4)]  # addr: network order
+
+
 class PolicyKey(ctypes.Structure):
     _fields_ = [
         ("prefixlen", ctypes.c_uint32),
@@ -139,6 +147,8 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "ipcache_value": IpcacheValue,
     "lxc_key": LxcKey,
     "lxc_value": LxcValue,
+    "ifindex_key": IfindexKey,
+    "ifindex_value": IfindexValue,
     "policy_key": PolicyKey,
     "policy_value": PolicyValue,
     "ct_key": CtKey,

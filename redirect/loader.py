@@ -1,9 +1,11 @@
-"""Compile and load bpf/bpf_lxc.c for one endpoint with bcc.
+"""Compile and load bpf/bpf_lxc.c (shared by every endpoint) with bcc.
 
 Does I/O (reads bpf/ sources, runs the compiler, loads programs). bcc only
 rewrites map method calls (`ct.lookup(...)`) in the main file, so the quoted
 `#include "lib/..."` lines are inlined into one text first; system headers
-stay includes. The per-endpoint header arrives with `-include`.
+stay includes. The shared config header arrives with `-include`.
+`compile_count()` counts compiler runs in this process (tests and benches
+use it to show that attaching another endpoint does not compile).
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 ENTRY = BPF_DIR / "bpf_lxc.c"
 LO_ENTRY = BPF_DIR / "bpf_lo.c"
 _INCLUDE = re.compile(r'\s*#include\s+"(lib/[^"]+)"')
+_compiles = 0
+
+
+def compile_count() -> int:
+    """Programs compiled by this process so far (layout checks excluded)."""
+    return _compiles
 
 
 def flatten(path: Path = ENTRY, root: Path = BPF_DIR) -> str:
@@ -89,6 +97,8 @@ def load_functions(endpoint_id: int, header: Path, source: Path, names: tuple[st
     Returns their fds and the bcc module (close it once attached)."""
     from bcc import BPF  # imported here: only the loader needs the compiler
 
+    global _compiles
+    _compiles += 1
     text = flatten(source)
     fds: dict[str, int] = {}
     b = None

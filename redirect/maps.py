@@ -8,6 +8,8 @@ another shape, which would silently drop the enforced state.
 
     ciliate_ipcache        LPM trie   IPv4 prefix -> identity
     ciliate_lxc            hash       local endpoint IPv4 -> id, identity, flags
+    ciliate_ifindex        hash       endpoint veth ifindex -> id, IPv4 (the shared
+                                      program finds its endpoint by skb->ifindex)
     ciliate_policy         hash of maps: endpoint id -> ciliate_policy_<id>
     ciliate_policy_<id>    LPM trie   one endpoint's policy (see policymap.py)
     ciliate_ct             LRU hash   conntrack
@@ -71,6 +73,8 @@ class PinnedMaps:
                              ctypes.sizeof(layout.IpcacheValue), s.ipcache, bpfsys.F_NO_PREALLOC),
             "lxc": _Spec("ciliate_lxc", bpfsys.MAP_HASH, ctypes.sizeof(layout.LxcKey),
                          ctypes.sizeof(layout.LxcValue), s.endpoints),
+            "ifindex": _Spec("ciliate_ifindex", bpfsys.MAP_HASH, ctypes.sizeof(layout.IfindexKey),
+                             ctypes.sizeof(layout.IfindexValue), s.endpoints),
             "policy": _Spec("ciliate_policy", bpfsys.MAP_HASH_OF_MAPS, 4, 4, s.endpoints),
             "ct": _Spec("ciliate_ct", bpfsys.MAP_LRU_HASH, ctypes.sizeof(layout.CtKey),
                         ctypes.sizeof(layout.CtValue), s.conntrack),
@@ -214,6 +218,24 @@ class PinnedMaps:
 
     def delete_lxc(self, addr: IPv4Address) -> None:
         bpfsys.delete(self.fds["lxc"], _ip4(addr))
+
+    # -- which endpoint a veth belongs to (read by the shared program) ---------
+    def read_ifindex(self) -> dict[int, tuple[int, IPv4Address]]:
+        out: dict[int, tuple[int, IPv4Address]] = {}
+        for k, v in bpfsys.items(self.fds["ifindex"], 4, 8).items():
+            ep, addr = struct.unpack("=I4s", v)
+            out[struct.unpack("=I", k)[0]] = (ep, IPv4Address(addr))
+        return out
+
+    def write_ifindex(self, ifindex: int, endpoint_id: int, addr: IPv4Address) -> None:
+        bpfsys.update(self.fds["ifindex"], struct.pack("=I", ifindex), struct.pack("=I4s", endpoint_id, _ip4(addr)),
+                      bpfsys.ANY)
+
+    def delete_ifindex(self, ifindex: int, endpoint_id: int) -> None:
+        """Delete the entry only if it is still this endpoint's (the index
+        may have been reused by a newer veth since)."""
+        if self.read_ifindex().get(ifindex, (None,))[0] == endpoint_id:
+            bpfsys.delete(self.fds["ifindex"], struct.pack("=I", ifindex))
 
     # -- conntrack (for tests and `ciliate bpf ct list`) ----------------------
     def read_ct(self) -> dict[bytes, bytes]:

@@ -4,7 +4,7 @@ Does I/O (netlink). Idempotent: an existing clsact qdisc is adopted (adding
 it again fails with EEXIST), filters are written with `replace` on a fixed
 prio/handle, so re-attaching swaps the program atomically without a window
 in which no program runs. The filter name records which program it is
-(`ciliate_<endpoint>_<config hash>`, or `ciliate_block`), which is how a
+(`ciliate_lxc_<build hash>`, shared by every endpoint, or `ciliate_block`), which is how a
 restarted process tells whether the attached program is current.
 """
 

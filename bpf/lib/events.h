@@ -5,6 +5,7 @@
 #define CILIATE_EVENTS_H
 
 struct ev_ctx {
+	__u32 endpoint_id; /* the endpoint whose veth saw the packet, 0 if none */
 	__u32 src_identity;
 	__u32 dst_identity;
 	__u32 peer_endpoint_id;
@@ -22,7 +23,7 @@ static __always_inline void emit_event(struct pkt *p, struct ev_ctx *c, __u8 ver
 	e.daddr = p->daddr;
 	e.src_identity = c->src_identity;
 	e.dst_identity = c->dst_identity;
-	e.endpoint_id = ENDPOINT_ID;
+	e.endpoint_id = c->endpoint_id;
 	e.peer_endpoint_id = c->peer_endpoint_id;
 	e.sport = ntohs(p->sport);
 	e.dport = ntohs(p->dport);

@@ -30,6 +30,17 @@ struct lxc_value {
 	__u32 reserved;
 };
 
+/* ifindex: host-side veth ifindex -> the endpoint whose veth it is. Every
+ * endpoint runs the same compiled program; it finds its own endpoint id and
+ * address here by skb->ifindex (identity and flags stay in lxc). */
+struct ifindex_key {
+	__u32 ifindex;
+};
+struct ifindex_value {
+	__u32 endpoint_id;
+	__u32 addr; /* network order */
+};
+
 /* policy: one LPM trie per endpoint (inner map of a hash-of-maps keyed by
  * endpoint id). The identity, direction and protocol are always matched in
  * full (POLICY_FIXED_BITS); the port is the only prefix-matched part, so a

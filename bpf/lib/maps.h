@@ -14,6 +14,8 @@ BPF_TABLE_PINNED("lpm_trie", struct ipcache_key, struct ipcache_value, ipcache,
 		 IPCACHE_MAX, PIN("ciliate_ipcache"), BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("hash", struct lxc_key, struct lxc_value, lxc, LXC_MAX,
 		 PIN("ciliate_lxc"));
+BPF_TABLE_PINNED("hash", struct ifindex_key, struct ifindex_value, endpoint_of_if, LXC_MAX,
+		 PIN("ciliate_ifindex"));
 /* A hash-of-maps in the kernel (endpoint id -> that endpoint's policy LPM
  * trie); declared as a hash of u32 because bcc only needs the fd here and the
  * verifier types the lookup from the real map. */
