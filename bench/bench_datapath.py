@@ -210,10 +210,15 @@ def set_stats(on: bool) -> str:
 
 
 def prog_totals(dp: Datapath, ids: list[int]) -> dict[str, tuple[int, int]]:
-    """hook -> (run_time_ns, run_cnt) summed over the endpoints."""
+    """hook -> (run_time_ns, run_cnt) summed over the endpoints' programs
+    (endpoints share one program: each counted once)."""
     out: dict[str, tuple[int, int]] = {}
+    seen: set[int] = set()
     for i in ids:
         for hook, info in dp.prog_stats(i).items():
+            if info.id in seen:
+                continue
+            seen.add(info.id)
             t, c = out.get(hook, (0, 0))
             out[hook] = (t + info.run_time_ns, c + info.run_cnt)
     return out
