@@ -80,6 +80,24 @@ static __always_inline int parse_or_verdict(struct __sk_buff *skb, struct pkt *p
 	}
 }
 
+/* Both hooks start alike: find the endpoint behind this veth (none: drop,
+ * fail closed), then parse. Returns a TC verdict to return at once, or -1
+ * with *self_key and c->endpoint_id filled in. */
+static __always_inline int enter_endpoint(struct __sk_buff *skb, struct pkt *p, struct ev_ctx *c,
+					  struct lxc_key *self_key, __u32 *endpoint_id)
+{
+	struct ifindex_value *me = endpoint_of(skb);
+
+	if (!me) {
+		parse_packet(skb, p);
+		return drop(p, c, R_ENDPOINT_UNKNOWN);
+	}
+	*endpoint_id = me->endpoint_id;
+	self_key->addr = me->addr;
+	c->endpoint_id = me->endpoint_id;
+	return parse_or_verdict(skb, p, c);
+}
+
 int from_container(struct __sk_buff *skb)
 {
 	struct pkt p = {};
@@ -87,22 +105,12 @@ int from_container(struct __sk_buff *skb)
 	struct ct_value *ctv;
 	struct lxc_key self_key = {};
 	struct lxc_value *self, *dst;
-	struct ifindex_value *me;
 	struct verdict eg = {}, in = {};
 	__u32 endpoint_id;
 	__u64 now;
 	int r;
 
-	me = endpoint_of(skb);
-	if (!me) {
-		parse_packet(skb, &p);
-		return drop(&p, &c, R_ENDPOINT_UNKNOWN);
-	}
-	endpoint_id = me->endpoint_id;
-	self_key.addr = me->addr;
-	c.endpoint_id = endpoint_id;
-
-	r = parse_or_verdict(skb, &p, &c);
+	r = enter_endpoint(skb, &p, &c, &self_key, &endpoint_id);
 	if (r >= 0)
 		return r;
 	if (p.saddr != self_key.addr)
@@ -172,7 +180,6 @@ int to_container(struct __sk_buff *skb)
 	struct ct_value *ctv;
 	struct lxc_key self_key = {};
 	struct lxc_value *self;
-	struct ifindex_value *me;
 	struct verdict in = {};
 	__u32 endpoint_id;
 	__u64 now;
@@ -180,15 +187,7 @@ int to_container(struct __sk_buff *skb)
 
 	if ((skb->mark & MARK_MAGIC_MASK) == MARK_MAGIC_DECIDED)
 		return TC_ACT_OK;
-	me = endpoint_of(skb);
-	if (!me) {
-		parse_packet(skb, &p);
-		return drop(&p, &c, R_ENDPOINT_UNKNOWN);
-	}
-	endpoint_id = me->endpoint_id;
-	self_key.addr = me->addr;
-	c.endpoint_id = endpoint_id;
-	r = parse_or_verdict(skb, &p, &c);
+	r = enter_endpoint(skb, &p, &c, &self_key, &endpoint_id);
 	if (r >= 0)
 		return r;
 
