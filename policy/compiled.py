@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 from typing import Mapping
 
@@ -238,6 +239,62 @@ class CompiledState:
             if ep.ipv4 == addr:
                 return ep
         return None
+
+    @cached_property
+    def _ingress_l7_by_port(self) -> Mapping[int, tuple[tuple[EndpointPolicy, L7Policy], ...]]:
+        by_port: dict[int, list[tuple[EndpointPolicy, L7Policy]]] = {}
+        for _, ep in sorted(self.endpoints.items()):
+            for pol in ep.l7:
+                if pol.key.direction == Direction.INGRESS:
+                    by_port.setdefault(pol.key.port, []).append((ep, pol))
+        return {port: tuple(v) for port, v in by_port.items()}
+
+    def receiver_rules(self, pol: L7Policy) -> tuple["ReceiverRules", ...]:
+        """The local receivers whose ingress HTTP rules also bind the egress
+        listener `pol` (see ReceiverRules). Empty for ingress listeners."""
+        if pol.key.direction != Direction.EGRESS:
+            return ()
+        sender = self.endpoints.get(pol.key.endpoint_id)
+        if sender is None:
+            return ()
+        out = []
+        for ep, ingress in self._ingress_l7_by_port.get(pol.key.port, ()):
+            if ep.ipv4 is None:
+                continue
+            d = lookup(ep, sender.identity, Direction.INGRESS, Protocol.TCP, pol.key.port)
+            if d.verdict != Verdict.REDIRECT:
+                continue  # the kernel does not send this sender to the receiver's proxy
+            http = tuple(r.http for r in ingress.peer_rules if sender.identity in r.identities or IDENTITY_ANY in r.identities)
+            out.append(ReceiverRules(ep.endpoint_id, ep.ipv4, http))
+        return tuple(out)
+
+    def all_receiver_rules(self) -> dict[RedirectKey, tuple["ReceiverRules", ...]]:
+        """receiver_rules of every egress listener that has any."""
+        out = {}
+        for _, ep in sorted(self.endpoints.items()):
+            for pol in ep.l7:
+                got = self.receiver_rules(pol)
+                if got:
+                    out[pol.key] = got
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverRules:
+    """A local receiver's ingress HTTP rules that bind a sender's egress proxy.
+
+    When the sender's egress and the receiver's ingress both redirect a flow,
+    the kernel hands it to the sender's egress proxy only (one proxy hop; its
+    upstream connection is not policed again), so that listener must enforce
+    the receiver's ingress rules too: a request passes only if the sender's
+    egress rules and these admit it, as Cilium does. `http` holds the rules
+    that admit the sender's identity (ORed); empty means the receiver admits
+    no request from this sender.
+    """
+
+    endpoint_id: int
+    ipv4: IPv4Address
+    http: tuple[HTTPRule, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from the same rules would decide. No second policy implementation. Pure.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from ipaddress import IPv4Address
 from typing import Any
@@ -31,6 +31,7 @@ from policy.compiled import (
     lookup,
 )
 from policy.errors import TraceInputError
+from policy.http_path import PathRejected, normalize_path
 from policy.identity import RESERVED_BY_NAME
 
 _OPTS = re2.Options()
@@ -223,10 +224,18 @@ def trace(
             if http is None:
                 steps.append(Step(ep.endpoint_id, direction, peer, d))
                 continue
-            rule = l7_decide(l7.peer_rules, peer, http) if l7 is not None else None
+            # The proxy judges (and forwards) the normalized path, as Envoy does.
+            try:
+                seen = replace(http, path=normalize_path(http.path))
+            except PathRejected as exc:
+                steps.append(Step(ep.endpoint_id, direction, peer, d, False))
+                reason = f"{where}: proxy on port {d.proxy_port} answers 400: {exc}"
+                return TraceResult("denied", "l7", reason, (), src_id, dst_id, tuple(steps), redirected)
+            rule = l7_decide(l7.peer_rules, peer, seen) if l7 is not None else None
             steps.append(Step(ep.endpoint_id, direction, peer, d, rule is not None, rule))
             if rule is None:
-                reason = f"{where}: proxy on port {d.proxy_port} answers 403, no HTTP rule matches {http.method} {http.path}"
+                shown = http.path if seen.path == http.path else f"{http.path} (normalized: {seen.path})"
+                reason = f"{where}: proxy on port {d.proxy_port} answers 403, no HTTP rule matches {http.method} {shown}"
                 rules = tuple(str(r) for r in d.entry.rules) if d.entry else ()
                 return TraceResult("denied", "l7", reason, rules, src_id, dst_id, tuple(steps), redirected)
         else:

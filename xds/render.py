@@ -52,7 +52,7 @@ from functools import lru_cache
 from ipaddress import IPv4Network
 from typing import Mapping
 
-from policy.compiled import IDENTITY_ANY, CompiledState, Direction, HTTPRule, L7PeerRule, L7Policy
+from policy.compiled import IDENTITY_ANY, CompiledState, Direction, HTTPRule, L7PeerRule, L7Policy, ReceiverRules
 
 from . import serialize as w
 from .errors import RenderError
@@ -65,6 +65,9 @@ RBAC_PER_ROUTE_URL = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.
 ROUTER_URL = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 GRPC_ALS_URL = "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
 RBAC_FILTER = "envoy.filters.http.rbac"
+# A second RBAC filter on egress listeners: the local receivers' ingress HTTP
+# rules (policy.compiled.ReceiverRules). Two filters in a row AND their verdicts.
+RECEIVER_RBAC_FILTER = "ciliate.receiver_ingress_rbac"
 ROUTER_FILTER = "envoy.filters.http.router"
 HCM_FILTER = "envoy.filters.network.http_connection_manager"
 
@@ -73,6 +76,12 @@ SO_MARK = 36
 PROXY_UPSTREAM_MARK = 0x0B00
 DENIED_STATUS = 403
 DENIED_BODY = "Access denied"
+# HttpConnectionManager.PathWithEscapedSlashesAction: %2F / %5C in a path are
+# answered 400. Unescaping them would change what an application that treats
+# them as data sees; keeping them would let `/public/..%2fprivate` reach a
+# backend that decodes them after the rules matched. See policy/http_path.py,
+# which `trace` uses to see the same path Envoy's rules see.
+ESCAPED_SLASHES_REJECT_REQUEST = 2
 
 
 # Internal header carrying the original destination from the listener to the
@@ -355,7 +364,7 @@ class Renderer:
         self._used: set[HTTPRule] = set()
         self._valid: dict[str, bool] = {}
         self._idents: _IdentityAddresses | None = None
-        self._routes: dict[int, tuple[L7Policy, int, Resource]] = {}
+        self._routes: dict[int, tuple[L7Policy, int, Resource, tuple[ReceiverRules, ...]]] = {}
         self._listeners: dict[tuple[int, Direction], Resource] = {}
         self._ipcache_gen = 0
         self._cluster = self._render_cluster()
@@ -383,16 +392,17 @@ class Renderer:
                     )
                 by_port[pol.proxy_port] = (ep_id, pol)
         listeners, routes = [], []
-        new_routes: dict[int, tuple[L7Policy, int, Resource]] = {}
+        new_routes: dict[int, tuple[L7Policy, int, Resource, tuple[ReceiverRules, ...]]] = {}
         for port in sorted(by_port):
             _, pol = by_port[port]
             listeners.append(self._listener(port, pol.key.direction))
+            receivers = state.receiver_rules(pol)
             prev = self._routes.get(port)
-            if prev is not None and prev[1] == self._ipcache_gen and (prev[0] is pol or prev[0] == pol):
+            if prev is not None and prev[1] == self._ipcache_gen and (prev[0] is pol or prev[0] == pol) and prev[3] == receivers:
                 res = prev[2]
             else:
-                res = self._route_config(pol)
-            new_routes[port] = (pol, self._ipcache_gen, res)
+                res = self._route_config(pol, receivers)
+            new_routes[port] = (pol, self._ipcache_gen, res, receivers)
             routes.append(res)
         self._routes = new_routes
         self._prune()
@@ -402,13 +412,15 @@ class Renderer:
         # Rules untouched by this render were reused whole from their route
         # configuration's cache; count them as used so they stay warm.
         if len(self._perm) > 2 * max(len(self._used), 1024):
-            for pol, _, _ in self._routes.values():
+            for pol, _, _, receivers in self._routes.values():
                 for rules in _group_by_peers(pol.peer_rules).values():
                     self._used.update(self._merge_paths(rules))
+                for r in receivers:
+                    self._used.update(self._merge_paths(list(r.http)))
             self._perm = {k: v for k, v in self._perm.items() if k in self._used}
         if len(self._valid) > 1 << 18:  # paths of long-gone rules: forget them (re-checked in bulk)
             self._valid.clear()
-        ports = {(port, pol.key.direction) for port, (pol, _, _) in self._routes.items()}
+        ports = {(port, pol.key.direction) for port, (pol, _, _, _) in self._routes.items()}
         for key in [k for k in self._listeners if k not in ports]:
             del self._listeners[key]
 
@@ -470,8 +482,10 @@ class Renderer:
             w.s(2, f"ciliate_{direction.name.lower()}_{port}")
             + w.m(3, self._rds_source(port), w.s(2, route_config_name(port)))
             + w.m(5, w.s(1, RBAC_FILTER), w.any_(4, RBAC_URL, rbac_deny_all))
-            + w.m(5, w.s(1, ROUTER_FILTER), w.any_(4, ROUTER_URL, b""))
         )
+        if direction == Direction.EGRESS:
+            hcm += w.m(5, w.s(1, RECEIVER_RBAC_FILTER), w.any_(4, RBAC_URL, rbac_deny_all))
+        hcm += w.m(5, w.s(1, ROUTER_FILTER), w.any_(4, ROUTER_URL, b""))
         if p.accesslog_cluster:
             # AccessLog: name = 1, typed_config = 4; HttpGrpcAccessLogConfig:
             # common_config = 1 {log_name = 1, grpc_service = 2 {envoy_grpc = 1
@@ -492,6 +506,11 @@ class Renderer:
             w.m(3, w.s(3, DENIED_BODY)),
         )
         hcm += w.m(38, mapper)
+        # Path normalization (see PATH_NORMALIZATION): the path the RBAC rules
+        # see is the path the upstream receives. normalize_path = 30
+        # (BoolValue; RFC 3986 dot segments, unreserved %XX decoded),
+        # merge_slashes = 33, path_with_escaped_slashes_action = 45.
+        hcm += w.wrapped_bool(30, True) + w.b(33, True) + w.u(45, ESCAPED_SLASHES_REJECT_REQUEST)
         # Listener: name = 1, address = 2 (socket_address = 1 {address = 2,
         # port_value = 3}), filter_chains = 3 (filters = 3 {name = 1,
         # typed_config = 4}), transparent = 10 (BoolValue), traffic_direction = 16.
@@ -600,7 +619,29 @@ class Renderer:
         dest = w.m(2, *(w.m(1, x) for x in peers))
         return w.m(1, w.m(1, w.m(1, http_any), w.m(1, dest))) + w.m(2, w.b(3, True))
 
-    def _route_config(self, pol: L7Policy) -> Resource:
+    def _receiver_rbac(self, receivers: tuple[ReceiverRules, ...]) -> bytes:
+        """RBACPerRoute for RECEIVER_RBAC_FILTER: a request to a receiver with
+        ingress HTTP rules for this sender must match one of them; a request
+        to any other destination passes this filter (the sender's own rules
+        still apply in the filter before)."""
+        # Permission: and_rules = 1, or_rules = 2 (PermissionSet.rules = 1),
+        # any = 3, destination_ip = 5, not_rule = 8. Principal: any = 3.
+        anyone = w.m(2, w.b(3, True))
+        if receivers:
+            others = w.m(8, w.m(2, *(w.m(1, _cidr(5, IPv4Network(r.ipv4))) for r in receivers)))
+        else:
+            others = w.b(3, True)
+        entries = [w.map_entry(2, "other-destinations", w.m(1, others) + anyone)]
+        for r in receivers:
+            if not r.http:
+                continue  # the receiver admits no request from this sender: 403
+            merged = self._merge_paths(list(r.http)) if self.params.merge_paths else list(r.http)
+            http_any = w.m(2, *(w.raw(1, self._http_perm(h)) for h in merged))
+            dest = _cidr(5, IPv4Network(r.ipv4))
+            entries.append(w.map_entry(2, f"receiver-{r.endpoint_id}", w.m(1, w.m(1, w.m(1, dest), w.m(1, http_any))) + anyone))
+        return w.m(2, w.m(1, *entries))
+
+    def _route_config(self, pol: L7Policy, receivers: tuple[ReceiverRules, ...] = ()) -> Resource:
         name = route_config_name(pol.proxy_port)
         entries = []
         for i, (identities, rules) in enumerate(_group_by_peers(pol.peer_rules).items()):
@@ -619,6 +660,8 @@ class Renderer:
             + w.m(2, w.s(1, self.params.cluster_name))
             + w.m(13, w.s(1, RBAC_FILTER), w.any_(2, RBAC_PER_ROUTE_URL, per_route))
         )
+        if pol.key.direction == Direction.EGRESS:
+            route += w.m(13, w.s(1, RECEIVER_RBAC_FILTER), w.any_(2, RBAC_PER_ROUTE_URL, self._receiver_rbac(receivers)))
         # RouteConfiguration: name = 1, virtual_hosts = 2 (name = 1, domains = 2, routes = 3)
         body = w.s(1, name) + w.m(2, w.s(1, "ciliate"), w.s(2, "*"), w.m(3, route))
         if self.params.original_dst == OriginalDst.LOCAL_ADDRESS:

@@ -1,0 +1,119 @@
+"""Egress listeners also carry the local receivers' ingress HTTP rules.
+
+When a sender's egress and a receiver's ingress both redirect a flow, the
+kernel hands it to the sender's egress proxy only, so that listener's second
+RBAC filter enforces the receiver's rules for this sender (both must admit a
+request). Decoded with envoy-data-plane's classes; the real Envoy proves the
+verdicts in test_receiver_rules_enforced_by_envoy and end to end in
+tests/agent/test_l7_both_sides.py."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+import httpx
+import pytest
+from envoy_data_plane.envoy.config.listener.v3 import Listener
+from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
+from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import RbacPerRoute
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpConnectionManagerPathWithEscapedSlashesAction,
+)
+
+from policy.compiled import (
+    IDENTITY_WORLD,
+    CompiledState,
+    Direction,
+    EndpointPolicy,
+    HTTPRule,
+    L7PeerRule,
+    L7Policy,
+    PolicyEntry,
+    PolicyKey,
+    PortRange,
+    Protocol,
+    RedirectKey,
+    Verdict,
+)
+from tests.xds.conftest import free_port
+from xds.render import RECEIVER_RBAC_FILTER, Renderer
+from xds.resources import LISTENER, ROUTE
+
+SENDER, RECEIVER, THIRD = 2000, 3000, 4000
+EGRESS_PORT, INGRESS_PORT = 15001, 15002
+
+
+def _state(receiver_ip: str = "10.0.0.2", receiver_rules=None, receiver_verdict=Verdict.REDIRECT, egress_port: int = EGRESS_PORT) -> CompiledState:
+    sender = EndpointPolicy(
+        1, SENDER, IPv4Address("10.0.0.1"), False, True,
+        entries=(PolicyEntry(PolicyKey(0, Direction.EGRESS, Protocol.TCP, PortRange(80, 80)), Verdict.REDIRECT, egress_port),),
+        l7=(L7Policy(RedirectKey(1, Direction.EGRESS, 80), egress_port, (L7PeerRule(frozenset({0}), HTTPRule(method="GET")),)),),
+    )
+    rules = receiver_rules if receiver_rules is not None else (L7PeerRule(frozenset({SENDER}), HTTPRule(method="GET", path="/public(/.*)?")),)
+    port = INGRESS_PORT if receiver_verdict == Verdict.REDIRECT else 0
+    receiver = EndpointPolicy(
+        2, RECEIVER, IPv4Address(receiver_ip), True, False,
+        entries=(PolicyEntry(PolicyKey(SENDER, Direction.INGRESS, Protocol.TCP, PortRange(80, 80)), receiver_verdict, port),),
+        l7=(L7Policy(RedirectKey(2, Direction.INGRESS, 80), INGRESS_PORT, rules),),
+    )
+    ipcache = {
+        IPv4Network("0.0.0.0/0"): IDENTITY_WORLD,
+        IPv4Network("10.0.0.1/32"): SENDER,
+        IPv4Network(f"{receiver_ip}/32"): RECEIVER,
+    }
+    return CompiledState(1, {1: sender, 2: receiver}, ipcache)
+
+
+def _receiver_policies(snap) -> dict:
+    rc = RouteConfiguration.parse(snap.of(ROUTE)[f"ciliate-proxy-{EGRESS_PORT}"].body)
+    cfg = rc.virtual_hosts[0].routes[0].typed_per_filter_config[RECEIVER_RBAC_FILTER]
+    return RbacPerRoute.parse(cfg.value).rbac.rules.to_dict().get("policies", {})
+
+
+def test_egress_listener_carries_the_receivers_ingress_rules_for_this_sender():
+    pols = _receiver_policies(Renderer().render(_state()))
+    assert set(pols) == {"other-destinations", "receiver-2"}
+    others = pols["other-destinations"]["permissions"][0]["notRule"]["orRules"]["rules"]
+    assert others == [{"destinationIp": {"addressPrefix": "10.0.0.2", "prefixLen": 32}}]
+    both = pols["receiver-2"]["permissions"][0]["andRules"]["rules"]
+    assert both[0] == {"destinationIp": {"addressPrefix": "10.0.0.2", "prefixLen": 32}}
+    assert "/public(/.*)?" in str(both[1])
+
+
+def test_receiver_admitting_no_request_from_the_sender_denies_all_to_it():
+    st = _state(receiver_rules=(L7PeerRule(frozenset({THIRD}), HTTPRule(path="/x")),))
+    assert set(_receiver_policies(Renderer().render(st))) == {"other-destinations"}
+
+
+def test_receiver_that_does_not_redirect_this_sender_adds_no_constraint():
+    pols = _receiver_policies(Renderer().render(_state(receiver_verdict=Verdict.ALLOW)))
+    assert pols == {"other-destinations": {"permissions": [{"any": True}], "principals": [{"any": True}]}}
+
+
+def test_every_listener_normalizes_paths_and_rejects_escaped_slashes():
+    snap = Renderer().render(_state())
+    for lis in snap.of(LISTENER).values():
+        hcm = HttpConnectionManager.parse(Listener.parse(lis.body).filter_chains[0].filters[0].typed_config.value)
+        assert hcm.normalize_path is True and hcm.merge_slashes is True
+        assert hcm.path_with_escaped_slashes_action == HttpConnectionManagerPathWithEscapedSlashesAction.REJECT_REQUEST
+        names = [f.name for f in hcm.http_filters]
+        egress = Listener.parse(lis.body).traffic_direction == 2
+        assert names[-1] == "envoy.filters.http.router"
+        assert (RECEIVER_RBAC_FILTER in names) == egress
+
+
+@pytest.mark.envoy
+async def test_receiver_rules_enforced_by_envoy(envoy_rig):
+    """The receiver is 127.0.0.1 (the loopback listener's local address stands
+    for the original destination): GET is all the sender's egress allows,
+    GET /public/... all the receiver's ingress allows this sender."""
+    rig = await envoy_rig()
+    port = free_port()
+    st = _state(receiver_ip="127.0.0.1", egress_port=port)
+    await rig.publish(st)
+    await rig.envoy.wait_ready()
+    async with httpx.AsyncClient() as client:
+        got = {(m, p): (await rig.get(client, port, p, method=m)).status_code for m, p in
+               [("GET", "/public/a"), ("GET", "/private"), ("PUT", "/public/a")]}
+    assert got == {("GET", "/public/a"): 200, ("GET", "/private"): 403, ("PUT", "/public/a"): 403}
