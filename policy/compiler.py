@@ -120,13 +120,22 @@ class Compiler:
         self._sel_by_kv: dict[tuple[str, str], set[Peer]] = defaultdict(set)
         self._sel_unindexed: set[Peer] = set()
         self._cidr_sels: set[Peer] = set()
+        # `world` entity selectors: every CIDR identity is theirs.
+        self._world_sels: set[Peer] = set()
         # CIDR selectors by their prefix, so a new prefix finds the selectors
         # containing it through its <= 33 supernets instead of a scan.
         self._cidr_sel_by_net: dict[tuple[int, int], set[CIDRPeer]] = defaultdict(set)
+        # How many CIDR selectors have each prefix length: supernets of a
+        # length no selector has are not looked up at all.
+        self._cidr_sel_lens: dict[int, int] = defaultdict(int)
         # Per policy: its RuleRef name and (subject selector, spec) pairs.
         self._meta: dict[str, tuple[str, tuple[tuple[EndpointPeer, PolicySpec], ...]]] = {}
         self._cidr_refs: dict[IPv4Network, int] = defaultdict(int)
         self._cidr_ids: dict[IPv4Network, int] = {}
+        # Prefixes no policy names any more; their identities are released
+        # once, in compile(), so a policy updated in place (unregister, then
+        # register) keeps its CIDR identities.
+        self._released_cidrs: set[IPv4Network] = set()
         # policy key -> identities it selects; identity -> policy keys
         self._subjects: dict[str, frozenset[int]] = {}
         self._id_policies: dict[int, set[str]] = defaultdict(set)
@@ -286,8 +295,11 @@ class Compiler:
                 self._sel_unindexed.add(peer)
             if _depends_on_cidrs(peer):
                 self._cidr_sels.add(peer)
+                if isinstance(peer, EntityPeer):
+                    self._world_sels.add(peer)
                 if isinstance(peer, CIDRPeer):
                     self._cidr_sel_by_net[(int(peer.net.network_address), peer.net.prefixlen)].add(peer)
+                    self._cidr_sel_lens[peer.net.prefixlen] += 1
         else:
             users.add(key)
 
@@ -302,8 +314,15 @@ class Compiler:
         del self._members[peer]
         self._sel_unindexed.discard(peer)
         self._cidr_sels.discard(peer)
+        self._world_sels.discard(peer)
         if isinstance(peer, CIDRPeer):
-            self._cidr_sel_by_net[(int(peer.net.network_address), peer.net.prefixlen)].discard(peer)
+            by_net = self._cidr_sel_by_net[(int(peer.net.network_address), peer.net.prefixlen)]
+            by_net.discard(peer)
+            if not by_net:
+                del self._cidr_sel_by_net[(int(peer.net.network_address), peer.net.prefixlen)]
+            self._cidr_sel_lens[peer.net.prefixlen] -= 1
+            if self._cidr_sel_lens[peer.net.prefixlen] <= 0:
+                del self._cidr_sel_lens[peer.net.prefixlen]
         if isinstance(peer, EndpointPeer):
             for r in peer.selector.requirements:
                 if r.op == "In" and len(r.values) == 1:
@@ -374,6 +393,14 @@ class Compiler:
                 self._set_subjects(key, self._subjects_of(policy))
 
     def _retarget_cidrs(self, nets: set[IPv4Network], delta: int) -> None:
+        """Count a policy's prefixes in (+1) or out (-1).
+
+        Work is linear in len(nets): each prefix that comes or goes finds its
+        selectors through its <= 33 supernets, and each affected selector's
+        member set is rebuilt once per call, not once per prefix.
+        """
+        hits: dict[Peer, set[int]] = {}
+        moved = False
         for net in nets:
             if net == WORLD_NET:
                 continue
@@ -382,29 +409,48 @@ class Compiler:
                 del self._cidr_refs[net]
                 ident = self._cidr_ids.pop(net, None)
                 if ident is not None:
-                    self._cidr_changed(net, ident, added=False)
+                    moved = True
+                    self._released_cidrs.add(net)
+                    self._collect_cidr_selectors(net, ident, hits)
             else:
                 self._cidr_refs[net] = n
                 if net not in self._cidr_ids:
                     ident = self._cidr_ids[net] = self.identities.for_cidr(net)
-                    self._cidr_changed(net, ident, added=True)
-
-    def _cidr_changed(self, net: IPv4Network, ident: int, added: bool) -> None:
-        """One prefix came or went: update only the selectors it falls in."""
+                    moved = True
+                    self._collect_cidr_selectors(net, ident, hits)
+        if not moved:
+            return
         self._ipcache_dirty = self._labels_dirty = self._cidr_labels_dirty = True
-        if not added:
-            self.identities.release_cidrs_except(self._cidr_ids)
+        for peer, idents in hits.items():
+            members = self._members[peer]
+            self._members[peer] = (members | idents) if delta > 0 else (members - idents)
+            self._stale_sels.setdefault(peer, set()).update(idents)  # as _touch_users, in bulk
+
+    def _collect_cidr_selectors(self, net: IPv4Network, ident: int, hits: dict[Peer, set[int]]) -> None:
+        """One prefix came or went: note it for every selector it falls in."""
+        for peer in self._world_sels:
+            hits.setdefault(peer, set()).add(ident)
         addr = int(net.network_address)
-        affected: list[Peer] = [p for p in self._cidr_sels if isinstance(p, EntityPeer)]
-        for plen in range(net.prefixlen + 1):
+        for plen in self._cidr_sel_lens:
+            if plen > net.prefixlen:
+                continue
             shift = 32 - plen
             for peer in self._cidr_sel_by_net.get(((addr >> shift) << shift, plen), ()):
                 if _cidr_selects(peer, net):
-                    affected.append(peer)
-        for peer in affected:
-            members = self._members[peer]
-            self._members[peer] = (members | {ident}) if added else (members - {ident})
-            self._touch_users(peer, ident)
+                    hits.setdefault(peer, set()).add(ident)
+
+    def _release_cidr_identities(self) -> None:
+        """Forget the identities of prefixes no policy names any more."""
+        if not self._released_cidrs:
+            return
+        gone = [n for n in self._released_cidrs if n not in self._cidr_ids]
+        self._released_cidrs.clear()
+        self.identities.release_cidrs(gone)
+        # Every prefix the compiler holds came from the allocator, so a larger
+        # allocator still holds prefixes from before a restart that no policy
+        # names: one sweep drops them, after which the counts agree.
+        if self.identities.cidr_count > len(self._cidr_ids):
+            self.identities.release_cidrs_except(self._cidr_ids)
 
     def _label_candidates(self, labels: dict[str, str] | Mapping[str, str]) -> set[Peer]:
         """Label-dependent selectors that may select an identity with these labels."""
@@ -576,6 +622,7 @@ class Compiler:
         if self._state is not None and not (self._stale_sels or self._dirty_ids or self._dirty_eps or self._removed_eps or self._ipcache_dirty or self._dirty_addrs):
             self._changed = frozenset()
             return self._state
+        self._release_cidr_identities()
         self._flush_stale()
         rebuild_eps = set(self._dirty_eps)
         memo: dict[tuple[tuple[str, int], ...], IdentityPolicy] = {}

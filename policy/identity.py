@@ -11,7 +11,7 @@ numbers survive a restart. No I/O.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Set as AbstractSet
 from ipaddress import IPv4Network
 
 from policy.compiled import (
@@ -73,11 +73,25 @@ class IdentityAllocator:
     def cidr_of(self, ident: int) -> IPv4Network | None:
         return self._cidrs.get(ident)
 
-    def release_cidrs_except(self, keep: Iterable[IPv4Network]) -> None:
-        """Forget CIDR identities no policy names any more."""
-        keep_set = set(keep)
-        for net in [n for n in self._by_cidr if n not in keep_set]:
-            self._cidrs.pop(self._by_cidr.pop(net))
+    @property
+    def cidr_count(self) -> int:
+        return len(self._by_cidr)
+
+    def release_cidrs(self, nets: Iterable[IPv4Network]) -> None:
+        """Forget the identities of these prefixes (unknown ones are ignored).
+
+        Costs one lookup per prefix given, whatever the allocator holds, so a
+        caller releasing N prefixes pays O(N), not O(N x allocated).
+        """
+        for net in nets:
+            ident = self._by_cidr.pop(net, None)
+            if ident is not None:
+                del self._cidrs[ident]
+
+    def release_cidrs_except(self, keep: Collection[IPv4Network]) -> None:
+        """Forget every CIDR identity whose prefix is not in `keep` (one pass)."""
+        keep_set = keep if isinstance(keep, (AbstractSet, Mapping)) else set(keep)
+        self.release_cidrs([n for n in self._by_cidr if n not in keep_set])
 
     def to_json(self) -> str:
         return json.dumps(
