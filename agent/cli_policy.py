@@ -54,7 +54,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
             "Exit 0 allowed, 1 denied, 2 bad input."
         ),
     )
-    t.add_argument("--policies", nargs="+", required=True, metavar="PATH")
+    t.add_argument("--policies", nargs="+", action="extend", required=True, metavar="PATH")
     t.add_argument("--src", required=True, metavar="SPEC")
     t.add_argument("--dst", required=True, metavar="SPEC")
     t.add_argument("--dport", required=True, metavar="N[/TCP|UDP]")
