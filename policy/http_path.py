@@ -15,7 +15,8 @@ In order:
 3. Percent-encoded unreserved characters (RFC 3986: letters, digits, `-._~`)
    are decoded; other valid escapes are kept as written; characters that may
    not appear in a path are percent-encoded (upper-case hex).
-4. Dot segments are removed (RFC 3986 section 5.2.4), `%2e` counting as a dot.
+4. Dot segments are removed (RFC 3986 section 5.2.4), `%2e` counting as a
+   dot and `..;x` as `..`.
 5. Runs of slashes are merged into one.
 
 The query string is left as sent.
@@ -73,10 +74,13 @@ def _remove_dot_segments(path: str) -> str:
     out: list[str] = []
     for i, seg in enumerate(segments):
         last = i == len(segments) - 1
-        if seg == ".":
+        # A `;params` suffix does not hide a dot segment (`..;/` climbs too,
+        # as Tomcat-style servers read it); Envoy drops the whole segment.
+        head = seg.split(";", 1)[0]
+        if head == ".":
             if last:
                 out.append("")
-        elif seg == "..":
+        elif head == "..":
             if out:
                 out.pop()
             if last:

@@ -30,6 +30,8 @@ from policy.http_path import PathRejected, normalize_path
         pytest.param("/public/%252e%252e/x", "/public/%252e%252e/x", id="double-encoding-is-not-decoded-twice"),
         pytest.param("/public/a?x=/../y", "/public/a?x=/../y", id="query-left-alone"),
         pytest.param("/public/%zz%", "/public/%zz%", id="invalid-escapes-kept"),
+        pytest.param("/public/..;/private", "/private", id="dot-dot-with-params"),
+        pytest.param("/public/x;/../y", "/public/y", id="params-on-a-plain-segment"),
     ],
 )
 def test_paths_normalize_as_envoy_does(sent, seen):
