@@ -23,7 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import httpx  # noqa: E402
 from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration  # noqa: E402
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse  # noqa: E402
 from envoy_data_plane.envoy.config.core.v3 import Node  # noqa: E402
@@ -316,7 +315,6 @@ async def bench_filesystem(workdir: Path, changes: int, listeners: int, total: i
 
     bootstrap = {
         "node": {"id": "fs", "cluster": "ciliate"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "dynamic_resources": {"lds_config": src("lds", "lds.pb"), "cds_config": src("cds", "cds.pb")},
         # as envoy/bootstrap.yaml: merged path regexes exceed RE2's default limit of 100
         "layered_runtime": {"layers": [{"name": "ciliate-static", "static_layer": {
@@ -327,7 +325,7 @@ async def bench_filesystem(workdir: Path, changes: int, listeners: int, total: i
     try:
         await env.wait_ready(60)
         lat: list[float] = []
-        async with httpx.AsyncClient(base_url=env.admin_url, timeout=5) as admin:
+        async with env.admin_client(timeout=5) as admin:  # the supervisor adds the admin socket
             async def successes(name: str, port: int) -> int:
                 r = await admin.get("/stats", params={"filter": f"rds\\.{name}\\.update_success$"})
                 for line in r.text.splitlines():

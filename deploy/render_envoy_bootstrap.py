@@ -19,7 +19,7 @@ from agent.adapters.proxy import DEFAULT_NODE_ID  # noqa: E402
 from sidecar.bootstrap import BootstrapParams, render_bootstrap  # noqa: E402
 
 STATE_DIR = "/var/run/ciliate"
-ADMIN_PORT = 9901
+ADMIN_SOCKET = f"{STATE_DIR}/envoy-admin.sock"  # root only (0600), as the agent's own Envoy
 OUT = ROOT / "deploy" / "envoy-bootstrap.yaml"
 HEADER = """\
 # Bootstrap of the sidecar Envoy in the docker-compose demo: envoy/bootstrap.yaml
@@ -31,7 +31,7 @@ HEADER = """\
 
 
 def expected() -> dict:
-    return render_bootstrap(BootstrapParams(DEFAULT_NODE_ID, f"{STATE_DIR}/xds.sock", ADMIN_PORT, f"{STATE_DIR}/accesslog.sock"))
+    return render_bootstrap(BootstrapParams(DEFAULT_NODE_ID, f"{STATE_DIR}/xds.sock", ADMIN_SOCKET, f"{STATE_DIR}/accesslog.sock"))
 
 
 def main() -> int:

@@ -56,7 +56,7 @@ def test_envoy_is_the_official_image_with_our_bootstrap(config: dict) -> None:
         v.split(":")[1] for v in config["services"]["agent"]["volumes"] if isinstance(v, str)
     }
     assert "/var/run/ciliate" in shared
-    expected = render_bootstrap(BootstrapParams(DEFAULT_NODE_ID, "/var/run/ciliate/xds.sock", 9901, "/var/run/ciliate/accesslog.sock"))
+    expected = render_bootstrap(BootstrapParams(DEFAULT_NODE_ID, "/var/run/ciliate/xds.sock", "/var/run/ciliate/envoy-admin.sock", "/var/run/ciliate/accesslog.sock"))
     assert boot == json.loads(json.dumps(expected)), (
         "deploy/envoy-bootstrap.yaml drifted from envoy/bootstrap.yaml; run .venv/bin/python deploy/render_envoy_bootstrap.py"
     )
