@@ -2,13 +2,16 @@
 
 Writes are atomic (temporary file in the same directory, fsync, rename), so a
 `kill -9` at any moment leaves either the old or the new file, never half of
-one. Does file I/O; nothing else.
+one. The directory is root-only (0700) and its files 0600: they name pods,
+labels and sockets, and Envoy's log may hold request headers. Does file I/O;
+nothing else.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -61,12 +64,33 @@ def _read_json(path: Path) -> Any:
         raise StateError(f"{path}: cannot read agent state ({exc}); move it aside to start from scratch") from exc
 
 
+def make_private(root: Path) -> None:
+    """Create `root` (and missing parents) as 0700, and take group and other
+    access away from everything already below it: an older install left the
+    directory 0755 and its files 0644. Sockets and symlinks are left alone
+    (a socket's owner sets its mode; a link is not followed)."""
+    for d in reversed(root.parents):
+        if not d.exists():
+            d.mkdir(mode=0o700, exist_ok=True)
+    root.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(root, 0o700)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            if st.st_mode & 0o077 and (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                os.chmod(path, stat.S_IMODE(st.st_mode) & 0o700)
+
+
 class StateStore:
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir
 
     def ensure(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private(self.dir)
 
     def load_allocations(self) -> Allocations | None:
         ids = _read_json(self.dir / _IDENTITIES)
