@@ -13,7 +13,16 @@ acknowledged this agent's first configuration (before that it may not have
 the listeners yet, and connections would find no proxy socket). Retiring
 drains it gracefully through its admin API before SIGTERM, so requests in
 flight on it finish; the two share the listener ports (SO_REUSEPORT) during
-the overlap.
+the overlap. Each Envoy has its own admin socket (root only); the old one's
+is read from the bootstrap file it was started with, before the new Envoy's
+bootstrap replaces that file.
+
+While Envoy runs, a check every LISTENER_CHECK_SECONDS compares the listeners
+of the configuration Envoy ACKed with the listening sockets Envoy really
+holds: listeners stopped through the admin API (`/drain_listeners`) or gone
+otherwise make `status()` not ok, naming them, and Envoy is restarted, which
+gets the whole configuration back over xDS (a stopped listener does not come
+back by re-sending the same configuration).
 Does socket and process I/O.
 """
 
@@ -31,16 +40,23 @@ import httpx
 
 from agent.ports import ProxyRejected, ProxyTimeout
 from policy.compiled import CompiledState
-from sidecar.supervisor import EnvoySupervisor
+from sidecar.bootstrap import read_admin_socket
+from sidecar.listeners import ListenerFault, listener_faults
+from sidecar.supervisor import EnvoySupervisor, admin_client
 from xds.accesslog import AccessLogServer
 from xds.cache import SnapshotCache
-from xds.errors import AckTimeout, NackError, XdsError
+from xds.errors import AckTimeout, EnvoyError, NackError, XdsError
 from xds.render import Renderer, RenderParams
+from xds.resources import LISTENER
 from xds.server import XdsServer
 
 DEFAULT_NODE_ID = "ciliate-sidecar"
 RETIRE_AFTER = 30.0  # seconds to wait for the new Envoy before retiring the old one anyway
 DRAIN_SECONDS = 1.5  # the supervisor starts Envoy with --drain-time-s 1; a margin on top
+LISTENER_CHECK_SECONDS = 1.0
+# Consecutive failed checks before Envoy is restarted: a listener Envoy has just
+# ACKed may still be warming (not yet listed) for a moment.
+LISTENER_STRIKES = 2
 log = logging.getLogger(__name__)
 
 
@@ -84,11 +100,18 @@ class XdsProxy:
         )
         self._version = 0
         self._retirer: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
+        self._listener_fault: str | None = None  # why Envoy is not serving its listeners
         self._acked = asyncio.Event()  # a configuration published by this agent was ACKed
 
     async def start(self) -> None:
         await self.server.start()
         await self.accesslog.start()
+        for sock in (self.server.socket_path, self.accesslog.socket_path):
+            if sock is not None:
+                # Root only, like the directory they are in: ADS can hand Envoy
+                # any configuration, and the access log carries request paths.
+                os.chmod(sock, 0o600)
         leftovers = envoys_using(self.supervisor.workdir / "bootstrap.json") if self.supervisor is not None else []
         if not leftovers:
             # An empty configuration right away, so Envoy finishes its init and
@@ -99,11 +122,12 @@ class XdsProxy:
         # the listeners it is still serving L7 with (a window where redirected
         # connections find no proxy socket). With none, it keeps its own.
         if self.supervisor is not None:
-            # Read before the new Envoy overwrites the file with its own address.
-            old_admin = _read_admin_file(self.supervisor.workdir / "admin-address") if leftovers else None
+            # Read before the new Envoy's bootstrap replaces the old one's.
+            old_admin = read_admin_socket(self.supervisor.workdir / "bootstrap.json") if leftovers else None
             await self.supervisor.start()
             if leftovers:
                 self._retirer = asyncio.create_task(self._retire(leftovers, old_admin), name="ciliate-retire-old-envoy")
+            self._checker = asyncio.create_task(self._check_listeners(), name="ciliate-envoy-listeners")
 
     def _set_empty(self) -> None:
         self.cache.set_snapshot(self.node_id, self.renderer.render(CompiledState(0, {}, {}), "0"))
@@ -125,17 +149,73 @@ class XdsProxy:
             log.warning("new Envoy not ready (%s); retiring the previous one anyway", exc or type(exc).__name__)
         if old_admin is not None:
             await _drain(old_admin)
+        else:
+            log.info("the previous Envoy has no admin socket on record; retiring it without a drain")
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGTERM)
                 log.info("retired Envoy pid %d left by a previous agent", pid)
             except ProcessLookupError:
                 pass
+        # Envoy leaves its socket file behind; only ever one in our work directory.
+        if old_admin is not None and Path(old_admin).parent == self.supervisor.workdir:
+            Path(old_admin).unlink(missing_ok=True)
+
+    def _expected_listeners(self) -> frozenset[str] | None:
+        """Listener names of the configuration Envoy ACKed last, or None while
+        Envoy has not ACKed the current one (nothing to hold it to yet)."""
+        snap = self.cache.get_snapshot(self.node_id)
+        if snap is None or snap.version != self.cache.acked_version(self.node_id):
+            return None
+        return snap.names(LISTENER)
+
+    async def _listener_check(self) -> list[ListenerFault] | None:
+        sup = self.supervisor
+        assert sup is not None
+        expected = self._expected_listeners()
+        pid = sup.pid
+        if expected is None or pid is None or sup.admin_socket is None:
+            return None
+        try:
+            async with sup.admin_client(timeout=2.0) as client:
+                return await listener_faults(expected, client, pid)
+        except (httpx.HTTPError, OSError, ValueError, KeyError, EnvoyError) as exc:
+            # Envoy is restarting or just went away: the supervisor deals with that.
+            log.debug("listener check skipped: %s", exc)
+            return None
+
+    async def _check_listeners(self) -> None:
+        sup = self.supervisor
+        assert sup is not None
+        strikes = 0
+        while True:
+            await asyncio.sleep(LISTENER_CHECK_SECONDS)
+            faults = await self._listener_check()
+            if faults is None:
+                continue
+            if not faults:
+                if self._listener_fault is not None:
+                    log.info("Envoy serves all its listeners again")
+                self._listener_fault = None
+                strikes = 0
+                continue
+            strikes += 1
+            if strikes < LISTENER_STRIKES:
+                continue
+            strikes = 0
+            self._listener_fault = "Envoy is not serving listener(s) " + ", ".join(map(str, faults))
+            # Stays set (status degraded) until a check finds them all again.
+            try:
+                await sup.restart(self._listener_fault + "; restarting it to restore them")
+                await sup.wait_ready(RETIRE_AFTER)
+            except Exception as exc:  # the supervisor keeps trying on its own
+                log.warning("restarting Envoy to restore its listeners: %s", exc or type(exc).__name__)
 
     async def stop(self) -> None:
-        if self._retirer is not None:
-            self._retirer.cancel()
-            await asyncio.gather(self._retirer, return_exceptions=True)
+        for task in (self._checker, self._retirer):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.supervisor is not None:
             await self.supervisor.stop()
         await self.accesslog.stop()
@@ -161,9 +241,12 @@ class XdsProxy:
     def status(self) -> Mapping[str, Any]:
         sup = self.supervisor
         connected = self.server.streams > 0
+        # The listener fault first: while Envoy restarts to repair it, "not
+        # connected" would hide why.
+        detail = self._listener_fault or (None if connected else "no Envoy connected to the xDS server")
         return {
-            "ok": connected,
-            "detail": None if connected else "no Envoy connected to the xDS server",
+            "ok": detail is None,
+            "detail": detail,
             "node_id": self.node_id,
             "envoy_pid": sup.pid if sup else None,
             "envoy_restarts": sup.restarts if sup else 0,
@@ -192,20 +275,13 @@ class XdsProxy:
             }
 
 
-def _read_admin_file(path: Path) -> str | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return text or None
-
-
 async def _drain(admin: str) -> None:
     """Gracefully drain an Envoy's listeners (it tells HTTP clients to close,
-    then stops accepting) and give it the drain time; best effort."""
+    then stops accepting) through its admin socket and give it the drain
+    time; best effort."""
     try:
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            resp = await client.post(f"http://{admin}/drain_listeners", params={"graceful": ""})
+        async with admin_client(admin, timeout=2.0) as client:
+            resp = await client.post("/drain_listeners", params={"graceful": ""})
         if resp.status_code != 200:
             log.warning("draining the previous Envoy at %s: HTTP %d %s", admin, resp.status_code, resp.text[:200])
             return

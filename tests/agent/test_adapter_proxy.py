@@ -10,10 +10,11 @@ import signal
 import tempfile
 from pathlib import Path
 
-import httpx
 import pytest
 
 from agent.adapters.proxy import XdsProxy, envoys_using
+from sidecar.bootstrap import read_admin_socket
+from sidecar.supervisor import admin_client
 from agent.ports import ProxyRejected
 from policy.compiled import (
     ALLOW_ALL_HTTP,
@@ -35,9 +36,9 @@ def state(path_regex: str | None, revision: int = 1) -> CompiledState:
     return CompiledState(revision, {1: ep}, {})
 
 
-async def listener_names(admin: str) -> list[str]:
-    async with httpx.AsyncClient(timeout=5) as client:
-        resp = await client.get(f"http://{admin}/listeners", params={"format": "json"})
+async def listener_names(admin_socket: str | Path) -> list[str]:
+    async with admin_client(admin_socket) as client:
+        resp = await client.get("/listeners", params={"format": "json"})
     return sorted(ls["name"] for ls in resp.json().get("listener_statuses", []))
 
 
@@ -67,9 +68,11 @@ async def test_ack_nack_and_retiring_a_leftover_envoy() -> None:
         # Simulate `kill -9` of the agent: its Envoy lives on; a new agent starts.
         first.supervisor._stopping = True  # the dead agent's supervisor no longer watches
         first.supervisor._monitor.cancel()
+        first._checker.cancel()  # nor checks its listeners
         await first.accesslog.stop()
         await first.server.stop()
-        old_admin = (run / "envoy" / "admin-address").read_text().strip()
+        old_admin = read_admin_socket(run / "envoy" / "bootstrap.json")
+        assert old_admin is not None
         serving = await listener_names(old_admin)
         assert serving, "the published L7 policy gave the Envoy no listener"
         second = XdsProxy(run, render_params=params)
@@ -94,7 +97,10 @@ async def test_ack_nack_and_retiring_a_leftover_envoy() -> None:
                     break
                 await asyncio.sleep(0.1)
             assert envoys_using(run / "envoy" / "bootstrap.json") == [second.supervisor.pid]
-            assert await listener_names(f"{second.supervisor.admin_address[0]}:{second.supervisor.admin_address[1]}")
+            # Each Envoy had its own admin socket; the retired one's is gone.
+            assert second.supervisor.admin_socket is not None and str(second.supervisor.admin_socket) != old_admin
+            assert await listener_names(second.supervisor.admin_socket)
+            assert not Path(old_admin).exists()
         finally:
             await second.stop()
     finally:
