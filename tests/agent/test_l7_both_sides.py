@@ -50,6 +50,16 @@ spec:
       rules: {http: [{method: GET, path: "/public(/.*)?"}]}
 """
 
+DENY = """\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: s-deny}
+spec:
+  endpointSelector: {matchLabels: {app: s}}
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: c}}]
+"""
+
 # Requests whose normalized path leaves /public: denied by s's ingress rule.
 TRICKS = (
     "/public/../private",
@@ -132,6 +142,14 @@ def test_egress_and_ingress_http_rules_both_hold_and_paths_are_normalized(node: 
         check(stage, [ingress, egress], "GET", trick, want)
         check(stage, [ingress, egress], "GET", trick, want, http2=True)
 
+    # L3/L4 meets L7: the receiver's ingress deny drops the flow in the kernel
+    # even though the sender's egress proxy would have let the request through.
+    deny = tmp_path / "s-deny.yaml"
+    deny.write_text(DENY)
+    node.apply_policy(deny)
+    check("deny + both", [ingress, egress, deny], "GET", "/public/x", "dropped")
+    node.remove_policy(deny.name)
+
     node.remove_policy(ingress.name)
     stage = "egress only"
     check(stage, [egress], "GET", "/private", "404")
@@ -142,6 +160,7 @@ def test_egress_and_ingress_http_rules_both_hold_and_paths_are_normalized(node: 
     assert all(w == g for _, _, w, g, _ in rows), table
     # trace agrees with the datapath on every request: allowed iff it reached the server.
     assert all((t == "allowed") == (g == "404") for _, _, _, g, t in rows), table
+    assert [r for r in rows if r[3] == "dropped"] == [r for r in rows if r[0] == "deny + both"], table
 
     paths = [e["path"] for e in seen.stop() if "path" in e]
     # Only normalized paths reach the server, never one outside /public while s's rule holds.
