@@ -11,6 +11,7 @@ the earlier (as `kubectl apply` of both would) and a warning says so.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,11 @@ from policy.parse import parse_object
 
 EXTENSIONS = (".yaml", ".yml", ".json")
 INTERNAL_ERROR = "internal error while parsing (please report)"
+# Kubernetes caps one object near 1.5 MiB (etcd's request limit); a file may
+# hold several documents, so allow a few of those. A bigger file is refused
+# before it is read: parsing 50 MB of YAML takes tens of seconds and
+# hundreds of MB, and the agent parses every change of the directory.
+MAX_FILE_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -87,6 +93,34 @@ def load_text(text: str, source: str, is_json: bool = False) -> LoadResult:
     return out
 
 
+def not_utf8(data: bytes, err: UnicodeDecodeError) -> str:
+    """The reason for bytes that do not decode, with the first offending byte and its offset."""
+    return f"not UTF-8 (byte {data[err.start]:#04x} at offset {err.start})"
+
+
+def read_policy_file(path: Path, out: LoadResult, limit: int = MAX_FILE_BYTES) -> str | None:
+    """The file's text, or None with the reason added to `out.errors`."""
+    name = str(path)
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > limit:
+                out.errors.append(PolicyError(name, None, "", f"file is {size} bytes, over the {limit}-byte limit"))
+                return None
+            data = fh.read(limit + 1)  # a file growing after the stat is still bounded
+    except OSError as e:
+        out.errors.append(PolicyError(name, None, "", f"cannot read: {e.strerror or e}"))
+        return None
+    if len(data) > limit:
+        out.errors.append(PolicyError(name, None, "", f"file is over the {limit}-byte limit"))
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        out.errors.append(PolicyError(name, None, "", f"cannot read: {not_utf8(data, e)}"))
+        return None
+
+
 def load_paths(paths: Sequence[str | Path]) -> LoadResult:
     out = LoadResult()
     seen: dict[str, Policy] = {}
@@ -97,10 +131,8 @@ def load_paths(paths: Sequence[str | Path]) -> LoadResult:
             continue
         for f in _files(path):
             name = str(f)
-            try:
-                text = f.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                out.errors.append(PolicyError(name, None, "", f"cannot read: {e}"))
+            text = read_policy_file(f, out)
+            if text is None:
                 continue
             res = load_text(text, name, is_json=f.suffix.lower() == ".json")
             out.files.append(name)

@@ -18,6 +18,7 @@ import re2
 from policy.compiled import ALL_PORTS, Direction, HeaderMatch, HTTPRule, PortRange, Protocol, RuleRef
 from policy.endpoint import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX, DEFAULT_NAMESPACE, strip_source
 from policy.errors import PolicyError, PolicyErrors
+from policy.labels import selector_key_problem, value_problem
 from policy.model import (
     ENTITIES,
     KIND_CCNP,
@@ -39,6 +40,9 @@ from policy.selector import LabelSelector, Requirement
 API_CILIUM = "cilium.io/v2"
 API_NETWORKING = "networking.k8s.io/v1"
 KINDS = {KIND_CNP: API_CILIUM, KIND_CCNP: API_CILIUM, KIND_NP: API_NETWORKING}
+
+# A label key longer than this is cut in field paths (the reason says how long it is).
+_KEY_IN_PATH = 80
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False  # errors are reported as PolicyErrors, not on stderr
@@ -159,13 +163,18 @@ def _selector(ctx: _Ctx, v: Any, path: str, key_map: Callable[[str], str] = stri
             ok = False
         else:
             for k, val in ml.items():
-                p = f"{path}.matchLabels.{k}"
+                p = f"{path}.matchLabels.{k if len(k) <= _KEY_IN_PATH else k[:_KEY_IN_PATH] + '...'}"
                 if isinstance(val, bool) or val is None or not isinstance(val, str):
                     ctx.err(p, f"label value must be a string, got {_type_name(val)}")
                     ok = False
                     continue
                 if not k or not strip_source(k):
                     ctx.err(p, "label key must not be empty")
+                    ok = False
+                    continue
+                problem = selector_key_problem(k) or value_problem(val)
+                if problem:
+                    ctx.err(p, problem)
                     ok = False
                     continue
                 reqs.append(Requirement(key_map(k), "In", (val,)))
@@ -200,6 +209,9 @@ def _selector(ctx: _Ctx, v: Any, path: str, key_map: Callable[[str], str] = stri
                         if not isinstance(x, str):
                             ctx.err(f"{ep}.values[{j}]", f"must be a string, got {_type_name(x)}")
                             ok = False
+                        elif problem := value_problem(x):
+                            ctx.err(f"{ep}.values[{j}]", problem)
+                            ok = False
                         else:
                             values.append(x)
                 if op in ("In", "NotIn") and not values:
@@ -211,6 +223,10 @@ def _selector(ctx: _Ctx, v: Any, path: str, key_map: Callable[[str], str] = stri
                 if key is None or not strip_source(key):
                     if key is not None:
                         ctx.err(f"{ep}.key", "label key must not be empty")
+                    ok = False
+                    continue
+                if problem := selector_key_problem(key):
+                    ctx.err(f"{ep}.key", problem)
                     ok = False
                     continue
                 reqs.append(Requirement(key_map(key), op, tuple(sorted(set(values)))))
