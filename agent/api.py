@@ -2,15 +2,19 @@
 
 Every route is declared once in ROUTES with its request and response models;
 the handlers parse with those models (a bad body is a 400 naming the field)
-and agent/openapi.py renders the same table into /openapi.json. Does socket
-I/O; the work is done by agent.daemon.Agent.
+and agent/openapi.py renders the same table into /openapi.json. Every error,
+aiohttp's own (404 no route, 405, 413) included, is a JSON ErrorBody: bad
+input is a 4xx, never a 500. Does socket I/O; the work is done by
+agent.daemon.Agent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -37,8 +41,17 @@ from agent.models import (
 if TYPE_CHECKING:
     from agent.daemon import Agent
 
+log = logging.getLogger(__name__)
+
 _AGENT = web.AppKey("agent", object)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+WAIT_MAX = 300.0  # seconds; a longer ?wait= waits this long (the CNI runtime gives up well before)
+# ASCII only: str.isdigit() and float() also take "²", "①" or "١" (and float "1_0", "nan", "inf").
+_ID = re.compile(r"[0-9]+")
+_ID_DIGITS_MAX = 9  # endpoint ids are far smaller; longer is unknown, and int() of 5,000 digits raises
+_SECONDS = re.compile(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
+_SHOWN_MAX = 2000  # characters of an error detail; the rest is cut
 
 
 @dataclass(frozen=True)
@@ -71,20 +84,56 @@ class Route:
         return self.path.replace("{name}", "{name:.+}")
 
 
+class ApiError(Exception):
+    """Raised by a handler to answer with this status and ErrorBody."""
+
+    def __init__(self, status: int, error: str, detail: str | None = None) -> None:
+        super().__init__(f"{status} {error}: {detail}")
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
 def _json(model: BaseModel, status: int = 200) -> web.Response:
     return web.Response(text=model.model_dump_json(), status=status, content_type="application/json")
 
 
-def _error(status: int, error: str, detail: str | None = None) -> web.Response:
-    return _json(ErrorBody(error=error, detail=detail), status)
+def _printable(text: str, limit: int = _SHOWN_MAX) -> str:
+    # Echoed input may hold lone surrogates (which JSON cannot encode) or be huge.
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
+
+
+def _error(status: int, error: str, detail: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    body = ErrorBody(error=error, detail=None if detail is None else _printable(detail))
+    return web.Response(text=body.model_dump_json(), status=status, content_type="application/json", headers=headers)
 
 
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "body"
+        loc = ".".join(_printable(str(x), 80) for x in err["loc"]) or "body"
         parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.error, exc.detail)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        detail = exc.text
+        if exc.status in (404, 405):
+            detail = f"{request.method} {request.rel_url.raw_path}: no such route (see /openapi.json)"
+        return _error(exc.status, (exc.reason or "error").lower(), detail, keep)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.rel_url.raw_path)
+        return _error(500, "internal error", "the agent's log has the details")
 
 
 def _agent(request: web.Request) -> "Agent":
@@ -92,8 +141,29 @@ def _agent(request: web.Request) -> "Agent":
 
 
 def _endpoint_id(request: web.Request) -> int | None:
+    """The path's endpoint id; None for a number no endpoint can have; a 400 for anything but ASCII digits."""
     raw = request.match_info["id"]
-    return int(raw) if raw.isdigit() else None
+    if not _ID.fullmatch(raw):
+        raise ApiError(400, "invalid endpoint id", f"{raw!r} is not an endpoint id (a decimal number)")
+    return int(raw) if len(raw) <= _ID_DIGITS_MAX else None
+
+
+def _wait_seconds(raw: str | None) -> float | None:
+    if not raw:
+        return None
+    if not _SECONDS.fullmatch(raw):
+        raise ApiError(400, "invalid query", f"wait: {raw!r} is not a number of seconds >= 0")
+    return min(float(raw), WAIT_MAX)  # float() of a huge literal is inf: min() brings it back
+
+
+async def _json_body(request: web.Request) -> object:
+    raw = await request.read()  # bytes: a bogus charset in Content-Type cannot break decoding
+    try:
+        return json.loads(raw)
+    except ValueError as exc:  # bad syntax, not UTF-8, or an integer of over 4,300 digits
+        raise ApiError(400, "request body is not JSON", str(exc)) from None
+    except RecursionError:
+        raise ApiError(400, "request body is not JSON", "nested too deeply") from None
 
 
 async def health(request: web.Request) -> web.StreamResponse:
@@ -114,23 +184,18 @@ async def list_endpoints(request: web.Request) -> web.StreamResponse:
 
 
 async def create_endpoint(request: web.Request) -> web.StreamResponse:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return _error(400, "request body is not JSON", str(exc))
+    wait = _wait_seconds(request.query.get("wait"))
+    body = await _json_body(request)
     try:
         req = EndpointCreate.model_validate(body)
     except ValidationError as exc:
         return _error(400, "invalid endpoint", _describe(exc))
-    wait_raw = request.query.get("wait")
-    try:
-        wait = float(wait_raw) if wait_raw else None
-    except ValueError:
-        return _error(400, "invalid query", f"wait: {wait_raw!r} is not a number of seconds")
-    from agent.endpoint_table import EndpointTableFull
+    from agent.endpoint_table import AddressInUse, EndpointTableFull
 
     try:
         view, created = await _agent(request).create_endpoint(req, wait)
+    except AddressInUse as exc:
+        return _error(400, "invalid endpoint", str(exc))
     except EndpointTableFull as exc:
         return _error(507, "endpoint table full", str(exc))
     return _json(view, 201 if created else 200)
@@ -197,7 +262,7 @@ async def openapi(request: web.Request) -> web.StreamResponse:
     return web.json_response(openapi_document(ROUTES))
 
 
-_ID = Param("id", "path", {"type": "integer", "minimum": 1}, "endpoint id", True)
+_ID_PARAM = Param("id", "path", {"type": "integer", "minimum": 1}, "endpoint id (ASCII digits)", True)
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/healthz", health, "Agent health", "getHealth", Health, errors=(503,)),
@@ -211,18 +276,23 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "POST", "/v1/endpoints", create_endpoint, "Register (or update) an endpoint", "createEndpoint", Endpoint,
-        request=EndpointCreate, status=201, extra_status=(200,), errors=(400, 507),
-        params=(Param("wait", "query", {"type": "number", "minimum": 0}, "seconds to wait for the endpoint's policy to be in place"),),
+        request=EndpointCreate, status=201, extra_status=(200,), errors=(400, 413, 507),
+        params=(
+            Param(
+                "wait", "query", {"type": "number", "minimum": 0},
+                f"seconds to wait for the endpoint's policy to be in place; at most {WAIT_MAX:.0f} (a larger value waits {WAIT_MAX:.0f})",
+            ),
+        ),
     ),
-    Route("GET", "/v1/endpoints/{id}", get_endpoint, "Get one endpoint", "getEndpoint", Endpoint, params=(_ID,), errors=(404,)),
-    Route("DELETE", "/v1/endpoints/{id}", delete_endpoint, "Remove an endpoint", "deleteEndpoint", Endpoint, params=(_ID,), errors=(404,)),
+    Route("GET", "/v1/endpoints/{id}", get_endpoint, "Get one endpoint", "getEndpoint", Endpoint, params=(_ID_PARAM,), errors=(400, 404)),
+    Route("DELETE", "/v1/endpoints/{id}", delete_endpoint, "Remove an endpoint", "deleteEndpoint", Endpoint, params=(_ID_PARAM,), errors=(400, 404)),
     Route("GET", "/v1/policies", list_policies, "Policies and their status", "listPolicies", PolicyList),
     Route(
         "GET", "/v1/policies/{name}", get_policy, "One policy's status", "getPolicy", PolicyStatus,
         params=(Param("name", "path", {"type": "string"}, "namespace/name, or name for clusterwide policies", True),), errors=(404,),
     ),
     Route("GET", "/v1/identities", list_identities, "Identities and their labels", "listIdentities", IdentityList),
-    Route("GET", "/v1/bpf/policy/{id}", bpf_policy, "An endpoint's kernel policy map, decoded", "getBpfPolicy", BpfPolicyDump, params=(_ID,), errors=(404,)),
+    Route("GET", "/v1/bpf/policy/{id}", bpf_policy, "An endpoint's kernel policy map, decoded", "getBpfPolicy", BpfPolicyDump, params=(_ID_PARAM,), errors=(400, 404)),
     Route(
         "GET", "/v1/flows", flows, "Live flow events, one JSON object per line", "streamFlows", FlowEvent,
         stream="application/x-ndjson",
@@ -233,7 +303,7 @@ ROUTES: tuple[Route, ...] = (
 
 
 def build_app(agent: "Agent") -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[_json_errors])
     app[_AGENT] = agent
     for r in ROUTES:
         app.router.add_route(r.method, r.aiohttp_path, r.handler)

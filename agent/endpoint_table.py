@@ -23,6 +23,10 @@ class EndpointTableFull(Exception):
     pass
 
 
+class AddressInUse(ValueError):
+    """The IPv4 address belongs to another endpoint: two endpoints cannot share one."""
+
+
 @dataclass(slots=True)
 class LiveState:
     state: EndpointState = EndpointState.WAITING_FOR_IDENTITY
@@ -67,6 +71,10 @@ class EndpointTable:
     def upsert(self, req: EndpointCreate) -> tuple[EndpointRecord, bool]:
         """Add or replace the endpoint of (container_id, ifname); returns (record, created)."""
         existing = self.find(req.container_id, req.ifname)
+        if req.ipv4 is not None:
+            other = next((r.record for r in self._rows.values() if r.record.ipv4 == req.ipv4 and r.record is not existing), None)
+            if other is not None:
+                raise AddressInUse(f"ipv4: {req.ipv4} is already the address of endpoint {other.id} ({other.container_id}/{other.ifname})")
         if existing is not None:
             rec = EndpointRecord(id=existing.id, **req.model_dump())
             if rec == existing:

@@ -9,18 +9,56 @@ from __future__ import annotations
 
 import enum
 from ipaddress import IPv4Address
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-_LABEL_KEY_MAX = 253
+from policy.labels import selector_key_problem, value_problem
+
+IFNAMSIZ = 16  # the kernel's limit, NUL included: names hold at most 15 bytes
+
+
+def _ifname_ok(name: str) -> str:
+    # The kernel's dev_valid_name(), and printable ASCII only: the name ends
+    # up in paths, tc and netlink calls, and log lines.
+    if not name or len(name.encode()) >= IFNAMSIZ:
+        raise ValueError(f"interface name must be 1-{IFNAMSIZ - 1} bytes")
+    if name in (".", ".."):
+        raise ValueError(f"{name!r} is not a valid interface name")
+    bad = next((c for c in name if c in "/:" or not c.isascii() or not c.isprintable() or c.isspace()), None)
+    if bad is not None:
+        raise ValueError(f"interface name must not contain {bad!r} (only printable ASCII without '/', ':' or spaces)")
+    return name
+
+
+def _label_key_ok(key: str) -> str:
+    if "=" in key:  # the canonical "source:key=value" form would split here
+        raise ValueError("label key must not contain '='")
+    problem = selector_key_problem(key)
+    if problem:
+        raise ValueError(problem)
+    return key
+
+
+def _label_value_ok(value: str) -> str:
+    problem = value_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+InterfaceName = Annotated[str, AfterValidator(_ifname_ok)]
+# Kubernetes label syntax (policy/labels.py), optionally with a Cilium source
+# ("k8s:app"). A bad label is reported at labels.<key>.
+LabelKey = Annotated[str, AfterValidator(_label_key_ok)]
+LabelValue = Annotated[str, AfterValidator(_label_value_ok)]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class EndpointState(str, enum.Enum):
+class EndpointState(enum.StrEnum):
     WAITING_FOR_IDENTITY = "waiting-for-identity"
     REGENERATING = "regenerating"
     READY = "ready"
@@ -31,26 +69,27 @@ class EndpointCreate(_Model):
     """Registers a pod's interface; sent by ciliate-cni after it wired the veth."""
 
     container_id: str = Field(min_length=1, max_length=256, description="CNI_CONTAINERID")
-    ifname: str = Field(default="eth0", min_length=1, max_length=15, description="interface inside the pod")
-    host_ifname: str = Field(min_length=1, max_length=15, description="host side of the veth pair")
-    netns: str | None = Field(default=None, description="path of the pod's network namespace")
+    ifname: InterfaceName = Field(default="eth0", max_length=15, description="interface inside the pod")
+    host_ifname: InterfaceName = Field(max_length=15, description="host side of the veth pair")
+    netns: str | None = Field(default=None, max_length=4096, description="path of the pod's network namespace")
     ipv4: IPv4Address | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
-    name: str | None = Field(default=None, description="display name, e.g. namespace/pod")
-
-    @field_validator("labels")
-    @classmethod
-    def _labels_ok(cls, labels: dict[str, str]) -> dict[str, str]:
-        for key in labels:
-            if not key or len(key) > _LABEL_KEY_MAX or "=" in key:
-                raise ValueError(f"label key {key!r} must be 1-{_LABEL_KEY_MAX} characters without '='")
-        return labels
+    labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, description="Kubernetes label syntax; a key may carry a source, e.g. k8s:app"
+    )
+    name: str | None = Field(default=None, max_length=512, description="display name, e.g. namespace/pod")
 
 
 class EndpointRecord(EndpointCreate):
     """What the agent persists for one endpoint (create request plus its id)."""
 
     id: int = Field(ge=1, le=65535)
+    # Records are checked as loose as the agent that wrote them was: a label
+    # an older agent accepted must not stop this one from starting.
+    ifname: str = Field(default="eth0", min_length=1, max_length=15, description="interface inside the pod")
+    host_ifname: str = Field(min_length=1, max_length=15, description="host side of the veth pair")
+    labels: dict[str, str] = Field(default_factory=dict)
+    netns: str | None = Field(default=None, description="path of the pod's network namespace")
+    name: str | None = Field(default=None, description="display name, e.g. namespace/pod")
 
 
 class Endpoint(EndpointRecord):
@@ -67,7 +106,7 @@ class EndpointList(_Model):
     endpoints: list[Endpoint]
 
 
-class PolicyErrorKind(str, enum.Enum):
+class PolicyErrorKind(enum.StrEnum):  # StrEnum: formats as its value ("map-full") in text output
     VALIDATION = "validation"
     MAP_FULL = "map-full"
     ENVOY_NACK = "envoy-nack"
@@ -84,7 +123,10 @@ class PolicyStatus(_Model):
     name: str = Field(description="namespace/name, or name for clusterwide kinds, or the file when unparsable")
     kind: str | None = None
     source: str = Field(description="file the policy was read from")
-    state: Literal["enforced", "pending", "error"]
+    state: Literal["enforced", "pending", "not-enforced", "error"] = Field(
+        description="not-enforced: its own rules are fine, but an endpoint it selects failed because of another policy (see reason)"
+    )
+    reason: str | None = Field(default=None, description="why it is not enforced on every endpoint it selects")
     endpoints: int = Field(default=0, description="endpoints enforcing it")
     revision: int = Field(default=0, description="policy revision it is enforced at")
     errors: list[PolicyError] = Field(default_factory=list)
