@@ -132,7 +132,9 @@ def _policy_rows(pols) -> str:
         if p.stale:
             what += " (previous version still enforced)"
         rows.append((p.name, p.kind, what, p.source))
-        rows += [("", "", f"  {e.kind}: {e.message}", "") for e in p.errors]
+        if p.reason:
+            rows.append(("", "", f"  {p.reason}", ""))
+        rows += [("", "", f"  {e.kind.value}: {e.message}", "") for e in p.errors]
         rows += [("", "", f"  warning: {w}", "") for w in p.warnings]
     return _table(["NAME", "KIND", "STATUS", "SOURCE"], rows)
 

@@ -25,10 +25,12 @@ class ProgramLoadError(DatapathError):
 
 
 class MapFullError(DatapathError):
+    # The message does not name the endpoint: a per-endpoint failure is
+    # reported keyed by `endpoint_id`, and whoever shows it adds the endpoint
+    # once (a prefix here made "endpoint 1: endpoint 1:" in policy status).
     def __init__(self, map_name: str, wanted: int, capacity: int, endpoint_id: int | None = None) -> None:
-        who = f"endpoint {endpoint_id}: " if endpoint_id is not None else ""
         super().__init__(
-            f"{who}{map_name} would hold {wanted} entries but its capacity is {capacity} "
+            f"{map_name} would hold {wanted} entries but its capacity is {capacity} "
             "(a port range takes one entry per aligned power-of-two block); kept the previous entries enforced"
         )
         self.map_name = map_name
