@@ -87,8 +87,11 @@ def write_shared(cfg: SharedConfig, out_dir: Path) -> tuple[Path, str]:
     text = render_shared_header(cfg, check)
     hdr = out_dir / SHARED_HEADER
     for path, body in ((check, asserts), (hdr, text)):
-        if not path.exists() or path.read_text() != body:
-            path.write_text(body)
+        # Bytes, not text: a damaged file (not UTF-8, say) is simply rewritten,
+        # as any other difference is: the file is ours, rendered before every build.
+        data = body.encode()
+        if not path.exists() or path.read_bytes() != data:
+            path.write_bytes(data)
     return hdr, hashlib.sha256((text + asserts).encode()).hexdigest()
 
 
