@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -207,6 +208,10 @@ def _run_agent(args: argparse.Namespace) -> int:
     from agent.daemon import Agent, AgentConfig
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Everything the agent (and the Envoy it starts) creates is root's alone:
+    # endpoint records, generated headers, logs, sockets. Set before any of
+    # them exists, so no file is ever briefly readable by others.
+    os.umask(0o077)
     state_dir = Path(args.state_dir)
     config = AgentConfig(
         state_dir=state_dir,

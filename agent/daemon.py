@@ -286,11 +286,12 @@ class Agent:
             {i: lv for i in self.table.ids() if (lv := self.table.live(i)) is not None},
             regen.applied_revision if regen else 0,
             self.book.shadowed(),
+            regen.last_state if regen else None,
         )
         counts: dict[str, int] = {}
         for s in statuses:
             counts[s.state] = counts.get(s.state, 0) + 1
-        for state in ("enforced", "pending", "error"):
+        for state in ("enforced", "pending", "not-enforced", "error"):
             self.metrics.policies.labels(state).set(counts.get(state, 0))
         return PolicyList(revision=regen.applied_revision if regen else 0, policies=statuses)
 

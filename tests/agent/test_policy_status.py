@@ -19,17 +19,7 @@ ELSEWHERE = {"name": "elsewhere", "selector": {"class": "xwing"}, "allowFrom": {
 
 
 def _statuses(agent: Agent):
-    # Agent.policies() plus the compiled state of the last regeneration (which
-    # agent/daemon.py is to pass along as policy_statuses' `compiled`).
-    regen = agent.regenerator
-    assert regen is not None
-    live = {i: lv for i in agent.table.ids() if (lv := agent.table.live(i)) is not None}
-    return {
-        s.name: s
-        for s in policy_statuses(
-            agent.book.in_force(), agent.book.problems(), regen.compile_errors, live, regen.applied_revision, agent.book.shadowed(), regen.last_state
-        )
-    }
+    return {s.name: s for s in agent.policies().policies}
 
 
 async def test_map_full_is_blamed_on_the_policy_that_filled_it(rig: Rig) -> None:
