@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agent.endpoint_restore import restore_lost_endpoints
 from agent.endpoint_table import EndpointTable
 from agent.flows import FlowHub
 from agent.metrics import AgentMetrics
@@ -107,6 +108,7 @@ class Agent:
         self.store.ensure()
         self.compiler = self._compiler_factory(self.store.load_allocations())
         restored = self.table.load()
+        restored += await restore_lost_endpoints(self.table, self.datapath, self.compiler, self.config.state_dir)
         self.regenerator = Regenerator(
             compiler=self.compiler,
             datapath=self.datapath,

@@ -68,9 +68,21 @@ class EndpointTable:
                 return row.record
         return None
 
+    def restore(self, rec: EndpointRecord) -> None:
+        """Put back an endpoint the kernel still serves under this id (see
+        agent/endpoint_restore.py)."""
+        if rec.id in self._rows:
+            raise ValueError(f"endpoint {rec.id} is already in the table")
+        self._rows[rec.id] = _Row(rec)
+        self._persist()
+
     def upsert(self, req: EndpointCreate) -> tuple[EndpointRecord, bool]:
         """Add or replace the endpoint of (container_id, ifname); returns (record, created)."""
-        existing = self.find(req.container_id, req.ifname)
+        # The host veth's name is derived from (container_id, ifname), so it
+        # also finds a restored endpoint whose container id was lost.
+        existing = self.find(req.container_id, req.ifname) or next(
+            (r.record for r in self._rows.values() if r.record.host_ifname == req.host_ifname), None
+        )
         if req.ipv4 is not None:
             other = next((r.record for r in self._rows.values() if r.record.ipv4 == req.ipv4 and r.record is not existing), None)
             if other is not None:

@@ -98,6 +98,11 @@ class PolicyCompiler(Protocol):
         """Current allocator state, to be persisted."""
         ...
 
+    def labels_of_identity(self, identity: int) -> frozenset[str]:
+        """The label set an allocated identity stands for (empty if unknown);
+        from the persisted allocations, so it answers before any compile."""
+        ...
+
     def identity_labels(self) -> Mapping[int, frozenset[str]]:
         """Every allocated identity (reserved ones included) and its labels."""
         ...
@@ -135,6 +140,17 @@ class DumpedEntry:
     proxy_port: int
 
 
+@dataclass(frozen=True, slots=True)
+class KernelEndpoint:
+    """An endpoint the datapath attached, as its per-endpoint record says."""
+
+    endpoint_id: int
+    host_ifname: str
+    ipv4: IPv4Address
+    identity: int
+    link_present: bool  # the veth it was attached to still exists
+
+
 class Datapath(Protocol):
     async def setup(self) -> None:
         """Global plumbing (pinned maps, proxy ip rule/route); idempotent."""
@@ -149,6 +165,11 @@ class Datapath(Protocol):
         ...
 
     async def detach_endpoint(self, endpoint_id: int) -> None: ...
+
+    async def attached_endpoints(self) -> list[KernelEndpoint]:
+        """Every endpoint this install attached and has not detached (what the
+        kernel still enforces for), whether or not the agent's table knows it."""
+        ...
 
     async def apply(self, state: CompiledState, changed: frozenset[int]) -> ApplyOutcome:
         """Make the kernel match `state`; `changed` names endpoints whose policy moved."""

@@ -248,6 +248,18 @@ class Datapath:
     def endpoints(self) -> dict[int, EndpointRecord]:
         return dict(self._endpoints)
 
+    def link_present(self, endpoint_id: int) -> bool:
+        """Is the endpoint's veth still there, the same one it was attached to?
+        (A name alone could have been reused by another pod's veth.)"""
+        rec = self._endpoints.get(endpoint_id)
+        if rec is None:
+            return False
+        try:
+            now = tc.ifindex(rec.ifname, self.netns)
+        except DatapathError:
+            return False
+        return rec.ifindex in (0, now)
+
     def endpoint_status(self, endpoint_id: int) -> EndpointStatus:
         rec = self._endpoints.get(endpoint_id)
         if rec is None:

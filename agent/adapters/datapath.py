@@ -15,7 +15,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from agent.ports import ApplyOutcome, DumpedEntry, Failure
+from agent.ports import ApplyOutcome, DumpedEntry, Failure, KernelEndpoint
 from policy.compiled import CompiledState, Protocol
 from redirect.datapath import Datapath
 from redirect.errors import MapFullError
@@ -43,6 +43,15 @@ class KernelDatapath:
 
     async def detach_endpoint(self, endpoint_id: int) -> None:
         await asyncio.to_thread(self._dp.detach_endpoint, endpoint_id)
+
+    async def attached_endpoints(self) -> list[KernelEndpoint]:
+        def read() -> list[KernelEndpoint]:
+            return [
+                KernelEndpoint(r.endpoint_id, r.ifname, IPv4Address(r.ipv4), r.identity, self._dp.link_present(r.endpoint_id))
+                for r in sorted(self._dp.endpoints().values(), key=lambda r: r.endpoint_id)
+            ]
+
+        return await asyncio.to_thread(read)
 
     async def apply(self, state: CompiledState, changed: frozenset[int]) -> ApplyOutcome:
         # redirect/ diffs desired against the kernel itself; `changed` is only a hint.

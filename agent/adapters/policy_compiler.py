@@ -63,6 +63,9 @@ class RealCompiler:
     def allocations(self) -> Allocations:
         return Allocations(identities=json.loads(self._c.identities.to_json()), proxy_ports=json.loads(self._c.proxy_ports.to_json()))
 
+    def labels_of_identity(self, identity: int) -> frozenset[str]:
+        return self._c.identities.labels_of(identity)
+
     def identity_labels(self) -> Mapping[int, frozenset[str]]:
         # What the last compile saw; queries never trigger a compile.
         if self._last is not None:

@@ -21,6 +21,7 @@ from agent.ports import (
     DumpedEntry,
     EndpointSpec,
     Failure,
+    KernelEndpoint,
     LoadedFile,
     NamedPolicy,
     PolicyProblem,
@@ -128,6 +129,12 @@ class FakeCompiler:
     def allocations(self) -> Allocations:
         return Allocations(identities=dict(self.ids), proxy_ports=dict(self.ports))
 
+    def labels_of_identity(self, identity: int) -> frozenset[str]:
+        for key, i in self.ids.items():
+            if i == identity:
+                return frozenset(kv for kv in key.split(",") if kv)
+        return frozenset()
+
     def identity_labels(self) -> Mapping[int, frozenset[str]]:
         out = {i: frozenset({f"reserved:{n}"}) for i, n in RESERVED_IDENTITIES.items()}
         for key, i in self.ids.items():
@@ -193,6 +200,7 @@ class FakeDatapath:
         self.writes: list[int] = []  # endpoints whose map content actually changed, per apply
         self.map_capacity: int | None = None
         self.fail_attach: set[int] = set()
+        self.links_gone: set[str] = set()  # host interfaces that no longer exist
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     async def setup(self) -> None:
@@ -205,6 +213,12 @@ class FakeDatapath:
         if endpoint_id in self.fail_attach:
             raise OSError(f"no such device {ifname}")
         self.attached[endpoint_id] = (ifname, ipv4, identity)
+
+    async def attached_endpoints(self) -> list[KernelEndpoint]:
+        return [
+            KernelEndpoint(eid, ifname, ipv4 or IPv4Address("0.0.0.0"), ident, ifname not in self.links_gone)
+            for eid, (ifname, ipv4, ident) in sorted(self.attached.items())
+        ]
 
     async def detach_endpoint(self, endpoint_id: int) -> None:
         self.detached.append(endpoint_id)
