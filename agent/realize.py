@@ -7,15 +7,24 @@ not answer, the endpoints whose L7 config Envoy does not hold are written
 fail-closed (their redirect entries become denies) and marked not-ready with
 the reason. Only endpoints whose compiled policy changed are regenerated.
 I/O only through the PolicyCompiler, Datapath and ProxyControl ports.
+
+Compiling can take seconds (20k toCIDR prefixes), so every call into the
+compiler runs in a worker thread (`offload`) while the event loop keeps
+serving the API: the loop snapshots the inputs (policy book, endpoint
+records), one thread applies them and compiles, and the loop adopts the
+result. Only this worker calls the compiler and it awaits each job, so the
+compiler is never touched by two threads at once; API reads such as
+identity_labels() see the last immutable CompiledState.
 """
 
 from __future__ import annotations
 
 import logging
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from ipaddress import IPv4Address
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from agent.endpoint_table import EndpointTable
 from agent.models import EndpointState
@@ -38,6 +47,8 @@ log = logging.getLogger(__name__)
 
 RETRY_MIN = 0.5
 RETRY_MAX = 30.0
+
+Offload = Callable[..., Awaitable[Any]]
 
 
 def fail_closed(ep: EndpointPolicy, acked: Mapping[int, L7Policy]) -> EndpointPolicy:
@@ -63,6 +74,33 @@ def l7_view(state: CompiledState) -> tuple:
     if not l7:
         return ()
     return (l7, tuple(sorted(state.ipcache.items())))
+
+
+@dataclass(frozen=True, slots=True)
+class CompileJob:
+    """What the compiler is told in one regeneration, snapshotted on the loop."""
+
+    revision: int
+    host_ips: frozenset[IPv4Address] | None
+    deleted_policies: tuple[str, ...]
+    upserted_policies: tuple[tuple[str, BookEntry], ...]
+    endpoints: tuple[tuple[int, EndpointSpec | None], ...]  # None: the record is gone
+    in_compiler: frozenset[int]
+
+
+@dataclass(slots=True)
+class CompileResult:
+    """What the worker thread hands back; the loop adopts it."""
+
+    accepted: dict[str, BookEntry] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    identities: dict[int, int] = field(default_factory=dict)
+    removed: set[int] = field(default_factory=set)
+    state: CompiledState | None = None
+    error: Exception | None = None
+    allocations: Allocations | None = None  # None: unchanged since the last save
+    changed: set[int] = field(default_factory=set)  # endpoints whose policy differs from the realized one
+    view: tuple = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,54 +148,91 @@ class Regenerator:
         self.on_report: Callable[[RegenerationReport], None] | None = None
         self._host_ips = host_ips
         self._known_host_ips: frozenset[IPv4Address] | None = None
+        # How blocking work leaves the event loop (the compiler, the
+        # allocation save). A worker thread; bench/bench_cidr.py swaps in an
+        # inline call to measure the old on-loop behaviour as its baseline.
+        self.offload: Offload = asyncio.to_thread
 
-    # --- inputs into the compiler -------------------------------------------
-    def _sync_policies(self) -> None:
-        in_force = self.book.in_force()
-        for key in [k for k in self._given if k not in in_force]:
-            self.compiler.delete_policy(key)
-            del self._given[key]
-        for key in [k for k in self.compile_errors if k not in in_force]:
-            del self.compile_errors[key]
-        for key, entry in in_force.items():
-            if self._given.get(key) is entry:
-                continue
+    # --- inputs into the compiler: snapshot on the loop, apply in the thread ---
+    def _job(self, batch: Batch, host_ips: frozenset[IPv4Address] | None) -> CompileJob:
+        deleted: tuple[str, ...] = ()
+        upserted: tuple[tuple[str, BookEntry], ...] = ()
+        if batch.policy_changed:
+            in_force = self.book.in_force()
+            deleted = tuple(k for k in self._given if k not in in_force)
+            for key in [k for k in self.compile_errors if k not in in_force]:
+                del self.compile_errors[key]
+            upserted = tuple((k, e) for k, e in in_force.items() if self._given.get(k) is not e)
+        endpoints = []
+        for eid in sorted(batch.endpoints):
+            rec = self.table.record(eid)
+            endpoints.append((eid, None if rec is None else EndpointSpec(eid, dict(rec.labels), rec.ipv4)))
+        return CompileJob(batch.revision, host_ips, deleted, upserted, tuple(endpoints), frozenset(self._in_compiler))
+
+    def _compile(self, job: CompileJob) -> CompileResult:
+        """Runs in the worker thread: the only place the compiler is called."""
+        out = CompileResult()
+        c = self.compiler
+        if job.host_ips is not None:
+            c.set_host_ips(job.host_ips)
+        for key in job.deleted_policies:
+            c.delete_policy(key)
+        for key, entry in job.upserted_policies:
             try:
-                self.compiler.upsert_policy(entry.policy)
+                c.upsert_policy(entry.policy)
             except Exception as exc:  # the compiler's own validation: keep the rest
-                self.compile_errors[key] = str(exc) or type(exc).__name__
+                out.rejected[key] = str(exc) or type(exc).__name__
                 log.warning("policy %s rejected by the compiler: %s", key, exc)
                 continue
+            out.accepted[key] = entry
+        for eid, spec in job.endpoints:
+            if spec is None:
+                if eid in job.in_compiler:
+                    c.delete_endpoint(eid)
+                out.removed.add(eid)
+            else:
+                out.identities[eid] = c.upsert_endpoint(spec)
+        try:
+            state = c.compile(job.revision)
+        except Exception as exc:
+            log.exception("policy compilation failed")
+            out.error = exc
+            return out
+        out.state = state
+        alloc = c.allocations()
+        out.allocations = alloc if alloc != self._saved_alloc else None
+        # Reads `realized` while the loop waits for us; only this worker writes it.
+        # The compiler hands back the same object for an unchanged endpoint: `is` first.
+        out.changed = {i for i, ep in state.endpoints.items() if (old := self.realized.get(i)) is not ep and old != ep}
+        out.view = l7_view(state)
+        return out
+
+    def _adopt(self, job: CompileJob, res: CompileResult) -> None:
+        """Back on the loop: record what the compiler accepted and the identities it gave."""
+        for key in job.deleted_policies:
+            self._given.pop(key, None)
+        for key, msg in res.rejected.items():
+            self.compile_errors[key] = msg
+        for key, entry in res.accepted.items():
             self.compile_errors.pop(key, None)
             self._given[key] = entry
-
-    def _sync_endpoints(self, ids: frozenset[int]) -> set[int]:
-        removed = set()
-        for eid in sorted(ids):
-            rec = self.table.record(eid)
-            if rec is None:
-                if eid in self._in_compiler:
-                    self.compiler.delete_endpoint(eid)
-                    self._in_compiler.discard(eid)
-                removed.add(eid)
-                continue
-            identity = self.compiler.upsert_endpoint(EndpointSpec(eid, dict(rec.labels), rec.ipv4))
+        for eid in res.removed:
+            self._in_compiler.discard(eid)
+        for eid, identity in res.identities.items():
             self._in_compiler.add(eid)
             live = self.table.live(eid)
             # The endpoint's program is built for its identity: a new one means re-attach.
             reattach = live is not None and live.attached and live.identity not in (None, identity)
             self.table.set_live(eid, identity=identity, state=EndpointState.REGENERATING, reason=None, **({"attached": False} if reattach else {}))
-        return removed
 
-    def _persist_allocations(self) -> None:
-        alloc = self.compiler.allocations()
-        if alloc != self._saved_alloc:
-            self._save_allocations(alloc)
-            self._saved_alloc = alloc
+    async def _persist_allocations(self, alloc: Allocations | None) -> None:
+        if alloc is None:
+            return
+        await self.offload(self._save_allocations, alloc)  # JSON + fsync of every CIDR identity
+        self._saved_alloc = alloc
 
     # --- the pipeline ------------------------------------------------------------
-    async def _publish(self, state: CompiledState) -> Failure | None:
-        view = l7_view(state)
+    async def _publish(self, state: CompiledState, view: tuple) -> Failure | None:
         if view == self._published_view or (view == () and self._published_view is None):
             return None
         try:
@@ -172,38 +247,37 @@ class Regenerator:
         self._acked_l7 = {l7.proxy_port: l7 for ep in state.endpoints.values() for l7 in ep.l7}
         return None
 
-    async def _sync_host_ips(self) -> None:
+    async def _new_host_ips(self) -> frozenset[IPv4Address] | None:
+        """The host's addresses when they differ from what the compiler has, else None."""
         # New endpoints may bring new host addresses (their gateway on ciliate_host).
         if self._host_ips is None:
-            return
+            return None
         try:
             ips = frozenset(await asyncio.to_thread(lambda: list(self._host_ips())))  # type: ignore[misc]
         except Exception:
             log.exception("reading the host's addresses failed; keeping the previous ones")
-            return
-        if ips != self._known_host_ips:
-            self.compiler.set_host_ips(ips)
-            self._known_host_ips = ips
+            return None
+        if ips == self._known_host_ips:
+            return None
+        self._known_host_ips = ips
+        return ips
 
     async def regenerate(self, batch: Batch) -> RegenerationReport:
-        if batch.endpoints or self._known_host_ips is None:
-            await self._sync_host_ips()
-        if batch.policy_changed:
-            self._sync_policies()
-        removed = self._sync_endpoints(batch.endpoints)
-        try:
-            state = self.compiler.compile(batch.revision)
-        except Exception as exc:
-            log.exception("policy compilation failed")
-            failure = Failure("datapath", f"policy compilation failed: {exc}")
+        host_ips = await self._new_host_ips() if batch.endpoints or self._known_host_ips is None else None
+        job = self._job(batch, host_ips)
+        res: CompileResult = await self.offload(self._compile, job)
+        self._adopt(job, res)
+        removed = res.removed
+        state = res.state
+        if state is None:
+            failure = Failure("datapath", f"policy compilation failed: {res.error}")
             for eid in batch.endpoints:
                 self.table.set_live(eid, state=EndpointState.NOT_READY, reason=failure.message, failure=failure)
             await self.table.notify()
             return RegenerationReport(batch.revision, frozenset(), frozenset(removed), False, {})
-        self._persist_allocations()
+        await self._persist_allocations(res.allocations)
         endpoints = {i: ep for i, ep in state.endpoints.items() if i in self.table}
-        # The compiler hands back the same object for an unchanged endpoint: `is` first.
-        changed = {i for i, ep in endpoints.items() if (old := self.realized.get(i)) is not ep and old != ep}
+        changed = res.changed & endpoints.keys()
         changed |= batch.endpoints & endpoints.keys()
         for eid in changed:
             self.table.set_live(eid, state=EndpointState.REGENERATING)
@@ -222,7 +296,7 @@ class Regenerator:
             except Exception as exc:
                 failures[eid] = Failure("datapath", f"attaching to {rec.host_ifname} failed: {exc}", transient=True)
 
-        proxy_failure = await self._publish(state)
+        proxy_failure = await self._publish(state, res.view)
         published = proxy_failure is None
         effective: dict[int, EndpointPolicy] = {}
         for eid, ep in endpoints.items():

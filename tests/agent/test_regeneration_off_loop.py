@@ -1,0 +1,147 @@
+"""A long regeneration does not freeze the agent: with the real policy loader
+and compiler, a policy of 20,000 toCIDR /32s is added and removed while a
+heartbeat on the event loop and a client asking GET /v1/healthz over the API
+socket keep getting answers.
+
+The bound is generous on purpose (a behaviour check, not a speed target:
+bench/bench_cidr.py has the figures); compiling on the event loop misses it
+by tens of seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory
+from agent.client import AgentClient
+from agent.daemon import Agent, AgentConfig
+from agent.models import EndpointCreate, EndpointState
+from tests.agent.fakes import FakeDatapath, FakeProxy
+
+N_CIDRS = 20_000
+WORST_LATENESS = 0.5  # seconds
+
+
+def cidr(i: int) -> str:
+    return f"{10 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}.1/32"
+
+
+def many_cidrs_policy(n: int) -> str:
+    return json.dumps({
+        "apiVersion": "cilium.io/v2",
+        "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "many-cidrs", "namespace": "default"},
+        "spec": {"endpointSelector": {"matchLabels": {"app": "a"}}, "egress": [{"toCIDR": [cidr(i) for i in range(n)]}]},
+    })
+
+
+class Heartbeat:
+    """Sleeps 10 ms at a time on the event loop and records how late it wakes."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self.beats = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(0.01)
+            self.worst = max(self.worst, loop.time() - t0 - 0.01)
+            self.beats += 1
+
+
+class HealthProbe(threading.Thread):
+    """Asks GET /v1/healthz in a loop from another thread, as `ciliate status` would."""
+
+    def __init__(self, socket: Path, busy: Callable[[], bool]) -> None:
+        super().__init__(daemon=True)
+        self.socket, self.busy = socket, busy
+        self.worst = 0.0
+        self.answered_while_busy = 0
+        self.failures: list[str] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        with AgentClient(self.socket, timeout=60) as client:
+            while not self.done.is_set():
+                busy = self.busy()
+                t0 = time.perf_counter()
+                try:
+                    health = client.health()
+                except Exception as exc:  # reported, not raised, so the test names it
+                    self.failures.append(repr(exc))
+                    return
+                self.worst = max(self.worst, time.perf_counter() - t0)
+                if not health.ok:
+                    self.failures.append(f"unhealthy: {health.checks}")
+                self.answered_while_busy += busy and self.busy()
+                self.done.wait(0.02)
+
+
+async def regenerate_under_watch(agent: Agent, socket: Path, change: Callable[[], object]) -> tuple[Heartbeat, HealthProbe]:
+    beat = Heartbeat()
+    beat_task = asyncio.create_task(beat.run())
+    probe = HealthProbe(socket, lambda: agent.queue.pending)
+    probe.start()
+    try:
+        await asyncio.sleep(0.05)
+        change()
+        assert agent.watcher is not None
+        await agent.watcher.poll_once()
+        await agent.queue.drain(120)
+    finally:
+        beat_task.cancel()
+        await asyncio.gather(beat_task, return_exceptions=True)
+        probe.done.set()
+        await asyncio.to_thread(probe.join)
+    return beat, probe
+
+
+async def test_api_answers_while_twenty_thousand_cidrs_are_added_and_removed(tmp_path: Path) -> None:
+    short = Path(tempfile.mkdtemp(prefix="cil-reg-"))  # unix socket paths are limited to 107 bytes
+    socket = short / "agent.sock"
+    policy_dir = tmp_path / "policies"
+    policy_dir.mkdir()
+    datapath = FakeDatapath()
+    agent = Agent(
+        AgentConfig(state_dir=tmp_path / "state", policy_dir=policy_dir, socket_path=socket, metrics_port=None, poll_interval=3600.0, settle=0.0),
+        compiler_factory=make_compiler_factory(),
+        loader=PolicyFileLoader(),
+        datapath=datapath,
+        proxy=FakeProxy(),
+    )
+    await agent.start()
+    try:
+        view, _ = await agent.create_endpoint(
+            EndpointCreate(container_id="c1", host_ifname="lxcmany", ipv4=IPv4Address("10.200.0.1"), labels={"app": "a"}, name="a"),
+            wait=30,
+        )
+        path = policy_dir / "many.json"
+        text = many_cidrs_policy(N_CIDRS)
+
+        beat, probe = await regenerate_under_watch(agent, socket, lambda: path.write_text(text))
+        # The regeneration really happened while we watched: the subject enforces every prefix.
+        assert len(datapath.kernel[view.id]) >= N_CIDRS
+        after = agent.table.view(view.id)
+        assert after is not None and after.state == EndpointState.READY and after.egress_enforced
+        assert not probe.failures
+        assert probe.answered_while_busy >= 1
+        assert beat.worst < WORST_LATENESS, f"event loop stalled {beat.worst:.2f}s while adding {N_CIDRS} CIDRs"
+        assert probe.worst < WORST_LATENESS, f"/v1/healthz took {probe.worst:.2f}s while adding {N_CIDRS} CIDRs"
+
+        beat, probe = await regenerate_under_watch(agent, socket, path.unlink)
+        after = agent.table.view(view.id)
+        assert after is not None and not after.egress_enforced
+        assert not probe.failures
+        assert beat.worst < WORST_LATENESS, f"event loop stalled {beat.worst:.2f}s while removing {N_CIDRS} CIDRs"
+        assert probe.worst < WORST_LATENESS, f"/v1/healthz took {probe.worst:.2f}s while removing {N_CIDRS} CIDRs"
+    finally:
+        await agent.stop()
