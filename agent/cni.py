@@ -3,7 +3,10 @@
 ADD: IPAM (delegated to the configured plugin, e.g. host-local) -> veth pair
 into the pod's netns -> endpoint registered with the agent (which waits until
 the endpoint's policy is in the kernel) -> result. Anything failing after
-IPAM is rolled back. DEL is idempotent and tolerates every piece being gone.
+IPAM is rolled back: the endpoint at the agent (it may have registered it
+even when its answer never arrived, e.g. a client timeout), the veth and the
+IPAM lease, so a failed ADD leaves nothing behind. DEL is idempotent and
+tolerates every piece being gone.
 Errors are CNI error JSON on stdout with a non-zero exit. Does process,
 kernel and socket I/O.
 """
@@ -49,10 +52,47 @@ def build_result(version: str, *, host_if: str, host_mac: str, ifname: str, pod_
     }
 
 
-def _client(conf: NetConf):
+ROLLBACK_TIMEOUT = 10.0
+
+
+def _client(conf: NetConf, timeout: float | None = None):
     from agent.client import AgentClient
 
-    return AgentClient(Path(conf.agent_socket) if conf.agent_socket else None, timeout=conf.wait_seconds + 10)
+    return AgentClient(Path(conf.agent_socket) if conf.agent_socket else None, timeout=timeout or conf.wait_seconds + 10)
+
+
+def _delete_at_agent(client, env: CniEnv) -> None:
+    """Remove this container's endpoint(s) for env.ifname; already gone is fine."""
+    from agent.client import AgentError
+
+    for ep in client.endpoints(container_id=env.container_id, ifname=env.ifname):
+        try:
+            client.delete_endpoint(ep.id)
+        except AgentError as exc:
+            if exc.status != 404:
+                raise
+
+
+def _rollback(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str], host_if: str, at_agent: bool) -> None:
+    """Undo a failed ADD, newest step first. Every step is tried; what cannot
+    be undone is said on stderr, and the ADD's own error stays the answer."""
+    from agent import cni_net
+
+    def attempt(what: str, step) -> None:
+        try:
+            step()
+        except Exception as exc:
+            print(f"ciliate-cni: rollback: {what} failed: {exc}", file=sys.stderr)
+
+    if at_agent:
+
+        def forget() -> None:
+            with _client(conf, ROLLBACK_TIMEOUT) as client:
+                _delete_at_agent(client, env)
+
+        attempt("removing the endpoint at the agent", forget)
+    attempt(f"deleting {host_if}", lambda: cni_net.remove(host_if))
+    attempt("releasing the IPAM lease", lambda: exec_ipam("DEL", stdin, conf.ipam["type"], environ, env.path))
 
 
 def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str]) -> dict[str, Any]:
@@ -65,10 +105,12 @@ def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str]
     ipam = first_ipv4(exec_ipam("ADD", stdin, conf.ipam["type"], environ, env.path))
     host_if = host_ifname(env.container_id, env.ifname)
     gateway = ipam.gateway or next(ipam.address.network.hosts())
+    at_agent = False  # whether the agent may hold an endpoint for this ADD
     try:
         wired = cni_net.add(env.netns, env.ifname, host_if, ipam.address.ip, gateway, conf.mtu)
         try:
             with _client(conf) as client:
+                at_agent = True  # from the request on, even if no answer comes back
                 ep = client.create_endpoint(
                     EndpointCreate(
                         container_id=env.container_id,
@@ -89,11 +131,7 @@ def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str]
             # The pod is wired and the kernel fails closed for it; say why it is not ready yet.
             print(f"ciliate-cni: endpoint {ep.id} is {ep.state.value}: {ep.reason or 'policy not in place yet'}", file=sys.stderr)
     except BaseException:
-        cni_net.remove(host_if)
-        try:
-            exec_ipam("DEL", stdin, conf.ipam["type"], environ, env.path)
-        except CniError:
-            pass
+        _rollback(conf, env, stdin, environ, host_if, at_agent)
         raise
     return build_result(
         conf.cni_version,
@@ -114,12 +152,7 @@ def cmd_del(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str]
     agent_error: CniError | None = None
     try:
         with _client(conf) as client:
-            for ep in client.endpoints(container_id=env.container_id, ifname=env.ifname):
-                try:
-                    client.delete_endpoint(ep.id)
-                except AgentError as exc:
-                    if exc.status != 404:  # already gone is fine
-                        raise
+            _delete_at_agent(client, env)
     except AgentUnavailable as exc:
         agent_error = CniError(TRY_AGAIN_LATER, f"{exc}; the interface was removed, run DEL again once the agent is up")
     except AgentError as exc:
