@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("compile", "xds", "datapath", "attach", "agent", "e2e")
+ORDER = ("compile", "cidr", "xds", "datapath", "attach", "agent", "e2e")
 
 
 def main(argv: list[str]) -> int:
