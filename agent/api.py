@@ -179,7 +179,12 @@ async def list_endpoints(request: web.Request) -> web.StreamResponse:
     views = _agent(request).table.views()
     cid = request.query.get("container_id")
     ifname = request.query.get("ifname")
-    views = [v for v in views if (cid is None or v.container_id == cid) and (ifname is None or v.ifname == ifname)]
+    host_if = request.query.get("host_ifname")
+    views = [
+        v for v in views
+        if (cid is None or v.container_id == cid) and (ifname is None or v.ifname == ifname)
+        and (host_if is None or v.host_ifname == host_if)
+    ]
     return _json(EndpointList(endpoints=views))
 
 
@@ -272,6 +277,7 @@ ROUTES: tuple[Route, ...] = (
         params=(
             Param("container_id", "query", {"type": "string"}, "only this container's endpoints"),
             Param("ifname", "query", {"type": "string"}, "only endpoints with this pod-side interface"),
+            Param("host_ifname", "query", {"type": "string"}, "only the endpoint on this host-side interface"),
         ),
     ),
     Route(

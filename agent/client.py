@@ -87,8 +87,10 @@ class AgentClient:
     def status(self) -> Status:
         return self._call("GET", "/v1/status", Status)
 
-    def endpoints(self, container_id: str | None = None, ifname: str | None = None) -> list[Endpoint]:
-        params = {k: v for k, v in (("container_id", container_id), ("ifname", ifname)) if v is not None}
+    def endpoints(self, container_id: str | None = None, ifname: str | None = None, host_ifname: str | None = None) -> list[Endpoint]:
+        params = {
+            k: v for k, v in (("container_id", container_id), ("ifname", ifname), ("host_ifname", host_ifname)) if v is not None
+        }
         return self._call("GET", "/v1/endpoints", EndpointList, params=params).endpoints
 
     def endpoint(self, endpoint_id: int) -> Endpoint:

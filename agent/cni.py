@@ -65,7 +65,11 @@ def _delete_at_agent(client, env: CniEnv) -> None:
     """Remove this container's endpoint(s) for env.ifname; already gone is fine."""
     from agent.client import AgentError
 
-    for ep in client.endpoints(container_id=env.container_id, ifname=env.ifname):
+    found = {ep.id: ep for ep in client.endpoints(container_id=env.container_id, ifname=env.ifname)}
+    # An endpoint restored from the datapath lost its container id; the host
+    # veth's name is derived from (container id, ifname), so it still finds it.
+    found.update((ep.id, ep) for ep in client.endpoints(host_ifname=host_ifname(env.container_id, env.ifname)))
+    for ep in found.values():
         try:
             client.delete_endpoint(ep.id)
         except AgentError as exc:

@@ -73,7 +73,7 @@ TRICKS = (
 
 @pytest.fixture
 def node() -> Iterator[Node]:
-    with Node(prefix="cil7b", subnet="10.204.0.0/24") as n:
+    with Node(prefix="cil7b", subnet="10.208.0.0/24") as n:
         yield n
 
 
