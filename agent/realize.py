@@ -73,7 +73,9 @@ def l7_view(state: CompiledState) -> tuple:
     l7 = tuple((i, ep.l7) for i, ep in sorted(state.endpoints.items()) if ep.l7)
     if not l7:
         return ()
-    return (l7, tuple(sorted(state.ipcache.items())))
+    # Receivers' rules bind egress listeners (policy.compiled.ReceiverRules) and
+    # depend on the receivers' L3/L4 entries too, not only on their L7 part.
+    return (l7, tuple(sorted(state.ipcache.items())), tuple(sorted(state.all_receiver_rules().items())))
 
 
 @dataclass(frozen=True, slots=True)
