@@ -123,12 +123,19 @@ class RenderParams:
     # Merge rules differing only in path into one regex alternation (see
     # Renderer._merge_paths). Off: one RBAC permission per rule.
     merge_paths: bool = True
+    # Serve only connections whose local address (the original destination
+    # the datapath preserved) has the policy's port. A connection made
+    # straight to the proxy port (from the node, or a pod reaching the node's
+    # address) matches no filter chain and is closed: it would otherwise be
+    # forwarded to its own local address, the proxy again, in a loop.
+    match_original_port: bool = True
 
     @classmethod
     def test_only_loopback(cls, **kw) -> "RenderParams":
         """TEST ONLY: loopback, non-transparent listeners whose ORIGINAL_DST
         cluster takes the upstream from the x-envoy-original-dst-host header."""
         kw.setdefault("listen_address", "127.0.0.1")
+        kw.setdefault("match_original_port", False)  # nothing redirects: the local port is the proxy port
         return cls(transparent=False, original_dst=OriginalDst.TEST_ONLY_HTTP_HEADER, **kw)
 
 
@@ -365,7 +372,7 @@ class Renderer:
         self._valid: dict[str, bool] = {}
         self._idents: _IdentityAddresses | None = None
         self._routes: dict[int, tuple[L7Policy, int, Resource, tuple[ReceiverRules, ...]]] = {}
-        self._listeners: dict[tuple[int, Direction], Resource] = {}
+        self._listeners: dict[tuple[int, Direction, int], Resource] = {}
         self._ipcache_gen = 0
         self._cluster = self._render_cluster()
         self.http_rules_encoded = 0  # HTTP rules encoded (cache misses) by the last render
@@ -395,7 +402,7 @@ class Renderer:
         new_routes: dict[int, tuple[L7Policy, int, Resource, tuple[ReceiverRules, ...]]] = {}
         for port in sorted(by_port):
             _, pol = by_port[port]
-            listeners.append(self._listener(port, pol.key.direction))
+            listeners.append(self._listener(port, pol.key.direction, pol.key.port))
             receivers = state.receiver_rules(pol)
             prev = self._routes.get(port)
             if prev is not None and prev[1] == self._ipcache_gen and (prev[0] is pol or prev[0] == pol) and prev[3] == receivers:
@@ -420,7 +427,7 @@ class Renderer:
             self._perm = {k: v for k, v in self._perm.items() if k in self._used}
         if len(self._valid) > 1 << 18:  # paths of long-gone rules: forget them (re-checked in bulk)
             self._valid.clear()
-        ports = {(port, pol.key.direction) for port, (pol, _, _, _) in self._routes.items()}
+        ports = {(port, pol.key.direction, pol.key.port) for port, (pol, _, _, _) in self._routes.items()}
         for key in [k for k in self._listeners if k not in ports]:
             del self._listeners[key]
 
@@ -464,8 +471,8 @@ class Renderer:
             body += w.m(34, w.b(1, True), w.s(2, ORIGINAL_DST_HEADER))
         return Resource(CLUSTER, p.cluster_name, body)
 
-    def _listener(self, port: int, direction: Direction) -> Resource:
-        key = (port, direction)
+    def _listener(self, port: int, direction: Direction, original_port: int) -> Resource:
+        key = (port, direction, original_port)
         got = self._listeners.get(key)
         if got is not None:
             return got
@@ -512,12 +519,14 @@ class Renderer:
         # merge_slashes = 33, path_with_escaped_slashes_action = 45.
         hcm += w.wrapped_bool(30, True) + w.b(33, True) + w.u(45, ESCAPED_SLASHES_REJECT_REQUEST)
         # Listener: name = 1, address = 2 (socket_address = 1 {address = 2,
-        # port_value = 3}), filter_chains = 3 (filters = 3 {name = 1,
+        # port_value = 3}), filter_chains = 3 (filter_chain_match = 1
+        # {destination_port = 8 (UInt32Value)}, filters = 3 {name = 1,
         # typed_config = 4}), transparent = 10 (BoolValue), traffic_direction = 16.
+        chain_match = w.m(1, w.wrapped_u32(8, original_port)) if p.match_original_port else b""
         body = (
             w.s(1, name)
             + w.m(2, w.m(1, w.s(2, p.listen_address), w.u_present(3, port)))
-            + w.m(3, w.m(3, w.s(1, HCM_FILTER), w.any_(4, HCM_URL, hcm)))
+            + w.m(3, chain_match, w.m(3, w.s(1, HCM_FILTER), w.any_(4, HCM_URL, hcm)))
             + w.wrapped_bool(10, p.transparent)
             + w.u(16, 1 if direction == Direction.INGRESS else 2)
         )

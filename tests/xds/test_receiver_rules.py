@@ -37,7 +37,7 @@ from policy.compiled import (
     Verdict,
 )
 from tests.xds.conftest import free_port
-from xds.render import RECEIVER_RBAC_FILTER, Renderer
+from xds.render import RECEIVER_RBAC_FILTER, Renderer, RenderParams
 from xds.resources import LISTENER, ROUTE
 
 SENDER, RECEIVER, THIRD = 2000, 3000, 4000
@@ -117,3 +117,14 @@ async def test_receiver_rules_enforced_by_envoy(envoy_rig):
         got = {(m, p): (await rig.get(client, port, p, method=m)).status_code for m, p in
                [("GET", "/public/a"), ("GET", "/private"), ("PUT", "/public/a")]}
     assert got == {("GET", "/public/a"): 200, ("GET", "/private"): 403, ("PUT", "/public/a"): 403}
+
+
+def test_listener_serves_only_connections_to_the_policy_port():
+    # A connection straight to the proxy port (local port = proxy port) matches
+    # no filter chain and is closed; a redirected one keeps its original port.
+    snap = Renderer().render(_state())
+    for lis in snap.of(LISTENER).values():
+        chain = Listener.parse(lis.body).filter_chains[0]
+        assert chain.filter_chain_match is not None and chain.filter_chain_match.destination_port == 80
+    loop = Renderer(RenderParams.test_only_loopback()).render(_state())
+    assert all(Listener.parse(lis.body).filter_chains[0].filter_chain_match is None for lis in loop.of(LISTENER).values())
