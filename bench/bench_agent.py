@@ -29,9 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory  # noqa: E402
-from agent.daemon import Agent, AgentConfig  # noqa: E402
-from agent.models import EndpointCreate  # noqa: E402
-from agent.ports import ApplyOutcome  # noqa: E402
+from agent.core.agent import Agent, AgentConfig  # noqa: E402
+from agent.core.models import EndpointCreate  # noqa: E402
+from agent.core.ports import ApplyOutcome  # noqa: E402
 from policy.compiler import Compiler  # noqa: E402
 from policy.endpoint import Endpoint  # noqa: E402
 from policy.load import load_paths  # noqa: E402

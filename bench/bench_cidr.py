@@ -43,9 +43,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.adapters.policy_compiler import PolicyFileLoader, RealCompiler  # noqa: E402
-from agent.client import AgentClient  # noqa: E402
-from agent.daemon import Agent, AgentConfig  # noqa: E402
-from agent.models import EndpointCreate  # noqa: E402
+from agent.api.client import AgentClient  # noqa: E402
+from agent.core.agent import Agent, AgentConfig  # noqa: E402
+from agent.core.models import EndpointCreate  # noqa: E402
 from policy.compiler import WORLD_NET, Compiler, _cidr_selects  # noqa: E402
 from policy.endpoint import Endpoint  # noqa: E402
 from policy.model import EntityPeer, Peer  # noqa: E402

@@ -276,8 +276,8 @@ def make_veths(node, first: int, count: int) -> list[str]:
 
 
 def add_endpoints(node, first: int, count: int) -> float:
-    from agent.client import AgentClient
-    from agent.models import EndpointCreate
+    from agent.api.client import AgentClient
+    from agent.core.models import EndpointCreate
 
     names = make_veths(node, first, count)
     t0 = time.perf_counter()

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.adapters.proxy import DEFAULT_NODE_ID  # noqa: E402
+from agent.adapters.envoy_proxy import DEFAULT_NODE_ID  # noqa: E402
 from sidecar.bootstrap import BootstrapParams, render_bootstrap  # noqa: E402
 
 STATE_DIR = "/var/run/ciliate"

@@ -10,7 +10,7 @@ itself only pulls in the pure layout/policy-map code. Public API:
     redirect.policymap.DecodedEntry  one policy map entry (bpf policy get)
     redirect.maps.MapSizes           capacities of the pinned maps
     redirect.errors                  DatapathError and its subclasses
-    redirect.proxy.to_proxy_mark     skb->mark of a flow sent to a proxy port
+    redirect.proxy_route.to_proxy_mark     skb->mark of a flow sent to a proxy port
 
 Design notes (datapath behaviour a user sees) are in bpf/README.md.
 """

@@ -38,7 +38,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from policy.compiled import CompiledState
-from redirect import bpfsys, config, layout, loader, policymap, proxy, tc
+from redirect import bpfsys, config, layout, loader, policymap, proxy_route, tc
 from redirect.errors import DatapathError, ProgramLoadError
 from redirect.events import EventStream
 from redirect.maps import DEFAULT_PIN_DIR, MapSizes, PinnedMaps
@@ -306,7 +306,7 @@ class Datapath:
         Idempotent; an unchanged lo program is adopted, not rebuilt."""
         marker = self.state_dir / PLUMBING_FILE
         first = not marker.exists()
-        replaced = proxy.setup(self.netns)
+        replaced = proxy_route.setup(self.netns)
         # The rule, route and sysctls are per netns, not per install:
         # remember that this install set them up and what they were, so
         # teardown removes only its own and puts the sysctls back.
@@ -351,7 +351,7 @@ class Datapath:
         if marker.exists():
             saved = json.loads(marker.read_text()).get("sysctls", {})
             tc.detach_filter("lo", LO_PRIO, self.netns)
-            proxy.teardown(self.netns, saved)
+            proxy_route.teardown(self.netns, saved)
             marker.unlink()
         shutil.rmtree(self.state_dir / SHARED_DIR, ignore_errors=True)
         self._close_programs()

@@ -1,1 +1,1 @@
-"""Bindings of the agent's ports (agent/ports.py) to the real policy/, redirect/ and xds/ modules."""
+"""Bindings of the agent's ports (agent/core/ports.py) to the real policy/, redirect/ and xds/ modules."""

@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from agent.ports import ProxyRejected, ProxyTimeout
+from agent.core.ports import ProxyRejected, ProxyTimeout
 from policy.compiled import CompiledState
 from sidecar.bootstrap import read_admin_socket
 from sidecar.listeners import ListenerFault, listener_faults

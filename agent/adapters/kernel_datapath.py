@@ -15,7 +15,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from agent.ports import ApplyOutcome, DumpedEntry, Failure, KernelEndpoint
+from agent.core.ports import ApplyOutcome, DumpedEntry, Failure, KernelEndpoint
 from policy.compiled import CompiledState, Protocol
 from redirect.datapath import Datapath
 from redirect.errors import MapFullError

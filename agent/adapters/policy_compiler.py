@@ -12,7 +12,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from agent.ports import Allocations, EndpointSpec, LoadedFile, NamedPolicy, PolicyProblem
+from agent.core.ports import Allocations, EndpointSpec, LoadedFile, NamedPolicy, PolicyProblem
 from policy.compiled import RESERVED_IDENTITIES, CompiledState
 from policy.compiler import Compiler
 from policy.endpoint import Endpoint

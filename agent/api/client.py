@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from agent.models import (
+from agent.core.models import (
     BpfPolicyDump,
     Endpoint,
     EndpointCreate,

@@ -1,6 +1,6 @@
 """Renders the API's route table into an OpenAPI 3.1 document from the pydantic models.
 
-Pure: the schema is a function of agent.api.ROUTES and agent.models.
+Pure: the schema is a function of agent.api.server.ROUTES and agent.core.models.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from agent.models import ErrorBody
+from agent.core.models import ErrorBody
 
 if TYPE_CHECKING:
-    from agent.api import Route
+    from agent.api.server import Route
 
 _REF = "#/components/schemas/{model}"
 

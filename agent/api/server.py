@@ -2,10 +2,10 @@
 
 Every route is declared once in ROUTES with its request and response models;
 the handlers parse with those models (a bad body is a 400 naming the field)
-and agent/openapi.py renders the same table into /openapi.json. Every error,
+and agent/api/openapi.py renders the same table into /openapi.json. Every error,
 aiohttp's own (404 no route, 405, 413) included, is a JSON ErrorBody: bad
 input is a 4xx, never a 500. Does socket I/O; the work is done by
-agent.daemon.Agent.
+agent.core.agent.Agent.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from agent.models import (
+from agent.core.models import (
     BpfPolicyDump,
     Endpoint,
     EndpointCreate,
@@ -39,7 +39,7 @@ from agent.models import (
 )
 
 if TYPE_CHECKING:
-    from agent.daemon import Agent
+    from agent.core.agent import Agent
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ async def create_endpoint(request: web.Request) -> web.StreamResponse:
         req = EndpointCreate.model_validate(body)
     except ValidationError as exc:
         return _error(400, "invalid endpoint", _describe(exc))
-    from agent.endpoint_table import AddressInUse, EndpointTableFull
+    from agent.core.endpoint_table import AddressInUse, EndpointTableFull
 
     try:
         view, created = await _agent(request).create_endpoint(req, wait)
@@ -262,7 +262,7 @@ async def flows(request: web.Request) -> web.StreamResponse:
 
 
 async def openapi(request: web.Request) -> web.StreamResponse:
-    from agent.openapi import openapi_document
+    from agent.api.openapi import openapi_document
 
     return web.json_response(openapi_document(ROUTES))
 

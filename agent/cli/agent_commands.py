@@ -3,7 +3,7 @@ status, endpoint list|get, identity list, policy get, bpf policy get, monitor.
 
 Every client command takes `-o json`; table output is for people, JSON for
 scripts (one object per command, one object per line for `monitor`). The
-client side does socket I/O through agent.client; see agent/cli.py for how
+client side does socket I/O through agent.api.client; see agent/cli/ciliate.py for how
 subcommands are registered.
 """
 
@@ -22,8 +22,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agent.client import AgentClient, AgentError, AgentUnavailable, default_socket
-from agent.models import FlowEvent
+from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_socket
+from agent.core.models import FlowEvent
 
 Rows = list[Sequence[object]]
 
@@ -100,7 +100,7 @@ def _endpoint_rows(eps) -> str:
 
 
 def _endpoint_list(client: AgentClient, args: argparse.Namespace) -> int:
-    from agent.models import EndpointList
+    from agent.core.models import EndpointList
 
     return _emit(args, EndpointList(endpoints=client.endpoints()), lambda v: _endpoint_rows(v.endpoints))
 
@@ -202,10 +202,10 @@ def _host_ips() -> list:
 
 
 def _run_agent(args: argparse.Namespace) -> int:
-    from agent.adapters.datapath import KernelDatapath
+    from agent.adapters.kernel_datapath import KernelDatapath
     from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory
-    from agent.adapters.proxy import XdsProxy
-    from agent.daemon import Agent, AgentConfig
+    from agent.adapters.envoy_proxy import XdsProxy
+    from agent.core.agent import Agent, AgentConfig
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Everything the agent (and the Envoy it starts) creates is root's alone:

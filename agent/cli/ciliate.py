@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from agent import cli_agent, cli_policy
+from agent.cli import agent_commands as cli_agent, policy_commands as cli_policy
 from demo import run as demo_run
 
 # Each module adds its subcommands and sets `func` on its parsers; `func`

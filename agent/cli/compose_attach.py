@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.cni import run as cni_run
+from agent.cni.plugin import run as cni_run
 
 GATEWAY = "10.200.0.1"
 PREFIX = 24

@@ -1,4 +1,4 @@
-"""`ciliate policy validate|trace`: offline policy tools; see agent/cli.py for
+"""`ciliate policy validate|trace`: offline policy tools; see agent/cli/ciliate.py for
 how they are registered. Reads policy files; no kernel, no Envoy, no agent.
 
 Exit codes: validate 0 = all valid, 1 = errors (one line each,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
-from agent.cni_errors import IPAM_FAILED, INVALID_CONFIG, CniError
+from agent.cni.errors import IPAM_FAILED, INVALID_CONFIG, CniError
 
 FALLBACK_PATHS = ("/opt/cni/bin", "/usr/lib/cni")
 IPAM_TIMEOUT = 30.0

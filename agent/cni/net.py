@@ -20,7 +20,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.cni_errors import CONTAINER_UNKNOWN, IO_FAILURE, CniError
+from agent.cni.errors import CONTAINER_UNKNOWN, IO_FAILURE, CniError
 
 ENOENT = 2
 ENODEV = 19

@@ -21,7 +21,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from agent.cni_config import (
+from agent.cni.config import (
     SUPPORTED_VERSIONS,
     CniEnv,
     NetConf,
@@ -32,8 +32,8 @@ from agent.cni_config import (
     parse_netconf,
     parse_version_only,
 )
-from agent.cni_errors import AGENT_REJECTED, CONTAINER_UNKNOWN, IPAM_FAILED, TRY_AGAIN_LATER, UNEXPECTED, CniError
-from agent.cni_ipam import exec_ipam, first_ipv4
+from agent.cni.errors import AGENT_REJECTED, CONTAINER_UNKNOWN, IPAM_FAILED, TRY_AGAIN_LATER, UNEXPECTED, CniError
+from agent.cni.ipam import exec_ipam, first_ipv4
 
 
 def build_result(version: str, *, host_if: str, host_mac: str, ifname: str, pod_mac: str, netns: str, address: str, gateway: IPv4Address) -> dict[str, Any]:
@@ -56,14 +56,14 @@ ROLLBACK_TIMEOUT = 10.0
 
 
 def _client(conf: NetConf, timeout: float | None = None):
-    from agent.client import AgentClient
+    from agent.api.client import AgentClient
 
     return AgentClient(Path(conf.agent_socket) if conf.agent_socket else None, timeout=timeout or conf.wait_seconds + 10)
 
 
 def _delete_at_agent(client, env: CniEnv) -> None:
     """Remove this container's endpoint(s) for env.ifname; already gone is fine."""
-    from agent.client import AgentError
+    from agent.api.client import AgentError
 
     found = {ep.id: ep for ep in client.endpoints(container_id=env.container_id, ifname=env.ifname)}
     # An endpoint restored from the datapath lost its container id; the host
@@ -80,7 +80,7 @@ def _delete_at_agent(client, env: CniEnv) -> None:
 def _rollback(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str], host_if: str, at_agent: bool) -> None:
     """Undo a failed ADD, newest step first. Every step is tried; what cannot
     be undone is said on stderr, and the ADD's own error stays the answer."""
-    from agent import cni_net
+    from agent.cni import net as cni_net
 
     def attempt(what: str, step) -> None:
         try:
@@ -100,9 +100,9 @@ def _rollback(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, st
 
 
 def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str]) -> dict[str, Any]:
-    from agent import cni_net
-    from agent.client import AgentError, AgentUnavailable
-    from agent.models import EndpointCreate
+    from agent.cni import net as cni_net
+    from agent.api.client import AgentError, AgentUnavailable
+    from agent.core.models import EndpointCreate
 
     if not Path(env.netns).exists():
         raise CniError(CONTAINER_UNKNOWN, f"network namespace {env.netns} does not exist (is the container still running?)")
@@ -150,8 +150,8 @@ def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str]
 
 
 def cmd_del(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str]) -> None:
-    from agent import cni_net
-    from agent.client import AgentError, AgentUnavailable
+    from agent.cni import net as cni_net
+    from agent.api.client import AgentError, AgentUnavailable
 
     agent_error: CniError | None = None
     try:
@@ -172,14 +172,14 @@ def cmd_del(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str]
 
 
 def cmd_check(conf: NetConf, env: CniEnv) -> None:
-    from agent import cni_net
+    from agent.cni import net as cni_net
 
     prev = conf.prev_result or {}
     ip = first_ipv4(prev) if prev else None
     if ip is None:
         raise CniError(IPAM_FAILED, "CHECK needs prevResult with the IPv4 address from ADD")
     cni_net.check(env.netns, env.ifname, ip.address.ip, host_ifname(env.container_id, env.ifname))
-    from agent.client import AgentUnavailable
+    from agent.api.client import AgentUnavailable
 
     try:
         with _client(conf) as client:

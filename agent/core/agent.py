@@ -23,11 +23,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agent.endpoint_restore import restore_lost_endpoints
-from agent.endpoint_table import EndpointTable
-from agent.flows import FlowHub
-from agent.metrics import AgentMetrics
-from agent.models import (
+from agent.core.endpoint_restore import restore_lost_endpoints
+from agent.core.endpoint_table import EndpointTable
+from agent.core.flows import FlowHub
+from agent.core.metrics import AgentMetrics
+from agent.core.models import (
     BpfPolicyDump,
     BpfPolicyEntry,
     Endpoint,
@@ -40,13 +40,13 @@ from agent.models import (
     PolicyList,
     Status,
 )
-from agent.policy_book import PolicyBook
-from agent.policy_watch import Changes, DirectoryWatcher
-from agent.ports import CompilerFactory, Datapath, PolicyCompiler, PolicyLoader, ProxyControl
-from agent.realize import RegenerationReport, Regenerator
-from agent.regeneration import RegenerationQueue
-from agent.state_store import StateStore
-from agent.status import policy_statuses
+from agent.core.policy_book import PolicyBook
+from agent.adapters.policy_directory import Changes, DirectoryWatcher
+from agent.core.ports import CompilerFactory, Datapath, PolicyCompiler, PolicyLoader, ProxyControl
+from agent.core.regenerator import RegenerationReport, Regenerator
+from agent.core.regeneration_queue import RegenerationQueue
+from agent.core.state_store import StateStore
+from agent.core.policy_status import policy_statuses
 from policy.compiled import RESERVED_IDENTITIES
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Agent:
         self.watcher = DirectoryWatcher(config.policy_dir, self._on_policy_change, config.poll_interval) if config.policy_dir else None
         self._tasks: list[asyncio.Task[Any]] = []
         self._worker: asyncio.Task[None] | None = None
-        self._api: Any = None  # agent.api.ApiServer, imported lazily (aiohttp)
+        self._api: Any = None  # agent.api.server.ApiServer, imported lazily (aiohttp)
         self._stopping = asyncio.Event()
         self.started_at = 0.0
 
@@ -134,7 +134,7 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._pump(self.datapath.flow_events, "kernel"), name="ciliate-flows-kernel"))
         self._tasks.append(asyncio.create_task(self._pump(self.proxy.access_log, "envoy"), name="ciliate-flows-envoy"))
         if serve_api:
-            from agent.api import ApiServer
+            from agent.api.server import ApiServer
 
             self._api = ApiServer(self)
             await self._api.start(self.config.socket, self.config.metrics_host, self.config.metrics_port)

@@ -25,9 +25,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from agent.endpoint_table import EndpointTable
-from agent.models import EndpointRecord
-from agent.ports import Datapath, PolicyCompiler
+from agent.core.endpoint_table import EndpointTable
+from agent.core.models import EndpointRecord
+from agent.core.ports import Datapath, PolicyCompiler
 
 log = logging.getLogger(__name__)
 

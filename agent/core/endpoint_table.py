@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field, replace
 
-from agent.models import Endpoint, EndpointCreate, EndpointRecord, EndpointState
-from agent.ports import Failure
-from agent.state_store import StateStore
+from agent.core.models import Endpoint, EndpointCreate, EndpointRecord, EndpointState
+from agent.core.ports import Failure
+from agent.core.state_store import StateStore
 
 ENDPOINT_ID_MIN = 1
 ENDPOINT_ID_MAX = 4095  # as Cilium: ids fit the 12 bits some datapath keys reserve
@@ -70,7 +70,7 @@ class EndpointTable:
 
     def restore(self, rec: EndpointRecord) -> None:
         """Put back an endpoint the kernel still serves under this id (see
-        agent/endpoint_restore.py)."""
+        agent/core/endpoint_restore.py)."""
         if rec.id in self._rows:
             raise ValueError(f"endpoint {rec.id} is already in the table")
         self._rows[rec.id] = _Row(rec)

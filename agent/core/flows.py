@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from agent.models import FlowEvent
+from agent.core.models import FlowEvent
 
 SUBSCRIBER_QUEUE = 1024
 

@@ -1,6 +1,6 @@
 """Prometheus metrics of the agent, in a registry of its own (so tests can run many agents).
 
-Served by agent/api.py on a loopback TCP port; the names follow Cilium's where
+Served by agent/api/server.py on a loopback TCP port; the names follow Cilium's where
 one exists. No I/O here.
 """
 

@@ -1,7 +1,7 @@
 """Wire shapes of the agent's REST API and of its persisted endpoint table.
 
 Every request and response body is one of these pydantic models; the OpenAPI
-schema (agent/openapi.py) is generated from them, and the CLI parses replies
+schema (agent/api/openapi.py) is generated from them, and the CLI parses replies
 with them. Pure data, no I/O.
 """
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.ports import LoadedFile, NamedPolicy, PolicyProblem
+from agent.core.ports import LoadedFile, NamedPolicy, PolicyProblem
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.endpoint_table import LiveState
-from agent.models import EndpointState, PolicyError, PolicyErrorKind, PolicyStatus
-from agent.policy_book import BookEntry
-from agent.ports import PolicyProblem
+from agent.core.endpoint_table import LiveState
+from agent.core.models import EndpointState, PolicyError, PolicyErrorKind, PolicyStatus
+from agent.core.policy_book import BookEntry
+from agent.core.ports import PolicyProblem
 from policy.compiled import CompiledState
 
 _MAX_ENDPOINT_ERRORS = 5  # per policy; the endpoint list has the rest

@@ -114,7 +114,7 @@ class CompilerFactory(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """Why one endpoint could not be realized; kind is an agent.models.PolicyErrorKind value."""
+    """Why one endpoint could not be realized; kind is an agent.core.models.PolicyErrorKind value."""
 
     kind: str  # "map-full" | "datapath" | "envoy-nack" | "envoy-timeout"
     message: str
@@ -178,7 +178,7 @@ class Datapath(Protocol):
     async def dump_policy(self, endpoint_id: int) -> list[DumpedEntry]: ...
 
     def flow_events(self) -> AsyncIterator[Mapping[str, Any]]:
-        """Kernel verdict events as plain dicts (see agent.models.FlowEvent)."""
+        """Kernel verdict events as plain dicts (see agent.core.models.FlowEvent)."""
         ...
 
 
@@ -213,5 +213,5 @@ class ProxyControl(Protocol):
         ...
 
     def access_log(self) -> AsyncIterator[Mapping[str, Any]]:
-        """Envoy access-log entries as plain dicts (see agent.models.FlowEvent)."""
+        """Envoy access-log entries as plain dicts (see agent.core.models.FlowEvent)."""
         ...

@@ -26,10 +26,10 @@ from ipaddress import IPv4Address
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agent.endpoint_table import EndpointTable
-from agent.models import EndpointState
-from agent.policy_book import BookEntry, PolicyBook
-from agent.ports import (
+from agent.core.endpoint_table import EndpointTable
+from agent.core.models import EndpointState
+from agent.core.policy_book import BookEntry, PolicyBook
+from agent.core.ports import (
     Allocations,
     ApplyOutcome,
     Datapath,
@@ -40,7 +40,7 @@ from agent.ports import (
     ProxyRejected,
     ProxyTimeout,
 )
-from agent.regeneration import Batch
+from agent.core.regeneration_queue import Batch
 from policy.compiled import CompiledState, EndpointPolicy, L7Policy, Verdict
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from agent.models import EndpointRecord
-from agent.ports import Allocations
+from agent.core.models import EndpointRecord
+from agent.core.ports import Allocations
 
 _ENDPOINTS = "endpoints.json"
 _IDENTITIES = "identities.json"

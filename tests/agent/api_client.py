@@ -1,6 +1,6 @@
 """An aiohttp test client over the REST app of a started test agent, and raw-path requests.
 
-The app is built with agent.api.build_app over the same fake-backed Agent the
+The app is built with agent.api.server.build_app over the same fake-backed Agent the
 other agent tests use, served on loopback TCP by aiohttp.test_utils (no unix
 socket, no pytest-aiohttp). `raw` sends a path exactly as given, so
 percent-encodings reach the server untouched.
@@ -15,8 +15,8 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from agent.api import build_app
-from agent.daemon import Agent
+from agent.api.server import build_app
+from agent.core.agent import Agent
 from tests.agent.conftest import Rig
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.daemon import Agent, AgentConfig
+from agent.core.agent import Agent, AgentConfig
 from tests.agent.fakes import FakeCompiler, FakeDatapath, FakeLoader, FakeProxy, compiler_factory
 
 

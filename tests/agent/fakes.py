@@ -15,7 +15,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from agent.ports import (
+from agent.core.ports import (
     Allocations,
     ApplyOutcome,
     DumpedEntry,

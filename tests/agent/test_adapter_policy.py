@@ -8,8 +8,8 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory
-from agent.daemon import Agent, AgentConfig
-from agent.models import EndpointCreate, EndpointState
+from agent.core.agent import Agent, AgentConfig
+from agent.core.models import EndpointCreate, EndpointState
 from policy.compiled import Verdict
 from tests.agent.fakes import FakeDatapath, FakeProxy
 

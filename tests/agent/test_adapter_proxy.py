@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.adapters.proxy import XdsProxy, envoys_using
+from agent.adapters.envoy_proxy import XdsProxy, envoys_using
 from sidecar.bootstrap import read_admin_socket
 from sidecar.supervisor import admin_client
-from agent.ports import ProxyRejected
+from agent.core.ports import ProxyRejected
 from policy.compiled import (
     ALLOW_ALL_HTTP,
     CompiledState,

@@ -9,8 +9,8 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from agent.daemon import Agent
-from agent.models import EndpointCreate, EndpointState
+from agent.core.agent import Agent
+from agent.core.models import EndpointCreate, EndpointState
 from policy.compiled import Verdict
 from tests.agent.conftest import Rig
 
@@ -290,7 +290,7 @@ async def test_flow_events_are_enriched_with_labels(rig: Rig) -> None:
         ids = await add_starwars(agent)
         xwing = agent.table.view(ids["xwing"])
         assert xwing is not None
-        sub = agent.flows.subscribe(frozenset({"drop"}))
+        sub = agent.core.flows.subscribe(frozenset({"drop"}))
         rig.datapath.events.put_nowait({"type": "forward", "src_identity": xwing.identity})
         rig.datapath.events.put_nowait({"type": "drop", "src_identity": xwing.identity, "dst_port": 80, "reason": "policy denied"})
         event = await asyncio.wait_for(sub.queue.get(), 2)

@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from agent import cli
-from agent.api import ROUTES
-from agent.daemon import Agent
-from agent.models import Endpoint, EndpointList, IdentityList, PolicyList, Status
-from agent.openapi import openapi_document
+from agent.api.server import ROUTES
+from agent.core.agent import Agent
+from agent.core.models import Endpoint, EndpointList, IdentityList, PolicyList, Status
+from agent.api.openapi import openapi_document
 from tests.agent.conftest import Rig
 
 L4 = {"name": "l4", "selector": {"class": "deathstar"}, "allowFrom": {"org": "empire"}, "port": 80}
@@ -134,7 +134,7 @@ async def test_flow_stream_filters_by_type(served, rig: Rig) -> None:
     async with client(sock) as c:
         async with c.stream("GET", "/v1/flows", params={"type": "l7"}) as resp:
             assert resp.headers["content-type"].startswith("application/x-ndjson")
-            while agent.flows.subscribers == 0:
+            while agent.core.flows.subscribers == 0:
                 await asyncio.sleep(0.01)
             rig.datapath.events.put_nowait({"type": "drop", "dst_port": 80})
             rig.proxy.log.put_nowait({"type": "l7", "method": "PUT", "path": "/v1/exhaust-port", "status": 403, "verdict": "denied"})
@@ -235,7 +235,7 @@ async def test_cli_monitor_json_lines(served, rig: Rig, capsys) -> None:
     agent, sock = served
 
     async def feed() -> None:
-        while agent.flows.subscribers == 0:
+        while agent.core.flows.subscribers == 0:
             await asyncio.sleep(0.01)
         rig.datapath.events.put_nowait({"type": "forward", "dst_port": 1})
         rig.datapath.events.put_nowait({"type": "drop", "dst_port": 80, "reason": "policy denied"})

@@ -141,6 +141,6 @@ async def _send(client, method: str, url: str, kw: dict) -> tuple[int, str, str]
 
 def test_openapi_paths_are_the_fuzzed_ones() -> None:
     # The fuzz test substitutes {name} placeholders: keep the document's path syntax plain.
-    from agent.api import ROUTES
+    from agent.api.server import ROUTES
 
     assert all(re.fullmatch(r"[/a-z0-9.{}_]+", r.path) for r in ROUTES)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.api import ROUTES, WAIT_MAX
-from agent.openapi import openapi_document
+from agent.api.server import ROUTES, WAIT_MAX
+from agent.api.openapi import openapi_document
 from tests.agent.api_client import api_client, raw
 from tests.agent.conftest import Rig
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.cni import build_result, run
-from agent.cni_config import endpoint_labels, host_ifname, parse_env, parse_netconf
-from agent.cni_errors import CniError
-from agent.cni_ipam import exec_ipam, first_ipv4
+from agent.cni.plugin import build_result, run
+from agent.cni.config import endpoint_labels, host_ifname, parse_env, parse_netconf
+from agent.cni.errors import CniError
+from agent.cni.ipam import exec_ipam, first_ipv4
 
 HOST_LOCAL_DIR = "/usr/lib/cni"
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from agent import cni, cni_net
-from agent.client import AgentClient
-from agent.cni_net import Wired
+from agent.api.client import AgentClient
+from agent.cni.net import Wired
 from tests.agent.conftest import Rig
 from tests.agent.fakes import FakeDatapath
 

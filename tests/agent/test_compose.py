@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.adapters.proxy import DEFAULT_NODE_ID
-from agent.compose_attach import App, netconf, parse_labels
+from agent.adapters.envoy_proxy import DEFAULT_NODE_ID
+from agent.cli.compose_attach import App, netconf, parse_labels
 from sidecar.bootstrap import BootstrapParams, render_bootstrap
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,7 +105,7 @@ def test_real_envoy_accepts_the_compose_bootstrap() -> None:
 
 
 def test_attach_finds_each_app_once_per_network_namespace(tmp_path: Path) -> None:
-    from agent.compose_attach import find_apps
+    from agent.cli.compose_attach import find_apps
 
     def proc(pid: int, env: dict[str, str], netns: str) -> None:
         d = tmp_path / str(pid)

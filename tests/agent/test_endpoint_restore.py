@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.endpoint_restore import EndpointRestoreError
-from agent.models import EndpointState
+from agent.core.endpoint_restore import EndpointRestoreError
+from agent.core.models import EndpointState
 from tests.agent.conftest import Rig
 from tests.agent.test_agent_core import add_starwars, ep, started
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.adapters.proxy import XdsProxy
-from agent.daemon import Agent, AgentConfig
-from agent.models import EndpointCreate
+from agent.adapters.envoy_proxy import XdsProxy
+from agent.core.agent import Agent, AgentConfig
+from agent.core.models import EndpointCreate
 from sidecar.supervisor import admin_client
 from tests.agent.fakes import FakeDatapath, FakeLoader, compiler_factory
 from tests.xds.conftest import free_port

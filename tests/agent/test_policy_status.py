@@ -3,12 +3,12 @@ the endpoint is named once, and the table shows error kinds by their wire names.
 
 from __future__ import annotations
 
-from agent.cli_agent import _policy_rows
-from agent.daemon import Agent
-from agent.endpoint_table import LiveState
-from agent.models import EndpointState, PolicyList
-from agent.ports import Failure
-from agent.status import policy_statuses
+from agent.cli.agent_commands import _policy_rows
+from agent.core.agent import Agent
+from agent.core.endpoint_table import LiveState
+from agent.core.models import EndpointState, PolicyList
+from agent.core.ports import Failure
+from agent.core.policy_status import policy_statuses
 from redirect.errors import MapFullError
 from tests.agent.conftest import Rig
 from tests.agent.test_agent_core import add_starwars, settle, started
@@ -47,8 +47,8 @@ async def test_map_full_is_blamed_on_the_policy_that_filled_it(rig: Rig) -> None
 def test_tied_fillers_are_all_blamed() -> None:
     from pathlib import Path
 
-    from agent.policy_book import BookEntry
-    from agent.ports import NamedPolicy
+    from agent.core.policy_book import BookEntry
+    from agent.core.ports import NamedPolicy
     from policy.compiled import CompiledState, Direction, EndpointPolicy, PolicyEntry, PolicyKey, PortRange, Protocol, RuleRef, Verdict
 
     def entry(port: int, *policies: str) -> PolicyEntry:
@@ -70,8 +70,8 @@ def test_tied_fillers_are_all_blamed() -> None:
 def test_map_full_message_names_the_endpoint_once() -> None:
     from pathlib import Path
 
-    from agent.policy_book import BookEntry
-    from agent.ports import NamedPolicy
+    from agent.core.policy_book import BookEntry
+    from agent.core.ports import NamedPolicy
 
     failure = Failure("map-full", str(MapFullError("policy map", 21, 8, 1)))
     live = {1: LiveState(state=EndpointState.NOT_READY, policies=("default/p",), failure=failure)}

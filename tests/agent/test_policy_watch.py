@@ -7,7 +7,7 @@ import asyncio
 import os
 from pathlib import Path
 
-from agent.policy_watch import Changes, DirectoryWatcher
+from agent.adapters.policy_directory import Changes, DirectoryWatcher
 
 
 async def _watch(directory: Path, interval: float) -> tuple[DirectoryWatcher, asyncio.Queue[Changes], asyncio.Task]:

@@ -20,9 +20,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory
-from agent.client import AgentClient
-from agent.daemon import Agent, AgentConfig
-from agent.models import EndpointCreate, EndpointState
+from agent.api.client import AgentClient
+from agent.core.agent import Agent, AgentConfig
+from agent.core.models import EndpointCreate, EndpointState
 from tests.agent.fakes import FakeDatapath, FakeProxy
 
 N_CIDRS = 20_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.regeneration import Batch, RegenerationQueue
+from agent.core.regeneration_queue import Batch, RegenerationQueue
 
 
 async def test_burst_while_idle_is_one_batch() -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.client import AgentClient
-from agent.models import EndpointCreate
+from agent.api.client import AgentClient
+from agent.core.models import EndpointCreate
 from tests.agent.conftest import Rig
 
 

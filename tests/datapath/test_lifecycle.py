@@ -131,7 +131,7 @@ def test_failed_program_load_leaves_endpoint_blocked(fresh_install, tmp_path):
 
 
 def test_lost_filter_is_restored_from_pins_and_teardown_leaves_nothing(fresh_install):
-    from redirect import proxy, tc
+    from redirect import proxy_route as proxy, tc
 
     with fresh_install() as inst:
         dp, a, netns = inst.dp, inst.ep("a"), inst.node.netns

@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from policy.compiled import Verdict
-from redirect import proxy
+from redirect import proxy_route as proxy
 from redirect.layout import EventVerdict, Hook, Reason
 from tests.datapath.support import (
     EGRESS,

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from agent.cni_config import host_ifname
+from agent.cni.config import host_ifname
 from tests.reliability.conftest import EXHAUST, LAND, STARWARS, Starwars, build_starwars, wait_for
 
 

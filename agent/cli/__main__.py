@@ -1,0 +1,5 @@
+import sys
+
+from agent.cli.ciliate import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from agent.cni.plugin import main
+
+sys.exit(main())
