@@ -1,0 +1,95 @@
+"""HTTP rules (Cilium's PortRuleHTTP) and the L7 rule kinds around them.
+
+method, path and host are RE2 regexes, checked with RE2 itself because that
+is what Envoy runs; an empty one means "not set", as in Cilium. Headers are
+`Name` (present) or `Name: value` (exact), or headerMatches entries. Only
+HTTP is implemented; every other L7 kind is a clear error. Pure.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import re2
+from pydantic import PlainValidator
+
+from policy.api.base import Strict
+from policy.api.problems import fail, type_name, unsupported
+
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # problems are reported as PolicyErrors, not on stderr
+
+
+def compile_regex(pattern: str) -> str | None:
+    """None if RE2 accepts the pattern, else RE2's reason."""
+    try:
+        re2.compile(pattern, options=_RE2_OPTIONS)
+    except Exception as e:  # re2.error carries bytes
+        msg = e.args[0] if e.args else str(e)
+        if isinstance(msg, bytes):
+            msg = msg.decode(errors="replace")
+        return f"invalid RE2 regex {pattern!r}: {msg}"
+    return None
+
+
+def split_header(text: str) -> tuple[str, str | None]:
+    """`Name` -> (name, None); `Name: value` -> (name, value), both stripped."""
+    name, sep, value = text.partition(":")
+    return name.strip(), (value.strip() if sep else None)
+
+
+def _token(name: str) -> bool:
+    return bool(name) and not any(c.isspace() for c in name)
+
+
+def _regex(v: Any) -> str:
+    if not isinstance(v, str):
+        fail(f"must be a string, got {type_name(v)}")
+    if why := compile_regex(v):
+        fail(why)
+    return v
+
+
+def _header(v: Any) -> str:
+    if not isinstance(v, str):
+        fail(f"must be a string, got {type_name(v)}")
+    if not _token(split_header(v)[0]):
+        fail(f"bad header {v!r}: expected 'Name' or 'Name: value'")
+    return v
+
+
+def _header_name(v: Any) -> str:
+    if not isinstance(v, str):
+        fail(f"must be a string, got {type_name(v)}")
+    if not _token(v):
+        fail("header name must be a non-empty token")
+    return v
+
+
+Regex = Annotated[str, PlainValidator(_regex)]
+Header = Annotated[str, PlainValidator(_header)]
+
+
+class HeaderMatch(Strict):
+    name: Annotated[str, PlainValidator(_header_name)]
+    value: str | None = None
+    mismatch: Annotated[Any, unsupported("headerMatches mismatch actions")] = None
+    secret: Annotated[Any, unsupported("secret header values")] = None
+
+
+class PortRuleHTTP(Strict):
+    """One HTTP rule: every field set must match (rules of a port are ORed)."""
+
+    method: Regex | None = None
+    path: Regex | None = None
+    host: Regex | None = None
+    headers: list[Header] | None = None
+    headerMatches: list[HeaderMatch] | None = None
+
+
+class L7Rules(Strict):
+    http: list[PortRuleHTTP] | None = None
+    kafka: Annotated[Any, unsupported("Kafka L7 rules")] = None
+    dns: Annotated[Any, unsupported("DNS L7 rules")] = None
+    l7proto: Annotated[Any, unsupported("generic L7 parsers (l7proto)")] = None
+    l7: Annotated[Any, unsupported("generic L7 rules")] = None

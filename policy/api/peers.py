@@ -1,0 +1,136 @@
+"""Who a rule talks to: endpoints, entities and CIDRs, per direction.
+
+Cilium names the same peer fields `from*` in ingress rules and `to*` in
+egress rules; both land on one set of attribute names (`endpoints`,
+`cidrs`, `cidr_sets`, `entities`) so the conversion reads them alike. A
+field of the other direction, and each Cilium peer kind we do not
+implement, is a field of its own with a clear error. Pure.
+"""
+
+from __future__ import annotations
+
+from ipaddress import AddressValueError, IPv4Network, NetmaskValueError, ip_network
+from typing import Annotated, Any
+
+from pydantic import Field, PlainValidator, model_validator
+
+from policy.api.base import Strict
+from policy.api.problems import Loc, fail, fail_all, reject, type_name, unsupported
+from policy.api.selectors import PeerSelector, Selector
+from policy.model import ENTITIES
+
+
+def _cidr(v: Any) -> IPv4Network:
+    if not isinstance(v, str):
+        fail(f"must be a string, got {type_name(v)}")
+    try:
+        net = ip_network(v.strip(), strict=True)
+    except (ValueError, AddressValueError, NetmaskValueError) as e:
+        fail(f"invalid CIDR {v!r}: {e}")
+    if not isinstance(net, IPv4Network):
+        fail(f"not supported: IPv6 CIDR {v!r}")
+    return net
+
+
+def _entity(v: Any) -> str:
+    if not isinstance(v, str):
+        fail(f"must be a string, got {type_name(v)}")
+    if v not in ENTITIES:
+        fail(f"unknown entity {v!r}: expected one of {', '.join(ENTITIES)}")
+    return v
+
+
+CIDR = Annotated[IPv4Network, PlainValidator(_cidr)]
+Entity = Annotated[str, PlainValidator(_entity)]
+
+
+class IPBlock(Strict):
+    """A prefix minus some prefixes inside it (NetworkPolicy's ipBlock)."""
+
+    cidr: CIDR
+    excepts: list[CIDR] | None = Field(None, alias="except")
+
+    @model_validator(mode="after")
+    def _excepts_inside(self) -> IPBlock:
+        problems: list[tuple[Loc, str]] = [
+            (("except", i), f"{e} is not inside {self.cidr}")
+            for i, e in enumerate(self.excepts or ())
+            if not e.subnet_of(self.cidr)
+        ]
+        fail_all(problems)
+        return self
+
+
+class CIDRRule(IPBlock):
+    """A `fromCIDRSet`/`toCIDRSet` item."""
+
+    cidrGroupRef: Annotated[Any, unsupported("CIDR groups (cidrGroupRef)")] = None
+    cidrGroupSelector: Annotated[Any, unsupported("CIDR groups (cidrGroupSelector)")] = None
+
+
+def _egress_only(field: str) -> Any:
+    return reject(f"unknown field ({field} belongs to egress rules)")
+
+
+def _ingress_only(field: str) -> Any:
+    return reject(f"unknown field ({field} belongs to ingress rules)")
+
+
+class _BothSides(Strict):
+    icmps: Annotated[Any, unsupported("ICMP rules (icmps)")] = None
+    authentication: Annotated[Any, unsupported("mutual authentication")] = None
+
+
+class IngressPeers(_BothSides):
+    endpoints: list[PeerSelector] | None = Field(None, alias="fromEndpoints")
+    cidrs: list[CIDR] | None = Field(None, alias="fromCIDR")
+    cidr_sets: list[CIDRRule] | None = Field(None, alias="fromCIDRSet")
+    entities: list[Entity] | None = Field(None, alias="fromEntities")
+    fromRequires: Annotated[Any, unsupported("fromRequires")] = None
+    fromGroups: Annotated[Any, unsupported("fromGroups")] = None
+    fromNodes: Annotated[Any, unsupported("fromNodes")] = None
+    toEndpoints: Annotated[Any, _egress_only("toEndpoints")] = None
+    toCIDR: Annotated[Any, _egress_only("toCIDR")] = None
+    toCIDRSet: Annotated[Any, _egress_only("toCIDRSet")] = None
+    toEntities: Annotated[Any, _egress_only("toEntities")] = None
+    toRequires: Annotated[Any, _egress_only("toRequires")] = None
+    toGroups: Annotated[Any, _egress_only("toGroups")] = None
+    toNodes: Annotated[Any, _egress_only("toNodes")] = None
+    toServices: Annotated[Any, _egress_only("toServices")] = None
+    toFQDNs: Annotated[Any, _egress_only("toFQDNs")] = None
+
+
+class EgressPeers(_BothSides):
+    endpoints: list[PeerSelector] | None = Field(None, alias="toEndpoints")
+    cidrs: list[CIDR] | None = Field(None, alias="toCIDR")
+    cidr_sets: list[CIDRRule] | None = Field(None, alias="toCIDRSet")
+    entities: list[Entity] | None = Field(None, alias="toEntities")
+    toRequires: Annotated[Any, unsupported("toRequires")] = None
+    toGroups: Annotated[Any, unsupported("toGroups")] = None
+    toNodes: Annotated[Any, unsupported("toNodes")] = None
+    toServices: Annotated[Any, unsupported("toServices")] = None
+    toFQDNs: Annotated[Any, unsupported("toFQDNs (DNS-based policy)")] = None
+    fromEndpoints: Annotated[Any, _ingress_only("fromEndpoints")] = None
+    fromCIDR: Annotated[Any, _ingress_only("fromCIDR")] = None
+    fromCIDRSet: Annotated[Any, _ingress_only("fromCIDRSet")] = None
+    fromEntities: Annotated[Any, _ingress_only("fromEntities")] = None
+    fromRequires: Annotated[Any, _ingress_only("fromRequires")] = None
+    fromGroups: Annotated[Any, _ingress_only("fromGroups")] = None
+    fromNodes: Annotated[Any, _ingress_only("fromNodes")] = None
+
+
+class NetworkPolicyPeer(Strict):
+    """NetworkPolicy's `from`/`to` item: pods (and/or namespaces), or an ipBlock."""
+
+    podSelector: Selector | None = None
+    namespaceSelector: Selector | None = None
+    ipBlock: IPBlock | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NetworkPolicyPeer:
+        selects = self.podSelector is not None or self.namespaceSelector is not None
+        if self.ipBlock is not None and selects:
+            fail("ipBlock cannot be combined with podSelector or namespaceSelector")
+        if self.ipBlock is None and not selects:
+            fail("must set podSelector, namespaceSelector or ipBlock")
+        return self

@@ -1,0 +1,59 @@
+"""A Cilium rule (one `spec`/`specs` item of CNP and CCNP): who it selects,
+its ingress/egress allow and deny items, and the default-deny switch.
+
+An item is its direction's peers (peers.py) plus `toPorts`; deny items take
+L4 port rules only. `labels` and `description` are rule metadata Cilium
+keeps and we accept without effect. Pure.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel
+
+from policy.api.base import Strict
+from policy.api.peers import EgressPeers, IngressPeers
+from policy.api.ports import DenyPortRule, PortRule
+from policy.api.problems import unsupported
+from policy.api.selectors import Selector
+
+
+class IngressRule(IngressPeers):
+    toPorts: list[PortRule] | None = None
+
+
+class IngressDenyRule(IngressPeers):
+    toPorts: list[DenyPortRule] | None = None
+
+
+class EgressRule(EgressPeers):
+    toPorts: list[PortRule] | None = None
+
+
+class EgressDenyRule(EgressPeers):
+    toPorts: list[DenyPortRule] | None = None
+
+
+class DefaultDeny(Strict):
+    """`false` keeps a direction open although the rule has items for it."""
+
+    ingress: bool | None = None
+    egress: bool | None = None
+
+
+class CiliumRule(Strict):
+    endpointSelector: Selector
+    ingress: list[IngressRule] | None = None
+    ingressDeny: list[IngressDenyRule] | None = None
+    egress: list[EgressRule] | None = None
+    egressDeny: list[EgressDenyRule] | None = None
+    enableDefaultDeny: DefaultDeny | None = None
+    nodeSelector: Annotated[Any, unsupported("node policies")] = None
+    labels: Any = None
+    description: Any = None
+
+    def items(self) -> list[tuple[str, list[BaseModel]]]:
+        """(section name, its items) for every section present, in a fixed order."""
+        sections = (("ingress", self.ingress), ("ingressDeny", self.ingressDeny), ("egress", self.egress), ("egressDeny", self.egressDeny))
+        return [(name, list(items)) for name, items in sections if items is not None]
