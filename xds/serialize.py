@@ -18,26 +18,35 @@ all of it blocking the event loop. The options weighed were:
 - this encoder: the wire format is concatenation, so every sub-message is a
   plain `bytes` value that can be cached by content and spliced into its
   parent. One changed rule re-encodes one RBAC policy (microseconds) and the
-  parent is a join. Correctness is checked in tests by decoding our output
-  with the betterproto classes (tests/xds/test_serialize.py) and by the real
-  Envoy accepting it.
+  parent is a join.
 
-Field numbers are taken from the Envoy API protos (the same numbers
-envoy-data-plane's classes carry) and named at each use site in render.py.
+No field number is written here or at the call sites: `encoders(Message)`
+reads them from envoy-data-plane's classes (schema.py) once, at import, and
+returns one ready encoder per field, chosen by the field's proto type (so a
+call site cannot write a string with a varint tag). Correctness is checked by
+decoding our output with the same classes (tests/xds/test_serialize.py,
+tests/xds/test_render.py) and by the real Envoy accepting it.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
+from typing import Any as _AnyT, Callable
 
-_VARINT, _LEN = 0, 2
+from envoy_data_plane.envoy.service.discovery.v3 import DeltaDiscoveryResponse, DiscoveryResponse
+from envoy_data_plane.envoy.service.discovery.v3 import Resource as DiscoveryResource
+from envoy_data_plane.google.protobuf import Any, Duration
+
+from .schema import LEN, VARINT, FieldSpec, SchemaError, spec, specs
+
+_ONE_BYTE = [bytes((i,)) for i in range(0x80)]
 
 
 def varint(n: int) -> bytes:
+    if 0 <= n < 0x80:
+        return _ONE_BYTE[n]
     if n < 0:
         n &= (1 << 64) - 1  # proto int32/int64 negatives are 10-byte varints
-    if n < 0x80:
-        return bytes((n,))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -46,93 +55,170 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
-@lru_cache(maxsize=None)
-def _tag(field: int, wire_type: int) -> bytes:
-    return varint((field << 3) | wire_type)
+def tag(number: int, wire_type: int) -> bytes:
+    return varint((number << 3) | wire_type)
 
 
-def u(field: int, value: int) -> bytes:
-    """A varint-typed scalar (int, enum); proto3 omits zero."""
-    if not value:
-        return b""
-    return _tag(field, _VARINT) + varint(int(value))
+# -- primitives: `t` is a field's encoded tag, resolved once by encoders()
 
 
-def u_present(field: int, value: int) -> bytes:
-    """A varint member of a oneof: emitted even when zero, since presence is
+def u(t: bytes, value: int) -> bytes:
+    """A varint scalar (int, enum); proto3 omits zero."""
+    return t + varint(int(value)) if value else b""
+
+
+def u_present(t: bytes, value: int) -> bytes:
+    """A varint member of a oneof: written even when zero, since presence is
     what selects the oneof case (e.g. SocketAddress.port_value = 0)."""
-    return _tag(field, _VARINT) + varint(int(value))
+    return t + varint(int(value))
 
 
-def b(field: int, value: bool) -> bytes:
-    return _tag(field, _VARINT) + b"\x01" if value else b""
+def b(t: bytes, value: bool) -> bytes:
+    return t + b"\x01" if value else b""
 
 
-def s(field: int, value: str) -> bytes:
-    """A string field; proto3 omits the empty string."""
+def b_present(t: bytes, value: bool) -> bytes:
+    return t + (b"\x01" if value else b"\x00")
+
+
+def s(t: bytes, value: str) -> bytes:
+    """A string; proto3 omits the empty string."""
     if not value:
         return b""
-    raw = value.encode()
-    return _tag(field, _LEN) + varint(len(raw)) + raw
+    data = value.encode()
+    return t + varint(len(data)) + data
 
 
-def raw(field: int, value: bytes) -> bytes:
-    """A bytes field, or an already-encoded sub-message. Always emitted, so an
+def s_present(t: bytes, value: str) -> bytes:
+    """A string in a oneof or a repeated field: written even when empty
+    (StringMatcher.exact = "" matches an empty header value)."""
+    data = value.encode()
+    return t + varint(len(data)) + data
+
+
+def raw(t: bytes, value: bytes) -> bytes:
+    """A bytes field or an already-encoded sub-message. Always written, so an
     empty sub-message keeps its presence (oneof members, `rules {}`)."""
-    return _tag(field, _LEN) + varint(len(value)) + value
+    return t + varint(len(value)) + value
 
 
-def m(field: int, *parts: bytes) -> bytes:
+def m(t: bytes, *parts: bytes) -> bytes:
     """A sub-message made of the given encoded fields."""
-    return raw(field, b"".join(parts))
+    body = b"".join(parts)
+    return t + varint(len(body)) + body
 
 
-def any_(field: int, type_url: str, body: bytes) -> bytes:
-    """A google.protobuf.Any (type_url = 1, value = 2) holding `body`."""
-    return m(field, s(1, type_url), raw(2, body))
+def wrapped(t: bytes, inner: bytes, value: int) -> bytes:
+    """A varint wrapper (BoolValue, UInt32Value): present even when 0/false."""
+    body = inner + varint(int(value)) if value else b""
+    return t + varint(len(body)) + body
 
 
-def map_entry(field: int, key: str, value: bytes) -> bytes:
-    """One entry of a map<string, Message> field: key = 1, value = 2."""
-    return m(field, s(1, key), raw(2, value))
-
-
-def wrapped_bool(field: int, value: bool) -> bytes:
-    """google.protobuf.BoolValue (value = 1)."""
-    return m(field, b(1, value))
-
-
-def wrapped_u32(field: int, value: int) -> bytes:
-    """google.protobuf.UInt32Value (value = 1); presence kept even for 0."""
-    return m(field, u(1, value))
-
-
-def duration(field: int, seconds: float) -> bytes:
+def duration(t: bytes, seconds_t: bytes, nanos_t: bytes, seconds: float) -> bytes:
     whole = int(seconds)
     nanos = int(round((seconds - whole) * 1e9))
-    return m(field, u(1, whole), u(2, nanos))
+    return m(t, u(seconds_t, whole), u(nanos_t, nanos))
+
+
+def map_entry(t: bytes, key_t: bytes, value_t: bytes, key: str, value: bytes) -> bytes:
+    """One entry of a map<string, Message> field (value already encoded)."""
+    return m(t, s_present(key_t, key), raw(value_t, value))
+
+
+# -- encoders resolved from the schema
+
+
+def _tag_of(f: FieldSpec) -> bytes:
+    return tag(f.number, f.wire_type)
+
+
+def _encoder(f: FieldSpec) -> Callable[..., bytes]:
+    t = _tag_of(f)
+    present = f.oneof is not None
+    if f.map_key is not None and f.map_value is not None:
+        if f.map_key.proto_type != "string" or f.map_value.proto_type != "message":
+            raise SchemaError(f"{f.where}: only map<string, message> is supported")
+        return partial(map_entry, t, _tag_of(f.map_key), _tag_of(f.map_value))
+    if f.wrapper is Duration:
+        return partial(duration, t, _tag_of(spec(Duration, "seconds")), _tag_of(spec(Duration, "nanos")))
+    if f.wrapper is not None:
+        inner = spec(f.wrapper, "value")
+        if inner.wire_type != VARINT:
+            raise SchemaError(f"{f.where}: wrapper {f.wrapper.__name__} is not a varint wrapper")
+        return partial(wrapped, t, _tag_of(inner))
+    if f.proto_type == "message":
+        return partial(m, t)
+    if f.proto_type == "bytes":
+        return partial(raw, t)
+    if f.proto_type == "string":
+        return partial(s_present if present or f.repeated else s, t)
+    if f.repeated:
+        raise SchemaError(f"{f.where}: repeated {f.proto_type} (packed) is not supported")
+    if f.proto_type == "bool":
+        return partial(b_present if present else b, t)
+    assert f.wire_type == VARINT, f.where
+    return partial(u_present if present else u, t)
+
+
+class Encoders:
+    """One encoder per field of a message class, as attributes:
+    `encoders(Listener).name("x")` is the encoded `name` field.
+
+    By kind: message `(*encoded_fields)`, string/bool/varint `(value)`,
+    wrapper `(value)`, Duration `(seconds)`, map<string, message>
+    `(key, encoded_value)`."""
+
+    def __init__(self, message: type, fields: dict[str, Callable[..., bytes]]) -> None:
+        self.__dict__.update(fields)
+        self._message = message
+
+    def __getattr__(self, name: str) -> _AnyT:
+        # only reached for a name that is not a field (attributes are set in __init__)
+        _encoder(spec(self._message, name))  # raises SchemaError: unknown field or type we cannot write
+        raise AttributeError(name)
+
+
+@lru_cache(maxsize=None)
+def encoders(message: type) -> Encoders:
+    out = {}
+    for name, f in specs(message).items():
+        try:
+            out[name] = _encoder(f)
+        except SchemaError:
+            continue  # a field we never write; asking for it raises via Encoders.__getattr__
+    return Encoders(message, out)
+
+
+_ANY = encoders(Any)
+
+
+def any_(type_url: str, body: bytes) -> bytes:
+    """The fields of a google.protobuf.Any holding `body` (pass to the Any field's encoder)."""
+    return _ANY.type_url(type_url) + _ANY.value(body)
+
+
+# -- discovery responses: bodies are spliced in, never re-encoded
+
+_DR = encoders(DiscoveryResponse)
+_DDR = encoders(DeltaDiscoveryResponse)
+_RES = encoders(DiscoveryResource)
 
 
 def discovery_response(version_info: str, type_url: str, nonce: str, bodies: list[bytes]) -> bytes:
-    """service.discovery.v3.DiscoveryResponse: version_info = 1, resources = 2
-    (Any), type_url = 4, nonce = 5. Bodies are spliced in, not re-encoded."""
-    parts = [s(1, version_info)]
-    parts.extend(any_(2, type_url, body) for body in bodies)
-    parts.append(s(4, type_url))
-    parts.append(s(5, nonce))
+    parts = [_DR.version_info(version_info)]
+    parts.extend(_DR.resources(any_(type_url, body)) for body in bodies)
+    parts.append(_DR.type_url(type_url))
+    parts.append(_DR.nonce(nonce))
     return b"".join(parts)
 
 
 def delta_discovery_response(
     system_version: str, type_url: str, nonce: str, resources: list[tuple[str, str, bytes]], removed: list[str]
 ) -> bytes:
-    """service.discovery.v3.DeltaDiscoveryResponse: system_version_info = 1,
-    resources = 2 (Resource: version = 1, resource = 2 (Any), name = 3),
-    type_url = 4, nonce = 5, removed_resources = 6."""
-    parts = [s(1, system_version)]
+    parts = [_DDR.system_version_info(system_version)]
     for name, version, body in resources:
-        parts.append(m(2, s(1, version), any_(2, type_url, body), s(3, name)))
-    parts.append(s(4, type_url))
-    parts.append(s(5, nonce))
-    parts.extend(s(6, n) for n in removed)
+        parts.append(_DDR.resources(_RES.version(version), _RES.resource(any_(type_url, body)), _RES.name(name)))
+    parts.append(_DDR.type_url(type_url))
+    parts.append(_DDR.nonce(nonce))
+    parts.extend(_DDR.removed_resources(n) for n in removed)
     return b"".join(parts)

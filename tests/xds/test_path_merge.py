@@ -1,4 +1,4 @@
-"""Merging path regexes (xds/render.py) never changes which paths a peer set
+"""Merging path regexes (xds/path_merge.py) never changes which paths a peer set
 may use: the merged alternation full-matches exactly when one of the original
 regexes does (checked with RE2 itself, the engine Envoy uses)."""
 
@@ -8,7 +8,7 @@ import re2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xds.render import _alternation, _balanced
+from xds.path_merge import alternation as _alternation, balanced as _balanced
 
 PIECES = ["/a", "/b", "x", "1", ".*", "(/.*)?", "[ab]+", "(x|y)", "\\d", "b?", "[^/]*", "/", "a{2}"]
 paths = st.lists(st.sampled_from(PIECES), min_size=1, max_size=4).map("".join)

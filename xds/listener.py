@@ -1,0 +1,124 @@
+"""The proxy listener: one per proxy port, an HTTP connection manager that
+takes its routes over RDS, RBAC filter(s) before the router. Pure; no I/O."""
+
+from __future__ import annotations
+
+from envoy_data_plane.envoy.config.accesslog.v3 import ComparisonFilterOp
+from envoy_data_plane.envoy.config.core.v3 import ApiVersion, TrafficDirection
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManagerPathWithEscapedSlashesAction as EscapedSlashes,
+)
+
+from policy.compiled import Direction
+
+from . import messages as pb
+from .rbac import DENY_ALL, RBAC_FILTER, RBAC_URL, RECEIVER_RBAC_FILTER
+from .serialize import any_
+
+HCM_URL = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+ROUTER_URL = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+GRPC_ALS_URL = "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"
+ROUTER_FILTER = "envoy.filters.http.router"
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+GRPC_ALS_NAME = "envoy.access_loggers.http_grpc"
+DENIED_STATUS = 403
+DENIED_BODY = "Access denied"
+# %2F / %5C in a path are answered 400. Unescaping them would change what an
+# application that treats them as data sees; keeping them would let
+# `/public/..%2fprivate` reach a backend that decodes them after the rules
+# matched. See policy/http_path.py, which `trace` uses to see the same path
+# Envoy's rules see.
+ESCAPED_SLASHES = EscapedSlashes.REJECT_REQUEST
+
+_TRAFFIC_DIRECTION = {Direction.INGRESS: TrafficDirection.INBOUND, Direction.EGRESS: TrafficDirection.OUTBOUND}
+
+
+def route_config_name(proxy_port: int) -> str:
+    return f"ciliate-proxy-{proxy_port}"
+
+
+listener_name = route_config_name
+
+
+def rds_source(route_config: str, rds_directory: str | None) -> bytes:
+    """ConfigSource of the listener's routes: ADS, or (benchmark baseline
+    only) a watched file."""
+    v3 = pb.ConfigSource.resource_api_version(ApiVersion.V3)
+    if rds_directory is None:
+        return pb.ConfigSource.ads() + v3
+    # One directory per route configuration: Envoy re-reads every file whose
+    # watched directory saw a move, so sharing one would reload them all.
+    sub = f"{rds_directory}/{route_config}"
+    path = pb.PathConfigSource.path(f"{sub}/routes.pb") + pb.PathConfigSource.watched_directory(pb.WatchedDirectory.path(sub))
+    return pb.ConfigSource.path_config_source(path) + v3
+
+
+def _http_filter(name: str, type_url: str, config: bytes) -> bytes:
+    return pb.HttpConnectionManager.http_filters(pb.HttpFilter.name(name), pb.HttpFilter.typed_config(any_(type_url, config)))
+
+
+def _grpc_access_log(log_name: str, cluster: str) -> bytes:
+    common = pb.CommonGrpcAccessLogConfig
+    als = pb.HttpGrpcAccessLogConfig.common_config(
+        common.log_name(log_name),
+        common.grpc_service(pb.GrpcService.envoy_grpc(pb.EnvoyGrpc.cluster_name(cluster))),
+        common.transport_api_version(ApiVersion.V3),
+    )
+    return pb.HttpConnectionManager.access_log(pb.AccessLog.name(GRPC_ALS_NAME), pb.AccessLog.typed_config(any_(GRPC_ALS_URL, als)))
+
+
+def _denied_reply() -> bytes:
+    """RBAC's local 403 gets the body `Access denied`."""
+    status = pb.ComparisonFilter.op(ComparisonFilterOp.EQ) + pb.ComparisonFilter.value(
+        pb.RuntimeUInt32.default_value(DENIED_STATUS) + pb.RuntimeUInt32.runtime_key("ciliate.denied_status")
+    )
+    mapper = pb.ResponseMapper.filter(pb.AccessLogFilter.status_code_filter(pb.StatusCodeFilter.comparison(status)))
+    mapper += pb.ResponseMapper.body(pb.DataSource.inline_string(DENIED_BODY))
+    return pb.HttpConnectionManager.local_reply_config(pb.LocalReplyConfig.mappers(mapper))
+
+
+def http_connection_manager(
+    *, stat_prefix: str, rds: bytes, route_config: str, direction: Direction, accesslog: tuple[str, str] | None
+) -> bytes:
+    """`rds`: the ConfigSource (rds_source); `accesslog`: (log name, cluster of
+    the access log server) or None for none."""
+    hcm = pb.HttpConnectionManager
+    out = hcm.stat_prefix(stat_prefix) + hcm.rds(pb.Rds.config_source(rds), pb.Rds.route_config_name(route_config))
+    # The listener-level RBAC allows nothing: every route carries its own
+    # per-route RBAC, so a route config without one fails closed.
+    out += _http_filter(RBAC_FILTER, RBAC_URL, DENY_ALL)
+    if direction == Direction.EGRESS:
+        out += _http_filter(RECEIVER_RBAC_FILTER, RBAC_URL, DENY_ALL)
+    out += _http_filter(ROUTER_FILTER, ROUTER_URL, b"")
+    if accesslog is not None:
+        out += _grpc_access_log(*accesslog)
+    out += _denied_reply()
+    # Path normalization (see PATH_NORMALIZATION): the path the RBAC rules see
+    # is the path the upstream receives: RFC 3986 dot segments, unreserved %XX
+    # decoded, slashes merged, escaped slashes rejected.
+    out += hcm.normalize_path(True) + hcm.merge_slashes(True) + hcm.path_with_escaped_slashes_action(ESCAPED_SLASHES)
+    return out
+
+
+def listener(
+    *,
+    name: str,
+    address: str,
+    port: int,
+    transparent: bool,
+    direction: Direction,
+    original_port: int | None,
+    hcm: bytes,
+) -> bytes:
+    """Listener on address:port. `original_port`: serve only connections whose
+    local address (the original destination) has this port; None for all."""
+    lst = pb.Listener
+    chain_match = b"" if original_port is None else pb.FilterChain.filter_chain_match(pb.FilterChainMatch.destination_port(original_port))
+    hcm_filter = pb.FilterChain.filters(pb.Filter.name(HCM_FILTER), pb.Filter.typed_config(any_(HCM_URL, hcm)))
+    return (
+        lst.name(name)
+        + lst.address(pb.Address.socket_address(pb.SocketAddress.address(address) + pb.SocketAddress.port_value(port)))
+        + lst.filter_chains(chain_match, hcm_filter)
+        + lst.transparent(transparent)
+        + lst.traffic_direction(_TRAFFIC_DIRECTION[direction])
+    )

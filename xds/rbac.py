@@ -1,0 +1,147 @@
+"""RBAC encodings: HTTP rules as permissions, peers as principals or
+destination permissions, and the per-route configs of both RBAC filters.
+Pure; no I/O. Every function returns the encoded *fields* of the named
+message, ready to splice into its parent's field encoder.
+
+RBAC ORs policies and the permissions within a policy, which is the Cilium
+semantics of HTTP rules (see render.py's docstring for why routes could not
+express it)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network
+from typing import Iterable
+
+from envoy_data_plane.envoy.config.rbac.v3 import RbacAction
+
+from policy.compiled import Direction, HTTPRule, ReceiverRules
+
+from . import messages as pb
+from .path_merge import REGEX_META, literal_alternatives
+
+RBAC_URL = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+RBAC_PER_ROUTE_URL = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+RBAC_FILTER = "envoy.filters.http.rbac"
+# A second RBAC filter on egress listeners: the local receivers' ingress HTTP
+# rules (policy.compiled.ReceiverRules). Two filters in a row AND their verdicts.
+RECEIVER_RBAC_FILTER = "ciliate.receiver_ingress_rbac"
+
+_ALLOW = pb.RbacRules.action(RbacAction.ALLOW)
+# The listener-level config: ALLOW with no policy allows nothing, so a route
+# without its own per-route RBAC fails closed.
+DENY_ALL = pb.RbacFilter.rules(_ALLOW)
+_ANY_PERMISSION = pb.Permission.any(True)
+_ANYONE = pb.Policy.principals(pb.Principal.any(True))
+
+
+def cidr(net: IPv4Network) -> bytes:
+    """core.v3.CidrRange."""
+    return pb.CidrRange.address_prefix(str(net.network_address)) + pb.CidrRange.prefix_len(net.prefixlen)
+
+
+def _header_matcher(name: str, *, regex: str | None = None, exact: str | None = None) -> bytes:
+    # Envoy's safe_regex matches the whole value, as Cilium's HTTP rules require.
+    if regex is not None:
+        match = pb.HeaderMatcher.string_match(pb.StringMatcher.safe_regex(pb.RegexMatcher.regex(regex)))
+    elif exact is not None:
+        match = pb.HeaderMatcher.string_match(pb.StringMatcher.exact(exact))
+    else:
+        match = pb.HeaderMatcher.present_match(True)
+    return pb.HeaderMatcher.name(name) + match
+
+
+def _header(name: str, **kw) -> bytes:
+    return pb.Permission.header(_header_matcher(name, **kw))
+
+
+def _any_of(perms: Iterable[bytes]) -> bytes:
+    return pb.Permission.or_rules(*map(pb.PermissionSet.rules, perms))
+
+
+def _all_of(perms: Iterable[bytes]) -> bytes:
+    return pb.Permission.and_rules(*map(pb.PermissionSet.rules, perms))
+
+
+def http_permission(rule: HTTPRule) -> bytes:
+    """rbac.v3.Permission for one HTTP rule: its method, path, host and
+    headers ANDed; literal values become exact matchers (no regex for Envoy
+    to compile)."""
+    perms: list[bytes] = []
+    if rule.method is not None:
+        literals = literal_alternatives(rule.method)
+        if literals is None:
+            perms.append(_header(":method", regex=rule.method))
+        elif len(literals) == 1:
+            perms.append(_header(":method", exact=literals[0]))
+        else:
+            perms.append(_any_of(_header(":method", exact=x) for x in literals))
+    for name, regex in ((":path", rule.path), (":authority", rule.host)):
+        if regex is None:
+            continue
+        if REGEX_META.search(regex) is None:
+            perms.append(_header(name, exact=regex))  # a regex without metacharacters is its own literal
+        else:
+            perms.append(_header(name, regex=regex))
+    for h in rule.headers:
+        perms.append(_header(h.name, exact=h.value) if h.value is not None else _header(h.name))
+    if not perms:
+        return _ANY_PERMISSION
+    return _all_of(perms)
+
+
+def source_principal(net: IPv4Network, holes: list[IPv4Network]) -> bytes:
+    """rbac.v3.Principal: the downstream source is in `net` but in none of `holes`."""
+    base = pb.Principal.direct_remote_ip(cidr(net))
+    if not holes:
+        return base
+    excluded = pb.Principal.or_ids(*(pb.PrincipalSet.ids(pb.Principal.direct_remote_ip(cidr(h))) for h in holes))
+    return pb.Principal.and_ids(pb.PrincipalSet.ids(base), pb.PrincipalSet.ids(pb.Principal.not_id(excluded)))
+
+
+def destination_permission(net: IPv4Network, holes: list[IPv4Network]) -> bytes:
+    """rbac.v3.Permission: the original destination is in `net` but in none of `holes`."""
+    base = pb.Permission.destination_ip(cidr(net))
+    if not holes:
+        return base
+    excluded = _any_of(pb.Permission.destination_ip(cidr(h)) for h in holes)
+    return _all_of((base, pb.Permission.not_rule(excluded)))
+
+
+def peer_policy(perms: list[bytes], peers: list[bytes] | None, direction: Direction) -> bytes:
+    """rbac.v3.Policy for every HTTP rule sharing one peer set: a policy's
+    permissions are ORed, so the peers' addresses are written (and built by
+    Envoy) once per peer set, not once per rule. `peers`: the address
+    matchers (principals for INGRESS, destination permissions for EGRESS);
+    None for any peer."""
+    if peers is None:
+        return b"".join(map(pb.Policy.permissions, perms)) + _ANYONE
+    if direction == Direction.INGRESS:
+        principal = pb.Principal.or_ids(*map(pb.PrincipalSet.ids, peers))
+        return b"".join(map(pb.Policy.permissions, perms)) + pb.Policy.principals(principal)
+    # Egress: the peer is the destination, ANDed with any of the HTTP rules.
+    return pb.Policy.permissions(_all_of((_any_of(perms), _any_of(peers)))) + _ANYONE
+
+
+def per_route(policies: Iterable[tuple[str, bytes]]) -> bytes:
+    """RBACPerRoute: ALLOW a request that one of the named policies matches."""
+    return pb.RbacPerRoute.rbac(pb.RbacFilter.rules(_ALLOW, *(pb.RbacRules.policies(k, v) for k, v in policies)))
+
+
+def receiver_per_route(receivers: tuple[ReceiverRules, ...], perms: dict[int, list[bytes]]) -> bytes:
+    """RBACPerRoute for RECEIVER_RBAC_FILTER: a request to a receiver with
+    ingress HTTP rules for this sender must match one of them (`perms`, by
+    endpoint id; a receiver absent from it admits no request from this
+    sender: 403); a request to any other destination passes this filter (the
+    sender's own rules still apply in the filter before)."""
+    if receivers:
+        others = pb.Permission.not_rule(_any_of(pb.Permission.destination_ip(cidr(IPv4Network(r.ipv4))) for r in receivers))
+    else:
+        others = _ANY_PERMISSION
+    policies = [("other-destinations", pb.Policy.permissions(others) + _ANYONE)]
+    for r in receivers:
+        got = perms.get(r.endpoint_id)
+        if got is None:
+            continue
+        dest = pb.Permission.destination_ip(cidr(IPv4Network(r.ipv4)))
+        policies.append((f"receiver-{r.endpoint_id}", pb.Policy.permissions(_all_of((dest, _any_of(got)))) + _ANYONE))
+    return per_route(policies)
