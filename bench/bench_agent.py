@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory  # noqa: E402
-from agent.core.agent import Agent, AgentConfig  # noqa: E402
+from agent.daemon import AgentConfig, build_agent  # noqa: E402
 from agent.core.models import EndpointCreate  # noqa: E402
 from agent.core.ports import ApplyOutcome  # noqa: E402
 from policy.compiler import Compiler  # noqa: E402
@@ -44,7 +44,7 @@ class NullDatapath:
     async def close(self) -> None: ...
     async def attach_endpoint(self, *a) -> None: ...
     async def detach_endpoint(self, *a) -> None: ...
-    async def apply(self, state, changed) -> ApplyOutcome:
+    async def apply(self, state) -> ApplyOutcome:
         return ApplyOutcome()
     async def dump_policy(self, eid):
         return []
@@ -93,7 +93,7 @@ async def change_latency(n_policies: int, n_endpoints: int, changes: int) -> lis
         for k in range(n_policies):
             (pol / f"p{k:05d}.yaml").write_text(policy_yaml(k, 8000 + k % 1000))
         cfg = AgentConfig(state_dir=Path(tmp) / "state", policy_dir=pol, metrics_port=None, poll_interval=3600, settle=0.0)
-        agent = Agent(cfg, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=NullDatapath(), proxy=NullProxy())
+        agent = build_agent(cfg, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=NullDatapath(), proxy=NullProxy())
         await agent.start(serve_api=False)
         try:
             for i in range(n_endpoints):
@@ -142,7 +142,7 @@ def compiler_floor(n_policies: int, n_endpoints: int, changes: int) -> list[floa
 async def memory_per_endpoint(n: int) -> float:
     with tempfile.TemporaryDirectory(prefix="cil-bench-") as tmp:
         cfg = AgentConfig(state_dir=Path(tmp) / "state", policy_dir=None, metrics_port=None, settle=0.0)
-        agent = Agent(cfg, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=NullDatapath(), proxy=NullProxy())
+        agent = build_agent(cfg, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=NullDatapath(), proxy=NullProxy())
         await agent.start(serve_api=False)
         try:
             gc.collect()

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.adapters.policy_compiler import PolicyFileLoader, RealCompiler  # noqa: E402
 from agent.api.client import AgentClient  # noqa: E402
-from agent.core.agent import Agent, AgentConfig  # noqa: E402
+from agent.daemon import Agent, AgentConfig, build_agent  # noqa: E402
 from agent.core.models import EndpointCreate  # noqa: E402
 from policy.compiler import WORLD_NET, Compiler, _cidr_selects  # noqa: E402
 from policy.endpoint import Endpoint  # noqa: E402
@@ -225,7 +225,7 @@ async def agent_core(n: int, baseline: bool) -> tuple[Phase, Phase, int]:
         return rc
 
     datapath = FakeDatapath()
-    agent = Agent(
+    agent = build_agent(
         AgentConfig(state_dir=tmp / "s", policy_dir=policy_dir, socket_path=socket, metrics_port=None, poll_interval=3600.0, settle=0.0),
         compiler_factory=factory,
         loader=PolicyFileLoader(),

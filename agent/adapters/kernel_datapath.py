@@ -1,4 +1,4 @@
-"""Datapath port bound to `redirect.datapath.Datapath` (bcc, tc, pinned maps).
+"""The DatapathControl port bound to `redirect.datapath.Datapath` (bcc, tc, pinned maps).
 
 The redirect/ calls are blocking (bcc compiles, netlink, bpf syscalls), so
 each runs in a worker thread; the regeneration worker is the only caller, so
@@ -53,8 +53,8 @@ class KernelDatapath:
 
         return await asyncio.to_thread(read)
 
-    async def apply(self, state: CompiledState, changed: frozenset[int]) -> ApplyOutcome:
-        # redirect/ diffs desired against the kernel itself; `changed` is only a hint.
+    async def apply(self, state: CompiledState) -> ApplyOutcome:
+        # redirect/ diffs desired against what the kernel holds, per endpoint.
         result = await asyncio.to_thread(self._dp.apply, state)
         failed: dict[int, Failure] = {}
         for eid, err in result.failed.items():

@@ -1,7 +1,9 @@
 """PolicyLoader and PolicyCompiler ports bound to the real `policy/` package.
 
-Allocator state is persisted as the allocators' own JSON (parsed, so the
-state files stay readable). Reads policy files through policy.load; no other I/O.
+The loader hands the agent policy.model.Policy values as they are, and the
+compiler takes them back unchanged: no wrapper type in between. Allocator
+state is persisted as the allocators' own JSON (parsed, so the state files
+stay readable). Reads policy files through policy.load; no other I/O.
 """
 
 from __future__ import annotations
@@ -12,20 +14,20 @@ from dataclasses import replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
-from agent.core.ports import Allocations, EndpointSpec, LoadedFile, NamedPolicy, PolicyProblem
+from agent.core.ports import Allocations, EndpointSpec, LoadedFile, PolicyProblem
 from policy.compiled import RESERVED_IDENTITIES, CompiledState
 from policy.compiler import Compiler
 from policy.endpoint import Endpoint
 from policy.identity import IdentityAllocator, ProxyPortAllocator
 from policy.load import load_paths
+from policy.model import Policy
 
 
 class PolicyFileLoader:
     def load_file(self, path: Path) -> LoadedFile:
         res = load_paths([path])
         problems = tuple(PolicyProblem(source=e.location(), field=e.field, message=e.reason) for e in res.errors)
-        policies = tuple(NamedPolicy(key=p.key, name=p.ref_name, kind=p.kind, document=p) for p in res.policies)
-        return LoadedFile(policies, problems)
+        return LoadedFile(tuple(res.policies), problems)
 
 
 class RealCompiler:
@@ -35,8 +37,8 @@ class RealCompiler:
         self._c = Compiler(ids, ports, host_ips)
         self._last: CompiledState | None = None
 
-    def upsert_policy(self, policy: NamedPolicy) -> None:
-        self._c.upsert_policy(policy.document)
+    def upsert_policy(self, policy: Policy) -> None:  # type: ignore[override]
+        self._c.upsert_policy(policy)
 
     def delete_policy(self, key: str) -> None:
         self._c.delete_policy(key)

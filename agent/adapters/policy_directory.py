@@ -1,5 +1,5 @@
-"""Watches the policy directory: inotify to notice a change at once, file
-stamps to decide what changed.
+"""The policy source of a directory (the PolicySource port): inotify to
+notice a change at once, file stamps to decide what changed.
 
 The stamps (mtime, size, inode) are the truth: a scan works on every
 filesystem, including bind mounts and ConfigMap-style symlink swaps where
@@ -17,10 +17,11 @@ import ctypes
 import ctypes.util
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
+
+from agent.core.ports import Changes, OnPolicyChange
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +32,6 @@ class Stamp(NamedTuple):  # a tuple: compared in C, thousands per poll
     mtime_ns: int
     size: int
     inode: int
-
-
-@dataclass(frozen=True, slots=True)
-class Changes:
-    changed: frozenset[Path]
-    removed: frozenset[Path]
-
-    def __bool__(self) -> bool:
-        return bool(self.changed or self.removed)
 
 
 def scan(directory: Path) -> dict[str, Stamp]:
@@ -100,7 +92,9 @@ class Inotify:
 
 
 class DirectoryWatcher:
-    def __init__(self, directory: Path, on_change: Callable[[Changes], Awaitable[None]], interval: float = 0.2) -> None:
+    """The PolicySource of a directory of policy files (agent.core.ports)."""
+
+    def __init__(self, directory: Path, on_change: OnPolicyChange, interval: float = 0.2) -> None:
         self.directory = directory
         self.interval = interval
         self._on_change = on_change

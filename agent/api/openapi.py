@@ -1,25 +1,23 @@
 """Renders the API's route table into an OpenAPI 3.1 document from the pydantic models.
 
-Pure: the schema is a function of agent.api.server.ROUTES and agent.core.models.
+Pure: the schema is a function of a route table (agent.api.server.ROUTES) and agent.core.models.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from agent.api.routes import Route
 from agent.core.models import ErrorBody
-
-if TYPE_CHECKING:
-    from agent.api.server import Route
 
 _REF = "#/components/schemas/{model}"
 
 
-def openapi_document(routes: Iterable["Route"], version: str = "0.1.0") -> dict[str, Any]:
+def openapi_document(routes: Iterable[Route], version: str = "0.1.0") -> dict[str, Any]:
     routes = tuple(routes)
     models: set[type[BaseModel]] = {ErrorBody}
     for r in routes:

@@ -5,7 +5,8 @@ the handlers parse with those models (a bad body is a 400 naming the field)
 and agent/api/openapi.py renders the same table into /openapi.json. Every error,
 aiohttp's own (404 no route, 405, 413) included, is a JSON ErrorBody: bad
 input is a 4xx, never a 500. Does socket I/O; the work is done by
-agent.core.agent.Agent.
+agent.core.agent.Agent. The route and parameter types are in routes.py, so
+the OpenAPI renderer needs nothing from here.
 """
 
 from __future__ import annotations
@@ -16,14 +17,15 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from agent.api.openapi import openapi_document
+from agent.api.routes import Handler, Param, Route
+from agent.core.agent import Agent
+from agent.core.endpoint_table import AddressInUse, EndpointTableFull
 from agent.core.models import (
     BpfPolicyDump,
     Endpoint,
@@ -38,13 +40,9 @@ from agent.core.models import (
     Status,
 )
 
-if TYPE_CHECKING:
-    from agent.core.agent import Agent
-
 log = logging.getLogger(__name__)
 
-_AGENT = web.AppKey("agent", object)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_AGENT = web.AppKey("agent", Agent)
 
 WAIT_MAX = 300.0  # seconds; a longer ?wait= waits this long (the CNI runtime gives up well before)
 # ASCII only: str.isdigit() and float() also take "²", "①" or "١" (and float "1_0", "nan", "inf").
@@ -52,36 +50,6 @@ _ID = re.compile(r"[0-9]+")
 _ID_DIGITS_MAX = 9  # endpoint ids are far smaller; longer is unknown, and int() of 5,000 digits raises
 _SECONDS = re.compile(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?")
 _SHOWN_MAX = 2000  # characters of an error detail; the rest is cut
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    where: str  # "path" | "query"
-    schema: dict
-    description: str = ""
-    required: bool = False
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str  # OpenAPI form, {name}
-    handler: Handler
-    summary: str
-    operation_id: str
-    response: type[BaseModel] | None
-    request: type[BaseModel] | None = None
-    status: int = 200
-    params: tuple[Param, ...] = ()
-    errors: tuple[int, ...] = ()
-    stream: str | None = None  # media type of a streamed response
-    extra_status: tuple[int, ...] = field(default=())
-
-    @property
-    def aiohttp_path(self) -> str:
-        # Policy names hold a slash ("ns/name"): let that parameter span segments.
-        return self.path.replace("{name}", "{name:.+}")
 
 
 class ApiError(Exception):
@@ -136,8 +104,8 @@ async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResp
         return _error(500, "internal error", "the agent's log has the details")
 
 
-def _agent(request: web.Request) -> "Agent":
-    return request.app[_AGENT]  # type: ignore[return-value]
+def _agent(request: web.Request) -> Agent:
+    return request.app[_AGENT]
 
 
 def _endpoint_id(request: web.Request) -> int | None:
@@ -195,8 +163,6 @@ async def create_endpoint(request: web.Request) -> web.StreamResponse:
         req = EndpointCreate.model_validate(body)
     except ValidationError as exc:
         return _error(400, "invalid endpoint", _describe(exc))
-    from agent.core.endpoint_table import AddressInUse, EndpointTableFull
-
     try:
         view, created = await _agent(request).create_endpoint(req, wait)
     except AddressInUse as exc:
@@ -262,8 +228,6 @@ async def flows(request: web.Request) -> web.StreamResponse:
 
 
 async def openapi(request: web.Request) -> web.StreamResponse:
-    from agent.api.openapi import openapi_document
-
     return web.json_response(openapi_document(ROUTES))
 
 
@@ -308,7 +272,7 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-def build_app(agent: "Agent") -> web.Application:
+def build_app(agent: Agent) -> web.Application:
     app = web.Application(middlewares=[_json_errors])
     app[_AGENT] = agent
     for r in ROUTES:
@@ -332,13 +296,18 @@ def _refuse_live_socket(path: Path) -> None:
 
 
 class ApiServer:
-    def __init__(self, agent: "Agent") -> None:
+    """The REST API on the agent's unix socket and /metrics on loopback TCP, as
+    configured in the agent's AgentConfig: the Service the daemon starts."""
+
+    def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
         self.metrics_port: int | None = None
 
-    async def start(self, socket_path: Path, metrics_host: str, metrics_port: int | None) -> None:
+    async def start(self) -> None:
+        cfg = self.agent.config
+        socket_path, metrics_host, metrics_port = cfg.socket, cfg.metrics_host, cfg.metrics_port
         socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         _refuse_live_socket(socket_path)
         self._runner = web.AppRunner(build_app(self.agent), handle_signals=False, shutdown_timeout=1.0)

@@ -205,7 +205,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     from agent.adapters.kernel_datapath import KernelDatapath
     from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory
     from agent.adapters.envoy_proxy import XdsProxy
-    from agent.core.agent import Agent, AgentConfig
+    from agent.daemon import AgentConfig, build_agent
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Everything the agent (and the Envoy it starts) creates is root's alone:
@@ -226,7 +226,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         print(f"ciliate agent: cannot open the kernel datapath in {args.bpf_dir}: {exc}", file=sys.stderr)
         return 1
     proxy = XdsProxy(state_dir, spawn_envoy=not args.external_envoy)
-    agent = Agent(
+    agent = build_agent(
         config, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=datapath, proxy=proxy, host_ips=_host_ips
     )
     try:

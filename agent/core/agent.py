@@ -1,12 +1,14 @@
-"""The `ciliate agent` daemon: wires state, policy source, regeneration, API and flows.
+"""The agent core: wires state, policy source, regeneration, services and flows.
 
 One place spawns, supervises and stops every task (kopf style). Start order:
 state directory -> allocators and endpoint table from disk -> datapath
 plumbing -> proxy (xDS server + Envoy) -> initial policy load -> first
 regeneration of every endpoint (which adopts the pinned kernel state rather
-than rebuilding it) -> REST API and metrics. SIGTERM stops the API, lets the
-regeneration in flight finish and stops the proxy, but never detaches an
-endpoint: the kernel keeps enforcing the last policy while the agent is away.
+than rebuilding it) -> services (the REST API and metrics). SIGTERM stops the
+services, lets the regeneration in flight finish and stops the proxy, but
+never detaches an endpoint: the kernel keeps enforcing the last policy while
+the agent is away. Everything outside the process is reached through the
+ports (agent/core/ports.py); agent/daemon.py plugs in the real adapters.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from ipaddress import IPv4Address
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +43,20 @@ from agent.core.models import (
     Status,
 )
 from agent.core.policy_book import PolicyBook
-from agent.adapters.policy_directory import Changes, DirectoryWatcher
-from agent.core.ports import CompilerFactory, Datapath, PolicyCompiler, PolicyLoader, ProxyControl
-from agent.core.regenerator import RegenerationReport, Regenerator
-from agent.core.regeneration_queue import RegenerationQueue
-from agent.core.state_store import StateStore
 from agent.core.policy_status import policy_statuses
+from agent.core.ports import (
+    Changes,
+    CompilerFactory,
+    DatapathControl,
+    PolicyCompiler,
+    PolicyLoader,
+    PolicySourceFactory,
+    ProxyControl,
+    Service,
+)
+from agent.core.regeneration_queue import RegenerationQueue
+from agent.core.regenerator import RegenerationReport, Regenerator
+from agent.core.state_store import StateStore
 from policy.compiled import RESERVED_IDENTITIES
 
 log = logging.getLogger(__name__)
@@ -78,17 +88,24 @@ class Agent:
         *,
         compiler_factory: CompilerFactory,
         loader: PolicyLoader,
-        datapath: Datapath,
+        datapath: DatapathControl,
         proxy: ProxyControl,
+        policy_source: PolicySourceFactory | None = None,
+        services: Sequence[Callable[["Agent"], Service]] = (),
         host_ips: Callable[[], Iterable[IPv4Address]] | None = None,
     ) -> None:
+        """`policy_source` watches config.policy_dir (required when it is set);
+        `services` are built from the started agent and started after it (the
+        REST API), in order, and stopped before it, in reverse."""
+        if config.policy_dir is not None and policy_source is None:
+            raise ValueError("AgentConfig.policy_dir is set but no policy_source watches it")
         self.config = config
         self._host_ips = host_ips
         self.store = StateStore(config.state_dir)
         self.table = EndpointTable(self.store)
         self.book = PolicyBook()
         self.flows = FlowHub()
-        self.metrics = AgentMetrics()
+        self.metrics = AgentMetrics(policy_counts=self.policy_counts)
         self.loader = loader
         self.datapath = datapath
         self.proxy = proxy
@@ -96,15 +113,21 @@ class Agent:
         self.compiler: PolicyCompiler | None = None
         self.queue = RegenerationQueue(self._regenerate, settle=config.settle)
         self.regenerator: Regenerator | None = None
-        self.watcher = DirectoryWatcher(config.policy_dir, self._on_policy_change, config.poll_interval) if config.policy_dir else None
+        self.watcher = (
+            policy_source(config.policy_dir, self._on_policy_change, config.poll_interval)
+            if policy_source is not None and config.policy_dir is not None
+            else None
+        )
         self._tasks: list[asyncio.Task[Any]] = []
         self._worker: asyncio.Task[None] | None = None
-        self._api: Any = None  # agent.api.server.ApiServer, imported lazily (aiohttp)
+        self._service_factories = tuple(services)
+        self.services: list[Service] = []  # the started ones
         self._stopping = asyncio.Event()
         self.started_at = 0.0
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self, *, serve_api: bool = True) -> None:
+        """Start the core; with `serve_api` also the services (the REST API)."""
         self.store.ensure()
         self.compiler = self._compiler_factory(self.store.load_allocations())
         restored = self.table.load()
@@ -134,18 +157,17 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._pump(self.datapath.flow_events, "kernel"), name="ciliate-flows-kernel"))
         self._tasks.append(asyncio.create_task(self._pump(self.proxy.access_log, "envoy"), name="ciliate-flows-envoy"))
         if serve_api:
-            from agent.api.server import ApiServer
-
-            self._api = ApiServer(self)
-            await self._api.start(self.config.socket, self.config.metrics_host, self.config.metrics_port)
+            for make in self._service_factories:
+                service = make(self)
+                await service.start()
+                self.services.append(service)
         self.started_at = time.time()
         log.info("agent started: %d endpoints restored, state in %s", len(restored), self.config.state_dir)
 
     async def stop(self) -> None:
         self.flows.close()  # lets streaming API handlers finish before the server goes
-        if self._api is not None:
-            await self._api.stop()
-            self._api = None
+        while self.services:
+            await self.services.pop().stop()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -181,13 +203,12 @@ class Agent:
     # --- events in -------------------------------------------------------------------
     async def _on_policy_change(self, changes: Changes) -> None:
         changed = False
-        next_revision = self.queue.revision + 1
         for path in sorted(changes.removed):
             changed |= self.book.remove_file(path)
             log.info("policy file removed: %s", path)
         for path in sorted(changes.changed):
             loaded = await asyncio.to_thread(self.loader.load_file, path)
-            changed |= self.book.update_file(path, loaded, next_revision)
+            changed |= self.book.update_file(path, loaded)
             ok = not self.book.problems().get(path)
             self.metrics.policy_file_reloads.labels("ok" if ok else "invalid").inc()
             if not ok:
@@ -205,6 +226,8 @@ class Agent:
     def _observe(self, report: RegenerationReport) -> None:
         m = self.metrics
         m.policy_revision.set(report.revision)
+        if report.publish is not None:
+            m.proxy_publishes.labels(report.publish).inc()
         ok = len(report.changed - report.failed.keys())
         if ok:
             m.regenerations.labels("success").inc(ok)
@@ -280,6 +303,7 @@ class Agent:
         return counts
 
     def policies(self) -> PolicyList:
+        """Every policy's status, computed from the current state (reads only)."""
         regen = self.regenerator
         statuses = policy_statuses(
             self.book.in_force(),
@@ -289,13 +313,16 @@ class Agent:
             regen.applied_revision if regen else 0,
             self.book.shadowed(),
             regen.last_state if regen else None,
+            applied=regen.applied_policies if regen else {},
         )
-        counts: dict[str, int] = {}
-        for s in statuses:
-            counts[s.state] = counts.get(s.state, 0) + 1
-        for state in ("enforced", "pending", "not-enforced", "error"):
-            self.metrics.policies.labels(state).set(counts.get(state, 0))
         return PolicyList(revision=regen.applied_revision if regen else 0, policies=statuses)
+
+    def policy_counts(self) -> dict[str, int]:
+        """Policies by status, for the ciliate_policies gauge (read at scrape time)."""
+        counts: dict[str, int] = {}
+        for s in self.policies().policies:
+            counts[s.state] = counts.get(s.state, 0) + 1
+        return counts
 
     def identities(self) -> IdentityList:
         labels = self.compiler.identity_labels() if self.compiler else {}

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from agent.core.endpoint_table import EndpointTable
 from agent.core.models import EndpointRecord
-from agent.core.ports import Datapath, PolicyCompiler
+from agent.core.ports import DatapathControl, PolicyCompiler
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,10 @@ def labels_from_set(label_set: frozenset[str]) -> dict[str, str]:
     return out
 
 
-async def restore_lost_endpoints(table: EndpointTable, datapath: Datapath, compiler: PolicyCompiler, state_dir: Path) -> list[int]:
-    """Reconcile the table with the datapath's records; returns the ids put back."""
-    restored: list[int] = []
+async def restore_lost_endpoints(table: EndpointTable, datapath: DatapathControl, compiler: PolicyCompiler, state_dir: Path) -> list[int]:
+    """Reconcile the table with the datapath's records; returns the ids put back
+    (endpoints.json is written once, with all of them)."""
+    restored: list[EndpointRecord] = []
     for ke in await datapath.attached_endpoints():
         if ke.endpoint_id in table:
             continue
@@ -66,7 +67,8 @@ async def restore_lost_endpoints(table: EndpointTable, datapath: Datapath, compi
                 f"{ke.identity} is unknown to {state_dir / 'identities.json'}: put those files back from a backup, or "
                 f"remove the pod (CNI DEL) or its veth, then start the agent again"
             )
-        clash = next((table.record(i) for i in table.ids() if (r := table.record(i)) is not None and r.ipv4 == ke.ipv4), None)
+        known = [r for i in table.ids() if (r := table.record(i)) is not None] + restored
+        clash = next((r for r in known if r.ipv4 == ke.ipv4), None)
         if clash is not None:
             raise EndpointRestoreError(
                 f"{where} is attached in the kernel, but {state_dir / 'endpoints.json'} gives its address to endpoint "
@@ -79,7 +81,7 @@ async def restore_lost_endpoints(table: EndpointTable, datapath: Datapath, compi
             ipv4=ke.ipv4,
             labels=labels_from_set(label_set),
         )
-        table.restore(rec)
-        restored.append(ke.endpoint_id)
+        restored.append(rec)
         log.warning("%s: not in endpoints.json; restored from the datapath's record with identity %d", where, ke.identity)
-    return restored
+    table.restore(restored)
+    return [r.id for r in restored]

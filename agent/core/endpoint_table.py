@@ -68,12 +68,16 @@ class EndpointTable:
                 return row.record
         return None
 
-    def restore(self, rec: EndpointRecord) -> None:
-        """Put back an endpoint the kernel still serves under this id (see
-        agent/core/endpoint_restore.py)."""
-        if rec.id in self._rows:
-            raise ValueError(f"endpoint {rec.id} is already in the table")
-        self._rows[rec.id] = _Row(rec)
+    def restore(self, records: list[EndpointRecord]) -> None:
+        """Put back endpoints the kernel still serves under their ids (see
+        agent/core/endpoint_restore.py); one write of endpoints.json for all."""
+        for rec in records:
+            if rec.id in self._rows:
+                raise ValueError(f"endpoint {rec.id} is already in the table")
+        if not records:
+            return
+        for rec in records:
+            self._rows[rec.id] = _Row(rec)
         self._persist()
 
     def upsert(self, req: EndpointCreate) -> tuple[EndpointRecord, bool]:

@@ -114,7 +114,7 @@ class PolicyErrorKind(enum.StrEnum):  # StrEnum: formats as its value ("map-full
     DATAPATH = "datapath"
 
 
-class PolicyError(_Model):
+class PolicyStatusError(_Model):
     kind: PolicyErrorKind
     message: str
 
@@ -129,7 +129,7 @@ class PolicyStatus(_Model):
     reason: str | None = Field(default=None, description="why it is not enforced on every endpoint it selects")
     endpoints: int = Field(default=0, description="endpoints enforcing it")
     revision: int = Field(default=0, description="policy revision it is enforced at")
-    errors: list[PolicyError] = Field(default_factory=list)
+    errors: list[PolicyStatusError] = Field(default_factory=list)
     stale: bool = Field(default=False, description="a newer version failed validation; this one is still enforced")
     warnings: list[str] = Field(default_factory=list)
 

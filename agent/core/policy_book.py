@@ -15,14 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.core.ports import LoadedFile, NamedPolicy, PolicyProblem
+from agent.core.ports import LoadedFile, LoadedPolicy, PolicyProblem
 
 
 @dataclass(frozen=True, slots=True)
 class BookEntry:
-    policy: NamedPolicy
+    """One policy in force and the file it came from. A new version of the
+    policy is a new entry, so `is` tells whether a regeneration has seen it."""
+
+    policy: LoadedPolicy
     source: Path
-    revision: int  # the policy revision at which this version came in
 
 
 class PolicyBook:
@@ -31,7 +33,7 @@ class PolicyBook:
         self._problems: dict[Path, tuple[PolicyProblem, ...]] = {}
         self._in_force: dict[str, BookEntry] | None = None  # cache, dropped on every change
 
-    def update_file(self, path: Path, loaded: LoadedFile, revision: int) -> bool:
+    def update_file(self, path: Path, loaded: LoadedFile) -> bool:
         """Take a freshly loaded file; returns True when the policies in force changed."""
         problems = list(loaded.problems)
         keys = [p.key for p in loaded.policies]
@@ -46,8 +48,7 @@ class PolicyBook:
         entries = []
         for pol in loaded.policies:
             prev = old.get(pol.key)
-            same = prev is not None and prev.policy.kind == pol.kind and prev.policy.document == pol.document
-            entries.append(prev if same and prev is not None else BookEntry(pol, path, revision))
+            entries.append(prev if prev is not None and prev.policy == pol else BookEntry(pol, path))
         new = tuple(entries)
         changed = [e.policy.key for e in new] != list(old) or any(e is not old.get(e.policy.key) for e in new)
         if new:

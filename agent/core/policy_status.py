@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.core.endpoint_table import LiveState
-from agent.core.models import EndpointState, PolicyError, PolicyErrorKind, PolicyStatus
+from agent.core.models import EndpointState, PolicyErrorKind, PolicyStatus, PolicyStatusError
 from agent.core.policy_book import BookEntry
 from agent.core.ports import PolicyProblem
 from policy.compiled import CompiledState
@@ -66,19 +66,23 @@ def policy_statuses(
     applied_revision: int,
     shadowed: Mapping[str, list[Path]] | None = None,
     compiled: CompiledState | None = None,
+    *,
+    applied: Mapping[str, BookEntry],
 ) -> list[PolicyStatus]:
-    """`compiled`: the state the last regeneration compiled, to blame a full map on its fillers."""
+    """`compiled`: the state the last regeneration compiled, to blame a full map
+    on its fillers; `applied`: the book entries it was compiled from (a policy
+    whose entry in force is another one is pending)."""
     shadowed = shadowed or {}
     out: dict[str, PolicyStatus] = {}
     stale_files = set(problems)
     blame = _map_full_blame(live, compiled)
     for key, entry in in_force.items():
-        name = entry.policy.name
-        errors: list[PolicyError] = []
+        name = entry.policy.ref_name
+        errors: list[PolicyStatusError] = []
         if entry.source in stale_files:
-            errors += [PolicyError(kind=PolicyErrorKind.VALIDATION, message=str(p)) for p in problems[entry.source]]
+            errors += [PolicyStatusError(kind=PolicyErrorKind.VALIDATION, message=str(p)) for p in problems[entry.source]]
         if key in compile_errors:
-            errors.append(PolicyError(kind=PolicyErrorKind.VALIDATION, message=compile_errors[key]))
+            errors.append(PolicyStatusError(kind=PolicyErrorKind.VALIDATION, message=compile_errors[key]))
         enforced = 0
         endpoint_errors = 0
         blocked: list[str] = []  # endpoints another policy's entries made fail
@@ -98,10 +102,10 @@ def policy_statuses(
                     message += f" ({fill.by_policy[name]} of those entries come from this policy)"
                 endpoint_errors += 1
                 if endpoint_errors <= _MAX_ENDPOINT_ERRORS:
-                    errors.append(PolicyError(kind=PolicyErrorKind(lv.failure.kind), message=message))
+                    errors.append(PolicyStatusError(kind=PolicyErrorKind(lv.failure.kind), message=message))
         if endpoint_errors > _MAX_ENDPOINT_ERRORS:
-            errors.append(PolicyError(kind=PolicyErrorKind.DATAPATH, message=f"... and {endpoint_errors - _MAX_ENDPOINT_ERRORS} more endpoints"))
-        pending = entry.revision > applied_revision or key in compile_errors
+            errors.append(PolicyStatusError(kind=PolicyErrorKind.DATAPATH, message=f"... and {endpoint_errors - _MAX_ENDPOINT_ERRORS} more endpoints"))
+        pending = applied.get(key) is not entry or key in compile_errors
         state = "error" if errors else ("not-enforced" if blocked else ("pending" if pending else "enforced"))
         reason = None
         if blocked:
@@ -134,6 +138,6 @@ def policy_statuses(
                 source=str(path),
                 state="error",
                 revision=applied_revision,
-                errors=[PolicyError(kind=PolicyErrorKind.VALIDATION, message=str(p)) for p in plist],
+                errors=[PolicyStatusError(kind=PolicyErrorKind.VALIDATION, message=str(p)) for p in plist],
             )
     return sorted(out.values(), key=lambda s: (s.name, s.kind or ""))

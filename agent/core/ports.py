@@ -1,13 +1,16 @@
-"""The small interfaces the agent core drives: policy compiler, datapath, proxy.
+"""The small interfaces the agent core drives: policy source and loader,
+compiler, kernel datapath, Envoy proxy, and the services started beside it.
 
-The daemon, the regeneration worker and the API only ever talk to these
-protocols; `agent/adapters/` binds them to the real `policy/`, `redirect/` and
-`xds/` modules, and the tests bind them to in-memory fakes. Pure types, no I/O.
+The core (agent/core/) only ever talks to these protocols; `agent/adapters/`
+binds them to the real `policy/`, `redirect/`, `xds/` and `sidecar/` modules,
+`agent/api/` is the service the daemon starts, and the tests bind the ports to
+in-memory fakes. pyproject's import-linter contract keeps the core from
+importing anything else of the kind. Pure types, no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -25,18 +28,23 @@ class EndpointSpec:
     ipv4: IPv4Address | None
 
 
-@dataclass(frozen=True, slots=True)
-class NamedPolicy:
-    """One parsed policy document.
+class LoadedPolicy(Protocol):
+    """One parsed policy as the loader hands it over and the compiler takes it
+    back, unchanged (policy.model.Policy is one): the core reads only these
+    three names and compares policies with ==.
 
-    `key` is unique per policy object ("Kind/ns/name"); `name` is what
+    `key` is unique per policy object ("Kind/ns/name"); `ref_name` is what
     RuleRef.policy and EndpointPolicy.selected_by say ("ns/name" or "name").
     """
 
-    key: str
-    name: str
-    kind: str
-    document: Any
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def ref_name(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +63,7 @@ class PolicyProblem:
 
 @dataclass(frozen=True, slots=True)
 class LoadedFile:
-    policies: tuple[NamedPolicy, ...] = ()
+    policies: tuple[LoadedPolicy, ...] = ()
     problems: tuple[PolicyProblem, ...] = ()
 
 
@@ -67,6 +75,36 @@ class Allocations:
     proxy_ports: Any = None
 
 
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Policy files that changed (or appeared) and files that went away."""
+
+    changed: frozenset[Path]
+    removed: frozenset[Path]
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.removed)
+
+
+OnPolicyChange = Callable[[Changes], Awaitable[None]]
+
+
+class PolicySource(Protocol):
+    """Tells the agent which policy files changed (a watched directory today)."""
+
+    async def poll_once(self) -> Changes:
+        """Look now; the changes found are handed to the callback before this returns."""
+        ...
+
+    async def run(self) -> None:
+        """Keep looking until cancelled."""
+        ...
+
+
+class PolicySourceFactory(Protocol):
+    def __call__(self, directory: Path, on_change: OnPolicyChange, interval: float) -> PolicySource: ...
+
+
 class PolicyLoader(Protocol):
     def load_file(self, path: Path) -> LoadedFile:
         """Parse and validate one file; never raises for bad content."""
@@ -76,7 +114,7 @@ class PolicyLoader(Protocol):
 class PolicyCompiler(Protocol):
     """Holds policies and endpoints; allocates identities and proxy ports."""
 
-    def upsert_policy(self, policy: NamedPolicy) -> None: ...
+    def upsert_policy(self, policy: LoadedPolicy) -> None: ...
 
     def delete_policy(self, key: str) -> None: ...
 
@@ -151,7 +189,9 @@ class KernelEndpoint:
     link_present: bool  # the veth it was attached to still exists
 
 
-class Datapath(Protocol):
+class DatapathControl(Protocol):
+    """The kernel side (redirect.datapath.Datapath behind agent/adapters/kernel_datapath.py)."""
+
     async def setup(self) -> None:
         """Global plumbing (pinned maps, proxy ip rule/route); idempotent."""
         ...
@@ -171,8 +211,9 @@ class Datapath(Protocol):
         kernel still enforces for), whether or not the agent's table knows it."""
         ...
 
-    async def apply(self, state: CompiledState, changed: frozenset[int]) -> ApplyOutcome:
-        """Make the kernel match `state`; `changed` names endpoints whose policy moved."""
+    async def apply(self, state: CompiledState) -> ApplyOutcome:
+        """Make the kernel match `state` (the datapath diffs it against what the
+        kernel holds, so unchanged endpoints cost a read, not a write)."""
         ...
 
     async def dump_policy(self, endpoint_id: int) -> list[DumpedEntry]: ...
@@ -215,3 +256,11 @@ class ProxyControl(Protocol):
     def access_log(self) -> AsyncIterator[Mapping[str, Any]]:
         """Envoy access-log entries as plain dicts (see agent.core.models.FlowEvent)."""
         ...
+
+
+class Service(Protocol):
+    """Something the daemon starts after the core and stops before it (the REST API)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...

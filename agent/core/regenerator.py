@@ -1,4 +1,5 @@
-"""One regeneration: compile, publish to Envoy and wait for its ACK, write the kernel, record.
+"""The Regenerator: one regeneration is compile, publish to Envoy and wait
+for its ACK, write the kernel, record.
 
 Order matters and follows Cilium: the proxy listener must be acknowledged by
 Envoy before the kernel redirects traffic to it, so the xDS snapshot goes out
@@ -6,7 +7,7 @@ first and the datapath is written after the ACK. When Envoy rejects or does
 not answer, the endpoints whose L7 config Envoy does not hold are written
 fail-closed (their redirect entries become denies) and marked not-ready with
 the reason. Only endpoints whose compiled policy changed are regenerated.
-I/O only through the PolicyCompiler, Datapath and ProxyControl ports.
+I/O only through the PolicyCompiler, DatapathControl and ProxyControl ports.
 
 Compiling can take seconds (20k toCIDR prefixes), so every call into the
 compiler runs in a worker thread (`offload`) while the event loop keeps
@@ -32,7 +33,7 @@ from agent.core.policy_book import BookEntry, PolicyBook
 from agent.core.ports import (
     Allocations,
     ApplyOutcome,
-    Datapath,
+    DatapathControl,
     EndpointSpec,
     Failure,
     PolicyCompiler,
@@ -105,13 +106,21 @@ class CompileResult:
     view: tuple = ()
 
 
+# How the publish to Envoy of one regeneration ended (the `outcome` label of
+# ciliate_proxy_publishes); None in a report: nothing new to publish.
+PUBLISH_ACKED = "acked"
+PUBLISH_REJECTED = "rejected"
+PUBLISH_TIMEOUT = "timeout"
+
+
 @dataclass(frozen=True, slots=True)
 class RegenerationReport:
     revision: int
     changed: frozenset[int]
     removed: frozenset[int]
-    published: bool
+    published: bool  # Envoy holds the L7 configuration of this revision
     failed: Mapping[int, Failure]
+    publish: str | None = None  # PUBLISH_* when a publish was attempted
 
 
 class Regenerator:
@@ -119,7 +128,7 @@ class Regenerator:
         self,
         *,
         compiler: PolicyCompiler,
-        datapath: Datapath,
+        datapath: DatapathControl,
         proxy: ProxyControl,
         table: EndpointTable,
         book: PolicyBook,
@@ -137,8 +146,12 @@ class Regenerator:
         self._retry = retry
         self.ack_timeout = ack_timeout
         self.realized: dict[int, EndpointPolicy] = {}
-        self.applied_revision = 0
+        # The last state written to the kernel; its revision is the agent's
+        # policy revision (RegenerationQueue counts it), not a second counter.
         self.last_state: CompiledState | None = None
+        # The book entries that state was compiled from: a policy whose entry
+        # in force is not this one (new, changed) is still pending.
+        self.applied_policies: Mapping[str, BookEntry] = {}
         self.compile_errors: dict[str, str] = {}
         self.last_report: RegenerationReport | None = None
         self._given: dict[str, BookEntry] = {}
@@ -223,7 +236,10 @@ class Regenerator:
         for eid, identity in res.identities.items():
             self._in_compiler.add(eid)
             live = self.table.live(eid)
-            # The endpoint's program is built for its identity: a new one means re-attach.
+            # One program serves every endpoint and apply() writes the identity into
+            # the lxc map; but the datapath's own record of the endpoint (read back
+            # by endpoint_restore.py when endpoints.json is lost) holds the identity
+            # attach wrote, so a new identity means re-attach to keep it true.
             reattach = live is not None and live.attached and live.identity not in (None, identity)
             self.table.set_live(eid, identity=identity, state=EndpointState.REGENERATING, reason=None, **({"attached": False} if reattach else {}))
 
@@ -234,20 +250,26 @@ class Regenerator:
         self._saved_alloc = alloc
 
     # --- the pipeline ------------------------------------------------------------
-    async def _publish(self, state: CompiledState, view: tuple) -> Failure | None:
+    @property
+    def applied_revision(self) -> int:
+        """The policy revision the kernel holds (0 before the first regeneration)."""
+        return self.last_state.revision if self.last_state is not None else 0
+
+    async def _publish(self, state: CompiledState, view: tuple) -> tuple[str | None, Failure | None]:
+        """(PUBLISH_* outcome or None when nothing changed, the failure if any)."""
         if view == self._published_view or (view == () and self._published_view is None):
-            return None
+            return None, None
         try:
             await self.proxy.publish(state, self.ack_timeout)
         except ProxyRejected as exc:
-            return Failure("envoy-nack", f"Envoy rejected the proxy configuration: {exc.detail}")
+            return PUBLISH_REJECTED, Failure("envoy-nack", f"Envoy rejected the proxy configuration: {exc.detail}")
         except ProxyTimeout as exc:
-            return Failure("envoy-timeout", f"Envoy did not acknowledge the proxy configuration: {exc}", transient=True)
+            return PUBLISH_TIMEOUT, Failure("envoy-timeout", f"Envoy did not acknowledge the proxy configuration: {exc}", transient=True)
         except Exception as exc:
-            return Failure("envoy-timeout", f"publishing to Envoy failed: {exc}", transient=True)
+            return PUBLISH_TIMEOUT, Failure("envoy-timeout", f"publishing to Envoy failed: {exc}", transient=True)
         self._published_view = view
         self._acked_l7 = {l7.proxy_port: l7 for ep in state.endpoints.values() for l7 in ep.l7}
-        return None
+        return PUBLISH_ACKED, None
 
     async def _new_host_ips(self) -> frozenset[IPv4Address] | None:
         """The host's addresses when they differ from what the compiler has, else None."""
@@ -298,7 +320,7 @@ class Regenerator:
             except Exception as exc:
                 failures[eid] = Failure("datapath", f"attaching to {rec.host_ifname} failed: {exc}", transient=True)
 
-        proxy_failure = await self._publish(state, res.view)
+        publish, proxy_failure = await self._publish(state, res.view)
         published = proxy_failure is None
         effective: dict[int, EndpointPolicy] = {}
         for eid, ep in endpoints.items():
@@ -310,7 +332,7 @@ class Regenerator:
         attached = {i: ep for i, ep in effective.items() if (lv := self.table.live(i)) is not None and lv.attached}
         apply_state = CompiledState(state.revision, attached, state.ipcache, state.identity_labels)
         try:
-            outcome = await self.datapath.apply(apply_state, frozenset(changed & attached.keys()))
+            outcome = await self.datapath.apply(apply_state)
         except Exception as exc:
             log.exception("datapath apply failed")
             outcome = ApplyOutcome({i: Failure("datapath", f"writing the kernel maps failed: {exc}", transient=True) for i in changed})
@@ -326,10 +348,10 @@ class Regenerator:
                 log.exception("detaching endpoint %d failed", eid)
 
         self._record(state, endpoints, changed, failures)
-        self.applied_revision = state.revision
         self.last_state = state
+        self.applied_policies = dict(self._given)
         await self.table.notify()
-        report = RegenerationReport(state.revision, frozenset(changed), frozenset(removed), published, dict(failures))
+        report = RegenerationReport(state.revision, frozenset(changed), frozenset(removed), published, dict(failures), publish)
         self.last_report = report
         if self.on_report is not None:
             self.on_report(report)

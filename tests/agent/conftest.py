@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.core.agent import Agent, AgentConfig
+from agent.daemon import Agent, AgentConfig, build_agent
 from tests.agent.fakes import FakeCompiler, FakeDatapath, FakeLoader, FakeProxy, compiler_factory
 
 
@@ -39,7 +39,7 @@ class Rig:
     def agent(self, **overrides) -> Agent:
         cfg = dict(state_dir=self.state_dir, policy_dir=self.policy_dir, metrics_port=None, poll_interval=3600.0, settle=0.0)  # tests poll explicitly
         cfg.update(overrides)
-        return Agent(
+        return build_agent(
             AgentConfig(**cfg),
             compiler_factory=compiler_factory(self.compilers),
             loader=self.loader,

@@ -23,7 +23,6 @@ from agent.core.ports import (
     Failure,
     KernelEndpoint,
     LoadedFile,
-    NamedPolicy,
     PolicyProblem,
     ProxyRejected,
     ProxyTimeout,
@@ -51,10 +50,23 @@ from policy.compiled import (
 
 @dataclass(frozen=True)
 class FakeDoc:
+    """A parsed fake policy; like policy.model.Policy it is what the loader
+    hands over and the compiler takes back (agent.core.ports.LoadedPolicy)."""
+
+    name: str
     selector: tuple[tuple[str, str], ...]
     allow_from: tuple[tuple[str, str], ...]
     port: int
     l7: bool
+    kind: str = "CiliumNetworkPolicy"
+
+    @property
+    def ref_name(self) -> str:
+        return f"default/{self.name}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.ref_name}"
 
 
 class FakeLoader:
@@ -76,18 +88,19 @@ class FakeLoader:
                 probs.append(PolicyProblem(str(path), f"[{i}].port", "must be an integer", d["name"]))
                 continue
             doc = FakeDoc(
+                d["name"],
                 tuple(sorted(d.get("selector", {}).items())),
                 tuple(sorted(d.get("allowFrom", {}).items())),
                 d.get("port", 80),
                 bool(d.get("l7", False)),
             )
-            pols.append(NamedPolicy(f"CiliumNetworkPolicy/default/{d['name']}", f"default/{d['name']}", "CiliumNetworkPolicy", doc))
+            pols.append(doc)
         return LoadedFile(tuple(pols), tuple(probs))
 
 
 class FakeCompiler:
     def __init__(self, allocations: Allocations | None) -> None:
-        self.policies: dict[str, NamedPolicy] = {}
+        self.policies: dict[str, FakeDoc] = {}
         self.endpoints: dict[int, EndpointSpec] = {}
         ids = (allocations.identities if allocations else None) or {}
         ports = (allocations.proxy_ports if allocations else None) or {}
@@ -108,9 +121,9 @@ class FakeCompiler:
             self.ports[key] = PROXY_PORT_MIN + len(self.ports)
         return self.ports[key]
 
-    def upsert_policy(self, policy: NamedPolicy) -> None:
-        if policy.name in {f"default/{r}" for r in self.reject}:
-            raise ValueError(f"{policy.name}: rejected by the compiler")
+    def upsert_policy(self, policy: FakeDoc) -> None:
+        if policy.name in self.reject:
+            raise ValueError(f"{policy.ref_name}: rejected by the compiler")
         self.policies[policy.key] = policy
 
     def delete_policy(self, key: str) -> None:
@@ -146,12 +159,12 @@ class FakeCompiler:
         eps: dict[int, EndpointPolicy] = {}
         for eid, spec in self.endpoints.items():
             labels = dict(spec.labels)
-            selecting = [p for p in self.policies.values() if all(labels.get(k) == v for k, v in p.document.selector)]
+            selecting = [p for p in self.policies.values() if all(labels.get(k) == v for k, v in p.selector)]
             entries: dict[PolicyKey, PolicyEntry] = {}
             l7: list[L7Policy] = []
-            for p in sorted(selecting, key=lambda p: p.name):
-                doc: FakeDoc = p.document
-                ref = RuleRef(p.kind, p.name, "spec.ingress[0]")
+            for p in sorted(selecting, key=lambda p: p.ref_name):
+                doc: FakeDoc = p
+                ref = RuleRef(p.kind, p.ref_name, "spec.ingress[0]")
                 peers = [o for o in self.endpoints.values() if all(o.labels.get(k) == v for k, v in doc.allow_from)]
                 for peer in peers:
                     key = PolicyKey(self._identity(peer.labels), Direction.INGRESS, Protocol.TCP, PortRange(doc.port, doc.port))
@@ -172,7 +185,7 @@ class FakeCompiler:
                 egress_enforced=False,
                 entries=tuple(sorted(entries.values(), key=lambda e: e.key)),
                 l7=tuple(sorted(l7, key=lambda x: x.key)),
-                selected_by=frozenset(p.name for p in selecting),
+                selected_by=frozenset(p.ref_name for p in selecting),
             )
         ipcache: dict[IPv4Network, int] = {IPv4Network("0.0.0.0/0"): IDENTITY_WORLD, IPv4Network("127.0.0.1/32"): IDENTITY_HOST}
         for eid, spec in self.endpoints.items():
@@ -196,7 +209,6 @@ class FakeDatapath:
         self.attached: dict[int, tuple[str, IPv4Address | None, int]] = {}
         self.detached: list[int] = []
         self.kernel: dict[int, dict[PolicyKey, tuple[Verdict, int]]] = {}
-        self.applies: list[frozenset[int]] = []
         self.writes: list[int] = []  # endpoints whose map content actually changed, per apply
         self.map_capacity: int | None = None
         self.fail_attach: set[int] = set()
@@ -225,8 +237,7 @@ class FakeDatapath:
         self.attached.pop(endpoint_id, None)
         self.kernel.pop(endpoint_id, None)
 
-    async def apply(self, state: CompiledState, changed: frozenset[int]) -> ApplyOutcome:
-        self.applies.append(changed)
+    async def apply(self, state: CompiledState) -> ApplyOutcome:
         failed = {}
         for eid, ep in state.endpoints.items():
             want = ep.kernel_entries()

@@ -8,7 +8,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory
-from agent.core.agent import Agent, AgentConfig
+from agent.daemon import Agent, AgentConfig, build_agent
 from agent.core.models import EndpointCreate, EndpointState
 from policy.compiled import Verdict
 from tests.agent.fakes import FakeDatapath, FakeProxy
@@ -18,7 +18,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "starwars"
 
 def make(tmp: Path, dp: FakeDatapath, proxy: FakeProxy) -> Agent:
     cfg = AgentConfig(state_dir=tmp / "state", policy_dir=tmp / "pol", metrics_port=None, settle=0.0)
-    return Agent(cfg, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=dp, proxy=proxy)
+    return build_agent(cfg, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=dp, proxy=proxy)
 
 
 async def test_starwars_l7_policy_with_the_real_compiler_survives_restart(tmp_path: Path) -> None:

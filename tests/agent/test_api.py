@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agent import cli
+from agent.cli import ciliate as cli
 from agent.api.server import ROUTES
 from agent.core.agent import Agent
 from agent.core.models import Endpoint, EndpointList, IdentityList, PolicyList, Status
@@ -122,7 +122,7 @@ async def test_metrics_on_loopback(served) -> None:
     agent, sock = served
     async with client(sock) as c:
         await c.post("/v1/endpoints", params={"wait": "5"}, json=BODY)
-    port = agent._api.metrics_port
+    port = agent.services[0].metrics_port
     async with httpx.AsyncClient() as h:
         text = (await h.get(f"http://127.0.0.1:{port}/metrics")).text
     assert 'ciliate_endpoints{state="ready"} 1.0' in text
@@ -134,7 +134,7 @@ async def test_flow_stream_filters_by_type(served, rig: Rig) -> None:
     async with client(sock) as c:
         async with c.stream("GET", "/v1/flows", params={"type": "l7"}) as resp:
             assert resp.headers["content-type"].startswith("application/x-ndjson")
-            while agent.core.flows.subscribers == 0:
+            while agent.flows.subscribers == 0:
                 await asyncio.sleep(0.01)
             rig.datapath.events.put_nowait({"type": "drop", "dst_port": 80})
             rig.proxy.log.put_nowait({"type": "l7", "method": "PUT", "path": "/v1/exhaust-port", "status": 403, "verdict": "denied"})
@@ -235,7 +235,7 @@ async def test_cli_monitor_json_lines(served, rig: Rig, capsys) -> None:
     agent, sock = served
 
     async def feed() -> None:
-        while agent.core.flows.subscribers == 0:
+        while agent.flows.subscribers == 0:
             await asyncio.sleep(0.01)
         rig.datapath.events.put_nowait({"type": "forward", "dst_port": 1})
         rig.datapath.events.put_nowait({"type": "drop", "dst_port": 80, "reason": "policy denied"})

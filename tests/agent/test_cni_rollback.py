@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import cni, cni_net
+from agent.cni import net as cni_net
+from agent.cni import plugin as cni
 from agent.api.client import AgentClient
 from agent.cni.net import Wired
 from tests.agent.conftest import Rig

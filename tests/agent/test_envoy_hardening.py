@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from agent.adapters.envoy_proxy import XdsProxy
-from agent.core.agent import Agent, AgentConfig
+from agent.daemon import AgentConfig, build_agent
 from agent.core.models import EndpointCreate
 from sidecar.supervisor import admin_client
 from tests.agent.fakes import FakeDatapath, FakeLoader, compiler_factory
@@ -54,7 +54,7 @@ class Node:
         self.state_dir = root / "state"
         self.proxy_port = free_port()
         self.proxy = XdsProxy(self.state_dir, render_params=RenderParams.test_only_loopback())
-        self.agent = Agent(
+        self.agent = build_agent(
             AgentConfig(state_dir=self.state_dir, policy_dir=root / "policies", metrics_port=None, poll_interval=3600.0, settle=0.0),
             compiler_factory=compiler_factory([]),
             loader=FakeLoader(),

@@ -48,7 +48,7 @@ def test_tied_fillers_are_all_blamed() -> None:
     from pathlib import Path
 
     from agent.core.policy_book import BookEntry
-    from agent.core.ports import NamedPolicy
+    from tests.agent.fakes import FakeDoc
     from policy.compiled import CompiledState, Direction, EndpointPolicy, PolicyEntry, PolicyKey, PortRange, Protocol, RuleRef, Verdict
 
     def entry(port: int, *policies: str) -> PolicyEntry:
@@ -61,8 +61,8 @@ def test_tied_fillers_are_all_blamed() -> None:
     compiled = CompiledState(3, {7: ep}, {})
     failure = Failure("map-full", str(MapFullError("policy map", 4, 2, 7)))
     live = {7: LiveState(state=EndpointState.NOT_READY, policies=names, failure=failure)}
-    book = {f"CiliumNetworkPolicy/{n}": BookEntry(NamedPolicy(f"CiliumNetworkPolicy/{n}", n, "CiliumNetworkPolicy", None), Path("/p.yaml"), 1) for n in names}
-    st = {s.name: s for s in policy_statuses(book, {}, {}, live, 3, None, compiled)}
+    book = {f"CiliumNetworkPolicy/{n}": BookEntry(FakeDoc(n.removeprefix("default/"), (), (), 80, False), Path("/p.yaml")) for n in names}
+    st = {s.name: s for s in policy_statuses(book, {}, {}, live, 3, None, compiled, applied=book)}
     assert (st["default/a"].state, st["default/b"].state, st["default/c"].state) == ("error", "error", "not-enforced")
     assert st["default/c"].reason == "endpoint 7: its policy map is full, mostly with entries of default/a, default/b"
 
@@ -71,12 +71,12 @@ def test_map_full_message_names_the_endpoint_once() -> None:
     from pathlib import Path
 
     from agent.core.policy_book import BookEntry
-    from agent.core.ports import NamedPolicy
+    from tests.agent.fakes import FakeDoc
 
     failure = Failure("map-full", str(MapFullError("policy map", 21, 8, 1)))
     live = {1: LiveState(state=EndpointState.NOT_READY, policies=("default/p",), failure=failure)}
-    book = {"CiliumNetworkPolicy/default/p": BookEntry(NamedPolicy("CiliumNetworkPolicy/default/p", "default/p", "CiliumNetworkPolicy", None), Path("/p.yaml"), 1)}
-    (st,) = policy_statuses(book, {}, {}, live, 1)
+    book = {"CiliumNetworkPolicy/default/p": BookEntry(FakeDoc("p", (), (), 80, False), Path("/p.yaml"))}
+    (st,) = policy_statuses(book, {}, {}, live, 1, applied=book)
     (err,) = st.errors
     assert err.message.startswith("endpoint 1: policy map would hold 21 entries but its capacity is 8")
     assert err.message.count("endpoint 1") == 1

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory
 from agent.api.client import AgentClient
-from agent.core.agent import Agent, AgentConfig
+from agent.daemon import Agent, AgentConfig, build_agent
 from agent.core.models import EndpointCreate, EndpointState
 from tests.agent.fakes import FakeDatapath, FakeProxy
 
@@ -111,7 +111,7 @@ async def test_api_answers_while_twenty_thousand_cidrs_are_added_and_removed(tmp
     policy_dir = tmp_path / "policies"
     policy_dir.mkdir()
     datapath = FakeDatapath()
-    agent = Agent(
+    agent = build_agent(
         AgentConfig(state_dir=tmp_path / "state", policy_dir=policy_dir, socket_path=socket, metrics_port=None, poll_interval=3600.0, settle=0.0),
         compiler_factory=make_compiler_factory(),
         loader=PolicyFileLoader(),

@@ -1,0 +1,43 @@
+"""The daemon: the agent core wired to its policy source and its REST API.
+
+The core (agent/core/) knows neither; this is the one place that plugs the
+directory watcher (agent/adapters/policy_directory.py) and the API server
+(agent/api/server.py) into it. `ciliate agent` adds the kernel, Envoy and
+policy adapters (agent/cli/agent_commands.py); tests and benchmarks pass
+fakes for those and get the same daemon.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from ipaddress import IPv4Address
+
+from agent.adapters.policy_directory import DirectoryWatcher
+from agent.api.server import ApiServer
+from agent.core.agent import Agent, AgentConfig
+from agent.core.ports import CompilerFactory, DatapathControl, PolicyLoader, ProxyControl
+
+__all__ = ["Agent", "AgentConfig", "build_agent"]
+
+
+def build_agent(
+    config: AgentConfig,
+    *,
+    compiler_factory: CompilerFactory,
+    loader: PolicyLoader,
+    datapath: DatapathControl,
+    proxy: ProxyControl,
+    host_ips: Callable[[], Iterable[IPv4Address]] | None = None,
+) -> Agent:
+    """An Agent that watches config.policy_dir (when set) and serves the REST
+    API on config.socket and metrics on config.metrics_port once started."""
+    return Agent(
+        config,
+        compiler_factory=compiler_factory,
+        loader=loader,
+        datapath=datapath,
+        proxy=proxy,
+        policy_source=DirectoryWatcher,
+        services=(ApiServer,),
+        host_ips=host_ips,
+    )
