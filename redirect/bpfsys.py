@@ -28,7 +28,7 @@ _NR_BPF = 321  # x86_64
 # enum bpf_cmd
 MAP_CREATE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 0, 1, 2, 3, 4
 PROG_LOAD, OBJ_PIN, OBJ_GET = 5, 6, 7
-PROG_GET_FD_BY_ID, MAP_GET_FD_BY_ID, OBJ_GET_INFO_BY_FD = 13, 14, 15
+OBJ_GET_INFO_BY_FD = 15
 ENABLE_STATS = 32
 
 # enum bpf_map_type (the ones we use)
@@ -151,14 +151,6 @@ def items(fd: int, key_size: int, value_size: int) -> dict[bytes, bytes]:
     return out
 
 
-def map_fd_by_id(map_id: int) -> int:
-    return _bpf(MAP_GET_FD_BY_ID, _attr(struct.pack("=III", map_id, 0, 0)))
-
-
-def prog_fd_by_id(prog_id: int) -> int:
-    return _bpf(PROG_GET_FD_BY_ID, _attr(struct.pack("=III", prog_id, 0, 0)))
-
-
 @dataclass(frozen=True, slots=True)
 class MapInfo:
     type: int
@@ -208,14 +200,6 @@ def test_run(prog_fd: int, data: bytes, repeat: int) -> tuple[int, int]:
     retval, = struct.unpack_from("=I", attr.raw, 4)
     duration, = struct.unpack_from("=I", attr.raw, 36)
     return retval, duration
-
-
-def prog_info_by_id(prog_id: int) -> ProgInfo:
-    fd = prog_fd_by_id(prog_id)
-    try:
-        return prog_info(fd)
-    finally:
-        os.close(fd)
 
 
 def load_drop_program(name: str = "ciliate_block") -> int:

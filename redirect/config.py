@@ -1,15 +1,19 @@
-"""The generated config headers: one shared, one per endpoint.
+"""The generated headers: the shared one every program is compiled against,
+and a per-endpoint one that nothing compiles. Pure rendering plus two small
+writers.
 
-Pure rendering plus two small writers. `datapath_config.h` (with the layout
-asserts in `layout_check.h` next to it) holds what every program of an
-install is compiled against: map pins, sizes, proxy address. Its hash and
-the program text name the compiled program, so every endpoint shares one
-build and a change of either rebuilds (as Cilium skips a rebuild when the
-header is unchanged).
+`datapath_config.h` (with the layout asserts in `layout_check.h` next to it)
+holds what every program of an install is compiled against: map pins, sizes,
+proxy address. Its hash and the program text name the compiled program, so
+every endpoint shares one build and a change of either rebuilds (as Cilium
+skips a rebuild when the header is unchanged).
 
-`ep_config.h` in the endpoint's state directory is for the operator: it is
-not compiled in any more, it documents the map entries through which the
-shared program finds this endpoint's values at run time.
+`ep_config.h` in the endpoint's state directory is kept for operators, where
+Cilium keeps its per-endpoint header: it is never compiled (every endpoint
+runs the shared program, which reads its endpoint's values from the pinned
+maps at run time), it states which program the endpoint runs and the map
+entries that program finds it by, with the values attach wrote. The live
+values are `ciliate endpoint get` and `ciliate bpf policy get`.
 """
 
 from __future__ import annotations

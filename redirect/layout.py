@@ -140,6 +140,24 @@ class Reason(enum.IntEnum):
 
 DIR_NONE = 255
 
+# skb->mark magics in the 0x0F00 nibble (bpf/lib/proxy.h MARK_MAGIC_*), the
+# encoding Cilium uses. The one Python home of these values: the ip rule
+# (redirect/proxy_route.py) and Envoy's upstream SO_MARK (the agent passes it
+# into xds's RenderParams) take them from here. They are macros of proxy.h,
+# which needs the program's types, so tests/datapath/test_layout_marks.py
+# checks them against the header's text rather than by compiling.
+MARK_MAGIC_MASK = 0x0F00
+MARK_MAGIC_TO_PROXY = 0x0200  # | htons(proxy_port) << 16: a flow sent to that proxy port
+MARK_MAGIC_PROXY_ORIGIN = 0x0B00  # SO_MARK of the proxy's upstream sockets
+MARK_MAGIC_DECIDED = 0x0C00  # passed by from_container: the destination's to_container skips its lookup
+
+MARKS: dict[str, int] = {
+    "MARK_MAGIC_MASK": MARK_MAGIC_MASK,
+    "MARK_MAGIC_TO_PROXY": MARK_MAGIC_TO_PROXY,
+    "MARK_MAGIC_PROXY_ORIGIN": MARK_MAGIC_PROXY_ORIGIN,
+    "MARK_MAGIC_DECIDED": MARK_MAGIC_DECIDED,
+}
+
 # C struct name -> Python mirror. Every field of the Python class must exist
 # in C with the same offset, and the sizes must agree.
 MIRRORS: dict[str, type[ctypes.Structure]] = {

@@ -1,5 +1,6 @@
-"""Proxy plumbing: the policy routing that turns a marked packet into local
-delivery. Does I/O (netlink). Idempotent set-up and tear-down.
+"""The to-proxy route: the policy routing that turns a packet marked for a
+proxy port into local delivery. Does I/O (netlink). Idempotent set-up and
+tear-down. (Envoy itself is agent/adapters/envoy_proxy.py and sidecar/.)
 
     ip rule add fwmark 0x200/0xf00 lookup 2004 pref 9
     ip route add local 0.0.0.0/0 dev lo table 2004
@@ -27,10 +28,11 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from redirect.errors import PlumbingError
+from redirect.layout import MARK_MAGIC_MASK as MARK_MASK
+from redirect.layout import MARK_MAGIC_PROXY_ORIGIN as PROXY_ORIGIN_MARK
+from redirect.layout import MARK_MAGIC_TO_PROXY as TO_PROXY_MARK
 
-TO_PROXY_MARK = 0x0200
-MARK_MASK = 0x0F00
-PROXY_ORIGIN_MARK = 0x0B00  # SO_MARK on the proxy's upstream sockets
+__all__ = ["MARK_MASK", "PROXY_ORIGIN_MARK", "TO_PROXY_MARK", "setup", "teardown", "is_set_up", "to_proxy_mark"]
 ROUTE_TABLE = 2004
 RULE_PRIORITY = 9
 

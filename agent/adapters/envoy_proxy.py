@@ -46,6 +46,7 @@ from sidecar.supervisor import EnvoySupervisor, admin_client
 from xds.accesslog import AccessLogServer
 from xds.cache import SnapshotCache
 from xds.errors import AckTimeout, EnvoyError, NackError, XdsError
+from redirect.layout import MARK_MAGIC_PROXY_ORIGIN
 from xds.render import Renderer, RenderParams
 from xds.resources import LISTENER
 from xds.server import XdsServer
@@ -92,7 +93,9 @@ class XdsProxy:
         log_sock = None if accesslog_tcp else str(run_dir / "accesslog.sock")
         self.server = XdsServer(self.cache, socket_path=xds_sock, tcp=xds_tcp)
         self.accesslog = AccessLogServer(socket_path=log_sock, tcp=accesslog_tcp)
-        self.renderer = Renderer(render_params)
+        # Envoy's upstream sockets carry the mark the datapath recognises as
+        # proxy-originated; its one home is redirect/layout.py (checked against bpf/).
+        self.renderer = Renderer(render_params or RenderParams(upstream_mark=MARK_MAGIC_PROXY_ORIGIN))
         self.supervisor = (
             EnvoySupervisor(node_id, xds_socket=xds_sock, accesslog_socket=log_sock, workdir=run_dir / "envoy")
             if spawn_envoy
