@@ -9,7 +9,8 @@ Modules, one job each:
   selector  label selectors and the identity index that resolves them
   identity  IdentityAllocator, ProxyPortAllocator (JSON-persistable)
   model     the validated policy model the compiler reads
-  parse     one Kubernetes object -> Policy (all validation lives here)
+  api/      the accepted input, declared (pydantic; all validation lives here)
+  parse     one Kubernetes object -> Policy (validated by api/, then converted)
   load      files and directories -> LoadResult (the only file I/O)
   merge     per-identity atoms -> disjoint entries and L7 peer rules
   compiler  Compiler (incremental) and compile_state (one shot)

@@ -1,6 +1,6 @@
 """Kubernetes label syntax, checked in one place.
 
-Used by policy/parse.py for selector keys and values and by the agent's
+Used by policy/api/selectors.py for selector keys and values and by the agent's
 REST model for the labels the CNI plugin registers. A key is an optional
 DNS-1123 subdomain prefix (at most 253 characters) and '/', then a name of
 at most 63 characters; a value is empty or at most 63 characters; names and
