@@ -17,11 +17,11 @@ from pydantic import ValidationError
 
 from policy import api
 from policy.api.documents import CiliumNetworkPolicy, NetworkPolicy
-from policy.api.http import PortRuleHTTP, compile_regex, split_header
+from policy.api.http import PortRuleHTTP, split_header
 from policy.api.netpol import NetworkPolicySpec
 from policy.api.peers import NetworkPolicyPeer
 from policy.api.ports import PortRule as PortRuleIn
-from policy.api.rule import CiliumRule
+from policy.api.rule import CiliumItem, CiliumRule
 from policy.api.selectors import Selector
 from policy.compiled import ALL_PORTS, Direction, HeaderMatch, HTTPRule, Protocol, RuleRef
 from policy.endpoint import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX, strip_source
@@ -29,7 +29,7 @@ from policy.errors import PolicyError, PolicyErrors
 from policy.model import KIND_CCNP, AnyPeer, CIDRPeer, EndpointPeer, EntityPeer, Peer, Policy, PolicySpec, PortRule, PortSpec, Rule
 from policy.selector import LabelSelector, Requirement
 
-__all__ = ["compile_regex", "parse_object"]
+__all__ = ["parse_object"]
 
 _SECTIONS = {
     "ingress": (Direction.INGRESS, False),
@@ -73,8 +73,8 @@ def _policy(d: api.Document, source: str, doc: int | None) -> Policy:
 
 
 def _selector(s: Selector, key_map: Callable[[str], str] = strip_source) -> LabelSelector:
-    reqs = [Requirement(key_map(k), "In", (v,)) for k, v in (s.matchLabels or {}).items()]
-    reqs += [Requirement(key_map(e.key), e.operator, tuple(sorted(set(e.values or ())))) for e in s.matchExpressions or ()]
+    reqs = [Requirement(key_map(k), "In", (v,)) for k, v in s.matchLabels.items()]
+    reqs += [Requirement(key_map(e.key), e.operator, tuple(sorted(set(e.values)))) for e in s.matchExpressions]
     return LabelSelector.of(reqs)
 
 
@@ -113,8 +113,7 @@ def _cilium_spec(r: CiliumRule, path: str, kind: str, namespace: str | None, ref
     return PolicySpec(subject, tuple(rules), enforce[Direction.INGRESS], enforce[Direction.EGRESS])
 
 
-def _cilium_rule(item: Any, direction: Direction, deny: bool, namespace: str | None, ref: RuleRef) -> Rule:
-    """item: an Ingress/Egress(Deny)Rule; their peer fields share names."""
+def _cilium_rule(item: CiliumItem, direction: Direction, deny: bool, namespace: str | None, ref: RuleRef) -> Rule:
     peers: list[Peer] = []
     for s in item.endpoints or ():
         if s.entity is not None:

@@ -8,9 +8,8 @@ keeps and we accept without effect. Pure.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
-
-from pydantic import BaseModel
 
 from policy.api.base import Strict
 from policy.api.peers import EgressPeers, IngressPeers
@@ -35,6 +34,10 @@ class EgressDenyRule(EgressPeers):
     toPorts: list[DenyPortRule] | None = None
 
 
+# One ingress/egress (deny) item; the peer fields share names across directions.
+CiliumItem = IngressRule | IngressDenyRule | EgressRule | EgressDenyRule
+
+
 class DefaultDeny(Strict):
     """`false` keeps a direction open although the rule has items for it."""
 
@@ -53,7 +56,7 @@ class CiliumRule(Strict):
     labels: Any = None
     description: Any = None
 
-    def items(self) -> list[tuple[str, list[BaseModel]]]:
+    def items(self) -> list[tuple[str, Sequence[CiliumItem]]]:
         """(section name, its items) for every section present, in a fixed order."""
         sections = (("ingress", self.ingress), ("ingressDeny", self.ingressDeny), ("egress", self.egress), ("egressDeny", self.egressDeny))
-        return [(name, list(items)) for name, items in sections if items is not None]
+        return [(name, items) for name, items in sections if items is not None]
