@@ -33,6 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidecar.leftover import envoys_using
+
 NETNS_DIR = Path("/var/run/netns")
 PY = sys.executable
 
@@ -198,17 +200,7 @@ class Node:
     def envoy_pids(self) -> list[int]:
         """Every Envoy process of this node (the supervised one, and one a
         killed agent left behind until the next agent retires it)."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv and b"envoy" in argv[0].rsplit(b"/", 1)[-1] and any(str(self.workdir).encode() in a for a in argv):
-                found.append(int(entry.name))
-        return sorted(found)
+        return envoys_using(self.state / "envoy" / "bootstrap.json")
 
     def status(self) -> dict:
         """`ciliate status -o json`, also while degraded (it then exits 1)."""

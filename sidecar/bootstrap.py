@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from xds.errors import EnvoyError
+from sidecar.errors import EnvoyError
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
 ACCESSLOG_CLUSTER = "ciliate-accesslog"

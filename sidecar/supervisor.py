@@ -30,7 +30,7 @@ from pathlib import Path
 import envoy
 import httpx
 
-from xds.errors import EnvoyError
+from sidecar.errors import EnvoyError
 
 from .bootstrap import BootstrapParams, Endpoint, admin_section, render_bootstrap, write_private
 

@@ -6,16 +6,10 @@ and waits for the Envoy node's ACK; NACK text and ACK timeouts come back as
 ProxyRejected / ProxyTimeout. With `spawn_envoy=False` an external Envoy
 (e.g. the docker-compose sidecar) connects to the same socket instead.
 
-An Envoy left running by an agent that was killed (it runs in its own
-session, so it outlives the agent and keeps serving L7 meanwhile) is found
-by its bootstrap path in /proc and retired once the new one is ready and has
-acknowledged this agent's first configuration (before that it may not have
-the listeners yet, and connections would find no proxy socket). Retiring
-drains it gracefully through its admin API before SIGTERM, so requests in
-flight on it finish; the two share the listener ports (SO_REUSEPORT) during
-the overlap. Each Envoy has its own admin socket (root only); the old one's
-is read from the bootstrap file it was started with, before the new Envoy's
-bootstrap replaces that file.
+An Envoy left running by an agent that was killed is found and retired by
+sidecar/leftover.py, once the new one is ready and has acknowledged this
+agent's first configuration (before that it may not have the listeners yet,
+and connections would find no proxy socket); this adapter only decides when.
 
 While Envoy runs, a check every LISTENER_CHECK_SECONDS compares the listeners
 of the configuration Envoy ACKed with the listening sockets Envoy really
@@ -31,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,40 +33,26 @@ import httpx
 
 from agent.core.ports import ProxyRejected, ProxyTimeout
 from policy.compiled import CompiledState
+from redirect.layout import MARK_MAGIC_PROXY_ORIGIN
 from sidecar.bootstrap import read_admin_socket
+from sidecar.leftover import envoys_using, retire
 from sidecar.listeners import ListenerFault, listener_faults
-from sidecar.supervisor import EnvoySupervisor, admin_client
+from sidecar.errors import EnvoyError
+from sidecar.supervisor import EnvoySupervisor
 from xds.accesslog import AccessLogServer
 from xds.cache import SnapshotCache
-from xds.errors import AckTimeout, EnvoyError, NackError, XdsError
-from redirect.layout import MARK_MAGIC_PROXY_ORIGIN
+from xds.errors import AckTimeout, NackError, XdsError
 from xds.render import Renderer, RenderParams
 from xds.resources import LISTENER
 from xds.server import XdsServer
 
 DEFAULT_NODE_ID = "ciliate-sidecar"
 RETIRE_AFTER = 30.0  # seconds to wait for the new Envoy before retiring the old one anyway
-DRAIN_SECONDS = 1.5  # the supervisor starts Envoy with --drain-time-s 1; a margin on top
 LISTENER_CHECK_SECONDS = 1.0
 # Consecutive failed checks before Envoy is restarted: a listener Envoy has just
 # ACKed may still be warming (not yet listed) for a moment.
 LISTENER_STRIKES = 2
 log = logging.getLogger(__name__)
-
-
-def envoys_using(bootstrap: Path, proc: Path = Path("/proc")) -> list[int]:
-    """Pids of Envoy processes started with this bootstrap file."""
-    found = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and b"envoy" in Path(argv[0].decode(errors="replace")).name.encode() and str(bootstrap).encode() in argv:
-            found.append(int(entry.name))
-    return sorted(found)
 
 
 class XdsProxy:
@@ -150,19 +129,7 @@ class XdsProxy:
             await self.supervisor.wait_ready(RETIRE_AFTER)
         except Exception as exc:
             log.warning("new Envoy not ready (%s); retiring the previous one anyway", exc or type(exc).__name__)
-        if old_admin is not None:
-            await _drain(old_admin)
-        else:
-            log.info("the previous Envoy has no admin socket on record; retiring it without a drain")
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGTERM)
-                log.info("retired Envoy pid %d left by a previous agent", pid)
-            except ProcessLookupError:
-                pass
-        # Envoy leaves its socket file behind; only ever one in our work directory.
-        if old_admin is not None and Path(old_admin).parent == self.supervisor.workdir:
-            Path(old_admin).unlink(missing_ok=True)
+        await retire(pids, old_admin, self.supervisor.workdir)
 
     def _expected_listeners(self) -> frozenset[str] | None:
         """Listener names of the configuration Envoy ACKed last, or None while
@@ -276,19 +243,3 @@ class XdsProxy:
                 "verdict": "denied" if e.denied else "forwarded",
                 "summary": f"{e.method} http://{e.authority}{e.path} -> {e.status}",
             }
-
-
-async def _drain(admin: str) -> None:
-    """Gracefully drain an Envoy's listeners (it tells HTTP clients to close,
-    then stops accepting) through its admin socket and give it the drain
-    time; best effort."""
-    try:
-        async with admin_client(admin, timeout=2.0) as client:
-            resp = await client.post("/drain_listeners", params={"graceful": ""})
-        if resp.status_code != 200:
-            log.warning("draining the previous Envoy at %s: HTTP %d %s", admin, resp.status_code, resp.text[:200])
-            return
-    except httpx.HTTPError as exc:
-        log.warning("draining the previous Envoy at %s failed: %s", admin, exc)
-        return
-    await asyncio.sleep(DRAIN_SECONDS)

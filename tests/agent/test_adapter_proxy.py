@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.adapters.envoy_proxy import XdsProxy, envoys_using
+from agent.adapters.envoy_proxy import XdsProxy
+from sidecar.leftover import envoys_using
 from sidecar.bootstrap import read_admin_socket
 from sidecar.supervisor import admin_client
 from agent.core.ports import ProxyRejected
