@@ -49,12 +49,14 @@ def rds_source(route_config: str, rds_directory: str | None) -> bytes:
     # One directory per route configuration: Envoy re-reads every file whose
     # watched directory saw a move, so sharing one would reload them all.
     sub = f"{rds_directory}/{route_config}"
-    path = pb.PathConfigSource.path(f"{sub}/routes.pb") + pb.PathConfigSource.watched_directory(pb.WatchedDirectory.path(sub))
+    watched = pb.PathConfigSource.watched_directory(pb.WatchedDirectory.path(sub))
+    path = pb.PathConfigSource.path(f"{sub}/routes.pb") + watched
     return pb.ConfigSource.path_config_source(path) + v3
 
 
 def _http_filter(name: str, type_url: str, config: bytes) -> bytes:
-    return pb.HttpConnectionManager.http_filters(pb.HttpFilter.name(name), pb.HttpFilter.typed_config(any_(type_url, config)))
+    config_any = pb.HttpFilter.typed_config(any_(type_url, config))
+    return pb.HttpConnectionManager.http_filters(pb.HttpFilter.name(name), config_any)
 
 
 def _grpc_access_log(log_name: str, cluster: str) -> bytes:
@@ -64,7 +66,8 @@ def _grpc_access_log(log_name: str, cluster: str) -> bytes:
         common.grpc_service(pb.GrpcService.envoy_grpc(pb.EnvoyGrpc.cluster_name(cluster))),
         common.transport_api_version(ApiVersion.V3),
     )
-    return pb.HttpConnectionManager.access_log(pb.AccessLog.name(GRPC_ALS_NAME), pb.AccessLog.typed_config(any_(GRPC_ALS_URL, als)))
+    config_any = pb.AccessLog.typed_config(any_(GRPC_ALS_URL, als))
+    return pb.HttpConnectionManager.access_log(pb.AccessLog.name(GRPC_ALS_NAME), config_any)
 
 
 def _denied_reply() -> bytes:
@@ -113,7 +116,9 @@ def listener(
     """Listener on address:port. `original_port`: serve only connections whose
     local address (the original destination) has this port; None for all."""
     lst = pb.Listener
-    chain_match = b"" if original_port is None else pb.FilterChain.filter_chain_match(pb.FilterChainMatch.destination_port(original_port))
+    chain_match = b""
+    if original_port is not None:
+        chain_match = pb.FilterChain.filter_chain_match(pb.FilterChainMatch.destination_port(original_port))
     hcm_filter = pb.FilterChain.filters(pb.Filter.name(HCM_FILTER), pb.Filter.typed_config(any_(HCM_URL, hcm)))
     return (
         lst.name(name)

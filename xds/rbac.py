@@ -134,7 +134,8 @@ def receiver_per_route(receivers: tuple[ReceiverRules, ...], perms: dict[int, li
     sender: 403); a request to any other destination passes this filter (the
     sender's own rules still apply in the filter before)."""
     if receivers:
-        others = pb.Permission.not_rule(_any_of(pb.Permission.destination_ip(cidr(IPv4Network(r.ipv4))) for r in receivers))
+        addresses = (pb.Permission.destination_ip(cidr(IPv4Network(r.ipv4))) for r in receivers)
+        others = pb.Permission.not_rule(_any_of(addresses))
     else:
         others = _ANY_PERMISSION
     policies = [("other-destinations", pb.Policy.permissions(others) + _ANYONE)]

@@ -72,7 +72,15 @@ from .resources import CLUSTER, LISTENER, ROUTE, Resource
 from .routes import route_configuration
 from .snapshot import Snapshot
 
-__all__ = ["RECEIVER_RBAC_FILTER", "OriginalDst", "RenderParams", "Renderer", "listener_name", "render", "route_config_name"]
+__all__ = [
+    "RECEIVER_RBAC_FILTER",
+    "OriginalDst",
+    "RenderParams",
+    "Renderer",
+    "listener_name",
+    "render",
+    "route_config_name",
+]
 
 PROXY_UPSTREAM_MARK = 0x0B00  # a default only: the agent passes redirect/layout.py's MARK_MAGIC_PROXY_ORIGIN
 

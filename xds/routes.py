@@ -32,5 +32,6 @@ def route_configuration(
     if original_dst_header is not None:
         # Overwrite, so a client can never choose the upstream.
         header = pb.HeaderValue.key(original_dst_header) + pb.HeaderValue.value("%DOWNSTREAM_LOCAL_ADDRESS%")
-        body += rc.request_headers_to_add(pb.HeaderValueOption.header(header), pb.HeaderValueOption.append_action(_OVERWRITE))
+        option = pb.HeaderValueOption.header(header) + pb.HeaderValueOption.append_action(_OVERWRITE)
+        body += rc.request_headers_to_add(option)
     return body

@@ -37,7 +37,7 @@ from envoy_data_plane.envoy.service.discovery.v3 import DeltaDiscoveryResponse, 
 from envoy_data_plane.envoy.service.discovery.v3 import Resource as DiscoveryResource
 from envoy_data_plane.google.protobuf import Any, Duration
 
-from .schema import LEN, VARINT, FieldSpec, SchemaError, spec, specs
+from .schema import VARINT, FieldSpec, SchemaError, spec, specs
 
 _ONE_BYTE = [bytes((i,)) for i in range(0x80)]
 

@@ -14,7 +14,12 @@ from policy.compiled import (
     HTTPRule,
     L7PeerRule,
     L7Policy,
+    PolicyEntry,
+    PolicyKey,
+    PortRange,
+    Protocol,
     RedirectKey,
+    Verdict,
 )
 
 CLIENT_IDENTITY = 1000  # 127.0.0.1: the test client
@@ -66,3 +71,31 @@ def many_rules(n: int, idents=(CLIENT_IDENTITY,)) -> tuple[L7PeerRule, ...]:
         rule(idents, method="GET|HEAD", path=f"/api/v1/items/{i}(/.*)?", headers=(("x-team", f"t{i % 7}"),))
         for i in range(n)
     )
+
+
+SENDER, RECEIVER, THIRD = 2000, 3000, 4000
+EGRESS_PORT, INGRESS_PORT = 15001, 15002
+
+
+def sender_and_receiver(receiver_ip: str = "10.0.0.2", receiver_rules=None, receiver_verdict=Verdict.REDIRECT, egress_port: int = EGRESS_PORT) -> CompiledState:
+    """A sender (endpoint 1) whose egress proxy on port 80 takes GET, and a
+    receiver (endpoint 2) whose ingress on port 80 takes GET /public... from
+    the sender (or `receiver_rules`)."""
+    sender = EndpointPolicy(
+        1, SENDER, IPv4Address("10.0.0.1"), False, True,
+        entries=(PolicyEntry(PolicyKey(0, Direction.EGRESS, Protocol.TCP, PortRange(80, 80)), Verdict.REDIRECT, egress_port),),
+        l7=(L7Policy(RedirectKey(1, Direction.EGRESS, 80), egress_port, (L7PeerRule(frozenset({0}), HTTPRule(method="GET")),)),),
+    )
+    rules = receiver_rules if receiver_rules is not None else (L7PeerRule(frozenset({SENDER}), HTTPRule(method="GET", path="/public(/.*)?")),)
+    port = INGRESS_PORT if receiver_verdict == Verdict.REDIRECT else 0
+    receiver = EndpointPolicy(
+        2, RECEIVER, IPv4Address(receiver_ip), True, False,
+        entries=(PolicyEntry(PolicyKey(SENDER, Direction.INGRESS, Protocol.TCP, PortRange(80, 80)), receiver_verdict, port),),
+        l7=(L7Policy(RedirectKey(2, Direction.INGRESS, 80), INGRESS_PORT, rules),),
+    )
+    ipcache = {
+        IPv4Network("0.0.0.0/0"): IDENTITY_WORLD,
+        IPv4Network("10.0.0.1/32"): SENDER,
+        IPv4Network(f"{receiver_ip}/32"): RECEIVER,
+    }
+    return CompiledState(1, {1: sender, 2: receiver}, ipcache)

@@ -9,8 +9,6 @@ tests/agent/test_l7_both_sides.py."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
-
 import httpx
 import pytest
 from envoy_data_plane.envoy.config.listener.v3 import Listener
@@ -21,48 +19,13 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManagerPathWithEscapedSlashesAction,
 )
 
-from policy.compiled import (
-    IDENTITY_WORLD,
-    CompiledState,
-    Direction,
-    EndpointPolicy,
-    HTTPRule,
-    L7PeerRule,
-    L7Policy,
-    PolicyEntry,
-    PolicyKey,
-    PortRange,
-    Protocol,
-    RedirectKey,
-    Verdict,
-)
+from policy.compiled import HTTPRule, L7PeerRule, Verdict
 from tests.xds.conftest import free_port
+from tests.xds.fixtures import EGRESS_PORT, THIRD, sender_and_receiver
 from xds.render import RECEIVER_RBAC_FILTER, Renderer, RenderParams
 from xds.resources import LISTENER, ROUTE
 
-SENDER, RECEIVER, THIRD = 2000, 3000, 4000
-EGRESS_PORT, INGRESS_PORT = 15001, 15002
-
-
-def _state(receiver_ip: str = "10.0.0.2", receiver_rules=None, receiver_verdict=Verdict.REDIRECT, egress_port: int = EGRESS_PORT) -> CompiledState:
-    sender = EndpointPolicy(
-        1, SENDER, IPv4Address("10.0.0.1"), False, True,
-        entries=(PolicyEntry(PolicyKey(0, Direction.EGRESS, Protocol.TCP, PortRange(80, 80)), Verdict.REDIRECT, egress_port),),
-        l7=(L7Policy(RedirectKey(1, Direction.EGRESS, 80), egress_port, (L7PeerRule(frozenset({0}), HTTPRule(method="GET")),)),),
-    )
-    rules = receiver_rules if receiver_rules is not None else (L7PeerRule(frozenset({SENDER}), HTTPRule(method="GET", path="/public(/.*)?")),)
-    port = INGRESS_PORT if receiver_verdict == Verdict.REDIRECT else 0
-    receiver = EndpointPolicy(
-        2, RECEIVER, IPv4Address(receiver_ip), True, False,
-        entries=(PolicyEntry(PolicyKey(SENDER, Direction.INGRESS, Protocol.TCP, PortRange(80, 80)), receiver_verdict, port),),
-        l7=(L7Policy(RedirectKey(2, Direction.INGRESS, 80), INGRESS_PORT, rules),),
-    )
-    ipcache = {
-        IPv4Network("0.0.0.0/0"): IDENTITY_WORLD,
-        IPv4Network("10.0.0.1/32"): SENDER,
-        IPv4Network(f"{receiver_ip}/32"): RECEIVER,
-    }
-    return CompiledState(1, {1: sender, 2: receiver}, ipcache)
+_state = sender_and_receiver
 
 
 def _receiver_policies(snap) -> dict:

@@ -4,25 +4,38 @@ render parameters, and content caching."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from ipaddress import IPv4Network
 
 import pytest
 from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterLbPolicy
-from envoy_data_plane.envoy.config.core.v3 import HeaderValueOptionHeaderAppendAction
+from envoy_data_plane.envoy.config.accesslog.v3 import ComparisonFilterOp
+from envoy_data_plane.envoy.config.core.v3 import (
+    ApiVersion,
+    HeaderValueOptionHeaderAppendAction,
+    SocketOptionSocketState,
+    TrafficDirection,
+)
 from envoy_data_plane.envoy.config.listener.v3 import Listener
 from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
+from envoy_data_plane.envoy.config.rbac.v3 import RbacAction
+from envoy_data_plane.envoy.extensions.access_loggers.grpc.v3 import HttpGrpcAccessLogConfig
+from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import Rbac as RbacFilter
 from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import RbacPerRoute
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import HttpConnectionManager
+from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryResponse
 
 from policy.compiled import IDENTITY_ANY, IDENTITY_WORLD, Direction
-from tests.xds.fixtures import CLIENT_IDENTITY, OTHER_IDENTITY, many_rules, rule, state
+from tests.xds.fixtures import CLIENT_IDENTITY, EGRESS_PORT, OTHER_IDENTITY, many_rules, rule, sender_and_receiver, state
+from xds import serialize
 from xds.errors import RenderError, SnapshotError
-from xds.render import Renderer, RenderParams
+from xds.render import RECEIVER_RBAC_FILTER, Renderer, RenderParams
 from xds.resources import CLUSTER, LISTENER, ROUTE, Resource
 from xds.snapshot import Snapshot
 
 PORT = 15001
 NAME = f"ciliate-proxy-{PORT}"
+HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
 def rbac_policies(snap, name=NAME) -> dict:
@@ -270,3 +283,74 @@ def test_snapshot_refuses_dangling_route_reference_and_duplicates():
         Snapshot.build([lst])
     with pytest.raises(SnapshotError, match="duplicate"):
         Snapshot.build([Resource(ROUTE, "r", b"1"), Resource(ROUTE, "r", b"2")])
+
+
+def _unpack(any_msg, cls, type_url):
+    assert any_msg.type_url == type_url
+    return cls.parse(any_msg.value)
+
+
+def test_every_resource_kind_decodes_with_the_library_classes():
+    """An egress listener with a receiver (both RBAC filters), its routes and
+    the cluster, carried in a SotW discovery response, decoded field by field."""
+    snap = Renderer().render(sender_and_receiver())
+    got = {}
+    for type_url, cls in ((LISTENER, Listener), (ROUTE, RouteConfiguration), (CLUSTER, Cluster)):
+        resp = DiscoveryResponse.parse(serialize.discovery_response(snap.version, type_url, "n1", [r.body for r in snap.of(type_url).values()]))
+        assert (resp.version_info, resp.type_url, resp.nonce) == (snap.version, type_url, "n1")
+        got[type_url] = [_unpack(a, cls, type_url) for a in resp.resources]
+
+    lst = next(x for x in got[LISTENER] if x.name == f"ciliate-proxy-{EGRESS_PORT}")
+    assert (lst.address.socket_address.address, lst.address.socket_address.port_value) == ("0.0.0.0", EGRESS_PORT)
+    assert (lst.transparent, lst.traffic_direction) == (True, TrafficDirection.OUTBOUND)
+    (chain,) = lst.filter_chains
+    assert chain.filter_chain_match.destination_port == 80
+    (hcm_filter,) = chain.filters
+    assert hcm_filter.name == "envoy.filters.network.http_connection_manager"
+    hcm = _unpack(hcm_filter.typed_config, HttpConnectionManager, f"type.googleapis.com/{HCM_TYPE}")
+    assert hcm.stat_prefix == f"ciliate_egress_{EGRESS_PORT}"
+    assert hcm.rds.route_config_name == lst.name and hcm.rds.config_source.resource_api_version == ApiVersion.V3
+    assert hcm.rds.config_source.ads is not None
+    rbac_url = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+    filters = {f.name: f.typed_config for f in hcm.http_filters}
+    assert list(filters) == ["envoy.filters.http.rbac", RECEIVER_RBAC_FILTER, "envoy.filters.http.router"]
+    for name in ("envoy.filters.http.rbac", RECEIVER_RBAC_FILTER):
+        listener_level = _unpack(filters[name], RbacFilter, rbac_url).rules
+        assert (listener_level.action, listener_level.policies) == (RbacAction.ALLOW, {}), "deny all"
+    assert filters["envoy.filters.http.router"].type_url.endswith("router.v3.Router")
+    (log,) = hcm.access_log
+    als = _unpack(log.typed_config, HttpGrpcAccessLogConfig, "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig")
+    common = als.common_config
+    assert (log.name, common.log_name, common.grpc_service.envoy_grpc.cluster_name) == (
+        "envoy.access_loggers.http_grpc", "ciliate", "ciliate-accesslog",
+    )
+    assert common.transport_api_version == ApiVersion.V3
+    assert hcm.local_reply_config.mappers[0].filter.status_code_filter.comparison.op == ComparisonFilterOp.EQ
+
+    rc = next(x for x in got[ROUTE] if x.name == lst.name)
+    (vhost,) = rc.virtual_hosts
+    assert (vhost.name, vhost.domains) == ("ciliate", ["*"])
+    (route,) = vhost.routes
+    assert (route.match.prefix, route.route.cluster) == ("/", "ciliate-original-dst")
+    per_route_url = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+    sender = _unpack(route.typed_per_filter_config["envoy.filters.http.rbac"], RbacPerRoute, per_route_url).rbac.rules
+    receiver = _unpack(route.typed_per_filter_config[RECEIVER_RBAC_FILTER], RbacPerRoute, per_route_url).rbac.rules
+    assert (sender.action, list(sender.policies)) == (RbacAction.ALLOW, ["peers-0"])
+    assert sender.policies["peers-0"].permissions[0].and_rules.rules[0].header.string_match.exact == "GET"
+    assert (receiver.action, list(receiver.policies)) == (RbacAction.ALLOW, ["other-destinations", "receiver-2"])
+
+    (cl,) = got[CLUSTER]
+    assert (cl.name, cl.connect_timeout) == ("ciliate-original-dst", timedelta(seconds=5))
+    bind = cl.upstream_bind_config
+    assert (bind.source_address.address, bind.source_address.port_value) == ("0.0.0.0", 0)
+    (opt,) = bind.socket_options
+    assert (opt.description, opt.state) == ("ciliate proxy upstream mark", SocketOptionSocketState.STATE_PREBIND)
+
+
+def test_benchmark_baseline_takes_routes_from_a_watched_file():
+    snap = Renderer(RenderParams(rds_directory="/run/x")).render(state({PORT: (rule([CLIENT_IDENTITY]),)}))
+    lst = Listener.parse(snap.of(LISTENER)[NAME].body)
+    hcm = HttpConnectionManager.parse(lst.filter_chains[0].filters[0].typed_config.value)
+    src = hcm.rds.config_source.path_config_source
+    assert (src.path, src.watched_directory.path) == (f"/run/x/{NAME}/routes.pb", f"/run/x/{NAME}")
+    assert hcm.rds.config_source.ads is None
