@@ -9,6 +9,7 @@ express it)."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from ipaddress import IPv4Network
 from typing import Iterable
 
@@ -50,8 +51,10 @@ def _header_matcher(name: str, *, regex: str | None = None, exact: str | None = 
     return pb.HeaderMatcher.name(name) + match
 
 
-def _header(name: str, **kw) -> bytes:
-    return pb.Permission.header(_header_matcher(name, **kw))
+@lru_cache(maxsize=1 << 14)
+def _header(name: str, *, regex: str | None = None, exact: str | None = None) -> bytes:
+    # Cached: most rules share their method, host and header matchers.
+    return pb.Permission.header(_header_matcher(name, regex=regex, exact=exact))
 
 
 def _any_of(perms: Iterable[bytes]) -> bytes:

@@ -28,5 +28,6 @@ def test_merged_alternation_matches_exactly_the_union(regexes, strings):
 
 
 def test_balance_check_table():
-    cases = {"/a(b)?": True, "a)|(b": False, "[)]x": True, "[^)]": True, "\\)": True, "x(": False, "[]()]": True}
+    cases = {"/a(b)?": True, "a)|(b": False, "[)]x": True, "[^)]": True, "\\)": True, "x(": False, "[]()]": True,
+             ")(": False, "/x/(a|b)(/.*)?": True, "((a)": False}
     assert {k: _balanced(k) for k in cases} == cases
