@@ -31,33 +31,14 @@ from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 from typing import Mapping
 
-# Reserved identities (DESIGN.md). 0 means "any peer" in policy keys.
-IDENTITY_ANY = 0
-IDENTITY_HOST = 1
-IDENTITY_WORLD = 2
-IDENTITY_UNMANAGED = 3
-IDENTITY_HEALTH = 4
-IDENTITY_INIT = 5
-IDENTITY_REMOTE_NODE = 6
-IDENTITY_KUBE_APISERVER = 7
-IDENTITY_INGRESS = 8
-RESERVED_IDENTITIES: Mapping[int, str] = {
-    IDENTITY_HOST: "host",
-    IDENTITY_WORLD: "world",
-    IDENTITY_UNMANAGED: "unmanaged",
-    IDENTITY_HEALTH: "health",
-    IDENTITY_INIT: "init",
-    IDENTITY_REMOTE_NODE: "remote-node",
-    IDENTITY_KUBE_APISERVER: "kube-apiserver",
-    IDENTITY_INGRESS: "ingress",
-}
-# Label-derived identities are allocated upwards from here.
-FIRST_LABEL_IDENTITY = 256
-# CIDR peers get node-local identities in their own range (as Cilium's local
-# identity scope), so they never collide with label identities.
-FIRST_CIDR_IDENTITY = 1 << 24
+# Identities have their home in policy/identity.py; the four names that
+# redirect/, xds/, agent/ and their tests read from this contract are
+# re-exported here.
+from policy.identity import IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, RESERVED_IDENTITIES  # noqa: F401
+from policy.ipcache import PrefixMap
 
-# Proxy ports are allocated per (endpoint, direction, port) redirect.
+# Proxy ports (policy/proxyports.py) are allocated per (endpoint, direction,
+# port) redirect from this range.
 PROXY_PORT_MIN = 10000
 PROXY_PORT_MAX = 20000
 
@@ -164,10 +145,6 @@ class HTTPRule:
     host: str | None = None
     headers: tuple[HeaderMatch, ...] = ()
 
-    @property
-    def allows_all(self) -> bool:
-        return self.method is None and self.path is None and self.host is None and not self.headers
-
 
 ALLOW_ALL_HTTP = HTTPRule()
 
@@ -226,19 +203,27 @@ class CompiledState:
     # identity -> its labels ("source:key=value" strings), for display.
     identity_labels: Mapping[int, frozenset[str]] = field(default_factory=dict)
 
+    @cached_property
+    def prefixes(self) -> PrefixMap:
+        """The ipcache indexed for longest-prefix match (built on first use)."""
+        return PrefixMap(self.ipcache)
+
     def identity_of(self, addr: IPv4Address) -> int:
         """Longest-prefix match, as the kernel's ipcache LPM trie does."""
-        best: IPv4Network | None = None
-        for net in self.ipcache:
-            if addr in net and (best is None or net.prefixlen > best.prefixlen):
-                best = net
-        return self.ipcache[best] if best is not None else IDENTITY_WORLD
+        return self.prefixes.lookup(addr)
+
+    @cached_property
+    def _endpoints_by_ip(self) -> Mapping[IPv4Address, EndpointPolicy]:
+        # Lowest endpoint id first, as the ipcache picks among endpoints
+        # sharing an address.
+        out: dict[IPv4Address, EndpointPolicy] = {}
+        for _, ep in sorted(self.endpoints.items()):
+            if ep.ipv4 is not None:
+                out.setdefault(ep.ipv4, ep)
+        return out
 
     def endpoint_by_ip(self, addr: IPv4Address) -> EndpointPolicy | None:
-        for ep in self.endpoints.values():
-            if ep.ipv4 == addr:
-                return ep
-        return None
+        return self._endpoints_by_ip.get(addr)
 
     @cached_property
     def _ingress_l7_by_port(self) -> Mapping[int, tuple[tuple[EndpointPolicy, L7Policy], ...]]:

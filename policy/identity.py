@@ -1,11 +1,13 @@
-"""Numeric identities and proxy ports: stable allocation, persisted as JSON.
+"""Numeric identities: the reserved ones, the identity-relevant labels, and
+the allocator for the rest. One home for what an identity is; the other
+modules import these names from here (`policy.compiled` re-exports the
+reserved constants because redirect/, xds/ and agent/ read them there).
 
-`IdentityAllocator` hands out the reserved identities of compiled.py, label
-identities from FIRST_LABEL_IDENTITY (one per identity-relevant label set)
-and CIDR identities from FIRST_CIDR_IDENTITY (one per prefix).
-`ProxyPortAllocator` hands out proxy ports per RedirectKey. Both are pure
-in-memory values; the agent persists them with to_json()/from_json() so
-numbers survive a restart. No I/O.
+`IdentityAllocator` hands out label identities from FIRST_LABEL_IDENTITY
+(one per identity-relevant label set) and CIDR identities from
+FIRST_CIDR_IDENTITY (one per prefix). It is a pure in-memory value; the
+agent persists it with to_json()/from_json() so numbers survive a restart.
+No I/O.
 """
 
 from __future__ import annotations
@@ -13,19 +15,87 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable, Mapping, Set as AbstractSet
 from ipaddress import IPv4Network
+from typing import Any
 
-from policy.compiled import (
-    FIRST_CIDR_IDENTITY,
-    FIRST_LABEL_IDENTITY,
-    PROXY_PORT_MAX,
-    PROXY_PORT_MIN,
-    RESERVED_IDENTITIES,
-    Direction,
-    RedirectKey,
-)
-from policy.endpoint import identity_labels
+from policy.endpoint import DEFAULT_NAMESPACE, DEFAULT_SOURCE, NAMESPACE_LABEL, split_source
 
+# Reserved identities (Cilium's numbers). 0 means "any peer" in policy keys.
+IDENTITY_ANY = 0
+IDENTITY_HOST = 1
+IDENTITY_WORLD = 2
+IDENTITY_UNMANAGED = 3
+IDENTITY_HEALTH = 4
+IDENTITY_INIT = 5
+IDENTITY_REMOTE_NODE = 6
+IDENTITY_KUBE_APISERVER = 7
+IDENTITY_INGRESS = 8
+RESERVED_IDENTITIES: Mapping[int, str] = {
+    IDENTITY_HOST: "host",
+    IDENTITY_WORLD: "world",
+    IDENTITY_UNMANAGED: "unmanaged",
+    IDENTITY_HEALTH: "health",
+    IDENTITY_INIT: "init",
+    IDENTITY_REMOTE_NODE: "remote-node",
+    IDENTITY_KUBE_APISERVER: "kube-apiserver",
+    IDENTITY_INGRESS: "ingress",
+}
 RESERVED_BY_NAME: Mapping[str, int] = {name: ident for ident, name in RESERVED_IDENTITIES.items()}
+# The `cluster` entity: every reserved identity but world (plus the local
+# label identities, which the selector cache adds).
+CLUSTER_RESERVED = frozenset(i for i in RESERVED_IDENTITIES if i != IDENTITY_WORLD)
+# Label-derived identities are allocated upwards from here.
+FIRST_LABEL_IDENTITY = 256
+# CIDR peers get node-local identities in their own range (as Cilium's local
+# identity scope), so they never collide with label identities.
+FIRST_CIDR_IDENTITY = 1 << 24
+
+# Labels that change per pod or per rollout: they must not split identities
+# (Cilium excludes the same ones by default).
+IGNORED_IDENTITY_LABELS = frozenset(
+    {
+        "pod-template-hash",
+        "controller-revision-hash",
+        "pod-template-generation",
+        "statefulset.kubernetes.io/pod-name",
+        "controller-uid",
+        "batch.kubernetes.io/controller-uid",
+    }
+)
+
+
+def reserved_labels() -> dict[int, frozenset[str]]:
+    """identity -> {"reserved:NAME"} for every reserved identity."""
+    return {i: frozenset({f"reserved:{n}"}) for i, n in RESERVED_IDENTITIES.items()}
+
+
+def identity_labels(labels: Mapping[str, str]) -> frozenset[str]:
+    """The identity-relevant label set, canonical "source:key=value" strings.
+
+    The namespace is always part of it (defaulted), so equal labels in two
+    namespaces are two identities.
+    """
+    out: set[str] = set()
+    has_ns = False
+    for k, v in labels.items():
+        source, key = split_source(k)
+        if key in IGNORED_IDENTITY_LABELS:
+            continue
+        if key == NAMESPACE_LABEL:
+            has_ns = True
+        out.add(f"{source}:{key}={v}")
+    if not has_ns:
+        out.add(f"{DEFAULT_SOURCE}:{NAMESPACE_LABEL}={DEFAULT_NAMESPACE}")
+    return frozenset(out)
+
+
+def selectable_labels(label_set: frozenset[str]) -> dict[str, str]:
+    """"source:key=value" strings -> {key: value} as selectors see them."""
+    out: dict[str, str] = {}
+    for s in sorted(label_set):
+        kv = s.partition(":")[2] if ":" in s.partition("=")[0] else s
+        key, _, value = kv.partition("=")
+        out[key] = value
+    return out
 
 
 class IdentityAllocator:
@@ -69,9 +139,6 @@ class IdentityAllocator:
         if ident in self._cidrs:
             return frozenset({f"cidr:{self._cidrs[ident]}", "reserved:world"})
         return frozenset()
-
-    def cidr_of(self, ident: int) -> IPv4Network | None:
-        return self._cidrs.get(ident)
 
     @property
     def cidr_count(self) -> int:
@@ -119,69 +186,12 @@ class IdentityAllocator:
         return out
 
 
-class ProxyPortsExhausted(Exception):
-    """Every port in PROXY_PORT_MIN..PROXY_PORT_MAX is in use."""
+def __getattr__(name: str) -> Any:
+    # ProxyPortAllocator and ProxyPortsExhausted live in policy.proxyports;
+    # agent/adapters/policy_compiler.py still imports them from here. Lazy,
+    # because proxyports imports compiled, which imports this module.
+    if name in ("ProxyPortAllocator", "ProxyPortsExhausted"):
+        from policy import proxyports
 
-
-class ProxyPortAllocator:
-    """RedirectKey -> proxy port; a key keeps its port until released."""
-
-    def __init__(self, lo: int = PROXY_PORT_MIN, hi: int = PROXY_PORT_MAX) -> None:
-        self.lo, self.hi = lo, hi
-        self._ports: dict[RedirectKey, int] = {}
-        self._used: set[int] = set()
-        self._cursor = lo
-
-    def allocate(self, key: RedirectKey) -> int:
-        port = self._ports.get(key)
-        if port is not None:
-            return port
-        size = self.hi - self.lo + 1
-        if len(self._used) >= size:
-            raise ProxyPortsExhausted(f"all {size} proxy ports are in use")
-        # Round-robin from the last allocation so a just-released port is not
-        # reused at once by an unrelated redirect (Envoy may still hold it).
-        while self._cursor in self._used:
-            self._cursor = self.lo if self._cursor >= self.hi else self._cursor + 1
-        port = self._cursor
-        self._cursor = self.lo if self._cursor >= self.hi else self._cursor + 1
-        self._ports[key] = port
-        self._used.add(port)
-        return port
-
-    def port_of(self, key: RedirectKey) -> int | None:
-        return self._ports.get(key)
-
-    def release(self, key: RedirectKey) -> None:
-        port = self._ports.pop(key, None)
-        if port is not None:
-            self._used.discard(port)
-
-    def retain(self, keys: Iterable[RedirectKey]) -> None:
-        """Release every key not in `keys`."""
-        keep = set(keys)
-        for key in [k for k in self._ports if k not in keep]:
-            self.release(key)
-
-    def items(self) -> dict[RedirectKey, int]:
-        return dict(self._ports)
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "ports": [[k.endpoint_id, int(k.direction), k.port, p] for k, p in sorted(self._ports.items())],
-                "cursor": self._cursor,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, s: str) -> "ProxyPortAllocator":
-        data = json.loads(s)
-        out = cls()
-        for ep, direction, port, proxy in data.get("ports", []):
-            key = RedirectKey(int(ep), Direction(int(direction)), int(port))
-            out._ports[key] = int(proxy)
-            out._used.add(int(proxy))
-        cursor = int(data.get("cursor", PROXY_PORT_MIN))
-        out._cursor = cursor if out.lo <= cursor <= out.hi else out.lo
-        return out
+        return getattr(proxyports, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,6 @@ from operator import attrgetter
 
 from policy.compiled import (
     ALLOW_ALL_HTTP,
-    IDENTITY_ANY,
     Direction,
     HTTPRule,
     L7PeerRule,
@@ -28,6 +27,7 @@ from policy.compiled import (
     RuleRef,
     Verdict,
 )
+from policy.identity import IDENTITY_ANY
 
 # Sorting by a C-level key tuple is far cheaper than RuleRef's generated __lt__.
 _REF_KEY = attrgetter("kind", "policy", "path")

@@ -64,10 +64,6 @@ class LabelSelector:
     def of(reqs: Iterable[Requirement]) -> "LabelSelector":
         return LabelSelector(tuple(sorted(set(reqs))))
 
-    @staticmethod
-    def match_labels(labels: Mapping[str, str]) -> "LabelSelector":
-        return LabelSelector.of(Requirement(k, "In", (v,)) for k, v in labels.items())
-
     def and_(self, other: "LabelSelector") -> "LabelSelector":
         return LabelSelector.of(self.requirements + other.requirements)
 

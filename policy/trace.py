@@ -18,8 +18,6 @@ from typing import Any
 import re2
 
 from policy.compiled import (
-    IDENTITY_ANY,
-    RESERVED_IDENTITIES,
     CompiledState,
     Decision,
     Direction,
@@ -32,7 +30,7 @@ from policy.compiled import (
 )
 from policy.errors import TraceInputError
 from policy.http_path import PathRejected, normalize_path
-from policy.identity import RESERVED_BY_NAME
+from policy.identity import IDENTITY_ANY, RESERVED_BY_NAME, RESERVED_IDENTITIES
 
 _OPTS = re2.Options()
 _OPTS.log_errors = False

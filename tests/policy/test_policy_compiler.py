@@ -11,10 +11,6 @@ from policytest_helpers import policies
 
 from policy.compiled import (
     ALLOW_ALL_HTTP,
-    FIRST_CIDR_IDENTITY,
-    IDENTITY_ANY,
-    IDENTITY_HOST,
-    IDENTITY_WORLD,
     PROXY_PORT_MAX,
     PROXY_PORT_MIN,
     Direction,
@@ -25,7 +21,8 @@ from policy.compiled import (
 )
 from policy.compiler import Compiler, compile_state
 from policy.endpoint import Endpoint
-from policy.identity import IdentityAllocator, ProxyPortAllocator
+from policy.identity import FIRST_CIDR_IDENTITY, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, IdentityAllocator
+from policy.proxyports import ProxyPortAllocator, ProxyPortsExhausted
 
 WEB = Endpoint(1, {"app": "web"}, IPv4Address("10.0.0.1"))
 CLIENT = Endpoint(2, {"app": "client"}, IPv4Address("10.0.0.2"))
@@ -199,8 +196,6 @@ def test_ports_persisted_for_vanished_redirects_can_be_released_after_restart():
 
 
 def test_running_out_of_proxy_ports_is_an_error_and_loses_nothing():
-    from policy.identity import ProxyPortsExhausted
-
     text = cnp("a", "endpointSelector: {matchLabels: {app: web}}\ningress:\n- toPorts:\n  - ports: [{port: '80', protocol: TCP}, {port: '81', protocol: TCP}]\n    rules: {http: [{}]}\n")
     ports = ProxyPortAllocator(lo=10000, hi=10002)
     c = Compiler(proxy_ports=ports)

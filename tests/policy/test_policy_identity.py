@@ -6,8 +6,9 @@ from ipaddress import IPv4Network
 
 import pytest
 
-from policy.compiled import FIRST_CIDR_IDENTITY, FIRST_LABEL_IDENTITY, Direction, RedirectKey
-from policy.identity import IdentityAllocator, ProxyPortAllocator, ProxyPortsExhausted
+from policy.compiled import Direction, RedirectKey
+from policy.identity import FIRST_CIDR_IDENTITY, FIRST_LABEL_IDENTITY, IdentityAllocator
+from policy.proxyports import ProxyPortAllocator, ProxyPortsExhausted
 
 
 @pytest.mark.parametrize(

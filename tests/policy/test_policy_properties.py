@@ -12,11 +12,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policy.compiled import IDENTITY_HOST, IDENTITY_WORLD, CompiledState, Direction, Protocol, Verdict
+from policy.compiled import CompiledState, Direction, Protocol, Verdict
 from policy.compiler import Compiler, compile_state
-from policy.endpoint import Endpoint, identity_labels, selectable_labels
+from policy.endpoint import Endpoint
 from policy.errors import PolicyError
-from policy.identity import IdentityAllocator
+from policy.identity import IDENTITY_HOST, IDENTITY_WORLD, IdentityAllocator, identity_labels, selectable_labels
 from policy.load import INTERNAL_ERROR, load_text
 from policy.model import AnyPeer, CIDRPeer, EndpointPeer, EntityPeer, Policy
 from policy.parse import parse_object

@@ -1,0 +1,160 @@
+"""Resolve one identity's policy from the specs that select it, then stamp it
+per endpoint with proxy ports.
+
+An identity's policy depends only on the specs selecting it and on the
+members of the selectors those specs name (policy/selectorcache.py), so the
+compiler computes it once per identity (and once per distinct set of
+selecting specs) and hands the same value to every endpoint of that
+identity; only the proxy ports are per endpoint. Pure, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from policy.compiled import (
+    ALL_PORTS,
+    Direction,
+    EndpointPolicy,
+    L7PeerRule,
+    L7Policy,
+    PolicyEntry,
+    Protocol,
+    RedirectKey,
+    RuleRef,
+    Verdict,
+)
+from policy.endpoint import Endpoint
+from policy.identity import IDENTITY_HOST
+from policy.merge import Atoms, merge_entries, merge_l7
+from policy.model import Peer, PolicySpec, PortRule, PortSpec
+from policy.proxyports import ProxyPortAllocator
+
+_L3_ONLY = (PortRule((PortSpec(Protocol.ANY, ALL_PORTS),)),)
+_HOST_ONLY = frozenset({IDENTITY_HOST})
+ALLOW_LOCALHOST_REF = RuleRef("reserved", "allow-localhost", "ingress from the node (allow_localhost)")
+
+
+@dataclass(frozen=True)
+class IdentityPolicy:
+    """Resolved policy of one identity, before per-endpoint proxy ports."""
+
+    ingress_enforced: bool
+    egress_enforced: bool
+    entries: tuple[PolicyEntry, ...]
+    l7: dict[tuple[Direction, int], tuple[L7PeerRule, ...]]
+    selected_by: frozenset[str]
+    policy_keys: frozenset[str]
+
+
+UNSELECTED = IdentityPolicy(False, False, (), {}, frozenset(), frozenset())
+
+
+def _entry_order(e: PolicyEntry) -> tuple[int, int, int, int]:
+    k = e.key
+    return (k.identity, k.direction, k.protocol, k.ports.lo)
+
+
+def merge_specs(
+    specs: Sequence[tuple[str, str, PolicySpec]],
+    members: Mapping[Peer, frozenset[int]],
+    allow_localhost: bool,
+) -> IdentityPolicy:
+    """(policy key, RuleRef policy name, spec) of every spec selecting an identity -> its policy."""
+    atoms = Atoms()
+    ingress = egress = False
+    selected_by: set[str] = set()
+    for _, ref_name, spec in specs:
+        selected_by.add(ref_name)
+        ingress |= spec.enforce_ingress
+        egress |= spec.enforce_egress
+        for rule in spec.rules:
+            # One selector: share its member set, so equal peer sets
+            # across rules collapse into one key in Atoms.items.
+            if len(rule.peers) == 1:
+                fpeers = members[rule.peers[0]]
+            else:
+                fpeers = frozenset().union(*(members[p] for p in rule.peers))
+            if not fpeers:
+                continue
+            items = atoms.items[fpeers]
+            for pr in rule.port_rules or _L3_ONLY:
+                for ps in pr.ports:
+                    if pr.http is not None:
+                        proto, verdict = Protocol.TCP, Verdict.REDIRECT
+                        for http in pr.http:
+                            atoms.l7[(rule.direction, ps.ports.lo)].append((fpeers, http, rule.ref))
+                    else:
+                        proto = ps.protocol
+                        verdict = Verdict.DENY if rule.deny else Verdict.ALLOW
+                    items.append((rule.direction, proto, ps.ports.lo, ps.ports.hi, verdict, rule.ref))
+    if ingress and allow_localhost:
+        # As Cilium's allow-localhost default: the node itself may always
+        # reach its local endpoints, or kubelet probes would break the moment
+        # a pod's ingress becomes enforced. Merged like any rule, so an
+        # explicit deny of the host still wins.
+        atoms.items[_HOST_ONLY].append((Direction.INGRESS, Protocol.ANY, 0, 65535, Verdict.ALLOW, ALLOW_LOCALHOST_REF))
+    keys = frozenset(key for key, _, _ in specs)
+    return IdentityPolicy(ingress, egress, merge_entries(atoms), merge_l7(atoms), frozenset(selected_by), keys)
+
+
+def patch_peers(
+    ip: IdentityPolicy, specs: Iterable[PolicySpec], members: Mapping[Peer, frozenset[int]], peers: set[int]
+) -> IdentityPolicy | None:
+    """Recompute only the entries of `peers` in an identity's policy (its
+    selecting specs unchanged); None when a full merge is needed (L7 involved)."""
+    if ip.l7:
+        return None
+    atoms = Atoms()
+    for spec in specs:
+        for rule in spec.rules:
+            hit: set[int] = set()
+            for p in rule.peers:
+                hit |= members[p] & peers
+            if not hit:
+                continue
+            items = atoms.items[frozenset(hit)]
+            for pr in rule.port_rules or _L3_ONLY:
+                if pr.http is not None:
+                    return None
+                for ps in pr.ports:
+                    verdict = Verdict.DENY if rule.deny else Verdict.ALLOW
+                    items.append((rule.direction, ps.protocol, ps.ports.lo, ps.ports.hi, verdict, rule.ref))
+    kept = [e for e in ip.entries if e.key.identity not in peers]
+    entries = tuple(sorted(kept + list(merge_entries(atoms)), key=_entry_order))
+    return IdentityPolicy(ip.ingress_enforced, ip.egress_enforced, entries, {}, ip.selected_by, ip.policy_keys)
+
+
+def redirect_keys(endpoint_id: int, ip: IdentityPolicy) -> set[RedirectKey]:
+    """The proxy listeners an endpoint with this identity policy needs."""
+    return {RedirectKey(endpoint_id, d, p) for d, p in ip.l7}
+
+
+def endpoint_policy(
+    ep: Endpoint, ident: int, ip: IdentityPolicy, proxy_ports: ProxyPortAllocator
+) -> tuple[EndpointPolicy, set[RedirectKey]]:
+    """The identity's policy for one endpoint: REDIRECT entries and L7
+    listeners get the endpoint's proxy ports. Raises ProxyPortsExhausted."""
+    if not ip.l7:
+        return (
+            EndpointPolicy(ep.id, ident, ep.ipv4, ip.ingress_enforced, ip.egress_enforced, ip.entries, (), ip.selected_by),
+            set(),
+        )
+    ports: dict[tuple[Direction, int], int] = {}
+    keys: set[RedirectKey] = set()
+    for direction, port in sorted(ip.l7):
+        rk = RedirectKey(ep.id, direction, port)
+        ports[(direction, port)] = proxy_ports.allocate(rk)
+        keys.add(rk)
+    entries = tuple(
+        PolicyEntry(e.key, e.verdict, ports[(e.key.direction, e.key.ports.lo)], e.rules)
+        if e.verdict == Verdict.REDIRECT
+        else e
+        for e in ip.entries
+    )
+    l7 = tuple(L7Policy(RedirectKey(ep.id, d, p), ports[(d, p)], rules) for (d, p), rules in sorted(ip.l7.items()))
+    return (
+        EndpointPolicy(ep.id, ident, ep.ipv4, ip.ingress_enforced, ip.egress_enforced, entries, l7, ip.selected_by),
+        keys,
+    )
