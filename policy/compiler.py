@@ -39,6 +39,7 @@ from policy.resolve import (
     endpoint_policy,
     merge_specs,
     patch_peers,
+    redirect_keys,
 )
 from policy.selectorcache import SelectorCache
 
@@ -150,15 +151,6 @@ class Compiler:
         out: set[int] = set()
         for ident in self._subjects.get(key, ()):
             out |= self._identity_eps.get(ident, set())
-        return frozenset(out)
-
-    def redirect_keys(self) -> frozenset[RedirectKey]:
-        """Every redirect of the last compile. After a restart, once all
-        endpoints are restored, `proxy_ports.retain(c.redirect_keys())` frees
-        ports persisted for redirects that no longer exist."""
-        out: set[RedirectKey] = set()
-        for keys in self._ep_redirects.values():
-            out |= keys
         return frozenset(out)
 
     @property
@@ -326,6 +318,11 @@ class Compiler:
             if ip is None:
                 ip = self._id_policy[ident] = self._identity_policy(ident)
             resolved.append((ep, ident, ip))
+        if self._state is None:
+            # Every endpoint is built in the first compile, so this is where
+            # ports saved by an earlier run for redirects that no policy makes
+            # any more are freed (before allocating, so they cannot starve it).
+            self.proxy_ports.retain({k for ep, _, ip in resolved for k in redirect_keys(ep.id, ip)})
         # Build everything first, commit after: if proxy ports run out, nothing
         # is half-applied and the next compile retries the same work (ports
         # already handed out are stable per RedirectKey, so a retry reuses them).

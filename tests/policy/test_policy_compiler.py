@@ -179,20 +179,32 @@ def test_adjacent_redirected_ports_stay_separate_listeners():
     assert sorted((p.key.port, p.proxy_port) for p in web.l7) == sorted((lo, p) for lo, _, p in redirects)
 
 
-def test_ports_persisted_for_vanished_redirects_can_be_released_after_restart():
+def test_ports_saved_by_an_earlier_run_for_vanished_redirects_are_freed_by_the_first_compile():
     l7 = policies(cnp("a", "endpointSelector: {matchLabels: {app: web}}\ningress:\n- toPorts: [{ports: [{port: '80', protocol: TCP}], rules: {http: [{}]}}]\n"))
     before = ProxyPortAllocator()
     stale = RedirectKey(99, Direction.INGRESS, 80)
     before.allocate(stale)
     kept = before.allocate(RedirectKey(1, Direction.INGRESS, 80))
-    ports = ProxyPortAllocator.from_json(before.to_json())
+    ports = ProxyPortAllocator.from_json(before.to_json())  # what the restarted agent loads
     c = Compiler(proxy_ports=ports)
     c.upsert_policy(l7[0])
     c.upsert_endpoint(WEB)
     st = c.compile()
     assert st.endpoints[1].l7[0].proxy_port == kept  # the restarted agent keeps the port Envoy listens on
-    ports.retain(c.redirect_keys())
-    assert ports.port_of(stale) is None and ports.port_of(RedirectKey(1, Direction.INGRESS, 80)) == kept
+    assert ports.items() == {RedirectKey(1, Direction.INGRESS, 80): kept}  # endpoint 99's port is free again
+
+
+def test_stale_saved_ports_cannot_starve_the_first_compile():
+    l7 = policies(cnp("a", "endpointSelector: {matchLabels: {app: web}}\ningress:\n- toPorts: [{ports: [{port: '80', protocol: TCP}], rules: {http: [{}]}}]\n"))
+    before = ProxyPortAllocator(lo=10000, hi=10001)
+    before.allocate(RedirectKey(98, Direction.INGRESS, 80))
+    before.allocate(RedirectKey(99, Direction.INGRESS, 80))
+    ports = ProxyPortAllocator.from_json(before.to_json())
+    ports.lo, ports.hi = 10000, 10001  # every port of the range held by a vanished redirect
+    c = Compiler(proxy_ports=ports)
+    c.upsert_policy(l7[0])
+    c.upsert_endpoint(WEB)
+    assert c.compile().endpoints[1].l7[0].proxy_port in (10000, 10001)
 
 
 def test_running_out_of_proxy_ports_is_an_error_and_loses_nothing():
