@@ -54,6 +54,7 @@ from ipaddress import IPv4Network
 from typing import Mapping
 
 from policy.compiled import IDENTITY_ANY, CompiledState, Direction, HTTPRule, L7PeerRule, L7Policy, ReceiverRules
+from policy.ipcache import PrefixMap
 
 from .cluster import original_dst_cluster
 from .errors import RenderError
@@ -152,20 +153,13 @@ class _IdentityAddresses:
 
     def __init__(self, ipcache: Mapping[IPv4Network, int]) -> None:
         self.ipcache = dict(ipcache)
-        by_ident: dict[int, list[IPv4Network]] = {}
-        for net, ident in self.ipcache.items():
-            by_ident.setdefault(ident, []).append(net)
-        self._by_ident = {k: sorted(v) for k, v in by_ident.items()}
+        self._prefixes = PrefixMap(self.ipcache)
         self._cache: dict[tuple[int, Direction], list[bytes]] = {}
 
     def _terms(self, ident: int) -> list[tuple[IPv4Network, list[IPv4Network]]]:
-        out = []
-        for net in self._by_ident.get(ident, ()):
-            holes = sorted(
-                q for q, other in self.ipcache.items() if other != ident and q != net and q.subnet_of(net)
-            )
-            out.append((net, holes))
-        return out
+        # The identity's prefixes minus more specific prefixes of others: where
+        # the kernel's longest-prefix match gives this identity.
+        return self._prefixes.address_space(ident)
 
     def matchers(self, ident: int, direction: Direction) -> list[bytes]:
         key = (ident, direction)
