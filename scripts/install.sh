@@ -8,7 +8,7 @@ log() { printf '[install] %s\n' "$*"; }
 
 apt_pkgs=(python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 nftables
           containernetworking-plugins docker-compose curl procps psmisc kmod
-          python3-venv util-linux)
+          python3-venv util-linux kubernetes-client)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
