@@ -69,6 +69,30 @@ def fail_closed(ep: EndpointPolicy, acked: Mapping[int, L7Policy]) -> EndpointPo
     return replace(ep, entries=entries)
 
 
+def with_retiring(state: CompiledState, realized: Mapping[int, EndpointPolicy]) -> CompiledState | None:
+    """`state` plus the listeners the kernel may still redirect to but `state`
+    drops (their old rules), or None when no listener goes away.
+
+    Break after make, as Cilium does: Envoy keeps a listener until the kernel
+    has stopped sending new connections to it. Publishing its removal before
+    the kernel write would drop every SYN that arrives in between (the
+    datapath finds nobody listening) and the client would wait for a
+    retransmit."""
+    ports_now = {l7.proxy_port for ep in state.endpoints.values() for l7 in ep.l7}
+    extra: dict[int, tuple[L7Policy, ...]] = {}
+    for eid, old in realized.items():
+        ep = state.endpoints.get(eid)
+        going = tuple(l7 for l7 in old.l7 if l7.proxy_port not in ports_now)
+        if ep is not None and going:
+            extra[eid] = going
+    if not extra:
+        return None
+    endpoints = dict(state.endpoints)
+    for eid, going in extra.items():
+        endpoints[eid] = replace(endpoints[eid], l7=tuple(sorted(endpoints[eid].l7 + going, key=lambda p: p.key)))
+    return CompiledState(state.revision, endpoints, state.ipcache, state.identity_labels)
+
+
 def l7_view(state: CompiledState) -> tuple:
     """Everything the Envoy configuration is rendered from; equal views need no publish."""
     l7 = tuple((i, ep.l7) for i, ep in sorted(state.endpoints.items()) if ep.l7)
@@ -320,7 +344,11 @@ class Regenerator:
             except Exception as exc:
                 failures[eid] = Failure("datapath", f"attaching to {rec.host_ifname} failed: {exc}", transient=True)
 
-        publish, proxy_failure = await self._publish(state, res.view)
+        bridge = with_retiring(state, self.realized)
+        if bridge is None:
+            publish, proxy_failure = await self._publish(state, res.view)
+        else:
+            publish, proxy_failure = await self._publish(bridge, l7_view(bridge))
         published = proxy_failure is None
         effective: dict[int, EndpointPolicy] = {}
         for eid, ep in endpoints.items():
@@ -338,6 +366,11 @@ class Regenerator:
             outcome = ApplyOutcome({i: Failure("datapath", f"writing the kernel maps failed: {exc}", transient=True) for i in changed})
         for eid, f in outcome.failed.items():
             failures.setdefault(eid, f)
+        if bridge is not None and published:
+            # The kernel no longer redirects to the retiring listeners: drop them.
+            _, final_failure = await self._publish(state, res.view)
+            if final_failure is not None:
+                log.warning("removing retired listeners from Envoy failed (they stay until the next publish): %s", final_failure.message)
 
         for eid in sorted(removed):
             self.realized.pop(eid, None)

@@ -183,6 +183,42 @@ async def test_redirect_is_written_only_after_envoy_acked(rig: Rig) -> None:
         await agent.stop()
 
 
+async def test_listener_is_removed_from_envoy_only_after_the_kernel_stopped_redirecting(rig: Rig) -> None:
+    """Break after make: a SYN arriving between Envoy dropping a listener and
+    the kernel write would find nobody listening and wait for a retransmit."""
+    agent = await started(rig)
+    order: list[tuple[str, bool]] = []
+    real_publish, real_apply = rig.proxy.publish, rig.datapath.apply
+
+    def has_l7(state) -> bool:
+        return any(ep.l7 for ep in state.endpoints.values())
+
+    def redirects(state) -> bool:
+        return any(e.verdict == Verdict.REDIRECT for ep in state.endpoints.values() for e in ep.entries)
+
+    async def publish(state, timeout):
+        order.append(("envoy has the listener", has_l7(state)))
+        return await real_publish(state, timeout)
+
+    async def apply(state):
+        order.append(("kernel redirects", redirects(state)))
+        return await real_apply(state)
+
+    rig.proxy.publish, rig.datapath.apply = publish, apply  # type: ignore[method-assign]
+    try:
+        await add_starwars(agent)
+        rig.write_policy("l7.json", [L7])
+        await settle(agent)
+        order.clear()
+        rig.write_policy("l7.json", [L4])  # the same port, now without L7: the listener goes
+        await settle(agent)
+        # Envoy already holds the listener (nothing to publish before the
+        # kernel write); its removal is published once nothing redirects to it.
+        assert order == [("kernel redirects", False), ("envoy has the listener", False)]
+    finally:
+        await agent.stop()
+
+
 @pytest.mark.parametrize(
     "mode, kind, text",
     [
