@@ -53,7 +53,8 @@ What it does not implement: TLS, authentication, authorization (RBAC),
 admission (defaulting, mutating and validating webhooks, quota), validation
 against OpenAPI or CRD schemas (any object shape is stored), field managers
 and server-side apply (`application/apply-patch+yaml` gets 415),
-`managedFields`, `dryRun` (400), pagination (`limit`/`continue` are ignored:
+`managedFields`, `dryRun` (400), the refusal of an unconditional PUT
+(no `resourceVersion`) of a custom resource (kubesim accepts it for every kind), pagination (`limit`/`continue` are ignored:
 a list returns everything), `resourceVersionMatch` and consistent reads at an
 old version (a list always returns the current state), `sendInitialEvents`
 and streaming lists, finalizers, `deletionTimestamp` and graceful deletion

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from . import discovery, errors
+from . import discovery
 from .errors import ApiError
 from .patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from .resources import ResourceType, find
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
 from .store import Store, Watch
-
-log = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 _DROP = object()  # queued to a watch: cut its connection without a clean end
@@ -86,9 +83,9 @@ class KubeAPIServer:
             return
         app = web.Application(middlewares=[self._record], client_max_size=16 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        runner = web.AppRunner(app, access_log=None)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, shutdown_timeout=0.5, reuse_address=True)
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
         try:
             await site.start()
         except BaseException:
@@ -378,8 +375,6 @@ class KubeAPIServer:
                 await self._send(resp, *item)
             await resp.write_eof()
             return resp
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
         finally:
             self.store.watches.discard(watch)
             self._streams.discard(watch)
