@@ -13,7 +13,8 @@ What it implements:
 
 - discovery: `/version`, `/api`, `/apis`, `/apis/<group>`, `/api/v1` and
   `/apis/<group>/<version>` resource lists (verbs, namespaced, kind,
-  shortNames, categories, the `/status` subresources);
+  shortNames, categories, the `/status` subresources), and an empty
+  `/openapi/v2` document (JSON, or protobuf when asked) for kubectl;
 - get, list (`resourceVersion` in the list metadata, `labelSelector`,
   `fieldSelector` over the field labels the real server allows per kind, e.g.
   `spec.nodeName` for pods, `metadata.name`, `metadata.namespace`), create
@@ -53,17 +54,19 @@ What it does not implement: TLS, authentication, authorization (RBAC),
 admission (defaulting, mutating and validating webhooks, quota), validation
 against OpenAPI or CRD schemas (any object shape is stored), field managers
 and server-side apply (`application/apply-patch+yaml` gets 415),
-`managedFields`, `dryRun` (400), the refusal of an unconditional PUT
-(no `resourceVersion`) of a custom resource (kubesim accepts it for every kind), pagination (`limit`/`continue` are ignored:
-a list returns everything), `resourceVersionMatch` and consistent reads at an
+`managedFields`, `dryRun` (400), the refusal of an unconditional PUT (no
+`resourceVersion`) of a custom resource (kubesim accepts it for every kind),
+pagination (`limit`/`continue` are ignored: a list returns everything), `resourceVersionMatch` and consistent reads at an
 old version (a list always returns the current state), `sendInitialEvents`
 and streaming lists, finalizers, `deletionTimestamp` and graceful deletion
 (delete is immediate), owner references and garbage collection, the
 Terminating namespace phase, Table output (`kubectl get` without `-o` falls
 back to its own printing), protobuf, CBOR and YAML bodies (JSON only), the
 aggregated discovery format (clients fall back to the per-group documents),
-`/openapi/v2` and `/openapi/v3` (404: kubectl then skips client-side
-schema validation), field selectors beyond the per-kind labels listed in
+OpenAPI schemas (`/openapi/v3` is 404, so kubectl falls back to
+`/openapi/v2`, which serves a valid document that defines nothing: kubectl
+then skips client-side validation and builds strategic merge patches from its
+compiled-in types; no `--validate=false` needed), field selectors beyond the per-kind labels listed in
 `resources.py`, other kinds and versions, and the `/api/v1/watch/...` paths.
 """
 
