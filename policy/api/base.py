@@ -11,4 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # defer_build: the validators are built at the first policy parsed, not
+    # at import, so commands that never parse one (status, endpoint list)
+    # do not pay for them.
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)

@@ -37,7 +37,7 @@ NonEmpty = Annotated[str, PlainValidator(_non_empty)]
 
 
 class Metadata(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True, defer_build=True)
 
     name: NonEmpty
     namespace: NonEmpty = DEFAULT_NAMESPACE
