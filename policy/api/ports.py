@@ -117,4 +117,4 @@ class PortRule(Strict):
 class DenyPortRule(PortRule):
     """A deny rule's `toPorts` item: L4 only."""
 
-    rules: Annotated[Any, reject("L7 rules are not allowed in deny rules")] = None
+    rules: Annotated[Any, reject("L7 rules are not allowed in deny rules", null_ok=True)] = None

@@ -49,11 +49,12 @@ def fail_all(problems: Sequence[tuple[Loc, str]]) -> None:
         raise PydanticCustomError(_OURS, "{reason}", {"reason": problems[0][1], "problems": tuple(problems)})
 
 
-def reject(reason: str) -> AfterValidator:
-    """A field that is an error whenever it is present (even as null)."""
+def reject(reason: str, null_ok: bool = False) -> AfterValidator:
+    """A field that is an error whenever it is present (as null too, unless null_ok)."""
 
-    def check(_: Any) -> NoReturn:
-        fail(reason)
+    def check(v: Any) -> None:
+        if v is not None or not null_ok:
+            fail(reason)
 
     return AfterValidator(check)
 
