@@ -96,7 +96,7 @@ def http_connection_manager(
     if accesslog is not None:
         out += _grpc_access_log(*accesslog)
     out += _denied_reply()
-    # Path normalization (see PATH_NORMALIZATION): the path the RBAC rules see
+    # Path normalization (policy/http_path.py states it): the path the RBAC rules see
     # is the path the upstream receives: RFC 3986 dot segments, unreserved %XX
     # decoded, slashes merged, escaped slashes rejected.
     out += hcm.normalize_path(True) + hcm.merge_slashes(True) + hcm.path_with_escaped_slashes_action(ESCAPED_SLASHES)

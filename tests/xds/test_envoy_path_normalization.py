@@ -1,5 +1,5 @@
 """policy/http_path.py states Envoy's path normalization; the real Envoy, as
-configured by xds/render.py, must agree on every path here: the upstream
+configured by xds/listener.py, must agree on every path here: the upstream
 receives exactly normalize_path(sent), and Envoy answers 400 exactly where
 normalize_path refuses. Raw requests (nothing between us and Envoy
 rewrites the path), over HTTP/1.1 and HTTP/2 (h2c prior knowledge)."""
