@@ -15,13 +15,14 @@ from typing import TextIO
 
 from demo.node import Node, NodeError
 from demo.scenario import DEATHSTAR_PORT, PODS, STAGES, observed_label
+from demo.table import Row, curl_view, line, print_table
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "starwars"
 POLICY_FILE = "starwars.yaml"  # one file, replaced per stage, so no stage ever runs without policy
 
 
 def run(out: TextIO = sys.stdout, prefix: str = "cildemo") -> int:
-    rows: list[tuple[str, str, str, str]] = []
+    rows: list[Row] = []
     try:
         with Node(prefix=prefix) as node:
             print("starting the agent (eBPF datapath + Envoy) in its own network namespace...", file=out, flush=True)
@@ -37,19 +38,14 @@ def run(out: TextIO = sys.stdout, prefix: str = "cildemo") -> int:
                     node.apply_policy(EXAMPLES / f, name=POLICY_FILE)
                     print(f"  applied examples/starwars/{f}", file=out, flush=True)
                 for req in stage.requests:
-                    seen = observed_label(node.request(req.ship, req.method, deathstar, req.path))
-                    rows.append((f"{n}", f"{req.ship} {req.method} {req.path}", req.expect, seen))
-                    mark = "ok" if seen == req.expect else "MISMATCH"
-                    print(f"  {req.ship:10} {req.method:4} {req.path:22} expected {req.expect:8} observed {seen:8} {mark}", file=out, flush=True)
+                    outcome = node.request(req.ship, req.method, deathstar, req.path)
+                    row = Row(f"{n}", f"{req.ship} {req.method} {req.path}", req.expect, observed_label(outcome), curl_view(outcome))
+                    rows.append(row)
+                    print(line(row), file=out, flush=True)
     except NodeError as exc:
         print(f"demo failed: {exc}", file=out)
         return 2
-    bad = [r for r in rows if r[2] != r[3]]
-    print(f"\n{'stage':5}  {'request':38}  {'expected':8}  observed", file=out)
-    for stage, request, expect, seen in rows:
-        print(f"{stage:5}  {request:38}  {expect:8}  {seen}{'' if seen == expect else '   <-- MISMATCH'}", file=out)
-    print(f"\n{len(rows) - len(bad)} of {len(rows)} requests as expected", file=out)
-    return 1 if bad else 0
+    return 1 if print_table(rows, out) else 0
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

@@ -3,22 +3,29 @@
 Docker does not speak CNI, so the app containers start with
 `network_mode: none` and say who they are in their environment
 (CILIATE_APP, CILIATE_IP, CILIATE_LABELS="k=v,k=v"). This one-shot service
-(pid namespace of the host) finds each app's process in /proc, and runs the
-CNI ADD for its network namespace (/proc/PID/ns/net) with static IPAM, so
-every app gets the address the README's curl commands use. Idempotent: an
-app whose namespace already has the interface is re-added (ADD replaces).
-Does /proc reads and runs the CNI plugin in-process.
+asks the Docker API (its socket mounted at /var/run/docker.sock) for the
+running containers of its own compose project (the
+`com.docker.compose.project` label of the container it runs in), so it
+adopts only the demo's apps, never another process that happens to have
+CILIATE_APP in its environment. For each one it runs the CNI ADD for the
+app's network namespace (/proc/PID/ns/net, hence `pid: host`) with static
+IPAM, so every app gets the address the README's curl commands use.
+Idempotent: ADD replaces. Does Docker API and /proc I/O, and runs the CNI
+plugin in-process.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import socket as socketlib
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote
 
 from agent.cni.plugin import run as cni_run
 
@@ -44,21 +51,56 @@ def parse_labels(text: str) -> dict[str, str]:
     return out
 
 
-def find_apps(proc: Path = Path("/proc")) -> Iterator[App]:
-    seen_netns: set[int] = set()
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
+PROJECT_LABEL = "com.docker.compose.project"
+
+
+class DockerApi(Protocol):
+    def get(self, path: str) -> Any: ...
+
+
+class UnixDockerApi:
+    """GET requests to the Docker engine's API over its unix socket."""
+
+    def __init__(self, path: str = "/var/run/docker.sock") -> None:
+        self.path = path
+
+    def get(self, path: str) -> Any:
+        conn = http.client.HTTPConnection("docker", timeout=10)
+        sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(self.path)
+        conn.sock = sock
         try:
-            raw = (entry / "environ").read_bytes()
-            netns_ino = os.stat(entry / "ns" / "net").st_ino
-        except OSError:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise OSError(f"Docker API GET {path}: {resp.status} {body[:200]!r}")
+        return json.loads(body)
+
+
+def own_project(api: DockerApi, container_id: str) -> str:
+    """The compose project of the container this process runs in."""
+    labels = api.get(f"/containers/{quote(container_id)}/json")["Config"].get("Labels") or {}
+    if PROJECT_LABEL not in labels:
+        raise ValueError(f"container {container_id} has no {PROJECT_LABEL} label: not started by compose")
+    return labels[PROJECT_LABEL]
+
+
+def find_apps(api: DockerApi, project: str) -> Iterator[App]:
+    """The running containers of `project` that name a CILIATE_APP."""
+    filters = quote(json.dumps({"label": [f"{PROJECT_LABEL}={project}"], "status": ["running"]}))
+    for summary in api.get(f"/containers/json?filters={filters}"):
+        if (summary.get("Labels") or {}).get(PROJECT_LABEL) != project:
+            continue  # the engine filters already; an old engine might not
+        info = api.get(f"/containers/{quote(summary['Id'])}/json")
+        env = dict(kv.split("=", 1) for kv in info["Config"].get("Env") or [] if "=" in kv)
+        pid = int(info["State"].get("Pid") or 0)
+        if "CILIATE_APP" not in env or pid <= 0:
             continue
-        env = dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
-        if "CILIATE_APP" not in env or netns_ino in seen_netns:
-            continue
-        seen_netns.add(netns_ino)
-        yield App(env["CILIATE_APP"], int(entry.name), env.get("CILIATE_IP", ""), parse_labels(env.get("CILIATE_LABELS", "")))
+        yield App(env["CILIATE_APP"], pid, env.get("CILIATE_IP", ""), parse_labels(env.get("CILIATE_LABELS", "")))
 
 
 def netconf(app: App, socket: str) -> dict:
@@ -87,10 +129,14 @@ def attach(app: App, socket: str) -> tuple[int, str]:
 def main() -> int:
     expect = set(filter(None, os.environ.get("CILIATE_EXPECT", "").split(",")))
     socket = os.environ.get("CILIATE_SOCKET", "/var/run/ciliate/agent.sock")
+    api = UnixDockerApi(os.environ.get("CILIATE_DOCKER_API", "/var/run/docker.sock"))
     deadline = time.monotonic() + float(os.environ.get("CILIATE_ATTACH_TIMEOUT", "120"))
+    # Docker names a container's host after the first 12 hex digits of its id.
+    project = own_project(api, os.environ.get("HOSTNAME") or socketlib.gethostname())
+    print(f"compose project {project!r}: attaching {sorted(expect)}", flush=True)
     done: set[str] = set()
     while time.monotonic() < deadline:
-        for app in find_apps():
+        for app in find_apps(api, project):
             if app.name in done:
                 continue
             code, out = attach(app, socket)
