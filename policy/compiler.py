@@ -59,8 +59,8 @@ class Compiler:
         self.identities = identities if identities is not None else IdentityAllocator()
         self.proxy_ports = proxy_ports if proxy_ports is not None else ProxyPortAllocator()
         self.allow_localhost = allow_localhost
-        self._selectors = SelectorCache()
         self._ipcache = IPCache(self.identities, host_ips)
+        self._selectors = SelectorCache(self._ipcache.cidr_ids)
         self._policies: dict[str, Policy] = {}
         # Per policy: its RuleRef name and (subject selector, spec) pairs.
         self._meta: dict[str, tuple[str, tuple[tuple[EndpointPeer, PolicySpec], ...]]] = {}

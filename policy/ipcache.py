@@ -36,6 +36,7 @@ class PrefixMap:
         for net, ident in table.items():
             self._by_len.setdefault(net.prefixlen, {})[int(net.network_address)] = ident
         self._longest_first = sorted(self._by_len, reverse=True)
+        self._nets: dict[tuple[int, int], IPv4Network] | None = None
         self._sorted: list[tuple[int, int, IPv4Network]] | None = None
         self._by_ident: dict[int, list[IPv4Network]] | None = None
 
@@ -51,14 +52,17 @@ class PrefixMap:
 
     def covering(self, net: IPv4Network) -> list[IPv4Network]:
         """The table's prefixes containing `net` (itself included), shortest first."""
+        if self._nets is None:
+            self._nets = {(int(n.network_address), n.prefixlen): n for n in self.table}
         addr = int(net.network_address)
         out = []
         for plen in reversed(self._longest_first):
             if plen > net.prefixlen:
                 break
             shift = 32 - plen
-            if ((addr >> shift) << shift) in self._by_len[plen]:
-                out.append(IPv4Network(((addr >> shift) << shift, plen)))
+            outer = self._nets.get(((addr >> shift) << shift, plen))
+            if outer is not None:
+                out.append(outer)
         return out
 
     def inside(self, net: IPv4Network) -> list[IPv4Network]:

@@ -55,13 +55,14 @@ class SelectorCache:
     writes it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cidrs: Mapping[IPv4Network, int]) -> None:
         self.members: dict[Peer, frozenset[int]] = {}
         self._users: dict[Peer, set[str]] = {}
-        # The identities selectors choose from: label identities, and CIDR
-        # identities by prefix.
+        # The identities selectors choose from: label identities (told here),
+        # and CIDR identities by prefix: the ipcache's own map, read-only here
+        # (a copy would double the prefix hashing of a 20k-CIDR policy).
         self._labels = SelectorIndex()
-        self._cidrs: dict[IPv4Network, int] = {}
+        self._cidrs = cidrs
         self._by_kv: dict[tuple[str, str], set[Peer]] = {}
         self._unindexed: set[Peer] = set()
         # `world` entity selectors: every CIDR identity is theirs.
@@ -171,27 +172,24 @@ class SelectorCache:
                 self._stale.setdefault(peer, set()).add(ident)
 
     def add_cidrs(self, added: Iterable[tuple[IPv4Network, int]]) -> None:
-        """CIDR identities appeared; each affected selector is rebuilt once."""
-        hits = self._cidr_hits(added, adding=True)
+        """CIDR identities appeared (already in the ipcache's map); each
+        affected selector is rebuilt once."""
+        hits = self._cidr_hits(added)
         for peer, idents in hits.items():
             self.members[peer] = self.members[peer] | idents
             self._stale.setdefault(peer, set()).update(idents)
 
     def remove_cidrs(self, removed: Iterable[tuple[IPv4Network, int]]) -> None:
-        hits = self._cidr_hits(removed, adding=False)
+        hits = self._cidr_hits(removed)
         for peer, idents in hits.items():
             self.members[peer] = self.members[peer] - idents
             self._stale.setdefault(peer, set()).update(idents)
 
-    def _cidr_hits(self, pairs: Iterable[tuple[IPv4Network, int]], adding: bool) -> dict[Peer, set[int]]:
+    def _cidr_hits(self, pairs: Iterable[tuple[IPv4Network, int]]) -> dict[Peer, set[int]]:
         """Selector -> the given CIDR identities it selects. Linear in the
         pairs: each prefix finds its selectors through its supernets."""
         hits: dict[Peer, set[int]] = {}
         for net, ident in pairs:
-            if adding:
-                self._cidrs[net] = ident
-            else:
-                self._cidrs.pop(net, None)
             for peer in self._world:
                 hits.setdefault(peer, set()).add(ident)
             addr = int(net.network_address)
