@@ -46,9 +46,8 @@ from agent.adapters.policy_compiler import PolicyFileLoader, RealCompiler  # noq
 from agent.api.client import AgentClient  # noqa: E402
 from agent.daemon import Agent, AgentConfig, build_agent  # noqa: E402
 from agent.core.models import EndpointCreate  # noqa: E402
-from policy.compiler import WORLD_NET, Compiler, _cidr_selects  # noqa: E402
+from policy.compiler import Compiler  # noqa: E402
 from policy.endpoint import Endpoint  # noqa: E402
-from policy.model import EntityPeer, Peer  # noqa: E402
 from policy.parse import parse_object  # noqa: E402
 from tests.agent.fakes import FakeDatapath, FakeProxy  # noqa: E402
 
@@ -69,43 +68,22 @@ def policy_doc(n: int) -> dict[str, Any]:
 
 
 class LegacyCompiler(Compiler):
-    """The compiler with its CIDR path as it was before the fix (the baseline)."""
+    """The compiler with its CIDR path as it was before the fix (the baseline):
+    one prefix at a time, each rebuilding every selector it falls in, and each
+    removal sweeping the whole allocator."""
 
-    def _retarget_cidrs(self, nets: set[IPv4Network], delta: int) -> None:
+    def _retarget_cidrs(self, nets: set[IPv4Network], add: bool) -> None:
         for net in nets:
-            if net == WORLD_NET:
+            moved = self._ipcache.add_prefixes([net]) if add else self._ipcache.remove_prefixes([net])
+            if not moved:
                 continue
-            n = self._cidr_refs[net] + delta
-            if n <= 0:
-                del self._cidr_refs[net]
-                ident = self._cidr_ids.pop(net, None)
-                if ident is not None:
-                    self._cidr_changed(net, ident, added=False)
+            self._labels_dirty = True
+            if add:
+                self._selectors.add_cidrs(moved)
             else:
-                self._cidr_refs[net] = n
-                if net not in self._cidr_ids:
-                    ident = self._cidr_ids[net] = self.identities.for_cidr(net)
-                    self._cidr_changed(net, ident, added=True)
-
-    def _cidr_changed(self, net: IPv4Network, ident: int, added: bool) -> None:
-        self._ipcache_dirty = self._labels_dirty = self._cidr_labels_dirty = True
-        if not added:
-            keep = set(self._cidr_ids)  # the old release_cidrs_except, once per prefix
-            self.identities.release_cidrs([n for n in list(self.identities._by_cidr) if n not in keep])
-        addr = int(net.network_address)
-        affected: list[Peer] = [p for p in self._cidr_sels if isinstance(p, EntityPeer)]
-        for plen in range(net.prefixlen + 1):
-            shift = 32 - plen
-            for peer in self._cidr_sel_by_net.get(((addr >> shift) << shift, plen), ()):
-                if _cidr_selects(peer, net):
-                    affected.append(peer)
-        for peer in affected:
-            members = self._members[peer]
-            self._members[peer] = (members | {ident}) if added else (members - {ident})
-            self._touch_users(peer, ident)
-
-    def _release_cidr_identities(self) -> None:
-        pass  # released eagerly above
+                self._selectors.remove_cidrs(moved)
+                keep = set(self._ipcache.cidr_ids)  # the old release_cidrs_except, once per prefix
+                self.identities.release_cidrs([n for n in list(self.identities._by_cidr) if n not in keep])
 
 
 # --- 1. offline compiler ------------------------------------------------------------
