@@ -2,12 +2,17 @@
 VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test bench lint
+.PHONY: install demo compose-demo test bench lint
 install:
 	bash scripts/install.sh
 
 demo: install
 	$(VENV)/bin/ciliate demo
+
+# The same demo on Docker (docker-compose.yml), against the engine DOCKER_HOST
+# names; COMPOSE="docker-compose" picks Debian's compose 1.29 over v2.
+compose-demo: install
+	$(PY) -m demo.compose_run $(if $(COMPOSE),--compose "$(COMPOSE)")
 
 test: install
 	$(PY) -m pytest -q -ra

@@ -9,6 +9,8 @@ log() { printf '[install] %s\n' "$*"; }
 apt_pkgs=(python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 nftables
           containernetworking-plugins docker-compose curl procps psmisc kmod
           python3-venv util-linux kubernetes-client)
+# The compose demo's test runs its own Docker engine and builds its base image.
+apt_pkgs+=(docker.io mmdebstrap)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
