@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable, Mapping, Set as AbstractSet
 from ipaddress import IPv4Network
-from typing import Any
 
 from policy.endpoint import DEFAULT_NAMESPACE, DEFAULT_SOURCE, NAMESPACE_LABEL, split_source
 
@@ -184,14 +183,3 @@ class IdentityAllocator:
         out._next_label = max([data.get("next_label", FIRST_LABEL_IDENTITY), *(i + 1 for i in out._labels)])
         out._next_cidr = max([data.get("next_cidr", FIRST_CIDR_IDENTITY), *(i + 1 for i in out._cidrs)])
         return out
-
-
-def __getattr__(name: str) -> Any:
-    # ProxyPortAllocator and ProxyPortsExhausted live in policy.proxyports;
-    # agent/adapters/policy_compiler.py still imports them from here. Lazy,
-    # because proxyports imports compiled, which imports this module.
-    if name in ("ProxyPortAllocator", "ProxyPortsExhausted"):
-        from policy import proxyports
-
-        return getattr(proxyports, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,8 @@ from agent.core.ports import Allocations, EndpointSpec, LoadedFile, PolicyProble
 from policy.compiled import RESERVED_IDENTITIES, CompiledState
 from policy.compiler import Compiler
 from policy.endpoint import Endpoint
-from policy.identity import IdentityAllocator, ProxyPortAllocator
+from policy.identity import IdentityAllocator
+from policy.proxyports import ProxyPortAllocator
 from policy.load import load_paths
 from policy.model import Policy
 

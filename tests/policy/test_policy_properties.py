@@ -246,7 +246,7 @@ def _l7_rules(rule: Any, proto: Protocol, port: int) -> list[Any]:
 def oracle_direction(
     pols: list[Policy], me: dict, direction: Direction, other: dict | int, proto: Protocol, port: int, method: str | None
 ) -> tuple[bool, str]:
-    """(allowed, layer) read straight from the policy model, as DESIGN.md states the semantics."""
+    """(allowed, layer) read straight from the policy model, as docs/design.md states the semantics."""
     mine = selectable_labels(identity_labels(me))
     enforced = l4_allowed = denied = False
     l7: list[Any] = []
