@@ -2,7 +2,7 @@
 
 Every listener ciliate renders tells Envoy's HTTP connection manager to
 normalize the path before any filter sees it, and the normalized path is also
-what the upstream receives (xds/render.py). `trace` must judge the same path,
+what the upstream receives (xds/listener.py). `trace` must judge the same path,
 so this module is the Python statement of that normalization, checked against
 the real Envoy in tests/xds/test_envoy_path_normalization.py. Pure.
 
