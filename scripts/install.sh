@@ -8,13 +8,17 @@ log() { printf '[install] %s\n' "$*"; }
 
 apt_pkgs=(python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 nftables
           containernetworking-plugins docker-compose curl procps psmisc kmod
-          python3-venv util-linux kubernetes-client)
+          python3-venv util-linux)
 # The compose demo's test runs its own Docker engine and builds its base image.
 apt_pkgs+=(docker.io mmdebstrap)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# The Kubernetes tests drive the API with kubectl. Debian's kubernetes-client
+# would collide with a kubectl some images already ship (Google Cloud's
+# package owns /usr/bin/kubectl), so install it only when there is none.
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if ((${#missing[@]})); then
   log "apt packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
