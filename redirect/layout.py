@@ -110,6 +110,24 @@ class FlowEventRaw(ctypes.Structure):
     ]
 
 
+METRICS_MAX = 1024  # distinct (verdict, reason, direction) keys; far more than exist
+
+
+class MetricsKey(ctypes.Structure):
+    _fields_ = [
+        ("verdict", ctypes.c_uint8),
+        ("reason", ctypes.c_uint8),
+        ("direction", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+    ]
+
+
+class MetricsValue(ctypes.Structure):
+    """One CPU's share; a lookup returns one per possible CPU (8-byte aligned)."""
+
+    _fields_ = [("packets", ctypes.c_uint64)]
+
+
 class EventVerdict(enum.IntEnum):
     DROP = 1
     FORWARD = 2
@@ -172,11 +190,14 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "ct_key": CtKey,
     "ct_value": CtValue,
     "flow_event": FlowEventRaw,
+    "metrics_key": MetricsKey,
+    "metrics_value": MetricsValue,
 }
 
 # C macro name -> Python value, checked the same way.
 CONSTANTS: dict[str, int] = {
     "POLICY_FIXED_BITS": POLICY_FIXED_BITS,
+    "METRICS_MAX": METRICS_MAX,
     "LXC_F_INGRESS_ENFORCED": LXC_F_INGRESS_ENFORCED,
     "LXC_F_EGRESS_ENFORCED": LXC_F_EGRESS_ENFORCED,
     "CT_F_REDIRECT": CT_F_REDIRECT,

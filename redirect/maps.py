@@ -14,6 +14,7 @@ another shape, which would silently drop the enforced state.
     ciliate_policy_<id>    LPM trie   one endpoint's policy (see policymap.py)
     ciliate_ct             LRU hash   conntrack
     ciliate_events         ring buffer of verdict events
+    ciliate_metrics        per-CPU hash  (verdict, reason, direction) -> packets
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from redirect import bpfsys, layout, policymap
+
+MAP_PERCPU_HASH = 5  # enum bpf_map_type; bpfsys lists only the types it needed before
 from redirect.errors import DatapathError
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/tc/globals")
@@ -79,6 +82,8 @@ class PinnedMaps:
             "ct": _Spec("ciliate_ct", bpfsys.MAP_LRU_HASH, ctypes.sizeof(layout.CtKey),
                         ctypes.sizeof(layout.CtValue), s.conntrack),
             "events": _Spec("ciliate_events", bpfsys.MAP_RINGBUF, 0, 0, s.events_bytes),
+            "metrics": _Spec("ciliate_metrics", MAP_PERCPU_HASH, ctypes.sizeof(layout.MetricsKey),
+                             ctypes.sizeof(layout.MetricsValue), layout.METRICS_MAX),
         }
         self._inner_spec = _Spec("ciliate_pol", bpfsys.MAP_LPM_TRIE, policymap.KEY_SIZE, policymap.VALUE_SIZE,
                                  s.policy_map_max, bpfsys.F_NO_PREALLOC)

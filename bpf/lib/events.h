@@ -1,6 +1,8 @@
 /* Verdict events into the pinned ring buffer. Emitted for a flow's first
  * packet (the policy decision) and for every drop, never for established
- * traffic, so the hot path pays nothing for observability. */
+ * traffic, so the hot path pays nothing for observability. Each emitted
+ * verdict also counts one packet in the per-CPU metrics map: the ring buffer
+ * may overflow or have no reader, the counters never lose a packet. */
 #ifndef CILIATE_EVENTS_H
 #define CILIATE_EVENTS_H
 
@@ -12,6 +14,25 @@ struct ev_ctx {
 	__u8 direction;
 	__u8 hook;
 };
+
+static __always_inline void count_verdict(__u8 verdict, __u8 reason, __u8 direction)
+{
+	struct metrics_key k = { .verdict = verdict, .reason = reason, .direction = direction };
+	struct metrics_value one = { .packets = 1 };
+	struct metrics_value *v = metrics.lookup(&k);
+
+	if (v) {
+		v->packets += 1; /* this CPU's copy: no other CPU writes it */
+		return;
+	}
+	/* First packet of this key on any CPU. NOEXIST: when another CPU
+	 * inserted it first, count into the entry it made. */
+	if (metrics.insert(&k, &one) == 0)
+		return;
+	v = metrics.lookup(&k);
+	if (v)
+		v->packets += 1;
+}
 
 static __always_inline void emit_event(struct pkt *p, struct ev_ctx *c, __u8 verdict,
 				       __u8 reason, __u16 proxy_port)
@@ -34,6 +55,7 @@ static __always_inline void emit_event(struct pkt *p, struct ev_ctx *c, __u8 ver
 	e.direction = c->direction;
 	e.hook = c->hook;
 	events.ringbuf_output(&e, sizeof(e), 0);
+	count_verdict(verdict, reason, c->direction);
 }
 
 #endif

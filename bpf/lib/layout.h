@@ -110,6 +110,21 @@ struct flow_event {
 	__u8 pad[5];
 };
 
+/* metrics: per-CPU packet counters of every emitted verdict, keyed by what
+ * the event says (verdict, reason, policy direction), so drops and forwards
+ * are counted even when the ring buffer is full or nobody reads it. The agent
+ * sums the CPUs at scrape time (redirect/counters.py). */
+#define METRICS_MAX 1024
+struct metrics_key {
+	__u8 verdict;   /* EV_* */
+	__u8 reason;    /* R_* */
+	__u8 direction; /* 0 ingress, 1 egress, DIR_NONE */
+	__u8 pad;
+};
+struct metrics_value {
+	__u64 packets;
+};
+
 /* reasons, mirrored by redirect.events.Reason */
 #define R_POLICY_ALLOW        0
 #define R_POLICY_DENY         1

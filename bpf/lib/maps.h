@@ -24,6 +24,10 @@ BPF_TABLE_PINNED("hash", __u32, __u32, policy_maps, LXC_MAX,
 BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_value, ct, CT_MAX,
 		 PIN("ciliate_ct"));
 
+/* Per-CPU, so the increment needs no atomic; see lib/events.h. */
+BPF_TABLE_PINNED("percpu_hash", struct metrics_key, struct metrics_value, metrics,
+		 METRICS_MAX, PIN("ciliate_metrics"));
+
 /* bcc's BPF_RINGBUF_OUTPUT has no pinned form; same table struct, pinned
  * section. */
 struct events_table_t {
