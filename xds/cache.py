@@ -5,12 +5,15 @@ from it, get a callback when a node's snapshot changes, and report back when
 their Envoy is fully in sync with a version (ACK) or rejected one (NACK).
 `wait_for_ack` is the completion the agent waits on before it points the
 kernel redirect at a proxy port (as Cilium does: redirect only after ACK).
+`counters` counts, per type URL and over every stream, the responses sent
+and the ACKs and NACKs that came back (the agent's xDS metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -35,9 +38,19 @@ class _Node:
     waiters: set[asyncio.Future] = field(default_factory=set)
 
 
+@dataclass
+class XdsCounters:
+    """Totals since start, by type URL; only ever incremented."""
+
+    pushes: Counter[str] = field(default_factory=Counter)  # responses sent
+    acks: Counter[str] = field(default_factory=Counter)
+    nacks: Counter[str] = field(default_factory=Counter)
+
+
 class SnapshotCache:
     def __init__(self) -> None:
         self._nodes: dict[str, _Node] = {}
+        self.counters = XdsCounters()
 
     def _node(self, node_id: str) -> _Node:
         n = self._nodes.get(node_id)
@@ -102,6 +115,12 @@ class SnapshotCache:
 
     # -- for the streams
 
+    def count_push(self, type_url: str) -> None:
+        self.counters.pushes[type_url] += 1
+
+    def count_ack(self, type_url: str) -> None:
+        self.counters.acks[type_url] += 1
+
     def watch(self, node_id: str, on_change: Callable[[], None]) -> Callable[[], None]:
         n = self._node(node_id)
         n.watchers.add(on_change)
@@ -120,6 +139,7 @@ class SnapshotCache:
     def report_nack(self, node_id: str, error: NackError) -> None:
         n = self._node(node_id)
         seq = n.seq_of.get(error.version, n.seq)
+        self.counters.nacks[error.type_url] += 1
         log.warning("node %s: %s", node_id, error)
         n.nack, n.nack_seq = error, seq
         self._wake(n)

@@ -59,6 +59,7 @@ class DeltaSession(Session):
             if self.is_nack(req):
                 self.cache.report_nack(self.node_id, NackError(req.error_detail.message, t, tuple(carried), version))
             else:
+                self.cache.count_ack(t)
                 # What that response carried, not what was sent since: a later
                 # response may still be in flight.
                 for n, r in carried.items():
@@ -115,6 +116,7 @@ class DeltaSession(Session):
         carried: dict[str, Resource | None] = {r.name: r for r in changed}
         carried.update((n, None) for n in removed)
         st.pending[nonce] = (snap.version, carried)
+        self.cache.count_push(t)
         await self.send(
             serialize.delta_discovery_response(
                 snap.version, t, nonce, [(r.name, r.version, r.body) for r in changed], removed

@@ -71,6 +71,7 @@ class SotwSession(Session):
                 )
             else:
                 st.acked = dict(st.sent or {})
+                self.cache.count_ack(t)
         names = frozenset(req.resource_names) - {"*"}
         if not st.wildcard:
             st.names = names
@@ -120,6 +121,7 @@ class SotwSession(Session):
         st.sent_nonce = self.next_nonce()
         st.sent_version = snap.version
         st.awaiting = True
+        self.cache.count_push(t)
         await self.send(serialize.discovery_response(snap.version, t, st.sent_nonce, [r.body for r in out]))
 
     def in_sync(self, snap: Snapshot) -> bool:
