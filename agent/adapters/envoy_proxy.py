@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from agent.core.ports import ProxyRejected, ProxyTimeout
+from agent.core.ports import ProxyCounters, ProxyRejected, ProxyTimeout
 from policy.compiled import CompiledState
 from redirect.layout import MARK_MAGIC_PROXY_ORIGIN
 from sidecar.bootstrap import read_admin_socket
@@ -224,6 +224,15 @@ class XdsProxy:
             "acked_version": self.cache.acked_version(self.node_id),
             "last_nack": self.cache.last_error(self.node_id),
         }
+
+    def counters(self) -> ProxyCounters:
+        c = self.cache.counters
+        return ProxyCounters(
+            xds_pushes=dict(c.pushes),
+            xds_acks=dict(c.acks),
+            xds_nacks=dict(c.nacks),
+            envoy_restarts=self.supervisor.restarts if self.supervisor is not None else 0,
+        )
 
     async def access_log(self) -> AsyncIterator[Mapping[str, Any]]:
         async for e in self.accesslog:

@@ -15,13 +15,40 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
-from agent.core.ports import ApplyOutcome, DumpedEntry, Failure, KernelEndpoint
+from agent.core.ports import (
+    ApplyOutcome,
+    DatapathCounters,
+    DumpedEntry,
+    Failure,
+    KernelEndpoint,
+    MapFill,
+    VerdictCounter,
+)
 from policy.compiled import CompiledState, Protocol
+from redirect import counters
 from redirect.datapath import Datapath
 from redirect.errors import MapFullError
-from redirect.layout import EventVerdict, Hook, Reason
+from redirect.layout import DIR_NONE, EventVerdict, Hook, Reason
 
 _FLOW_TYPE = {EventVerdict.DROP: "drop", EventVerdict.FORWARD: "forward", EventVerdict.REDIRECT: "redirect"}
+_DIRECTION = {0: "ingress", 1: "egress", DIR_NONE: "none"}
+
+
+def reason_name(reason: Reason | int) -> str:
+    """"policy-deny" for Reason.POLICY_DENY; the number for one this code does not know."""
+    return reason.name.lower().replace("_", "-") if isinstance(reason, Reason) else str(reason)
+
+
+def verdict_counters(rows: list[counters.VerdictCount]) -> tuple[VerdictCounter, ...]:
+    return tuple(
+        VerdictCounter(
+            _FLOW_TYPE.get(r.verdict, str(int(r.verdict))),  # type: ignore[call-overload]
+            reason_name(r.reason),
+            _DIRECTION.get(r.direction, str(r.direction)),
+            r.packets,
+        )
+        for r in rows
+    )
 
 
 class KernelDatapath:
@@ -78,10 +105,18 @@ class KernelDatapath:
             for r in rows
         ]
 
+    async def counters(self) -> DatapathCounters:
+        def read() -> DatapathCounters:
+            maps = self._dp.maps
+            fills = tuple(MapFill(f.name, f.entries, f.capacity) for f in counters.map_fill(maps))
+            return DatapathCounters(verdict_counters(counters.read_verdict_counts(maps)), fills)
+
+        return await asyncio.to_thread(read)
+
     async def flow_events(self) -> AsyncIterator[Mapping[str, Any]]:
         async with self._dp.events() as stream:
             async for ev in stream:
-                reason = ev.reason.name.lower().replace("_", "-") if isinstance(ev.reason, Reason) else str(ev.reason)
+                reason = reason_name(ev.reason)
                 yield {
                     "type": _FLOW_TYPE.get(ev.verdict, "forward"),
                     "endpoint_id": ev.endpoint_id,
@@ -91,6 +126,7 @@ class KernelDatapath:
                     "src_port": ev.sport or None,
                     "dst_ip": str(ev.dst),
                     "dst_port": ev.dport or None,
+                    "peer_endpoint_id": ev.peer_endpoint_id or None,
                     "src_identity": ev.src_identity or None,
                     "dst_identity": ev.dst_identity or None,
                     "verdict": ev.verdict.name.lower(),

@@ -26,6 +26,7 @@ from agent.api.openapi import openapi_document
 from agent.api.routes import Handler, Param, Route
 from agent.core.agent import Agent
 from agent.core.endpoint_table import AddressInUse, EndpointTableFull
+from agent.core.flow_filter import FLOW_TYPES, VERDICTS, FilterError, FlowFilter
 from agent.core.models import (
     BpfPolicyDump,
     Endpoint,
@@ -213,10 +214,20 @@ async def bpf_policy(request: web.Request) -> web.StreamResponse:
 
 
 async def flows(request: web.Request) -> web.StreamResponse:
-    types = frozenset(request.query.getall("type", [])) or None
+    q = request.query
+    try:
+        flt = FlowFilter.parse(
+            types=q.getall("type", []),
+            verdicts=q.getall("verdict", []),
+            ports=q.getall("port", []),
+            from_labels=q.getall("from_label", []),
+            to_labels=q.getall("to_label", []),
+        )
+    except FilterError as exc:
+        raise ApiError(400, "invalid query", str(exc)) from None
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
-    sub = _agent(request).flows.subscribe(types)
+    sub = _agent(request).flows.subscribe(flt=flt)
     try:
         async for event in sub:
             await resp.write(event.model_dump_json(exclude_none=True).encode() + b"\n")
@@ -266,7 +277,14 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET", "/v1/flows", flows, "Live flow events, one JSON object per line", "streamFlows", FlowEvent,
         stream="application/x-ndjson",
-        params=(Param("type", "query", {"type": "array", "items": {"type": "string"}}, "only these event types (repeatable)"),),
+        errors=(400,),
+        params=(
+            Param("type", "query", {"type": "array", "items": {"type": "string", "enum": list(FLOW_TYPES)}}, "only these event types (repeatable)"),
+            Param("verdict", "query", {"type": "array", "items": {"type": "string"}}, f"only these verdicts ({', '.join(VERDICTS)}; repeatable)"),
+            Param("port", "query", {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 65535}}, "source or destination port (repeatable)"),
+            Param("from_label", "query", {"type": "array", "items": {"type": "string"}}, "source labels, key=value[,key=value] (repeatable: any)"),
+            Param("to_label", "query", {"type": "array", "items": {"type": "string"}}, "destination labels, key=value[,key=value] (repeatable: any)"),
+        ),
     ),
     Route("GET", "/openapi.json", openapi, "This OpenAPI document", "getOpenapi", None),
 )
@@ -319,7 +337,7 @@ class ApiServer:
             app = web.Application()
 
             async def metrics(_: web.Request) -> web.Response:
-                return web.Response(body=self.agent.metrics.render(), content_type="text/plain")
+                return web.Response(body=await self.agent.scrape(), content_type="text/plain")
 
             app.router.add_get("/metrics", metrics)
             self._metrics_runner = web.AppRunner(app, handle_signals=False)

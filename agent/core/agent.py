@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from agent.core.endpoint_restore import restore_lost_endpoints
 from agent.core.endpoint_table import EndpointTable
+from agent.core.flow_enrich import FlowEnricher
 from agent.core.flows import FlowHub
 from agent.core.metrics import AgentMetrics
 from agent.core.models import (
@@ -34,7 +35,6 @@ from agent.core.models import (
     BpfPolicyEntry,
     Endpoint,
     EndpointCreate,
-    EndpointState,
     FlowEvent,
     Health,
     Identity,
@@ -46,10 +46,12 @@ from agent.core.policy_book import PolicyBook
 from agent.core.policy_status import policy_statuses
 from agent.core.ports import (
     Changes,
+    ClusterSource,
     CompilerFactory,
     DatapathControl,
     PolicyCompiler,
     PolicyLoader,
+    PolicyObjects,
     PolicySourceFactory,
     ProxyControl,
     Service,
@@ -57,7 +59,7 @@ from agent.core.ports import (
 from agent.core.regeneration_queue import RegenerationQueue
 from agent.core.regenerator import RegenerationReport, Regenerator
 from agent.core.state_store import StateStore
-from policy.compiled import RESERVED_IDENTITIES
+from policy.compiled import RESERVED_IDENTITIES, CompiledState
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class AgentConfig:
     ack_timeout: float = 5.0
     settle: float = 0.005
     shutdown_grace: float = 10.0
+    pod_wait: float = 5.0  # Kubernetes mode: how long an endpoint create waits for its Pod to be seen
 
     @property
     def socket(self) -> Path:
@@ -93,19 +96,28 @@ class Agent:
         policy_source: PolicySourceFactory | None = None,
         services: Sequence[Callable[["Agent"], Service]] = (),
         host_ips: Callable[[], Iterable[IPv4Address]] | None = None,
+        cluster: ClusterSource | None = None,
     ) -> None:
         """`policy_source` watches config.policy_dir (required when it is set);
+        `cluster` brings policies and pod labels from the Kubernetes API;
         `services` are built from the started agent and started after it (the
         REST API), in order, and stopped before it, in reverse."""
         if config.policy_dir is not None and policy_source is None:
             raise ValueError("AgentConfig.policy_dir is set but no policy_source watches it")
         self.config = config
         self._host_ips = host_ips
+        self.cluster = cluster
         self.store = StateStore(config.state_dir)
         self.table = EndpointTable(self.store)
         self.book = PolicyBook()
         self.flows = FlowHub()
-        self.metrics = AgentMetrics(policy_counts=self.policy_counts)
+        self.metrics = AgentMetrics(
+            policy_counts=self.policy_counts, endpoint_counts=self._endpoint_counts, identity_counts=self.identity_counts
+        )
+        self.enricher = FlowEnricher(self.table, self._enforced_state, self._identity_labels)
+        # When each policy change not yet regenerated was seen (monotonic), for
+        # ciliate_policy_implementation_delay_seconds.
+        self._policy_seen: list[float] = []
         self.loader = loader
         self.datapath = datapath
         self.proxy = proxy
@@ -150,6 +162,11 @@ class Agent:
             log.warning("policy directory %s does not exist (yet); no policy is loaded until it does", self.config.policy_dir)
         if self.watcher is not None:
             await self.watcher.poll_once()
+        if self.cluster is not None:
+            # The first regeneration waits for the API's policies: without them
+            # it would open what the kernel's pinned maps still close.
+            await self.cluster.start(self)
+            await self.endpoint_labels_changed(self._endpoint_names())
         self.queue.mark(restored, policy_changed=True, reason="agent start")
         self._worker = asyncio.create_task(self.queue.run(), name="ciliate-regeneration")
         if self.watcher is not None:
@@ -172,6 +189,8 @@ class Agent:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self._worker is not None:
             try:
                 await self.queue.drain(self.config.shutdown_grace)
@@ -202,30 +221,84 @@ class Agent:
 
     # --- events in -------------------------------------------------------------------
     async def _on_policy_change(self, changes: Changes) -> None:
+        seen = time.monotonic()
         changed = False
+        m = self.metrics
         for path in sorted(changes.removed):
             changed |= self.book.remove_file(path)
+            m.policy_changes.labels("success").inc()
             log.info("policy file removed: %s", path)
         for path in sorted(changes.changed):
             loaded = await asyncio.to_thread(self.loader.load_file, path)
             changed |= self.book.update_file(path, loaded)
             ok = not self.book.problems().get(path)
-            self.metrics.policy_file_reloads.labels("ok" if ok else "invalid").inc()
+            m.policy_changes.labels("success" if ok else "failure").inc()
             if not ok:
+                m.policy_import_errors.inc()
                 for p in self.book.problems()[path]:
                     log.warning("policy file invalid, previous version kept: %s", p)
         if changed:
+            self._policy_seen.append(seen)
             self.queue.mark(policy_changed=True, reason="policy files changed")
 
+    async def policy_objects_changed(self, objects: PolicyObjects) -> None:
+        """Policy objects from the cluster source, each one unit as a file is."""
+        changed = False
+        for source in sorted(objects.removed):
+            changed |= self.book.remove_file(source)
+        for source, loaded in sorted(objects.changed.items()):
+            changed |= self.book.update_file(source, loaded)
+            for p in self.book.problems().get(source, ()):
+                log.warning("policy object invalid, previous version kept: %s", p)
+        if changed:
+            self.queue.mark(policy_changed=True, reason="policy objects changed")
+        if self.cluster is not None:
+            self.cluster.regenerated()  # a validation error shows without a regeneration
+
+    def _endpoint_names(self) -> set[str]:
+        return {rec.name for i in self.table.ids() if (rec := self.table.record(i)) is not None and rec.name}
+
+    async def endpoint_labels_changed(self, names: Iterable[str]) -> None:
+        """Re-identify the endpoints of these pods whose labels changed, in place:
+        same endpoint id and interface, new identity at the next regeneration."""
+        if self.cluster is None:
+            return
+        wanted = set(names)
+        marked = []
+        for eid in self.table.ids():
+            rec = self.table.record(eid)
+            if rec is None or rec.name not in wanted:
+                continue
+            labels = self.cluster.endpoint_labels(rec.name)
+            if labels is not None and dict(labels) != rec.labels:
+                self.table.relabel(eid, dict(labels))
+                marked.append(eid)
+        if marked:
+            self.queue.mark(marked, reason="pod labels changed")
+
     async def _regenerate(self, batch) -> None:
-        assert self.regenerator is not None
+        regen = self.regenerator
+        assert regen is not None
+        # The queue took this batch just now, with no await in between: every
+        # change seen so far is in it, later ones wait for the next batch.
+        seen, self._policy_seen = (self._policy_seen, []) if batch.policy_changed else ([], self._policy_seen)
+        refused = dict(regen.compile_errors)
         t0 = time.perf_counter()
-        await self.regenerator.regenerate(batch)
-        self.metrics.regeneration_seconds.observe(time.perf_counter() - t0)
+        await regen.regenerate(batch)
+        self.metrics.regeneration_seconds.labels("total").observe(time.perf_counter() - t0)
+        new_refusals = sum(1 for k, msg in regen.compile_errors.items() if refused.get(k) != msg)
+        if new_refusals:
+            self.metrics.policy_import_errors.inc(new_refusals)
+        if regen.last_state is not None and regen.last_state.revision == batch.revision:
+            done = time.monotonic()
+            for t in seen:
+                self.metrics.policy_delay.labels("file").observe(done - t)
 
     def _observe(self, report: RegenerationReport) -> None:
         m = self.metrics
         m.policy_revision.set(report.revision)
+        if self.cluster is not None:
+            self.cluster.regenerated()
         if report.publish is not None:
             m.proxy_publishes.labels(report.publish).inc()
         ok = len(report.changed - report.failed.keys())
@@ -233,9 +306,20 @@ class Agent:
             m.regenerations.labels("success").inc(ok)
         if report.failed:
             m.regenerations.labels("failure").inc(len(report.failed))
-        counts = self._endpoint_counts()
-        for state in EndpointState:
-            m.endpoints.labels(state.value).set(counts.get(state.value, 0))
+
+    async def scrape(self) -> bytes:
+        """The metrics text, with the kernel's counters and the proxy's totals
+        read now. A port that cannot answer leaves its last reading in place
+        (a scrape must not fail because the kernel side is busy)."""
+        try:
+            self.metrics.datapath = await self.datapath.counters()
+        except Exception as exc:
+            log.warning("reading the datapath's counters failed; serving the last ones: %s", exc)
+        try:
+            self.metrics.proxy = self.proxy.counters()
+        except Exception as exc:
+            log.warning("reading the proxy's counters failed; serving the last ones: %s", exc)
+        return self.metrics.render()
 
     async def _pump(self, source: Callable[[], AsyncIterator[Mapping[str, Any]]], name: str) -> None:
         """Forward one event source into the hub; restart it (with backoff) if it ends or breaks."""
@@ -250,6 +334,8 @@ class Agent:
                         log.debug("dropping malformed %s flow event: %s", name, exc)
                         continue
                     self.metrics.flow_events.labels(event.type).inc()
+                    if event.type == "l7":
+                        self.metrics.observe_l7(event.verdict)
                     self.flows.publish(event)
             except asyncio.CancelledError:
                 raise
@@ -263,19 +349,25 @@ class Agent:
             return []
         return sorted(self.compiler.identity_labels().get(identity, ()))
 
+    def _identity_labels(self) -> Mapping[int, frozenset[str]]:
+        return self.compiler.identity_labels() if self.compiler is not None else {}
+
+    def _enforced_state(self) -> CompiledState | None:
+        return self.regenerator.last_state if self.regenerator is not None else None
+
     def _enrich(self, raw: Mapping[str, Any]) -> FlowEvent:
-        data = dict(raw)
-        data.setdefault("time", time.time())
-        if not data.get("src_labels"):
-            data["src_labels"] = self._labels(data.get("src_identity"))
-        if not data.get("dst_labels"):
-            data["dst_labels"] = self._labels(data.get("dst_identity"))
-        return FlowEvent.model_validate(data)
+        return FlowEvent.model_validate(self.enricher.enrich(raw))
 
     # --- what the API serves ---------------------------------------------------------
     async def create_endpoint(self, req: EndpointCreate, wait: float | None) -> tuple[Endpoint, bool]:
         # In the loop, not a thread: the table is read by every API call, and the
         # write (one small atomic file) must not be reordered with the next one.
+        if self.cluster is not None and req.name:
+            # Kubernetes mode: the Pod's labels, not what CNI could tell. A pod
+            # not seen (yet) keeps CNI's labels and is re-identified once seen.
+            labels = await self.cluster.wait_endpoint_labels(req.name, self.config.pod_wait)
+            if labels is not None:
+                req = req.model_copy(update={"labels": dict(labels)})
         rec, created = self.table.upsert(req)
         live = self.table.live(rec.id)
         generation = live.generation if live else 0
@@ -324,6 +416,14 @@ class Agent:
             counts[s.state] = counts.get(s.state, 0) + 1
         return counts
 
+    def identity_counts(self) -> dict[str, int]:
+        """Identities by type (reserved, endpoint, cidr), for the ciliate_identity gauge."""
+        counts: dict[str, int] = {}
+        for i, labels in self._identity_labels().items():
+            kind = "reserved" if i in RESERVED_IDENTITIES else "cidr" if any(x.startswith("cidr:") for x in labels) else "endpoint"
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
     def identities(self) -> IdentityList:
         labels = self.compiler.identity_labels() if self.compiler else {}
         users: dict[int, list[int]] = {}
@@ -347,6 +447,9 @@ class Agent:
         proxy = dict(self.proxy.status())
         checks["proxy"] = "ok" if proxy.get("ok", True) else str(proxy.get("detail") or "not ready")
         checks["api"] = "ok"
+        if self.cluster is not None:
+            k8s = dict(self.cluster.health())
+            checks["kubernetes"] = "ok" if k8s.get("ok") else str(k8s.get("detail") or "not ready")
         return Health(ok=all(v == "ok" for v in checks.values()), checks=checks)
 
     def status(self) -> Status:
@@ -363,6 +466,11 @@ class Agent:
             proxy=proxy,
             state_dir=str(self.config.state_dir),
             policy_dir=str(self.config.policy_dir) if self.config.policy_dir else None,
+            kubernetes=(
+                {k: v for k, v in self.cluster.health().items() if isinstance(v, (str, int, float, bool)) or v is None}
+                if self.cluster is not None
+                else None
+            ),
         )
 
     async def bpf_policy(self, endpoint_id: int) -> BpfPolicyDump | None:

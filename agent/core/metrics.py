@@ -1,12 +1,18 @@
 """Prometheus metrics of the agent, in a registry of its own (so tests can run many agents).
 
-Served by agent/api/server.py on a loopback TCP port; the names follow Cilium's
-where one exists. Counters and gauges are moved where the state changes (the
-agent core after a policy file read, a regeneration or a flow event), never by
-a read of the API. Policies by status is the one exception: it is a function of
-the whole state (policy book, endpoints, last regeneration) that costs a pass
-over every policy and endpoint, so it is computed when Prometheus scrapes, not
-after every regeneration. No I/O here.
+Served by agent/api/server.py on a loopback TCP port. Names and labels follow
+Cilium's (`cilium_drop_count_total` is `ciliate_drop_count_total` here, ...)
+and Prometheus' conventions (counters end in `_total`, durations in seconds);
+README.md's "Metrics" section lists every one. No I/O here.
+
+Two kinds of sources:
+- moved where the state changes (the agent core after a policy file read, a
+  regeneration or a flow event), never by a read of the API;
+- read when Prometheus scrapes: what lives elsewhere and is only worth
+  reading when asked. The kernel's verdict counters and map fill (the agent
+  fetches them through the datapath port right before rendering, see
+  `Agent.scrape`), the xDS and Envoy totals (proxy port), and functions of
+  the whole state (policies and endpoints by state, identities by type).
 """
 
 from __future__ import annotations
@@ -14,45 +20,143 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from agent.core.ports import DatapathCounters, ProxyCounters
 
 POLICY_STATES = ("enforced", "pending", "not-enforced", "error")
+ENDPOINT_STATES = ("waiting-for-identity", "regenerating", "ready", "not-ready")
+IDENTITY_TYPES = ("reserved", "endpoint", "cidr")
+L7_RULES = ("received", "forwarded", "denied")
+# Seconds; policy changes are compiled, pushed to Envoy (ACK) and written to
+# the kernel, from milliseconds for a small change to many seconds for 20k CIDRs.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+Counts = Callable[[], Mapping[str, int]]
 
 
-class _PoliciesByState:
-    """The ciliate_policies gauge, read from the agent at scrape time."""
+def _zero() -> Mapping[str, int]:
+    return {}
 
-    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
-        self._counts = counts
+
+class _ScrapeTime:
+    """Families computed from the agent's state and the last port readings, at scrape time."""
+
+    def __init__(self, owner: "AgentMetrics") -> None:
+        self._m = owner
 
     def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily("ciliate_policies", "Policies by status", labels=["state"])
-        counts = self._counts()
-        for state in POLICY_STATES:
-            family.add_metric([state], counts.get(state, 0))
+        m = self._m
+        yield _by_state("ciliate_policies", "Policies by status", "state", POLICY_STATES, m.policy_counts())
+        states = m.endpoint_counts()
+        yield _by_state("ciliate_endpoint_state", "Endpoints by state", "endpoint_state", ENDPOINT_STATES, states)
+        total = GaugeMetricFamily("ciliate_endpoint", "Endpoints managed by this agent")
+        total.add_metric([], sum(states.values()))
+        yield total
+        yield _by_state("ciliate_identity", "Identities allocated, by type", "type", IDENTITY_TYPES, m.identity_counts())
+        yield from _kernel(m.datapath)
+        yield from _proxy(m.proxy)
+
+
+def _by_state(name: str, doc: str, label: str, known: tuple[str, ...], counts: Mapping[str, int]) -> Metric:
+    family = GaugeMetricFamily(name, doc, labels=[label])
+    for state in dict.fromkeys((*known, *sorted(counts))):
+        family.add_metric([state], counts.get(state, 0))
+    return family
+
+
+def _kernel(c: DatapathCounters) -> Iterator[Metric]:
+    drops = CounterMetricFamily(
+        "ciliate_drop_count", "Packets dropped by the datapath, by reason and policy direction (kernel per-CPU counters)",
+        labels=["reason", "direction"],
+    )
+    forwards = CounterMetricFamily(
+        "ciliate_forward_count",
+        "New flows forwarded by the datapath (to the peer or to the proxy), by reason and policy direction "
+        "(kernel per-CPU counters; established traffic is not counted)",
+        labels=["reason", "direction"],
+    )
+    summed: dict[tuple[bool, str, str], int] = {}
+    for v in c.verdicts:
+        key = (v.verdict == "drop", v.reason, v.direction)
+        summed[key] = summed.get(key, 0) + v.packets
+    for (is_drop, reason, direction), packets in sorted(summed.items()):
+        (drops if is_drop else forwards).add_metric([reason, direction], packets)
+    yield drops
+    yield forwards
+    pressure = GaugeMetricFamily("ciliate_bpf_map_pressure", "Fill of each bpf map: entries / capacity", labels=["map_name"])
+    for f in sorted(c.maps, key=lambda f: f.name):
+        pressure.add_metric([f.name], f.entries / f.capacity if f.capacity else 0.0)
+    yield pressure
+
+
+def _proxy(c: ProxyCounters) -> Iterator[Metric]:
+    for name, doc, values in (
+        ("ciliate_xds_pushes", "xDS responses sent to Envoy, by type URL", c.xds_pushes),
+        ("ciliate_xds_acks", "xDS responses Envoy acknowledged, by type URL", c.xds_acks),
+        ("ciliate_xds_nacks", "xDS responses Envoy rejected (NACK), by type URL", c.xds_nacks),
+    ):
+        family = CounterMetricFamily(name, doc, labels=["type_url"])
+        for url, n in sorted(values.items()):
+            family.add_metric([url], n)
         yield family
+    restarts = CounterMetricFamily("ciliate_envoy_restarts", "Restarts of the sidecar Envoy (exits and repairs)")
+    restarts.add_metric([], c.envoy_restarts)
+    yield restarts
 
 
 class AgentMetrics:
-    def __init__(self, policy_counts: Callable[[], Mapping[str, int]] | None = None) -> None:
+    def __init__(
+        self,
+        policy_counts: Counts | None = None,
+        endpoint_counts: Counts | None = None,
+        identity_counts: Counts | None = None,
+    ) -> None:
+        self.policy_counts = policy_counts or _zero
+        self.endpoint_counts = endpoint_counts or _zero
+        self.identity_counts = identity_counts or _zero
+        # The last readings of the ports, refreshed by Agent.scrape().
+        self.datapath = DatapathCounters()
+        self.proxy = ProxyCounters()
         self.registry = CollectorRegistry()
         r = self.registry
         self.regenerations = Counter("ciliate_endpoint_regenerations", "Endpoint regenerations by outcome", ["outcome"], registry=r)
         self.regeneration_seconds = Histogram(
-            "ciliate_regeneration_seconds",
-            "Time of one regeneration batch: compile, Envoy ACK, kernel write",
+            "ciliate_endpoint_regeneration_time_stats_seconds",
+            "Time of one regeneration batch (compile, Envoy ACK, kernel write), by scope",
+            ["scope"],
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
-        self.policy_revision = Gauge("ciliate_policy_revision", "Policy revision the datapath enforces", registry=r)
-        self.endpoints = Gauge("ciliate_endpoints", "Endpoints by state", ["state"], registry=r)
-        if policy_counts is not None:
-            r.register(_PoliciesByState(policy_counts))
-        self.policy_file_reloads = Counter("ciliate_policy_file_reloads", "Policy files read, by outcome", ["outcome"], registry=r)
+        self.policy_revision = Gauge("ciliate_policy_max_revision", "Policy revision the datapath enforces", registry=r)
+        self.policy_changes = Counter(
+            "ciliate_policy_change", "Policy file changes (new, changed or removed files) by outcome", ["outcome"], registry=r
+        )
+        self.policy_import_errors = Counter(
+            "ciliate_policy_import_errors", "Policies or policy files refused (validation or compiler)", registry=r
+        )
+        self.policy_delay = Histogram(
+            "ciliate_policy_implementation_delay_seconds",
+            "From a policy change being seen to the regeneration that enforces it (Envoy ACK and kernel write)",
+            ["source"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.flow_events = Counter("ciliate_flow_events", "Flow events forwarded to monitor clients", ["type"], registry=r)
+        self.policy_l7 = Counter(
+            "ciliate_policy_l7", "L7 requests seen by the proxy, by rule outcome (received, forwarded, denied)",
+            ["rule", "proxy_type"], registry=r,
+        )
         self.proxy_publishes = Counter(
             "ciliate_proxy_publishes", "Publishes of a new L7 configuration to Envoy, by outcome (acked, rejected, timeout)", ["outcome"], registry=r
         )
+        for rule in L7_RULES:  # present from the start, so rate() sees the first request
+            self.policy_l7.labels(rule, "http")
+        r.register(_ScrapeTime(self))
+
+    def observe_l7(self, verdict: str | None) -> None:
+        self.policy_l7.labels("received", "http").inc()
+        self.policy_l7.labels("denied" if verdict == "denied" else "forwarded", "http").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

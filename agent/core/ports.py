@@ -189,6 +189,41 @@ class KernelEndpoint:
     link_present: bool  # the veth it was attached to still exists
 
 
+@dataclass(frozen=True, slots=True)
+class VerdictCounter:
+    """Packets the kernel counted for one (verdict, reason, direction)."""
+
+    verdict: str  # "drop" | "forward" | "redirect"
+    reason: str  # e.g. "policy-deny", "no-policy-match"
+    direction: str  # "ingress" | "egress" | "none" (decided before any policy)
+    packets: int
+
+
+@dataclass(frozen=True, slots=True)
+class MapFill:
+    name: str  # e.g. "ciliate_ct", "ciliate_policy_7"
+    entries: int
+    capacity: int
+
+
+@dataclass(frozen=True, slots=True)
+class DatapathCounters:
+    """What the kernel counts, read at scrape time."""
+
+    verdicts: tuple[VerdictCounter, ...] = ()
+    maps: tuple[MapFill, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyCounters:
+    """Totals since start: xDS responses, ACKs and NACKs by type URL, Envoy restarts."""
+
+    xds_pushes: Mapping[str, int] = field(default_factory=dict)
+    xds_acks: Mapping[str, int] = field(default_factory=dict)
+    xds_nacks: Mapping[str, int] = field(default_factory=dict)
+    envoy_restarts: int = 0
+
+
 class DatapathControl(Protocol):
     """The kernel side (redirect.datapath.Datapath behind agent/adapters/kernel_datapath.py)."""
 
@@ -220,6 +255,10 @@ class DatapathControl(Protocol):
 
     def flow_events(self) -> AsyncIterator[Mapping[str, Any]]:
         """Kernel verdict events as plain dicts (see agent.core.models.FlowEvent)."""
+        ...
+
+    async def counters(self) -> DatapathCounters:
+        """The kernel's per-CPU verdict counters and every map's fill, now."""
         ...
 
 
@@ -257,6 +296,10 @@ class ProxyControl(Protocol):
         """Envoy access-log entries as plain dicts (see agent.core.models.FlowEvent)."""
         ...
 
+    def counters(self) -> ProxyCounters:
+        """xDS and Envoy lifecycle totals (in memory, cheap)."""
+        ...
+
 
 class Service(Protocol):
     """Something the daemon starts after the core and stops before it (the REST API)."""
@@ -264,3 +307,64 @@ class Service(Protocol):
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyObjects:
+    """Policy objects from an orchestrator's API that changed or appeared
+    (source name -> the loaded object) and the ones that went away.
+
+    A source name is what error lines and the status show, e.g.
+    `k8s:CiliumNetworkPolicy/ns/name`; each object is one unit, taken whole
+    or not at all, as a file is."""
+
+    changed: Mapping[str, LoadedFile] = field(default_factory=dict)
+    removed: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.removed)
+
+
+class ClusterEvents(Protocol):
+    """What the core offers a ClusterSource (agent.core.agent.Agent is one)."""
+
+    async def policy_objects_changed(self, objects: PolicyObjects) -> None: ...
+
+    async def endpoint_labels_changed(self, names: Iterable[str]) -> None:
+        """The labels of these endpoints (by name, `namespace/pod`) may have
+        changed: the core asks ClusterSource.endpoint_labels() again."""
+        ...
+
+    def policies(self) -> Any:
+        """Every policy's status (agent.core.models.PolicyList), to write back."""
+        ...
+
+
+class ClusterSource(Protocol):
+    """Policies and endpoint labels from an orchestrator (the Kubernetes API
+    server, agent/adapters/kubernetes/), and policy status written back."""
+
+    async def start(self, events: ClusterEvents) -> None:
+        """Begin watching; returns once the initial state was handed to
+        `events` (raises if it could not be had in the source's sync timeout)."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    def endpoint_labels(self, name: str) -> Mapping[str, str] | None:
+        """The labels of the endpoint named `namespace/pod`, or None when the
+        source knows no such pod (not one of its pods, or not seen yet)."""
+        ...
+
+    async def wait_endpoint_labels(self, name: str, timeout: float) -> Mapping[str, str] | None:
+        """As endpoint_labels(), waiting up to `timeout` for the pod to be seen."""
+        ...
+
+    def regenerated(self) -> None:
+        """The policies' status may have changed (a regeneration ended)."""
+        ...
+
+    def health(self) -> Mapping[str, Any]:
+        """{"ok": bool, "detail": str, ...} for `ciliate status`; not ok while
+        the API server is unreachable (the last known state stays enforced)."""
+        ...

@@ -18,6 +18,10 @@ from typing import Any
 from agent.core.ports import (
     Allocations,
     ApplyOutcome,
+    DatapathCounters,
+    MapFill,
+    ProxyCounters,
+    VerdictCounter,
     DumpedEntry,
     EndpointSpec,
     Failure,
@@ -214,9 +218,23 @@ class FakeDatapath:
         self.fail_attach: set[int] = set()
         self.links_gone: set[str] = set()  # host interfaces that no longer exist
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # What the kernel's per-CPU counters hold: (verdict, reason, direction) -> packets.
+        self.verdict_counts: dict[tuple[str, str, str], int] = {}
+        self.map_capacities: dict[str, int] = {"ciliate_ct": 65536, "ciliate_ipcache": 65536}
 
     async def setup(self) -> None:
         self.setups += 1
+
+    def count(self, verdict: str, reason: str, direction: str, packets: int = 1) -> None:
+        """Packets the fake kernel counted, as bpf/lib/events.h does."""
+        key = (verdict, reason, direction)
+        self.verdict_counts[key] = self.verdict_counts.get(key, 0) + packets
+
+    async def counters(self) -> DatapathCounters:
+        verdicts = tuple(VerdictCounter(v, r, d, n) for (v, r, d), n in sorted(self.verdict_counts.items()))
+        maps = [MapFill(name, len(self.kernel) if name == "ciliate_lxc" else 0, cap) for name, cap in sorted(self.map_capacities.items())]
+        maps += [MapFill(f"ciliate_policy_{eid}", len(entries), self.map_capacity or 16384) for eid, entries in sorted(self.kernel.items())]
+        return DatapathCounters(verdicts, tuple(maps))
 
     async def close(self) -> None:
         self.closed = getattr(self, "closed", 0) + 1
@@ -267,6 +285,7 @@ class FakeProxy:
         self.published: list[CompiledState] = []
         self.started = self.stopped = 0
         self.log: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.xds = ProxyCounters()
 
     async def start(self) -> None:
         self.started += 1
@@ -284,6 +303,9 @@ class FakeProxy:
 
     def status(self) -> Mapping[str, Any]:
         return {"ok": True, "envoy": "fake", "published": len(self.published)}
+
+    def counters(self) -> ProxyCounters:
+        return self.xds
 
     async def access_log(self) -> AsyncIterator[dict[str, Any]]:
         while True:

@@ -125,8 +125,8 @@ async def test_metrics_on_loopback(served) -> None:
     port = agent.services[0].metrics_port
     async with httpx.AsyncClient() as h:
         text = (await h.get(f"http://127.0.0.1:{port}/metrics")).text
-    assert 'ciliate_endpoints{state="ready"} 1.0' in text
-    assert "ciliate_regeneration_seconds_count" in text
+    assert 'ciliate_endpoint_state{endpoint_state="ready"} 1.0' in text
+    assert "ciliate_endpoint_regeneration_time_stats_seconds_count" in text
 
 
 async def test_flow_stream_filters_by_type(served, rig: Rig) -> None:
