@@ -118,8 +118,19 @@ class AgentClient:
     def bpf_policy(self, endpoint_id: int) -> BpfPolicyDump:
         return self._call("GET", f"/v1/bpf/policy/{endpoint_id}", BpfPolicyDump)
 
-    def flows(self, types: Iterable[str] = ()) -> Iterator[FlowEvent]:
+    def flows(
+        self,
+        types: Iterable[str] = (),
+        *,
+        verdicts: Iterable[str] = (),
+        ports: Iterable[int] = (),
+        from_labels: Iterable[str] = (),
+        to_labels: Iterable[str] = (),
+    ) -> Iterator[FlowEvent]:
+        """Live events the agent filtered for us (see agent/core/flow_filter.py)."""
         params = [("type", t) for t in types]
+        params += [("verdict", v) for v in verdicts] + [("port", str(p)) for p in ports]
+        params += [("from_label", x) for x in from_labels] + [("to_label", x) for x in to_labels]
         try:
             with self._http.stream("GET", "/v1/flows", params=params, timeout=httpx.Timeout(None, connect=5.0)) as resp:
                 if resp.status_code != 200:

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_socket
-from agent.core.models import FlowEvent
+from agent.cli import monitor
 
 Rows = list[Sequence[object]]
 
@@ -160,35 +159,6 @@ def _bpf_policy_get(client: AgentClient, args: argparse.Namespace) -> int:
     )
 
 
-def format_flow(e: FlowEvent) -> str:
-    when = time.strftime("%H:%M:%S", time.localtime(e.time)) + f".{int(e.time * 1000) % 1000:03d}"
-    src = f"{e.src_ip or '?'}:{e.src_port or ''}".rstrip(":")
-    dst = f"{e.dst_ip or '?'}:{e.dst_port or ''}".rstrip(":")
-    src_who = f" ({', '.join(e.src_labels)})" if e.src_labels else (f" (identity {e.src_identity})" if e.src_identity else "")
-    dst_who = f" ({', '.join(e.dst_labels)})" if e.dst_labels else (f" (identity {e.dst_identity})" if e.dst_identity else "")
-    parts = [when, e.type.upper(), f"{src}{src_who} -> {dst}{dst_who}"]
-    if e.method:
-        parts.append(f"{e.method} {e.path or ''} -> {e.status}")
-    if e.verdict:
-        parts.append(e.verdict)
-    if e.reason:
-        parts.append(f"({e.reason})")
-    return " ".join(parts)
-
-
-def _monitor(client: AgentClient, args: argparse.Namespace) -> int:
-    shown = 0
-    for event in client.flows(args.type or ()):
-        if args.output == "json":
-            print(event.model_dump_json(exclude_none=True), flush=True)
-        else:
-            print(format_flow(event), flush=True)
-        shown += 1
-        if args.count and shown >= args.count:
-            break
-    return 0
-
-
 # --- the daemon -------------------------------------------------------------------
 def _host_ips() -> list:
     """Local IPv4 addresses (lo excluded: the ipcache has no use for 127/8), for the `host` identity."""
@@ -306,6 +276,5 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     bpg.set_defaults(func=_client_command(_bpf_policy_get))
 
     m = sub.add_parser("monitor", parents=[common], help="live flow events: kernel verdicts and Envoy access logs")
-    m.add_argument("--type", action="append", choices=("drop", "forward", "redirect", "l7", "policy-verdict", "agent"), help="only these event types (repeatable)")
-    m.add_argument("-n", "--count", type=int, default=0, help="stop after this many events")
-    m.set_defaults(func=_client_command(_monitor))
+    monitor.add_arguments(m)
+    m.set_defaults(func=_client_command(monitor.run))

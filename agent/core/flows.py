@@ -1,28 +1,32 @@
 """Fan-out of flow events (kernel verdicts, Envoy access logs) to monitor clients.
 
 Each subscriber gets its own bounded queue; a slow client loses its oldest
-events (counted) rather than slowing the agent. Pure asyncio, no I/O.
+events (counted) rather than slowing the agent. A subscriber's filter
+(flow_filter.py) is applied before its queue, so what it drops for being
+slow is only ever what it asked for. Pure asyncio, no I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
+from agent.core.flow_filter import FlowFilter
 from agent.core.models import FlowEvent
 
 SUBSCRIBER_QUEUE = 1024
 
 
 class Subscription:
-    def __init__(self, hub: "FlowHub", types: frozenset[str] | None) -> None:
+    def __init__(self, hub: "FlowHub", flt: FlowFilter) -> None:
         self._hub = hub
-        self.types = types
+        self.filter = flt
         self.queue: asyncio.Queue[FlowEvent | None] = asyncio.Queue(SUBSCRIBER_QUEUE + 1)
         self.lost = 0
 
     def offer(self, event: FlowEvent) -> None:
-        if self.types is not None and event.type not in self.types:
+        if self.filter and not self.filter.matches(event):
             return
         if self.queue.qsize() >= SUBSCRIBER_QUEUE:
             self.queue.get_nowait()
@@ -46,8 +50,11 @@ class FlowHub:
         self._subs: set[Subscription] = set()
         self.published = 0
 
-    def subscribe(self, types: frozenset[str] | None = None) -> Subscription:
-        sub = Subscription(self, types)
+    def subscribe(self, types: frozenset[str] | None = None, flt: FlowFilter | None = None) -> Subscription:
+        """Events of these `types` (all when None) that pass `flt`."""
+        if types:
+            flt = replace(flt or FlowFilter(), types=frozenset(types))
+        sub = Subscription(self, flt or FlowFilter())
         self._subs.add(sub)
         return sub
 

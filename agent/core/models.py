@@ -163,6 +163,9 @@ class Status(_Model):
     proxy: dict[str, str | int | bool | None]
     state_dir: str
     policy_dir: str | None = None
+    kubernetes: dict[str, str | int | float | bool | None] | None = Field(
+        default=None, description="Kubernetes mode: API server reachable, since when, objects watched (absent without Kubernetes)"
+    )
 
 
 class BpfPolicyEntry(_Model):
@@ -201,6 +204,12 @@ class FlowEvent(BaseModel):
     dst_identity: int | None = None
     src_labels: list[str] = Field(default_factory=list)
     dst_labels: list[str] = Field(default_factory=list)
+    src_endpoint_id: int | None = Field(default=None, description="local endpoint holding the source address")
+    dst_endpoint_id: int | None = Field(default=None, description="local endpoint holding the destination address")
+    src_pod: str | None = Field(default=None, description="pod name of the source, when known")
+    src_namespace: str | None = None
+    dst_pod: str | None = Field(default=None, description="pod name of the destination, when known")
+    dst_namespace: str | None = None
     verdict: str | None = None
     reason: str | None = None
     method: str | None = None
