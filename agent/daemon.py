@@ -2,7 +2,8 @@
 
 The core (agent/core/) knows neither; this is the one place that plugs the
 directory watcher (agent/adapters/policy_directory.py) and the API server
-(agent/api/server.py) into it. `ciliate agent` adds the kernel, Envoy and
+(agent/api/server.py) into it, and, in Kubernetes mode, the cluster source
+(agent/adapters/kubernetes/) the caller built. `ciliate agent` adds the kernel, Envoy and
 policy adapters (agent/cli/agent_commands.py); tests and benchmarks pass
 fakes for those and get the same daemon.
 """
@@ -15,7 +16,7 @@ from ipaddress import IPv4Address
 from agent.adapters.policy_directory import DirectoryWatcher
 from agent.api.server import ApiServer
 from agent.core.agent import Agent, AgentConfig
-from agent.core.ports import CompilerFactory, DatapathControl, PolicyLoader, ProxyControl
+from agent.core.ports import ClusterSource, CompilerFactory, DatapathControl, PolicyLoader, ProxyControl
 
 __all__ = ["Agent", "AgentConfig", "build_agent"]
 
@@ -28,9 +29,11 @@ def build_agent(
     datapath: DatapathControl,
     proxy: ProxyControl,
     host_ips: Callable[[], Iterable[IPv4Address]] | None = None,
+    cluster: ClusterSource | None = None,
 ) -> Agent:
     """An Agent that watches config.policy_dir (when set) and serves the REST
-    API on config.socket and metrics on config.metrics_port once started."""
+    API on config.socket and metrics on config.metrics_port once started;
+    with `cluster`, policies and pod labels also come from the API server."""
     return Agent(
         config,
         compiler_factory=compiler_factory,
@@ -40,4 +43,5 @@ def build_agent(
         policy_source=DirectoryWatcher,
         services=(ApiServer,),
         host_ips=host_ips,
+        cluster=cluster,
     )

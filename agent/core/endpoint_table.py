@@ -108,6 +108,15 @@ class EndpointTable:
         self._persist()
         return rec, True
 
+    def relabel(self, endpoint_id: int, labels: dict[str, str]) -> None:
+        """New labels for an endpoint (its Pod's changed): same id and interface,
+        live state kept until the regeneration gives it its new identity."""
+        row = self._rows.get(endpoint_id)
+        if row is None or row.record.labels == labels:
+            return
+        row.record = row.record.model_copy(update={"labels": dict(labels)})
+        self._persist()
+
     def remove(self, endpoint_id: int) -> EndpointRecord | None:
         row = self._rows.pop(endpoint_id, None)
         if row is not None:

@@ -6,7 +6,9 @@ problems are shown on the status, so a typo never opens or closes traffic. A
 removed file's policies are withdrawn. When two files define the same policy
 (kind, namespace, name), the later path in sorted order wins, as
 `ciliate policy validate DIR` and `kubectl apply` of both would; the status
-warns about the shadowed copy. Pure bookkeeping, no I/O.
+warns about the shadowed copy. A unit is a file (a Path) or an object from
+the cluster source (its source name, a str such as
+`k8s:CiliumNetworkPolicy/ns/name`). Pure bookkeeping, no I/O.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 
 from agent.core.ports import LoadedFile, LoadedPolicy, PolicyProblem
 
+Source = Path | str  # a policy file, or an API object's source name
+
 
 @dataclass(frozen=True, slots=True)
 class BookEntry:
@@ -24,16 +28,16 @@ class BookEntry:
     policy is a new entry, so `is` tells whether a regeneration has seen it."""
 
     policy: LoadedPolicy
-    source: Path
+    source: Source
 
 
 class PolicyBook:
     def __init__(self) -> None:
-        self._by_file: dict[Path, tuple[BookEntry, ...]] = {}
-        self._problems: dict[Path, tuple[PolicyProblem, ...]] = {}
+        self._by_file: dict[Source, tuple[BookEntry, ...]] = {}
+        self._problems: dict[Source, tuple[PolicyProblem, ...]] = {}
         self._in_force: dict[str, BookEntry] | None = None  # cache, dropped on every change
 
-    def update_file(self, path: Path, loaded: LoadedFile) -> bool:
+    def update_file(self, path: Source, loaded: LoadedFile) -> bool:
         """Take a freshly loaded file; returns True when the policies in force changed."""
         problems = list(loaded.problems)
         keys = [p.key for p in loaded.policies]
@@ -57,7 +61,7 @@ class PolicyBook:
             self._by_file.pop(path, None)
         return changed
 
-    def remove_file(self, path: Path) -> bool:
+    def remove_file(self, path: Source) -> bool:
         self._in_force = None
         self._problems.pop(path, None)
         return self._by_file.pop(path, None) is not None
@@ -68,16 +72,16 @@ class PolicyBook:
             self._in_force = {e.policy.key: e for path in sorted(self._by_file, key=str) for e in self._by_file[path]}
         return self._in_force
 
-    def shadowed(self) -> dict[str, list[Path]]:
+    def shadowed(self) -> dict[str, list[Source]]:
         """key -> files whose definition of that policy is hidden by a later file."""
-        seen: dict[str, list[Path]] = {}
+        seen: dict[str, list[Source]] = {}
         for path in sorted(self._by_file, key=str):
             for e in self._by_file[path]:
                 seen.setdefault(e.policy.key, []).append(path)
         return {k: paths[:-1] for k, paths in seen.items() if len(paths) > 1}
 
-    def problems(self) -> Mapping[Path, tuple[PolicyProblem, ...]]:
+    def problems(self) -> Mapping[Source, tuple[PolicyProblem, ...]]:
         return dict(self._problems)
 
-    def files(self) -> set[Path]:
+    def files(self) -> set[Source]:
         return set(self._by_file) | set(self._problems)
