@@ -27,7 +27,7 @@ def _labels(labels: list[str]) -> str:
     for label in labels:
         source, _, rest = label.partition(":")
         text = rest if source == "k8s" and rest else label
-        if text.partition("=")[0] == NAMESPACE_LABEL:
+        if text.partition("=")[0].rsplit(":", 1)[-1] == NAMESPACE_LABEL:
             continue
         shown.append(text)
     return ",".join(shown)
