@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_socket
 from agent.cli import monitor
+from agent.cli.k8s_flags import add_k8s_flags, k8s_source_from_args
 
 Rows = list[Sequence[object]]
 
@@ -73,6 +74,12 @@ def _status(client: AgentClient, args: argparse.Namespace) -> int:
                 f"State dir:       {s.state_dir}",
                 f"Policy dir:      {s.policy_dir or '-'}",
             ]
+            + (
+                [f"Kubernetes:      {s.kubernetes.get('detail')} (node {s.kubernetes.get('node')}, "
+                 f"{s.kubernetes.get('policies')} policies, {s.kubernetes.get('pods')} pods)"]
+                if s.kubernetes
+                else []
+            )
         )
 
     status = client.status()
@@ -197,7 +204,8 @@ def _run_agent(args: argparse.Namespace) -> int:
         return 1
     proxy = XdsProxy(state_dir, spawn_envoy=not args.external_envoy)
     agent = build_agent(
-        config, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=datapath, proxy=proxy, host_ips=_host_ips
+        config, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=datapath, proxy=proxy, host_ips=_host_ips,
+        cluster=k8s_source_from_args(args),
     )
     try:
         asyncio.run(agent.run_until_signalled())
@@ -239,6 +247,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         help="do not spawn Envoy; one started elsewhere (e.g. the compose sidecar) connects to STATE_DIR/xds.sock",
     )
     a.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    add_k8s_flags(a)
     a.set_defaults(func=_run_agent)
 
     s = sub.add_parser("status", parents=[common], help="agent health and counts")
