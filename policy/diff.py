@@ -1,0 +1,586 @@
+"""`policy diff`: which flows change verdict between two policy sets. Pure.
+
+Both sets are compiled over the same endpoints by one Compiler (old set,
+compile, then the new set applied incrementally, compile), so identities and
+CIDR identities keep their numbers and the compiler itself says which
+endpoints' policy changed. A flow is (source, destination, protocol, port
+segment, HTTP rule):
+
+- ends are identities: one per local label identity (its lowest endpoint id
+  stands for its replicas, which share one policy), every reserved identity
+  (`entity:world`, `entity:host`, ...), and one per CIDR cell, a piece of
+  the address space whose longest match among the prefixes of either
+  compiled ipcache is one prefix; a cell whose identity differs between the
+  two states (a prefix only one set names) is an end of its own;
+- ports are split wherever an entry of either state that applies to the
+  pair starts or ends (1-65535 for TCP and UDP; ICMP stands for every
+  protocol without ports, looked up at port 0 as the kernel does);
+- for flows both states pass at L3/L4 but judge at L7 differently, each
+  HTTP rule present on one side only (per enforcing side, a non-redirected
+  side counting as "any request") is a candidate: a request that changes
+  verdict must match one of them. It is reported, with a sample request
+  built from it (policy/diff_samples.py), when the sample's verdict differs;
+  a candidate whose samples all keep their verdict (its requests are still
+  admitted or still refused by other rules) is listed under
+  `unchanged_rules`.
+
+Work is limited to what changed: only identities whose endpoints' policy
+changed are looked at, within one only the peers whose entries or L7 rules
+differ (every peer if the enforcement or the any-peer entries differ), and
+each (source, destination) is decided from the entries that name it, with
+`compiled.lookup()` and trace's own L7 matching, so a reported verdict is
+what `trace` answers. Requests the proxy refuses as malformed (encoded
+slashes, 400) are not counted as verdict changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from policy.compiled import (
+    ALLOW_ALL_HTTP,
+    CompiledState,
+    Direction,
+    EndpointPolicy,
+    HTTPRule,
+    L7PeerRule,
+    PolicyEntry,
+    PortRange,
+    Protocol,
+    lookup,
+)
+from policy.compiler import Compiler
+from policy.diff_samples import rule_samples
+from policy.endpoint import DEFAULT_NAMESPACE, NAMESPACE_LABEL, Endpoint
+from policy.http_path import PathRejected, normalize_path
+from policy.identity import IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, RESERVED_IDENTITIES
+from policy.ipcache import PrefixMap
+from policy.model import Policy
+from policy.trace import HTTPRequest, Party, http_matches
+
+ALLOWED, DENIED = "allowed", "denied"
+
+# One enforcing side's answer for a flow: DENY, ALLOW (no proxy), or the
+# HTTP rules its proxy admits for this peer (ORed).
+_DENY = "deny"
+_ALLOW = "allow"
+Side = Any  # _DENY | _ALLOW | frozenset[HTTPRule]
+
+
+@dataclass(frozen=True)
+class FlowEnd:
+    """One side of a flow: a local identity, a reserved entity or a CIDR cell."""
+
+    kind: str  # "endpoint" | "entity" | "cidr" (sort order of the report)
+    name: str
+    old_identity: int
+    new_identity: int
+    endpoint_id: int | None = None  # the endpoint standing for a local identity
+    address: IPv4Address | None = None  # an address of a CIDR cell
+    endpoints: int = 0  # how many local endpoints share the identity
+
+    def party(self) -> Party:
+        """How `trace` is asked about this end (the same in both states)."""
+        if self.endpoint_id is not None:
+            return Party.endpoint(self.endpoint_id)
+        if self.address is not None:
+            return Party.address(self.address)
+        return Party(identity=self.old_identity)
+
+    @property
+    def sort_key(self) -> tuple[int, str, int, int]:
+        return (("endpoint", "entity", "cidr").index(self.kind), self.name, self.old_identity, self.new_identity)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        if self.old_identity == self.new_identity:
+            d["identity"] = self.old_identity
+        else:
+            d["old_identity"], d["new_identity"] = self.old_identity, self.new_identity
+        if self.kind == "endpoint":
+            d["endpoint"], d["endpoints"] = self.endpoint_id, self.endpoints
+        if self.address is not None:
+            d["address"] = str(self.address)
+        return d
+
+
+@dataclass(frozen=True)
+class FlowChange:
+    src: FlowEnd
+    dst: FlowEnd
+    protocol: Protocol
+    ports: PortRange
+    layer: str  # "l3l4": the connection itself; "l7": requests matching http_rule
+    old: str  # "allowed" | "denied"
+    new: str
+    http_rule: HTTPRule | None = None  # l7: the rule added or removed; None = any request
+    change: str | None = None  # l7: "added" | "removed"
+    sample: HTTPRequest | None = None  # l7: a request showing the change (trace it)
+    # What the proxies admit in each state (rules of every enforcing side).
+    old_http: tuple[HTTPRule, ...] = ()
+    new_http: tuple[HTTPRule, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        # src and dst are given once per group (PolicyDiff.to_dict).
+        d: dict[str, Any] = {
+            "protocol": self.protocol.name,
+            "ports": port_text(self.protocol, self.ports),
+            "layer": self.layer,
+            "old": self.old,
+            "new": self.new,
+        }
+        if self.layer == "l7":
+            d["change"] = self.change
+            d["http_rule"] = rule_dict(self.http_rule)
+            d["sample"] = request_dict(self.sample) if self.sample else None
+        if self.old_http:
+            d["old_http_rules"] = [rule_dict(r) for r in self.old_http]
+        if self.new_http:
+            d["new_http_rules"] = [rule_dict(r) for r in self.new_http]
+        return d
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """An HTTP rule present in one state only whose sample requests all keep
+    their verdict: other rules still admit (or still refuse) them."""
+
+    src: FlowEnd
+    dst: FlowEnd
+    port: int
+    http_rule: HTTPRule | None
+    change: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"src": self.src.name, "dst": self.dst.name, "port": self.port,
+                "http_rule": rule_dict(self.http_rule), "change": self.change}
+
+
+@dataclass(frozen=True)
+class PolicyDiff:
+    old: CompiledState
+    new: CompiledState
+    changes: tuple[FlowChange, ...]
+    unchanged_rules: tuple[Unchanged, ...] = ()
+    endpoints: int = 0
+    identities: int = 0
+    pairs_checked: int = 0
+
+    def groups(self) -> list[tuple[tuple[FlowEnd, FlowEnd], list[FlowChange]]]:
+        out: dict[tuple[FlowEnd, FlowEnd], list[FlowChange]] = {}
+        for c in self.changes:
+            out.setdefault((c.src, c.dst), []).append(c)
+        return sorted(out.items(), key=lambda kv: (kv[0][0].sort_key, kv[0][1].sort_key))
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "changes": len(self.changes),
+            "now_denied": sum(c.new == DENIED for c in self.changes),
+            "now_allowed": sum(c.new == ALLOWED for c in self.changes),
+            "pairs": len({(c.src, c.dst) for c in self.changes}),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.counts() | {"endpoints": self.endpoints, "identities": self.identities,
+                                        "pairs_checked": self.pairs_checked},
+            "groups": [
+                {"src": s.to_dict(), "dst": d.to_dict(), "count": len(cs), "changes": [c.to_dict() for c in cs]}
+                for (s, d), cs in self.groups()
+            ],
+            "unchanged_rules": [u.to_dict() for u in self.unchanged_rules],
+        }
+
+
+# ------------------------------------------------------------------ display helpers
+
+
+def port_text(protocol: Protocol, ports: PortRange) -> str:
+    if protocol not in (Protocol.TCP, Protocol.UDP):
+        return protocol.name
+    if ports.lo <= 1 and ports.hi == 65535:
+        return f"*/{protocol.name}"
+    return f"{ports}/{protocol.name}"
+
+
+def rule_dict(r: HTTPRule | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    d: dict[str, Any] = {k: v for k, v in (("method", r.method), ("path", r.path), ("host", r.host)) if v is not None}
+    if r.headers:
+        d["headers"] = [{"name": h.name, "value": h.value} if h.value is not None else {"name": h.name} for h in r.headers]
+    return d
+
+
+def rule_text(r: HTTPRule | None) -> str:
+    if r is None or r == ALLOW_ALL_HTTP:
+        return "any request"
+    parts = [r.method or "any method", r.path or "any path"]
+    if r.host is not None:
+        parts.append(f"host {r.host}")
+    for h in r.headers:
+        parts.append(f"header {h.name}: {h.value}" if h.value is not None else f"header {h.name}")
+    return " ".join(parts)
+
+
+def request_dict(q: HTTPRequest) -> dict[str, Any]:
+    d: dict[str, Any] = {"method": q.method, "path": q.path}
+    if q.host:
+        d["host"] = q.host
+    if q.headers:
+        d["headers"] = dict(q.headers)
+    return d
+
+
+def request_text(q: HTTPRequest) -> str:
+    out = f"{q.method} {q.path}"
+    if q.host:
+        out += f" (host {q.host})"
+    for k, v in q.headers.items():
+        out += f" ({k}: {v})"
+    return out
+
+
+def identity_name(labels: Iterable[str]) -> str:
+    """"k8s:app=web", "k8s:io.kubernetes.pod.namespace=prod" -> "prod/app=web"."""
+    ns = DEFAULT_NAMESPACE
+    shown = []
+    for s in sorted(labels):
+        source, _, kv = s.partition(":") if ":" in s.partition("=")[0] else ("", "", s)
+        key = kv.partition("=")[0]
+        if key == NAMESPACE_LABEL:
+            ns = kv.partition("=")[2]
+            continue
+        shown.append(kv if source in ("", "k8s") else s)
+    body = ",".join(shown) or "(no labels)"
+    return body if ns == DEFAULT_NAMESPACE else f"{ns}/{body}"
+
+
+# ------------------------------------------------------------------ compile both sets
+
+
+def compile_pair(
+    old: Iterable[Policy], new: Iterable[Policy], endpoints: Iterable[Endpoint], host_ips: Iterable[IPv4Address] = ()
+) -> tuple[CompiledState, CompiledState, frozenset[int]]:
+    """Both states from one Compiler, and the endpoints whose policy changed."""
+    c = Compiler(host_ips=host_ips)
+    for p in old:
+        c.upsert_policy(p)
+    for ep in endpoints:
+        c.upsert_endpoint(ep)
+    old_state = c.compile()
+    new_list = list(new)
+    keep = {p.key for p in new_list}
+    for key in [k for k in c.policies if k not in keep]:
+        c.delete_policy(key)
+    for p in new_list:
+        c.upsert_policy(p)
+    new_state = c.compile()
+    return old_state, new_state, c.changed_endpoints()
+
+
+def diff_policies(
+    old: Iterable[Policy], new: Iterable[Policy], endpoints: Iterable[Endpoint], host_ips: Iterable[IPv4Address] = ()
+) -> PolicyDiff:
+    old_state, new_state, changed = compile_pair(old, new, endpoints, host_ips)
+    return diff_states(old_state, new_state, changed)
+
+
+# ------------------------------------------------------------------ per-endpoint index
+
+
+class _Index:
+    """One endpoint's compiled policy by (direction, peer identity)."""
+
+    def __init__(self, ep: EndpointPolicy) -> None:
+        self.ep = ep
+        self.groups: dict[tuple[Direction, int], list[PolicyEntry]] = {}
+        for e in ep.entries:
+            self.groups.setdefault((e.key.direction, e.key.identity), []).append(e)
+        self.l7: dict[tuple[Direction, int], tuple[L7PeerRule, ...]] = {
+            (p.key.direction, p.key.port): p.peer_rules for p in ep.l7
+        }
+        self._mini: dict[tuple[Direction, int], EndpointPolicy] = {}
+
+    def relevant(self, d: Direction, peer: int) -> tuple[PolicyEntry, ...]:
+        own = self.groups.get((d, peer), ())
+        anyp = self.groups.get((d, IDENTITY_ANY), ()) if peer != IDENTITY_ANY else ()
+        return (*own, *anyp)
+
+    def side(self, d: Direction, peer: int, protocol: Protocol, port: int) -> Side:
+        mini = self._mini.get((d, peer))
+        if mini is None:
+            # lookup() only reads entries naming this peer or any peer: the
+            # same answer as on the whole endpoint, from a handful of entries.
+            mini = self._mini[(d, peer)] = replace(self.ep, entries=self.relevant(d, peer), l7=())
+        dec = lookup(mini, peer, d, protocol, port)
+        if not dec.allowed:
+            return _DENY
+        if dec.proxy_port:
+            rules = self.l7.get((d, port), ())
+            return frozenset(r.http for r in rules if peer in r.identities or IDENTITY_ANY in r.identities)
+        return _ALLOW
+
+
+def _norm(entries: Iterable[PolicyEntry]) -> frozenset[tuple[Any, ...]]:
+    # Proxy port numbers and provenance do not change a verdict.
+    return frozenset((e.key, e.verdict, e.proxy_port != 0) for e in entries)
+
+
+def _l7_pairs(rules: Iterable[L7PeerRule]) -> set[tuple[int, HTTPRule]]:
+    return {(i, r.http) for r in rules for i in r.identities}
+
+
+def _changed_peers(o: _Index, n: _Index, d: Direction) -> tuple[bool, set[int]]:
+    """(every peer may have changed, else the peer identities that may have)."""
+    if o.ep.enforced(d) != n.ep.enforced(d):
+        return True, set()
+    if _norm(o.groups.get((d, IDENTITY_ANY), ())) != _norm(n.groups.get((d, IDENTITY_ANY), ())):
+        return True, set()
+    peers: set[int] = set()
+    for key in {k for k in o.groups if k[0] == d} | {k for k in n.groups if k[0] == d}:
+        if key[1] != IDENTITY_ANY and _norm(o.groups.get(key, ())) != _norm(n.groups.get(key, ())):
+            peers.add(key[1])
+    for key in {k for k in o.l7 if k[0] == d} | {k for k in n.l7 if k[0] == d}:
+        for ident, _ in _l7_pairs(o.l7.get(key, ())) ^ _l7_pairs(n.l7.get(key, ())):
+            if ident == IDENTITY_ANY:
+                return True, set()
+            peers.add(ident)
+    return False, peers
+
+
+# ------------------------------------------------------------------ verdicts
+
+
+def _canon(sides: tuple[Side, ...]) -> Any:
+    """Equal for two flows iff they admit the same connections and requests
+    (up to rules that are equal only semantically, which the samples judge)."""
+    if _DENY in sides:
+        return _DENY
+    restricting = frozenset(s for s in sides if s != _ALLOW and ALLOW_ALL_HTTP not in s)
+    return _ALLOW if not restricting else restricting
+
+
+def request_allowed(sides: tuple[Side, ...], req: HTTPRequest) -> bool:
+    """What trace answers for this request, given each enforcing side's answer."""
+    for s in sides:
+        if s == _DENY:
+            return False
+        if s == _ALLOW:
+            continue
+        try:
+            seen = replace(req, path=normalize_path(req.path))
+        except PathRejected:
+            return False
+        if not any(http_matches(r, seen) for r in s):
+            return False
+    return True
+
+
+def _as_rules(s: Side) -> frozenset[HTTPRule]:
+    return frozenset({ALLOW_ALL_HTTP}) if s == _ALLOW else s
+
+
+def _shown_rules(sides: tuple[Side, ...]) -> tuple[HTTPRule, ...]:
+    out: set[HTTPRule] = set()
+    for s in sides:
+        if s not in (_DENY, _ALLOW) and ALLOW_ALL_HTTP not in s:
+            out |= s
+    return tuple(sorted(out, key=rule_text))
+
+
+# ------------------------------------------------------------------ the ends
+
+
+def _local_ends(state: CompiledState) -> dict[int, FlowEnd]:
+    reps: dict[int, int] = {}
+    counts: dict[int, int] = {}
+    for ep_id, ep in sorted(state.endpoints.items()):
+        reps.setdefault(ep.identity, ep_id)
+        counts[ep.identity] = counts.get(ep.identity, 0) + 1
+    return {
+        ident: FlowEnd("endpoint", identity_name(state.identity_labels.get(ident, ())), ident, ident, ep_id,
+                       endpoints=counts[ident])
+        for ident, ep_id in reps.items()
+    }
+
+
+def _free_address(net: IPv4Network, union: PrefixMap, index_of: Mapping[IPv4Network, int]) -> IPv4Address | None:
+    """An address whose longest match among the union's prefixes is `net`."""
+    want = index_of[net]
+    lo, hi = int(net.network_address), int(net.broadcast_address)
+    cands = [lo]
+    for child in union.inside(net):
+        cands.append(int(child.broadcast_address) + 1)
+        cands.append(int(child.network_address) - 1)
+    for a in cands:
+        if lo <= a <= hi and union.lookup(IPv4Address(a)) == want:
+            return IPv4Address(a)
+    return None
+
+
+def _outside_ends(old: CompiledState, new: CompiledState, local_ids: set[int]) -> list[FlowEnd]:
+    ends = [FlowEnd("entity", f"entity:{name}", ident, ident) for ident, name in sorted(RESERVED_IDENTITIES.items())]
+    nets = sorted(set(old.ipcache) | set(new.ipcache))
+    # Offset so no index reads as PrefixMap's "no match" (world, 2).
+    index_of = {net: i + 16 for i, net in enumerate(nets)}
+    union = PrefixMap(index_of)
+    seen: set[tuple[int, int]] = set()
+    for net in nets:
+        if net.prefixlen == 0:
+            continue  # 0.0.0.0/0 is world in both states: entity:world
+        addr = _free_address(net, union, index_of)
+        if addr is None:
+            continue
+        oi, ni = old.identity_of(addr), new.identity_of(addr)
+        if oi in local_ids or ni in local_ids or IDENTITY_HOST in (oi, ni):
+            continue  # endpoint and node addresses are ends of their own
+        if (oi, ni) in seen or oi == ni == IDENTITY_WORLD:
+            continue
+        seen.add((oi, ni))
+        ends.append(FlowEnd("cidr", f"cidr:{net}", oi, ni, address=addr))
+    return ends
+
+
+# ------------------------------------------------------------------ the diff
+
+
+def diff_states(old: CompiledState, new: CompiledState, changed_endpoints: Iterable[int] | None = None) -> PolicyDiff:
+    """Every flow whose verdict differs between `old` and `new`, compiled over
+    the same endpoints with shared identities (compile_pair). Without
+    `changed_endpoints`, the endpoints whose policy differs are found here."""
+    if set(old.endpoints) != set(new.endpoints):
+        raise ValueError("both states must hold the same endpoints")
+    locals_ = _local_ends(new)
+    local_ids = set(locals_)
+    outside = _outside_ends(old, new, local_ids)
+    by_ident: dict[int, list[FlowEnd]] = {}
+    for e in [*locals_.values(), *outside]:
+        by_ident.setdefault(e.old_identity, []).append(e)
+        if e.new_identity != e.old_identity:
+            by_ident.setdefault(e.new_identity, []).append(e)
+    all_ends = [*locals_.values(), *outside]
+
+    idx: dict[tuple[bool, int], _Index] = {}
+
+    def index(is_new: bool, ep_id: int) -> _Index:
+        got = idx.get((is_new, ep_id))
+        if got is None:
+            got = idx[(is_new, ep_id)] = _Index((new if is_new else old).endpoints[ep_id])
+        return got
+
+    if changed_endpoints is None:
+        changed_endpoints = [
+            i for i in new.endpoints
+            if new.endpoints[i].enforced(Direction.INGRESS) != old.endpoints[i].enforced(Direction.INGRESS)
+            or new.endpoints[i].enforced(Direction.EGRESS) != old.endpoints[i].enforced(Direction.EGRESS)
+            or _norm(new.endpoints[i].entries) != _norm(old.endpoints[i].entries)
+            or _l7_pairs(r for p in new.endpoints[i].l7 for r in p.peer_rules)
+            != _l7_pairs(r for p in old.endpoints[i].l7 for r in p.peer_rules)
+            or {(p.key.direction, p.key.port) for p in new.endpoints[i].l7}
+            != {(p.key.direction, p.key.port) for p in old.endpoints[i].l7}
+        ]
+    changed_ids = {new.endpoints[i].identity for i in changed_endpoints if i in new.endpoints}
+
+    pairs: set[tuple[FlowEnd, FlowEnd]] = set()
+    for ident in changed_ids:
+        me = locals_[ident]
+        o, n = index(False, me.endpoint_id), index(True, me.endpoint_id)  # type: ignore[arg-type]
+        for d in (Direction.EGRESS, Direction.INGRESS):
+            every, peers = _changed_peers(o, n, d)
+            others = all_ends if every else [e for p in peers for e in by_ident.get(p, ())]
+            for other in others:
+                pairs.add((me, other) if d == Direction.EGRESS else (other, me))
+    for cell in outside:
+        if cell.old_identity != cell.new_identity:
+            for me in locals_.values():
+                pairs.add((me, cell))
+                pairs.add((cell, me))
+
+    changes: list[FlowChange] = []
+    unchanged: list[Unchanged] = []
+    for src, dst in sorted(pairs, key=lambda p: (p[0].sort_key, p[1].sort_key)):
+        _pair(src, dst, index, changes, unchanged)
+    return PolicyDiff(old, new, tuple(changes), tuple(unchanged), len(new.endpoints), len(locals_), len(pairs))
+
+
+def _pair(src: FlowEnd, dst: FlowEnd, index: Any, changes: list[FlowChange], unchanged: list[Unchanged]) -> None:
+    # (direction, endpoint id, old peer, new peer) of each enforcement point,
+    # in trace's order: the source's egress, then the destination's ingress.
+    points = []
+    if src.endpoint_id is not None:
+        points.append((Direction.EGRESS, src.endpoint_id, dst.old_identity, dst.new_identity))
+    if dst.endpoint_id is not None:
+        points.append((Direction.INGRESS, dst.endpoint_id, src.old_identity, src.new_identity))
+    views = [(d, index(False, ep), index(True, ep), op, np_) for d, ep, op, np_ in points]
+
+    def sides(is_new: bool, protocol: Protocol, port: int) -> tuple[Side, ...]:
+        return tuple((n if is_new else o).side(d, np_ if is_new else op, protocol, port) for d, o, n, op, np_ in views)
+
+    for protocol in (Protocol.TCP, Protocol.UDP):
+        bounds = {1, 65536}
+        for d, o, n, op, np_ in views:
+            for e in (*o.relevant(d, op), *n.relevant(d, np_)):
+                if e.key.protocol in (protocol, Protocol.ANY):
+                    bounds.add(max(e.key.ports.lo, 1))
+                    bounds.add(e.key.ports.hi + 1)
+        cuts = sorted(b for b in bounds if 1 <= b <= 65536)
+        run: tuple[int, int, Any, Any] | None = None  # merged l3l4 segments
+        for lo, nxt in zip(cuts, cuts[1:]):
+            so, sn = sides(False, protocol, lo), sides(True, protocol, lo)
+            co, cn = _canon(so), _canon(sn)
+            if co == cn:
+                continue
+            if (co == _DENY) != (cn == _DENY):
+                if run is not None and run[1] == lo - 1 and run[2] == (so, co) and run[3] == (sn, cn):
+                    run = (run[0], nxt - 1, run[2], run[3])
+                    continue
+                if run is not None:
+                    _emit_l3l4(src, dst, protocol, run, changes)
+                run = (lo, nxt - 1, (so, co), (sn, cn))
+                continue
+            _emit_l7(src, dst, protocol, lo, so, sn, changes, unchanged)
+        if run is not None:
+            _emit_l3l4(src, dst, protocol, run, changes)
+
+    so, sn = sides(False, Protocol.ICMP, 0), sides(True, Protocol.ICMP, 0)
+    if (_canon(so) == _DENY) != (_canon(sn) == _DENY):
+        _emit_l3l4(src, dst, Protocol.ICMP, (0, 65535, (so, _canon(so)), (sn, _canon(sn))), changes)
+
+
+def _emit_l3l4(src: FlowEnd, dst: FlowEnd, protocol: Protocol, run: Any, changes: list[FlowChange]) -> None:
+    lo, hi, (so, co), (sn, cn) = run
+    changes.append(FlowChange(
+        src, dst, protocol, PortRange(lo, hi), "l3l4",
+        DENIED if co == _DENY else ALLOWED, DENIED if cn == _DENY else ALLOWED,
+        old_http=_shown_rules(so), new_http=_shown_rules(sn),
+    ))
+
+
+def _emit_l7(
+    src: FlowEnd, dst: FlowEnd, protocol: Protocol, port: int,
+    so: tuple[Side, ...], sn: tuple[Side, ...], changes: list[FlowChange], unchanged: list[Unchanged],
+) -> None:
+    cands: dict[HTTPRule, str] = {}
+    for a, b in zip(so, sn):
+        ra, rb = _as_rules(a), _as_rules(b)
+        for r in sorted(ra - rb, key=rule_text):
+            cands.setdefault(r, "removed")
+        for r in sorted(rb - ra, key=rule_text):
+            cands.setdefault(r, "added")
+    for rule, change in cands.items():
+        shown = None if rule == ALLOW_ALL_HTTP else rule
+        for req in rule_samples(shown):
+            vo, vn = request_allowed(so, req), request_allowed(sn, req)
+            if vo != vn:
+                changes.append(FlowChange(
+                    src, dst, protocol, PortRange(port, port), "l7",
+                    ALLOWED if vo else DENIED, ALLOWED if vn else DENIED, shown, change, req,
+                    _shown_rules(so), _shown_rules(sn),
+                ))
+                break
+        else:
+            unchanged.append(Unchanged(src, dst, port, shown, change))
