@@ -1,0 +1,189 @@
+"""deploy/kubernetes/: every manifest is valid against the Kubernetes
+schemas (offline, kubernetes-validate), the DaemonSet only passes flags
+`ciliate` has, RBAC is least privilege, and the CRD schema accepts the
+policies the agent accepts and refuses what it can say the agent refuses."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from agent.adapters.kubernetes.kinds import CCNP_PLURAL, CNP_PLURAL
+from agent.cli.ciliate import build_parser
+from policy.errors import PolicyErrors
+from policy.parse import parse_object
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy" / "kubernetes"
+K8S_VERSION = "1.30.0"
+
+
+def _docs() -> list[tuple[str, dict]]:
+    out = []
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        out += [(path.name, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    return out
+
+
+def _one(kind: str, name: str | None = None) -> dict:
+    return next(d for _, d in _docs() if d["kind"] == kind and (name is None or d["metadata"]["name"] == name))
+
+
+@pytest.mark.parametrize("name,doc", _docs(), ids=lambda v: v if isinstance(v, str) else v["kind"] + "/" + v["metadata"]["name"])
+def test_every_manifest_is_valid_against_the_kubernetes_schemas(name, doc):
+    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_set_is_complete():
+    kinds = sorted(d["kind"] for _, d in _docs())
+    assert kinds == sorted(["CustomResourceDefinition"] * 2 + ["ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+                                                                 "ConfigMap", "DaemonSet"])
+
+
+def _expand(arg: str) -> str:
+    return re.sub(r"\$\((\w+)\)", lambda m: {"NODE_NAME": "node-a", "K8S_SYNC_TIMEOUT": "180", "METRICS_PORT": "9962",
+                                           "LOG_LEVEL": "info"}[m.group(1)], arg)
+
+
+def test_the_daemonset_passes_only_flags_the_agent_has():
+    pod = _one("DaemonSet")["spec"]["template"]["spec"]
+    agent = next(c for c in pod["containers"] if c["name"] == "agent")
+    argv = [_expand(a) for a in agent["args"]]
+    args = build_parser().parse_args(argv)  # argparse exits on an unknown flag or a bad value
+    assert args.command == "agent" and args.node_name == "node-a" and args.k8s_sync_timeout == 180.0
+    for probe in ("readinessProbe", "startupProbe"):
+        cmd = agent[probe]["exec"]["command"]
+        assert cmd[0] == "ciliate" and build_parser().parse_args(cmd[1:]).command == "status"
+    env = {e["name"] for e in agent["env"]}
+    assert {m for a in agent["args"] for m in re.findall(r"\$\((\w+)\)", a)} <= env
+    cm = _one("ConfigMap")["data"]
+    for e in agent["env"]:
+        ref = e.get("valueFrom", {}).get("configMapKeyRef")
+        if ref:
+            assert ref["key"] in cm
+
+
+def test_the_daemonset_has_the_node_side_it_needs():
+    pod = _one("DaemonSet")["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["serviceAccountName"] == "ciliate-agent"
+    paths = {v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert {"/sys/fs/bpf", "/var/run/ciliate", "/opt/cni/bin", "/etc/cni/net.d"} <= paths
+    assert [c["name"] for c in pod["initContainers"]] == ["install-cni"]
+
+
+def test_rbac_is_least_privilege():
+    rules = _one("ClusterRole")["rules"]
+    granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    reads = {("", "namespaces"), ("", "pods"), ("networking.k8s.io", "networkpolicies"),
+             ("cilium.io", CNP_PLURAL), ("cilium.io", CCNP_PLURAL)}
+    assert {(g, r, v) for g, r in reads for v in ("list", "watch")} <= granted
+    writes = {(g, r, v) for g, r, v in granted if v not in ("list", "watch", "get")}
+    assert writes == {("cilium.io", f"{CNP_PLURAL}/status", "patch"), ("cilium.io", f"{CCNP_PLURAL}/status", "patch")}
+    assert {(g, r) for g, r, v in granted if v == "get"} == {("", "nodes")}  # the CNI installer's pod CIDR
+    assert not any("*" in x for rule in rules for x in rule["verbs"] + rule["resources"] + rule["apiGroups"])
+
+
+def test_the_cni_config_names_the_agents_socket():
+    cm = _one("ConfigMap")["data"]
+    conf = json.loads(cm["cni-conflist"])
+    plugin = conf["plugins"][0]
+    assert plugin["type"] == "ciliate-cni" and plugin["agentSocket"] == "/var/run/ciliate/agent.sock"
+    assert plugin["ipam"]["type"] == "host-local"
+    assert "ciliate-cni" in cm["install-cni.sh"] and "05-ciliate.conflist" in cm["install-cni.sh"]
+
+
+# --- the CRD schema and the agent's validator --------------------------------------
+def _schema(kind: str) -> dict:
+    crd = next(d for _, d in _docs() if d["kind"] == "CustomResourceDefinition" and d["spec"]["names"]["kind"] == kind)
+    (version,) = crd["spec"]["versions"]
+    assert crd["spec"]["group"] == "cilium.io" and version["name"] == "v2" and version["subresources"] == {"status": {}}
+    return version["schema"]["openAPIV3Schema"]
+
+
+def _schema_ok(obj: dict, kind: str = "CiliumNetworkPolicy") -> bool:
+    try:
+        jsonschema.validate(obj, _schema(kind))
+    except jsonschema.ValidationError:
+        return False
+    return True
+
+
+def _agent_ok(obj: dict) -> bool:
+    try:
+        parse_object(obj, "test")
+    except PolicyErrors:
+        return False
+    return True
+
+
+def _example_policies() -> list[dict]:
+    out = []
+    for path in sorted((ROOT / "examples").rglob("*.yaml")):
+        out += [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict) and d.get("kind", "").startswith("Cilium")]
+    return out
+
+
+def test_the_schema_accepts_every_example_the_agent_accepts():
+    examples = [d for d in _example_policies() if _agent_ok(d)]
+    assert len(examples) >= 3
+    for doc in examples:
+        assert _schema_ok(doc, doc["kind"]), doc["metadata"]["name"]
+
+
+BASE = {
+    "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "p", "namespace": "default"},
+    "spec": {"endpointSelector": {"matchLabels": {"app": "a"}},
+             "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "b"}}],
+                          "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}],
+                                       "rules": {"http": [{"method": "GET", "path": "/"}]}}]}]},
+}
+
+
+def _with(path: str, value) -> dict:
+    doc = copy.deepcopy(BASE)
+    node = doc
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node[int(k)] if k.isdigit() else node[k]
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return doc
+
+
+@pytest.mark.parametrize("path,value", [
+    ("spec.ingress.0.toPorts.0.ports.0.protocol", "SCTP"),
+    ("spec.ingress.0.toPorts.0.ports.0.port", "99999999"),
+    ("spec.ingress.0.toPorts.0.ports.0.port", "http"),
+    ("spec.ingress.0.fromEntities", ["bogus"]),
+    ("spec.ingress.0.fromCIDR", ["not-a-cidr"]),
+    ("spec.endpointSelector", {"matchExpressions": [{"key": "app", "operator": "Near"}]}),
+    ("spec.endpointSelector", {"matchExpressions": [{"operator": "Exists"}]}),
+    ("spec.endpointSelector", {"matchLabels": {"app": 3}}),
+    ("spec.ingress", {"not": "a list"}),
+    ("spec.endpointSelector", None),
+])
+def test_the_schema_refuses_what_the_agent_refuses(path, value):
+    bad = _with(path, value)
+    assert not _agent_ok(bad), "the agent accepts it: the schema must not refuse it"
+    assert not _schema_ok(bad)
+    assert _schema_ok(BASE) and _agent_ok(BASE)
+
+
+def test_unknown_fields_reach_the_agent_instead_of_being_pruned():
+    """A field the schema does not type (an unsupported Cilium feature) is kept
+    for the agent to refuse with a status error, never silently dropped."""
+    doc = _with("spec.ingress.0.fromRequires", [{"matchLabels": {"env": "prod"}}])
+    assert _schema_ok(doc)
+    assert not _agent_ok(doc)
+    rule = _schema("CiliumNetworkPolicy")["properties"]["spec"]["properties"]["ingress"]["items"]
+    assert rule.get("x-kubernetes-preserve-unknown-fields") is True
