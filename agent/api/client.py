@@ -16,6 +16,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from agent.core.flow_history import FlowHistoryList
 from agent.core.models import (
     BpfPolicyDump,
     Endpoint,
@@ -117,6 +118,10 @@ class AgentClient:
 
     def bpf_policy(self, endpoint_id: int) -> BpfPolicyDump:
         return self._call("GET", f"/v1/bpf/policy/{endpoint_id}", BpfPolicyDump)
+
+    def flow_history(self, since: float | None = None) -> FlowHistoryList:
+        params = {"since": str(since)} if since is not None else {}
+        return self._call("GET", "/v1/flows/history", FlowHistoryList, params=params)
 
     def flows(
         self,

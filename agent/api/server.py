@@ -27,6 +27,7 @@ from agent.api.routes import Handler, Param, Route
 from agent.core.agent import Agent
 from agent.core.endpoint_table import AddressInUse, EndpointTableFull
 from agent.core.flow_filter import FLOW_TYPES, VERDICTS, FilterError, FlowFilter
+from agent.core.flow_history import FlowHistoryList
 from agent.core.models import (
     BpfPolicyDump,
     Endpoint,
@@ -238,6 +239,20 @@ async def flows(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def flow_history(request: web.Request) -> web.StreamResponse:
+    # Read-only: what `ciliate policy diff --observed` replays.
+    raw = request.query.get("since")
+    since = None
+    if raw is not None:
+        try:
+            since = float(raw)
+        except ValueError:
+            since = -1.0
+        if not since > 0 or since == float("inf"):
+            raise ApiError(400, "invalid query", f"since: {raw[:40]!r} is not a number of seconds > 0")
+    return _json(_agent(request).flows.history.listing(since))
+
+
 async def openapi(request: web.Request) -> web.StreamResponse:
     return web.json_response(openapi_document(ROUTES))
 
@@ -285,6 +300,11 @@ ROUTES: tuple[Route, ...] = (
             Param("from_label", "query", {"type": "array", "items": {"type": "string"}}, "source labels, key=value[,key=value] (repeatable: any)"),
             Param("to_label", "query", {"type": "array", "items": {"type": "string"}}, "destination labels, key=value[,key=value] (repeatable: any)"),
         ),
+    ),
+    Route(
+        "GET", "/v1/flows/history", flow_history, "Recent flow events the agent keeps (bounded ring)", "getFlowHistory",
+        FlowHistoryList, errors=(400,),
+        params=(Param("since", "query", {"type": "number", "exclusiveMinimum": 0}, "only events of the last SECONDS"),),
     ),
     Route("GET", "/openapi.json", openapi, "This OpenAPI document", "getOpenapi", None),
 )

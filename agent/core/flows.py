@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from agent.core.flow_filter import FlowFilter
+from agent.core.flow_history import FlowHistory
 from agent.core.models import FlowEvent
 
 SUBSCRIBER_QUEUE = 1024
@@ -49,6 +50,7 @@ class FlowHub:
     def __init__(self) -> None:
         self._subs: set[Subscription] = set()
         self.published = 0
+        self.history = FlowHistory()  # for `policy diff --observed` (GET /v1/flows/history)
 
     def subscribe(self, types: frozenset[str] | None = None, flt: FlowFilter | None = None) -> Subscription:
         """Events of these `types` (all when None) that pass `flt`."""
@@ -60,6 +62,7 @@ class FlowHub:
 
     def publish(self, event: FlowEvent) -> None:
         self.published += 1
+        self.history.add(event)
         for sub in list(self._subs):
             sub.offer(event)
 

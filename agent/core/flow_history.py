@@ -1,0 +1,72 @@
+"""The recent flow events the agent keeps for `policy diff --observed`.
+
+A bounded ring: at most `capacity` events and none older than `max_age`
+seconds (by the event's own time), so memory stays fixed however busy the
+node is and a replay covers "the last hour" at most. Pure, no I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.core.models import FlowEvent
+
+HISTORY_CAPACITY = 10_000
+HISTORY_MAX_AGE = 3600.0
+
+
+class FlowHistory:
+    def __init__(
+        self,
+        capacity: int = HISTORY_CAPACITY,
+        max_age: float = HISTORY_MAX_AGE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if capacity < 1 or max_age <= 0:
+            raise ValueError("flow history needs a positive capacity and max_age")
+        self.capacity = capacity
+        self.max_age = max_age
+        self._clock = clock
+        self._events: deque[FlowEvent] = deque(maxlen=capacity)
+        self.evicted = 0  # pushed out by capacity or age, for the reader to know what it misses
+
+    def add(self, event: FlowEvent) -> None:
+        if len(self._events) == self.capacity:
+            self.evicted += 1
+        self._events.append(event)
+
+    def _expire(self) -> None:
+        horizon = self._clock() - self.max_age
+        while self._events and self._events[0].time < horizon:
+            self._events.popleft()
+            self.evicted += 1
+
+    def events(self, since: float | None = None) -> list[FlowEvent]:
+        """Events kept, oldest first; with `since`, only those of the last `since` seconds."""
+        self._expire()
+        if since is None:
+            return list(self._events)
+        horizon = self._clock() - since
+        return [e for e in self._events if e.time >= horizon]
+
+    def listing(self, since: float | None = None) -> FlowHistoryList:
+        return FlowHistoryList(events=self.events(since), capacity=self.capacity, max_age=self.max_age, evicted=self.evicted)
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._events)
+
+
+class FlowHistoryList(BaseModel):
+    """GET /v1/flows/history: the events the agent still holds, oldest first."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    events: list[FlowEvent]
+    capacity: int = Field(description="most events kept")
+    max_age: float = Field(description="seconds an event is kept at most")
+    evicted: int = Field(description="events pushed out since the agent started (capacity or age)")

@@ -1,0 +1,54 @@
+"""The agent keeps a bounded history of flow events and serves it read-only
+at GET /v1/flows/history, for `ciliate policy diff --observed`."""
+
+from __future__ import annotations
+
+from agent.core.flow_history import FlowHistory, FlowHistoryList
+from agent.core.flows import FlowHub
+from agent.core.models import FlowEvent
+from tests.agent.api_client import api_client
+from tests.agent.conftest import Rig
+
+
+def _ev(t: float, port: int = 80) -> FlowEvent:
+    return FlowEvent(time=t, type="drop", src_ip="10.0.0.1", dst_ip="10.0.0.2", dst_port=port, verdict="drop")
+
+
+def test_history_keeps_the_newest_events_up_to_capacity():
+    h = FlowHistory(capacity=3, max_age=3600, clock=lambda: 100.0)
+    for i in range(5):
+        h.add(_ev(90 + i, port=i))
+    assert [e.dst_port for e in h.events()] == [2, 3, 4]
+    assert h.evicted == 2
+
+
+def test_history_forgets_events_older_than_max_age_and_answers_since():
+    now = [1000.0]
+    h = FlowHistory(capacity=100, max_age=60, clock=lambda: now[0])
+    for t in (930.0, 950.0, 990.0, 999.0):
+        h.add(_ev(t))
+    assert [e.time for e in h.events()] == [950.0, 990.0, 999.0]
+    assert [e.time for e in h.events(since=15)] == [990.0, 999.0]
+    now[0] = 1051.0
+    assert [e.time for e in h.events()] == [999.0]
+
+
+def test_every_published_event_lands_in_the_hub_history():
+    hub = FlowHub()
+    hub.publish(_ev(1e12))  # far future: not expired by the wall clock
+    assert [e.dst_port for e in hub.history.events()] == [80]
+
+
+async def test_api_serves_the_history_and_refuses_a_bad_since(rig: Rig) -> None:
+    async with api_client(rig) as (agent, client):
+        agent.flows.publish(_ev(1e12, port=8080))
+        r = await client.get("/v1/flows/history")
+        assert r.status == 200
+        body = FlowHistoryList.model_validate(await r.json())
+        assert [e.dst_port for e in body.events] == [8080] and body.capacity == 10_000
+        r = await client.get("/v1/flows/history", params={"since": "60"})
+        assert [e["dst_port"] for e in (await r.json())["events"]] == [8080]
+        for bad in ("-1", "x", "inf", "0"):
+            r = await client.get("/v1/flows/history", params={"since": bad})
+            assert r.status == 400, bad
+            assert "since" in (await r.json())["detail"]
