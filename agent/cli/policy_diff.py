@@ -1,0 +1,196 @@
+"""`ciliate policy diff`: which flows would change verdict, before applying.
+
+    ciliate policy diff --old PATH... --new PATH... [--endpoints FILE] [-o json]
+    ciliate policy diff --observed --new PATH... [--since SECONDS]
+
+The first form compiles both sets over the same endpoints (offline from
+--endpoints, a YAML list of `{labels: {...}}` entries, or the running
+agent's endpoints) and lists every flow whose verdict changes
+(policy/diff.py). The second replays the flows the agent saw recently
+(GET /v1/flows/history) against the new set (policy/diff_observed.py).
+Exit 0 = nothing changes, 1 = something does, 2 = the question could not be
+asked (bad files, no agent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_socket
+from policy.compiler import compile_state
+from policy.diff import PolicyDiff, diff_policies, port_text, request_text, rule_text
+from policy.diff_observed import ReplayReport, replay
+from policy.endpoint import Endpoint
+from policy.errors import CiliateError
+from policy.labels import selector_key_problem, value_problem
+from policy.load import load_paths
+from policy.model import Policy
+
+EXIT_SAME, EXIT_CHANGED, EXIT_BAD_INPUT = 0, 1, 2
+# Offline endpoints without an address get one from here, in file order.
+OFFLINE_NET = "100.64.0.0"
+
+
+class _EndpointSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    labels: dict[str, str]
+    ipv4: IPv4Address | None = None
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add `diff` to the `policy` group (created by policy_commands)."""
+    pol = sub.choices["policy"]
+    psub = next(a for a in pol._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
+    d = psub.add_parser(
+        "diff",
+        help="which flows change verdict between two policy sets (or for the flows the agent saw)",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    d.add_argument("--old", nargs="+", action="extend", default=[], metavar="PATH", help="policies in force now")
+    d.add_argument("--new", nargs="+", action="extend", required=True, metavar="PATH", help="proposed policies")
+    d.add_argument("--endpoints", metavar="FILE", help="YAML list of {labels: {...}} (default: the running agent's endpoints)")
+    d.add_argument("--observed", action="store_true", help="replay the flows the agent saw recently against --new")
+    d.add_argument("--since", type=float, metavar="SECONDS", help="with --observed: only the last SECONDS (default: all the agent keeps)")
+    d.add_argument("--socket", default=str(default_socket()), help="agent API socket (env CILIATE_SOCKET)")
+    d.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    d.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        return _diff(args)
+    except (CiliateError, AgentUnavailable, AgentError) as e:
+        print(f"ciliate: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _policies(paths: list[str], which: str) -> list[Policy]:
+    res = load_paths(paths)
+    if not res.ok:
+        for e in res.errors:
+            print(str(e), file=sys.stderr)
+        raise CiliateError(f"{len(res.errors)} error(s) in the {which} policies; fix them first (ciliate policy validate)")
+    for w in res.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    return res.policies
+
+
+def load_endpoints(path: str) -> list[Endpoint]:
+    """The --endpoints file; errors name the file, the entry and the field."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise CiliateError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise CiliateError(f"{path}: not YAML: {e}") from None
+    if not isinstance(data, list):
+        raise CiliateError(f"{path}: expected a list of {{labels: {{...}}}} entries")
+    specs = []
+    for i, item in enumerate(data):
+        try:
+            specs.append(_EndpointSpec.model_validate(item))
+        except ValidationError as e:
+            problems = [f"[{i}]" + "".join(f".{x}" for x in err["loc"]) + f": {err['msg']}" for err in e.errors()]
+            raise CiliateError(f"{path}: {'; '.join(problems)}") from None
+        for key, value in specs[-1].labels.items():
+            problem = selector_key_problem(key) or value_problem(value)
+            if problem:
+                raise CiliateError(f"{path}: [{i}].labels.{key}: {problem}")
+    used = {s.ipv4 for s in specs if s.ipv4 is not None}
+    nxt = int(IPv4Address(OFFLINE_NET))
+    out = []
+    for i, s in enumerate(specs):
+        addr = s.ipv4
+        if addr is None:
+            nxt += 1
+            while IPv4Address(nxt) in used:
+                nxt += 1
+            addr = IPv4Address(nxt)
+        out.append(Endpoint(i + 1, dict(s.labels), addr))
+    return out
+
+
+def _agent_endpoints(client: AgentClient) -> list[Endpoint]:
+    return [Endpoint(e.id, dict(e.labels), e.ipv4) for e in client.endpoints()]
+
+
+def _diff(args: argparse.Namespace) -> int:
+    new = _policies(args.new, "new")
+    if args.observed:
+        with AgentClient(Path(args.socket)) as client:
+            eps = load_endpoints(args.endpoints) if args.endpoints else _agent_endpoints(client)
+            history = client.flow_history(args.since)
+        report = replay(history.events, compile_state(new, eps))
+        if args.output == "json":
+            print(json.dumps(report.to_dict() | {"evicted": history.evicted}, indent=2))
+        else:
+            print_replay(report, history.evicted)
+        return EXIT_CHANGED if report.changed else EXIT_SAME
+    if not args.old:
+        raise CiliateError("--old is required (or use --observed)")
+    old = _policies(args.old, "old")
+    if args.endpoints:
+        eps = load_endpoints(args.endpoints)
+    else:
+        with AgentClient(Path(args.socket)) as client:
+            eps = _agent_endpoints(client)
+    d = diff_policies(old, new, eps)
+    if args.output == "json":
+        print(json.dumps(d.to_dict(), indent=2))
+    else:
+        print_diff(d)
+    return EXIT_CHANGED if d.changes else EXIT_SAME
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n:,} {one if n == 1 else (many or one + 's')}"
+
+
+def change_line(c: Any) -> str:
+    where = port_text(c.protocol, c.ports)
+    if c.layer == "l3l4":
+        line = f"{where:<14} {c.old} -> {c.new}"
+        rules = c.new_http if c.new == "allowed" else ()
+        if rules:
+            line += f"  (HTTP rules apply: {' | '.join(rule_text(r) for r in rules)})"
+        return line
+    if c.http_rule is None and c.change == "removed":
+        what = "any request" + (f" other than {' | '.join(rule_text(r) for r in c.new_http)}" if c.new_http else "")
+    elif c.http_rule is None:
+        what = "any request" + (f" (was only {' | '.join(rule_text(r) for r in c.old_http)})" if c.old_http else "")
+    else:
+        what = f"{rule_text(c.http_rule)} (rule {c.change})"
+    return f"{where:<14} HTTP {c.old} -> {c.new}: {what}  e.g. {request_text(c.sample)}"
+
+
+def print_diff(d: PolicyDiff) -> None:
+    n = d.counts()
+    if not d.changes:
+        print(f"no flow changes verdict ({_plural(d.endpoints, 'endpoint')}, {_plural(d.identities, 'identity', 'identities')})")
+        return
+    print(f"{_plural(n['changes'], 'flow')} change verdict between {_plural(n['pairs'], 'source/destination pair')}: "
+          f"{n['now_denied']:,} become denied, {n['now_allowed']:,} become allowed "
+          f"({_plural(d.endpoints, 'endpoint')}, {_plural(d.identities, 'identity', 'identities')})")
+    for (src, dst), changes in d.groups():
+        print(f"\n{src.name} -> {dst.name}: {_plural(len(changes), 'change')}")
+        for c in changes:
+            print(f"  {change_line(c)}")
+
+
+def print_replay(r: ReplayReport, evicted: int) -> None:
+    n = r.counts()
+    span = f"{(r.last - r.first) / 60:.0f} min" if r.first is not None and r.last is not None else "no time"
+    print(f"replayed {_plural(n['replayed'], 'observed flow')} ({span}): {n['now_denied']:,} would be dropped, "
+          f"{n['now_allowed']:,} newly allowed, {n['unchanged']:,} unchanged; {n['skipped']:,} skipped"
+          + (f" ({', '.join(f'{k}: {v}' for k, v in sorted(r.skipped.items()))})" if r.skipped else "")
+          + (f"; the agent's history had dropped {evicted:,} older events" if evicted else ""))
+    for g in r.changed:
+        print(f"  {g.sentence()} (e.g. {g.example})")
