@@ -26,7 +26,11 @@ from agent.core.models import EndpointCreate, EndpointState
 from tests.agent.fakes import FakeDatapath, FakeProxy
 
 N_CIDRS = 20_000
-WORST_LATENESS = 0.5  # seconds
+# A behaviour bound, not a speed target (bench/bench_cidr.py measures: ~40 ms
+# /healthz, ~150 ms worst loop stall from CPython's full GC at 20k). Before
+# compilation left the loop the API froze for tens of seconds; 1 s keeps the
+# test meaningful on a loaded 2-core machine, where 0.5 s failed spuriously.
+WORST_LATENESS = 1.0  # seconds
 
 
 def cidr(i: int) -> str:
