@@ -50,6 +50,7 @@ class Pod:
     ip: str
     endpoint_id: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    namespace: str | None = None  # Kubernetes mode: the Pod object's namespace; its labels come from the API
 
 
 class Lines:
@@ -230,10 +231,14 @@ class Node:
 
     # -- pods
 
-    def add_pod(self, name: str, labels: dict[str, str]) -> Pod:
+    def add_pod(self, name: str, labels: dict[str, str], namespace: str | None = None) -> Pod:
+        """Join a pod. With `namespace` (Kubernetes mode) the plugin passes
+        K8S_POD_NAMESPACE/K8S_POD_NAME and the agent takes the labels from the
+        Pod object, which must exist in the API server; `labels` is then only
+        what the caller expects to see."""
         netns = f"{self.prefix}-{name}"[:15]
         self._netns_add(netns)
-        pod = Pod(name, netns, "", labels=dict(labels))
+        pod = Pod(name, netns, "", labels=dict(labels), namespace=namespace)
         self.pods[name] = pod
         result = self.cni("ADD", pod)
         pod.ip = result["ips"][0]["address"].split("/")[0]
@@ -243,15 +248,7 @@ class Node:
         return pod
 
     def cni(self, command: str, pod: Pod) -> dict:
-        conf = {
-            "cniVersion": "1.0.0", "name": self.prefix, "type": "ciliate-cni", "agentSocket": str(self.socket),
-            "ipam": {"type": "host-local", "dataDir": str(self.workdir / "ipam"), "ranges": [[{"subnet": self.subnet}]]},
-            "args": {"cni": {"labels": [{"key": k, "value": v} for k, v in pod.labels.items()]}},
-        }
-        env = {
-            **os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": f"{self.prefix}-{pod.name}",
-            "CNI_NETNS": str(NETNS_DIR / pod.netns), "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",
-        }
+        conf, env = cni_request(command, pod, prefix=self.prefix, socket=self.socket, ipam_dir=self.workdir / "ipam", subnet=self.subnet)
         out = _run("nsenter", f"--net={NETNS_DIR / self.host_ns}", PY, "-m", "agent.cni", input=json.dumps(conf), env=env)
         if out.returncode != 0:
             raise NodeError(f"ciliate-cni {command} {pod.name}: {out.stdout.strip()} {out.stderr.strip()}")
@@ -346,6 +343,25 @@ class Node:
                 raise NodeError(f"{file_name} was rejected: {last}")
             time.sleep(0.05)
         raise NodeError(f"{file_name} not enforced after {timeout:.0f}s: {last}")
+
+
+def cni_request(command: str, pod: Pod, *, prefix: str, socket: Path, ipam_dir: Path, subnet: str) -> tuple[dict, dict[str, str]]:
+    """The network configuration and environment a runtime hands ciliate-cni
+    for `pod`: labels in args.cni.labels, or, for a Kubernetes pod, only
+    the CNI_ARGS kubelet sets (the agent reads the labels from the Pod)."""
+    conf: dict = {
+        "cniVersion": "1.0.0", "name": prefix, "type": "ciliate-cni", "agentSocket": str(socket),
+        "ipam": {"type": "host-local", "dataDir": str(ipam_dir), "ranges": [[{"subnet": subnet}]]},
+    }
+    env = {
+        **os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": f"{prefix}-{pod.name}",
+        "CNI_NETNS": str(NETNS_DIR / pod.netns), "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",
+    }
+    if pod.namespace is None:
+        conf["args"] = {"cni": {"labels": [{"key": k, "value": v} for k, v in pod.labels.items()]}}
+    else:
+        env["CNI_ARGS"] = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.namespace};K8S_POD_NAME={pod.name}"
+    return conf, env
 
 
 # -- the traffic generator (runs inside a pod: standard library only)

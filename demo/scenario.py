@@ -76,3 +76,17 @@ def observed_label(outcome: dict[str, object]) -> str:
     if outcome.get("error") == "timeout":
         return "dropped"
     return f"error: {outcome.get('error')}"
+
+
+# `ciliate demo --k8s` ends by deleting the policy object: the API path must
+# withdraw what it enforced, not only add to it.
+POLICY_DELETED = Stage(
+    "policy deleted: every request lands again",
+    (),
+    (
+        Request("xwing", *LAND, "200"),
+        Request("tiefighter", *EXHAUST, "200"),
+    ),
+)
+
+K8S_STAGES = (*STAGES, POLICY_DELETED)
