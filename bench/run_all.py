@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("compile", "cidr", "xds", "datapath", "attach", "agent", "e2e")
+ORDER = ("compile", "cidr", "xds", "datapath", "attach", "agent", "e2e", "k8s")
 
 
 def main(argv: list[str]) -> int:
