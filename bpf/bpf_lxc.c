@@ -6,7 +6,10 @@
  * where it enters the node. to_container (tc egress: packets entering the
  * pod) applies the pod's ingress policy to traffic that was not already
  * decided: from the host, the world, or unmanaged interfaces; its ingress
- * redirects go to the proxy through lo (see bpf_lo.c).
+ * redirects go to the proxy through lo (see bpf_lo.c). The proxy's upstream
+ * connections (mark 0x0B00) keep the client's address: to_container applies
+ * the pod's ingress policy to the client's identity (from_proxy), and
+ * from_container hands the pod's replies back to the proxy's socket.
  *
  * Order: conntrack first (established flows and replies pass; a redirected
  * flow stays redirected), then policy. A TCP SYN without ACK is always a new
@@ -120,9 +123,20 @@ int from_container(struct __sk_buff *skb)
 	int new_conn = p.protocol == IPPROTO_TCP &&
 		       (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 	if (!new_conn) {
-		ctv = ct_lookup_flow(&p, now);
+		ctv = ct_lookup_flow(&p, now, CT_SCOPE_FLOW);
+		/* A redirected flow's reply twin never matches a pod's own packet
+		 * (the proxy answers that flow), except when a proxy upstream
+		 * connection happens to have the same tuple: look there too. */
+		if (!ctv || (ctv->flags & (CT_F_REDIRECT | CT_F_REPLY)) == (CT_F_REDIRECT | CT_F_REPLY)) {
+			struct ct_value *up = ct_lookup_flow(&p, now, CT_SCOPE_PROXY);
+
+			if (up && (up->flags & CT_F_REPLY)) {
+				ct_refresh(up, &p, now, CT_SCOPE_PROXY);
+				return reply_to_proxy_upstream(skb);
+			}
+		}
 		if (ctv) {
-			ct_refresh(ctv, &p, now);
+			ct_refresh(ctv, &p, now, CT_SCOPE_FLOW);
 			/* replies, and flows that were not redirected, pass */
 			if ((ctv->flags & (CT_F_REDIRECT | CT_F_REPLY)) != CT_F_REDIRECT)
 				return pass_decided(skb);
@@ -164,13 +178,50 @@ int from_container(struct __sk_buff *skb)
 	if (v->verdict == VERDICT_REDIRECT) {
 		if (redirect_to_proxy(skb, &p, v->proxy_port) != 0)
 			return drop(&p, &c, R_PROXY_NOT_LISTENING);
-		ct_create(&p, CT_F_REDIRECT, v->proxy_port, now);
+		ct_create(&p, CT_F_REDIRECT, v->proxy_port, now, CT_SCOPE_FLOW);
 		emit_event(&p, &c, EV_REDIRECT, R_POLICY_REDIRECT, v->proxy_port);
 		return TC_ACT_OK;
 	}
-	ct_create(&p, 0, 0, now);
+	ct_create(&p, 0, 0, now, CT_SCOPE_FLOW);
 	emit_event(&p, &c, EV_FORWARD, v->reason, 0);
 	return pass_decided(skb);
+}
+
+/* A packet of the proxy's upstream connection (SO_MARK 0x0B00) entering the
+ * destination pod. The upstream keeps the client's address (original
+ * source), so the source's identity is the client's: the destination's
+ * ingress L3/L4 policy is applied to every new upstream connection, whether
+ * the flow was redirected at the client's veth or through lo (from the node
+ * or the world); its L7 rules were the proxy's job. A redirect verdict
+ * passes (the proxy is where it led). Tracked in CT_SCOPE_PROXY, where
+ * from_container finds the replies and hands them back to the proxy. */
+static __always_inline int from_proxy(struct __sk_buff *skb, struct pkt *p, struct ev_ctx *c,
+				      struct lxc_key *self_key, __u32 endpoint_id, __u64 now)
+{
+	struct ct_value *ctv;
+	struct lxc_value *self;
+	struct verdict in = {};
+
+	if (!(p->protocol == IPPROTO_TCP && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)) {
+		ctv = ct_lookup_flow(p, now, CT_SCOPE_PROXY);
+		if (ctv && !(ctv->flags & CT_F_REPLY)) {
+			ct_refresh(ctv, p, now, CT_SCOPE_PROXY);
+			return TC_ACT_OK;
+		}
+	}
+	self = lxc.lookup(self_key);
+	c->dst_identity = self ? self->identity : 0;
+	c->src_identity = ipcache_identity(p->saddr);
+	if (!self)
+		return drop(p, c, R_ENDPOINT_UNKNOWN);
+	c->direction = 0;
+	policy_decide(endpoint_id, self->flags & LXC_F_INGRESS_ENFORCED, c->src_identity, 0, p, &in);
+	if (!in.verdict)
+		return drop(p, c, in.reason);
+	ct_create(p, CT_F_PROXY, 0, now, CT_SCOPE_PROXY);
+	ct_forget_stale_flow(p, now);
+	emit_event(p, c, EV_FORWARD, R_PROXY_ORIGINATED, 0);
+	return TC_ACT_OK;
 }
 
 int to_container(struct __sk_buff *skb)
@@ -192,9 +243,11 @@ int to_container(struct __sk_buff *skb)
 		return r;
 
 	now = bpf_ktime_get_coarse_ns(); /* tick resolution is plenty for expiry */
-	ctv = ct_lookup_flow(&p, now);
+	if ((skb->mark & MARK_MAGIC_MASK) == MARK_MAGIC_PROXY_ORIGIN)
+		return from_proxy(skb, &p, &c, &self_key, endpoint_id, now);
+	ctv = ct_lookup_flow(&p, now, CT_SCOPE_FLOW);
 	if (ctv) {
-		ct_refresh(ctv, &p, now);
+		ct_refresh(ctv, &p, now, CT_SCOPE_FLOW);
 		if ((ctv->flags & (CT_F_REDIRECT | CT_F_REPLY)) == CT_F_REDIRECT)
 			return redirect_via_lo(skb, ctv->proxy_port);
 		return TC_ACT_OK;
@@ -204,13 +257,6 @@ int to_container(struct __sk_buff *skb)
 	c.dst_identity = self ? self->identity : 0;
 	c.src_identity = ipcache_identity(p.saddr);
 
-	/* The proxy's own upstream connections: policy was applied when the
-	 * flow entered the proxy; track them so the replies pass. */
-	if ((skb->mark & MARK_MAGIC_MASK) == MARK_MAGIC_PROXY_ORIGIN) {
-		ct_create(&p, CT_F_PROXY, 0, now);
-		emit_event(&p, &c, EV_FORWARD, R_PROXY_ORIGINATED, 0);
-		return TC_ACT_OK;
-	}
 	if (!self)
 		return drop(&p, &c, R_ENDPOINT_UNKNOWN);
 
@@ -221,11 +267,11 @@ int to_container(struct __sk_buff *skb)
 	if (in.verdict == VERDICT_REDIRECT) {
 		if (p.protocol != IPPROTO_TCP)
 			return drop(&p, &c, R_REDIRECT_UNSUPPORTED);
-		ct_create(&p, CT_F_REDIRECT, in.proxy_port, now);
+		ct_create(&p, CT_F_REDIRECT, in.proxy_port, now, CT_SCOPE_FLOW);
 		emit_event(&p, &c, EV_REDIRECT, R_POLICY_REDIRECT, in.proxy_port);
 		return redirect_via_lo(skb, in.proxy_port);
 	}
-	ct_create(&p, 0, 0, now);
+	ct_create(&p, 0, 0, now, CT_SCOPE_FLOW);
 	emit_event(&p, &c, EV_FORWARD, in.reason, 0);
 	return TC_ACT_OK;
 }

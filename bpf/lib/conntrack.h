@@ -5,6 +5,14 @@
  * evicted, the slow path (a miss) still finds the flow by the reversed
  * tuple and restores the twin.
  *
+ * Scopes: the proxy's upstream connections keep the client's address (Envoy's
+ * original_src), so an upstream C:p2 -> S:80 can share its 5-tuple with a
+ * flow the node tracks at C's veth (C's own connection C:p2 -> S:80, or its
+ * leftover entries). They are kept apart by the scope in the key's first pad
+ * byte (ct_key.pad[0]): CT_SCOPE_FLOW for flows seen at the sender's veth,
+ * CT_SCOPE_PROXY for the proxy's upstream connections, which only the
+ * destination's veth consults (bpf_lxc.c from_proxy / the reply steering).
+ *
  * Lifetimes: TCP 6 h idle, 10 s after a FIN or RST; everything else 60 s.
  * An expired entry counts as absent, so the flow is policed again. The
  * expiry is rewritten at most once a second per entry, keeping the hot path
@@ -17,9 +25,13 @@
 #define CT_LIFETIME_CLOSE (10ULL * NSEC)
 #define CT_LIFETIME_OTHER (60ULL * NSEC)
 
-static __always_inline void ct_fill_key(struct ct_key *k, struct pkt *p, int reverse)
+#define CT_SCOPE_FLOW  0
+#define CT_SCOPE_PROXY 1
+
+static __always_inline void ct_fill_key(struct ct_key *k, struct pkt *p, int reverse, __u8 scope)
 {
 	k->protocol = p->protocol;
+	k->pad[0] = scope;
 	if (reverse) {
 		k->saddr = p->daddr;
 		k->daddr = p->saddr;
@@ -42,24 +54,25 @@ static __always_inline __u64 ct_lifetime(struct pkt *p, __u8 flags)
 	return CT_LIFETIME_TCP;
 }
 
-static __always_inline struct ct_value *ct_find(struct pkt *p, int reverse, __u64 now)
+static __always_inline struct ct_value *ct_find(struct pkt *p, int reverse, __u64 now, __u8 scope)
 {
 	struct ct_key k = {};
 	struct ct_value *v;
 
-	ct_fill_key(&k, p, reverse);
+	ct_fill_key(&k, p, reverse, scope);
 	v = ct.lookup(&k);
 	if (v && v->expires_ns < now)
 		return 0;
 	return v;
 }
 
-static __always_inline void ct_write(struct pkt *p, int reverse, __u8 flags, __u16 proxy_port, __u64 now)
+static __always_inline void ct_write(struct pkt *p, int reverse, __u8 flags, __u16 proxy_port, __u64 now,
+				     __u8 scope)
 {
 	struct ct_key k = {};
 	struct ct_value v = {};
 
-	ct_fill_key(&k, p, reverse);
+	ct_fill_key(&k, p, reverse, scope);
 	v.flags = flags;
 	v.proxy_port = proxy_port;
 	v.expires_ns = now + ct_lifetime(p, flags);
@@ -67,13 +80,13 @@ static __always_inline void ct_write(struct pkt *p, int reverse, __u8 flags, __u
 }
 
 /* A FIN or RST closes both directions' entries (slow path, once per flow). */
-static __always_inline void ct_refresh(struct ct_value *v, struct pkt *p, __u64 now)
+static __always_inline void ct_refresh(struct ct_value *v, struct pkt *p, __u64 now, __u8 scope)
 {
 	if (p->protocol == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)) &&
 	    !(v->flags & CT_F_CLOSING)) {
 		v->flags |= CT_F_CLOSING;
 		v->expires_ns = now + CT_LIFETIME_CLOSE;
-		struct ct_value *twin = ct_find(p, 1, now);
+		struct ct_value *twin = ct_find(p, 1, now, scope);
 		if (twin) {
 			twin->flags |= CT_F_CLOSING;
 			twin->expires_ns = now + CT_LIFETIME_CLOSE;
@@ -87,26 +100,44 @@ static __always_inline void ct_refresh(struct ct_value *v, struct pkt *p, __u64 
 		v->expires_ns = want;
 }
 
-static __always_inline void ct_create(struct pkt *p, __u8 flags, __u16 proxy_port, __u64 now)
+static __always_inline void ct_create(struct pkt *p, __u8 flags, __u16 proxy_port, __u64 now, __u8 scope)
 {
-	ct_write(p, 0, flags, proxy_port, now);
-	ct_write(p, 1, flags | CT_F_REPLY, proxy_port, now);
+	ct_write(p, 0, flags, proxy_port, now, scope);
+	ct_write(p, 1, flags | CT_F_REPLY, proxy_port, now, scope);
+}
+
+/* A proxy upstream C:p -> S:dport was just opened: a CT_SCOPE_FLOW entry
+ * with that tuple that is not a redirected flow is a leftover of an old
+ * direct connection (S cannot hold both connections at once) and would
+ * catch S's replies before the upstream's own entry; forget it. A redirected
+ * flow's entry is live (C's connection to the proxy) and stays. */
+static __always_inline void ct_forget_stale_flow(struct pkt *p, __u64 now)
+{
+	struct ct_key k = {};
+	struct ct_value *v = ct_find(p, 0, now, CT_SCOPE_FLOW);
+
+	if (v && (v->flags & CT_F_REDIRECT))
+		return;
+	ct_fill_key(&k, p, 0, CT_SCOPE_FLOW);
+	ct.delete(&k);
+	ct_fill_key(&k, p, 1, CT_SCOPE_FLOW);
+	ct.delete(&k);
 }
 
 /* The entry for this packet's direction; restored from its twin when the
  * LRU evicted it. NULL: the flow is not tracked (or expired). */
-static __always_inline struct ct_value *ct_lookup_flow(struct pkt *p, __u64 now)
+static __always_inline struct ct_value *ct_lookup_flow(struct pkt *p, __u64 now, __u8 scope)
 {
-	struct ct_value *v = ct_find(p, 0, now);
+	struct ct_value *v = ct_find(p, 0, now, scope);
 	struct ct_value *twin;
 
 	if (v)
 		return v;
-	twin = ct_find(p, 1, now);
+	twin = ct_find(p, 1, now, scope);
 	if (!twin)
 		return 0;
-	ct_write(p, 0, twin->flags ^ CT_F_REPLY, twin->proxy_port, now);
-	return ct_find(p, 0, now);
+	ct_write(p, 0, twin->flags ^ CT_F_REPLY, twin->proxy_port, now, scope);
+	return ct_find(p, 0, now, scope);
 }
 
 #endif

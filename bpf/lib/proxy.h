@@ -62,6 +62,17 @@ assign:
 	return 0;
 }
 
+/* A destination pod's reply on one of the proxy's upstream connections. The
+ * upstream socket is bound to the client's address (original source), so
+ * routing would send the reply on to the client's veth; the to-proxy mark
+ * (port 0) makes the `fwmark 0x200/0xf00` rule deliver it locally instead,
+ * where the stack finds the upstream socket by its 4-tuple. */
+static __always_inline int reply_to_proxy_upstream(struct __sk_buff *skb)
+{
+	skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_MAGIC_TO_PROXY;
+	return TC_ACT_OK;
+}
+
 /* Ingress redirect of a packet that tc egress already has (from the node or
  * the world, routed to the pod): sk_assign is not allowed here, so hand it
  * back to the node through lo's ingress with the to-proxy mark; bpf_lo.c

@@ -92,25 +92,40 @@ def test_redirect_without_listener_drops_with_reason(dp_node):
     assert drops and drops[0].reason == Reason.PROXY_NOT_LISTENING
 
 
+def proxy_upstream(node, source_ip: str | None) -> socket.socket:
+    """A socket as Envoy's upstream opens it: SO_MARK 0x0B00 (agreement with
+    xds/), and with source_ip bound with IP_TRANSPARENT, as the original_src
+    filter does (the client's address; the port is the kernel's)."""
+    s = node.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 0x0B00)
+    if source_ip is not None:
+        s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        s.bind((source_ip, 0))
+    return s
+
+
 @pytest.mark.parametrize(
-    "mark, expect",
+    "b_ingress, source, expect",
     [
-        pytest.param(0x0B00, True, id="proxy-mark-passes"),
-        pytest.param(0, False, id="unmarked-node-traffic-policed"),
+        pytest.param([rule(256, INGRESS, TCP, 8080)], "a", True, id="client-address-allowed"),
+        pytest.param([rule(256, INGRESS, TCP, 8080, Verdict.REDIRECT, PROXY_PORT)], "a", True,
+                     id="client-address-redirect-verdict-passes"),
+        pytest.param([rule(258, INGRESS, TCP, 8080)], "a", False, id="client-address-denied-by-receiver"),
+        pytest.param([rule(1, INGRESS, TCP, 8080)], "node", True, id="node-address-allowed"),
+        pytest.param([], "node", False, id="node-address-denied-by-receiver"),
     ],
 )
-def test_proxy_originated_connections_bypass_policy_and_get_replies(dp_node, mark, expect):
-    """Envoy's upstream sockets carry SO_MARK 0x0B00 (agreement with xds/)."""
-    b = dp_node.ep("b")
-    dp_node.dp.apply(state(1, [
-        endpoint(dp_node.ep("a"), [], ingress=False, egress=False),
-        endpoint(b, [], ingress=True, egress=True),  # allows nothing at all
-    ]))
-    with Server(b.pod, 8080) as srv:
-        s = dp_node.node.socket()
+def test_proxy_upstream_is_policed_as_its_source_and_replies_come_back_to_it(dp_node, b_ingress, source, expect):
+    """The proxy's upstream connection keeps the client's address: b sees a's
+    address, b's ingress L3/L4 policy judges a's identity (the mark no longer
+    bypasses it), and b's replies, addressed to a, reach the proxy's socket
+    in the node instead of a's veth."""
+    a, b = dp_node.ep("a"), dp_node.ep("b")
+    dp_node.dp.apply(state(1, [endpoint(a, [], ingress=False, egress=False), endpoint(b, b_ingress, egress=False)]))
+    with Server(b.pod, 8080) as srv, dp_node.dp.events() as stream:
+        stream.drain()
+        s = proxy_upstream(dp_node.node, str(a.pod.ip) if source == "a" else None)
         try:
-            if mark:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
             s.settimeout(2.0 if expect else 0.4)
             try:
                 s.connect((str(b.pod.ip), 8080))
@@ -122,12 +137,64 @@ def test_proxy_originated_connections_bypass_policy_and_get_replies(dp_node, mar
             assert (conn is not None) is expect
             if conn is not None:
                 with conn:
-                    s.sendall(b"x")
-                    assert conn.recv(1) == b"x"
-                    conn.sendall(b"y")  # b's reply: only conntrack admits it
-                    assert s.recv(1) == b"y"
+                    want = str(a.pod.ip) if source == "a" else None
+                    if want:
+                        assert conn.getpeername() == s.getsockname()  # b sees a's address
+                        assert s.getsockname()[0] == want
+                    for _ in range(3):  # keep-alive: every reply takes the same way back
+                        s.sendall(b"x")
+                        assert conn.recv(1) == b"x"
+                        conn.sendall(b"y")
+                        assert s.recv(1) == b"y"
         finally:
             s.close()
+        events = stream.drain()
+    fwd = [e for e in events if e.verdict == EventVerdict.FORWARD and e.reason == Reason.PROXY_ORIGINATED]
+    drops = [e for e in events if e.verdict == EventVerdict.DROP]
+    if expect:
+        assert fwd and fwd[0].src_identity == (a.identity if source == "a" else 1), events
+    else:
+        assert not fwd and drops and drops[0].dst_identity == b.identity, events
+
+
+def test_proxy_upstream_sharing_a_tracked_flows_tuple_keeps_both_apart(dp_node):
+    """An upstream bound to a's address may get the same port as a flow the
+    node tracks at a's veth (a's own connection to the proxy): the two are
+    tracked apart, a's packets still go to the proxy and b's replies to the
+    upstream socket."""
+    a, b = dp_node.ep("a"), dp_node.ep("b")
+    dp_node.dp.apply(state(1, [
+        endpoint(a, [rule(257, EGRESS, TCP, 8080, Verdict.REDIRECT, PROXY_PORT)], ingress=False),
+        endpoint(b, [rule(256, INGRESS, TCP, 8080)], egress=False),
+    ]))
+    lst = transparent_listener(dp_node.node, PROXY_PORT)
+    with Server(b.pod, 8080) as srv:
+        c = tcp_connect(a.pod, b.pod.ip, 8080, 2.0)
+        assert c is not None
+        down, _ = lst.accept()
+        s = dp_node.node.socket()
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 0x0B00)
+            s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            s.bind(c.getsockname())  # the worst case: a's own source port
+            s.settimeout(2.0)
+            s.connect((str(b.pod.ip), 8080))
+            up = srv.accept(2.0)
+            assert up is not None
+            with up, down:
+                for _ in range(3):
+                    c.sendall(b"q")
+                    assert down.recv(1) == b"q"
+                    s.sendall(b"x")
+                    assert up.recv(1) == b"x"
+                    up.sendall(b"y")
+                    assert s.recv(1) == b"y"
+                    down.sendall(b"r")
+                    assert c.recv(1) == b"r"
+        finally:
+            s.close()
+            c.close()
+            lst.close()
 
 
 @pytest.mark.parametrize(
