@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from envoy_data_plane.envoy.config.accesslog.v3 import ComparisonFilterOp
 from envoy_data_plane.envoy.config.core.v3 import ApiVersion, TrafficDirection
+from envoy_data_plane.envoy.config.listener import v3 as listener_v3
+from envoy_data_plane.envoy.extensions.filters.listener.original_src import v3 as original_src_v3
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManagerPathWithEscapedSlashesAction as EscapedSlashes,
 )
@@ -13,7 +15,7 @@ from policy.compiled import Direction
 
 from . import messages as pb
 from .rbac import DENY_ALL, RBAC_FILTER, RBAC_URL, RECEIVER_RBAC_FILTER
-from .serialize import any_
+from .serialize import any_, encoders
 
 HCM_URL = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER_URL = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -29,6 +31,14 @@ DENIED_BODY = "Access denied"
 # matched. See policy/http_path.py, which `trace` uses to see the same path
 # Envoy's rules see.
 ESCAPED_SLASHES = EscapedSlashes.REJECT_REQUEST
+
+# The original_src listener filter: upstream connections bind (IP_TRANSPARENT)
+# to the downstream's address, so the server sees the client pod, not the
+# node. The connection's own remote address is used, never a header.
+ORIGINAL_SRC_FILTER = "envoy.filters.listener.original_src"
+ORIGINAL_SRC_URL = "type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc"
+ListenerFilter = encoders(listener_v3.ListenerFilter)
+OriginalSrc = encoders(original_src_v3.OriginalSrc)
 
 _TRAFFIC_DIRECTION = {Direction.INGRESS: TrafficDirection.INBOUND, Direction.EGRESS: TrafficDirection.OUTBOUND}
 
@@ -112,9 +122,13 @@ def listener(
     direction: Direction,
     original_port: int | None,
     hcm: bytes,
+    original_source_mark: int | None = None,
 ) -> bytes:
     """Listener on address:port. `original_port`: serve only connections whose
-    local address (the original destination) has this port; None for all."""
+    local address (the original destination) has this port; None for all.
+    `original_source_mark`: upstream connections keep the downstream's
+    address (original_src filter) and carry this SO_MARK (0 sets none);
+    None: they leave from the node's address."""
     lst = pb.Listener
     chain_match = b""
     if original_port is not None:
@@ -126,4 +140,11 @@ def listener(
         + lst.filter_chains(chain_match, hcm_filter)
         + lst.transparent(transparent)
         + lst.traffic_direction(_TRAFFIC_DIRECTION[direction])
+        + (b"" if original_source_mark is None else lst.listener_filters(_original_src(original_source_mark)))
+    )
+
+
+def _original_src(mark: int) -> bytes:
+    return ListenerFilter.name(ORIGINAL_SRC_FILTER) + ListenerFilter.typed_config(
+        any_(ORIGINAL_SRC_URL, OriginalSrc.mark(mark) if mark else b"")
     )

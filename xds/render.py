@@ -4,7 +4,10 @@ What one node's Envoy gets:
 
 - one ORIGINAL_DST cluster shared by every listener; its upstream sockets
   carry SO_MARK `upstream_mark` (0x0B00) so the eBPF program recognises
-  proxy-originated traffic and does not apply policy to it again;
+  proxy-originated traffic (it still applies the destination's ingress
+  L3/L4 policy to it, and hands the replies back to the proxy);
+- listeners whose destinations are all local pods (local_only) carry the
+  original_src listener filter: the upstream keeps the client's address;
 - one listener per proxy port (`transparent: true` on 0.0.0.0 in
   production), whose HTTP connection manager takes its routes over RDS from
   a route configuration of the same name. The listener only changes when a
@@ -53,7 +56,17 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network
 from typing import Mapping
 
-from policy.compiled import IDENTITY_ANY, CompiledState, Direction, HTTPRule, L7PeerRule, L7Policy, ReceiverRules
+from policy.compiled import (
+    IDENTITY_ANY,
+    CompiledState,
+    Direction,
+    EndpointPolicy,
+    HTTPRule,
+    L7PeerRule,
+    L7Policy,
+    ReceiverRules,
+    Verdict,
+)
 from policy.ipcache import PrefixMap
 
 from .cluster import original_dst_cluster
@@ -131,6 +144,13 @@ class RenderParams:
     # address) matches no filter chain and is closed: it would otherwise be
     # forwarded to its own local address, the proxy again, in a loop.
     match_original_port: bool = True
+    # Upstream connections to a local pod keep the client's address (the
+    # original_src listener filter, IP_TRANSPARENT, SO_MARK upstream_mark);
+    # the datapath hands the pod's replies back to the proxy. Listeners that
+    # may reach a destination outside the node (an egress listener with a
+    # non-endpoint peer) keep the node's address: nothing would bring the
+    # replies of the client's address back to the proxy. See local_only().
+    original_source: bool = True
 
     @classmethod
     def test_only_loopback(cls, **kw) -> "RenderParams":
@@ -138,6 +158,7 @@ class RenderParams:
         cluster takes the upstream from the x-envoy-original-dst-host header."""
         kw.setdefault("listen_address", "127.0.0.1")
         kw.setdefault("match_original_port", False)  # nothing redirects: the local port is the proxy port
+        kw.setdefault("original_source", False)  # no datapath brings replies back; needs CAP_NET_ADMIN
         return cls(transparent=False, original_dst=OriginalDst.TEST_ONLY_HTTP_HEADER, **kw)
 
 
@@ -223,8 +244,9 @@ class Renderer:
         listeners, routes = [], []
         new_routes: dict[int, tuple[L7Policy, int, Resource, tuple[ReceiverRules, ...]]] = {}
         for port in sorted(by_port):
-            _, pol = by_port[port]
-            listeners.append(self._listener(port, pol.key.direction, pol.key.port))
+            ep_id, pol = by_port[port]
+            keep_source = self.params.original_source and local_only(state, state.endpoints[ep_id], pol)
+            listeners.append(self._listener(port, pol.key.direction, pol.key.port, keep_source))
             receivers = state.receiver_rules(pol)
             prev = self._routes.get(port)
             if prev is not None and prev[1] == self._ipcache_gen and (prev[0] is pol or prev[0] == pol) and prev[3] == receivers:
@@ -249,7 +271,7 @@ class Renderer:
             self._perm = {k: v for k, v in self._perm.items() if k in self._used}
         self._paths.forget_if_large()
         ports = {(port, pol.key.direction, pol.key.port) for port, (pol, _, _, _) in self._routes.items()}
-        for key in [k for k in self._listeners if k not in ports]:
+        for key in [k for k in self._listeners if k[:3] not in ports]:
             del self._listeners[key]
 
     async def render_async(self, state: CompiledState, version: str | None = None) -> Snapshot:
@@ -264,8 +286,8 @@ class Renderer:
         )
         return Resource(CLUSTER, p.cluster_name, body)
 
-    def _listener(self, port: int, direction: Direction, original_port: int) -> Resource:
-        key = (port, direction, original_port)
+    def _listener(self, port: int, direction: Direction, original_port: int, keep_source: bool) -> Resource:
+        key = (port, direction, original_port, keep_source)
         got = self._listeners.get(key)
         if got is not None:
             return got
@@ -286,6 +308,7 @@ class Renderer:
             direction=direction,
             original_port=original_port if p.match_original_port else None,
             hcm=hcm,
+            original_source_mark=p.upstream_mark if keep_source else None,
         )
         res = Resource(LISTENER, name, body, refs=frozenset({(ROUTE, route_config_name(port))}))
         self._listeners[key] = res
@@ -335,6 +358,25 @@ class Renderer:
             original_dst_header=ORIGINAL_DST_HEADER if self.params.original_dst == OriginalDst.LOCAL_ADDRESS else None,
         )
         return Resource(ROUTE, name, body, refs=frozenset({(CLUSTER, self.params.cluster_name)}))
+
+
+def local_only(state: CompiledState, ep: EndpointPolicy, pol: L7Policy) -> bool:
+    """Whether every destination the kernel sends to this listener is a local
+    pod, so its upstream may keep the client's address: ingress listeners
+    (the destination is the endpoint itself), and egress listeners whose
+    redirect entries name only endpoint identities (not any peer, reserved
+    or CIDR identities: those may be outside the node, where no program of
+    ours sees the replies). Decided per listener, so the listener changes
+    only when a policy adds or removes such a peer, not per pod."""
+    if pol.key.direction == Direction.INGRESS:
+        return True
+    local = {e.identity for e in state.endpoints.values()}
+    peers = {
+        e.key.identity
+        for e in ep.entries
+        if e.verdict == Verdict.REDIRECT and e.proxy_port == pol.proxy_port and e.key.direction == Direction.EGRESS
+    }
+    return bool(peers) and peers <= local
 
 
 _default_renderers: dict[RenderParams, Renderer] = {}

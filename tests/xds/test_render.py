@@ -354,3 +354,55 @@ def test_benchmark_baseline_takes_routes_from_a_watched_file():
     src = hcm.rds.config_source.path_config_source
     assert (src.path, src.watched_directory.path) == (f"/run/x/{NAME}/routes.pb", f"/run/x/{NAME}")
     assert hcm.rds.config_source.ads is None
+
+
+# -- original source: upstream connections keep the client's address
+
+
+def _original_src_marks(snap) -> dict[str, list[int]]:
+    """listener name -> the SO_MARKs of its original_src listener filters."""
+    from envoy_data_plane.envoy.extensions.filters.listener.original_src.v3 import OriginalSrc
+
+    out = {}
+    for name, res in snap.of(LISTENER).items():
+        lst = Listener.parse(res.body)
+        out[name] = [OriginalSrc.parse(f.typed_config.value).mark for f in lst.listener_filters
+                     if f.name == "envoy.filters.listener.original_src"]
+    return out
+
+
+def _with_sender_peers(st, peers: list[int]):
+    """sender_and_receiver with the sender's egress redirect naming `peers`."""
+    from dataclasses import replace
+
+    from policy.compiled import PolicyEntry, PolicyKey, PortRange, Protocol, Verdict
+
+    sender = st.endpoints[1]
+    entries = tuple(PolicyEntry(PolicyKey(p, Direction.EGRESS, Protocol.TCP, PortRange(80, 80)), Verdict.REDIRECT, EGRESS_PORT)
+                    for p in peers)
+    return replace(st, endpoints={**st.endpoints, 1: replace(sender, entries=entries)})
+
+
+def test_listeners_to_local_pods_keep_the_client_address_with_the_proxy_mark():
+    from tests.xds.fixtures import INGRESS_PORT, RECEIVER
+
+    snap = Renderer(RenderParams(upstream_mark=0x0B00)).render(_with_sender_peers(sender_and_receiver(), [RECEIVER]))
+    marks = _original_src_marks(snap)
+    # ingress: the destination is the endpoint itself; egress: every peer is a local pod
+    assert marks == {f"ciliate-proxy-{INGRESS_PORT}": [0x0B00], f"ciliate-proxy-{EGRESS_PORT}": [0x0B00]}
+
+
+@pytest.mark.parametrize("peers", [[IDENTITY_ANY], [IDENTITY_WORLD], [1], [3000, IDENTITY_WORLD]], ids=["any", "world", "host", "pod+world"])
+def test_egress_listener_that_may_leave_the_node_keeps_the_node_address(peers):
+    from tests.xds.fixtures import INGRESS_PORT
+
+    snap = Renderer(RenderParams()).render(_with_sender_peers(sender_and_receiver(), peers))
+    marks = _original_src_marks(snap)
+    assert marks[f"ciliate-proxy-{EGRESS_PORT}"] == []
+    assert marks[f"ciliate-proxy-{INGRESS_PORT}"] == [0x0B00]
+
+
+def test_loopback_test_listeners_and_the_switch_keep_the_node_address():
+    st = sender_and_receiver()
+    assert all(m == [] for m in _original_src_marks(Renderer(RenderParams.test_only_loopback()).render(st)).values())
+    assert all(m == [] for m in _original_src_marks(Renderer(RenderParams(original_source=False)).render(st)).values())
