@@ -55,7 +55,11 @@ def test_envoy_sigkill_fails_closed_and_is_restarted(node) -> None:
     assert during == [], f"{len(during)} requests reached the server while Envoy was down\n{report}"
     landed = len(sw.hits(80, "tiefighter", *LAND))
     ok = sum(1 for o in land_out if o.get("status") == 200)
-    assert landed <= ok + 1, f"{landed} landings reached the server but only {ok} got a 200 through Envoy\n{report}"
+    # +2: the request in flight when Envoy died, and the one in flight when
+    # land.stop() killed the generator (it reached the server, its outcome
+    # was never printed). These checks bite since the proxy keeps the client's
+    # address: before, proxied requests reached the server from the node's.
+    assert landed <= ok + 2, f"{landed} landings reached the server but only {ok} got a 200 through Envoy\n{report}"
     assert 200 not in {o.get("status") for o in exhaust_out}, report
     assert all(o.get("status") == 403 for o in outcomes(exhaust_out, t_back + SLACK)), report
     assert all(o.get("status") == 200 for o in outcomes(land_out, t_back)), report
