@@ -347,8 +347,8 @@ class Node:
 
 def cni_request(command: str, pod: Pod, *, prefix: str, socket: Path, ipam_dir: Path, subnet: str) -> tuple[dict, dict[str, str]]:
     """The network configuration and environment a runtime hands ciliate-cni
-    for `pod`: labels in args.cni.labels, or, for a Kubernetes pod, only
-    the CNI_ARGS kubelet sets (the agent reads the labels from the Pod)."""
+    for `pod`: the CNI_ARGS kubelet sets, plus labels in args.cni.labels
+    unless it is a Kubernetes pod (the agent then reads them from the Pod)."""
     conf: dict = {
         "cniVersion": "1.0.0", "name": prefix, "type": "ciliate-cni", "agentSocket": str(socket),
         "ipam": {"type": "host-local", "dataDir": str(ipam_dir), "ranges": [[{"subnet": subnet}]]},
@@ -357,10 +357,11 @@ def cni_request(command: str, pod: Pod, *, prefix: str, socket: Path, ipam_dir: 
         **os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": f"{prefix}-{pod.name}",
         "CNI_NETNS": str(NETNS_DIR / pod.netns), "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",
     }
+    # kubelet names the pod in CNI_ARGS; the endpoint's display name (ns/pod)
+    # comes from there, and `ciliate monitor` shows it.
+    env["CNI_ARGS"] = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.namespace or 'default'};K8S_POD_NAME={pod.name}"
     if pod.namespace is None:
         conf["args"] = {"cni": {"labels": [{"key": k, "value": v} for k, v in pod.labels.items()]}}
-    else:
-        env["CNI_ARGS"] = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.namespace};K8S_POD_NAME={pod.name}"
     return conf, env
 
 
