@@ -15,7 +15,7 @@ two versions so that every change flips an outcome:
     request of the newly denied call gets 403 (a prober on a keep-alive
     connection, a request every few ms).
 Baseline, same run: the agent's own regeneration time for that change (its
-`ciliate_regeneration_seconds` histogram, sum delta per change: compile,
+`ciliate_endpoint_regeneration_time_stats_seconds` histogram, sum delta per change: compile,
 Envoy ACK, kernel write). The difference is what lies outside the agent's
 regeneration: noticing the file (the directory is polled) and the datapath
 or Envoy taking effect.
@@ -176,15 +176,20 @@ def _in_netns(netns: str, fn):
     return out["value"]
 
 
+REGEN_METRIC = "ciliate_endpoint_regeneration_time_stats_seconds"
+
+
 def regen_seconds_sum(node) -> tuple[float, float]:
     def scrape() -> tuple[float, float]:
         text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode()
-        vals = {}
+        vals = {"_sum": 0.0, "_count": 0.0}
         for line in text.splitlines():
-            if line.startswith("ciliate_regeneration_seconds_sum") or line.startswith("ciliate_regeneration_seconds_count"):
-                name, value = line.rsplit(" ", 1)
-                vals[name.split("{")[0]] = float(value)
-        return vals.get("ciliate_regeneration_seconds_sum", 0.0), vals.get("ciliate_regeneration_seconds_count", 0.0)
+            name, _, value = line.rpartition(" ")
+            base = name.split("{")[0]
+            for suffix in vals:
+                if base == REGEN_METRIC + suffix:
+                    vals[suffix] += float(value)  # every scope
+        return vals["_sum"], vals["_count"]
 
     return _in_netns(node.host_ns, scrape)
 

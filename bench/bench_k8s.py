@@ -19,7 +19,7 @@ one star-wars policy object, the same JSON document on both paths:
 API path: t0 is the create (POST) or DELETE sent to the API server; file
 path: t0 is the file's rename into the directory or its unlink. Baseline,
 same run: the agent's own regeneration time for the change (the
-`ciliate_regeneration_seconds` sum delta), as in bench_e2e.py.
+`ciliate_endpoint_regeneration_time_stats_seconds` sum delta), as in bench_e2e.py.
 
 API requests per change: every request in kubesim's log while a series runs
 (the benchmark's own create/delete, the agent's status writes, watch
