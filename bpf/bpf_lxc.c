@@ -17,6 +17,12 @@
  * Established flows are kept across a policy change that denies new ones (as
  * Cilium does): they end when the connection closes or its entry expires.
  *
+ * Audit mode: when the endpoint whose policy denies a new flow (the source's
+ * egress, the destination's ingress) has LXC_F_AUDIT, the flow is passed and
+ * tracked as allowed, and its event says EV_AUDIT with the reason it would
+ * have been dropped, in the deciding direction. A redirect stays a redirect:
+ * the proxy audits L7. Switching audit off polices the next new flow.
+ *
  * ICMP: policed like any other protocol, with port 0: only an L3 (all
  * protocols, all ports) rule, or an ICMP all-ports rule, admits it. Echo
  * replies pass via conntrack. ICMP errors are not matched to the flow they
@@ -63,6 +69,17 @@ static __always_inline int drop(struct pkt *p, struct ev_ctx *c, __u8 reason)
 {
 	emit_event(p, c, EV_DROP, reason, 0);
 	return TC_ACT_SHOT;
+}
+
+/* The audit event of a flow passed in audit mode: the direction whose policy
+ * would have dropped it, and why. */
+static __always_inline void emit_audit(struct pkt *p, struct ev_ctx *c, __u8 direction, __u8 reason)
+{
+	__u8 was = c->direction;
+
+	c->direction = direction;
+	emit_event(p, c, EV_AUDIT, reason, 0);
+	c->direction = was;
 }
 
 static __always_inline int parse_or_verdict(struct __sk_buff *skb, struct pkt *p, struct ev_ctx *c)
@@ -112,6 +129,7 @@ int from_container(struct __sk_buff *skb)
 	__u32 endpoint_id;
 	__u64 now;
 	int r;
+	__u8 audit_dir = DIR_NONE, audit_reason = 0; /* DIR_NONE: nothing audited */
 
 	r = enter_endpoint(skb, &p, &c, &self_key, &endpoint_id);
 	if (r >= 0)
@@ -154,6 +172,10 @@ int from_container(struct __sk_buff *skb)
 
 	c.direction = 1; /* egress */
 	policy_decide(endpoint_id, self->flags & LXC_F_EGRESS_ENFORCED, c.dst_identity, 1, &p, &eg);
+	if (audit_pass(self->flags, &eg)) {
+		audit_dir = 1;
+		audit_reason = eg.reason;
+	}
 	if (!eg.verdict)
 		return drop(&p, &c, eg.reason);
 
@@ -164,6 +186,10 @@ int from_container(struct __sk_buff *skb)
 		c.direction = 0; /* the destination's ingress */
 		policy_decide(dst->endpoint_id, dst->flags & LXC_F_INGRESS_ENFORCED,
 			      self->identity, 0, &p, &in);
+		if (audit_pass(dst->flags, &in) && audit_dir == DIR_NONE) {
+			audit_dir = 0;
+			audit_reason = in.reason;
+		}
 		if (!in.verdict)
 			return drop(&p, &c, in.reason);
 	}
@@ -179,11 +205,16 @@ int from_container(struct __sk_buff *skb)
 		if (redirect_to_proxy(skb, &p, v->proxy_port) != 0)
 			return drop(&p, &c, R_PROXY_NOT_LISTENING);
 		ct_create(&p, CT_F_REDIRECT, v->proxy_port, now, CT_SCOPE_FLOW);
+		if (audit_dir != DIR_NONE)
+			emit_audit(&p, &c, audit_dir, audit_reason);
 		emit_event(&p, &c, EV_REDIRECT, R_POLICY_REDIRECT, v->proxy_port);
 		return TC_ACT_OK;
 	}
 	ct_create(&p, 0, 0, now, CT_SCOPE_FLOW);
-	emit_event(&p, &c, EV_FORWARD, v->reason, 0);
+	if (audit_dir != DIR_NONE)
+		emit_audit(&p, &c, audit_dir, audit_reason);
+	else
+		emit_event(&p, &c, EV_FORWARD, v->reason, 0);
 	return pass_decided(skb);
 }
 
@@ -216,11 +247,15 @@ static __always_inline int from_proxy(struct __sk_buff *skb, struct pkt *p, stru
 		return drop(p, c, R_ENDPOINT_UNKNOWN);
 	c->direction = 0;
 	policy_decide(endpoint_id, self->flags & LXC_F_INGRESS_ENFORCED, c->src_identity, 0, p, &in);
+	int audited = audit_pass(self->flags, &in);
 	if (!in.verdict)
 		return drop(p, c, in.reason);
 	ct_create(p, CT_F_PROXY, 0, now, CT_SCOPE_PROXY);
 	ct_forget_stale_flow(p, now);
-	emit_event(p, c, EV_FORWARD, R_PROXY_ORIGINATED, 0);
+	if (audited)
+		emit_event(p, c, EV_AUDIT, in.reason, 0);
+	else
+		emit_event(p, c, EV_FORWARD, R_PROXY_ORIGINATED, 0);
 	return TC_ACT_OK;
 }
 
@@ -262,6 +297,7 @@ int to_container(struct __sk_buff *skb)
 
 	c.direction = 0;
 	policy_decide(endpoint_id, self->flags & LXC_F_INGRESS_ENFORCED, c.src_identity, 0, &p, &in);
+	int audited = audit_pass(self->flags, &in);
 	if (!in.verdict)
 		return drop(&p, &c, in.reason);
 	if (in.verdict == VERDICT_REDIRECT) {
@@ -272,6 +308,6 @@ int to_container(struct __sk_buff *skb)
 		return redirect_via_lo(skb, in.proxy_port);
 	}
 	ct_create(&p, 0, 0, now, CT_SCOPE_FLOW);
-	emit_event(&p, &c, EV_FORWARD, in.reason, 0);
+	emit_event(&p, &c, audited ? EV_AUDIT : EV_FORWARD, in.reason, 0);
 	return TC_ACT_OK;
 }

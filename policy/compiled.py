@@ -185,6 +185,10 @@ class EndpointPolicy:
     l7: tuple[L7Policy, ...] = ()  # sorted by key
     # Policies (RuleRef.policy values) that select this endpoint.
     selected_by: frozenset[str] = frozenset()
+    # Policy audit mode: what these entries and L7 rules would deny is let
+    # through and reported as audited. Not the compiler's: set by whoever
+    # owns the endpoint's configuration (the agent), after compiling.
+    audit: bool = False
 
     def enforced(self, direction: Direction) -> bool:
         return self.ingress_enforced if direction == Direction.INGRESS else self.egress_enforced

@@ -30,6 +30,7 @@ class LxcKey(ctypes.Structure):
 
 LXC_F_INGRESS_ENFORCED = 0x1
 LXC_F_EGRESS_ENFORCED = 0x2
+LXC_F_AUDIT = 0x4  # policy audit mode: would-be policy drops pass as EV_AUDIT
 
 
 class LxcValue(ctypes.Structure):
@@ -132,6 +133,7 @@ class EventVerdict(enum.IntEnum):
     DROP = 1
     FORWARD = 2
     REDIRECT = 3
+    AUDIT = 4  # policy would have dropped it (the reason says why); passed in audit mode
 
 
 class Hook(enum.IntEnum):
@@ -200,6 +202,7 @@ CONSTANTS: dict[str, int] = {
     "METRICS_MAX": METRICS_MAX,
     "LXC_F_INGRESS_ENFORCED": LXC_F_INGRESS_ENFORCED,
     "LXC_F_EGRESS_ENFORCED": LXC_F_EGRESS_ENFORCED,
+    "LXC_F_AUDIT": LXC_F_AUDIT,
     "CT_F_REDIRECT": CT_F_REDIRECT,
     "CT_F_PROXY": CT_F_PROXY,
     "CT_F_CLOSING": CT_F_CLOSING,
@@ -210,6 +213,7 @@ CONSTANTS: dict[str, int] = {
     "EV_DROP": EventVerdict.DROP,
     "EV_FORWARD": EventVerdict.FORWARD,
     "EV_REDIRECT": EventVerdict.REDIRECT,
+    "EV_AUDIT": EventVerdict.AUDIT,
     "HOOK_FROM_ENDPOINT": Hook.FROM_ENDPOINT,
     "HOOK_TO_ENDPOINT": Hook.TO_ENDPOINT,
     "DIR_NONE": DIR_NONE,

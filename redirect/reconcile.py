@@ -6,7 +6,8 @@ Order of one apply (each step idempotent, so a crash mid-way is repaired by
 the next apply, which re-reads the kernel):
 
   0. lxc: enforcement flags become old OR new (an endpoint that becomes
-     enforced is so before anything else changes); new endpoints appear.
+     enforced is so before anything else changes), the audit flag old AND
+     new (audit ends first, starts last); new endpoints appear.
   1. per endpoint, policy phases 1-2 of policymap.plan_update: new DENY
      entries written, dropped non-DENY entries deleted. The map now denies
      whatever the old or the new policy denies, for either identity.
@@ -58,9 +59,18 @@ class ApplyResult:
 
 
 def _flags(ep: EndpointPolicy) -> int:
-    return (layout.LXC_F_INGRESS_ENFORCED if ep.ingress_enforced else 0) | (
-        layout.LXC_F_EGRESS_ENFORCED if ep.egress_enforced else 0
+    return (
+        (layout.LXC_F_INGRESS_ENFORCED if ep.ingress_enforced else 0)
+        | (layout.LXC_F_EGRESS_ENFORCED if ep.egress_enforced else 0)
+        | (layout.LXC_F_AUDIT if ep.audit else 0)
     )
+
+
+def _transition(old: int, new: int) -> int:
+    # While the policy changes, the stricter of both: enforcement on if either
+    # says so, audit (which lets would-be drops through) only if both do.
+    audit = old & new & layout.LXC_F_AUDIT
+    return ((old | new) & ~layout.LXC_F_AUDIT) | audit
 
 
 def _run(fd: int, ops: list[policymap.Op], res: ApplyResult, after_write: Callable[[], None] | None) -> None:
@@ -117,10 +127,10 @@ def apply_state(
         old = lxc_now.get(ep.ipv4)
         if old is None or old[0] != ep_id:
             prev = by_id[ep_id][1][2] if ep_id in by_id else 0
-            flags0[ep_id] = _flags(ep) | prev
+            flags0[ep_id] = _transition(prev, _flags(ep)) if ep_id in by_id else _flags(ep)
             maps.write_lxc(ep.ipv4, ep_id, ep.identity, flags0[ep_id])
         else:
-            flags0[ep_id] = old[2] | _flags(ep)
+            flags0[ep_id] = _transition(old[2], _flags(ep))
             maps.write_lxc(ep.ipv4, ep_id, old[1], flags0[ep_id])
 
     # 1. policy: new denies in, dropped allows/redirects out.

@@ -30,7 +30,12 @@ from redirect.datapath import Datapath
 from redirect.errors import MapFullError
 from redirect.layout import DIR_NONE, EventVerdict, Hook, Reason
 
-_FLOW_TYPE = {EventVerdict.DROP: "drop", EventVerdict.FORWARD: "forward", EventVerdict.REDIRECT: "redirect"}
+_FLOW_TYPE = {
+    EventVerdict.DROP: "drop",
+    EventVerdict.FORWARD: "forward",
+    EventVerdict.REDIRECT: "redirect",
+    EventVerdict.AUDIT: "audit",
+}
 _DIRECTION = {0: "ingress", 1: "egress", DIR_NONE: "none"}
 
 

@@ -20,6 +20,9 @@ struct ipcache_value {
 /* lxc: local endpoints by IPv4 (network order). */
 #define LXC_F_INGRESS_ENFORCED 0x1
 #define LXC_F_EGRESS_ENFORCED  0x2
+/* Audit (Cilium's policy-audit-mode): a packet this endpoint's policy would
+ * drop (policy-deny, no-policy-match) passes and is reported as EV_AUDIT. */
+#define LXC_F_AUDIT            0x4
 struct lxc_key {
 	__u32 addr;
 };
@@ -88,6 +91,7 @@ struct ct_value {
 #define EV_DROP     1
 #define EV_FORWARD  2
 #define EV_REDIRECT 3
+#define EV_AUDIT    4 /* would have been dropped (reason says why); passed */
 #define HOOK_FROM_ENDPOINT 0
 #define HOOK_TO_ENDPOINT   1
 #define DIR_NONE 255

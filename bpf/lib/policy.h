@@ -77,6 +77,20 @@ static __always_inline void policy_decide(__u32 endpoint_id, __u32 enforced, __u
 	}
 }
 
+/* Audit mode (LXC_F_AUDIT in the deciding endpoint's flags): a drop that the
+ * policy decided (policy-deny, no-policy-match) becomes an allow; a missing
+ * policy map stays a drop (fail closed). Returns 1 when it turned a drop into
+ * an allow; out->reason keeps why it would have been dropped. */
+static __always_inline int audit_pass(__u32 flags, struct verdict *out)
+{
+	if (out->verdict || !(flags & LXC_F_AUDIT))
+		return 0;
+	if (out->reason != R_POLICY_DENY && out->reason != R_NO_POLICY_MATCH)
+		return 0;
+	out->verdict = VERDICT_ALLOW;
+	return 1;
+}
+
 static __always_inline __u32 ipcache_identity(__u32 addr)
 {
 	struct ipcache_key k = { .prefixlen = 32, .addr = addr };

@@ -1,0 +1,85 @@
+"""Policy audit mode in the kernel (LXC_F_AUDIT): what the policy would drop
+passes, its event says AUDIT with the reason and direction that would have
+dropped it, and the audit counter counts it; switching audit off drops the
+next new connection at once. A missing policy map is never audited.
+
+Pods a and b are endpoints; c is unmanaged (its packets are decided by b's
+to-container hook)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from agent.adapters.kernel_datapath import verdict_counters
+from policy.compiled import Verdict
+from redirect import counters
+from redirect.layout import EventVerdict, Reason
+from tests.datapath.support import EGRESS, INGRESS, TCP, endpoint, rule, state, tcp_flow_passes
+
+pytestmark = pytest.mark.privileged
+
+
+def _audits(stream) -> list:
+    return [e for e in stream.drain() if e.verdict == EventVerdict.AUDIT]
+
+
+def _counted(dp, reason: str, direction: str) -> int:
+    rows = verdict_counters(counters.read_verdict_counts(dp.maps))
+    return sum(r.packets for r in rows if (r.verdict, r.reason, r.direction) == ("audit", reason, direction))
+
+
+def test_audited_destination_lets_denied_flow_through_and_reports_it(dp_node):
+    a, b = dp_node.ep("a"), dp_node.ep("b")
+    a_pol = endpoint(a, [rule(257, EGRESS, TCP, 8080)], ingress=False)
+    b_pol = endpoint(b, [], egress=False)  # ingress enforced, nothing allowed
+    dp_node.dp.apply(state(1, [a_pol, replace(b_pol, audit=True)]))
+    before = _counted(dp_node.dp, "no-policy-match", "ingress")
+    with dp_node.dp.events() as stream:
+        stream.drain()
+        assert tcp_flow_passes(a.pod, b.pod, 8080, True)
+        audits = _audits(stream)
+    assert audits, "no AUDIT event for the flow b's ingress policy would drop"
+    ev = audits[0]
+    assert (ev.dport, ev.reason, ev.direction.name, ev.src_identity) == (8080, Reason.NO_POLICY_MATCH, "INGRESS", 256)
+    assert _counted(dp_node.dp, "no-policy-match", "ingress") - before == 1
+
+    # Audit off: the next new connection is dropped, nothing restarted.
+    dp_node.dp.apply(state(2, [a_pol, b_pol]))
+    with dp_node.dp.events() as stream:
+        stream.drain()
+        assert not tcp_flow_passes(a.pod, b.pod, 8080, False)
+        drops = [e for e in stream.drain() if e.verdict == EventVerdict.DROP]
+    assert drops and drops[0].reason == Reason.NO_POLICY_MATCH
+
+
+def test_audited_source_egress_deny_is_reported_in_the_egress_direction(dp_node):
+    a, b = dp_node.ep("a"), dp_node.ep("b")
+    a_pol = endpoint(a, [rule(257, EGRESS, TCP, 8080, Verdict.DENY)], ingress=False)
+    b_pol = endpoint(b, [rule(256, INGRESS, TCP, 8080)], egress=False)
+    dp_node.dp.apply(state(1, [replace(a_pol, audit=True), b_pol]))
+    with dp_node.dp.events() as stream:
+        stream.drain()
+        assert tcp_flow_passes(a.pod, b.pod, 8080, True)
+        audits = _audits(stream)
+    assert audits and (audits[0].reason, audits[0].direction.name) == (Reason.POLICY_DENY, "EGRESS")
+    # Only the audited endpoint's decision is audited: b enforcing its own
+    # ingress still drops what b's policy does not allow.
+    assert not tcp_flow_passes(a.pod, b.pod, 8081, False)
+
+
+def test_audit_at_the_destination_hook_for_an_unmanaged_source(dp_node):
+    b, c = dp_node.ep("b"), dp_node.node.pods["c"]
+    cidr_identity = (1 << 24) + 9
+    b_pol = endpoint(b, [rule(cidr_identity, INGRESS, TCP, 8080)], egress=False)
+    others = endpoint(dp_node.ep("a"), [], ingress=False, egress=False)
+    extra = {"10.201.0.9/32": cidr_identity}
+    dp_node.dp.apply(state(1, [others, replace(b_pol, audit=True)], extra_ipcache=extra))
+    with dp_node.dp.events() as stream:
+        stream.drain()
+        assert tcp_flow_passes(c, b.pod, 8081, True)
+        audits = _audits(stream)
+    assert audits and audits[0].dport == 8081 and audits[0].reason == Reason.NO_POLICY_MATCH
+    dp_node.dp.apply(state(2, [others, b_pol], extra_ipcache=extra))
+    assert not tcp_flow_passes(c, b.pod, 8081, False)
