@@ -25,6 +25,10 @@ from envoy_data_plane.envoy.service.accesslog.v3 import (
 from grpclib.server import Server
 
 from .errors import XdsError
+from .rbac import RBAC_FILTER, RECEIVER_SHADOW_PREFIX, SHADOW_DENIED, SHADOW_POLICY_KEY, SHADOW_RESULT_KEY
+
+# The shadow verdicts of both RBAC filters (policy audit mode), by key prefix.
+_SHADOW_PREFIXES = ("", RECEIVER_SHADOW_PREFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +43,33 @@ class AccessLogEntry:
     downstream_remote: str
     downstream_local: str
     response_flags: frozenset[str]
+    # Policy audit mode: the RBAC filter's shadow rules would have denied the
+    # request (it was let through); the shadow policy id or "" when none matched.
+    shadow_denied: bool = False
+    shadow_policy: str = ""
 
     @property
     def denied(self) -> bool:
         return "unauthorized_details" in self.response_flags or (self.status == 403 and not self.upstream)
+
+    @property
+    def audited(self) -> bool:
+        """Would have been denied by policy, and was let through by audit mode."""
+        return self.shadow_denied and not self.denied
+
+
+def _shadow(c) -> tuple[bool, str]:
+    """(denied, policy id) from the RBAC filters' dynamic metadata."""
+    meta = c.metadata.filter_metadata.get(RBAC_FILTER) if c is not None and c.metadata is not None else None
+    if meta is None:
+        return False, ""
+    fields = meta.fields
+    for prefix in _SHADOW_PREFIXES:
+        result = fields.get(prefix + SHADOW_RESULT_KEY)
+        if result is not None and result.string_value == SHADOW_DENIED:
+            policy = fields.get(prefix + SHADOW_POLICY_KEY)
+            return True, policy.string_value if policy is not None else ""
+    return False, ""
 
 
 def _addr(a) -> str:
@@ -62,6 +89,7 @@ def entry_from_proto(node: str, e: HttpAccessLogEntry) -> AccessLogEntry:
         if c.start_time is not None:
             when = c.start_time if isinstance(c.start_time, datetime) else when
     status = resp.response_code if resp is not None and resp.response_code is not None else 0
+    shadow_denied, shadow_policy = _shadow(c)
     return AccessLogEntry(
         time=when,
         node=node,
@@ -73,6 +101,8 @@ def entry_from_proto(node: str, e: HttpAccessLogEntry) -> AccessLogEntry:
         downstream_remote=_addr(c.downstream_remote_address) if c is not None else "",
         downstream_local=_addr(c.downstream_local_address) if c is not None else "",
         response_flags=flags,
+        shadow_denied=shadow_denied,
+        shadow_policy=shadow_policy,
     )
 
 

@@ -14,7 +14,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 from policy.compiled import Direction
 
 from . import messages as pb
-from .rbac import DENY_ALL, RBAC_FILTER, RBAC_URL, RECEIVER_RBAC_FILTER
+from .rbac import DENY_ALL, RBAC_FILTER, RBAC_URL, RECEIVER_RBAC_FILTER, RECEIVER_SHADOW_PREFIX
 from .serialize import any_, encoders
 
 HCM_URL = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -101,7 +101,10 @@ def http_connection_manager(
     # per-route RBAC, so a route config without one fails closed.
     out += _http_filter(RBAC_FILTER, RBAC_URL, DENY_ALL)
     if direction == Direction.EGRESS:
-        out += _http_filter(RECEIVER_RBAC_FILTER, RBAC_URL, DENY_ALL)
+        # Its shadow verdict (audit mode) under its own keys: both filters
+        # write the same metadata namespace.
+        receiver = DENY_ALL + pb.RbacFilter.shadow_rules_stat_prefix(RECEIVER_SHADOW_PREFIX)
+        out += _http_filter(RECEIVER_RBAC_FILTER, RBAC_URL, receiver)
     out += _http_filter(ROUTER_FILTER, ROUTER_URL, b"")
     if accesslog is not None:
         out += _grpc_access_log(*accesslog)

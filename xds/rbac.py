@@ -125,12 +125,31 @@ def peer_policy(perms: list[bytes], peers: list[bytes] | None, direction: Direct
     return pb.Policy.permissions(_all_of((_any_of(perms), _any_of(peers)))) + _ANYONE
 
 
-def per_route(policies: Iterable[tuple[str, bytes]]) -> bytes:
-    """RBACPerRoute: ALLOW a request that one of the named policies matches."""
-    return pb.RbacPerRoute.rbac(pb.RbacFilter.rules(_ALLOW, *(pb.RbacRules.policies(k, v) for k, v in policies)))
+# Policy audit mode: the real rules are shadow rules (evaluated and reported,
+# never enforced) and this one admits every request. Envoy writes the shadow
+# verdict into the request's dynamic metadata (namespace RBAC_FILTER, keys
+# SHADOW_RESULT_KEY / SHADOW_POLICY_KEY, prefixed by the filter's
+# shadow_rules_stat_prefix), which the gRPC access log carries.
+AUDIT_ALLOW_ALL = "audit-allow-all"
+SHADOW_RESULT_KEY = "shadow_engine_result"
+SHADOW_POLICY_KEY = "shadow_effective_policy_id"
+SHADOW_DENIED = "denied"
+# The receiver filter's shadow keys get this prefix, so the two filters'
+# verdicts do not overwrite each other in the shared namespace.
+RECEIVER_SHADOW_PREFIX = "receiver_"
 
 
-def receiver_per_route(receivers: tuple[ReceiverRules, ...], perms: dict[int, list[bytes]]) -> bytes:
+def per_route(policies: Iterable[tuple[str, bytes]], audit: bool = False) -> bytes:
+    """RBACPerRoute: ALLOW a request that one of the named policies matches;
+    with `audit`, ALLOW every request and judge it by those policies as shadow rules."""
+    rules = pb.RbacRules.action(RbacAction.ALLOW) + b"".join(pb.RbacRules.policies(k, v) for k, v in policies)
+    if not audit:
+        return pb.RbacPerRoute.rbac(pb.RbacFilter.rules(rules))
+    allow_all = pb.RbacFilter.rules(_ALLOW, pb.RbacRules.policies(AUDIT_ALLOW_ALL, pb.Policy.permissions(_ANY_PERMISSION) + _ANYONE))
+    return pb.RbacPerRoute.rbac(allow_all + pb.RbacFilter.shadow_rules(rules))
+
+
+def receiver_per_route(receivers: tuple[ReceiverRules, ...], perms: dict[int, list[bytes]], audit: bool = False) -> bytes:
     """RBACPerRoute for RECEIVER_RBAC_FILTER: a request to a receiver with
     ingress HTTP rules for this sender must match one of them (`perms`, by
     endpoint id; a receiver absent from it admits no request from this
@@ -148,4 +167,4 @@ def receiver_per_route(receivers: tuple[ReceiverRules, ...], perms: dict[int, li
             continue
         dest = pb.Permission.destination_ip(cidr(IPv4Network(r.ipv4)))
         policies.append((f"receiver-{r.endpoint_id}", pb.Policy.permissions(_all_of((dest, _any_of(got)))) + _ANYONE))
-    return per_route(policies)
+    return per_route(policies, audit)

@@ -249,6 +249,7 @@ class XdsProxy:
                 "method": e.method,
                 "path": e.path,
                 "status": e.status,
-                "verdict": "denied" if e.denied else "forwarded",
+                # audit: policy would have denied it (403); audit mode let it through
+                "verdict": "denied" if e.denied else "audit" if e.audited else "forwarded",
                 "summary": f"{e.method} http://{e.authority}{e.path} -> {e.status}",
             }

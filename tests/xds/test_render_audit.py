@@ -1,0 +1,48 @@
+"""Rendering an audited endpoint's listeners (policy audit mode): its RBAC
+rules become shadow rules behind an allow-all, on both RBAC filters of an
+egress listener, and turning audit on or off re-renders the route config."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
+from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import RbacPerRoute
+
+from policy.compiled import CompiledState, Direction
+from tests.xds.fixtures import CLIENT_IDENTITY, rule, state
+from xds.rbac import AUDIT_ALLOW_ALL, RBAC_FILTER
+from xds.render import RECEIVER_RBAC_FILTER, Renderer, RenderParams
+from xds.resources import ROUTE
+
+PORT = 15001
+NAME = f"ciliate-proxy-{PORT}"
+
+
+def _audited(s: CompiledState) -> CompiledState:
+    return replace(s, endpoints={i: replace(ep, audit=True) for i, ep in s.endpoints.items()})
+
+
+def _per_route(snap, filter_name: str = RBAC_FILTER):
+    rc = RouteConfiguration.parse(snap.of(ROUTE)[NAME].body)
+    return RbacPerRoute.parse(rc.virtual_hosts[0].routes[0].typed_per_filter_config[filter_name].value).rbac
+
+
+def test_audited_listener_allows_all_and_keeps_its_rules_as_shadow_rules():
+    enforcing = state({PORT: (rule([CLIENT_IDENTITY], method="GET", path="/ok"),)})
+    r = Renderer(RenderParams())
+    plain = _per_route(r.render(enforcing))
+    audited = _per_route(r.render(_audited(enforcing)))
+    assert list(audited.rules.policies) == [AUDIT_ALLOW_ALL]
+    assert audited.rules.policies[AUDIT_ALLOW_ALL].to_dict() == {"permissions": [{"any": True}], "principals": [{"any": True}]}
+    assert audited.shadow_rules.to_dict() == plain.rules.to_dict()
+    assert plain.shadow_rules is None
+    # Audit off again: enforced as before (the cached route is not reused).
+    assert _per_route(r.render(enforcing)).to_dict() == plain.to_dict()
+
+
+def test_audited_egress_listener_shadows_the_receivers_rules_too():
+    s = _audited(state({PORT: (rule([CLIENT_IDENTITY], path="/x"),)}, direction=Direction.EGRESS))
+    receiver = _per_route(Renderer(RenderParams()).render(s), RECEIVER_RBAC_FILTER)
+    assert list(receiver.rules.policies) == [AUDIT_ALLOW_ALL]
+    assert "other-destinations" in receiver.shadow_rules.policies
