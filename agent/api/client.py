@@ -20,6 +20,7 @@ from agent.core.flow_history import FlowHistoryList
 from agent.core.models import (
     BpfPolicyDump,
     Endpoint,
+    EndpointConfig,
     EndpointCreate,
     EndpointList,
     ErrorBody,
@@ -102,6 +103,13 @@ class AgentClient:
         return self._call(
             "POST", "/v1/endpoints", Endpoint, ok=(200, 201), params=params,
             content=req.model_dump_json(), headers={"Content-Type": "application/json"},
+        )
+
+    def configure_endpoint(self, endpoint_id: int, cfg: EndpointConfig, wait: float | None = None) -> Endpoint:
+        params = {"wait": str(wait)} if wait else {}
+        return self._call(
+            "PATCH", f"/v1/endpoints/{endpoint_id}/config", Endpoint, params=params,
+            content=cfg.model_dump_json(exclude_unset=True), headers={"Content-Type": "application/json"},
         )
 
     def delete_endpoint(self, endpoint_id: int) -> Endpoint:

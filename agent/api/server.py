@@ -31,6 +31,7 @@ from agent.core.flow_history import FlowHistoryList
 from agent.core.models import (
     BpfPolicyDump,
     Endpoint,
+    EndpointConfig,
     EndpointCreate,
     EndpointList,
     ErrorBody,
@@ -182,6 +183,20 @@ async def get_endpoint(request: web.Request) -> web.StreamResponse:
     return _json(view)
 
 
+async def configure_endpoint(request: web.Request) -> web.StreamResponse:
+    eid = _endpoint_id(request)
+    wait = _wait_seconds(request.query.get("wait"))
+    body = await _json_body(request)
+    try:
+        cfg = EndpointConfig.model_validate(body)
+    except ValidationError as exc:
+        return _error(400, "invalid endpoint config", _describe(exc))
+    view = await _agent(request).configure_endpoint(eid, cfg, wait) if eid is not None else None
+    if view is None:
+        return _error(404, "no such endpoint", f"endpoint {request.match_info['id']} is not known to this agent")
+    return _json(view)
+
+
 async def delete_endpoint(request: web.Request) -> web.StreamResponse:
     eid = _endpoint_id(request)
     view = await _agent(request).delete_endpoint(eid) if eid is not None else None
@@ -281,6 +296,14 @@ ROUTES: tuple[Route, ...] = (
         ),
     ),
     Route("GET", "/v1/endpoints/{id}", get_endpoint, "Get one endpoint", "getEndpoint", Endpoint, params=(_ID_PARAM,), errors=(400, 404)),
+    Route(
+        "PATCH", "/v1/endpoints/{id}/config", configure_endpoint, "Change an endpoint's settings (policy audit mode)",
+        "configureEndpoint", Endpoint, request=EndpointConfig, errors=(400, 404, 413),
+        params=(
+            _ID_PARAM,
+            Param("wait", "query", {"type": "number", "minimum": 0}, f"seconds to wait for the change to be in place; at most {WAIT_MAX:.0f}"),
+        ),
+    ),
     Route("DELETE", "/v1/endpoints/{id}", delete_endpoint, "Remove an endpoint", "deleteEndpoint", Endpoint, params=(_ID_PARAM,), errors=(400, 404)),
     Route("GET", "/v1/policies", list_policies, "Policies and their status", "listPolicies", PolicyList),
     Route(

@@ -97,12 +97,13 @@ def _endpoint_rows(eps) -> str:
             e.state.value + (f" ({e.reason})" if e.reason else ""),
             "ingress" if e.ingress_enforced else "",
             "egress" if e.egress_enforced else "",
+            "audit" if e.audited else "",
             e.policy_revision,
             ",".join(f"{k}={v}" for k, v in sorted(e.labels.items())),
         )
         for e in eps
     ]
-    return _table(["ID", "NAME", "IPV4", "IDENTITY", "STATE", "INGRESS", "EGRESS", "REV", "LABELS"], rows)
+    return _table(["ID", "NAME", "IPV4", "IDENTITY", "STATE", "INGRESS", "EGRESS", "AUDIT", "REV", "LABELS"], rows)
 
 
 def _endpoint_list(client: AgentClient, args: argparse.Namespace) -> int:
@@ -119,6 +120,45 @@ def _endpoint_get(client: AgentClient, args: argparse.Namespace) -> int:
         return "\n".join(lines)
 
     return _emit(args, client.endpoint(args.id), human)
+
+
+_BOOL = {"true": True, "on": True, "enabled": True, "false": False, "off": False, "disabled": False}
+# name in `endpoint config` -> EndpointConfig field
+_SETTINGS = {"policy-audit-mode": "policy_audit_mode", "PolicyAuditMode": "policy_audit_mode"}
+
+
+def endpoint_settings(pairs: Sequence[str]) -> dict[str, bool | None]:
+    """`policy-audit-mode=true` -> {"policy_audit_mode": True}; `default` clears
+    the endpoint's own setting (the agent's --policy-audit-mode applies)."""
+    out: dict[str, bool | None] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        field = _SETTINGS.get(name)
+        if field is None:
+            raise ValueError(f"{pair!r}: unknown setting {name!r} (known: policy-audit-mode)")
+        if not eq or (value.lower() not in _BOOL and value.lower() != "default"):
+            raise ValueError(f"{pair!r}: {name} takes true, false or default")
+        out[field] = None if value.lower() == "default" else _BOOL[value.lower()]
+    return out
+
+
+def _endpoint_config(client: AgentClient, args: argparse.Namespace) -> int:
+    from agent.core.models import EndpointConfig
+
+    try:
+        settings = endpoint_settings(args.settings)
+    except ValueError as exc:
+        print(f"ciliate endpoint config: {exc}", file=sys.stderr)
+        return 2
+    if not settings:
+        e = client.endpoint(args.id)
+        return _emit(args, e, lambda e: f"policy-audit-mode={_mode(e.policy_audit_mode)} (audited now: {str(e.audited).lower()})")
+    e = client.configure_endpoint(args.id, EndpointConfig(**settings), wait=args.wait)
+    return _emit(args, e, lambda e: f"endpoint {e.id}: policy-audit-mode={_mode(e.policy_audit_mode)}, audited now: {str(e.audited).lower()}")
+
+
+def _mode(value: bool | None) -> str:
+    return "default" if value is None else str(value).lower()
 
 
 def _identity_list(client: AgentClient, args: argparse.Namespace) -> int:
@@ -196,6 +236,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         policy_dir=Path(args.policy_dir) if args.policy_dir else None,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         ack_timeout=args.ack_timeout,
+        policy_audit_mode=args.policy_audit_mode,
     )
     try:
         datapath = KernelDatapath(Path(args.bpf_dir), state_dir / "endpoints")
@@ -246,6 +287,11 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         "--external-envoy", action="store_true",
         help="do not spawn Envoy; one started elsewhere (e.g. the compose sidecar) connects to STATE_DIR/xds.sock",
     )
+    a.add_argument(
+        "--policy-audit-mode", action="store_true",
+        help="audit instead of enforcing: what policy would drop passes and is reported as AUDIT "
+        "(endpoints can override it: ciliate endpoint config ID policy-audit-mode=false)",
+    )
     a.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     add_k8s_flags(a)
     a.set_defaults(func=_run_agent)
@@ -260,6 +306,14 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     eg = esub.add_parser("get", parents=[common], help="show one endpoint")
     eg.add_argument("id", type=int)
     eg.set_defaults(func=_client_command(_endpoint_get))
+    ec = esub.add_parser(
+        "config", parents=[common], help="show or change an endpoint's settings",
+        description="e.g. `ciliate endpoint config 12 policy-audit-mode=true`; without a setting, shows them",
+    )
+    ec.add_argument("id", type=int)
+    ec.add_argument("settings", nargs="*", metavar="NAME=VALUE", help="policy-audit-mode=true|false|default")
+    ec.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the change to be in place (0: do not wait)")
+    ec.set_defaults(func=_client_command(_endpoint_config))
 
     i = sub.add_parser("identity", help="security identities")
     isub = i.add_subparsers(dest="identity_command", metavar="SUBCOMMAND", required=True)

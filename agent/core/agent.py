@@ -37,6 +37,7 @@ from agent.core.models import (
     EndpointCreate,
     FlowEvent,
     Health,
+    EndpointConfig,
     Identity,
     IdentityList,
     PolicyList,
@@ -78,6 +79,7 @@ class AgentConfig:
     settle: float = 0.005
     shutdown_grace: float = 10.0
     pod_wait: float = 5.0  # Kubernetes mode: how long an endpoint create waits for its Pod to be seen
+    policy_audit_mode: bool = False  # endpoints without their own setting audit instead of enforcing
 
     @property
     def socket(self) -> Path:
@@ -154,6 +156,7 @@ class Agent:
             retry=lambda delay, ids, reason: self.queue.mark_later(delay, ids, reason),
             ack_timeout=self.config.ack_timeout,
             host_ips=self._host_ips,
+            policy_audit_mode=self.config.policy_audit_mode,
         )
         self.regenerator.on_report = self._observe
         await self.datapath.setup()
@@ -377,6 +380,22 @@ class Agent:
         view = self.table.view(rec.id)
         assert view is not None
         return view, created
+
+    async def configure_endpoint(self, endpoint_id: int, cfg: EndpointConfig, wait: float | None) -> Endpoint | None:
+        """Apply the endpoint's settings (audit mode) at the next regeneration;
+        nothing restarts: the kernel's flags and Envoy's listeners change in place."""
+        rec = self.table.record(endpoint_id)
+        if rec is None:
+            return None
+        audit = cfg.policy_audit_mode if "policy_audit_mode" in cfg.model_fields_set else rec.policy_audit_mode
+        if audit != rec.policy_audit_mode:
+            self.table.configure(endpoint_id, audit)
+            live = self.table.live(endpoint_id)
+            generation = live.generation if live else 0
+            self.queue.mark([endpoint_id], reason=f"endpoint {endpoint_id} policy audit mode {'on' if audit else 'off'}")
+            if wait:
+                await self.table.wait_settled(endpoint_id, generation, wait)
+        return self.table.view(endpoint_id)
 
     async def delete_endpoint(self, endpoint_id: int) -> Endpoint | None:
         view = self.table.view(endpoint_id)

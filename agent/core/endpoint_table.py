@@ -36,6 +36,7 @@ class LiveState:
     ingress_enforced: bool = False
     egress_enforced: bool = False
     policies: tuple[str, ...] = ()
+    audited: bool = False
     failure: Failure | None = None
     attached: bool = False
     generation: int = 0  # bumped on every state change, for waiters
@@ -92,7 +93,8 @@ class EndpointTable:
             if other is not None:
                 raise AddressInUse(f"ipv4: {req.ipv4} is already the address of endpoint {other.id} ({other.container_id}/{other.ifname})")
         if existing is not None:
-            rec = EndpointRecord(id=existing.id, **req.model_dump())
+            # Settings made through the API (audit mode) outlive a CNI re-ADD.
+            rec = EndpointRecord(id=existing.id, policy_audit_mode=existing.policy_audit_mode, **req.model_dump())
             if rec == existing:
                 return rec, False
             row = self._rows[existing.id]
@@ -116,6 +118,16 @@ class EndpointTable:
             return
         row.record = row.record.model_copy(update={"labels": dict(labels)})
         self._persist()
+
+    def configure(self, endpoint_id: int, policy_audit_mode: bool | None) -> EndpointRecord | None:
+        """Persist the endpoint's settings; None when it does not exist."""
+        row = self._rows.get(endpoint_id)
+        if row is None:
+            return None
+        if row.record.policy_audit_mode != policy_audit_mode:
+            row.record = row.record.model_copy(update={"policy_audit_mode": policy_audit_mode})
+            self._persist()
+        return row.record
 
     def remove(self, endpoint_id: int) -> EndpointRecord | None:
         row = self._rows.pop(endpoint_id, None)
@@ -181,6 +193,7 @@ class EndpointTable:
             ingress_enforced=live.ingress_enforced,
             egress_enforced=live.egress_enforced,
             policies=sorted(live.policies),
+            audited=live.audited,
         )
 
     def views(self) -> list[Endpoint]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from agent.core.models import FlowEvent
 
-FLOW_TYPES = ("drop", "forward", "redirect", "l7", "policy-verdict", "agent")
+FLOW_TYPES = ("drop", "forward", "redirect", "audit", "l7", "policy-verdict", "agent")
 # What users type -> the verdict an event carries. Kernel events say drop /
 # forward / redirect, L7 events forwarded / denied; hubble says DROPPED and
 # FORWARDED. Each spelling is accepted, case-insensitively.
@@ -32,8 +32,11 @@ _VERDICTS = {
     "redirected": "redirected",
     "deny": "denied",
     "denied": "denied",
+    # Policy audit mode: policy would have dropped (kernel) or denied (L7) it; it passed.
+    "audit": "audit",
+    "audited": "audit",
 }
-VERDICTS = ("forwarded", "dropped", "redirected", "denied")
+VERDICTS = ("forwarded", "dropped", "redirected", "denied", "audit")
 
 
 class FilterError(ValueError):

@@ -27,7 +27,7 @@ from agent.core.ports import DatapathCounters, ProxyCounters
 POLICY_STATES = ("enforced", "pending", "not-enforced", "error")
 ENDPOINT_STATES = ("waiting-for-identity", "regenerating", "ready", "not-ready")
 IDENTITY_TYPES = ("reserved", "endpoint", "cidr")
-L7_RULES = ("received", "forwarded", "denied")
+L7_RULES = ("received", "forwarded", "denied", "audited")
 # Seconds; policy changes are compiled, pushed to Envoy (ACK) and written to
 # the kernel, from milliseconds for a small change to many seconds for 20k CIDRs.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -76,14 +76,22 @@ def _kernel(c: DatapathCounters) -> Iterator[Metric]:
         "(kernel per-CPU counters; established traffic is not counted)",
         labels=["reason", "direction"],
     )
-    summed: dict[tuple[bool, str, str], int] = {}
+    audits = CounterMetricFamily(
+        "ciliate_policy_audit_count",
+        "New flows policy would have dropped, passed by policy audit mode, by the reason they would have been "
+        "dropped and policy direction (kernel per-CPU counters)",
+        labels=["reason", "direction"],
+    )
+    family = {"drop": drops, "audit": audits}
+    summed: dict[tuple[str, str, str], int] = {}
     for v in c.verdicts:
-        key = (v.verdict == "drop", v.reason, v.direction)
+        key = (v.verdict if v.verdict in family else "forward", v.reason, v.direction)
         summed[key] = summed.get(key, 0) + v.packets
-    for (is_drop, reason, direction), packets in sorted(summed.items()):
-        (drops if is_drop else forwards).add_metric([reason, direction], packets)
+    for (verdict, reason, direction), packets in sorted(summed.items()):
+        family.get(verdict, forwards).add_metric([reason, direction], packets)
     yield drops
     yield forwards
+    yield audits
     pressure = GaugeMetricFamily("ciliate_bpf_map_pressure", "Fill of each bpf map: entries / capacity", labels=["map_name"])
     for f in sorted(c.maps, key=lambda f: f.name):
         pressure.add_metric([f.name], f.entries / f.capacity if f.capacity else 0.0)
@@ -144,7 +152,8 @@ class AgentMetrics:
         )
         self.flow_events = Counter("ciliate_flow_events", "Flow events forwarded to monitor clients", ["type"], registry=r)
         self.policy_l7 = Counter(
-            "ciliate_policy_l7", "L7 requests seen by the proxy, by rule outcome (received, forwarded, denied)",
+            "ciliate_policy_l7",
+            "L7 requests seen by the proxy, by rule outcome (received, forwarded, denied, audited: would have been denied)",
             ["rule", "proxy_type"], registry=r,
         )
         self.proxy_publishes = Counter(
@@ -156,7 +165,8 @@ class AgentMetrics:
 
     def observe_l7(self, verdict: str | None) -> None:
         self.policy_l7.labels("received", "http").inc()
-        self.policy_l7.labels("denied" if verdict == "denied" else "forwarded", "http").inc()
+        rule = {"denied": "denied", "audit": "audited"}.get(verdict or "", "forwarded")
+        self.policy_l7.labels(rule, "http").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -90,6 +90,18 @@ class EndpointRecord(EndpointCreate):
     labels: dict[str, str] = Field(default_factory=dict)
     netns: str | None = Field(default=None, description="path of the pod's network namespace")
     name: str | None = Field(default=None, description="display name, e.g. namespace/pod")
+    policy_audit_mode: bool | None = Field(
+        default=None,
+        description="would-be policy drops pass and are reported as audit; null: the agent's --policy-audit-mode",
+    )
+
+
+class EndpointConfig(_Model):
+    """PATCH /v1/endpoints/{id}/config: the endpoint's settings (absent: unchanged)."""
+
+    policy_audit_mode: bool | None = Field(
+        default=None, description="true: audit (let through and report what policy would drop); false: enforce"
+    )
 
 
 class Endpoint(EndpointRecord):
@@ -100,6 +112,7 @@ class Endpoint(EndpointRecord):
     ingress_enforced: bool = False
     egress_enforced: bool = False
     policies: list[str] = Field(default_factory=list, description="policies selecting this endpoint")
+    audited: bool = Field(default=False, description="the datapath and proxy audit this endpoint's policy now")
 
 
 class EndpointList(_Model):
@@ -183,7 +196,7 @@ class BpfPolicyDump(_Model):
     entries: list[BpfPolicyEntry]
 
 
-FlowType = Literal["drop", "forward", "redirect", "l7", "policy-verdict", "agent"]
+FlowType = Literal["drop", "forward", "redirect", "audit", "l7", "policy-verdict", "agent"]
 
 
 class FlowEvent(BaseModel):

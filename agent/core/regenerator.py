@@ -93,9 +93,18 @@ def with_retiring(state: CompiledState, realized: Mapping[int, EndpointPolicy]) 
     return CompiledState(state.revision, endpoints, state.ipcache, state.identity_labels)
 
 
+def with_audit(state: CompiledState, audited: frozenset[int]) -> CompiledState:
+    """`state` with these endpoints in policy audit mode (the compiler knows
+    nothing of it: it is the endpoint's setting, not policy)."""
+    if not audited & state.endpoints.keys():
+        return state
+    endpoints = {i: replace(ep, audit=True) if i in audited else ep for i, ep in state.endpoints.items()}
+    return CompiledState(state.revision, endpoints, state.ipcache, state.identity_labels)
+
+
 def l7_view(state: CompiledState) -> tuple:
     """Everything the Envoy configuration is rendered from; equal views need no publish."""
-    l7 = tuple((i, ep.l7) for i, ep in sorted(state.endpoints.items()) if ep.l7)
+    l7 = tuple((i, ep.l7, ep.audit) for i, ep in sorted(state.endpoints.items()) if ep.l7)
     if not l7:
         return ()
     # Receivers' rules bind egress listeners (policy.compiled.ReceiverRules) and
@@ -113,6 +122,7 @@ class CompileJob:
     upserted_policies: tuple[tuple[str, BookEntry], ...]
     endpoints: tuple[tuple[int, EndpointSpec | None], ...]  # None: the record is gone
     in_compiler: frozenset[int]
+    audited: frozenset[int] = frozenset()  # endpoints in policy audit mode
 
 
 @dataclass(slots=True)
@@ -160,8 +170,12 @@ class Regenerator:
         retry: Callable[[float, Iterable[int], str], object],
         ack_timeout: float = 5.0,
         host_ips: Callable[[], Iterable[IPv4Address]] | None = None,
+        policy_audit_mode: bool = False,
     ) -> None:
+        """`policy_audit_mode`: the agent-wide default of endpoints whose record
+        does not say (EndpointRecord.policy_audit_mode None)."""
         self.compiler = compiler
+        self.policy_audit_mode = policy_audit_mode
         self.datapath = datapath
         self.proxy = proxy
         self.table = table
@@ -206,7 +220,17 @@ class Regenerator:
         for eid in sorted(batch.endpoints):
             rec = self.table.record(eid)
             endpoints.append((eid, None if rec is None else EndpointSpec(eid, dict(rec.labels), rec.ipv4)))
-        return CompileJob(batch.revision, host_ips, deleted, upserted, tuple(endpoints), frozenset(self._in_compiler))
+        audited = frozenset(i for i in self.table.ids() if self.audits(i))
+        return CompileJob(
+            batch.revision, host_ips, deleted, upserted, tuple(endpoints), frozenset(self._in_compiler), audited
+        )
+
+    def audits(self, endpoint_id: int) -> bool:
+        """Whether this endpoint's policy is audited: its own setting, else the agent's."""
+        rec = self.table.record(endpoint_id)
+        if rec is None:
+            return False
+        return self.policy_audit_mode if rec.policy_audit_mode is None else rec.policy_audit_mode
 
     def _compile(self, job: CompileJob) -> CompileResult:
         """Runs in the worker thread: the only place the compiler is called."""
@@ -237,6 +261,7 @@ class Regenerator:
             log.exception("policy compilation failed")
             out.error = exc
             return out
+        state = with_audit(state, job.audited)
         out.state = state
         alloc = c.allocations()
         out.allocations = alloc if alloc != self._saved_alloc else None
@@ -401,6 +426,7 @@ class Regenerator:
                 ingress_enforced=ep.ingress_enforced,
                 egress_enforced=ep.egress_enforced,
                 policies=tuple(sorted(ep.selected_by)),
+                audited=ep.audit,
             )
             failure = failures.get(eid)
             if failure is not None:
