@@ -214,7 +214,8 @@ class Renderer:
         self._used: set[HTTPRule] = set()
         self._paths = PathMerger()
         self._idents: _IdentityAddresses | None = None
-        self._routes: dict[int, tuple[L7Policy, int, Resource, tuple[ReceiverRules, ...], bool]] = {}
+        # proxy port -> (policy, ipcache generation, route config, receivers, audit, audited receivers)
+        self._routes: dict[int, tuple[L7Policy, int, Resource, tuple[ReceiverRules, ...], bool, frozenset[int]]] = {}
         self._listeners: dict[tuple[int, Direction, int], Resource] = {}
         self._ipcache_gen = 0
         self._cluster = self._render_cluster()
@@ -242,7 +243,7 @@ class Renderer:
                     )
                 by_port[pol.proxy_port] = (ep_id, pol)
         listeners, routes = [], []
-        new_routes: dict[int, tuple[L7Policy, int, Resource, tuple[ReceiverRules, ...], bool]] = {}
+        new_routes: dict[int, tuple[L7Policy, int, Resource, tuple[ReceiverRules, ...], bool, frozenset[int]]] = {}
         for port in sorted(by_port):
             ep_id, pol = by_port[port]
             # Policy audit mode of the endpoint whose listener this is: its
@@ -251,15 +252,18 @@ class Renderer:
             keep_source = self.params.original_source and local_only(state, state.endpoints[ep_id], pol)
             listeners.append(self._listener(port, pol.key.direction, pol.key.port, keep_source))
             receivers = state.receiver_rules(pol)
+            audited = frozenset(
+                r.endpoint_id for r in receivers if (rep := state.endpoints.get(r.endpoint_id)) is not None and rep.audit
+            )
             prev = self._routes.get(port)
             if (
                 prev is not None and prev[1] == self._ipcache_gen and (prev[0] is pol or prev[0] == pol)
-                and prev[3] == receivers and prev[4] == audit
+                and prev[3] == receivers and prev[4] == audit and prev[5] == audited
             ):
                 res = prev[2]
             else:
-                res = self._route_config(pol, receivers, audit)
-            new_routes[port] = (pol, self._ipcache_gen, res, receivers, audit)
+                res = self._route_config(pol, receivers, audit, audited)
+            new_routes[port] = (pol, self._ipcache_gen, res, receivers, audit, audited)
             routes.append(res)
         self._routes = new_routes
         self._prune()
@@ -269,14 +273,14 @@ class Renderer:
         # Rules untouched by this render were reused whole from their route
         # configuration's cache; count them as used so they stay warm.
         if len(self._perm) > 2 * max(len(self._used), 1024):
-            for pol, _, _, receivers, _ in self._routes.values():
+            for pol, _, _, receivers, _, _ in self._routes.values():
                 for rules in _group_by_peers(pol.peer_rules).values():
                     self._used.update(self._paths.merge(rules))
                 for r in receivers:
                     self._used.update(self._paths.merge(list(r.http)))
             self._perm = {k: v for k, v in self._perm.items() if k in self._used}
         self._paths.forget_if_large()
-        ports = {(port, pol.key.direction, pol.key.port) for port, (pol, _, _, _, _) in self._routes.items()}
+        ports = {(port, pol.key.direction, pol.key.port) for port, (pol, *_) in self._routes.items()}
         for key in [k for k in self._listeners if k[:3] not in ports]:
             del self._listeners[key]
 
@@ -341,7 +345,9 @@ class Renderer:
             out.extend(self._idents.matchers(ident, direction))
         return out
 
-    def _route_config(self, pol: L7Policy, receivers: tuple[ReceiverRules, ...] = (), audit: bool = False) -> Resource:
+    def _route_config(
+        self, pol: L7Policy, receivers: tuple[ReceiverRules, ...] = (), audit: bool = False, audited: frozenset[int] = frozenset()
+    ) -> Resource:
         name = route_config_name(pol.proxy_port)
         policies = []
         for i, (identities, rules) in enumerate(_group_by_peers(pol.peer_rules).items()):
@@ -355,7 +361,7 @@ class Renderer:
             perms_by_receiver = {
                 r.endpoint_id: [self._http_perm(h) for h in self._merge(list(r.http))] for r in receivers if r.http
             }
-            receiver_rbac = receiver_per_route(receivers, perms_by_receiver, audit)
+            receiver_rbac = receiver_per_route(receivers, perms_by_receiver, audit, audited)
         body = route_configuration(
             name=name,
             cluster=self.params.cluster_name,

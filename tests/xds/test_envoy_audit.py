@@ -55,3 +55,25 @@ async def test_audit_lets_requests_through_and_logs_would_be_denials(envoy_rig, 
         assert r.status_code == 403
         e = (await _log(rig, 1))[("POST", "/secret")]
         assert e.denied and not e.audited
+
+
+async def test_audited_receiver_lets_the_senders_proxy_pass_what_its_rules_would_deny(envoy_rig):
+    """The receiver (127.0.0.1, see test_receiver_rules) audits, the sender
+    enforces: the receiver's ingress rules on the sender's egress listener
+    only report, the sender's own rules still deny."""
+    from tests.xds.fixtures import sender_and_receiver
+
+    rig = await envoy_rig()
+    port = free_port()
+    st = sender_and_receiver(receiver_ip="127.0.0.1", egress_port=port)
+    await rig.publish(replace(st, endpoints={**st.endpoints, 2: replace(st.endpoints[2], audit=True)}))
+    await rig.envoy.wait_ready()
+    async with httpx.AsyncClient() as client:
+        private = await rig.get(client, port, "/private")
+        put = await rig.get(client, port, "/public/a", method="PUT")
+        public = await rig.get(client, port, "/public/a")
+    assert (private.status_code, put.status_code, public.status_code) == (200, 403, 200)
+    got = await _log(rig, 3)
+    assert got[("GET", "/private")].audited
+    assert got[("PUT", "/public/a")].denied and not got[("PUT", "/public/a")].audited
+    assert not got[("GET", "/public/a")].shadow_denied

@@ -46,3 +46,17 @@ def test_audited_egress_listener_shadows_the_receivers_rules_too():
     receiver = _per_route(Renderer(RenderParams()).render(s), RECEIVER_RBAC_FILTER)
     assert list(receiver.rules.policies) == [AUDIT_ALLOW_ALL]
     assert "other-destinations" in receiver.shadow_rules.policies
+
+
+def test_audited_receiver_alone_passes_requests_to_it_and_shadows_its_rules():
+    from tests.xds.fixtures import EGRESS_PORT, sender_and_receiver
+
+    st = sender_and_receiver()
+    st = replace(st, endpoints={**st.endpoints, 2: replace(st.endpoints[2], audit=True)})
+    rc = RouteConfiguration.parse(Renderer(RenderParams()).render(st).of(ROUTE)[f"ciliate-proxy-{EGRESS_PORT}"].body)
+    cfgs = rc.virtual_hosts[0].routes[0].typed_per_filter_config
+    receiver = RbacPerRoute.parse(cfgs[RECEIVER_RBAC_FILTER].value).rbac
+    assert set(receiver.rules.policies) == {"other-destinations", "receiver-2", "audit-receiver-2"}
+    assert set(receiver.shadow_rules.policies) == {"other-destinations", "receiver-2"}
+    # The sender is not audited: its own filter still enforces.
+    assert RbacPerRoute.parse(cfgs[RBAC_FILTER].value).rbac.shadow_rules is None
