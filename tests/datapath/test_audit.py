@@ -83,3 +83,28 @@ def test_audit_at_the_destination_hook_for_an_unmanaged_source(dp_node):
     assert audits and audits[0].dport == 8081 and audits[0].reason == Reason.NO_POLICY_MATCH
     dp_node.dp.apply(state(2, [others, b_pol], extra_ipcache=extra))
     assert not tcp_flow_passes(c, b.pod, 8081, False)
+
+
+def test_audit_is_off_while_a_policy_change_is_written(dp_node):
+    """reconcile: the audit flag ends first and starts last (old AND new while
+    the maps change), so audit never covers a half-written policy."""
+    from redirect import layout
+    from redirect.reconcile import apply_state
+
+    a, b = dp_node.ep("a"), dp_node.ep("b")
+    a_pol = endpoint(a, [rule(257, EGRESS, TCP, 8080)], ingress=False)
+    one = endpoint(b, [rule(256, INGRESS, TCP, 9000)], egress=False)
+    two = endpoint(b, [rule(256, INGRESS, TCP, 9001)], egress=False)
+    keep = set(dp_node.dp.endpoints())
+    seen: list[int] = []
+
+    def flags() -> None:
+        seen.append(dp_node.dp.maps.read_lxc()[b.pod.ip][2])
+
+    for old, new in ((one, replace(two, audit=True)), (replace(two, audit=True), one)):
+        dp_node.dp.apply(state(1, [a_pol, old]))
+        seen.clear()
+        apply_state(dp_node.dp.maps, state(2, [a_pol, new]), keep, after_write=flags)
+        assert seen and not any(f & layout.LXC_F_AUDIT for f in seen), seen
+        final = dp_node.dp.maps.read_lxc()[b.pod.ip][2]
+        assert bool(final & layout.LXC_F_AUDIT) == new.audit
