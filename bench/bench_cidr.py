@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import gc
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -227,6 +228,7 @@ async def agent_core(n: int, baseline: bool) -> tuple[Phase, Phase, int]:
         return add, remove, entries
     finally:
         await agent.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- report -------------------------------------------------------------------------

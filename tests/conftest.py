@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +51,14 @@ async def _no_leftover_tasks():
             t.cancel()
         await asyncio.gather(*left, return_exceptions=True)
         pytest.fail(f"test left {len(left)} asyncio task(s) running: {[t.get_coro() for t in left]}")
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path (unix socket paths are limited to 107
+    bytes, pytest's tmp_path is longer), removed after the test."""
+    d = Path(tempfile.mkdtemp(prefix="cil-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

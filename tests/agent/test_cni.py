@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -151,8 +150,8 @@ async def _cni(command: str, stdin: dict, env: dict) -> tuple[int, dict | None]:
 
 
 @pytest.mark.privileged
-async def test_add_check_del_with_a_real_netns(rig, netns: str) -> None:
-    short = Path(tempfile.mkdtemp(prefix="cil-cni-"))
+async def test_add_check_del_with_a_real_netns(rig, netns: str, short_dir: Path) -> None:
+    short = short_dir
     agent = rig.agent(socket_path=short / "agent.sock")
     await agent.start()
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
@@ -53,11 +52,11 @@ class Veths:
 
 
 @pytest.mark.skipif(not Path(HOST_LOCAL_DIR, "host-local").exists(), reason="the host-local IPAM plugin is not installed")
-async def test_add_that_times_out_during_a_long_regeneration_leaves_nothing_behind(tmp_path: Path, monkeypatch) -> None:
+async def test_add_that_times_out_during_a_long_regeneration_leaves_nothing_behind(tmp_path: Path, monkeypatch, short_dir: Path) -> None:
     rig = Rig(tmp_path)
     rig.policy_dir.mkdir()
     rig.datapath = SlowDatapath()
-    socket = Path(tempfile.mkdtemp(prefix="cil-cni-")) / "agent.sock"  # unix socket paths are limited to 107 bytes
+    socket = short_dir / "agent.sock"
     agent = rig.agent(socket_path=socket, metrics_port=None)
     await agent.start()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -109,8 +108,8 @@ async def regenerate_under_watch(agent: Agent, socket: Path, change: Callable[[]
     return beat, probe
 
 
-async def test_api_answers_while_twenty_thousand_cidrs_are_added_and_removed(tmp_path: Path) -> None:
-    short = Path(tempfile.mkdtemp(prefix="cil-reg-"))  # unix socket paths are limited to 107 bytes
+async def test_api_answers_while_twenty_thousand_cidrs_are_added_and_removed(tmp_path: Path, short_dir: Path) -> None:
+    short = short_dir
     socket = short / "agent.sock"
     policy_dir = tmp_path / "policies"
     policy_dir.mkdir()
