@@ -4,7 +4,6 @@ unix socket and loopback TCP, SotW and delta, and stop() ending the streams."""
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,10 +30,10 @@ DELTA = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedR
 
 @pytest.mark.parametrize("transport", [pytest.param("unix", id="unix-socket"), pytest.param("tcp", id="loopback-tcp")])
 @pytest.mark.parametrize("delta", [pytest.param(False, id="sotw"), pytest.param(True, id="delta")])
-async def test_listeners_served_over_grpc_and_stop_ends_the_stream(transport, delta):
+async def test_listeners_served_over_grpc_and_stop_ends_the_stream(transport, delta, short_dir):
     cache = SnapshotCache()
     cache.set_snapshot("n1", Renderer().render(state({15001: (rule([CLIENT_IDENTITY]),)})))
-    d = Path(tempfile.mkdtemp(prefix="cx-"))
+    d = short_dir
     if transport == "unix":
         server = XdsServer(cache, socket_path=str(d / "xds.sock"))
     else:
