@@ -53,13 +53,13 @@ class K8sRig:
     agent: Agent | None = None
     source: KubernetesSource | None = None
 
-    def build(self, **options: Any) -> Agent:
+    def build(self, policy_dir: Path | None = None, **options: Any) -> Agent:
         opts = dict(node_name=NODE, timing=FAST, sync_timeout=5.0, status_interval=0.5, status_qps=100.0,
                     status_settle=0.05, server=self.kube.url)
         opts.update(options)
         self.source = KubernetesSource(KubeAccess(api_server=self.kube.url).api_client, KubernetesOptions(**opts))
         self.agent = build_agent(
-            AgentConfig(state_dir=self.tmp / "state", metrics_port=None, settle=0.0, pod_wait=2.0),
+            AgentConfig(state_dir=self.tmp / "state", policy_dir=policy_dir, metrics_port=None, settle=0.0, pod_wait=2.0),
             compiler_factory=make_compiler_factory(),
             loader=PolicyFileLoader(),
             datapath=self.datapath,
