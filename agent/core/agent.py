@@ -372,11 +372,12 @@ class Agent:
             if labels is not None:
                 req = req.model_copy(update={"labels": dict(labels)})
         rec, created = self.table.upsert(req)
-        live = self.table.live(rec.id)
-        generation = live.generation if live else 0
+        # Wait for the batch that carries this change, not merely the end of
+        # one already in flight (it was snapshotted before the change).
+        ticket = self.queue.ticket()
         self.queue.mark([rec.id], reason=f"endpoint {rec.id} {'created' if created else 'updated'}")
         if wait:
-            await self.table.wait_settled(rec.id, generation, wait)
+            await self.queue.wait_for(ticket, wait)
         view = self.table.view(rec.id)
         assert view is not None
         return view, created
@@ -390,11 +391,10 @@ class Agent:
         audit = cfg.policy_audit_mode if "policy_audit_mode" in cfg.model_fields_set else rec.policy_audit_mode
         if audit != rec.policy_audit_mode:
             self.table.configure(endpoint_id, audit)
-            live = self.table.live(endpoint_id)
-            generation = live.generation if live else 0
+            ticket = self.queue.ticket()
             self.queue.mark([endpoint_id], reason=f"endpoint {endpoint_id} policy audit mode {'on' if audit else 'off'}")
             if wait:
-                await self.table.wait_settled(endpoint_id, generation, wait)
+                await self.queue.wait_for(ticket, wait)
         return self.table.view(endpoint_id)
 
     async def delete_endpoint(self, endpoint_id: int) -> Endpoint | None:

@@ -2,7 +2,7 @@
 
 Records (what CNI registered) are written to the state directory on every
 change; the live part (identity, state, reason, revision) is recomputed by
-regeneration after a restart. Waiters (`wait_settled`) let the API answer a
+regeneration after a restart. The regeneration queue's tickets let the API answer a
 create once the endpoint's policy is in place. File I/O via StateStore only.
 """
 
@@ -162,22 +162,6 @@ class EndpointTable:
     async def notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
-
-    async def wait_settled(self, endpoint_id: int, after_generation: int, timeout: float) -> bool:
-        """Wait until the endpoint is ready or not-ready with a state newer than `after_generation`."""
-
-        def settled() -> bool:
-            live = self.live(endpoint_id)
-            return live is None or (
-                live.generation > after_generation and live.state in (EndpointState.READY, EndpointState.NOT_READY)
-            )
-
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(settled), timeout)
-            except TimeoutError:
-                return False
-        return True
 
     def view(self, endpoint_id: int) -> Endpoint | None:
         row = self._rows.get(endpoint_id)

@@ -37,7 +37,9 @@ class RegenerationQueue:
         self._idle = asyncio.Event()
         self._idle.set()
         self.revision = revision
-        self.batches = 0
+        self.batches = 0  # batches finished
+        self._taken = 0  # batches handed to the worker
+        self._finished = asyncio.Condition()
 
     def mark(self, endpoints: Iterable[int] = (), *, policy_changed: bool = False, reason: str = "") -> None:
         self._dirty.update(endpoints)
@@ -56,6 +58,20 @@ class RegenerationQueue:
     def pending(self) -> bool:
         return not self._idle.is_set()
 
+    def ticket(self) -> int:
+        """The number of the batch that will carry what is marked from now on.
+        (A batch already being regenerated was snapshotted before the mark.)"""
+        return self._taken + 1
+
+    async def wait_for(self, ticket: int, timeout: float) -> bool:
+        """Wait until batch `ticket` has been regenerated; False on timeout."""
+        async with self._finished:
+            try:
+                await asyncio.wait_for(self._finished.wait_for(lambda: self.batches >= ticket), timeout)
+            except TimeoutError:
+                return False
+        return True
+
     async def drain(self, timeout: float | None = None) -> None:
         """Wait until every marked change has been regenerated."""
         await asyncio.wait_for(self._idle.wait(), timeout)
@@ -68,6 +84,7 @@ class RegenerationQueue:
         self._policy_dirty = False
         self._reasons.clear()
         self._wakeup.clear()
+        self._taken += 1
         return batch
 
     async def run(self) -> None:
@@ -84,5 +101,7 @@ class RegenerationQueue:
                 log.exception("regeneration of %s failed", sorted(batch.endpoints) or "policies")
             finally:
                 self.batches += 1
+                async with self._finished:
+                    self._finished.notify_all()
             if not self._wakeup.is_set():
                 self._idle.set()

@@ -74,3 +74,32 @@ async def test_a_failing_batch_does_not_stop_the_worker() -> None:
         await asyncio.gather(worker, return_exceptions=True)
     assert [set(b.endpoints) for b in seen] == [{1}, {2}]
     assert all(b.revision == 0 for b in seen)  # no policy change, no revision bump
+
+
+async def test_a_ticket_waits_for_the_batch_that_carries_the_change_not_one_in_flight() -> None:
+    # The audit-mode API race: a change marked while another batch is being
+    # regenerated must not be reported done when that earlier batch ends.
+    started, release = asyncio.Event(), asyncio.Event()
+    seen: list[Batch] = []
+
+    async def regen(b: Batch) -> None:
+        seen.append(b)
+        if len(seen) == 1:
+            started.set()
+            await release.wait()
+
+    q = RegenerationQueue(regen)
+    worker = asyncio.create_task(q.run())
+    try:
+        q.mark([1], reason="first")
+        await started.wait()
+        ticket = q.ticket()
+        q.mark([2], reason="second, while the first is in flight")
+        waiter = asyncio.create_task(q.wait_for(ticket, 5))
+        release.set()
+        assert await waiter
+        assert [b.endpoints for b in seen] == [frozenset({1}), frozenset({2})]
+        assert not await q.wait_for(ticket + 1, 0.05)  # nothing marked: no such batch yet
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
