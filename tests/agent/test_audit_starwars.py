@@ -8,7 +8,6 @@ Nothing is restarted in between."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.node import Node
+from demo.node import Lines, Node
 
 ROOT = Path(__file__).resolve().parents[2]
 STARWARS = ROOT / "examples" / "starwars"
@@ -37,15 +36,21 @@ class Monitor:
     def __init__(self, node: Node, *args: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "monitor", *args, "-o", "json", "--socket", str(node.socket)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
+        self.lines = Lines(self.proc)
         time.sleep(1.0)  # subscribed before the traffic
 
-    def stop(self) -> list[dict]:
-        time.sleep(0.5)
-        self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=10)
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
+    def stop(self, want: str | None = None, timeout: float = 8.0) -> list[dict]:
+        """Stop once an event whose path is `want` arrived (Envoy flushes its
+        access log about once a second), or after a short settle without one."""
+        deadline = time.monotonic() + (timeout if want else 0.5)
+        while time.monotonic() < deadline:
+            if want and any(e.get("path") == want for e in self.lines.snapshot()):
+                break
+            time.sleep(0.1)
+        time.sleep(0.3)
+        return [e for e in self.lines.stop() if "raw" not in e]
 
 
 def _audit(node: Node, pod: str, on: bool) -> None:
@@ -85,7 +90,7 @@ def test_audit_mode_lets_denied_traffic_through_reports_it_and_switches_off_at_o
     mon = Monitor(node, "--type", "l7")
     boom = node.request("tiefighter", "PUT", ds, "/v1/exhaust-port")
     ok = node.request("tiefighter", "POST", ds, "/v1/request-landing")
-    events = mon.stop()
+    events = mon.stop(want="/v1/request-landing")
     assert boom.get("status") == 200 and "Panic: deathstar exploded" in boom.get("body", ""), boom
     assert ok.get("status") == 200, ok
     by_path = {e.get("path"): e for e in events}
