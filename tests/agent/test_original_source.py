@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from demo.node import Node
+from tests.agent.test_l7_both_sides import EGRESS as EGRESS_L7  # the same c -> s GET policy
 
 INGRESS_L7 = """\
 apiVersion: cilium.io/v2
@@ -31,18 +32,6 @@ spec:
     toPorts:
     - ports: [{port: "80", protocol: TCP}]
       rules: {http: [{method: GET, path: "%s"}]}
-"""
-EGRESS_L7 = """\
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: c-egress}
-spec:
-  endpointSelector: {matchLabels: {app: c}}
-  egress:
-  - toEndpoints: [{matchLabels: {app: s}}]
-    toPorts:
-    - ports: [{port: "80", protocol: TCP}]
-      rules: {http: [{method: GET}]}
 """
 
 
