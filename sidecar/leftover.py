@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from sidecar.supervisor import admin_client
+from sidecar.supervisor import DRAIN_TIME_S, admin_client
 
-DRAIN_SECONDS = 1.5  # the supervisor starts Envoy with --drain-time-s 1; a margin on top
+DRAIN_SECONDS = DRAIN_TIME_S + 0.5  # Envoy's own drain (the supervisor's flag), and a margin on top
 log = logging.getLogger(__name__)
 
 

@@ -36,6 +36,11 @@ from .bootstrap import BootstrapParams, Endpoint, admin_section, render_bootstra
 
 log = logging.getLogger(__name__)
 
+# How long Envoy lets the open connections of a removed listener finish
+# before closing them. A proxied request can need over a second when its
+# upstream SYN is lost once (the retransmit comes after 1 s); with a 1 s drain
+# such a request was cut off whenever its listener retired meanwhile.
+DRAIN_TIME_S = 3
 ADMIN_HOST = "http://envoy-admin"  # any name: the transport goes to the unix socket
 
 
@@ -188,7 +193,7 @@ class EnvoySupervisor:
                 "--disable-hot-restart",
                 "--concurrency", str(self.concurrency),
                 "--log-level", self.log_level,
-                "--drain-time-s", "1",
+                "--drain-time-s", str(DRAIN_TIME_S),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=logfd,
                 stderr=logfd,
