@@ -24,13 +24,13 @@ ipcache, so CIDR rules never select local endpoints (as in Cilium).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv4Network
 
 from policy.compiled import CompiledState, EndpointPolicy, RedirectKey
 from policy.endpoint import Endpoint
 from policy.identity import IdentityAllocator, identity_labels, reserved_labels, selectable_labels
-from policy.ipcache import IPCache
+from policy.ipcache import REMOTE_OWNER, IPCache
 from policy.model import EndpointPeer, Peer, Policy, PolicySpec
 from policy.proxyports import ProxyPortAllocator
 from policy.resolve import (
@@ -70,6 +70,11 @@ class Compiler:
         self._endpoints: dict[int, Endpoint] = {}
         self._ep_identity: dict[int, int] = {}
         self._identity_eps: dict[int, set[int]] = {}
+        # Other nodes' endpoints (cluster mode): address -> identity, and how
+        # many of them each identity has. They are peers only: selectable,
+        # in the ipcache, never a subject of local policy.
+        self._remote: dict[IPv4Address, int] = {}
+        self._remote_refs: dict[int, int] = {}
         self._id_policy: dict[int, IdentityPolicy] = {}
         self._ep_policy: dict[int, EndpointPolicy] = {}
         self._ep_redirects: dict[int, set[RedirectKey]] = {}
@@ -116,7 +121,7 @@ class Compiler:
             self._ep_identity[ep.id] = ident
             eps = self._identity_eps.setdefault(ident, set())
             eps.add(ep.id)
-            if len(eps) == 1:
+            if len(eps) == 1 and ident not in self._remote_refs:
                 self._identity_added(ident)
         self._ipcache.upsert_endpoint(ep.id, old.ipv4 if old is not None else None, ep.ipv4, ident)
         self._dirty_eps.add(ep.id)
@@ -132,6 +137,44 @@ class Compiler:
 
     def set_host_ips(self, host_ips: Iterable[IPv4Address]) -> None:
         self._ipcache.set_host_ips(host_ips)
+
+    def set_remote(
+        self,
+        endpoints: Mapping[IPv4Address, tuple[int, frozenset[str]]],
+        node_ips: Iterable[IPv4Address] = (),
+    ) -> None:
+        """The rest of the cluster, whole: other nodes' endpoints (address ->
+        the identity the cluster allocated and its labels) and the other
+        nodes' addresses (`remote-node`). Only the difference to the last
+        call is applied, so a policy selecting a remote identity is patched
+        like one selecting a local pod."""
+        for addr, ident in list(self._remote.items()):
+            new = endpoints.get(addr)
+            if new is not None and new[0] == ident:
+                continue
+            del self._remote[addr]
+            if new is None:
+                self._ipcache.delete_endpoint(REMOTE_OWNER, addr)
+            self._unref_remote(ident)
+        for addr, (ident, label_set) in endpoints.items():
+            if self._remote.get(addr) == ident:
+                continue
+            if self.identities.labels_of(ident) != label_set:
+                self.identities.adopt(label_set, ident)
+            self._remote[addr] = ident
+            self._ipcache.upsert_endpoint(REMOTE_OWNER, None, addr, ident)
+            n = self._remote_refs.get(ident, 0)
+            self._remote_refs[ident] = n + 1
+            if n == 0 and not self._identity_eps.get(ident):
+                self._identity_added(ident)
+        self._ipcache.set_remote_node_ips(node_ips)
+
+    def _unref_remote(self, ident: int) -> None:
+        n = self._remote_refs.pop(ident) - 1
+        if n:
+            self._remote_refs[ident] = n
+        elif not self._identity_eps.get(ident):
+            self._identity_removed(ident)
 
     # ------------------------------------------------------------ queries
 
@@ -244,6 +287,14 @@ class Compiler:
         if eps:
             return
         del self._identity_eps[ident]
+        self._id_policy.pop(ident, None)
+        self._peer_dirty.pop(ident, None)
+        self._dirty_ids.discard(ident)
+        if ident not in self._remote_refs:
+            self._identity_removed(ident)
+
+    def _identity_removed(self, ident: int) -> None:
+        """No endpoint here or on another node has this identity any more."""
         self._label_view.pop(ident, None)
         self._labels_dirty = True
         self._selectors.remove_identity(ident)

@@ -121,6 +121,23 @@ class IdentityAllocator:
             self._labels[ident] = label_set
         return ident
 
+    def adopt(self, label_set: frozenset[str], ident: int) -> None:
+        """Take `ident` for `label_set` as decided elsewhere (the cluster's
+        allocator in etcd is authoritative): any other mapping of either side
+        is forgotten, so a number allocated locally before the node joined a
+        cluster cannot shadow the cluster's."""
+        if self._by_labels.get(label_set) == ident:
+            return
+        old_ident = self._by_labels.pop(label_set, None)
+        if old_ident is not None:
+            self._labels.pop(old_ident, None)
+        old_set = self._labels.pop(ident, None)
+        if old_set is not None:
+            self._by_labels.pop(old_set, None)
+        self._by_labels[label_set] = ident
+        self._labels[ident] = label_set
+        self._next_label = max(self._next_label, ident + 1) if ident < FIRST_CIDR_IDENTITY else self._next_label
+
     def for_cidr(self, net: IPv4Network) -> int:
         ident = self._by_cidr.get(net)
         if ident is None:

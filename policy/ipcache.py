@@ -20,7 +20,11 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv4Network
 
-from policy.identity import IDENTITY_HOST, IDENTITY_WORLD, IdentityAllocator
+from policy.identity import IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD, IdentityAllocator
+
+# The owner key of another node's endpoint in IPCache._ip_eps: larger than
+# any local endpoint id, so a local endpoint on the same address wins.
+REMOTE_OWNER = 1 << 62
 
 WORLD_NET = IPv4Network("0.0.0.0/0")
 
@@ -109,6 +113,7 @@ class IPCache:
         self._rebuild = True
         self._dirty_addrs: set[IPv4Address] = set()
         self._table: dict[IPv4Network, int] = {}
+        self.remote_node_ips: frozenset[IPv4Address] = frozenset()
         self._cidr_labels: dict[int, frozenset[str]] | None = None
 
     @property
@@ -136,6 +141,13 @@ class IPCache:
         new = frozenset(host_ips)
         if new != self.host_ips:
             self.host_ips = new
+            self._rebuild = True
+
+    def set_remote_node_ips(self, ips: Iterable[IPv4Address]) -> None:
+        """Other nodes' addresses: they carry the `remote-node` identity."""
+        new = frozenset(ips)
+        if new != self.remote_node_ips:
+            self.remote_node_ips = new
             self._rebuild = True
 
     def add_prefixes(self, nets: Iterable[IPv4Network]) -> list[tuple[IPv4Network, int]]:
@@ -194,11 +206,20 @@ class IPCache:
         eps = self._ip_eps.get(addr)
         return eps[min(eps)] if eps else None
 
+    def _node_identity(self, addr: IPv4Address) -> int | None:
+        if addr in self.host_ips:
+            return IDENTITY_HOST
+        if addr in self.remote_node_ips:
+            return IDENTITY_REMOTE_NODE
+        return None
+
     def table(self, prev: Mapping[IPv4Network, int] | None) -> Mapping[IPv4Network, int]:
         """The table as of now; `prev` itself when nothing changed since it."""
         if self._rebuild or prev is None:
             out: dict[IPv4Network, int] = {WORLD_NET: IDENTITY_WORLD}
             out.update(self.cidr_ids)
+            for addr in self.remote_node_ips:
+                out[IPv4Network(addr)] = IDENTITY_REMOTE_NODE
             for addr in self.host_ips:
                 out[IPv4Network(addr)] = IDENTITY_HOST
             for addr, eps in self._ip_eps.items():
@@ -210,7 +231,9 @@ class IPCache:
                 net = IPv4Network(addr)
                 ident = self._endpoint_identity(addr)
                 if ident is None:
-                    ident = IDENTITY_HOST if addr in self.host_ips else self.cidr_ids.get(net)
+                    ident = self._node_identity(addr)
+                if ident is None:
+                    ident = self.cidr_ids.get(net)
                 if ident is None:
                     self._table.pop(net, None)
                 else:

@@ -1,0 +1,110 @@
+"""Other nodes' endpoints in the compiler (cluster mode): they are peers
+with the identity the cluster allocated, selectable by labels like local
+pods, in the ipcache, and never subjects of local policy; other nodes'
+addresses carry `remote-node`."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+from policytest_helpers import policies
+
+from policy.compiled import Direction, Verdict, lookup
+from policy.compiler import Compiler
+from policy.endpoint import Endpoint
+from policy.identity import IDENTITY_REMOTE_NODE, identity_labels
+
+WEB = Endpoint(1, {"app": "web"}, IPv4Address("10.0.1.5"))
+CLIENT_LABELS = identity_labels({"app": "client"})
+REMOTE_IP = IPv4Address("10.0.2.7")
+POLICY = """apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: '80', protocol: TCP}]}]
+  - fromEntities: [remote-node]
+    toPorts: [{ports: [{port: '9000', protocol: TCP}]}]
+"""
+
+
+def compiler() -> Compiler:
+    c = Compiler()
+    for p in policies(POLICY):
+        c.upsert_policy(p)
+    c.upsert_endpoint(WEB)
+    c.compile()
+    return c
+
+
+def allowed(c: Compiler, peer: int, port: int) -> bool:
+    """Whether web's ingress map lets `peer` in on TCP `port` (no entry: dropped)."""
+    st = c.compile()
+    return lookup(st.endpoints[1], peer, Direction.INGRESS, 6, port).verdict == Verdict.ALLOW
+
+
+def test_a_remote_endpoint_is_a_selectable_peer_with_the_cluster_identity():
+    c = compiler()
+    assert not allowed(c, 40000, 80)
+    c.set_remote({REMOTE_IP: (40000, CLIENT_LABELS)})
+    st = c.compile()
+    assert st.ipcache[IPv4Network(f"{REMOTE_IP}/32")] == 40000
+    assert st.identity_labels[40000] == CLIENT_LABELS
+    assert 40000 not in {ep.identity for ep in st.endpoints.values()}  # never a subject
+    assert allowed(c, 40000, 80)
+
+
+def test_a_remote_endpoint_gone_takes_its_identity_and_address_with_it():
+    c = compiler()
+    c.set_remote({REMOTE_IP: (40000, CLIENT_LABELS)})
+    c.compile()
+    c.set_remote({})
+    st = c.compile()
+    assert IPv4Network(f"{REMOTE_IP}/32") not in st.ipcache
+    assert 40000 not in st.identity_labels
+    assert not allowed(c, 40000, 80)
+
+
+def test_a_local_endpoint_sharing_a_remote_identity_keeps_it_when_the_remote_one_goes():
+    c = compiler()
+    local_client = Endpoint(2, {"app": "client"}, IPv4Address("10.0.1.6"))
+    c.identities.adopt(CLIENT_LABELS, 40000)
+    c.set_remote({REMOTE_IP: (40000, CLIENT_LABELS)})
+    c.upsert_endpoint(local_client)
+    st = c.compile()
+    assert st.endpoints[2].identity == 40000
+    c.set_remote({})
+    st = c.compile()
+    assert st.identity_labels[40000] == CLIENT_LABELS
+    assert allowed(c, 40000, 80)
+    c.delete_endpoint(2)
+    assert 40000 not in c.compile().identity_labels
+
+
+def test_a_local_endpoint_wins_its_address_over_a_stale_remote_entry():
+    c = compiler()
+    c.set_remote({WEB.ipv4: (40000, CLIENT_LABELS)})
+    st = c.compile()
+    assert st.ipcache[IPv4Network(f"{WEB.ipv4}/32")] == st.endpoints[1].identity
+
+
+def test_other_nodes_addresses_are_remote_node():
+    c = compiler()
+    node_b = IPv4Address("192.0.2.2")
+    c.set_remote({}, node_ips=[node_b])
+    st = c.compile()
+    assert st.ipcache[IPv4Network(f"{node_b}/32")] == IDENTITY_REMOTE_NODE
+    assert allowed(c, IDENTITY_REMOTE_NODE, 9000)
+    c.set_remote({}, node_ips=[])
+    assert IPv4Network(f"{node_b}/32") not in c.compile().ipcache
+
+
+def test_adopt_replaces_a_local_number_for_the_same_labels():
+    c = Compiler()
+    c.upsert_endpoint(Endpoint(2, {"app": "client"}, IPv4Address("10.0.1.6")))
+    local = c.compile().endpoints[2].identity
+    c.identities.adopt(CLIENT_LABELS, 50000)
+    assert c.identities.for_label_set(CLIENT_LABELS) == 50000
+    assert c.identities.labels_of(local) == frozenset()
