@@ -16,7 +16,7 @@ from ipaddress import IPv4Address
 from agent.adapters.policy_directory import DirectoryWatcher
 from agent.api.server import ApiServer
 from agent.core.agent import Agent, AgentConfig
-from agent.core.ports import ClusterSource, CompilerFactory, DatapathControl, PolicyLoader, ProxyControl
+from agent.core.ports import ClusterSource, CompilerFactory, DatapathControl, NodeRouting, PolicyLoader, ProxyControl, SharedState
 
 __all__ = ["Agent", "AgentConfig", "build_agent"]
 
@@ -30,10 +30,13 @@ def build_agent(
     proxy: ProxyControl,
     host_ips: Callable[[], Iterable[IPv4Address]] | None = None,
     cluster: ClusterSource | None = None,
+    shared: SharedState | None = None,
+    routing: NodeRouting | None = None,
 ) -> Agent:
     """An Agent that watches config.policy_dir (when set) and serves the REST
     API on config.socket and metrics on config.metrics_port once started;
-    with `cluster`, policies and pod labels also come from the API server."""
+    with `cluster`, policies and pod labels also come from the API server;
+    with `shared` (and `routing`), the agent is one node of a kvstore cluster."""
     return Agent(
         config,
         compiler_factory=compiler_factory,
@@ -44,4 +47,6 @@ def build_agent(
         services=(ApiServer,),
         host_ips=host_ips,
         cluster=cluster,
+        shared=shared,
+        routing=routing,
     )

@@ -1,4 +1,5 @@
-/* Loopback program: tc ingress on lo of the node (one per install).
+/* Node programs: tc ingress on lo (one per install), and in cluster mode
+ * tc ingress on the device that carries traffic between nodes.
  *
  * Packets an endpoint's to_container hook sent to a proxy (ingress redirect
  * of traffic from the node or the world) arrive here through
@@ -22,6 +23,7 @@
 #include "lib/common.h"
 #include "lib/events.h"
 #include "lib/proxy.h"
+#include "lib/policy.h"
 
 #ifdef CILIATE_LAYOUT_CHECK
 #include CILIATE_LAYOUT_CHECK
@@ -42,5 +44,42 @@ int from_lo(struct __sk_buff *skb)
 		emit_event(&p, &c, EV_DROP, R_PROXY_NOT_LISTENING, port);
 		return TC_ACT_SHOT;
 	}
+	return TC_ACT_OK;
+}
+
+/* Cluster mode: tc ingress on the node's underlay device.
+ *
+ * The proxy's upstream connections keep the client's address (original
+ * source), so when the upstream goes to a pod on another node, its replies
+ * come back over the underlay addressed to a local pod, and routing would hand
+ * them to that pod, which knows nothing of the connection. The upstream socket
+ * lives in this netns: when an established (or connecting) socket here matches
+ * the packet's 4-tuple and the destination is not the node itself, the
+ * to-proxy mark (port 0) makes the `fwmark 0x200/0xf00` rule deliver the
+ * packet locally, where the stack finds that socket. Anything else passes
+ * untouched: policy is applied at the destination pod's veth.
+ */
+int from_netdev(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	int ours;
+
+	if (parse_packet(skb, &p) != PARSE_IPV4 || p.protocol != IPPROTO_TCP)
+		return TC_ACT_OK;
+	if (ipcache_identity(p.daddr) == 1 /* host: delivered locally anyway */)
+		return TC_ACT_OK;
+	t.ipv4.saddr = p.saddr;
+	t.ipv4.daddr = p.daddr;
+	t.ipv4.sport = p.sport;
+	t.ipv4.dport = p.dport;
+	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return TC_ACT_OK;
+	ours = sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT;
+	bpf_sk_release(sk);
+	if (ours)
+		skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_MAGIC_TO_PROXY;
 	return TC_ACT_OK;
 }

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from policy.compiled import CompiledState
 from redirect import bpfsys, config, layout, loader, policymap, proxy_route, tc
-from redirect.errors import DatapathError, ProgramLoadError
+from redirect.errors import DatapathError, PlumbingError, ProgramLoadError
 from redirect.events import EventStream
 from redirect.maps import DEFAULT_PIN_DIR, MapSizes, PinnedMaps
 from redirect.reconcile import ApplyResult, apply_state
@@ -51,6 +51,7 @@ RECORD_FILE = "endpoint.json"
 PLUMBING_FILE = "proxy-plumbing.json"
 SHARED_DIR = "datapath"  # the shared config header every program is built from
 LO_PRIO = 2004  # our filter's prio on lo, which others may use too
+NETDEV_PRIO = 2005  # our filter's prio on the underlay device (cluster mode)
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,28 @@ class Datapath:
             with contextlib.suppress(Exception):
                 module.cleanup()  # type: ignore[attr-defined]
 
+    def attach_netdev(self, ifname: str) -> None:
+        """Cluster mode: the program that delivers the proxy's cross-node
+        replies (bpf_lo.c from_netdev) on tc ingress of the underlay device.
+        Idempotent; remembered in the plumbing record for teardown."""
+        header, digest = self._shared()
+        name = f"ciliate_netdev_{_digest(digest, loader.LO_ENTRY)}"
+        now = tc.attached(ifname, self.netns, prio=NETDEV_PRIO)
+        if now is None:
+            raise PlumbingError(f"underlay device {ifname} not found")
+        if now.ingress != name:
+            fds, module = loader.load_functions(0, header, loader.LO_ENTRY, ("from_netdev",))
+            try:
+                tc.attach(ifname, fds["from_netdev"], None, name, self.netns, prio=NETDEV_PRIO)
+            finally:
+                with contextlib.suppress(Exception):
+                    module.cleanup()  # type: ignore[attr-defined]
+        marker = self.state_dir / PLUMBING_FILE
+        record = json.loads(marker.read_text()) if marker.exists() else {"netns": self.netns, "sysctls": {}}
+        if ifname not in record.setdefault("netdevs", []):
+            record["netdevs"].append(ifname)
+            marker.write_text(json.dumps(record) + "\n")
+
     def close(self) -> None:
         """Release this process's handles; the kernel keeps enforcing."""
         self._close_programs()
@@ -349,7 +372,10 @@ class Datapath:
             self.detach_endpoint(ep_id)
         marker = self.state_dir / PLUMBING_FILE
         if marker.exists():
-            saved = json.loads(marker.read_text()).get("sysctls", {})
+            record = json.loads(marker.read_text())
+            saved = record.get("sysctls", {})
+            for ifname in record.get("netdevs", []):
+                tc.detach_filter(ifname, NETDEV_PRIO, self.netns)
             tc.detach_filter("lo", LO_PRIO, self.netns)
             proxy_route.teardown(self.netns, saved)
             marker.unlink()

@@ -73,6 +73,10 @@ class KernelDatapath:
             raise ValueError(f"endpoint {endpoint_id} has no IPv4 address; the datapath needs one")
         await asyncio.to_thread(self._dp.attach_endpoint, endpoint_id, ifname, ipv4, identity)
 
+    async def attach_underlay(self, ifname: str) -> None:
+        """Cluster mode: the underlay device's program (the proxy's cross-node replies)."""
+        await asyncio.to_thread(self._dp.attach_netdev, ifname)
+
     async def detach_endpoint(self, endpoint_id: int) -> None:
         await asyncio.to_thread(self._dp.detach_endpoint, endpoint_id)
 

@@ -18,7 +18,7 @@ from agent.core.ports import Allocations, EndpointSpec, LoadedFile, PolicyProble
 from policy.compiled import RESERVED_IDENTITIES, CompiledState
 from policy.compiler import Compiler
 from policy.endpoint import Endpoint
-from policy.identity import IdentityAllocator
+from policy.identity import IdentityAllocator, identity_labels
 from policy.proxyports import ProxyPortAllocator
 from policy.load import load_paths
 from policy.model import Policy
@@ -45,6 +45,8 @@ class RealCompiler:
         self._c.delete_policy(key)
 
     def upsert_endpoint(self, endpoint: EndpointSpec) -> int:
+        if endpoint.identity is not None:
+            self._c.identities.adopt(identity_labels(endpoint.labels), endpoint.identity)
         self._c.upsert_endpoint(Endpoint(endpoint.endpoint_id, dict(endpoint.labels), endpoint.ipv4))
         ident = self._c.identity_of_endpoint(endpoint.endpoint_id)
         assert ident is not None
@@ -55,6 +57,9 @@ class RealCompiler:
 
     def set_host_ips(self, ips: Iterable[IPv4Address]) -> None:
         self._c.set_host_ips(ips)
+
+    def set_remote(self, endpoints: Mapping[IPv4Address, tuple[int, frozenset[str]]], node_ips: Iterable[IPv4Address]) -> None:
+        self._c.set_remote(endpoints, node_ips)
 
     def compile(self, revision: int) -> CompiledState:
         state = self._c.compile()

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_socket
 from agent.cli import monitor
 from agent.cli.k8s_flags import add_k8s_flags, k8s_source_from_args
+from agent.cli.kvstore_flags import ClusterFlagError, add_kvstore_flags, shared_state_from_args
 
 Rows = list[Sequence[object]]
 
@@ -243,10 +244,20 @@ def _run_agent(args: argparse.Namespace) -> int:
     except Exception as exc:  # e.g. no bpffs, no bcc: say so in one line
         print(f"ciliate agent: cannot open the kernel datapath in {args.bpf_dir}: {exc}", file=sys.stderr)
         return 1
+    try:
+        shared, node_ip = shared_state_from_args(args, state_dir)
+    except ClusterFlagError as exc:
+        print(f"ciliate agent: {exc}", file=sys.stderr)
+        return 2
+    routing = None
+    if shared is not None:
+        from agent.adapters.node_routing import DirectRouting
+
+        routing = DirectRouting(datapath, node_ip)
     proxy = XdsProxy(state_dir, spawn_envoy=not args.external_envoy)
     agent = build_agent(
         config, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=datapath, proxy=proxy, host_ips=_host_ips,
-        cluster=k8s_source_from_args(args),
+        cluster=k8s_source_from_args(args), shared=shared, routing=routing,
     )
     try:
         asyncio.run(agent.run_until_signalled())
@@ -294,6 +305,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     )
     a.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     add_k8s_flags(a)
+    add_kvstore_flags(a)
     a.set_defaults(func=_run_agent)
 
     s = sub.add_parser("status", parents=[common], help="agent health and counts")

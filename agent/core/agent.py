@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agent.core.cluster_sync import ClusterSync
 from agent.core.endpoint_restore import restore_lost_endpoints
 from agent.core.endpoint_table import EndpointTable
 from agent.core.flow_enrich import FlowEnricher
@@ -54,8 +55,10 @@ from agent.core.ports import (
     PolicyLoader,
     PolicyObjects,
     PolicySourceFactory,
+    NodeRouting,
     ProxyControl,
     Service,
+    SharedState,
 )
 from agent.core.regeneration_queue import RegenerationQueue
 from agent.core.regenerator import RegenerationReport, Regenerator
@@ -99,8 +102,12 @@ class Agent:
         services: Sequence[Callable[["Agent"], Service]] = (),
         host_ips: Callable[[], Iterable[IPv4Address]] | None = None,
         cluster: ClusterSource | None = None,
+        shared: SharedState | None = None,
+        routing: NodeRouting | None = None,
     ) -> None:
-        """`policy_source` watches config.policy_dir (required when it is set);
+        """`shared` (with `routing`) joins the agent to a cluster of nodes
+        through a kvstore: identities, endpoints and nodes shared with the
+        other agents. `policy_source` watches config.policy_dir (required when it is set);
         `cluster` brings policies and pod labels from the Kubernetes API;
         `services` are built from the started agent and started after it (the
         REST API), in order, and stopped before it, in reverse."""
@@ -109,6 +116,8 @@ class Agent:
         self.config = config
         self._host_ips = host_ips
         self.cluster = cluster
+        self.shared = shared
+        self.routing = routing
         self.store = StateStore(config.state_dir)
         self.table = EndpointTable(self.store)
         self.book = PolicyBook()
@@ -146,6 +155,9 @@ class Agent:
         self.compiler = self._compiler_factory(self.store.load_allocations())
         restored = self.table.load()
         restored += await restore_lost_endpoints(self.table, self.datapath, self.compiler, self.config.state_dir)
+        cluster_sync = (
+            ClusterSync(self.shared, self.routing, self.compiler.identity_labels) if self.shared is not None else None
+        )
         self.regenerator = Regenerator(
             compiler=self.compiler,
             datapath=self.datapath,
@@ -157,9 +169,14 @@ class Agent:
             ack_timeout=self.config.ack_timeout,
             host_ips=self._host_ips,
             policy_audit_mode=self.config.policy_audit_mode,
+            cluster=cluster_sync,
         )
         self.regenerator.on_report = self._observe
         await self.datapath.setup()
+        if self.routing is not None:
+            await self.routing.setup()
+        if self.shared is not None:
+            await self.shared.start(lambda: self.queue.mark(policy_changed=True, reason="cluster state changed"))
         await self.proxy.start()
         if self.config.policy_dir is not None and not self.config.policy_dir.is_dir():
             log.warning("policy directory %s does not exist (yet); no policy is loaded until it does", self.config.policy_dir)
@@ -194,6 +211,8 @@ class Agent:
         self._tasks.clear()
         if self.cluster is not None:
             await self.cluster.stop()
+        if self.shared is not None:
+            await self.shared.stop()
         if self._worker is not None:
             try:
                 await self.queue.drain(self.config.shutdown_grace)
@@ -469,6 +488,9 @@ class Agent:
         if self.cluster is not None:
             k8s = dict(self.cluster.health())
             checks["kubernetes"] = "ok" if k8s.get("ok") else str(k8s.get("detail") or "not ready")
+        if self.shared is not None:
+            kv = dict(self.shared.status())
+            checks["kvstore"] = "ok" if kv.get("ok") else str(kv.get("detail") or "not ready")
         return Health(ok=all(v == "ok" for v in checks.values()), checks=checks)
 
     def status(self) -> Status:
@@ -488,6 +510,11 @@ class Agent:
             kubernetes=(
                 {k: v for k, v in self.cluster.health().items() if isinstance(v, (str, int, float, bool)) or v is None}
                 if self.cluster is not None
+                else None
+            ),
+            kvstore=(
+                {k: v for k, v in self.shared.status().items() if isinstance(v, (str, int, float, bool)) or v is None}
+                if self.shared is not None
                 else None
             ),
         )

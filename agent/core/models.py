@@ -179,6 +179,9 @@ class Status(_Model):
     kubernetes: dict[str, str | int | float | bool | None] | None = Field(
         default=None, description="Kubernetes mode: API server reachable, since when, objects watched (absent without Kubernetes)"
     )
+    kvstore: dict[str, str | int | float | bool | None] | None = Field(
+        default=None, description="cluster mode: the shared store reachable, lease, remote nodes/endpoints/identities (absent on a lone node)"
+    )
 
 
 class BpfPolicyEntry(_Model):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,6 +26,7 @@ class EndpointSpec:
     endpoint_id: int
     labels: Mapping[str, str]
     ipv4: IPv4Address | None
+    identity: int | None = None  # cluster mode: the number the cluster allocated for its labels
 
 
 class LoadedPolicy(Protocol):
@@ -126,6 +127,11 @@ class PolicyCompiler(Protocol):
 
     def set_host_ips(self, ips: Iterable[IPv4Address]) -> None:
         """Addresses that carry the `host` identity in the ipcache."""
+        ...
+
+    def set_remote(self, endpoints: Mapping[IPv4Address, tuple[int, frozenset[str]]], node_ips: Iterable[IPv4Address]) -> None:
+        """Cluster mode: the other nodes' endpoints (address -> identity,
+        labels) and addresses, whole; peers in policy, never its subjects."""
         ...
 
     def compile(self, revision: int) -> CompiledState:
@@ -367,4 +373,71 @@ class ClusterSource(Protocol):
     def health(self) -> Mapping[str, Any]:
         """{"ok": bool, "detail": str, ...} for `ciliate status`; not ok while
         the API server is unreachable (the last known state stays enforced)."""
+        ...
+
+
+# --- cluster mode (a shared kvstore) --------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class PeerNode:
+    """Another node of the cluster, as it published itself."""
+
+    name: str
+    ip: IPv4Address
+    pod_cidr: IPv4Network
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPeers:
+    """The rest of the cluster as the shared store last showed it."""
+
+    nodes: Mapping[str, PeerNode] = field(default_factory=dict)
+    endpoints: Mapping[IPv4Address, tuple[int, frozenset[str]]] = field(default_factory=dict)  # address -> identity, labels
+
+
+class IdentityUnavailable(Exception):
+    """The cluster's identity allocator cannot answer now (its store is unreachable)."""
+
+
+class SharedState(Protocol):
+    """Identities, endpoints and nodes shared with the other agents of a
+    cluster (kvstore/ on etcd, behind agent/adapters/kvstore_state.py)."""
+
+    async def start(self, on_change: Callable[[], None]) -> None:
+        """Connect (in the background when the store is down: never blocks the
+        agent's start) and call `on_change` whenever peers() changes."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop following; this node's entries stay until its lease expires,
+        so a restart adopts them."""
+        ...
+
+    async def identity_for(self, labels: frozenset[str]) -> int:
+        """The cluster-wide identity of this label set (allocated on first
+        use, referenced by this node). Raises IdentityUnavailable."""
+        ...
+
+    async def publish(self, endpoints: Mapping[IPv4Address, tuple[int, frozenset[str]]]) -> None:
+        """This node's endpoints, whole (address -> identity, labels); label
+        sets no local endpoint has any more lose this node's reference.
+        Kept as desired state and written whenever the store is reachable."""
+        ...
+
+    def peers(self) -> ClusterPeers: ...
+
+    def status(self) -> Mapping[str, Any]:
+        """{"ok": bool, "detail": str, ...} for `ciliate status`."""
+        ...
+
+
+class NodeRouting(Protocol):
+    """Routes to the other nodes' pods (direct routing over the underlay)."""
+
+    async def setup(self) -> None:
+        """Prepare the underlay device (the proxy's cross-node replies); idempotent."""
+        ...
+
+    async def set_routes(self, nodes: Mapping[str, PeerNode]) -> None:
+        """Each node's pod CIDR via its address; routes of nodes gone are removed."""
         ...

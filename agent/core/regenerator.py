@@ -27,11 +27,13 @@ from ipaddress import IPv4Address
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from agent.core.cluster_sync import RETRY_IDENTITY, ClusterSync, node_ips
 from agent.core.endpoint_table import EndpointTable
 from agent.core.models import EndpointState
 from agent.core.policy_book import BookEntry, PolicyBook
 from agent.core.ports import (
     Allocations,
+    ClusterPeers,
     ApplyOutcome,
     DatapathControl,
     EndpointSpec,
@@ -123,6 +125,7 @@ class CompileJob:
     endpoints: tuple[tuple[int, EndpointSpec | None], ...]  # None: the record is gone
     in_compiler: frozenset[int]
     audited: frozenset[int] = frozenset()  # endpoints in policy audit mode
+    remote: ClusterPeers | None = None  # cluster mode: the rest of the cluster, when it changed
 
 
 @dataclass(slots=True)
@@ -171,9 +174,12 @@ class Regenerator:
         ack_timeout: float = 5.0,
         host_ips: Callable[[], Iterable[IPv4Address]] | None = None,
         policy_audit_mode: bool = False,
+        cluster: ClusterSync | None = None,
     ) -> None:
         """`policy_audit_mode`: the agent-wide default of endpoints whose record
-        does not say (EndpointRecord.policy_audit_mode None)."""
+        does not say (EndpointRecord.policy_audit_mode None); `cluster`: the
+        shared store's part (identities, peers, publication) in cluster mode."""
+        self.cluster = cluster
         self.compiler = compiler
         self.policy_audit_mode = policy_audit_mode
         self.datapath = datapath
@@ -207,7 +213,14 @@ class Regenerator:
         self.offload: Offload = asyncio.to_thread
 
     # --- inputs into the compiler: snapshot on the loop, apply in the thread ---
-    def _job(self, batch: Batch, host_ips: frozenset[IPv4Address] | None) -> CompileJob:
+    def _job(
+        self,
+        batch: Batch,
+        host_ips: frozenset[IPv4Address] | None,
+        identities: Mapping[int, int] | None = None,
+        waiting: Mapping[int, str] | None = None,
+        remote: ClusterPeers | None = None,
+    ) -> CompileJob:
         deleted: tuple[str, ...] = ()
         upserted: tuple[tuple[str, BookEntry], ...] = ()
         if batch.policy_changed:
@@ -218,11 +231,14 @@ class Regenerator:
             upserted = tuple((k, e) for k, e in in_force.items() if self._given.get(k) is not e)
         endpoints = []
         for eid in sorted(batch.endpoints):
+            if waiting and eid in waiting:
+                continue  # no identity yet: the compiler keeps what it had (or nothing)
             rec = self.table.record(eid)
-            endpoints.append((eid, None if rec is None else EndpointSpec(eid, dict(rec.labels), rec.ipv4)))
+            ident = identities.get(eid) if identities else None
+            endpoints.append((eid, None if rec is None else EndpointSpec(eid, dict(rec.labels), rec.ipv4, ident)))
         audited = frozenset(i for i in self.table.ids() if self.audits(i))
         return CompileJob(
-            batch.revision, host_ips, deleted, upserted, tuple(endpoints), frozenset(self._in_compiler), audited
+            batch.revision, host_ips, deleted, upserted, tuple(endpoints), frozenset(self._in_compiler), audited, remote
         )
 
     def audits(self, endpoint_id: int) -> bool:
@@ -238,6 +254,8 @@ class Regenerator:
         c = self.compiler
         if job.host_ips is not None:
             c.set_host_ips(job.host_ips)
+        if job.remote is not None:
+            c.set_remote(job.remote.endpoints, node_ips(job.remote))
         for key in job.deleted_policies:
             c.delete_policy(key)
         for key, entry in job.upserted_policies:
@@ -337,9 +355,24 @@ class Regenerator:
 
     async def regenerate(self, batch: Batch) -> RegenerationReport:
         host_ips = await self._new_host_ips() if batch.endpoints or self._known_host_ips is None else None
-        job = self._job(batch, host_ips)
+        identities: dict[int, int] = {}
+        waiting: dict[int, str] = {}
+        remote = None
+        if self.cluster is not None:
+            specs = [
+                EndpointSpec(eid, dict(rec.labels), rec.ipv4)
+                for eid in sorted(batch.endpoints)
+                if (rec := self.table.record(eid)) is not None
+            ]
+            identities, waiting = await self.cluster.identities(specs)
+            remote = self.cluster.peers_if_changed()
+        job = self._job(batch, host_ips, identities, waiting, remote)
         res: CompileResult = await self.offload(self._compile, job)
         self._adopt(job, res)
+        for eid, reason in waiting.items():
+            self.table.set_live(eid, state=EndpointState.WAITING_FOR_IDENTITY, reason=reason)
+        if waiting:
+            self._retry(RETRY_IDENTITY, list(waiting), "identity not yet allocated")
         removed = res.removed
         state = res.state
         if state is None:
@@ -406,6 +439,8 @@ class Regenerator:
                 log.exception("detaching endpoint %d failed", eid)
 
         self._record(state, endpoints, changed, failures)
+        if self.cluster is not None:
+            await self.cluster.after_apply(self._local_endpoints())
         self.last_state = state
         self.applied_policies = dict(self._given)
         await self.table.notify()
@@ -414,6 +449,17 @@ class Regenerator:
         if self.on_report is not None:
             self.on_report(report)
         return report
+
+    def _local_endpoints(self) -> dict[IPv4Address, tuple[int, frozenset[str]]]:
+        """What this node publishes: each endpoint with an address and an identity."""
+        labels = self.compiler.identity_labels()
+        out: dict[IPv4Address, tuple[int, frozenset[str]]] = {}
+        for eid in self.table.ids():
+            rec, live = self.table.record(eid), self.table.live(eid)
+            if rec is None or live is None or rec.ipv4 is None or live.identity is None or eid not in self._in_compiler:
+                continue
+            out[rec.ipv4] = (live.identity, labels.get(live.identity, frozenset()))
+        return out
 
     def _record(self, state: CompiledState, endpoints: Mapping[int, EndpointPolicy], changed: set[int], failures: Mapping[int, Failure]) -> None:
         retry: list[int] = []

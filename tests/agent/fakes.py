@@ -18,6 +18,8 @@ from typing import Any
 from agent.core.ports import (
     Allocations,
     ApplyOutcome,
+    ClusterPeers,
+    IdentityUnavailable,
     DatapathCounters,
     MapFill,
     ProxyCounters,
@@ -31,6 +33,7 @@ from agent.core.ports import (
     ProxyRejected,
     ProxyTimeout,
 )
+from policy.identity import identity_labels
 from policy.compiled import (
     ALLOW_ALL_HTTP,
     IDENTITY_HOST,
@@ -135,6 +138,9 @@ class FakeCompiler:
 
     def upsert_endpoint(self, endpoint: EndpointSpec) -> int:
         self.endpoints[endpoint.endpoint_id] = endpoint
+        if endpoint.identity is not None:  # cluster mode: the cluster's number
+            key = ",".join(f"{k}={v}" for k, v in sorted(endpoint.labels.items()))
+            self.ids[key] = endpoint.identity
         return self._identity(endpoint.labels)
 
     def delete_endpoint(self, endpoint_id: int) -> None:
@@ -142,6 +148,9 @@ class FakeCompiler:
 
     def set_host_ips(self, ips) -> None:
         self.host_ips = frozenset(ips)
+
+    def set_remote(self, endpoints, node_ips) -> None:
+        self.remote = (dict(endpoints), frozenset(node_ips))
 
     def allocations(self) -> Allocations:
         return Allocations(identities=dict(self.ids), proxy_ports=dict(self.ports))
@@ -155,7 +164,7 @@ class FakeCompiler:
     def identity_labels(self) -> Mapping[int, frozenset[str]]:
         out = {i: frozenset({f"reserved:{n}"}) for i, n in RESERVED_IDENTITIES.items()}
         for key, i in self.ids.items():
-            out[i] = frozenset(f"k8s:{kv}" for kv in key.split(",") if kv)
+            out[i] = identity_labels(dict(kv.split("=", 1) for kv in key.split(",") if kv))
         return out
 
     def compile(self, revision: int) -> CompiledState:
@@ -310,3 +319,42 @@ class FakeProxy:
     async def access_log(self) -> AsyncIterator[dict[str, Any]]:
         while True:
             yield await self.log.get()
+
+
+class FakeShared:
+    """The SharedState port in memory: a cluster allocator that numbers label
+    sets from 1000, can be made unreachable, and peers the test sets."""
+
+    def __init__(self) -> None:
+        self.ids: dict[frozenset[str], int] = {}
+        self.reachable = True
+        self.published: dict = {}
+        self._peers = ClusterPeers()
+        self._on_change = None
+        self.started = False
+
+    async def start(self, on_change) -> None:
+        self._on_change = on_change
+        self.started = True
+
+    async def stop(self) -> None:
+        self.started = False
+
+    async def identity_for(self, labels: frozenset[str]) -> int:
+        if not self.reachable:
+            raise IdentityUnavailable("etcd at http://192.0.2.1:2379 unreachable")
+        return self.ids.setdefault(labels, 1000 + len(self.ids))
+
+    async def publish(self, endpoints) -> None:
+        self.published = dict(endpoints)
+
+    def peers(self) -> ClusterPeers:
+        return self._peers
+
+    def set_peers(self, peers: ClusterPeers) -> None:
+        self._peers = peers
+        if self._on_change is not None:
+            self._on_change()
+
+    def status(self):
+        return {"ok": self.reachable, "detail": "" if self.reachable else "etcd unreachable"}

@@ -1,0 +1,95 @@
+"""Cluster mode's part of a regeneration (a shared kvstore, `--kvstore etcd`).
+
+Before the compile: the cluster-wide identity of each endpoint in the batch.
+The store may be unreachable; then an endpoint whose label set this node
+already holds a number for (adopted from the cluster earlier, persisted with
+the allocations) keeps it, so nothing the kernel enforces changes, and only
+a label set never seen waits (the endpoint stays waiting-for-identity with
+the reason, and is retried).
+
+Into the compile: the rest of the cluster (other nodes' endpoints and
+addresses), whenever the store showed a new view.
+
+After the kernel write: this node's endpoints are published, and routes to
+the other nodes' pod CIDRs follow the node list. Routes come after the
+ipcache holds the remote endpoints, so the first packet from a new node's pod
+is already judged by its real identity. No I/O of its own: the SharedState
+and NodeRouting ports do it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from ipaddress import IPv4Address
+
+from agent.core.ports import ClusterPeers, EndpointSpec, IdentityUnavailable, NodeRouting, PeerNode, SharedState
+from policy.identity import identity_labels
+
+log = logging.getLogger(__name__)
+
+RETRY_IDENTITY = 2.0  # seconds between attempts while the store is unreachable
+
+
+class ClusterSync:
+    def __init__(
+        self,
+        shared: SharedState,
+        routing: NodeRouting | None,
+        known: Callable[[], Mapping[int, frozenset[str]]],
+    ) -> None:
+        """`known`: every identity this node's compiler holds and its labels
+        (the fallback while the store cannot answer)."""
+        self.shared = shared
+        self.routing = routing
+        self._known = known
+        self._taken: ClusterPeers | None = None
+        self._routed: Mapping[str, PeerNode] | None = None
+        self._published: dict[IPv4Address, tuple[int, frozenset[str]]] | None = None
+
+    async def identities(self, specs: Iterable[EndpointSpec]) -> tuple[dict[int, int], dict[int, str]]:
+        """(endpoint id -> identity, endpoint id -> why it has none yet)."""
+        out: dict[int, int] = {}
+        waiting: dict[int, str] = {}
+        fallback: dict[frozenset[str], int] | None = None
+        for spec in specs:
+            label_set = identity_labels(spec.labels)
+            try:
+                out[spec.endpoint_id] = await self.shared.identity_for(label_set)
+                continue
+            except IdentityUnavailable as exc:
+                reason = f"waiting for a cluster identity: {exc}"
+            if fallback is None:
+                fallback = {ls: i for i, ls in self._known().items()}
+            held = fallback.get(label_set)
+            if held is not None:
+                out[spec.endpoint_id] = held
+            else:
+                waiting[spec.endpoint_id] = reason
+        return out, waiting
+
+    def peers_if_changed(self) -> ClusterPeers | None:
+        """The store's view of the rest of the cluster when it changed since
+        the last call (the compiler takes it whole), else None."""
+        peers = self.shared.peers()
+        if peers is self._taken:
+            return None
+        self._taken = peers
+        return peers
+
+    async def after_apply(self, local: Mapping[IPv4Address, tuple[int, frozenset[str]]]) -> None:
+        """Publish this node's endpoints and follow the node list with routes."""
+        if local != self._published:
+            await self.shared.publish(local)
+            self._published = dict(local)
+        taken = self._taken
+        if self.routing is not None and taken is not None and taken.nodes != self._routed:
+            try:
+                await self.routing.set_routes(taken.nodes)
+                self._routed = taken.nodes
+            except Exception:
+                log.exception("setting the routes to the other nodes failed; retried at the next regeneration")
+
+
+def node_ips(peers: ClusterPeers) -> list[IPv4Address]:
+    return [n.ip for n in peers.nodes.values()]
