@@ -67,6 +67,7 @@ from policy.compiled import (
     ReceiverRules,
     Verdict,
 )
+from policy.identity import FIRST_CIDR_IDENTITY, FIRST_LABEL_IDENTITY
 from policy.ipcache import PrefixMap
 
 from .cluster import original_dst_cluster
@@ -243,13 +244,14 @@ class Renderer:
                     )
                 by_port[pol.proxy_port] = (ep_id, pol)
         listeners, routes = [], []
+        pods = pod_identities(state) if by_port else frozenset()
         new_routes: dict[int, tuple[L7Policy, int, Resource, tuple[ReceiverRules, ...], bool, frozenset[int]]] = {}
         for port in sorted(by_port):
             ep_id, pol = by_port[port]
             # Policy audit mode of the endpoint whose listener this is: its
             # rules (and, on egress, the receivers' rules it applies) only report.
             audit = state.endpoints[ep_id].audit
-            keep_source = self.params.original_source and local_only(state, state.endpoints[ep_id], pol)
+            keep_source = self.params.original_source and local_only(state, state.endpoints[ep_id], pol, pods)
             listeners.append(self._listener(port, pol.key.direction, pol.key.port, keep_source))
             receivers = state.receiver_rules(pol)
             audited = frozenset(
@@ -372,17 +374,28 @@ class Renderer:
         return Resource(ROUTE, name, body, refs=frozenset({(CLUSTER, self.params.cluster_name)}))
 
 
-def local_only(state: CompiledState, ep: EndpointPolicy, pol: L7Policy) -> bool:
-    """Whether every destination the kernel sends to this listener is a local
-    pod, so its upstream may keep the client's address: ingress listeners
-    (the destination is the endpoint itself), and egress listeners whose
-    redirect entries name only endpoint identities (not any peer, reserved
-    or CIDR identities: those may be outside the node, where no program of
-    ours sees the replies). Decided per listener, so the listener changes
-    only when a policy adds or removes such a peer, not per pod."""
+def pod_identities(state: CompiledState) -> frozenset[int]:
+    """Identities of the cluster's pods: this node's endpoints, and (cluster
+    mode) the other nodes' endpoints, which are in the ipcache with their
+    label identities."""
+    local = {e.identity for e in state.endpoints.values()}
+    remote = {i for i in state.ipcache.values() if FIRST_LABEL_IDENTITY <= i < FIRST_CIDR_IDENTITY}
+    return frozenset(local | remote)
+
+
+def local_only(state: CompiledState, ep: EndpointPolicy, pol: L7Policy, pods: frozenset[int] | None = None) -> bool:
+    """Whether every destination the kernel sends to this listener is a pod
+    of the cluster, so its upstream may keep the client's address: ingress
+    listeners (the destination is the endpoint itself), and egress listeners
+    whose redirect entries name only pod identities (not any peer, reserved
+    or CIDR identities: those may be outside the cluster, where no program of
+    ours sees the replies). A pod on another node counts: its replies come
+    back over the underlay, where bpf_lo.c from_netdev hands them to the
+    proxy. Decided per listener, so the listener changes only when a policy
+    adds or removes such a peer, not per pod."""
     if pol.key.direction == Direction.INGRESS:
         return True
-    local = {e.identity for e in state.endpoints.values()}
+    local = pods if pods is not None else pod_identities(state)
     peers = {
         e.key.identity
         for e in ep.entries

@@ -406,3 +406,18 @@ def test_loopback_test_listeners_and_the_switch_keep_the_node_address():
     st = sender_and_receiver()
     assert all(m == [] for m in _original_src_marks(Renderer(RenderParams.test_only_loopback()).render(st)).values())
     assert all(m == [] for m in _original_src_marks(Renderer(RenderParams(original_source=False)).render(st)).values())
+
+
+def test_egress_listener_to_a_pod_on_another_node_keeps_the_client_address():
+    """Cluster mode: a pod of another node is in the ipcache with its label
+    identity; its replies come back over the underlay to the proxy, so the
+    upstream keeps the client's address and the other node judges the
+    client's real identity."""
+    from dataclasses import replace
+    from ipaddress import IPv4Network
+
+    remote_pod = 4242
+    st = _with_sender_peers(sender_and_receiver(), [remote_pod])
+    assert _original_src_marks(Renderer(RenderParams()).render(st))[f"ciliate-proxy-{EGRESS_PORT}"] == []
+    st = replace(st, ipcache={**st.ipcache, IPv4Network("10.251.2.9/32"): remote_pod})
+    assert _original_src_marks(Renderer(RenderParams()).render(st))[f"ciliate-proxy-{EGRESS_PORT}"] == [0x0B00]
