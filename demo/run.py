@@ -55,7 +55,24 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         "--k8s", action="store_true",
         help="the same stages through the Kubernetes API: an in-process API server, Pod objects, kubectl apply (demo/k8s_run.py)",
     )
-    p.set_defaults(func=lambda args: run_k8s() if args.k8s else run())
+    p.add_argument(
+        "--nodes", type=int, default=1, metavar="N",
+        help="N nodes (2-9) sharing one etcd, the deathstar and the ships on different nodes (demo/cluster_run.py)",
+    )
+    p.set_defaults(func=_dispatch)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.k8s:
+        return run_k8s()
+    if args.nodes != 1:
+        if not 2 <= args.nodes <= 9:
+            print("ciliate demo: --nodes takes 2 to 9", file=sys.stderr)
+            return 2
+        from demo.cluster_run import run as run_cluster
+
+        return run_cluster(args.nodes)
+    return run()
 
 
 def run_k8s() -> int:

@@ -1,0 +1,175 @@
+"""Two nodes, one real etcd: the deathstar on node 1, the tiefighter and the
+xwing on node 2, every request crossing the underlay between the nodes'
+network namespaces. Each node runs its own agent, eBPF datapath and Envoy
+(demo/cluster.py). The tests run in file order on one cluster; the last
+ones break it on purpose (agent restart, etcd restart, node loss).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from demo.cluster import Cluster
+from demo.node import Lines
+from demo.scenario import PODS
+
+ROOT = Path(__file__).resolve().parents[2]
+STARWARS = ROOT / "examples" / "starwars"
+POLICIES = Path(__file__).resolve().parent / "policies"
+LAND = ("POST", "/v1/request-landing")
+EXHAUST = ("PUT", "/v1/exhaust-port")
+LEASE_TTL = 4.0
+
+pytestmark = [pytest.mark.privileged, pytest.mark.envoy, pytest.mark.etcd]
+
+
+class World:
+    def __init__(self, cluster: Cluster, server: Lines) -> None:
+        self.cluster = cluster
+        self.server = server
+        self.home, self.away = cluster.nodes
+
+    @property
+    def deathstar(self) -> str:
+        return f"{self.home.pods['deathstar'].ip}:80"
+
+    def request(self, ship: str, method: str, path: str, timeout: float = 2.0) -> dict:
+        return self.away.request(ship, method, self.deathstar, path, timeout=timeout)
+
+    def hits(self, ship: str, method: str | None = None) -> list[dict]:
+        ip = self.away.pods[ship].ip
+        return [ln for ln in self.server.snapshot() if ln.get("client") == ip and (method is None or ln.get("method") == method)]
+
+    def apply_everywhere(self, source: Path, name: str) -> None:
+        for node in self.cluster.nodes:
+            node.apply_policy(source, name=name)
+
+    def remove_everywhere(self, name: str) -> None:
+        for node in self.cluster.nodes:
+            if (node.policies / name).exists():
+                node.remove_policy(name)
+
+
+def wait_for(what: str, check, timeout: float = 30.0, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def world() -> Iterator[World]:
+    with Cluster(nodes=2, prefix="cilct", lease_ttl=LEASE_TTL) as cluster:
+        cluster.start()
+        home, away = cluster.nodes
+        for pod in PODS:
+            (home if pod.name == "deathstar" else away).add_pod(pod.name, pod.labels)
+        server = home.watch(home.serve_deathstar(port=80))
+        cluster.wait_peers()
+        try:
+            yield World(cluster, server)
+        finally:
+            for node in cluster.nodes:
+                print(f"--- {node.prefix} agent log (tail)\n{node.agent_tail(4000)}")
+
+
+def test_every_node_gives_a_pod_the_same_identity(world: World) -> None:
+    ids = world.cluster.identities()
+    assert set(ids) == {"deathstar", "tiefighter", "xwing"}, ids
+    for pod, per_node in ids.items():
+        assert len(per_node) == 2 and None not in per_node.values(), (pod, per_node)
+        assert len(set(per_node.values())) == 1, f"{pod} has different identities on the nodes: {per_node}"
+    assert len({next(iter(v.values())) for v in ids.values()}) == 3, ids  # and different label sets differ
+    for node in world.cluster.nodes:
+        kv = node.status()["kvstore"]
+        assert kv["ok"] and kv["remote_nodes"] == 1, kv
+
+
+def test_without_policy_requests_cross_the_nodes(world: World) -> None:
+    assert world.request("xwing", *LAND).get("status") == 200
+    assert world.request("tiefighter", *EXHAUST).get("status") == 200
+
+
+def test_l3l4_policy_on_the_receiving_node_judges_the_remote_identity(world: World) -> None:
+    world.apply_everywhere(STARWARS / "1-l3l4.yaml", "starwars.yaml")
+    before = len(world.hits("xwing"))
+    assert world.request("tiefighter", *LAND).get("status") == 200
+    out = world.request("xwing", *LAND, timeout=1.0)
+    assert out.get("error") == "timeout", out
+    assert len(world.hits("xwing")) == before, "the xwing's dropped request reached the deathstar"
+
+
+def test_l7_rules_apply_across_nodes(world: World) -> None:
+    world.apply_everywhere(STARWARS / "2-l7.yaml", "starwars.yaml")
+    before = len(world.hits("tiefighter", "PUT"))
+    assert world.request("tiefighter", *LAND).get("status") == 200
+    denied = world.request("tiefighter", *EXHAUST)
+    assert denied.get("status") == 403 and "Access denied" in denied.get("body", ""), denied
+    assert len(world.hits("tiefighter", "PUT")) == before, "a request the L7 rules deny reached the deathstar"
+    assert world.request("xwing", *LAND, timeout=1.0).get("error") == "timeout"
+
+
+def test_sender_egress_and_receiver_ingress_l7_both_hold(world: World) -> None:
+    """The ship's node proxies its egress (Envoy upstream to the other node,
+    keeping the ship's address), the deathstar's node proxies its ingress:
+    a request passes only when both allow it."""
+    world.apply_everywhere(POLICIES / "tiefighter-egress-get.yaml", "egress.yaml")
+    try:
+        land = world.request("tiefighter", *LAND)
+        assert land.get("status") == 403, f"the sender's egress rule (GET only) must deny the POST: {land}"
+        world.apply_everywhere(POLICIES / "tiefighter-egress-any.yaml", "egress.yaml")
+        assert world.request("tiefighter", *LAND).get("status") == 200
+        exhaust = world.request("tiefighter", *EXHAUST)
+        assert exhaust.get("status") == 403, f"the receiver's ingress rule must still deny the PUT: {exhaust}"
+    finally:
+        world.remove_everywhere("egress.yaml")
+
+
+def test_a_restarted_agent_keeps_its_identities(world: World) -> None:
+    before = world.cluster.identities()
+    world.away.kill_agent()
+    world.cluster.start_agent(2)
+    world.cluster.wait_peers()
+    assert world.cluster.identities() == before
+    assert world.request("tiefighter", *LAND).get("status") == 200
+    assert world.request("xwing", *LAND, timeout=1.0).get("error") == "timeout"
+
+
+def test_etcd_down_keeps_enforcing_and_a_new_pod_waits_for_its_identity(world: World) -> None:
+    world.cluster.etcd.stop()
+    try:
+        wait_for("the agents to notice etcd is gone", lambda: not world.away.status()["kvstore"]["ok"], timeout=20)
+        assert world.request("tiefighter", *LAND).get("status") == 200
+        assert world.request("xwing", *LAND, timeout=1.0).get("error") == "timeout"
+        pod = world.away.add_pod("ywing", {"org": "alliance", "class": "ywing"})
+        ep = world.away.ciliate_json("endpoint", "get", str(pod.endpoint_id))
+        assert ep["state"] == "waiting-for-identity" and "etcd" in (ep.get("reason") or ""), ep
+    finally:
+        world.cluster.etcd.start()
+    wait_for(
+        "the new pod's identity once etcd is back",
+        lambda: world.away.ciliate_json("endpoint", "get", str(world.away.pods["ywing"].endpoint_id))["state"] == "ready",
+        timeout=30,
+    )
+    wait_for("node 1 to see the new pod", lambda: world.home.status()["kvstore"]["remote_endpoints"] == 3, timeout=30)
+    ids = world.cluster.identities()
+    assert len(set(ids["ywing"].values())) == 1 and None not in ids["ywing"].values(), ids
+
+
+def test_a_dead_node_is_forgotten_when_its_lease_expires(world: World) -> None:
+    assert world.home.status()["kvstore"]["remote_nodes"] == 1
+    world.away.kill_agent()
+    killed = time.monotonic()
+    time.sleep(LEASE_TTL / 2)
+    assert world.home.status()["kvstore"]["remote_nodes"] == 1, "the dead node's entries went before its lease expired"
+    wait_for("node 1 to drop node 2", lambda: world.home.status()["kvstore"]["remote_nodes"] == 0, timeout=LEASE_TTL + 20)
+    assert time.monotonic() - killed >= LEASE_TTL - 0.5
+    kv = world.home.status()["kvstore"]
+    assert kv["remote_endpoints"] == 0, kv
