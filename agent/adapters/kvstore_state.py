@@ -37,6 +37,7 @@ class KvstoreState:
         self._published: dict[IPv4Address, int] = {}
         self._view: ClusterView | None = None
         self._peers = ClusterPeers()
+        self._refused: list[str] = []
 
     async def start(self, on_change: Callable[[], None]) -> None:
         self._on_change = on_change
@@ -88,12 +89,9 @@ class KvstoreState:
         view = self._cluster.view
         if view is not self._view:
             self._view = view
-            self._peers = ClusterPeers(
-                nodes={n.name: PeerNode(n.name, n.ip, n.pod_cidr) for n in view.nodes.values()},
-                endpoints={
-                    ep.ip: (ep.identity, view.identities.get(ep.identity, frozenset())) for ep in view.endpoints.values()
-                },
-            )
+            self._peers, self._refused = trusted_peers(view, self.node)
+            for what in self._refused[:5]:
+                log.warning("kvstore: ignoring %s", what)
         return self._peers
 
     def status(self) -> Mapping[str, Any]:
@@ -108,4 +106,42 @@ class KvstoreState:
         st["remote_nodes"] = len(peers.nodes)
         st["remote_endpoints"] = len(peers.endpoints)
         st["identities_held"] = len(self._ids)
+        st["refused_entries"] = len(self._refused)
+        if self._refused:
+            st["refused_example"] = self._refused[0]
         return st
+
+
+def trusted_peers(view: ClusterView, me: NodeInfo) -> tuple[ClusterPeers, list[str]]:
+    """The view as far as it can be believed, and what was left out and why.
+
+    Anyone who can write to etcd can claim anything; these checks keep one
+    bad or stale entry from taking over traffic it has no business with:
+    a node whose pod CIDR overlaps this node's or an earlier node's (a route
+    for it would steal their pods' traffic; the first by name keeps it), and
+    an endpoint outside its own node's pod CIDR (an entry for, say, a world
+    address would hand that address a pod's identity and its allows).
+    """
+    refused: list[str] = []
+    nodes: dict[str, PeerNode] = {}
+    for name in sorted(view.nodes):
+        n = view.nodes[name]
+        if n.pod_cidr.overlaps(me.pod_cidr):
+            refused.append(f"node {name}: pod CIDR {n.pod_cidr} overlaps this node's {me.pod_cidr}")
+            continue
+        clash = next((o for o in nodes.values() if o.pod_cidr.overlaps(n.pod_cidr)), None)
+        if clash is not None:
+            refused.append(f"node {name}: pod CIDR {n.pod_cidr} overlaps node {clash.name}'s {clash.pod_cidr}")
+            continue
+        if n.ip in me.pod_cidr or any(n.ip in o.pod_cidr for o in nodes.values()):
+            refused.append(f"node {name}: address {n.ip} is inside a pod CIDR")
+            continue
+        nodes[name] = PeerNode(n.name, n.ip, n.pod_cidr)
+    endpoints: dict[IPv4Address, tuple[int, frozenset[str]]] = {}
+    for ep in view.endpoints.values():
+        owner = nodes.get(ep.node)
+        if owner is None or ep.ip not in owner.pod_cidr:
+            refused.append(f"endpoint {ep.ip} of node {ep.node}: not inside that node's pod CIDR")
+            continue
+        endpoints[ep.ip] = (ep.identity, view.identities.get(ep.identity, frozenset()))
+    return ClusterPeers(nodes, endpoints), refused
