@@ -123,7 +123,8 @@ class Agent:
         self.book = PolicyBook()
         self.flows = FlowHub()
         self.metrics = AgentMetrics(
-            policy_counts=self.policy_counts, endpoint_counts=self._endpoint_counts, identity_counts=self.identity_counts
+            policy_counts=self.policy_counts, endpoint_counts=self._endpoint_counts, identity_counts=self.identity_counts,
+            kvstore=shared.status if shared is not None else None,
         )
         self.enricher = FlowEnricher(self.table, self._enforced_state, self._identity_labels)
         # When each policy change not yet regenerated was seen (monotonic), for

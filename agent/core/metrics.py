@@ -56,6 +56,24 @@ class _ScrapeTime:
         yield _by_state("ciliate_identity", "Identities allocated, by type", "type", IDENTITY_TYPES, m.identity_counts())
         yield from _kernel(m.datapath)
         yield from _proxy(m.proxy)
+        if m.kvstore is not None:
+            yield from _cluster(m.kvstore())
+
+
+def _cluster(st: Mapping[str, object]) -> Iterator[Metric]:
+    """Cluster mode: the shared store's reachability and what this node follows."""
+    up = GaugeMetricFamily("ciliate_kvstore_connected", "1 while the kvstore (etcd) is reachable, else 0")
+    up.add_metric([], 1 if st.get("ok") else 0)
+    yield up
+    for name, key, doc in (
+        ("ciliate_nodes_remote", "remote_nodes", "Other nodes of the cluster this node routes to"),
+        ("ciliate_endpoints_remote", "remote_endpoints", "Other nodes' endpoints in this node's ipcache"),
+        ("ciliate_kvstore_refused_entries", "refused_entries", "kvstore entries ignored as implausible (overlapping pod CIDRs, addresses outside their node's CIDR)"),
+    ):
+        g = GaugeMetricFamily(name, doc)
+        value = st.get(key)
+        g.add_metric([], float(value) if isinstance(value, (int, float)) else 0.0)
+        yield g
 
 
 def _by_state(name: str, doc: str, label: str, known: tuple[str, ...], counts: Mapping[str, int]) -> Metric:
@@ -119,8 +137,10 @@ class AgentMetrics:
         policy_counts: Counts | None = None,
         endpoint_counts: Counts | None = None,
         identity_counts: Counts | None = None,
+        kvstore: Callable[[], Mapping[str, object]] | None = None,
     ) -> None:
         self.policy_counts = policy_counts or _zero
+        self.kvstore = kvstore  # cluster mode: the shared store's status
         self.endpoint_counts = endpoint_counts or _zero
         self.identity_counts = identity_counts or _zero
         # The last readings of the ports, refreshed by Agent.scrape().

@@ -356,5 +356,7 @@ class FakeShared:
         if self._on_change is not None:
             self._on_change()
 
+    extra: dict = {}
+
     def status(self):
-        return {"ok": self.reachable, "detail": "" if self.reachable else "etcd unreachable"}
+        return {"ok": self.reachable, "detail": "" if self.reachable else "etcd unreachable", **self.extra}

@@ -91,6 +91,10 @@ async def test_the_rest_of_the_cluster_reaches_the_compiler_and_the_routes(rig: 
         await agent.queue.drain(5)
         assert rig.compiler.remote == (remote, frozenset({node_b.ip}))
         assert routing.routes == {node_b.pod_cidr: node_b.ip}
+        shared.extra = {"remote_nodes": 1, "remote_endpoints": 1}
+        text = (await agent.scrape()).decode()
+        assert "ciliate_kvstore_connected 1.0" in text
+        assert "ciliate_nodes_remote 1.0" in text and "ciliate_endpoints_remote 1.0" in text
         shared.set_peers(ClusterPeers({}, {}))
         await agent.queue.drain(5)
         assert rig.compiler.remote == ({}, frozenset())
