@@ -143,8 +143,8 @@ class Cluster:
             "--kvstore-lease-ttl", str(self.lease_ttl),
         ]
 
-    def start_agent(self, i: int, timeout: float = 60.0) -> None:
-        self.nodes[i - 1].start_agent(*self.agent_args(i), timeout=timeout)
+    def start_agent(self, i: int, timeout: float = 60.0, healthy: bool = True) -> None:
+        self.nodes[i - 1].start_agent(*self.agent_args(i), timeout=timeout, healthy=healthy)
 
     def start(self) -> "Cluster":
         for i in range(1, len(self.nodes) + 1):

@@ -161,7 +161,9 @@ class Node:
 
     # -- the agent
 
-    def start_agent(self, *extra: str, timeout: float = 60.0) -> subprocess.Popen:
+    def start_agent(self, *extra: str, timeout: float = 60.0, healthy: bool = True) -> subprocess.Popen:
+        """Start the agent and wait until it answers `ciliate status`: healthy,
+        or with `healthy=False` merely up (e.g. started while etcd is down)."""
         log = open(self.agent_log, "ab")
         self.agent = subprocess.Popen(
             [
@@ -176,8 +178,10 @@ class Node:
         while time.monotonic() < deadline:
             if self.agent.poll() is not None:
                 raise NodeError(f"agent exited with {self.agent.returncode}:\n{self.agent_tail()}")
-            if self.socket.exists() and self.ciliate("status").returncode == 0:
-                return self.agent
+            if self.socket.exists():
+                out = self.ciliate("status", "-o", "json")
+                if out.returncode == 0 or (not healthy and out.stdout.strip().startswith("{")):
+                    return self.agent
             time.sleep(0.2)
         raise NodeError(f"agent not healthy after {timeout:.0f}s:\n{self.agent_tail()}")
 

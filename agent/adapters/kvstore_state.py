@@ -5,7 +5,14 @@ reference on each (kvstore/ re-publishes the references if its lease was
 lost), so the number cannot be collected under it and a regeneration does
 not pay two etcd round trips per endpoint. A label set no local endpoint
 has any more is released (its reference deleted) when the endpoints are
-next published. Does network I/O through kvstore/.
+next published.
+
+Until the store has been listed once since this start (etcd down when the
+agent restarts), peers() is the snapshot the previous run saved
+(`STATE/kvstore-peers.json`, 0600), not an empty cluster: an empty one would
+take every remote pod out of the kernel's ipcache and every route to the
+other nodes away, dropping traffic that was allowed a moment before. Does
+network I/O through kvstore/ and writes that one file.
 """
 
 from __future__ import annotations
@@ -16,13 +23,21 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+import asyncio
+import json
+import os
+from ipaddress import IPv4Network
+
 from agent.core.ports import ClusterPeers, IdentityUnavailable, PeerNode
 from kvstore.cluster import Cluster
 from kvstore.config import EtcdConfig
 from kvstore.errors import KvstoreError, KvstoreUnavailable
-from kvstore.model import ClusterView, NodeInfo
+from kvstore.model import ClusterView, NodeInfo, RemoteEndpoint
 
 log = logging.getLogger(__name__)
+
+PEERS_FILE = "kvstore-peers.json"
+SAVE_DELAY = 1.0  # seconds: a burst of changes is saved once
 
 
 class KvstoreState:
@@ -38,19 +53,79 @@ class KvstoreState:
         self._view: ClusterView | None = None
         self._peers = ClusterPeers()
         self._refused: list[str] = []
+        self._restored: ClusterPeers | None = None
+        self._save_task: asyncio.Task[None] | None = None
 
     async def start(self, on_change: Callable[[], None]) -> None:
         self._on_change = on_change
+        self._restored = await asyncio.to_thread(self._load_saved)
         self._cluster = Cluster(self.config, self.node, self._state_dir, self._view_changed, **self._options)
         await self._cluster.start()
 
     async def stop(self) -> None:
+        if self._save_task is not None:
+            self._save_task.cancel()
+            await asyncio.gather(self._save_task, return_exceptions=True)
         if self._cluster is not None:
+            if self._cluster.view.revision:
+                await asyncio.to_thread(self._save, self._cluster.view)
             await self._cluster.stop()
 
     def _view_changed(self, view: ClusterView) -> None:
         if self._on_change is not None:
             self._on_change()
+        if view.revision and (self._save_task is None or self._save_task.done()):
+            self._save_task = asyncio.get_running_loop().create_task(self._save_later(), name="kvstore-save-peers")
+
+    async def _save_later(self) -> None:
+        await asyncio.sleep(SAVE_DELAY)
+        assert self._cluster is not None
+        try:
+            await asyncio.to_thread(self._save, self._cluster.view)
+        except OSError as exc:
+            log.warning("saving the cluster view to %s failed: %s", self._state_dir / PEERS_FILE, exc)
+
+    def _save(self, view: ClusterView) -> None:
+        doc = {
+            "revision": view.revision,
+            "nodes": {n.name: {"ip": str(n.ip), "pod_cidr": str(n.pod_cidr)} for n in view.nodes.values()},
+            "endpoints": {str(e.ip): [e.identity, e.node] for e in view.endpoints.values()},
+            "identities": {str(i): sorted(ls) for i, ls in view.identities.items()},
+        }
+        path = self._state_dir / PEERS_FILE
+        tmp = path.with_name(f".{PEERS_FILE}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _load_saved(self) -> ClusterPeers | None:
+        path = self._state_dir / PEERS_FILE
+        try:
+            doc = json.loads(path.read_text())
+            view = ClusterView(
+                nodes={
+                    name: NodeInfo(name=name, ip=IPv4Address(n["ip"]), pod_cidr=IPv4Network(n["pod_cidr"]))
+                    for name, n in doc["nodes"].items()
+                    if name != self.node.name
+                },
+                endpoints={
+                    IPv4Address(ip): RemoteEndpoint(ip=IPv4Address(ip), identity=int(ident), node=node)
+                    for ip, (ident, node) in doc["endpoints"].items()
+                },
+                identities={int(i): frozenset(ls) for i, ls in doc["identities"].items()},
+                revision=int(doc["revision"]),
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring the saved cluster view %s: %s", path, exc)
+            return None
+        peers, _ = trusted_peers(view, self.node)
+        log.info("cluster view of the previous run: %d nodes, %d endpoints (in force until etcd is listed)", len(peers.nodes), len(peers.endpoints))
+        return peers
 
     async def identity_for(self, labels: frozenset[str]) -> int:
         ident = self._ids.get(labels)
@@ -87,6 +162,8 @@ class KvstoreState:
         if self._cluster is None:
             return self._peers
         view = self._cluster.view
+        if view.revision == 0 and self._restored is not None:
+            return self._restored  # not listed since start: keep what the kernel enforces
         if view is not self._view:
             self._view = view
             self._peers, self._refused = trusted_peers(view, self.node)

@@ -148,6 +148,14 @@ def test_etcd_down_keeps_enforcing_and_a_new_pod_waits_for_its_identity(world: W
         wait_for("the agents to notice etcd is gone", lambda: not world.away.status()["kvstore"]["ok"], timeout=20)
         assert world.request("tiefighter", *LAND).get("status") == 200
         assert world.request("xwing", *LAND, timeout=1.0).get("error") == "timeout"
+        # A restart while etcd is away: the agent takes the cluster view its
+        # previous run saved, so nothing allowed across nodes is dropped.
+        world.home.kill_agent()
+        world.cluster.start_agent(1, healthy=False)
+        assert world.home.status()["kvstore"]["ok"] is False
+        assert world.request("tiefighter", *LAND).get("status") == 200
+        assert world.request("tiefighter", *EXHAUST).get("status") == 403
+        assert world.request("xwing", *LAND, timeout=1.0).get("error") == "timeout"
         pod = world.away.add_pod("ywing", {"org": "alliance", "class": "ywing"})
         ep = world.away.ciliate_json("endpoint", "get", str(pod.endpoint_id))
         assert ep["state"] == "waiting-for-identity" and "etcd" in (ep.get("reason") or ""), ep
