@@ -11,6 +11,9 @@ apt_pkgs=(python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 nftables
           python3-venv util-linux)
 # The compose demo's test runs its own Docker engine and builds its base image.
 apt_pkgs+=(docker.io mmdebstrap)
+# Cluster mode keeps shared state in etcd: the tests and `ciliate demo --nodes N`
+# run Debian's etcd (3.4); etcdctl is there for people looking at the keys.
+apt_pkgs+=(etcd-server etcd-client)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
