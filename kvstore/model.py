@@ -1,0 +1,68 @@
+"""The values the kvstore hands to the agent and takes from it: a node
+(`NodeInfo`), an endpoint on another node (`RemoteEndpoint`) and the last
+known picture of the rest of the cluster (`ClusterView`). Frozen; NodeInfo
+and RemoteEndpoint are pydantic dataclasses, so their fields are validated
+(a node name can never carry a "/" into a key) and they double as the JSON
+shape stored in etcd (kvstore/layout.py). No I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from types import MappingProxyType
+from typing import Annotated
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass as validated_dataclass
+
+# Kubernetes node names are DNS subdomains; allow upper case and "_" too
+# (hostnames), never "/" (it separates key segments).
+NodeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([-A-Za-z0-9._]{0,251}[A-Za-z0-9])?$")]
+Identity = Annotated[int, Field(ge=1, le=0xFFFFFFFF)]
+
+
+@validated_dataclass(frozen=True)
+class NodeInfo:
+    """One node: its name, the address other nodes reach it on, its pod CIDR."""
+
+    name: NodeName
+    ip: IPv4Address
+    pod_cidr: IPv4Network
+
+
+@validated_dataclass(frozen=True)
+class RemoteEndpoint:
+    """An endpoint published by some node: its IP, numeric identity, node."""
+
+    ip: IPv4Address
+    identity: Identity
+    node: NodeName
+
+
+def _frozen(m: Mapping) -> Mapping:
+    return MappingProxyType(dict(m))
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """The remote picture, as last seen in etcd (kept while etcd is down).
+
+    nodes       every node but this one
+    endpoints   endpoints published by the other nodes
+    identities  every identity in etcd: id -> labels
+    revision    the etcd revision this view reflects (0 before the first list)
+    """
+
+    nodes: Mapping[str, NodeInfo] = field(default_factory=dict)
+    endpoints: Mapping[IPv4Address, RemoteEndpoint] = field(default_factory=dict)
+    identities: Mapping[int, frozenset[str]] = field(default_factory=dict)
+    revision: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("nodes", "endpoints", "identities"):
+            object.__setattr__(self, name, _frozen(getattr(self, name)))
+
+
+EMPTY_VIEW = ClusterView()

@@ -1,0 +1,91 @@
+"""Helpers for the kvstore tests: running nodes (a Cluster plus the views
+it reported) and a polling `eventually`."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from kvstore import Cluster, ClusterView, NodeInfo, parse_kvstore_opts
+
+# Fast defaults for tests: 2 s leases, 1 s calls, GC off unless asked for.
+FAST = {"lease_ttl": 2.0, "op_timeout": 1.0, "gc_interval": 3600.0, "restore_grace": 3600.0}
+
+
+@dataclass
+class Node:
+    name: str
+    info: NodeInfo
+    state_dir: Path
+    cluster: Cluster
+    views: list[ClusterView] = field(default_factory=list)
+
+    @property
+    def view(self) -> ClusterView:
+        return self.cluster.view
+
+
+_index = itertools.count(1)
+
+
+def node_info(name: str) -> NodeInfo:
+    i = next(_index) % 250 + 1
+    return NodeInfo(name=name, ip=IPv4Address(f"192.168.0.{i}"), pod_cidr=IPv4Network(f"10.{i}.0.0/24"))
+
+
+class ClusterFactory:
+    def __init__(self, url: str, tmp_path: Path) -> None:
+        self.url = url
+        self.tmp_path = tmp_path
+        self.nodes: list[Node] = []
+
+    async def node(
+        self, name: str, *, url: str | None = None, state_dir: Path | None = None, info: NodeInfo | None = None,
+        start: bool = True, **kwargs,
+    ) -> Node:
+        info = info or node_info(name)
+        state_dir = state_dir or self.tmp_path / name
+        views: list[ClusterView] = []
+        cluster = Cluster(
+            parse_kvstore_opts([f"etcd.endpoints={url or self.url}"]), info, state_dir, views.append,
+            **{**FAST, **kwargs},
+        )
+        node = Node(name, info, state_dir, cluster, views)
+        self.nodes.append(node)
+        if start:
+            await cluster.start()
+        return node
+
+    async def stop(self, node: Node, *, revoke: bool = False) -> None:
+        await node.cluster.stop(revoke=revoke)
+        self.nodes.remove(node)
+
+    async def stop_all(self) -> None:
+        nodes, self.nodes = self.nodes, []
+        for n in nodes:
+            await n.cluster.stop()
+
+
+async def eventually(check: Callable[[], object], timeout: float = 5.0, what: str = "") -> object:
+    """Poll `check` (sync or async) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or check} (last: {last!r})")
+        await asyncio.sleep(0.02)
+
+
+async def connected(node: Node, timeout: float = 5.0) -> None:
+    await eventually(lambda: node.cluster.connected, timeout, f"{node.name} connected")
