@@ -1,0 +1,110 @@
+"""Nodes and endpoints shared through etcd: each node sees the others, not
+itself; a node that dies without revoking its lease stays until the lease
+expires; on_view is told."""
+
+from __future__ import annotations
+
+import json
+import time
+from ipaddress import IPv4Address
+
+import pytest
+
+from kvstore import RemoteEndpoint
+from tests.kvstore.support import connected, eventually
+
+pytestmark = pytest.mark.etcd
+
+A_POD = IPv4Address("10.1.0.5")
+B_POD = IPv4Address("10.2.0.7")
+
+
+async def test_each_node_sees_the_others_node_and_endpoints_not_its_own(clusters, etcd):
+    a, b = await clusters.node("a"), await clusters.node("b")
+    await connected(a)
+    await connected(b)
+    await a.cluster.set_endpoint(A_POD, 300)
+    await b.cluster.set_endpoint(B_POD, 301)
+
+    await eventually(lambda: "b" in a.view.nodes and B_POD in a.view.endpoints, what="a sees b")
+    await eventually(lambda: "a" in b.view.nodes and A_POD in b.view.endpoints, what="b sees a")
+    assert a.view.nodes["b"] == b.info
+    assert a.view.endpoints[B_POD] == RemoteEndpoint(ip=B_POD, identity=301, node="b")
+    assert "a" not in a.view.nodes and A_POD not in a.view.endpoints
+    assert "b" not in b.view.nodes and B_POD not in b.view.endpoints
+    assert a.views and a.views[-1].nodes.keys() == {"b"}  # on_view was told
+
+    keys = etcd.get_prefix("ciliate/state/")
+    assert json.loads(keys["ciliate/state/ip/v1/10.1.0.5"].value) == {"identity": 300, "node": "a"}
+    assert keys["ciliate/state/ip/v1/10.1.0.5"].lease == a.cluster._session.lease_id
+    assert json.loads(keys["ciliate/state/nodes/v1/b"].value) == {
+        "name": "b", "ip": str(b.info.ip), "pod_cidr": str(b.info.pod_cidr),
+    }
+    assert keys["ciliate/state/nodes/v1/b"].lease == b.cluster._session.lease_id
+
+    # a change and a removal reach the other node too
+    await b.cluster.set_endpoint(B_POD, 302)
+    await eventually(lambda: a.view.endpoints.get(B_POD) == RemoteEndpoint(ip=B_POD, identity=302, node="b"))
+    await b.cluster.remove_endpoint(B_POD)
+    await eventually(lambda: B_POD not in a.view.endpoints, what="removal seen")
+    assert "ciliate/state/ip/v1/10.2.0.7" not in etcd.get_prefix("ciliate/state/ip/")
+
+
+async def test_a_node_killed_without_revoke_stays_until_its_lease_expires(clusters, etcd):
+    a, b = await clusters.node("a"), await clusters.node("b", lease_ttl=2.0)
+    await connected(a)
+    await connected(b)
+    await b.cluster.set_endpoint(B_POD, 301)
+    ident = await b.cluster.allocate_identity(frozenset({"k8s:app=b"}))
+    await eventually(lambda: "b" in a.view.nodes and B_POD in a.view.endpoints, what="a sees b")
+
+    await clusters.stop(b)  # an agent killed: no revoke
+    stopped = time.monotonic()
+    await eventually(lambda: "b" not in a.view.nodes, timeout=6, what="b's node expires from a's view")
+    gone_after = time.monotonic() - stopped
+    assert 1.0 <= gone_after <= 4.5, gone_after  # TTL 2 s, give or take one keepalive period
+    await eventually(lambda: B_POD not in a.view.endpoints, timeout=1)
+    assert not etcd.get_prefix(f"ciliate/state/identities/v1/refs/{ident}/")
+    assert not etcd.get_prefix("ciliate/state/nodes/v1/b")
+    assert a.views[-1].nodes == {} and a.views[-1].endpoints == {}
+
+
+async def test_stop_with_revoke_removes_the_node_at_once(clusters, etcd):
+    a, b = await clusters.node("a"), await clusters.node("b", lease_ttl=30.0)
+    await connected(a)
+    await connected(b)
+    await b.cluster.set_endpoint(B_POD, 301)
+    await eventually(lambda: B_POD in a.view.endpoints)
+    await clusters.stop(b, revoke=True)
+    await eventually(lambda: "b" not in a.view.nodes and B_POD not in a.view.endpoints, timeout=2)
+    assert not (b.state_dir / "kvstore-lease.json").exists()
+
+
+async def test_view_changes_are_coalesced_and_status_counts_them(clusters):
+    a, b = await clusters.node("a"), await clusters.node("b")
+    await connected(a)
+    await connected(b)
+    seen = len(a.views)
+    for i in range(20):
+        await b.cluster.set_endpoint(IPv4Address(f"10.2.0.{10 + i}"), 400 + i)
+    await eventually(lambda: len(a.view.endpoints) == 20)
+    assert len(a.views) - seen <= 21  # one per event at most, usually far fewer
+    st = a.cluster.status()
+    assert st["connected"] is True
+    assert st["remote_nodes"] == 1 and st["remote_endpoints"] == 20
+    assert st["lease_id"] == f"{a.cluster._session.lease_id:x}"
+    assert st["revision"] == a.view.revision > 0
+    json.dumps(st)  # JSON-able
+
+
+async def test_start_returns_at_once_with_etcd_down_and_connects_later(clusters, etcd):
+    etcd.stop()
+    t0 = time.monotonic()
+    a = await clusters.node("a")
+    assert time.monotonic() - t0 < 0.5
+    assert not a.cluster.connected
+    await a.cluster.set_endpoint(A_POD, 300)  # desired state, no error
+    etcd.start()
+    await connected(a, timeout=5)
+    await eventually(lambda: "ciliate/state/ip/v1/10.1.0.5" in etcd.get_prefix("ciliate/state/ip/"), what="published")
+    await eventually(lambda: "ciliate/state/nodes/v1/a" in etcd.get_prefix("ciliate/state/nodes/"))
