@@ -108,6 +108,8 @@ def parse_kvstore_opts(opts: Sequence[str]) -> EtcdConfig:
 
 def _endpoint(raw: str, where: str) -> str:
     """One endpoint URL -> `scheme://host:port`."""
+    if "://" not in raw:
+        raise KvstoreConfigError(f"{where}: endpoint {raw!r} has no scheme; give http://HOST:PORT or https://HOST:PORT")
     try:
         url = urlsplit(raw)
         port = url.port

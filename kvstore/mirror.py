@@ -94,7 +94,7 @@ class Mirror:
         if k.kind == "node":
             return k.node != self.local_node
         if k.kind == "ip":
-            return not (before_owner == self.local_node and self._owner(k) == self.local_node)
+            return any(o not in (None, self.local_node) for o in (before_owner, self._owner(k)))
         return False
 
     def _put(self, key: bytes, value: bytes, parsed: layout.Key | None = None) -> bool:

@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -61,6 +62,54 @@ def _prefix_end(prefix: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class Pki:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client
+    certificate, made with openssl (`make_pki`)."""
+
+    dir: Path
+
+    @property
+    def ca_crt(self) -> Path:
+        return self.dir / "ca.crt"
+
+    @property
+    def server_crt(self) -> Path:
+        return self.dir / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.dir / "server.key"
+
+    @property
+    def client_crt(self) -> Path:
+        return self.dir / "client.crt"
+
+    @property
+    def client_key(self) -> Path:
+        return self.dir / "client.key"
+
+
+def make_pki(directory: Path) -> Pki:
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=ciliate-test-ca", "-days", "2")
+    for name, ext in (
+        # clientAuth too: etcd's JSON gateway dials etcd with the server certificate
+        ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        (directory / f"{name}.ext").write_text(ext + "\n")
+        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+    return Pki(directory)
+
+
+@dataclass(frozen=True)
 class KV:
     key: str
     value: str
@@ -70,7 +119,11 @@ class KV:
 
 
 class EtcdServer:
-    def __init__(self, parent_dir: Path | None = None) -> None:
+    """`pki` set: clients must use https and present a certificate the
+    test CA signed (--client-cert-auth)."""
+
+    def __init__(self, parent_dir: Path | None = None, pki: Pki | None = None) -> None:
+        self.pki = pki
         self.dir = Path(tempfile.mkdtemp(prefix="etcd-", dir=parent_dir))
         self.data_dir = self.dir / "data"
         self.log_file = self.dir / "etcd.log"
@@ -81,7 +134,7 @@ class EtcdServer:
 
     @property
     def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.pki else 'http'}://127.0.0.1:{self.client_port}"
 
     # -- process -------------------------------------------------------------
 
@@ -106,8 +159,13 @@ class EtcdServer:
         ]
 
     def extra_args(self) -> list[str]:
-        """Subclasses add flags (TLS, ...)."""
-        return []
+        if self.pki is None:
+            return []
+        p = self.pki
+        return [
+            "--cert-file", str(p.server_crt), "--key-file", str(p.server_key),
+            "--client-cert-auth", "--trusted-ca-file", str(p.ca_crt),
+        ]
 
     def start(self, timeout: float = 10.0) -> None:
         for _ in range(3):
@@ -196,7 +254,12 @@ class EtcdServer:
 
     def _open(self, request: urllib.request.Request, timeout: float):
         # Never through an HTTP proxy from the environment.
-        return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=timeout)
+        handlers: list = [urllib.request.ProxyHandler({})]
+        if self.pki is not None:
+            ctx = ssl.create_default_context(cafile=str(self.pki.ca_crt))
+            ctx.load_cert_chain(str(self.pki.client_crt), str(self.pki.client_key))
+            handlers.append(urllib.request.HTTPSHandler(context=ctx))
+        return urllib.request.build_opener(*handlers).open(request, timeout=timeout)
 
     def _post(self, path: str, body: dict) -> dict:
         req = urllib.request.Request(
