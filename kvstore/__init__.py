@@ -39,7 +39,10 @@ How it holds together:
   timestamps are stored in etcd: clocks and a slow etcd cannot cause flaps.
 - Lease (kvstore/session.py): granted with `lease_ttl`, kept alive every
   TTL/3, its id saved in <state_dir>/kvstore-lease.json (0600). A restarted
-  agent adopts a still-living lease: same keys, same refs, no churn.
+  agent adopts a still-living lease: same keys, same refs, no churn. Keys
+  the previous run left that the new one does not declare again within
+  `restore_grace` (endpoints gone, identities released while it was down)
+  are deleted then.
 - Publishing (kvstore/publishing.py): desired local state (node, endpoints,
   refs) is kept in memory and reconciled into etcd (read, diff, apply with
   mod_revision-guarded txns) on every change, on a new lease (everything is
@@ -48,6 +51,10 @@ How it holds together:
 - Watching (kvstore/watching.py): one list + watch of ciliate/state/;
   resumes from the last revision + 1 after a failure, relists after a
   compaction (or if etcd's history went backwards / another cluster).
+- Conflicts are reported (status()["conflicts"]), not fought: an IP key
+  another node published is not overwritten; it is taken once freed.
+- The gRPC channel runs on an event loop of its own thread (kvstore/etcd.py
+  says why); everything the agent sees runs on the agent's loop.
 
 Faults:
 - etcd unreachable: allocate_identity raises KvstoreUnavailable within
@@ -62,6 +69,17 @@ Faults:
   watch removes them from the view.
 - etcd restarted with its data: etcd restores leases with a full TTL; the
   watch resumes from its revision.
+
+Defaults (kvstore/cluster.py): lease_ttl 900 s (Cilium's 15 min), keepalive
+every TTL/3, op_timeout 2 s, gc_grace max(2 x lease_ttl, 60 s), gc_interval
+gc_grace/4 within 1 s..5 min, restore_grace 120 s.
+
+Modules: cluster (Cluster: tasks and the agent's API), config (EtcdConfig,
+--kvstore-opt), errors, model (NodeInfo, RemoteEndpoint, ClusterView),
+layout (keys and values), identities (allocation, refs, GC transactions),
+gc (pure GC bookkeeping), mirror (pure: events -> view), publishing
+(desired -> etcd), session (lease), watching (list + watch), etcd (the
+aetcd connection), timing (backoff, bounded waits).
 
 Public names are re-exported below.
 """

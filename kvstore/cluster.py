@@ -103,6 +103,7 @@ class Cluster:
         self._stopped = False
         self._view_pending: asyncio.Handle | None = None
         self._etcd.on_reachable(self._publisher.mark_dirty)
+        self._etcd.on_reachable(self._session.wake)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -167,6 +168,9 @@ class Cluster:
         return self._mirror.view()
 
     def status(self) -> dict:
+        """JSON-able state for `ciliate status`. The lease id is a hex
+        string (etcdctl's spelling; 63-bit ids do not survive JSON numbers
+        in every reader)."""
         view = self._mirror.view()
         lease_id = self._session.lease_id
         return {
@@ -246,7 +250,7 @@ class Cluster:
     def _on_change(self, change: Change) -> None:
         if self._stopped:
             return
-        if change.own_key_lost:
+        if change.own_key_lost or (change.freed is not None and change.freed.decode() in self._publisher.conflicts):
             self._publisher.mark_dirty()
         if change.view and self._view_pending is None:
             self._view_pending = asyncio.get_running_loop().call_soon(self._emit_view)

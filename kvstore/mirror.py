@@ -17,10 +17,13 @@ from kvstore.model import ClusterView, NodeInfo, RemoteEndpoint
 
 @dataclass(frozen=True)
 class Change:
-    """What one list or event changed: the view, and/or a key we own."""
+    """What one list or event changed: the view; a key we own went away or
+    was taken; another node's endpoint key was deleted (`freed`: we may
+    have been refused that key)."""
 
     view: bool = False
     own_key_lost: bool = False
+    freed: bytes | None = None
 
 
 NOTHING = Change()
@@ -53,7 +56,7 @@ class Mirror:
         if parsed is None:
             return NOTHING
         if deleted:
-            return self._delete(parsed)
+            return self._delete(parsed, key)
         before = self._owner(parsed)
         changed = self._put(key, value, parsed)
         lost = before == self.local_node and self._owner(parsed) != self.local_node
@@ -123,7 +126,7 @@ class Mirror:
         d[key] = value
         return True
 
-    def _delete(self, k: layout.Key) -> Change:
+    def _delete(self, k: layout.Key, key: bytes) -> Change:
         me = self.local_node
         if k.kind == "ref":
             return Change(own_key_lost=k.node == me)
@@ -140,6 +143,9 @@ class Mirror:
             if gone and ep.node == me:
                 self._view = None
                 return Change(own_key_lost=True)
+            if gone:
+                self._view = None
+                return Change(view=True, freed=key)
         else:
             return NOTHING
         if gone:

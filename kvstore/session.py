@@ -74,28 +74,36 @@ class Session:
             self._wake.set()
 
     async def revoke(self) -> None:
+        """Forget the lease file (a later start must not adopt), then revoke."""
         lease_id = self.lease_id
         self._drop()
-        if lease_id is not None:
-            await self.etcd.call("revoking the lease", lambda c: c.revoke_lease(lease_id))
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        if lease_id is not None:
+            await self.etcd.call("revoking the lease", lambda c: c.revoke_lease(lease_id))
 
     # -- the task ------------------------------------------------------------
 
     async def run(self) -> None:
+        """Obtain a lease, then keep it alive every TTL/3; after a failure
+        retry within a second, not a TTL/3 later."""
         backoff = Backoff(cap=min(1.0, self.ttl / 3))
         while True:
             try:
                 if self.lease_id is None:
                     await self._obtain()
-                await self._sleep(self.granted_ttl / 3)
-                if self.lease_id is not None:
+                else:
                     await self._keepalive(self.lease_id)
                 backoff.reset()
+                if self.lease_id is not None:
+                    await self._sleep(self.granted_ttl / 3)
             except KvstoreUnavailable as e:
                 log.debug("kvstore: %s", e)
                 await self._sleep(backoff.next())
+
+    def wake(self) -> None:
+        """Check the lease now (etcd answers again)."""
+        self._wake.set()
 
     async def _sleep(self, seconds: float) -> None:
         await wait_event(self._wake, seconds)

@@ -11,6 +11,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from kvstore import KvstoreUnavailable, RemoteEndpoint
+from tests.kvstore.etcd_server import free_port
 from tests.kvstore.support import connected, eventually
 
 pytestmark = pytest.mark.etcd
@@ -147,3 +148,11 @@ async def test_a_node_cut_off_longer_than_its_ttl_comes_back_with_a_new_lease(cl
     # a's ref re-created identity x with the same number and labels
     await eventually(lambda: b.view.identities.get(x) == X, timeout=5, what="x re-created")
     assert etcd.get_prefix(f"ciliate/state/identities/v1/refs/{x}/a")
+
+
+async def test_a_dead_first_endpoint_fails_over_to_the_next(clusters, etcd):
+    dead = f"http://127.0.0.1:{free_port()}"
+    a = await clusters.node("a", url=f"{dead},{etcd.client_url}")
+    await connected(a, timeout=5)
+    assert a.cluster.status()["endpoint"] == etcd.client_url
+    assert await a.cluster.allocate_identity(X) >= 256

@@ -108,3 +108,19 @@ async def test_start_returns_at_once_with_etcd_down_and_connects_later(clusters,
     await connected(a, timeout=5)
     await eventually(lambda: "ciliate/state/ip/v1/10.1.0.5" in etcd.get_prefix("ciliate/state/ip/"), what="published")
     await eventually(lambda: "ciliate/state/nodes/v1/a" in etcd.get_prefix("ciliate/state/nodes/"))
+
+
+async def test_an_ip_published_by_another_node_is_not_taken_over(clusters, etcd):
+    a, b = await clusters.node("a"), await clusters.node("b")
+    await connected(a)
+    await connected(b)
+    await a.cluster.set_endpoint(A_POD, 300)
+    await b.cluster.set_endpoint(A_POD, 301)  # a stale or bogus claim
+    key = f"ciliate/state/ip/v1/{A_POD}"
+    assert json.loads(etcd.get_prefix(key)[key].value) == {"identity": 300, "node": "a"}
+    assert b.cluster.status()["conflicts"] == {key: "published by another node; not overwritten"}
+    # once a lets go of it, b's endpoint is published
+    await a.cluster.remove_endpoint(A_POD)
+    await eventually(lambda: b.cluster.status()["conflicts"] == {}, what="conflict resolved")
+    assert json.loads(etcd.get_prefix(key)[key].value) == {"identity": 301, "node": "b"}
+    await eventually(lambda: a.view.endpoints.get(A_POD) == RemoteEndpoint(ip=A_POD, identity=301, node="b"))
