@@ -2,7 +2,8 @@
 
 `EtcdServer` runs /usr/bin/etcd (single member) on 127.0.0.1 with free
 client and peer ports and a private data directory; `close()` (or the
-context manager) always stops the process and removes the directory.
+context manager) always stops the process and removes the directory, and
+etcd gets SIGKILL from the kernel if the test process dies first.
 Election and heartbeat are fast (100 ms / 10 ms), so it starts in about
 0.1 s and accepts 1 s lease TTLs; auto-compaction is off (compact() does
 it on demand). Small sync helpers talk to etcd's JSON gateway (/v3/...),
@@ -140,7 +141,12 @@ class EtcdServer:
 
     def _args(self) -> list[str]:
         peer = f"http://127.0.0.1:{self.peer_port}"
+        # If the test process dies without cleaning up (killed, timed out),
+        # the kernel kills etcd too (the parent death signal follows the
+        # thread that called start(), so call it from one that lives on).
+        guard = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
         return [
+            *guard,
             str(ETCD),
             "--name", "test",
             "--data-dir", str(self.data_dir),

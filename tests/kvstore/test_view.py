@@ -5,6 +5,7 @@ expires; on_view is told."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from ipaddress import IPv4Address
 
@@ -124,3 +125,12 @@ async def test_an_ip_published_by_another_node_is_not_taken_over(clusters, etcd)
     await eventually(lambda: b.cluster.status()["conflicts"] == {}, what="conflict resolved")
     assert json.loads(etcd.get_prefix(key)[key].value) == {"identity": 301, "node": "b"}
     await eventually(lambda: a.view.endpoints.get(A_POD) == RemoteEndpoint(ip=A_POD, identity=301, node="b"))
+
+
+async def test_stop_leaves_no_thread_behind(clusters):
+    a = await clusters.node("a")
+    await connected(a)
+    await a.cluster.allocate_identity(frozenset({"k8s:app=x"}))
+    assert any(t.name == "kvstore-etcd" for t in threading.enumerate())
+    await clusters.stop(a)
+    assert not any(t.name == "kvstore-etcd" for t in threading.enumerate())
