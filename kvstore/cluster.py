@@ -250,7 +250,11 @@ class Cluster:
     def _on_change(self, change: Change) -> None:
         if self._stopped:
             return
-        if change.own_key_lost or (change.freed is not None and change.freed.decode() in self._publisher.conflicts):
+        if (
+            change.relisted  # a delete of ours may have gone unseen
+            or (change.lost is not None and self._publisher.wants(change.lost))
+            or (change.freed is not None and change.freed.decode() in self._publisher.conflicts)
+        ):
             self._publisher.mark_dirty()
         if change.view and self._view_pending is None:
             self._view_pending = asyncio.get_running_loop().call_soon(self._emit_view)

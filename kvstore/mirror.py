@@ -17,13 +17,14 @@ from kvstore.model import ClusterView, NodeInfo, RemoteEndpoint
 
 @dataclass(frozen=True)
 class Change:
-    """What one list or event changed: the view; a key we own went away or
-    was taken; another node's endpoint key was deleted (`freed`: we may
-    have been refused that key)."""
+    """What one list or event changed: the view; `lost`, a key we own that
+    went away or was taken; `freed`, another node's endpoint key that was
+    deleted (we may have been refused it); `relisted`, everything."""
 
     view: bool = False
-    own_key_lost: bool = False
+    lost: bytes | None = None
     freed: bytes | None = None
+    relisted: bool = False
 
 
 NOTHING = Change()
@@ -47,7 +48,7 @@ class Mirror:
             self._put(key, value)
         self.revision = revision
         self._view = None
-        return Change(view=True)
+        return Change(view=True, relisted=True)
 
     def apply(self, deleted: bool, key: bytes, value: bytes, revision: int) -> Change:
         """One watch event (etcd delivers them in revision order)."""
@@ -62,7 +63,7 @@ class Mirror:
         lost = before == self.local_node and self._owner(parsed) != self.local_node
         if changed:
             self._view = None
-        return Change(view=changed and self._visible(parsed, before), own_key_lost=lost)
+        return Change(view=changed and self._visible(parsed, before), lost=key if lost else None)
 
     def view(self) -> ClusterView:
         if self._view is None:
@@ -129,20 +130,20 @@ class Mirror:
     def _delete(self, k: layout.Key, key: bytes) -> Change:
         me = self.local_node
         if k.kind == "ref":
-            return Change(own_key_lost=k.node == me)
+            return Change(lost=key if k.node == me else None)
         if k.kind == "id":
             gone = self._identities.pop(k.identity, None) is not None
         elif k.kind == "node":
             gone = self._nodes.pop(k.node, None) is not None
             if gone and k.node == me:
                 self._view = None
-                return Change(own_key_lost=True)
+                return Change(lost=key)
         elif k.kind == "ip":
             ep = self._endpoints.pop(k.ip, None)
             gone = ep is not None
             if gone and ep.node == me:
                 self._view = None
-                return Change(own_key_lost=True)
+                return Change(lost=key)
             if gone:
                 self._view = None
                 return Change(view=True, freed=key)

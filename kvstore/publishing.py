@@ -182,6 +182,19 @@ class Publisher:
         refs = {layout.ref_key(n, me): Ref(n, labels) for labels, n in self.refs.items()}
         return desired, refs
 
+    def wants(self, key: bytes) -> bool:
+        """Is `key` one this node publishes (so losing it needs a reconcile)?"""
+        k = layout.parse_key(key)
+        if k is None:
+            return False
+        if k.kind == "node":
+            return k.node == self.node.name
+        if k.kind == "ip":
+            return k.ip in self.endpoints
+        if k.kind == "ref":
+            return k.node == self.node.name and k.identity in self.refs.values()
+        return False
+
     def _may_delete(self, key: bytes) -> bool:
         return key in self.tombstones or time.monotonic() - self._started >= self.restore_grace
 

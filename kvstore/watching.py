@@ -29,7 +29,6 @@ from kvstore.timing import Backoff
 
 log = logging.getLogger(__name__)
 
-RELISTED = Change(view=True, own_key_lost=True)  # after a relist, re-check our keys too
 
 
 class Watching:
@@ -62,8 +61,7 @@ class Watching:
         rng = await self.etcd.call("listing the cluster state", lambda c: c.get_prefix(prefix))
         self.cluster_id = rng.header.cluster_id
         self.relists += 1
-        self.mirror.reset(((kv.key, kv.value) for kv in rng.kvs), rng.header.revision)
-        self.on_change(RELISTED)
+        self.on_change(self.mirror.reset(((kv.key, kv.value) for kv in rng.kvs), rng.header.revision))
 
     async def _moved(self, prefix: bytes) -> bool:
         """Is etcd no longer the history our revision belongs to?"""

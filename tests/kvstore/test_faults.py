@@ -156,3 +156,15 @@ async def test_a_dead_first_endpoint_fails_over_to_the_next(clusters, etcd):
     await connected(a, timeout=5)
     assert a.cluster.status()["endpoint"] == etcd.client_url
     assert await a.cluster.allocate_identity(X) >= 256
+
+
+async def test_our_keys_deleted_by_hand_are_put_back(clusters, etcd):
+    a = await clusters.node("a")  # periodic resync is off (gc_interval 3600 s): the watch must notice
+    await connected(a)
+    x = await a.cluster.allocate_identity(X)
+    await a.cluster.set_endpoint(A_POD, x)
+    mine = [f"ciliate/state/ip/v1/{A_POD}", "ciliate/state/nodes/v1/a", f"ciliate/state/identities/v1/refs/{x}/a"]
+    await eventually(lambda: all(k in etcd.get_prefix("ciliate/state/") for k in mine), what="published")
+    for key in mine:
+        etcd.delete(key)
+    await eventually(lambda: all(k in etcd.get_prefix("ciliate/state/") for k in mine), timeout=3, what="put back")

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from kvstore import layout
 from kvstore.gc import GcTracker
-from kvstore.mirror import Mirror
+from kvstore.mirror import Change, Mirror
 from kvstore.model import NodeInfo
 from kvstore.publishing import Conflict, Delete, Put, Realized, Ref, plan
 
@@ -76,7 +76,7 @@ def test_mirror_hides_this_node_and_skips_malformed_values():
         ],
         revision=7,
     )
-    assert change.view
+    assert change == Change(view=True, relisted=True)
     v = m.view()
     assert v.revision == 7
     assert v.nodes == {"b": NODE_B}
@@ -89,16 +89,19 @@ def test_mirror_reports_our_keys_lost_and_view_changes():
     m.reset([], revision=1)
     mine = layout.ip_key(IPv4Address("10.1.0.1"))
     assert not m.apply(False, mine, layout.ip_value(300, "a"), 2).view  # our own endpoint: not in the view
-    assert m.apply(False, mine, layout.ip_value(300, "b"), 3).own_key_lost  # taken by b
+    assert m.apply(False, mine, layout.ip_value(300, "b"), 3).lost == mine  # taken by b
     assert m.apply(False, mine, layout.ip_value(300, "a"), 4).view  # back to us: leaves the view
     c = m.apply(True, mine, b"", 5)
-    assert c.own_key_lost and not c.view
-    assert m.apply(True, layout.ref_key(300, "a"), b"", 6).own_key_lost
-    assert not m.apply(True, layout.ref_key(300, "b"), b"", 7).own_key_lost
+    assert c.lost == mine and not c.view
+    assert m.apply(True, layout.ref_key(300, "a"), b"", 6).lost == layout.ref_key(300, "a")
+    assert m.apply(True, layout.ref_key(300, "b"), b"", 7).lost is None
+    theirs = layout.ip_key(IPv4Address("10.2.0.1"))
+    m.apply(False, theirs, layout.ip_value(300, "b"), 7)
+    assert m.apply(True, theirs, b"", 7) == Change(view=True, freed=theirs)
     node_a = layout.node_value(NodeInfo(name="a", ip="192.168.0.1", pod_cidr="10.1.0.0/24"))
     assert not m.apply(False, layout.node_key("a"), node_a, 8).view
     c = m.apply(True, layout.node_key("a"), b"", 8)
-    assert c.own_key_lost and not c.view
+    assert c.lost == layout.node_key("a") and not c.view
     assert m.apply(False, layout.id_key(300), layout.labels_value(frozenset({"x"})), 9).view
     assert not m.apply(False, layout.id_key(300), layout.labels_value(frozenset({"x"})), 10).view  # same value
     assert m.view().revision == 10
