@@ -1,7 +1,8 @@
 """Run every benchmark script in turn and print their figures (`make bench`).
 
 Each script measures its own baseline in the same run; this only sequences
-them. Kernel and Envoy benchmarks need root. Pass names to run a subset:
+them. Kernel and Envoy benchmarks need root; cluster needs /usr/bin/etcd
+(no root, no kernel). Pass names to run a subset:
     .venv/bin/python bench/run_all.py compile xds
 """
 
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("compile", "cidr", "xds", "datapath", "attach", "agent", "e2e", "k8s")
+ORDER = ("compile", "cidr", "xds", "datapath", "attach", "agent", "cluster", "e2e", "k8s")
 
 
 def main(argv: list[str]) -> int:
