@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncio
+import bisect
+import functools
 import json
 import os
 from ipaddress import IPv4Network
@@ -198,27 +200,48 @@ def trusted_peers(view: ClusterView, me: NodeInfo) -> tuple[ClusterPeers, list[s
     for it would steal their pods' traffic; the first by name keeps it), and
     an endpoint outside its own node's pod CIDR (an entry for, say, a world
     address would hand that address a pod's identity and its allows).
+
+    Called on every change of the view, so its cost is one pass over the
+    endpoints plus n log n over the nodes (sorted ranges, not pairs).
     """
-    refused: list[str] = []
-    nodes: dict[str, PeerNode] = {}
-    for name in sorted(view.nodes):
-        n = view.nodes[name]
-        if n.pod_cidr.overlaps(me.pod_cidr):
-            refused.append(f"node {name}: pod CIDR {n.pod_cidr} overlaps this node's {me.pod_cidr}")
-            continue
-        clash = next((o for o in nodes.values() if o.pod_cidr.overlaps(n.pod_cidr)), None)
-        if clash is not None:
-            refused.append(f"node {name}: pod CIDR {n.pod_cidr} overlaps node {clash.name}'s {clash.pod_cidr}")
-            continue
-        if n.ip in me.pod_cidr or any(n.ip in o.pod_cidr for o in nodes.values()):
-            refused.append(f"node {name}: address {n.ip} is inside a pod CIDR")
-            continue
-        nodes[name] = PeerNode(n.name, n.ip, n.pod_cidr)
+    nodes, refused = _trusted_nodes(tuple(sorted(view.nodes.items())), me)
     endpoints: dict[IPv4Address, tuple[int, frozenset[str]]] = {}
+    identities = view.identities
     for ep in view.endpoints.values():
         owner = nodes.get(ep.node)
         if owner is None or ep.ip not in owner.pod_cidr:
             refused.append(f"endpoint {ep.ip} of node {ep.node}: not inside that node's pod CIDR")
             continue
-        endpoints[ep.ip] = (ep.identity, view.identities.get(ep.identity, frozenset()))
+        endpoints[ep.ip] = (ep.identity, identities.get(ep.identity, frozenset()))
     return ClusterPeers(nodes, endpoints), refused
+
+
+@functools.lru_cache(maxsize=4)
+def _trusted_nodes_cached(items: tuple, me: NodeInfo) -> tuple[dict[str, PeerNode], tuple[str, ...]]:
+    taken: list[tuple[int, int, str]] = [(int(me.pod_cidr.network_address), int(me.pod_cidr.broadcast_address), "")]
+    refused: list[str] = []
+    nodes: dict[str, PeerNode] = {}
+    for name, n in items:
+        lo, hi = int(n.pod_cidr.network_address), int(n.pod_cidr.broadcast_address)
+        at = bisect.bisect_left(taken, (lo, hi, name))
+        # CIDRs either nest or are disjoint: only the neighbours can overlap.
+        clash = next((t for t in taken[max(at - 1, 0) : at + 1] if t[0] <= hi and lo <= t[1]), None)
+        if clash is not None:
+            whose = "this node's" if clash[2] == "" else f"node {clash[2]}'s"
+            refused.append(f"node {name}: pod CIDR {n.pod_cidr} overlaps {whose} pod CIDR")
+            continue
+        taken.insert(at, (lo, hi, name))
+        nodes[name] = PeerNode(n.name, n.ip, n.pod_cidr)
+    for name, peer in list(nodes.items()):
+        addr = int(peer.ip)
+        at = bisect.bisect_right(taken, (addr, 2**32, "\uffff"))
+        if at and taken[at - 1][0] <= addr <= taken[at - 1][1]:
+            refused.append(f"node {name}: address {peer.ip} is inside a pod CIDR")
+            del nodes[name]
+    return nodes, tuple(refused)
+
+
+def _trusted_nodes(items: tuple, me: NodeInfo) -> tuple[dict[str, PeerNode], list[str]]:
+    """The nodes to believe (cached: the node list changes rarely, pods often)."""
+    nodes, refused = _trusted_nodes_cached(items, me)
+    return dict(nodes), list(refused)
