@@ -543,14 +543,6 @@ def count_watch_events() -> None:
     Mirror.apply, Mirror.reset = counting_apply, counting_reset
 
 
-class Datapath(NullDatapath):
-    """bench_agent's null kernel port, plus the endpoint listing the agent's
-    start now reads (restore_lost_endpoints): nothing attached."""
-
-    async def attached_endpoints(self) -> list:
-        return []
-
-
 class NoRouting:
     async def setup(self) -> None: ...
     async def set_routes(self, nodes) -> None: ...
@@ -690,7 +682,7 @@ async def cluster_main(a: argparse.Namespace) -> dict:
         agent = build_agent(
             AgentConfig(state_dir=tmp / "state", policy_dir=tmp / "policies", metrics_port=None, poll_interval=3600.0),
             compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(),
-            datapath=Datapath(), proxy=NullProxy(), shared=shared, routing=NoRouting(),
+            datapath=NullDatapath(), proxy=NullProxy(), shared=shared, routing=NoRouting(),
         )
         t_start = time.monotonic()
         await agent.start(serve_api=False)
@@ -772,7 +764,7 @@ async def baseline_main(a: argparse.Namespace) -> dict:
     cpu0 = cpu_s()
     agent = build_agent(
         AgentConfig(state_dir=tmp / "state", policy_dir=tmp / "policies", metrics_port=None, poll_interval=3600.0),
-        compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=Datapath(), proxy=NullProxy(),
+        compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=NullDatapath(), proxy=NullProxy(),
     )
     t_start = time.monotonic()
     await agent.start(serve_api=False)
