@@ -239,16 +239,17 @@ def _run_agent(args: argparse.Namespace) -> int:
         ack_timeout=args.ack_timeout,
         policy_audit_mode=args.policy_audit_mode,
     )
-    try:
-        datapath = KernelDatapath(Path(args.bpf_dir), state_dir / "endpoints")
-    except Exception as exc:  # e.g. no bpffs, no bcc: say so in one line
-        print(f"ciliate agent: cannot open the kernel datapath in {args.bpf_dir}: {exc}", file=sys.stderr)
-        return 1
+    # Flags first: a wrong one is reported before anything is touched.
     try:
         shared, node_ip = shared_state_from_args(args, state_dir)
     except ClusterFlagError as exc:
         print(f"ciliate agent: {exc}", file=sys.stderr)
         return 2
+    try:
+        datapath = KernelDatapath(Path(args.bpf_dir), state_dir / "endpoints")
+    except Exception as exc:  # e.g. no bpffs, no bcc: say so in one line
+        print(f"ciliate agent: cannot open the kernel datapath in {args.bpf_dir}: {exc}", file=sys.stderr)
+        return 1
     routing = None
     if shared is not None:
         from agent.adapters.node_routing import DirectRouting

@@ -132,6 +132,20 @@ def test_sender_egress_and_receiver_ingress_l7_both_hold(world: World) -> None:
         world.remove_everywhere("egress.yaml")
 
 
+def test_the_senders_egress_deny_holds_whatever_the_receiver_allows(world: World) -> None:
+    """The deathstar's node admits the tiefighter's landing at ingress; the
+    tiefighter's own node denies its egress: the request never leaves."""
+    world.apply_everywhere(POLICIES / "tiefighter-egress-deny.yaml", "egress-deny.yaml")
+    try:
+        before = len(world.hits("tiefighter"))
+        out = world.request("tiefighter", *LAND, timeout=1.0)
+        assert out.get("error") == "timeout", out
+        assert len(world.hits("tiefighter")) == before, "a request the sender's node denies reached the deathstar"
+    finally:
+        world.remove_everywhere("egress-deny.yaml")
+    assert world.request("tiefighter", *LAND).get("status") == 200
+
+
 def test_a_restarted_agent_keeps_its_identities(world: World) -> None:
     before = world.cluster.identities()
     world.away.kill_agent()

@@ -1,0 +1,49 @@
+"""`ciliate agent`'s cluster flags: a wrong one stops the agent at once with
+the flag (or file), the field and the reason, before anything is touched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def agent(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "agent", "--state-dir", str(tmp_path / "state"), "--bpf-dir", str(tmp_path / "bpf"), *flags],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--kvstore", "etcd", "--kvstore-opt", "etcd.endpoints=http://127.0.0.1:2379"], "--pod-cidr: required with --kvstore"),
+        (["--kvstore", "etcd", "--kvstore-opt", "etcd.endpoints=ftp://127.0.0.1:2379", "--pod-cidr", "10.251.1.0/24"], "etcd.endpoints"),
+        (["--kvstore", "etcd", "--kvstore-opt", "etcd.nonsense=1", "--pod-cidr", "10.251.1.0/24"], "etcd.nonsense"),
+        (["--kvstore", "etcd", "--pod-cidr", "10.251.1.0/24"], "endpoints"),
+        (["--kvstore", "etcd", "--kvstore-opt", "etcd.endpoints=http://127.0.0.1:2379", "--pod-cidr", "10.251.1.0/33"], "--pod-cidr"),
+        (
+            ["--kvstore", "etcd", "--kvstore-opt", "etcd.endpoints=http://127.0.0.1:2379", "--pod-cidr", "10.251.1.0/24", "--node-ip", "10.251.1.9"],
+            "inside --pod-cidr",
+        ),
+        (["--pod-cidr", "10.251.1.0/24"], "without --kvstore etcd"),
+    ],
+    ids=["no-pod-cidr", "bad-scheme", "unknown-option", "no-endpoints", "bad-cidr", "node-ip-in-pod-cidr", "no-kvstore"],
+)
+def test_a_wrong_cluster_flag_is_named(tmp_path: Path, flags: list[str], says: str) -> None:
+    out = agent(tmp_path, *flags)
+    assert out.returncode == 2, out
+    assert says in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "bpf").exists(), "the kernel side was touched before the flags were checked"
+
+
+def test_a_bad_etcd_config_file_names_the_file_and_field(tmp_path: Path) -> None:
+    cfg = tmp_path / "etcd.yaml"
+    cfg.write_text("endpoints: [http://127.0.0.1:2379]\ntrusted-ca-fle: /nowhere\n")
+    out = agent(tmp_path, "--kvstore", "etcd", "--kvstore-opt", f"etcd.config={cfg}", "--pod-cidr", "10.251.1.0/24")
+    assert out.returncode == 2, out
+    assert str(cfg) in out.stderr and "trusted-ca-fle" in out.stderr, out.stderr
