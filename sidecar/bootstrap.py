@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from sidecar.errors import EnvoyError
+from xds.loopback import require_loopback
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
 ACCESSLOG_CLUSTER = "ciliate-accesslog"
@@ -32,8 +33,7 @@ def address(ep: Endpoint) -> dict[str, Any]:
     if isinstance(ep, str):
         return {"pipe": {"path": ep}}
     host, port = ep
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        raise EnvoyError(f"sidecar endpoints must be on loopback, not {host!r}")
+    require_loopback(host, "sidecar endpoints", EnvoyError)
     return {"socket_address": {"address": host, "port_value": int(port)}}
 
 

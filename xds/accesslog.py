@@ -25,6 +25,7 @@ from envoy_data_plane.envoy.service.accesslog.v3 import (
 from grpclib.server import Server
 
 from .errors import XdsError
+from .loopback import require_loopback
 from .rbac import RBAC_FILTER, RECEIVER_SHADOW_PREFIX, SHADOW_DENIED, SHADOW_POLICY_KEY, SHADOW_RESULT_KEY
 
 # The shadow verdicts of both RBAC filters (policy audit mode), by key prefix.
@@ -129,8 +130,8 @@ class AccessLogServer:
     ) -> None:
         if socket_path is None and tcp is None:
             raise XdsError("AccessLogServer needs socket_path or tcp")
-        if tcp is not None and tcp[0] not in ("127.0.0.1", "localhost", "::1"):
-            raise XdsError(f"access log listener must be on loopback, not {tcp[0]!r}")
+        if tcp is not None:
+            require_loopback(tcp[0], "access log listener", XdsError)
         self.socket_path = socket_path
         self.tcp = tcp
         self.tcp_port: int | None = None

@@ -1,18 +1,17 @@
-"""Every error the xds/ and sidecar/ packages raise, in one place. No I/O.
+"""Every error the xds/ package raises, in one place. No I/O.
 
 XdsError
  +-- RenderError        the compiled state cannot be expressed as Envoy config
  +-- SnapshotError      a snapshot is inconsistent (dangling reference, duplicate name)
  +-- NackError          Envoy rejected a version; carries Envoy's error_detail
  +-- AckTimeout         Envoy did not acknowledge a version in time
- +-- EnvoyError         the sidecar Envoy could not be started or became unready
 """
 
 from __future__ import annotations
 
 
 class XdsError(Exception):
-    """Base of every xds/ and sidecar/ error."""
+    """Base of every xds/ error."""
 
 
 class RenderError(XdsError):
@@ -39,8 +38,4 @@ class NackError(XdsError):
 
 
 class AckTimeout(XdsError, TimeoutError):
-    pass
-
-
-class EnvoyError(XdsError):
     pass

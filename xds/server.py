@@ -28,6 +28,7 @@ from grpclib.server import Server
 from .cache import SnapshotCache
 from .delta import DeltaSession
 from .errors import XdsError
+from .loopback import require_loopback
 from .sotw import SotwSession
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,8 @@ class XdsServer:
     ) -> None:
         if socket_path is None and tcp is None:
             raise XdsError("XdsServer needs socket_path or tcp")
-        if tcp is not None and tcp[0] not in ("127.0.0.1", "localhost", "::1"):
-            raise XdsError(f"xDS TCP listener must be on loopback, not {tcp[0]!r}")
+        if tcp is not None:
+            require_loopback(tcp[0], "xDS TCP listener", XdsError)
         self.cache = cache
         self.socket_path = socket_path
         self.tcp = tcp

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar.bootstrap import BootstrapParams, read_admin_socket, render_bootstrap, write_bootstrap
-from xds.errors import EnvoyError
+from sidecar.errors import EnvoyError
 
 
 def _cluster(doc, name):
