@@ -30,6 +30,32 @@ INTERNAL_ERROR = "internal error while parsing (please report)"
 # before it is read: parsing 50 MB of YAML takes tens of seconds and
 # hundreds of MB, and the agent parses every change of the directory.
 MAX_FILE_BYTES = 4 * 1024 * 1024
+# One document over Kubernetes' object limit could never be applied to a
+# cluster: refuse it here too, so a file that loads is one that would.
+MAX_DOCUMENT_BYTES = 1536 * 1024
+
+
+class _TooBig:
+    """A document over MAX_DOCUMENT_BYTES, kept in its place (never constructed)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def _yaml_documents(text: str, limit: int) -> list[Any]:
+    """yaml.safe_load_all, but a document over `limit` bytes becomes a
+    _TooBig instead of being built (its size is known once it is composed)."""
+    loader = yaml.SafeLoader(text)
+    docs: list[Any] = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            span = node.end_mark.index - node.start_mark.index if node is not None else 0
+            size = len(text[node.start_mark.index : node.end_mark.index].encode()) if span * 4 > limit else span
+            docs.append(_TooBig(size) if size > limit else loader.construct_document(node))
+    finally:
+        loader.dispose()
+    return docs
 
 
 @dataclass
@@ -58,15 +84,16 @@ def _yaml_error(e: yaml.YAMLError) -> str:
     return f"invalid YAML: {problem}"
 
 
-def load_text(text: str, source: str, is_json: bool = False) -> LoadResult:
+def load_text(text: str, source: str, is_json: bool = False, doc_limit: int = MAX_DOCUMENT_BYTES) -> LoadResult:
     """Parse the documents of one file's text."""
     out = LoadResult(files=[source])
     docs: list[Any]
     try:
         if is_json:
-            docs = [json.loads(text)]
+            size = len(text.strip().encode())  # the object, not the whitespace around it
+            docs = [_TooBig(size) if size > doc_limit else json.loads(text)]
         else:
-            docs = list(yaml.safe_load_all(text))
+            docs = _yaml_documents(text, doc_limit)
     except json.JSONDecodeError as e:
         out.errors.append(PolicyError(source, None, "", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"))
         return out
@@ -82,6 +109,11 @@ def load_text(text: str, source: str, is_json: bool = False) -> LoadResult:
         return out
     multi = len(docs) > 1
     for i, d in real:
+        if isinstance(d, _TooBig):
+            out.errors.append(
+                PolicyError(source, i if multi else None, "", f"document is {d.size} bytes, over the {doc_limit}-byte limit of a Kubernetes object")
+            )
+            continue
         try:
             out.policies.append(parse_object(d, source, i if multi else None))
         except PolicyErrors as e:

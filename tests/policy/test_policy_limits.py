@@ -155,3 +155,21 @@ def test_invalid_keys(key: str) -> None:
 @pytest.mark.parametrize("value, ok", [("", True), ("a", True), ("a.b-c_d", True), ("x" * 63, True), ("x" * 64, False), ("-a", False), ("a\n", False), ("١", False)])
 def test_values(value: str, ok: bool) -> None:
     assert (labels.value_problem(value) is None) == ok
+
+
+def test_one_document_over_the_kubernetes_object_limit_is_refused_and_its_neighbours_load(tmp_path: Path) -> None:
+    from policy.load import MAX_DOCUMENT_BYTES
+
+    small = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: ok}\nspec:\n  endpointSelector: {}\n  ingress: [{}]\n"
+    big = small.replace("name: ok", "name: big").replace("  ingress: [{}]\n", "  description: " + "x" * MAX_DOCUMENT_BYTES + "\n")
+    path = tmp_path / "p.yaml"
+    path.write_text(small + "---\n" + big)
+    res = load_paths([path])
+    assert [p.name for p in res.policies] == ["ok"]
+    assert len(res.errors) == 1
+    msg = str(res.errors[0])
+    assert msg.startswith(f"{path}:1:") and "over the 1572864-byte limit of a Kubernetes object" in msg, msg
+    as_json = tmp_path / "p.json"
+    as_json.write_text(json.dumps({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy", "metadata": {"name": "j"},
+                                   "spec": {"endpointSelector": {}, "description": "x" * MAX_DOCUMENT_BYTES}}))
+    assert "limit of a Kubernetes object" in str(load_paths([as_json]).errors[0])
