@@ -60,6 +60,17 @@ def _client_command(fn: Callable[[AgentClient, argparse.Namespace], int]) -> Cal
 
 
 # --- client commands ---------------------------------------------------------------
+def _kvstore_line(kv: dict) -> str:
+    """One line on the shared store: reachable or why not, and what this node follows."""
+    state = "etcd ok" if kv.get("ok") else f"DOWN: {kv.get('detail') or 'not connected'}"
+    lease = f", lease {kv['lease_id']}{' (adopted)' if kv.get('lease_adopted') else ''}" if kv.get("lease_id") else ""
+    refused = f", {kv['refused_entries']} entries refused" if kv.get("refused_entries") else ""
+    return (
+        f"{state} (node {kv.get('node')}{lease}, {kv.get('remote_nodes', 0)} other nodes, "
+        f"{kv.get('remote_endpoints', 0)} remote endpoints, {kv.get('identities', 0)} identities{refused})"
+    )
+
+
 def _status(client: AgentClient, args: argparse.Namespace) -> int:
     def human(s) -> str:
         eps = ", ".join(f"{n} {k}" for k, n in sorted(s.endpoints.items())) or "none"
@@ -81,6 +92,7 @@ def _status(client: AgentClient, args: argparse.Namespace) -> int:
                 if s.kubernetes
                 else []
             )
+            + ([f"Cluster:         {_kvstore_line(s.kvstore)}"] if s.kvstore else [])
         )
 
     status = client.status()

@@ -90,6 +90,8 @@ def test_every_node_gives_a_pod_the_same_identity(world: World) -> None:
     for node in world.cluster.nodes:
         kv = node.status()["kvstore"]
         assert kv["ok"] and kv["remote_nodes"] == 1, kv
+        human = node.ciliate("status").stdout
+        assert "Cluster:         etcd ok (node node" in human and "1 other nodes" in human, human
 
 
 def test_without_policy_requests_cross_the_nodes(world: World) -> None:
