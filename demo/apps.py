@@ -40,7 +40,7 @@ class _Deathstar(BaseHTTPRequestHandler):
         self.wfile.write(data)
         # One line per request on stdout: the demo and tests read it to prove
         # which requests reached the server at all.
-        print(json.dumps({"method": self.command, "path": self.path, "client": self.client_address[0]}), flush=True)
+        print(json.dumps({"method": self.command, "path": self.path, "client": self.client_address[0], "port": self.client_address[1]}), flush=True)
 
     do_GET = do_POST = do_PUT = do_DELETE = _answer
 

@@ -231,6 +231,27 @@ def _host_ips() -> list:
     return sorted(a for a in addrs if not a.is_loopback)
 
 
+POD_DEFAULT_PORTS = (32768, 60999)  # Linux's default ephemeral range, what pods use
+
+
+def _warn_port_overlap() -> None:
+    """The proxy's upstreams keep the client pod's address but take their
+    source port from this namespace's range: where it overlaps the pods'
+    ranges an upstream can pick the 4-tuple of a connection the pod opens
+    itself, and that connection stalls. Say so once at start."""
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return
+    if lo <= POD_DEFAULT_PORTS[1] and POD_DEFAULT_PORTS[0] <= hi:
+        logging.getLogger("agent").warning(
+            "net.ipv4.ip_local_port_range is %d-%d here, overlapping the pods' default %d-%d: a proxied upstream "
+            "(which keeps the pod's address) can collide with a connection the pod opens itself; set the node's "
+            "range above it, e.g. sysctl -w net.ipv4.ip_local_port_range='61000 65535'",
+            lo, hi, *POD_DEFAULT_PORTS,
+        )
+
+
 def _run_agent(args: argparse.Namespace) -> int:
     from agent.adapters.kernel_datapath import KernelDatapath
     from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory
@@ -242,6 +263,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     # endpoint records, generated headers, logs, sockets. Set before any of
     # them exists, so no file is ever briefly readable by others.
     os.umask(0o077)
+    _warn_port_overlap()
     state_dir = Path(args.state_dir)
     config = AgentConfig(
         state_dir=state_dir,
