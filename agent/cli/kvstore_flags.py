@@ -1,7 +1,8 @@
 """`ciliate agent`'s cluster flags (Cilium's names where Cilium has them) and
 the shared-state adapter they build. Cluster mode is on with `--kvstore
 etcd`; the node then needs its address on the underlay (`--node-ip`, found
-from the route to the first etcd endpoint when omitted) and the CIDR its
+from the route to the first etcd endpoint when omitted, or the first global
+address when etcd is on this machine) and the CIDR its
 pods get addresses from (`--pod-cidr`, the range of its host-local IPAM).
 `--node-name` is shared with the Kubernetes flags."""
 
@@ -27,13 +28,15 @@ def add_kvstore_flags(a: argparse.ArgumentParser) -> None:
         "(endpoints, trusted-ca-file, cert-file, key-file as Cilium's etcd config)",
     )
     g.add_argument("--kvstore-lease-ttl", type=float, default=None, help="seconds this node's entries outlive it when it dies (default: the store module's)")
-    g.add_argument("--node-ip", default=None, help="this node's address on the underlay (default: the source address towards the first etcd endpoint)")
+    g.add_argument("--node-ip", default=None, help="this node's address on the underlay (default: the source address towards the first etcd endpoint; with etcd on this machine, its first global address)")
     g.add_argument("--pod-cidr", default=None, help="the CIDR this node's pods get addresses from (other nodes route it to --node-ip)")
 
 
 def _node_ip(endpoints: tuple[str, ...]) -> IPv4Address:
-    """The address this node would use to reach the first etcd endpoint: a
-    route lookup, no packet is sent."""
+    """The address this node would use to reach the first etcd endpoint (a
+    route lookup, no packet is sent); when that is loopback (etcd on this
+    machine), the first global address of another interface; else an error
+    asking for --node-ip."""
     from pyroute2 import IPRoute
 
     host = urlsplit(endpoints[0]).hostname or ""
@@ -42,11 +45,18 @@ def _node_ip(endpoints: tuple[str, ...]) -> IPv4Address:
     except (OSError, ValueError) as exc:
         raise ClusterFlagError(f"--node-ip: not given, and the etcd endpoint {endpoints[0]} does not resolve: {exc}") from None
     with IPRoute() as ipr:
-        routes = ipr.route("get", dst=str(target))
-    src = routes[0].get_attr("RTA_PREFSRC") if routes else None
-    if src is None or ip_address(src).is_loopback:
-        raise ClusterFlagError(f"--node-ip: not given, and no non-loopback source address reaches {endpoints[0]}; pass --node-ip")
-    return IPv4Address(src)
+        try:
+            routes = ipr.route("get", dst=str(target))
+        except Exception:  # noqa: BLE001 - no route: fall through to the interface scan
+            routes = []
+        src = routes[0].get_attr("RTA_PREFSRC") if routes else None
+        if src is not None and not ip_address(src).is_loopback:
+            return IPv4Address(src)
+        for a in ipr.get_addr(family=2):
+            addr = IPv4Address(a.get_attr("IFA_ADDRESS"))
+            if not addr.is_loopback and not addr.is_link_local and a.get("scope", 0) == 0:
+                return addr
+    raise ClusterFlagError(f"--node-ip: not given, and this node has no non-loopback address to reach {endpoints[0]} with; pass --node-ip")
 
 
 def shared_state_from_args(args: argparse.Namespace, state_dir: Path):

@@ -3,6 +3,7 @@ the flag (or file), the field and the reason, before anything is touched."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,24 @@ def test_a_bad_etcd_config_file_names_the_file_and_field(tmp_path: Path) -> None
     out = agent(tmp_path, "--kvstore", "etcd", "--kvstore-opt", f"etcd.config={cfg}", "--pod-cidr", "10.251.1.0/24")
     assert out.returncode == 2, out
     assert str(cfg) in out.stderr and "trusted-ca-fle" in out.stderr, out.stderr
+
+
+@pytest.mark.privileged
+def test_node_ip_defaults_to_a_global_address_when_etcd_is_on_this_machine() -> None:
+    """etcd on loopback: the node's address is its first global one (not
+    127.0.0.1, which no other node could route to); with none, the error
+    asks for --node-ip."""
+    ns = f"cilnip{os.getpid() % 100000}"
+    probe = [sys.executable, "-c", "from agent.cli.kvstore_flags import _node_ip; print(_node_ip(('http://127.0.0.1:2379',)))"]
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        alone = subprocess.run(["ip", "netns", "exec", ns, *probe], capture_output=True, text=True, timeout=60)
+        assert alone.returncode != 0 and "pass --node-ip" in alone.stderr, alone
+        subprocess.run(["ip", "-n", ns, "link", "add", "u0", "type", "veth", "peer", "name", "u1"], check=True)
+        subprocess.run(["ip", "-n", ns, "addr", "add", "10.250.7.3/24", "dev", "u0"], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "u0", "up"], check=True)
+        found = subprocess.run(["ip", "netns", "exec", ns, *probe], capture_output=True, text=True, timeout=60)
+        assert found.returncode == 0 and found.stdout.strip() == "10.250.7.3", found
+    finally:
+        subprocess.run(["ip", "netns", "del", ns])
