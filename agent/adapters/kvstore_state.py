@@ -1,11 +1,10 @@
 """The SharedState port bound to etcd (kvstore.cluster.Cluster).
 
-Identities are cached per label set once allocated: this node holds a
-reference on each (kvstore/ re-publishes the references if its lease was
-lost), so the number cannot be collected under it and a regeneration does
-not pay two etcd round trips per endpoint. A label set no local endpoint
-has any more is released (its reference deleted) when the endpoints are
-next published.
+A number this node holds is answered by kvstore/ without a round trip
+(it holds a reference on it, re-published if its lease was lost, so the
+number cannot be collected under it). The label sets asked for are
+remembered here only to release them: one no local endpoint has any more
+loses this node's reference when the endpoints are next published.
 
 Until the store has been listed once since this start (etcd down when the
 agent restarts), peers() is the snapshot the previous run saved
@@ -130,9 +129,9 @@ class KvstoreState:
         return peers
 
     async def identity_for(self, labels: frozenset[str]) -> int:
-        ident = self._ids.get(labels)
-        if ident is not None:
-            return ident
+        # kvstore answers a number this node holds without asking etcd, and
+        # forgets it if etcd says it was collected and given away meanwhile:
+        # asking it each time keeps one source of truth.
         assert self._cluster is not None, "start() first"
         try:
             ident = await self._cluster.allocate_identity(labels)

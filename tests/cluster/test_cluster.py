@@ -16,6 +16,7 @@ import pytest
 from demo.cluster import Cluster
 from demo.node import Lines
 from demo.scenario import PODS
+from tests.reliability.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 STARWARS = ROOT / "examples" / "starwars"
@@ -52,16 +53,6 @@ class World:
         for node in self.cluster.nodes:
             if (node.policies / name).exists():
                 node.remove_policy(name)
-
-
-def wait_for(what: str, check, timeout: float = 30.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
