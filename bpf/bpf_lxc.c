@@ -72,14 +72,18 @@ static __always_inline int drop(struct pkt *p, struct ev_ctx *c, __u8 reason)
 }
 
 /* The audit event of a flow passed in audit mode: the direction whose policy
- * would have dropped it, and why. */
-static __always_inline void emit_audit(struct pkt *p, struct ev_ctx *c, __u8 direction, __u8 reason)
+ * would have dropped it, why, and whose policy that was. An ingress audit
+ * seen at the sender's veth names the receiver, as the same audit seen at the
+ * receiver's own veth would, so a flow reads the same wherever it was judged. */
+static __always_inline void emit_audit(struct pkt *p, struct ev_ctx *c, __u8 direction, __u8 reason,
+				       __u32 endpoint_id, __u32 peer_endpoint_id)
 {
-	__u8 was = c->direction;
+	struct ev_ctx a = *c;
 
-	c->direction = direction;
-	emit_event(p, c, EV_AUDIT, reason, 0);
-	c->direction = was;
+	a.direction = direction;
+	a.endpoint_id = endpoint_id;
+	a.peer_endpoint_id = peer_endpoint_id;
+	emit_event(p, &a, EV_AUDIT, reason, 0);
 }
 
 static __always_inline int parse_or_verdict(struct __sk_buff *skb, struct pkt *p, struct ev_ctx *c)
@@ -129,7 +133,9 @@ int from_container(struct __sk_buff *skb)
 	__u32 endpoint_id;
 	__u64 now;
 	int r;
-	__u8 audit_dir = DIR_NONE, audit_reason = 0; /* DIR_NONE: nothing audited */
+	/* Each direction's audit is reported on its own: both may be relaxed. */
+	int audit_eg = 0, audit_in = 0;
+	__u32 dst_id = 0;
 
 	r = enter_endpoint(skb, &p, &c, &self_key, &endpoint_id);
 	if (r >= 0)
@@ -172,24 +178,19 @@ int from_container(struct __sk_buff *skb)
 
 	c.direction = 1; /* egress */
 	policy_decide(endpoint_id, self->flags & LXC_F_EGRESS_ENFORCED, c.dst_identity, 1, &p, &eg);
-	if (audit_pass(self->flags, &eg)) {
-		audit_dir = 1;
-		audit_reason = eg.reason;
-	}
+	audit_eg = audit_pass(self->flags, &eg);
 	if (!eg.verdict)
 		return drop(&p, &c, eg.reason);
 
 	struct lxc_key dst_key = { .addr = p.daddr };
 	dst = lxc.lookup(&dst_key);
 	if (dst) {
-		c.peer_endpoint_id = dst->endpoint_id;
+		dst_id = dst->endpoint_id;
+		c.peer_endpoint_id = dst_id;
 		c.direction = 0; /* the destination's ingress */
-		policy_decide(dst->endpoint_id, dst->flags & LXC_F_INGRESS_ENFORCED,
+		policy_decide(dst_id, dst->flags & LXC_F_INGRESS_ENFORCED,
 			      self->identity, 0, &p, &in);
-		if (audit_pass(dst->flags, &in) && audit_dir == DIR_NONE) {
-			audit_dir = 0;
-			audit_reason = in.reason;
-		}
+		audit_in = audit_pass(dst->flags, &in);
 		if (!in.verdict)
 			return drop(&p, &c, in.reason);
 	}
@@ -205,15 +206,19 @@ int from_container(struct __sk_buff *skb)
 		if (redirect_to_proxy(skb, &p, v->proxy_port) != 0)
 			return drop(&p, &c, R_PROXY_NOT_LISTENING);
 		ct_create(&p, CT_F_REDIRECT, v->proxy_port, now, CT_SCOPE_FLOW);
-		if (audit_dir != DIR_NONE)
-			emit_audit(&p, &c, audit_dir, audit_reason);
+		if (audit_eg)
+			emit_audit(&p, &c, 1, eg.reason, endpoint_id, dst_id);
+		if (audit_in)
+			emit_audit(&p, &c, 0, in.reason, dst_id, endpoint_id);
 		emit_event(&p, &c, EV_REDIRECT, R_POLICY_REDIRECT, v->proxy_port);
 		return TC_ACT_OK;
 	}
 	ct_create(&p, 0, 0, now, CT_SCOPE_FLOW);
-	if (audit_dir != DIR_NONE)
-		emit_audit(&p, &c, audit_dir, audit_reason);
-	else
+	if (audit_eg)
+		emit_audit(&p, &c, 1, eg.reason, endpoint_id, dst_id);
+	if (audit_in)
+		emit_audit(&p, &c, 0, in.reason, dst_id, endpoint_id);
+	if (!audit_eg && !audit_in)
 		emit_event(&p, &c, EV_FORWARD, v->reason, 0);
 	return pass_decided(skb);
 }

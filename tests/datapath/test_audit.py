@@ -43,6 +43,9 @@ def test_audited_destination_lets_denied_flow_through_and_reports_it(dp_node):
     assert audits, "no AUDIT event for the flow b's ingress policy would drop"
     ev = audits[0]
     assert (ev.dport, ev.reason, ev.direction.name, ev.src_identity) == (8080, Reason.NO_POLICY_MATCH, "INGRESS", 256)
+    # The record names the endpoint whose policy would have dropped (b), not
+    # the sender whose veth saw the packet.
+    assert (ev.endpoint_id, ev.peer_endpoint_id) == (b.endpoint_id, a.endpoint_id)
     assert _counted(dp_node.dp, "no-policy-match", "ingress") - before == 1
 
     # Audit off: the next new connection is dropped, nothing restarted.
@@ -64,9 +67,26 @@ def test_audited_source_egress_deny_is_reported_in_the_egress_direction(dp_node)
         assert tcp_flow_passes(a.pod, b.pod, 8080, True)
         audits = _audits(stream)
     assert audits and (audits[0].reason, audits[0].direction.name) == (Reason.POLICY_DENY, "EGRESS")
+    assert (audits[0].endpoint_id, audits[0].peer_endpoint_id) == (a.endpoint_id, b.endpoint_id)
     # Only the audited endpoint's decision is audited: b enforcing its own
     # ingress still drops what b's policy does not allow.
     assert not tcp_flow_passes(a.pod, b.pod, 8081, False)
+
+
+def test_both_sides_audited_report_one_record_each_naming_its_own_endpoint(dp_node):
+    a, b = dp_node.ep("a"), dp_node.ep("b")
+    a_pol = endpoint(a, [rule(257, EGRESS, TCP, 8080, Verdict.DENY)], ingress=False)
+    b_pol = endpoint(b, [], egress=False)  # ingress enforced, nothing allowed
+    dp_node.dp.apply(state(1, [replace(a_pol, audit=True), replace(b_pol, audit=True)]))
+    with dp_node.dp.events() as stream:
+        stream.drain()
+        assert tcp_flow_passes(a.pod, b.pod, 8080, True)
+        audits = _audits(stream)
+    got = {(e.direction.name, e.reason, e.endpoint_id, e.peer_endpoint_id) for e in audits if e.dport == 8080}
+    assert got == {
+        ("EGRESS", Reason.POLICY_DENY, a.endpoint_id, b.endpoint_id),
+        ("INGRESS", Reason.NO_POLICY_MATCH, b.endpoint_id, a.endpoint_id),
+    }, audits
 
 
 def test_audit_at_the_destination_hook_for_an_unmanaged_source(dp_node):
