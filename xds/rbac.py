@@ -152,17 +152,18 @@ def per_route(policies: Iterable[tuple[str, bytes]], audit: bool = False) -> byt
 def receiver_per_route(
     receivers: tuple[ReceiverRules, ...],
     perms: dict[int, list[bytes]],
-    audit: bool = False,
     audited: frozenset[int] = frozenset(),
 ) -> bytes:
     """RBACPerRoute for RECEIVER_RBAC_FILTER: a request to a receiver with
     ingress HTTP rules for this sender must match one of them (`perms`, by
     endpoint id; a receiver absent from it admits no request from this
     sender: 403); a request to any other destination passes this filter (the
-    sender's own rules still apply in the filter before). `audit`: the
-    sender is audited, every request passes; `audited`: receivers in audit
-    mode, every request to them passes. Either way the real rules run as
-    shadow rules and report what they would have denied."""
+    sender's own rules still apply in the filter before). `audited`:
+    receivers in audit mode, every request to them passes and the real rules
+    run as shadow rules that report what they would have denied.
+
+    The sender's own audit mode never reaches this filter: audit relaxes only
+    the audited endpoint's own rules, and these are the receivers'."""
     if receivers:
         addresses = (pb.Permission.destination_ip(cidr(IPv4Network(r.ipv4))) for r in receivers)
         others = pb.Permission.not_rule(_any_of(addresses))
@@ -176,8 +177,8 @@ def receiver_per_route(
         dest = pb.Permission.destination_ip(cidr(IPv4Network(r.ipv4)))
         policies.append((f"receiver-{r.endpoint_id}", pb.Policy.permissions(_all_of((dest, _any_of(got)))) + _ANYONE))
     audited_here = [r for r in receivers if r.endpoint_id in audited]
-    if audit or not audited_here:
-        return per_route(policies, audit)
+    if not audited_here:
+        return per_route(policies)
     # Some receivers audit: requests to them pass, the rest is enforced; the
     # shadow rules are the real ones, so the access log tells what they denied.
     passes = [(f"audit-receiver-{r.endpoint_id}", pb.Policy.permissions(pb.Permission.destination_ip(cidr(IPv4Network(r.ipv4)))) + _ANYONE) for r in audited_here]

@@ -363,7 +363,7 @@ class Renderer:
             perms_by_receiver = {
                 r.endpoint_id: [self._http_perm(h) for h in self._merge(list(r.http))] for r in receivers if r.http
             }
-            receiver_rbac = receiver_per_route(receivers, perms_by_receiver, audit, audited)
+            receiver_rbac = receiver_per_route(receivers, perms_by_receiver, audited)
         body = route_configuration(
             name=name,
             cluster=self.params.cluster_name,

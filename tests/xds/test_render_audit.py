@@ -1,6 +1,6 @@
 """Rendering an audited endpoint's listeners (policy audit mode): its RBAC
-rules become shadow rules behind an allow-all, on both RBAC filters of an
-egress listener, and turning audit on or off re-renders the route config."""
+rules become shadow rules behind an allow-all, on its own RBAC filter (never on
+the receivers' filter of its egress listener), and turning audit on or off re-renders the route config."""
 
 from __future__ import annotations
 
@@ -41,11 +41,19 @@ def test_audited_listener_allows_all_and_keeps_its_rules_as_shadow_rules():
     assert _per_route(r.render(enforcing)).to_dict() == plain.to_dict()
 
 
-def test_audited_egress_listener_shadows_the_receivers_rules_too():
-    s = _audited(state({PORT: (rule([CLIENT_IDENTITY], path="/x"),)}, direction=Direction.EGRESS))
-    receiver = _per_route(Renderer(RenderParams()).render(s), RECEIVER_RBAC_FILTER)
-    assert list(receiver.rules.policies) == [AUDIT_ALLOW_ALL]
-    assert "other-destinations" in receiver.shadow_rules.policies
+def test_an_audited_sender_relaxes_only_its_own_rules_never_the_receivers():
+    from tests.xds.fixtures import EGRESS_PORT, sender_and_receiver
+
+    st = sender_and_receiver()
+    st = replace(st, endpoints={**st.endpoints, 1: replace(st.endpoints[1], audit=True)})
+    rc = RouteConfiguration.parse(Renderer(RenderParams()).render(st).of(ROUTE)[f"ciliate-proxy-{EGRESS_PORT}"].body)
+    cfgs = rc.virtual_hosts[0].routes[0].typed_per_filter_config
+    own = RbacPerRoute.parse(cfgs[RBAC_FILTER].value).rbac
+    assert list(own.rules.policies) == [AUDIT_ALLOW_ALL] and own.shadow_rules is not None
+    receiver = RbacPerRoute.parse(cfgs[RECEIVER_RBAC_FILTER].value).rbac
+    # The receiver's ingress rules stay enforced: no allow-all, no shadow.
+    assert set(receiver.rules.policies) == {"other-destinations", "receiver-2"}
+    assert AUDIT_ALLOW_ALL not in receiver.rules.policies and receiver.shadow_rules is None
 
 
 def test_audited_receiver_alone_passes_requests_to_it_and_shadows_its_rules():
