@@ -3,7 +3,10 @@ exposes them as an async stream of `AccessLogEntry` (for `ciliate monitor`).
 Does network I/O (unix socket or loopback TCP).
 
 Envoy sends its node identity only on the first message of a stream, so the
-node id is remembered per stream. The queue towards consumers is bounded:
+node id is remembered per stream. Messages are read from the wire by
+accesslog_wire.py (see there why not through envoy-data-plane's classes),
+and the stream yields to the event loop after each message, so a burst of
+entries never holds up the agent's API. The queue towards consumers is bounded:
 when nobody reads, the oldest entries are dropped (counted in `dropped`)
 rather than growing memory without limit or pushing back on Envoy.
 """
@@ -16,14 +19,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import AsyncIterator
 
-from envoy_data_plane.envoy.data.accesslog.v3 import HttpAccessLogEntry
-from envoy_data_plane.envoy.service.accesslog.v3 import (
-    AccessLogServiceBase,
-    StreamAccessLogsMessage,
-    StreamAccessLogsResponse,
-)
-from grpclib.server import Server
+from envoy_data_plane.envoy.service.accesslog.v3 import StreamAccessLogsResponse
+from grpclib.const import Cardinality, Handler
+from grpclib.server import Server, Stream
 
+from . import accesslog_wire as wire
 from .errors import XdsError
 from .loopback import require_loopback
 from .rbac import RBAC_FILTER, RECEIVER_SHADOW_PREFIX, SHADOW_DENIED, SHADOW_POLICY_KEY, SHADOW_RESULT_KEY
@@ -59,67 +59,64 @@ class AccessLogEntry:
         return self.shadow_denied and not self.denied
 
 
-def _shadow(c) -> tuple[bool, str]:
-    """(denied, policy id) from the RBAC filters' dynamic metadata."""
-    meta = c.metadata.filter_metadata.get(RBAC_FILTER) if c is not None and c.metadata is not None else None
-    if meta is None:
-        return False, ""
-    fields = meta.fields
+class _Raw:
+    """The request type grpclib hands our handler: the message's bytes as
+    they came (grpclib's codec calls FromString)."""
+
+    @staticmethod
+    def FromString(data: bytes) -> bytes:  # noqa: N802 - grpclib's codec API
+        return data
+
+
+def entry_from_wire(node: str, raw: bytes) -> AccessLogEntry:
+    f = wire.http_entry(raw, RBAC_FILTER)
+    shadow_denied, shadow_policy = False, ""
+    meta = f["metadata"]
     for prefix in _SHADOW_PREFIXES:
-        result = fields.get(prefix + SHADOW_RESULT_KEY)
-        if result is not None and result.string_value == SHADOW_DENIED:
-            policy = fields.get(prefix + SHADOW_POLICY_KEY)
-            return True, policy.string_value if policy is not None else ""
-    return False, ""
-
-
-def _addr(a) -> str:
-    if a is None or a.socket_address is None:
-        return ""
-    sa = a.socket_address
-    return f"{sa.address}:{sa.port_value}"
-
-
-def entry_from_proto(node: str, e: HttpAccessLogEntry) -> AccessLogEntry:
-    c, req, resp = e.common_properties, e.request, e.response
-    flags: frozenset[str] = frozenset()
-    when = datetime.now(timezone.utc)
-    if c is not None:
-        if c.response_flags is not None:
-            flags = frozenset(k for k, v in vars(c.response_flags).items() if v is True)
-        if c.start_time is not None:
-            when = c.start_time if isinstance(c.start_time, datetime) else when
-    status = resp.response_code if resp is not None and resp.response_code is not None else 0
-    shadow_denied, shadow_policy = _shadow(c)
+        if meta.get(prefix + SHADOW_RESULT_KEY) == SHADOW_DENIED:
+            shadow_denied, shadow_policy = True, meta.get(prefix + SHADOW_POLICY_KEY, "")
+            break
     return AccessLogEntry(
-        time=when,
+        time=f["time"] or datetime.now(timezone.utc),
         node=node,
-        method=str(req.request_method.name) if req is not None and req.request_method else "",
-        path=req.path if req is not None else "",
-        authority=req.authority if req is not None else "",
-        status=int(status),
-        upstream=_addr(c.upstream_remote_address) if c is not None else "",
-        downstream_remote=_addr(c.downstream_remote_address) if c is not None else "",
-        downstream_local=_addr(c.downstream_local_address) if c is not None else "",
-        response_flags=flags,
+        method=f["method"],
+        path=f["path"],
+        authority=f["authority"],
+        status=f["status"],
+        upstream=f["upstream"],
+        downstream_remote=f["downstream_remote"],
+        downstream_local=f["downstream_local"],
+        response_flags=f["response_flags"],
         shadow_denied=shadow_denied,
         shadow_policy=shadow_policy,
     )
 
 
-class _Service(AccessLogServiceBase):
+class _Service:
     def __init__(self, owner: "AccessLogServer") -> None:
         self._owner = owner
 
-    async def stream_access_logs(self, messages: AsyncIterator[StreamAccessLogsMessage]) -> StreamAccessLogsResponse:
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            "/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs": Handler(
+                self._stream, Cardinality.STREAM_UNARY, _Raw, StreamAccessLogsResponse
+            ),
+        }
+
+    async def _stream(self, stream: Stream) -> None:
         node = ""
-        async for msg in messages:
-            if msg.identifier is not None and msg.identifier.node is not None:
-                node = msg.identifier.node.id
-            if msg.http_logs is not None:
-                for e in msg.http_logs.log_entry:
-                    self._owner._put(entry_from_proto(node, e))
-        return StreamAccessLogsResponse()
+        async for raw in stream:
+            try:
+                ident, entries = wire.stream_message(raw)
+                if ident is not None:
+                    node = ident
+                for e in entries:
+                    self._owner._put(entry_from_wire(node, e))
+            except wire.WireError:
+                self._owner.malformed += 1
+            # A message may carry hundreds of entries: let the API in between.
+            await asyncio.sleep(0)
+        await stream.send_message(StreamAccessLogsResponse())
 
 
 class AccessLogServer:
@@ -136,6 +133,7 @@ class AccessLogServer:
         self.tcp = tcp
         self.tcp_port: int | None = None
         self.dropped = 0
+        self.malformed = 0  # messages that were not well-formed protobuf, dropped whole
         self._queue: asyncio.Queue[AccessLogEntry] = asyncio.Queue(max_queue)
         self._server: Server | None = None
 

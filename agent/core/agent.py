@@ -125,6 +125,7 @@ class Agent:
         self.metrics = AgentMetrics(
             policy_counts=self.policy_counts, endpoint_counts=self._endpoint_counts, identity_counts=self.identity_counts,
             kvstore=shared.status if shared is not None else None,
+            kubernetes=cluster.health if cluster is not None else None,
         )
         self.enricher = FlowEnricher(self.table, self._enforced_state, self._identity_labels)
         # When each policy change not yet regenerated was seen (monotonic), for
@@ -349,8 +350,13 @@ class Agent:
         delay = 1.0
         while True:
             try:
+                n = 0
                 async for raw in source():
                     delay = 1.0
+                    n += 1
+                    if n % 32 == 0:
+                        # A queued burst never suspends the iterator: let the API in.
+                        await asyncio.sleep(0)
                     try:
                         event = self._enrich(raw)
                     except ValidationError as exc:
