@@ -11,8 +11,10 @@ Two kinds of sources:
 - read when Prometheus scrapes: what lives elsewhere and is only worth
   reading when asked. The kernel's verdict counters and map fill (the agent
   fetches them through the datapath port right before rendering, see
-  `Agent.scrape`), the xDS and Envoy totals (proxy port), and functions of
-  the whole state (policies and endpoints by state, identities by type).
+  `Agent.scrape`), the xDS and Envoy totals (proxy port), the kvstore's and
+  the Kubernetes source's counts (their status/health mappings), and
+  functions of the whole state (policies and endpoints by state, identities
+  by type).
 """
 
 from __future__ import annotations
@@ -58,6 +60,20 @@ class _ScrapeTime:
         yield from _proxy(m.proxy)
         if m.kvstore is not None:
             yield from _cluster(m.kvstore())
+        if m.kubernetes is not None:
+            yield from _kubernetes(m.kubernetes())
+
+
+def _kubernetes(st: Mapping[str, object]) -> Iterator[Metric]:
+    """Kubernetes mode: what the API source counted (its health() fields)."""
+    dropped = CounterMetricFamily(
+        "ciliate_pod_labels_dropped",
+        "Pod labels not taken as endpoint labels because only the agent sets them (the namespace, keys starting "
+        "with io.cilium.k8s, keys with a source or outside label syntax), once per Pod version",
+    )
+    value = st.get("pod_labels_dropped")
+    dropped.add_metric([], float(value) if isinstance(value, (int, float)) else 0.0)
+    yield dropped
 
 
 def _cluster(st: Mapping[str, object]) -> Iterator[Metric]:
@@ -138,9 +154,11 @@ class AgentMetrics:
         endpoint_counts: Counts | None = None,
         identity_counts: Counts | None = None,
         kvstore: Callable[[], Mapping[str, object]] | None = None,
+        kubernetes: Callable[[], Mapping[str, object]] | None = None,
     ) -> None:
         self.policy_counts = policy_counts or _zero
         self.kvstore = kvstore  # cluster mode: the shared store's status
+        self.kubernetes = kubernetes  # Kubernetes mode: the API source's health
         self.endpoint_counts = endpoint_counts or _zero
         self.identity_counts = identity_counts or _zero
         # The last readings of the ports, refreshed by Agent.scrape().
