@@ -83,10 +83,12 @@ class K8sRig:
     def get_cnp(self, name: str, namespace: str = "default") -> dict:
         return self.co.get_namespaced_custom_object(*CNP[:2], namespace, CNP[2], name)
 
-    def pod(self, name: str, labels: dict[str, str], namespace: str = "default", node: str = NODE) -> None:
+    def pod(self, name: str, labels: dict[str, str], namespace: str = "default", node: str = NODE,
+            service_account: str | None = None) -> None:
         self.core.create_namespaced_pod(namespace, client.V1Pod(
             metadata=client.V1ObjectMeta(name=name, namespace=namespace, labels=labels),
-            spec=client.V1PodSpec(node_name=node, containers=[client.V1Container(name="c", image="busybox")])))
+            spec=client.V1PodSpec(node_name=node, service_account_name=service_account,
+                                  containers=[client.V1Container(name="c", image="busybox")])))
 
     def namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
         self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels or {})))

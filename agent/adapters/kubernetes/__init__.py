@@ -6,8 +6,9 @@ the API server, and each policy's per-node status written back.
   relist on 410 with only the difference delivered, jittered backoff;
 - `kinds.py`: the five kinds the agent reads and how the client lists them;
 - `objects.py`: a policy object through the same `policy/` parser as files,
-  under a key no file policy can take; a Pod and its Namespace as endpoint
-  labels;
+  under a key no file policy can take;
+- `pod_labels.py`: a Pod and its Namespace as endpoint labels, and the
+  labels a Pod may not set itself (namespace, service account, cluster);
 - `node_status.py`: what `status.nodes[<node>]` says, and the coalescing,
   rate-limited writer of it;
 - `source.py`: the ClusterSource port (agent/core/ports.py) over all of them;

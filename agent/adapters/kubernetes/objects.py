@@ -1,5 +1,6 @@
 """API objects as the agent core takes them: a policy object through the
-same parser as a policy file, and a Pod plus its Namespace as endpoint labels.
+same parser as a policy file (a Pod and its Namespace as endpoint labels are
+pod_labels.py's).
 
 A policy from the API is named `k8s:<Kind>/<namespace>/<name>` (or
 `k8s:<Kind>/<name>` when clusterwide): that is the SOURCE of its error lines
@@ -17,14 +18,12 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from agent.core.ports import LoadedFile, PolicyProblem
-from policy.endpoint import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX
 from policy.errors import PolicyErrors
 from policy.load import INTERNAL_ERROR
 from policy.model import Policy
 from policy.parse import parse_object
 
 SOURCE_PREFIX = "k8s:"
-SERVICE_ACCOUNT_LABEL = "io.cilium.k8s.policy.serviceaccount"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,18 +78,3 @@ def spec_of(obj: Mapping[str, Any]) -> tuple:
 def pod_name(pod: Mapping[str, Any]) -> str:
     meta = pod.get("metadata") or {}
     return f"{meta.get('namespace')}/{meta.get('name')}"
-
-
-def endpoint_labels(pod: Mapping[str, Any], namespace: Mapping[str, Any] | None) -> dict[str, str]:
-    """The endpoint's labels as Cilium derives them: the Pod's labels, its
-    namespace, the Namespace's labels under io.cilium.k8s.namespace.labels.*
-    (what namespaceSelector matches), and its service account; all `k8s:`."""
-    meta = pod.get("metadata") or {}
-    out = {f"k8s:{k}": str(v) for k, v in (meta.get("labels") or {}).items()}
-    out[f"k8s:{NAMESPACE_LABEL}"] = str(meta.get("namespace") or "default")
-    ns_labels = ((namespace or {}).get("metadata") or {}).get("labels") or {}
-    out.update({f"k8s:{NAMESPACE_LABELS_PREFIX}{k}": str(v) for k, v in ns_labels.items()})
-    sa = (pod.get("spec") or {}).get("serviceAccountName")
-    if sa:
-        out[f"k8s:{SERVICE_ACCOUNT_LABEL}"] = str(sa)
-    return out

@@ -33,7 +33,8 @@ from agent.adapters.kubernetes.kinds import (
     patch_status,
 )
 from agent.adapters.kubernetes.node_status import StatusWriter, Target
-from agent.adapters.kubernetes.objects import endpoint_labels, load_object, pod_name, source_name, spec_of
+from agent.adapters.kubernetes.objects import load_object, pod_name, source_name, spec_of
+from agent.adapters.kubernetes.pod_labels import endpoint_labels
 from agent.adapters.kubernetes.reflector import Event, Reflector, Timing
 from agent.core.models import PolicyStatus
 from agent.core.ports import ClusterEvents, LoadedFile, PolicyObjects
