@@ -7,6 +7,7 @@ Each attack has an honest control showing the rule it tries to pass is real."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from kubernetes import client
@@ -176,3 +177,34 @@ async def test_a_pod_label_key_with_a_source_is_not_taken(rig, key):
     assert [k for k in labels if k.count(":") > 1] == [], labels
     assert ev.identity == da.identity, "the pod has the identity of its honest twin"
 
+
+async def test_dropped_labels_are_warned_once_per_pod_change_and_counted(rig, caplog):
+    caplog.set_level(logging.WARNING, logger="agent.adapters.kubernetes")
+    rig.namespace("dev")
+    rig.pod("ev", {"app": "c", "io.cilium.k8s.namespace.labels.team": "blue", "reserved:host": ""}, namespace="dev")
+    agent = rig.build()
+    await agent.start(serve_api=False)
+    ev = await rig.endpoint("ev", "10.0.0.2", namespace="dev", n=1)
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "dev/ev" in r.getMessage()]
+
+    assert len(warnings()) == 2, warnings()
+    team, host = sorted(warnings(), key=lambda m: "reserved:host" in m)
+    assert "io.cilium.k8s.namespace.labels.team" in team and "Namespace" in team
+    assert "reserved:host" in host and "source" in host
+    assert agent.status().kubernetes["pod_labels_dropped"] == 2
+    assert "ciliate_pod_labels_dropped_total 2.0" in (await agent.scrape()).decode()
+
+    # Asking again (a Namespace change re-reads every pod of it) warns no more.
+    for _ in range(3):
+        rig.source.endpoint_labels("dev/ev")
+    rig.core.patch_namespace("dev", {"metadata": {"labels": {"team": "red"}}})
+    await eventually(lambda: agent.table.view(ev.id).labels.get("k8s:io.cilium.k8s.namespace.labels.team") == "red")
+    assert len(warnings()) == 2
+
+    # A new version of the Pod that still carries one is a new change.
+    rig.core.patch_namespaced_pod("ev", "dev", {"metadata": {"labels": {"app": "d", "reserved:host": None}}})
+    await eventually(lambda: agent.table.view(ev.id).labels.get("k8s:app") == "d")
+    assert len(warnings()) == 3
+    assert "ciliate_pod_labels_dropped_total 3.0" in (await agent.scrape()).decode()

@@ -34,7 +34,7 @@ from agent.adapters.kubernetes.kinds import (
 )
 from agent.adapters.kubernetes.node_status import StatusWriter, Target
 from agent.adapters.kubernetes.objects import load_object, pod_name, source_name, spec_of
-from agent.adapters.kubernetes.pod_labels import endpoint_labels
+from agent.adapters.kubernetes.pod_labels import dropped_labels, endpoint_labels
 from agent.adapters.kubernetes.reflector import Event, Reflector, Timing
 from agent.core.models import PolicyStatus
 from agent.core.ports import ClusterEvents, LoadedFile, PolicyObjects
@@ -76,6 +76,7 @@ class KubernetesSource:
         self._synced: dict[str, asyncio.Event] = {}
         self._pods_seen = asyncio.Condition()
         self._writer: StatusWriter | None = None
+        self._labels_dropped = 0  # pod labels refused, once per Pod change (pod_labels.py)
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopped = False
 
@@ -216,6 +217,8 @@ class KubernetesSource:
                 store.pop(name, None)  # the endpoint keeps its labels until CNI DEL removes it
                 continue
             store[name] = obj
+            if old is None or _labels(old) != _labels(obj):
+                self._report_dropped(name, obj)
             if old is None or _labels(old) != _labels(obj) or _sa(old) != _sa(obj):
                 touched.add(name)
         if touched:
@@ -223,6 +226,14 @@ class KubernetesSource:
                 self._pods_seen.notify_all()
             if self._events is not None:
                 await self._events.endpoint_labels_changed(touched)
+
+    def _report_dropped(self, name: str, pod: Mapping[str, Any]) -> None:
+        # Here, where a Pod version arrives, not in endpoint_labels(): the core
+        # asks that again for every pod of a Namespace whose labels changed.
+        dropped = dropped_labels(pod)
+        for key, why in sorted(dropped.items()):
+            log.warning("pod %s: label %r not taken from the Pod: %s", name, key, why)
+        self._labels_dropped += len(dropped)
 
     # --- what the core asks ----------------------------------------------------------
     def endpoint_labels(self, name: str) -> Mapping[str, str] | None:
@@ -258,6 +269,7 @@ class KubernetesSource:
             "policies": sum(len(self.objects[k]) for k in POLICY_KINDS),
             "pods": len(self.objects[KIND_POD]),
             "status_writes": self._writer.writes if self._writer is not None else 0,
+            "pod_labels_dropped": self._labels_dropped,
         }
         if down:
             since = min(r.health.since for r in down) or time.time()
