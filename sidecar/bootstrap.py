@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from sidecar.errors import EnvoyError
+from xds.limits import ProxyLimits
 from xds.loopback import require_loopback
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
@@ -44,6 +45,7 @@ class BootstrapParams:
     admin_socket: str = ""  # absolute path of the admin API's unix socket (mode 0600)
     accesslog: Endpoint | None = None
     delta: bool = False  # DELTA_GRPC (incremental) instead of GRPC (state of the world)
+    limits: ProxyLimits = ProxyLimits()  # the overload manager's share: heap and connections in all
 
 
 def render_bootstrap(p: BootstrapParams, template: Path = TEMPLATE) -> dict[str, Any]:
@@ -56,6 +58,8 @@ def render_bootstrap(p: BootstrapParams, template: Path = TEMPLATE) -> dict[str,
         ads_api_type="DELTA_GRPC" if p.delta else "GRPC",
         xds_address=json.dumps(address(p.xds)),
         accesslog_address=json.dumps(address(p.accesslog)) if p.accesslog is not None else "{}",
+        max_heap_bytes=int(p.limits.heap_bytes),
+        max_connections=int(p.limits.connections_total),
     )
     doc = yaml.safe_load(text)
     if p.accesslog is None:

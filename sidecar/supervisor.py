@@ -31,6 +31,7 @@ import envoy
 import httpx
 
 from sidecar.errors import EnvoyError
+from xds.limits import ProxyLimits
 
 from .bootstrap import BootstrapParams, Endpoint, admin_section, render_bootstrap, write_private
 
@@ -100,6 +101,7 @@ class EnvoySupervisor:
         backoff_max: float = 10.0,
         envoy_path: str | None = None,
         bootstrap: dict | None = None,
+        limits: ProxyLimits = ProxyLimits(),
     ) -> None:
         if workdir is None:
             raise EnvoyError("EnvoySupervisor needs a workdir (bootstrap, admin socket, envoy.log)")
@@ -109,7 +111,7 @@ class EnvoySupervisor:
         accesslog: Endpoint | None = accesslog_socket if accesslog_socket is not None else accesslog_tcp
         self.node_id = node_id
         self.workdir = Path(workdir)
-        self.params = BootstrapParams(node_id, xds or "", "", accesslog, delta)
+        self.params = BootstrapParams(node_id, xds or "", "", accesslog, delta, limits)
         # A complete bootstrap instead of envoy/bootstrap.yaml (the benchmark's
         # filesystem-config baseline uses it).
         self.bootstrap = bootstrap

@@ -7,6 +7,7 @@ from envoy_data_plane.envoy.config.accesslog.v3 import ComparisonFilterOp
 from envoy_data_plane.envoy.config.core.v3 import ApiVersion, TrafficDirection
 from envoy_data_plane.envoy.config.listener import v3 as listener_v3
 from envoy_data_plane.envoy.extensions.filters.listener.original_src import v3 as original_src_v3
+from envoy_data_plane.envoy.extensions.filters.network.connection_limit import v3 as connection_limit_v3
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManagerPathWithEscapedSlashesAction as EscapedSlashes,
 )
@@ -14,6 +15,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 from policy.compiled import Direction
 
 from . import messages as pb
+from .limits import ProxyLimits
 from .rbac import DENY_ALL, RBAC_FILTER, RBAC_URL, RECEIVER_RBAC_FILTER, RECEIVER_SHADOW_PREFIX
 from .serialize import any_, encoders
 
@@ -39,6 +41,12 @@ ORIGINAL_SRC_FILTER = "envoy.filters.listener.original_src"
 ORIGINAL_SRC_URL = "type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc"
 ListenerFilter = encoders(listener_v3.ListenerFilter)
 OriginalSrc = encoders(original_src_v3.OriginalSrc)
+
+# Connections past a listener's share are closed before any byte is read
+# (xds/limits.py says why per listener).
+CONNECTION_LIMIT_FILTER = "envoy.filters.network.connection_limit"
+CONNECTION_LIMIT_URL = "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit"
+ConnectionLimit = encoders(connection_limit_v3.ConnectionLimit)
 
 _TRAFFIC_DIRECTION = {Direction.INGRESS: TrafficDirection.INBOUND, Direction.EGRESS: TrafficDirection.OUTBOUND}
 
@@ -91,12 +99,19 @@ def _denied_reply() -> bytes:
 
 
 def http_connection_manager(
-    *, stat_prefix: str, rds: bytes, route_config: str, direction: Direction, accesslog: tuple[str, str] | None
+    *,
+    stat_prefix: str,
+    rds: bytes,
+    route_config: str,
+    direction: Direction,
+    accesslog: tuple[str, str] | None,
+    limits: ProxyLimits = ProxyLimits(),
 ) -> bytes:
     """`rds`: the ConfigSource (rds_source); `accesslog`: (log name, cluster of
     the access log server) or None for none."""
     hcm = pb.HttpConnectionManager
     out = hcm.stat_prefix(stat_prefix) + hcm.rds(pb.Rds.config_source(rds), pb.Rds.route_config_name(route_config))
+    out += hcm.request_headers_timeout(limits.request_headers_timeout_s)
     # The listener-level RBAC allows nothing: every route carries its own
     # per-route RBAC, so a route config without one fails closed.
     out += _http_filter(RBAC_FILTER, RBAC_URL, DENY_ALL)
@@ -126,6 +141,7 @@ def listener(
     original_port: int | None,
     hcm: bytes,
     original_source_mark: int | None = None,
+    limits: ProxyLimits = ProxyLimits(),
 ) -> bytes:
     """Listener on address:port. `original_port`: serve only connections whose
     local address (the original destination) has this port; None for all.
@@ -137,10 +153,13 @@ def listener(
     if original_port is not None:
         chain_match = pb.FilterChain.filter_chain_match(pb.FilterChainMatch.destination_port(original_port))
     hcm_filter = pb.FilterChain.filters(pb.Filter.name(HCM_FILTER), pb.Filter.typed_config(any_(HCM_URL, hcm)))
+    cap = ConnectionLimit.stat_prefix(f"{name}_connections") + ConnectionLimit.max_connections(limits.connections_per_listener)
+    cap_filter = pb.FilterChain.filters(pb.Filter.name(CONNECTION_LIMIT_FILTER), pb.Filter.typed_config(any_(CONNECTION_LIMIT_URL, cap)))
     return (
         lst.name(name)
         + lst.address(pb.Address.socket_address(pb.SocketAddress.address(address) + pb.SocketAddress.port_value(port)))
-        + lst.filter_chains(chain_match, hcm_filter)
+        + lst.filter_chains(chain_match, cap_filter, hcm_filter)
+        + lst.per_connection_buffer_limit_bytes(limits.connection_buffer_bytes)
         + lst.transparent(transparent)
         + lst.traffic_direction(_TRAFFIC_DIRECTION[direction])
         + (b"" if original_source_mark is None else lst.listener_filters(_original_src(original_source_mark)))

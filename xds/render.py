@@ -72,6 +72,7 @@ from policy.ipcache import PrefixMap
 
 from .cluster import original_dst_cluster
 from .errors import RenderError
+from .limits import ProxyLimits
 from .listener import http_connection_manager, listener, listener_name, rds_source, route_config_name
 from .path_merge import PathMerger
 from .rbac import (
@@ -152,6 +153,8 @@ class RenderParams:
     # non-endpoint peer) keep the node's address: nothing would bring the
     # replies of the client's address back to the proxy. See local_only().
     original_source: bool = True
+    # What one listener, one connection and the whole Envoy may take.
+    limits: ProxyLimits = ProxyLimits()
 
     @classmethod
     def test_only_loopback(cls, **kw) -> "RenderParams":
@@ -311,6 +314,7 @@ class Renderer:
             route_config=route_config_name(port),
             direction=direction,
             accesslog=(p.accesslog_name, p.accesslog_cluster) if p.accesslog_cluster else None,
+            limits=p.limits,
         )
         body = listener(
             name=name,
@@ -321,6 +325,7 @@ class Renderer:
             original_port=original_port if p.match_original_port else None,
             hcm=hcm,
             original_source_mark=p.upstream_mark if keep_source else None,
+            limits=p.limits,
         )
         res = Resource(LISTENER, name, body, refs=frozenset({(ROUTE, route_config_name(port))}))
         self._listeners[key] = res

@@ -26,6 +26,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from sidecar.errors import EnvoyError
 from sidecar.supervisor import EnvoySupervisor
 from xds.accesslog import AccessLogServer
 from xds.cache import SnapshotCache
+from xds.limits import ProxyLimits
 from xds.errors import AckTimeout, NackError, XdsError
 from xds.render import Renderer, RenderParams
 from xds.resources import LISTENER
@@ -65,6 +67,7 @@ class XdsProxy:
         xds_tcp: tuple[str, int] | None = None,
         accesslog_tcp: tuple[str, int] | None = None,
         render_params: RenderParams | None = None,
+        limits: ProxyLimits | None = None,
     ) -> None:
         self.node_id = node_id
         self.cache = SnapshotCache()
@@ -74,9 +77,13 @@ class XdsProxy:
         self.accesslog = AccessLogServer(socket_path=log_sock, tcp=accesslog_tcp)
         # Envoy's upstream sockets carry the mark the datapath recognises as
         # proxy-originated; its one home is redirect/layout.py (checked against bpf/).
-        self.renderer = Renderer(render_params or RenderParams(upstream_mark=MARK_MAGIC_PROXY_ORIGIN))
+        params = render_params or RenderParams(upstream_mark=MARK_MAGIC_PROXY_ORIGIN)
+        if limits is not None:
+            params = replace(params, limits=limits)
+        self.renderer = Renderer(params)
+        # One ProxyLimits for both halves: the listeners' share and the bootstrap's whole.
         self.supervisor = (
-            EnvoySupervisor(node_id, xds_socket=xds_sock, accesslog_socket=log_sock, workdir=run_dir / "envoy")
+            EnvoySupervisor(node_id, xds_socket=xds_sock, accesslog_socket=log_sock, workdir=run_dir / "envoy", limits=params.limits)
             if spawn_envoy
             else None
         )

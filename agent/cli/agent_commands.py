@@ -25,6 +25,7 @@ from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_
 from agent.cli import monitor
 from agent.cli.k8s_flags import add_k8s_flags, k8s_source_from_args
 from agent.cli.kvstore_flags import ClusterFlagError, add_kvstore_flags, shared_state_from_args
+from xds.limits import ProxyLimits
 
 Rows = list[Sequence[object]]
 
@@ -289,7 +290,22 @@ def _run_agent(args: argparse.Namespace) -> int:
         from agent.adapters.node_routing import DirectRouting
 
         routing = DirectRouting(datapath, node_ip)
-    proxy = XdsProxy(state_dir, spawn_envoy=not args.external_envoy)
+    if args.proxy_max_heap_mb <= 0:
+        print(f"ciliate agent: --proxy-max-heap-mb must be positive, not {args.proxy_max_heap_mb}", file=sys.stderr)
+        return 2
+    try:
+        limits = ProxyLimits(
+            connections_per_listener=args.proxy_max_connections_per_listener,
+            connections_total=args.proxy_max_connections,
+            heap_bytes=args.proxy_max_heap_mb << 20,
+        )
+    except ValueError as exc:
+        text = str(exc)
+        for field, flag in _LIMIT_FLAGS.items():
+            text = text.replace(f"proxy limit {field}", flag).replace(f"({field}", f"({flag}").replace(f" {field} (", f" {flag} (")
+        print(f"ciliate agent: {text}", file=sys.stderr)
+        return 2
+    proxy = XdsProxy(state_dir, spawn_envoy=not args.external_envoy, limits=limits)
     agent = build_agent(
         config, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=datapath, proxy=proxy, host_ips=_host_ips,
         cluster=k8s_source_from_args(args), shared=shared, routing=routing,
@@ -301,6 +317,13 @@ def _run_agent(args: argparse.Namespace) -> int:
         print(f"ciliate agent: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+_LIMIT_FLAGS = {
+    "connections_per_listener": "--proxy-max-connections-per-listener",
+    "connections_total": "--proxy-max-connections",
+    "heap_bytes": "--proxy-max-heap-mb",
+}
 
 
 # --- registration -------------------------------------------------------------------
@@ -337,6 +360,19 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         "--policy-audit-mode", action="store_true",
         help="audit instead of enforcing: what policy would drop passes and is reported as AUDIT "
         "(endpoints can override it: ciliate endpoint config ID policy-audit-mode=false)",
+    )
+    defaults = ProxyLimits()
+    a.add_argument(
+        "--proxy-max-connections-per-listener", type=int, default=defaults.connections_per_listener, metavar="N",
+        help="connections one proxy port may hold: one pod's egress, or one server's ingress (default %(default)s)",
+    )
+    a.add_argument(
+        "--proxy-max-connections", type=int, default=defaults.connections_total, metavar="N",
+        help="downstream connections the sidecar Envoy may hold in all (default %(default)s)",
+    )
+    a.add_argument(
+        "--proxy-max-heap-mb", type=int, default=defaults.heap_bytes >> 20, metavar="MIB",
+        help="the sidecar Envoy's heap limit; under pressure it sheds load (default %(default)s)",
     )
     a.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     add_k8s_flags(a)

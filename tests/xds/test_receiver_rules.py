@@ -21,7 +21,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 
 from policy.compiled import HTTPRule, L7PeerRule, Verdict
 from tests.xds.conftest import free_port
-from tests.xds.fixtures import EGRESS_PORT, THIRD, sender_and_receiver
+from tests.xds.fixtures import EGRESS_PORT, THIRD, forwarding_route, sender_and_receiver
 from xds.render import RECEIVER_RBAC_FILTER, Renderer, RenderParams
 from xds.resources import LISTENER, ROUTE
 
@@ -30,7 +30,7 @@ _state = sender_and_receiver
 
 def _receiver_policies(snap) -> dict:
     rc = RouteConfiguration.parse(snap.of(ROUTE)[f"ciliate-proxy-{EGRESS_PORT}"].body)
-    cfg = rc.virtual_hosts[0].routes[0].typed_per_filter_config[RECEIVER_RBAC_FILTER]
+    cfg = forwarding_route(rc).typed_per_filter_config[RECEIVER_RBAC_FILTER]
     return RbacPerRoute.parse(cfg.value).rbac.rules.to_dict().get("policies", {})
 
 
@@ -57,7 +57,7 @@ def test_receiver_that_does_not_redirect_this_sender_adds_no_constraint():
 def test_every_listener_normalizes_paths_and_rejects_escaped_slashes():
     snap = Renderer().render(_state())
     for lis in snap.of(LISTENER).values():
-        hcm = HttpConnectionManager.parse(Listener.parse(lis.body).filter_chains[0].filters[0].typed_config.value)
+        hcm = HttpConnectionManager.parse(Listener.parse(lis.body).filter_chains[0].filters[-1].typed_config.value)
         assert hcm.normalize_path is True and hcm.merge_slashes is True
         assert hcm.path_with_escaped_slashes_action == HttpConnectionManagerPathWithEscapedSlashesAction.REJECT_REQUEST
         names = [f.name for f in hcm.http_filters]

@@ -26,7 +26,8 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryResponse
 
 from policy.compiled import IDENTITY_ANY, IDENTITY_WORLD, Direction
-from tests.xds.fixtures import CLIENT_IDENTITY, EGRESS_PORT, OTHER_IDENTITY, many_rules, rule, sender_and_receiver, state
+from policy.http_path import DOT_SEGMENT_WITH_PARAMS_REGEX
+from tests.xds.fixtures import CLIENT_IDENTITY, EGRESS_PORT, OTHER_IDENTITY, forwarding_route, many_rules, rule, sender_and_receiver, state
 from xds import serialize
 from xds.errors import RenderError, SnapshotError
 from xds.render import RECEIVER_RBAC_FILTER, Renderer, RenderParams
@@ -40,7 +41,7 @@ HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConn
 
 def rbac_policies(snap, name=NAME) -> dict:
     rc = RouteConfiguration.parse(snap.of(ROUTE)[name].body)
-    per_route = rc.virtual_hosts[0].routes[0].typed_per_filter_config["envoy.filters.http.rbac"]
+    per_route = forwarding_route(rc).typed_per_filter_config["envoy.filters.http.rbac"]
     return RbacPerRoute.parse(per_route.value).rbac.rules.to_dict().get("policies", {})
 
 
@@ -197,7 +198,7 @@ def test_identity_without_addresses_drops_the_rule_and_no_rules_deny_all():
     snap = Renderer().render(state({PORT: (rule([4242], path="/"),)}))
     assert rbac_policies(snap) == {}
     rc = RouteConfiguration.parse(snap.of(ROUTE)[NAME].body)
-    per_route = RbacPerRoute.parse(rc.virtual_hosts[0].routes[0].typed_per_filter_config["envoy.filters.http.rbac"].value)
+    per_route = RbacPerRoute.parse(forwarding_route(rc).typed_per_filter_config["envoy.filters.http.rbac"].value)
     assert per_route.rbac is not None and per_route.rbac.rules is not None, "ALLOW with no policy: deny all"
 
 
@@ -206,7 +207,7 @@ def test_listener_cluster_and_hcm_follow_render_params():
     lst = Listener.parse(snap.of(LISTENER)[NAME].body)
     assert (lst.address.socket_address.address, lst.address.socket_address.port_value) == ("0.0.0.0", PORT)
     assert lst.transparent is True
-    hcm = HttpConnectionManager.parse(lst.filter_chains[0].filters[0].typed_config.value)
+    hcm = HttpConnectionManager.parse(lst.filter_chains[0].filters[-1].typed_config.value)
     assert hcm.rds.route_config_name == NAME and hcm.rds.config_source.ads is not None
     assert [f.name for f in hcm.http_filters] == ["envoy.filters.http.rbac", "envoy.filters.http.router"]
     mapper = hcm.local_reply_config.mappers[0]
@@ -305,7 +306,8 @@ def test_every_resource_kind_decodes_with_the_library_classes():
     assert (lst.transparent, lst.traffic_direction) == (True, TrafficDirection.OUTBOUND)
     (chain,) = lst.filter_chains
     assert chain.filter_chain_match.destination_port == 80
-    (hcm_filter,) = chain.filters
+    cap_filter, hcm_filter = chain.filters
+    assert cap_filter.name == "envoy.filters.network.connection_limit"
     assert hcm_filter.name == "envoy.filters.network.http_connection_manager"
     hcm = _unpack(hcm_filter.typed_config, HttpConnectionManager, f"type.googleapis.com/{HCM_TYPE}")
     assert hcm.stat_prefix == f"ciliate_egress_{EGRESS_PORT}"
@@ -330,9 +332,15 @@ def test_every_resource_kind_decodes_with_the_library_classes():
     rc = next(x for x in got[ROUTE] if x.name == lst.name)
     (vhost,) = rc.virtual_hosts
     assert (vhost.name, vhost.domains) == ("ciliate", ["*"])
-    (route,) = vhost.routes
+    refused, route = vhost.routes
     assert (route.match.prefix, route.route.cluster) == ("/", "ciliate-original-dst")
     per_route_url = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+    # First, the paths policy/http_path.py refuses: a 400 from the router,
+    # with both RBAC filters off so their 403 does not come first.
+    assert (refused.match.safe_regex.regex, refused.direct_response.status) == (DOT_SEGMENT_WITH_PARAMS_REGEX, 400)
+    assert refused.route is None
+    for name in ("envoy.filters.http.rbac", RECEIVER_RBAC_FILTER):
+        assert _unpack(refused.typed_per_filter_config[name], RbacPerRoute, per_route_url).rbac is None
     sender = _unpack(route.typed_per_filter_config["envoy.filters.http.rbac"], RbacPerRoute, per_route_url).rbac.rules
     receiver = _unpack(route.typed_per_filter_config[RECEIVER_RBAC_FILTER], RbacPerRoute, per_route_url).rbac.rules
     assert (sender.action, list(sender.policies)) == (RbacAction.ALLOW, ["peers-0"])
@@ -350,7 +358,7 @@ def test_every_resource_kind_decodes_with_the_library_classes():
 def test_benchmark_baseline_takes_routes_from_a_watched_file():
     snap = Renderer(RenderParams(rds_directory="/run/x")).render(state({PORT: (rule([CLIENT_IDENTITY]),)}))
     lst = Listener.parse(snap.of(LISTENER)[NAME].body)
-    hcm = HttpConnectionManager.parse(lst.filter_chains[0].filters[0].typed_config.value)
+    hcm = HttpConnectionManager.parse(lst.filter_chains[0].filters[-1].typed_config.value)
     src = hcm.rds.config_source.path_config_source
     assert (src.path, src.watched_directory.path) == (f"/run/x/{NAME}/routes.pb", f"/run/x/{NAME}")
     assert hcm.rds.config_source.ads is None
@@ -421,3 +429,33 @@ def test_egress_listener_to_a_pod_on_another_node_keeps_the_client_address():
     assert _original_src_marks(Renderer(RenderParams()).render(st))[f"ciliate-proxy-{EGRESS_PORT}"] == []
     st = replace(st, ipcache={**st.ipcache, IPv4Network("10.251.2.9/32"): remote_pod})
     assert _original_src_marks(Renderer(RenderParams()).render(st))[f"ciliate-proxy-{EGRESS_PORT}"] == [0x0B00]
+
+
+def test_every_listener_caps_its_connections_and_buffers_and_times_out_slow_headers():
+    from envoy_data_plane.envoy.extensions.filters.network.connection_limit.v3 import ConnectionLimit
+
+    from xds.limits import ProxyLimits
+
+    limits = ProxyLimits(connections_per_listener=7, connections_total=70, connection_buffer_bytes=4096, request_headers_timeout_s=3)
+    snap = Renderer(RenderParams(limits=limits)).render(state({PORT: (rule([CLIENT_IDENTITY]),)}))
+    lst = Listener.parse(snap.of(LISTENER)[NAME].body)
+    first, last = lst.filter_chains[0].filters[0], lst.filter_chains[0].filters[-1]
+    assert first.name == "envoy.filters.network.connection_limit", "the cap comes before any HTTP is read"
+    assert ConnectionLimit.parse(first.typed_config.value).max_connections == 7
+    assert lst.per_connection_buffer_limit_bytes == 4096
+    hcm = HttpConnectionManager.parse(last.typed_config.value)
+    assert hcm.request_headers_timeout.total_seconds() == 3
+    # The defaults are in force without asking.
+    default = Listener.parse(Renderer().render(state({PORT: (rule([CLIENT_IDENTITY]),)})).of(LISTENER)[NAME].body)
+    assert ConnectionLimit.parse(default.filter_chains[0].filters[0].typed_config.value).max_connections == ProxyLimits().connections_per_listener
+
+
+def test_proxy_limits_refuse_nonsense():
+    import pytest
+
+    from xds.limits import ProxyLimits
+
+    with pytest.raises(ValueError, match="connections_per_listener must be positive"):
+        ProxyLimits(connections_per_listener=0)
+    with pytest.raises(ValueError, match="above connections_total"):
+        ProxyLimits(connections_per_listener=10, connections_total=5)
