@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_socket
-from agent.cli import monitor
+from agent.cli import log_setup, monitor
 from agent.cli.k8s_flags import add_k8s_flags, k8s_source_from_args
 from agent.cli.kvstore_flags import ClusterFlagError, add_kvstore_flags, shared_state_from_args
 from xds.limits import ProxyLimits
@@ -259,7 +259,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     from agent.adapters.envoy_proxy import XdsProxy
     from agent.daemon import AgentConfig, build_agent
 
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_setup.configure(args.log_level, args.log_format, debug=args.debug)
     # Everything the agent (and the Envoy it starts) creates is root's alone:
     # endpoint records, generated headers, logs, sockets. Set before any of
     # them exists, so no file is ever briefly readable by others.
@@ -374,7 +374,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         "--proxy-max-heap-mb", type=int, default=defaults.heap_bytes >> 20, metavar="MIB",
         help="the sidecar Envoy's heap limit; under pressure it sheds load (default %(default)s)",
     )
-    a.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    a.add_argument("--log-level", default="info", choices=log_setup.LEVELS, help="default %(default)s: state changes, errors, one line per policy change")
+    a.add_argument("--debug", action="store_true", help="log everything, including every API request and every call to Envoy's admin API")
+    a.add_argument("--log-format", default="text", choices=log_setup.FORMATS, help="text (default) or one JSON object per line")
     add_k8s_flags(a)
     add_kvstore_flags(a)
     a.set_defaults(func=_run_agent)
