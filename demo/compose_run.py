@@ -18,6 +18,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -119,6 +120,34 @@ class Project:
         self.run("down", "-v", "--remove-orphans", timeout=180, check=False)
 
 
+def engine_problem(env: dict[str, str] | None = None) -> str | None:
+    """Why no Docker engine answers where compose will look (DOCKER_HOST, else
+    the default socket), or None when one does. Asked before `up`, because
+    compose 1.29 answers a missing engine with a Python traceback."""
+    host = (env if env is not None else os.environ).get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    how = "start it (`systemctl start docker`, or `dockerd &` as root), or point DOCKER_HOST at a running engine"
+    try:
+        if host.startswith("unix://"):
+            sock = socket.socket(socket.AF_UNIX)
+            target: str | tuple[str, int] = host.removeprefix("unix://")
+        elif host.startswith("tcp://"):
+            hostport = host.removeprefix("tcp://").rstrip("/")
+            name, _, port = hostport.rpartition(":")
+            sock, target = socket.socket(), (name.strip("[]"), int(port or 2375))
+        else:
+            return None  # ssh:// and the like: compose reaches those its own way
+        with sock:
+            sock.settimeout(5)
+            sock.connect(target)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            reply = sock.recv(64)
+    except (OSError, ValueError) as exc:
+        return f"no Docker engine answers at {host} ({exc.strerror or exc}); {how}"
+    if not reply.startswith(b"HTTP/1.") or b" 200 " not in reply.split(b"\r\n")[0] + b" ":
+        return f"{host} answered, but not as a Docker engine ({reply[:40]!r}); {how}"
+    return None
+
+
 def remove_policy_file() -> None:
     for name in (POLICY_FILE, f".{POLICY_FILE}.tmp"):
         (POLICIES / name).unlink(missing_ok=True)
@@ -130,6 +159,9 @@ def run(compose: Sequence[str] | None = None, out: TextIO = sys.stdout, keep: bo
         project = Project(compose or default_compose(), out)
     except ComposeError as exc:
         print(f"compose demo failed: {exc}", file=out)
+        return 2
+    if (problem := engine_problem()) is not None:
+        print(f"compose demo cannot run: {problem}", file=out)
         return 2
     remove_policy_file()  # every run starts without policy, whatever an earlier one left
     try:
