@@ -5,11 +5,12 @@ HTTP server), all on loopback with ports picked by the kernel."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -93,6 +94,8 @@ class Rig:
     renderer: Renderer
     upstream_port: int
     node: str = "n1"
+    # Every request the upstream received: (method, target as sent, headers in order).
+    upstream_seen: list[tuple[str, str, tuple[tuple[str, str], ...]]] = field(default_factory=list)
 
     def url(self, proxy_port: int, path: str) -> str:
         return f"http://127.0.0.1:{proxy_port}{path}"
@@ -104,7 +107,9 @@ class Rig:
         return {"x-envoy-original-dst-host": f"127.0.0.1:{self.upstream_port}"}
 
     async def publish(self, state, timeout: float = 10.0):
-        snap = self.renderer.render(state)
+        return await self.publish_snapshot(self.renderer.render(state), timeout)
+
+    async def publish_snapshot(self, snap, timeout: float = 10.0):
         self.cache.set_snapshot(self.node, snap)
         await self.cache.wait_for_ack(self.node, snap.version, timeout)
         return snap
@@ -114,9 +119,11 @@ class Rig:
         return await client.request(kw.pop("method", "GET"), self.url(proxy_port, path), headers=headers, **kw)
 
 
-async def _upstream() -> tuple[web.AppRunner, int]:
+async def _upstream(seen: list) -> tuple[web.AppRunner, int]:
     async def handler(req: web.Request) -> web.Response:
-        return web.Response(text=f"upstream {req.method} {req.path_qs}")
+        # raw_path: the target exactly as Envoy sent it, nothing decoded or resolved.
+        seen.append((req.method, req.raw_path, tuple(req.headers.items())))
+        return web.Response(text=f"upstream {req.method} {req.raw_path}")
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
@@ -128,41 +135,37 @@ async def _upstream() -> tuple[web.AppRunner, int]:
     return runner, port
 
 
-@pytest.fixture
-async def envoy_rig():
-    """`rig = await envoy_rig(delta=False)` starts the xDS and access log
-    servers, an upstream and a supervised Envoy; all torn down after the test
-    (Envoy stopped, servers closed, work directory removed)."""
-    started: list[tuple[Rig, web.AppRunner]] = []
-
-    async def make(delta: bool = False, node: str = "n1") -> Rig:
-        # Unix socket paths are limited to 108 bytes: keep the directory short.
-        workdir = Path(tempfile.mkdtemp(prefix="cx-"))
-        runner, up_port = await _upstream()
-        cache = SnapshotCache()
-        xds = XdsServer(cache, socket_path=str(workdir / "xds.sock"))
-        als = AccessLogServer(socket_path=str(workdir / "als.sock"))
-        env = EnvoySupervisor(
-            node,
-            xds_socket=str(workdir / "xds.sock"),
-            accesslog_socket=str(workdir / "als.sock"),
-            workdir=workdir,
-            delta=delta,
-            backoff_initial=0.1,
-        )
-        # SO_MARK on upstream sockets needs CAP_NET_ADMIN: keep the production
-        # mark when root (CI), leave it out for a developer's non-root run.
-        mark = PROXY_UPSTREAM_MARK if os.geteuid() == 0 else 0
-        params = RenderParams.test_only_loopback(upstream_mark=mark)
-        rig = Rig(workdir, cache, xds, als, env, Renderer(params), up_port, node)
-        started.append((rig, runner))
+@contextlib.asynccontextmanager
+async def running_rig(delta: bool = False, node: str = "n1") -> AsyncIterator[Rig]:
+    """The xDS and access log servers, an upstream and a supervised Envoy,
+    all torn down on exit (Envoy stopped, servers closed, work directory
+    removed)."""
+    # Unix socket paths are limited to 108 bytes: keep the directory short.
+    workdir = Path(tempfile.mkdtemp(prefix="cx-"))
+    seen: list = []
+    runner, up_port = await _upstream(seen)
+    cache = SnapshotCache()
+    xds = XdsServer(cache, socket_path=str(workdir / "xds.sock"))
+    als = AccessLogServer(socket_path=str(workdir / "als.sock"))
+    env = EnvoySupervisor(
+        node,
+        xds_socket=str(workdir / "xds.sock"),
+        accesslog_socket=str(workdir / "als.sock"),
+        workdir=workdir,
+        delta=delta,
+        backoff_initial=0.1,
+    )
+    # SO_MARK on upstream sockets needs CAP_NET_ADMIN: keep the production
+    # mark when root (CI), leave it out for a developer's non-root run.
+    mark = PROXY_UPSTREAM_MARK if os.geteuid() == 0 else 0
+    params = RenderParams.test_only_loopback(upstream_mark=mark)
+    rig = Rig(workdir, cache, xds, als, env, Renderer(params), up_port, node, seen)
+    try:
         await xds.start()
         await als.start()
         await env.start()
-        return rig
-
-    yield make
-    for rig, runner in started:
+        yield rig
+    finally:
         try:
             await rig.envoy.stop()
         finally:
@@ -171,3 +174,15 @@ async def envoy_rig():
             await runner.cleanup()
             if os.environ.get("CILIATE_KEEP_ENVOY_LOGS") is None:
                 shutil.rmtree(rig.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+async def envoy_rig():
+    """`rig = await envoy_rig(delta=False)` starts a running_rig, torn down
+    after the test."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make(delta: bool = False, node: str = "n1") -> Rig:
+            return await stack.enter_async_context(running_rig(delta, node))
+
+        yield make
