@@ -32,7 +32,7 @@ from grpclib.client import Channel  # noqa: E402
 from grpclib.const import Cardinality  # noqa: E402
 
 from sidecar.supervisor import EnvoySupervisor  # noqa: E402
-from tests.xds.fixtures import CLIENT_IDENTITY, many_rules, rule, state  # noqa: E402
+from tests.xds.fixtures import CLIENT_IDENTITY, forwarding_route, many_rules, rule, state  # noqa: E402
 from xds import serialize  # noqa: E402
 from xds.cache import SnapshotCache  # noqa: E402
 from xds.render import Renderer, RenderParams, route_config_name  # noqa: E402
@@ -119,7 +119,7 @@ def bench_render() -> None:
             # one policy permission per rule, unpacked from its Any), serialized
             # with bytes(): what the obvious implementation would do.
             rc = RouteConfiguration.parse(unmerged.of(ROUTE)["ciliate-proxy-15001"].body)
-            any_ = rc.virtual_hosts[0].routes[0].typed_per_filter_config["envoy.filters.http.rbac"]
+            any_ = forwarding_route(rc).typed_per_filter_config["envoy.filters.http.rbac"]
             per_route = RbacPerRoute.parse(any_.value)
             t = time.perf_counter()
             data = bytes(per_route) + bytes(rc)

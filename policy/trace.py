@@ -103,6 +103,10 @@ class TraceResult:
     dst_identity: int
     steps: tuple[Step, ...]
     redirected: bool = False
+    # The proxy's own answer to the request: 400 (the path is refused before
+    # any rule runs) or 403 (no HTTP rule matches); None when it forwards the
+    # request, or no proxy judged one.
+    proxy_status: int | None = None
 
     @property
     def allowed(self) -> bool:
@@ -117,6 +121,7 @@ class TraceResult:
             "src_identity": self.src_identity,
             "dst_identity": self.dst_identity,
             "redirected": self.redirected,
+            "proxy_status": self.proxy_status,
             "steps": [s.to_dict() for s in self.steps],
         }
 
@@ -228,14 +233,14 @@ def trace(
             except PathRejected as exc:
                 steps.append(Step(ep.endpoint_id, direction, peer, d, False))
                 reason = f"{where}: proxy on port {d.proxy_port} answers 400: {exc}"
-                return TraceResult("denied", "l7", reason, (), src_id, dst_id, tuple(steps), redirected)
+                return TraceResult("denied", "l7", reason, (), src_id, dst_id, tuple(steps), redirected, 400)
             rule = l7_decide(l7.peer_rules, peer, seen) if l7 is not None else None
             steps.append(Step(ep.endpoint_id, direction, peer, d, rule is not None, rule))
             if rule is None:
                 shown = http.path if seen.path == http.path else f"{http.path} (normalized: {seen.path})"
                 reason = f"{where}: proxy on port {d.proxy_port} answers 403, no HTTP rule matches {http.method} {shown}"
                 rules = tuple(str(r) for r in d.entry.rules) if d.entry else ()
-                return TraceResult("denied", "l7", reason, rules, src_id, dst_id, tuple(steps), redirected)
+                return TraceResult("denied", "l7", reason, rules, src_id, dst_id, tuple(steps), redirected, 403)
         else:
             steps.append(Step(ep.endpoint_id, direction, peer, d))
     rules: list[str] = []

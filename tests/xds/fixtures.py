@@ -99,3 +99,37 @@ def sender_and_receiver(receiver_ip: str = "10.0.0.2", receiver_rules=None, rece
         IPv4Network(f"{receiver_ip}/32"): RECEIVER,
     }
     return CompiledState(1, {1: sender, 2: receiver}, ipcache)
+
+
+def forwarding_route(rc):
+    """The route of a decoded RouteConfiguration that forwards to the cluster
+    (the routes before it only refuse paths)."""
+    (route,) = [r for r in rc.virtual_hosts[0].routes if r.route is not None]
+    return route
+
+
+INGRESS_EP, EGRESS_EP = 1, 2
+
+
+def both_directions(listeners: dict[int, tuple[int, int, HTTPRule]]) -> CompiledState:
+    """The test client (127.0.0.1, CLIENT_IDENTITY) as the peer of both
+    directions: endpoint 1 (10.0.0.1) takes ingress from it, endpoint 2
+    (10.0.0.2) sends egress to it (the egress peer is the destination, which
+    on loopback is the proxy's own 127.0.0.1). `listeners`: destination port
+    -> (ingress proxy port, egress proxy port, the one HTTP rule both
+    listeners of that port admit). The kernel entries redirect, so trace()
+    follows the same path: src ip:127.0.0.1 to endpoint 1 (ingress), or
+    endpoint 2 to ip:127.0.0.1 (egress)."""
+    eps = {}
+    for ep_id, direction, which in ((INGRESS_EP, Direction.INGRESS, 0), (EGRESS_EP, Direction.EGRESS, 1)):
+        entries, l7 = [], []
+        for dport, ports in sorted(listeners.items()):
+            proxy_port, http = ports[which], ports[2]
+            key = PolicyKey(CLIENT_IDENTITY, direction, Protocol.TCP, PortRange(dport, dport))
+            entries.append(PolicyEntry(key, Verdict.REDIRECT, proxy_port))
+            l7.append(L7Policy(RedirectKey(ep_id, direction, dport), proxy_port, (L7PeerRule(frozenset({CLIENT_IDENTITY}), http),)))
+        ingress = direction == Direction.INGRESS
+        eps[ep_id] = EndpointPolicy(
+            ep_id, 2000 + ep_id, IPv4Address(f"10.0.0.{ep_id}"), ingress, not ingress, entries=tuple(entries), l7=tuple(l7)
+        )
+    return CompiledState(1, eps, ipcache())

@@ -10,7 +10,7 @@ from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
 from envoy_data_plane.envoy.extensions.filters.http.rbac.v3 import RbacPerRoute
 
 from policy.compiled import CompiledState, Direction
-from tests.xds.fixtures import CLIENT_IDENTITY, rule, state
+from tests.xds.fixtures import CLIENT_IDENTITY, forwarding_route, rule, state
 from xds.rbac import AUDIT_ALLOW_ALL, RBAC_FILTER
 from xds.render import RECEIVER_RBAC_FILTER, Renderer, RenderParams
 from xds.resources import ROUTE
@@ -25,7 +25,7 @@ def _audited(s: CompiledState) -> CompiledState:
 
 def _per_route(snap, filter_name: str = RBAC_FILTER):
     rc = RouteConfiguration.parse(snap.of(ROUTE)[NAME].body)
-    return RbacPerRoute.parse(rc.virtual_hosts[0].routes[0].typed_per_filter_config[filter_name].value).rbac
+    return RbacPerRoute.parse(forwarding_route(rc).typed_per_filter_config[filter_name].value).rbac
 
 
 def test_audited_listener_allows_all_and_keeps_its_rules_as_shadow_rules():
@@ -47,7 +47,7 @@ def test_an_audited_sender_relaxes_only_its_own_rules_never_the_receivers():
     st = sender_and_receiver()
     st = replace(st, endpoints={**st.endpoints, 1: replace(st.endpoints[1], audit=True)})
     rc = RouteConfiguration.parse(Renderer(RenderParams()).render(st).of(ROUTE)[f"ciliate-proxy-{EGRESS_PORT}"].body)
-    cfgs = rc.virtual_hosts[0].routes[0].typed_per_filter_config
+    cfgs = forwarding_route(rc).typed_per_filter_config
     own = RbacPerRoute.parse(cfgs[RBAC_FILTER].value).rbac
     assert list(own.rules.policies) == [AUDIT_ALLOW_ALL] and own.shadow_rules is not None
     receiver = RbacPerRoute.parse(cfgs[RECEIVER_RBAC_FILTER].value).rbac
@@ -62,7 +62,7 @@ def test_audited_receiver_alone_passes_requests_to_it_and_shadows_its_rules():
     st = sender_and_receiver()
     st = replace(st, endpoints={**st.endpoints, 2: replace(st.endpoints[2], audit=True)})
     rc = RouteConfiguration.parse(Renderer(RenderParams()).render(st).of(ROUTE)[f"ciliate-proxy-{EGRESS_PORT}"].body)
-    cfgs = rc.virtual_hosts[0].routes[0].typed_per_filter_config
+    cfgs = forwarding_route(rc).typed_per_filter_config
     receiver = RbacPerRoute.parse(cfgs[RECEIVER_RBAC_FILTER].value).rbac
     assert set(receiver.rules.policies) == {"other-destinations", "receiver-2", "audit-receiver-2"}
     assert set(receiver.shadow_rules.policies) == {"other-destinations", "receiver-2"}
