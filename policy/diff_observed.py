@@ -24,7 +24,7 @@ from ipaddress import IPv4Address
 from typing import Any, Protocol as TypingProtocol
 
 from policy.compiled import CompiledState, Protocol
-from policy.diff import ALLOWED, DENIED, identity_name
+from policy.diff_report import ALLOWED, DENIED, identity_name
 from policy.errors import CiliateError
 from policy.identity import RESERVED_IDENTITIES
 from policy.trace import HTTPRequest, Party, trace

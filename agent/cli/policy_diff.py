@@ -6,8 +6,9 @@
 The first form compiles both sets over the same endpoints (offline from
 --endpoints, a YAML list of `{labels: {...}}` entries, or the running
 agent's endpoints) and lists every flow whose verdict changes
-(policy/diff.py). The second replays the flows the agent saw recently
-(GET /v1/flows/history) against the new set (policy/diff_observed.py).
+(policy/diff.py; the report it prints: policy/diff_report.py). The second
+replays the flows the agent saw recently (GET /v1/flows/history) against
+the new set (policy/diff_observed.py).
 Exit 0 = nothing changes, 1 = something does, 2 = the question could not be
 asked (bad files, no agent).
 """
@@ -26,8 +27,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_socket
 from policy.compiler import compile_state
-from policy.diff import PolicyDiff, diff_policies, port_text, request_text, rule_text
+from policy.diff import diff_policies
 from policy.diff_observed import ReplayReport, replay
+from policy.diff_report import PolicyDiff, port_text, request_text, rule_text
 from policy.endpoint import Endpoint
 from policy.errors import CiliateError
 from policy.labels import selector_key_problem, value_problem

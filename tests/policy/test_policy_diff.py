@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from policy.compiled import CompiledState, Protocol
 from policy.compiler import compile_state
-from policy.diff import ALLOWED, DENIED, FlowChange, PolicyDiff, diff_policies, rule_text
+from policy.diff import diff_policies
+from policy.diff_report import ALLOWED, DENIED, FlowChange, PolicyDiff, rule_text
 from policy.diff_samples import regex_samples, rule_samples
 from policy.endpoint import Endpoint
 from policy.load import load_paths
