@@ -17,9 +17,9 @@ from typing import TextIO
 
 from demo.cluster import Cluster
 from demo.node import NodeError
-from demo.run import EXAMPLES, POLICY_FILE
-from demo.scenario import DEATHSTAR_PORT, PODS, STAGES, observed_label
-from demo.table import Row, curl_view, line, print_table
+from demo.scenario import DEATHSTAR_PORT, EXAMPLES, PODS, POLICY_FILE, STAGES, Request, Stage
+from demo.stages import run_stages
+from demo.table import print_table
 
 
 def placement(nodes: int) -> dict[str, int]:
@@ -28,7 +28,6 @@ def placement(nodes: int) -> dict[str, int]:
 
 
 def run(nodes: int = 2, out: TextIO = sys.stdout, prefix: str = "cildc") -> int:
-    rows: list[Row] = []
     where = placement(nodes)
     try:
         with Cluster(nodes=nodes, prefix=prefix) as cluster:
@@ -45,18 +44,20 @@ def run(nodes: int = 2, out: TextIO = sys.stdout, prefix: str = "cildc") -> int:
             home = cluster.nodes[0]
             home.serve_deathstar(port=DEATHSTAR_PORT)
             deathstar = f"{home.pods['deathstar'].ip}:{DEATHSTAR_PORT}"
-            for n, stage in enumerate(STAGES, 1):
-                print(f"\nstage {n}: {stage.title}", file=out, flush=True)
+
+            def apply(stage: Stage) -> None:
                 for f in stage.policy_files:
                     for node in cluster.nodes:
                         node.apply_policy(EXAMPLES / f, name=POLICY_FILE)
                     print(f"  applied examples/starwars/{f} on every node", file=out, flush=True)
-                for req in stage.requests:
-                    ship_node = cluster.nodes[where[req.ship] - 1]
-                    outcome = ship_node.request(req.ship, req.method, deathstar, req.path)
-                    row = Row(f"{n}", f"{req.ship}@node{where[req.ship]} {req.method} {req.path}", req.expect, observed_label(outcome), curl_view(outcome))
-                    rows.append(row)
-                    print(line(row), file=out, flush=True)
+
+            def send(req: Request) -> dict[str, object]:
+                return cluster.nodes[where[req.ship] - 1].request(req.ship, req.method, deathstar, req.path)
+
+            def describe(req: Request) -> str:
+                return f"{req.ship}@node{where[req.ship]} {req.method} {req.path}"
+
+            rows = run_stages(STAGES, out, apply, send, describe)
             if not agree:
                 print("identities differ between nodes", file=out)
                 return 1

@@ -26,13 +26,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from demo.scenario import STAGES, observed_label
-from demo.table import Row, curl_view, line, print_table
+from demo.scenario import EXAMPLES, POLICY_FILE, STAGES, Request, Stage
+from demo.stages import run_stages
+from demo.table import print_table
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples" / "starwars"
 POLICIES = ROOT / "deploy" / "policies"
-POLICY_FILE = "starwars.yaml"  # one file, replaced per stage
 DEATHSTAR = "10.200.0.10"
 APPS = ("deathstar", "tiefighter", "xwing")
 
@@ -154,7 +153,6 @@ def remove_policy_file() -> None:
 
 
 def run(compose: Sequence[str] | None = None, out: TextIO = sys.stdout, keep: bool = False) -> int:
-    rows: list[Row] = []
     try:
         project = Project(compose or default_compose(), out)
     except ComposeError as exc:
@@ -167,16 +165,16 @@ def run(compose: Sequence[str] | None = None, out: TextIO = sys.stdout, keep: bo
     try:
         project.up()
         project.wait_attached()
-        for n, stage in enumerate(STAGES, 1):
-            print(f"\nstage {n}: {stage.title}", file=out, flush=True)
+
+        def apply(stage: Stage) -> None:
             for f in stage.policy_files:
                 project.apply_policy(f)
                 print(f"  cp examples/starwars/{f} deploy/policies/{POLICY_FILE}", file=out, flush=True)
-            for req in stage.requests:
-                outcome = project.request(req.ship, req.method, req.path)
-                row = Row(f"{n}", f"{req.ship} {req.method} {req.path}", req.expect, observed_label(outcome), curl_view(outcome))
-                rows.append(row)
-                print(line(row), file=out, flush=True)
+
+        def send(req: Request) -> dict[str, object]:
+            return project.request(req.ship, req.method, req.path)
+
+        rows = run_stages(STAGES, out, apply, send)
     except ComposeError as exc:
         print(f"compose demo failed: {exc}", file=out)
         return 2

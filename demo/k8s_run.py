@@ -23,9 +23,9 @@ from typing import TextIO
 
 from demo.kube import KubeCluster, KubeError, kubectl_binary
 from demo.node import NETNS_DIR, Node, NodeError
-from demo.run import EXAMPLES
-from demo.scenario import DEATHSTAR_PORT, K8S_STAGES, PODS, observed_label
-from demo.table import Row, curl_view, line, print_table
+from demo.scenario import DEATHSTAR_PORT, EXAMPLES, K8S_STAGES, PODS, Request, Stage
+from demo.stages import run_stages
+from demo.table import print_table
 
 NAMESPACE = "default"
 POLICY = "rule1"  # the object both example files name, so stage 3's apply replaces stage 2's
@@ -51,7 +51,6 @@ def endpoint_labels(node: Node, endpoint_id: int | None) -> dict[str, str]:
 
 
 def run(out: TextIO = sys.stdout, prefix: str = "cilk8sdemo", subnet: str = "10.211.0.0/24") -> int:
-    rows: list[Row] = []
     try:
         kubectl_binary()  # before building anything: say at once what is missing
         with Node(prefix=prefix, subnet=subnet) as node, KubeCluster(
@@ -70,9 +69,10 @@ def run(out: TextIO = sys.stdout, prefix: str = "cilk8sdemo", subnet: str = "10.
                 print(f"  pod {NAMESPACE}/{p.name:10} {p.ip:15} endpoint {p.endpoint_id}  labels from the Pod {got}", file=out, flush=True)
             node.serve_deathstar(port=DEATHSTAR_PORT)
             deathstar = f"{node.pods['deathstar'].ip}:{DEATHSTAR_PORT}"
-            applied: str | None = None
-            for n, stage in enumerate(K8S_STAGES, 1):
-                print(f"\nstage {n}: {stage.title}", file=out, flush=True)
+            applied: str | None = None  # the example file whose object is in the API
+
+            def apply(stage: Stage) -> None:
+                nonlocal applied
                 for f in stage.policy_files:
                     before = node.policy_revision()
                     said = kube.kubectl("apply", "-f", str(EXAMPLES / f)).stdout.strip()
@@ -86,11 +86,11 @@ def run(out: TextIO = sys.stdout, prefix: str = "cilk8sdemo", subnet: str = "10.
                     wait_withdrawn(node, SOURCE, before)
                     print(f"  kubectl delete -f examples/starwars/{applied}: {said}", file=out, flush=True)
                     applied = None
-                for req in stage.requests:
-                    outcome = node.request(req.ship, req.method, deathstar, req.path)
-                    row = Row(f"{n}", f"{req.ship} {req.method} {req.path}", req.expect, observed_label(outcome), curl_view(outcome))
-                    rows.append(row)
-                    print(line(row), file=out, flush=True)
+
+            def send(req: Request) -> dict[str, object]:
+                return node.request(req.ship, req.method, deathstar, req.path)
+
+            rows = run_stages(K8S_STAGES, out, apply, send)
     except (NodeError, KubeError) as exc:
         print(f"demo failed: {exc}", file=out)
         return 2

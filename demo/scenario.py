@@ -1,11 +1,16 @@
 """The star-wars scenario as data: pods, stages, requests and what each
-request must observe. Pure: the runner (demo/run.py) does the I/O."""
+request must observe, and where the stages' policy files are. Pure: the
+runners (demo/run.py, cluster_run.py, k8s_run.py, compose_run.py, all
+through demo/stages.py) do the I/O."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 DEATHSTAR_PORT = 80
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "starwars"  # the stages' policy files
+POLICY_FILE = "starwars.yaml"  # one file, replaced per stage, so no stage ever runs without policy
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ import sys
 from collections.abc import Sequence
 
 from agent.cli import agent_commands as cli_agent, policy_commands as cli_policy, policy_diff as cli_diff
-from demo import run as demo_run
+from demo import command as demo_command
 
 # Each module adds its subcommands and sets `func` on its parsers; `func`
 # takes the parsed namespace and returns the process exit code.
-_COMMAND_MODULES = (cli_policy, cli_diff, cli_agent, demo_run)
+_COMMAND_MODULES = (cli_policy, cli_diff, cli_agent, demo_command)
 
 
 def build_parser() -> argparse.ArgumentParser:

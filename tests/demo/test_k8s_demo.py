@@ -16,8 +16,7 @@ from kubernetes import client
 from agent.cni.config import display_name, endpoint_labels, parse_env, parse_netconf
 from demo.kube import KubeCluster, KubeError, kubectl_binary
 from demo.node import Pod, cni_request
-from demo.run import EXAMPLES
-from demo.scenario import K8S_STAGES, STAGES
+from demo.scenario import EXAMPLES, K8S_STAGES, STAGES
 from tests.k8s.conftest import NODE, K8sRig, eventually
 
 
