@@ -64,7 +64,16 @@ class HTTPRequest:
     method: str = "GET"
     path: str = "/"
     host: str = ""
-    headers: Mapping[str, str] = field(default_factory=dict)
+    # name -> value; a tuple of values for a header sent on several lines.
+    headers: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
+
+    def header_values(self, name: str) -> list[str]:
+        """Every value sent under `name` (any case), one per line."""
+        out: list[str] = []
+        for k, v in self.headers.items():
+            if k.lower() == name.lower():
+                out.extend((v,) if isinstance(v, str) else v)
+        return out
 
 
 @dataclass(frozen=True)
@@ -133,18 +142,18 @@ def _regex(pattern: str) -> Any:
 
 def http_matches(rule: HTTPRule, req: HTTPRequest) -> bool:
     """Every set field must match: regexes as full matches, headers by name
-    (case-insensitive) and exact value or presence."""
+    (case-insensitive) and presence or exact value, on every line of a
+    header sent on several (xds/rbac.py renders the same)."""
     if rule.method is not None and not _regex(rule.method).fullmatch(req.method):
         return False
     if rule.path is not None and not _regex(rule.path).fullmatch(req.path):
         return False
     if rule.host is not None and not _regex(rule.host).fullmatch(req.host):
         return False
-    if rule.headers:
-        have = {k.lower(): v for k, v in req.headers.items()}
-        for h in rule.headers:
-            if h.name not in have or (h.value is not None and have[h.name] != h.value):
-                return False
+    for h in rule.headers:
+        values = req.header_values(h.name)
+        if not values or (h.value is not None and any(v != h.value for v in values)):
+            return False
     return True
 
 

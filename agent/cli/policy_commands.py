@@ -61,7 +61,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     t.add_argument("--method", help="HTTP method (judged by the L7 rules when the flow is redirected)")
     t.add_argument("--path", dest="http_path", help="HTTP path")
     t.add_argument("--host", help="HTTP host (authority)")
-    t.add_argument("--header", action="append", default=[], metavar='"Name: value"')
+    t.add_argument(
+        "--header", action="append", default=[], metavar='"Name: value"',
+        help="HTTP header; repeat for more, the same name twice sends it on two lines",
+    )
     t.add_argument("-o", "--output", choices=("text", "json"), default="text")
     t.set_defaults(func=_guard(_trace))
 
@@ -129,13 +132,15 @@ def _party(spec: str, endpoint_id: int, endpoints: list[Endpoint]) -> Party:
     return Party.entity(value)
 
 
-def _headers(items: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _headers(items: list[str]) -> dict[str, tuple[str, ...]]:
+    """A name given twice is a header sent on two lines, as the proxy sees it."""
+    out: dict[str, tuple[str, ...]] = {}
     for h in items:
         name, _, value = h.partition(":")
         if not name.strip():
             raise CiliateError(f'bad --header {h!r}: expected "Name: value"')
-        out[name.strip()] = value.strip()
+        key = name.strip().lower()
+        out[key] = (*out.get(key, ()), value.strip())
     return out
 
 

@@ -36,6 +36,7 @@ from xds.snapshot import Snapshot
 
 PORT = 15001
 NAME = f"ciliate-proxy-{PORT}"
+ANYTHING_BUT_ABC = r"(?:|[^\x{61}].*|\x{61}(?:|[^\x{62}].*|\x{62}(?:|[^\x{63}].*|\x{63}.+)))"
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
@@ -80,9 +81,13 @@ def rbac_policies(snap, name=NAME) -> dict:
         pytest.param(
             dict(headers=(("x-token", "abc"), ("x-debug", None), ("x-empty", ""))),
             [
+                # Exact: present, and no line of it holds anything else (a
+                # header sent on several lines passes only if every line matches).
                 {"header": {"name": "x-token", "stringMatch": {"exact": "abc"}}},
+                {"notRule": {"header": {"name": "x-token", "stringMatch": {"safeRegex": {"regex": ANYTHING_BUT_ABC}}}}},
                 {"header": {"name": "x-debug", "presentMatch": True}},
                 {"header": {"name": "x-empty", "stringMatch": {"exact": ""}}},
+                {"notRule": {"header": {"name": "x-empty", "stringMatch": {"safeRegex": {"regex": ".+"}}}}},
             ],
             id="headers-exact-presence-and-empty-value",
         ),
