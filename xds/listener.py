@@ -120,7 +120,9 @@ def http_connection_manager(
         # write the same metadata namespace.
         receiver = DENY_ALL + pb.RbacFilter.shadow_rules_stat_prefix(RECEIVER_SHADOW_PREFIX)
         out += _http_filter(RECEIVER_RBAC_FILTER, RBAC_URL, receiver)
-    out += _http_filter(ROUTER_FILTER, ROUTER_URL, b"")
+    # No x-envoy-* headers of the router's own (x-envoy-expected-rq-timeout-ms)
+    # on upstream requests: they tell the server about the proxy, not the client.
+    out += _http_filter(ROUTER_FILTER, ROUTER_URL, pb.Router.suppress_envoy_headers(True))
     if accesslog is not None:
         out += _grpc_access_log(*accesslog)
     out += _denied_reply()

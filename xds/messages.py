@@ -14,9 +14,13 @@ from envoy_data_plane.envoy.config.core import v3 as core_v3
 from envoy_data_plane.envoy.config.listener import v3 as listener_v3
 from envoy_data_plane.envoy.config.rbac import v3 as rbac_v3
 from envoy_data_plane.envoy.config.route import v3 as route_v3
+from envoy_data_plane.envoy.config.common.mutation_rules import v3 as mutation_rules_v3
 from envoy_data_plane.envoy.extensions.access_loggers.grpc import v3 as grpc_als_v3
+from envoy_data_plane.envoy.extensions.filters.http.header_mutation import v3 as header_mutation_v3
+from envoy_data_plane.envoy.extensions.filters.http.router import v3 as router_v3
 from envoy_data_plane.envoy.extensions.filters.http.rbac import v3 as rbac_filter_v3
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager import v3 as hcm_v3
+from envoy_data_plane.envoy.extensions.upstreams.http import v3 as upstream_http_v3
 from envoy_data_plane.envoy.type.matcher import v3 as matcher_v3
 
 from .serialize import Encoders, encoders
@@ -45,6 +49,7 @@ Filter = encoders(listener_v3.Filter)
 HttpConnectionManager = encoders(hcm_v3.HttpConnectionManager)
 Rds = encoders(hcm_v3.Rds)
 HttpFilter = encoders(hcm_v3.HttpFilter)
+Router = encoders(router_v3.Router)
 LocalReplyConfig = encoders(hcm_v3.LocalReplyConfig)
 ResponseMapper = encoders(hcm_v3.ResponseMapper)
 AccessLog = encoders(accesslog_v3.AccessLog)
@@ -57,6 +62,11 @@ CommonGrpcAccessLogConfig = encoders(grpc_als_v3.CommonGrpcAccessLogConfig)
 # cluster
 Cluster = encoders(cluster_v3.Cluster)
 OriginalDstLbConfig = encoders(cluster_v3.ClusterOriginalDstLbConfig)
+UpstreamHttpProtocolOptions = encoders(upstream_http_v3.HttpProtocolOptions)
+ExplicitHttpConfig = encoders(upstream_http_v3.HttpProtocolOptionsExplicitHttpConfig)
+HeaderMutationFilter = encoders(header_mutation_v3.HeaderMutation)
+HeaderMutations = encoders(header_mutation_v3.Mutations)
+HeaderMutation = encoders(mutation_rules_v3.HeaderMutation)
 
 # routes
 RouteConfiguration = encoders(route_v3.RouteConfiguration)
