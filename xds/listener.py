@@ -128,7 +128,8 @@ def http_connection_manager(
     out += _denied_reply()
     # Path normalization (policy/http_path.py states it): the path the RBAC rules see
     # is the path the upstream receives: RFC 3986 dot segments, unreserved %XX
-    # decoded, slashes merged, escaped slashes rejected.
+    # decoded, slashes merged, escaped slashes rejected. A dot segment with
+    # parameters left after that is refused by the first route (routes.py).
     out += hcm.normalize_path(True) + hcm.merge_slashes(True) + hcm.path_with_escaped_slashes_action(ESCAPED_SLASHES)
     return out
 

@@ -12,10 +12,12 @@ What one node's Envoy gets:
   production), whose HTTP connection manager takes its routes over RDS from
   a route configuration of the same name. The listener only changes when a
   proxy port appears or goes away;
-- per listener, one route configuration: a catch-all route to the cluster
-  carrying a per-route RBAC config with one RBAC policy per peer set
-  (principals: the peers' ipcache prefixes; permissions: one per HTTP rule,
-  ORed, each ANDing the rule's method/path/host regexes and headers). RBAC
+- per listener, one route configuration: a route answering 400 to the paths
+  policy/http_path.py refuses after Envoy's normalization, then a catch-all
+  route to the cluster carrying a per-route RBAC config with one RBAC policy
+  per peer set (principals: the peers' ipcache prefixes; permissions: one
+  per HTTP rule, ORed, each ANDing the rule's method/path/host regexes and
+  headers, an exact header on every line it is sent on). RBAC
   ORs policies and permissions, which is the Cilium semantics of HTTP rules;
   Envoy's routes could not express it (the first matching route wins, so a
   rule that matches the request but not the peer would hide a later rule
