@@ -2,10 +2,11 @@
 simulated cluster through a real etcd, with no kernel and no Envoy.
 
 What runs (every part a process of its own, so each one's RSS and CPU are its own):
-  - etcd: Debian's /usr/bin/etcd (3.4), single member on 127.0.0.1 with free
-    ports and a private data directory under one temporary root; killed and
-    the root removed on exit, also on an error, Ctrl-C or SIGTERM (and it
-    gets SIGKILL from the kernel if this script dies: PR_SET_PDEATHSIG).
+  - etcd: Debian's /usr/bin/etcd (3.4), started by demo/etcd_process.py:
+    single member on 127.0.0.1 with free ports and a private data directory
+    under one temporary root; killed and the root removed on exit, also on
+    an error, Ctrl-C or SIGTERM (and it gets SIGKILL from the kernel if this
+    script dies: setpriv --pdeathsig).
   - a load generator: N simulated nodes x M pods written straight into etcd
     with kvstore's own key layout and encoders (kvstore/layout.py), so the
     agent under test takes them as real peers. Each simulated node has its
@@ -106,7 +107,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -127,13 +127,13 @@ from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_facto
 from agent.core.models import EndpointCreate  # noqa: E402
 from agent.daemon import AgentConfig, build_agent  # noqa: E402
 from bench.bench_agent import NullDatapath, NullProxy, pct  # noqa: E402
+from demo.etcd_process import EtcdProcess, etcd_missing_reason  # noqa: E402
 from kvstore import Cluster, NodeInfo, identities, layout, parse_kvstore_opts  # noqa: E402
 from kvstore.etcd import Etcd  # noqa: E402
 from kvstore.mirror import Mirror  # noqa: E402
 from policy.endpoint import NAMESPACE_LABEL  # noqa: E402
 from policy.identity import identity_labels  # noqa: E402
 
-ETCD_BIN = Path("/usr/bin/etcd")
 APPS_PER_NAMESPACE = 20
 POLICY_NAMESPACES = 10  # ns0..ns9 carry policies; B runs app0 and app2 in each
 SIM_LEASE_TTL = 3600  # the simulated nodes never keep their leases alive
@@ -149,75 +149,6 @@ def _die_with_parent() -> None:
     """preexec_fn: SIGKILL this child when the process that started it dies."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class EtcdProcess:
-    """One etcd member on 127.0.0.1 in a directory under `root`; close() kills it and removes the directory."""
-
-    def __init__(self, root: Path) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="etcd-", dir=root))
-        self.proc: subprocess.Popen | None = None
-        self.client_port = self.peer_port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
-
-    def start(self, timeout: float = 20.0) -> None:
-        for _ in range(3):
-            self.client_port, self.peer_port = free_port(), free_port()
-            shutil.rmtree(self.dir / "data", ignore_errors=True)
-            peer = f"http://127.0.0.1:{self.peer_port}"
-            self.proc = subprocess.Popen(
-                [
-                    str(ETCD_BIN), "--name", "bench", "--data-dir", str(self.dir / "data"),
-                    "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-                    "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                    "--initial-cluster", f"bench={peer}", "--initial-cluster-state", "new",
-                    "--auto-compaction-retention", "0", "--logger", "zap",
-                    "--log-outputs", str(self.dir / "etcd.log"),
-                ],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                with contextlib.suppress(OSError, ValueError, RuntimeError):
-                    if gateway(self.url, "/health", None).get("health") == "true":
-                        return
-                time.sleep(0.05)
-            self.kill()  # a port taken meanwhile, or too slow: new ports
-        raise RuntimeError(f"etcd did not start; log: {self.dir / 'etcd.log'}")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def close(self) -> None:
-        try:
-            self.kill()
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> EtcdProcess:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def gateway(url: str, path: str, body: dict | None) -> dict:
@@ -986,8 +917,8 @@ def main() -> int:
     if a.quick:
         a.nodes, a.pods, a.adds, a.add_rate, a.local_adds, a.alloc, a.churn = a.nodes or "10", 10, 20, 5.0, 10, 30, 5.0
     a.nodes = a.nodes or "100,500"
-    if not (ETCD_BIN.is_file() and os.access(ETCD_BIN, os.X_OK)):
-        print(f"{ETCD_BIN} missing: apt-get install etcd-server (scripts/install.sh does)")
+    if (missing := etcd_missing_reason()) is not None:
+        print(missing)
         return 1
     node_counts = [int(x) for x in a.nodes.split(",") if x.strip()]
 
@@ -1001,13 +932,13 @@ def main() -> int:
         scen = []
         for n in node_counts:
             with EtcdProcess(root) as etcd:
-                scen.append(run_child("cluster", a, root, timeout=900, etcd=etcd.url, nodes_one=n))
+                scen.append(run_child("cluster", a, root, timeout=900, etcd=etcd.client_url, nodes_one=n))
                 scen[-1]["etcd_rss_kib"] = proc_rss_kib(etcd.proc.pid)
         print("  single-node baseline", file=sys.stderr, flush=True)
         base = run_child("baseline", a, root, timeout=300)
         print("  identity allocation", file=sys.stderr, flush=True)
         with EtcdProcess(root) as etcd:
-            alloc = run_child("alloc", a, root, timeout=600, etcd=etcd.url)
+            alloc = run_child("alloc", a, root, timeout=600, etcd=etcd.client_url)
         print_report(a, scen, base, alloc)
         return 0
     except KeyboardInterrupt:

@@ -3,9 +3,10 @@
 Each node is a demo.node.Node (its own host network namespace, agent, state
 dir, bpffs dir and Envoy; pods joined through ciliate-cni). The nodes are
 joined by an underlay: a bridge in a network namespace of its own, one veth
-per node, addresses from UNDERLAY. One real etcd (Debian's etcd-server) runs
-in the underlay namespace, reachable from every node at ETCD_URL; the agents
-run with `--kvstore etcd` and route each other's pod CIDRs directly.
+per node, addresses from UNDERLAY. One real etcd (Debian's etcd-server,
+started by demo/etcd_process.py) runs in the underlay namespace, reachable
+from every node at ETCD_URL; the agents run with `--kvstore etcd` and route
+each other's pod CIDRs directly.
 
 Used by `ciliate demo --nodes N`, the cluster tests and the cluster
 benchmark. Does I/O throughout. Everything it makes (namespaces, veths, pins,
@@ -16,67 +17,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+from demo.etcd_process import EtcdProcess, EtcdStartError
 from demo.node import NETNS_DIR, Node, NodeError, _run
 
 UNDERLAY = IPv4Network("10.250.0.0/24")  # node addresses; .254 is etcd's
 POD_CIDRS = IPv4Network("10.251.0.0/16")  # node i gets 10.251.i.0/24
 ETCD_ADDR = UNDERLAY.network_address + 254
-ETCD_URL = f"http://{ETCD_ADDR}:2379"
-ETCD_BIN = "/usr/bin/etcd"
-
-
-class Etcd:
-    """One etcd member in a network namespace; data kept across restart()."""
-
-    def __init__(self, netns: str, datadir: Path, log: Path) -> None:
-        self.netns = netns
-        self.datadir = datadir
-        self.log = log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 20.0) -> None:
-        if not Path(ETCD_BIN).exists():
-            raise NodeError(f"{ETCD_BIN} missing: install Debian's etcd-server (make install)")
-        out = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [
-                "nsenter", f"--net={NETNS_DIR / self.netns}", ETCD_BIN,
-                "--name", "demo", "--data-dir", str(self.datadir),
-                "--listen-client-urls", f"{ETCD_URL},http://127.0.0.1:2379",
-                "--advertise-client-urls", ETCD_URL,
-                "--listen-peer-urls", "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-                "--initial-cluster", "demo=http://127.0.0.1:2380",
-            ],
-            stdout=out, stderr=out, start_new_session=True,
-        )
-        out.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise NodeError(f"etcd exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            probe = _run("ip", "netns", "exec", self.netns, "curl", "-sf", "-m", "1", f"{ETCD_URL}/health")
-            if probe.returncode == 0 and '"true"' in probe.stdout:
-                return
-            time.sleep(0.2)
-        raise NodeError(f"etcd not healthy after {timeout:.0f}s: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
+ETCD_PORT = 2379
+ETCD_URL = f"http://{ETCD_ADDR}:{ETCD_PORT}"
 
 
 class Cluster:
@@ -90,7 +43,12 @@ class Cluster:
         self.net_ns = f"{prefix}-net"
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
-        self.etcd = Etcd(self.net_ns, self.workdir / "etcd", self.workdir / "etcd.log")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # In the underlay's namespace, at an address every node reaches (data kept across restart()).
+        self.etcd = EtcdProcess(
+            self.workdir, name="demo", address=str(ETCD_ADDR), client_port=ETCD_PORT, peer_port=2380,
+            netns=NETNS_DIR / self.net_ns,
+        )
         self.nodes = [
             Node(prefix=f"{prefix}{i}", subnet=str(self.pod_cidr(i)), workdir=self.workdir / f"node{i}")
             for i in range(1, nodes + 1)
@@ -121,7 +79,10 @@ class Cluster:
             for i, node in enumerate(self.nodes, start=1):
                 node.__enter__()
                 self._wire(i, node)
-            self.etcd.start()
+            try:
+                self.etcd.start()
+            except EtcdStartError as exc:
+                raise NodeError(str(exc)) from exc
         except BaseException:
             self.close()
             raise
@@ -157,7 +118,7 @@ class Cluster:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
-        self.etcd.stop()
+        self.etcd.close()
         _run("ip", "netns", "del", self.net_ns)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.kvstore.etcd_server import EtcdServer, TcpProxy, etcd_missing_reason
+from demo.etcd_process import etcd_missing_reason
+from tests.kvstore.etcd_server import EtcdServer, TcpProxy
 from tests.kvstore.support import ClusterFactory
 
 

@@ -1,13 +1,15 @@
 """A real etcd for tests, and a TCP proxy to cut a client off from it.
 
-`EtcdServer` runs /usr/bin/etcd (single member) on 127.0.0.1 with free
-client and peer ports and a private data directory; `close()` (or the
-context manager) always stops the process and removes the directory, and
-etcd gets SIGKILL from the kernel if the test process dies first.
-Election and heartbeat are fast (100 ms / 10 ms), so it starts in about
-0.1 s and accepts 1 s lease TTLs; auto-compaction is off (compact() does
-it on demand). Small sync helpers talk to etcd's JSON gateway (/v3/...),
-so a test can look at or poke the store without the code under test.
+`EtcdServer` is the project's one etcd launcher (demo/etcd_process.py:
+/usr/bin/etcd, single member, on 127.0.0.1 with free client and peer ports
+and a private data directory; `close()` (or the context manager) always
+stops the process and removes the directory, and etcd gets SIGKILL from
+the kernel if the test process dies first; start() waits for etcd's own
+readiness notice). Here election and heartbeat are fast (100 ms / 10 ms),
+so it starts in about 0.1 s and accepts 1 s lease TTLs; auto-compaction is
+off (compact() does it on demand). Small sync helpers talk to etcd's JSON
+gateway (/v3/...), so a test can look at or poke the store without the
+code under test.
 
 `TcpProxy` forwards 127.0.0.1:port to the etcd client port; partition()
 drops every connection and refuses new ones until heal(): a network
@@ -23,33 +25,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
-import shutil
-import signal
 import socket
 import ssl
 import subprocess
-import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-ETCD = Path("/usr/bin/etcd")
-
-
-def etcd_missing_reason() -> str | None:
-    if not (ETCD.is_file() and os.access(ETCD, os.X_OK)):
-        return f"etcd: {ETCD} is missing (apt-get install etcd-server; scripts/install.sh does)"
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from demo.etcd_process import EtcdProcess
 
 
 def _b64(s: str | bytes) -> str:
@@ -119,89 +104,21 @@ class KV:
     mod_revision: int
 
 
-class EtcdServer:
-    """`pki` set: clients must use https and present a certificate the
-    test CA signed (--client-cert-auth)."""
+class EtcdServer(EtcdProcess):
+    """The project's etcd launcher (demo/etcd_process.py) as the kvstore
+    tests want it: fast elections, and a few sync calls to etcd's JSON
+    gateway. `pki` set: clients must use https and present a certificate
+    the test CA signed (--client-cert-auth)."""
 
     def __init__(self, parent_dir: Path | None = None, pki: Pki | None = None) -> None:
+        tls = [] if pki is None else [
+            "--cert-file", str(pki.server_crt), "--key-file", str(pki.server_key),
+            "--client-cert-auth", "--trusted-ca-file", str(pki.ca_crt),
+        ]
+        super().__init__(parent_dir, name="test", https=pki is not None, fast=True, extra_args=tls)
         self.pki = pki
-        self.dir = Path(tempfile.mkdtemp(prefix="etcd-", dir=parent_dir))
-        self.data_dir = self.dir / "data"
-        self.log_file = self.dir / "etcd.log"
-        self.client_port = free_port()
-        self.peer_port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self._started_once = False
 
-    @property
-    def client_url(self) -> str:
-        return f"{'https' if self.pki else 'http'}://127.0.0.1:{self.client_port}"
-
-    # -- process -------------------------------------------------------------
-
-    def _args(self) -> list[str]:
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        # If the test process dies without cleaning up (killed, timed out),
-        # the kernel kills etcd too (the parent death signal follows the
-        # thread that called start(), so call it from one that lives on).
-        guard = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
-        return [
-            *guard,
-            str(ETCD),
-            "--name", "test",
-            "--data-dir", str(self.data_dir),
-            "--listen-client-urls", self.client_url,
-            "--advertise-client-urls", self.client_url,
-            "--listen-peer-urls", peer,
-            "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"test={peer}",
-            "--initial-cluster-state", "new",
-            "--heartbeat-interval", "10",
-            "--election-timeout", "100",
-            "--auto-compaction-retention", "0",
-            "--logger", "zap",
-            "--log-outputs", str(self.log_file),
-            *self.extra_args(),
-        ]
-
-    def extra_args(self) -> list[str]:
-        if self.pki is None:
-            return []
-        p = self.pki
-        return [
-            "--cert-file", str(p.server_crt), "--key-file", str(p.server_key),
-            "--client-cert-auth", "--trusted-ca-file", str(p.ca_crt),
-        ]
-
-    def start(self, timeout: float = 10.0) -> None:
-        for _ in range(3):
-            if self._spawn(timeout):
-                self._started_once = True
-                return
-            if self._started_once or "address already in use" not in self.log_tail():
-                break
-            # A port taken between free_port() and etcd's bind, before the
-            # first start: new ports, new data.
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-            self.client_port, self.peer_port = free_port(), free_port()
-        raise RuntimeError(f"etcd did not become healthy; log tail:\n{self.log_tail()}")
-
-    def _spawn(self, timeout: float) -> bool:
-        assert self.proc is None, "already running"
-        self.proc = subprocess.Popen(
-            self._args(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.proc = None
-                return False
-            if self.healthy():
-                return True
-            time.sleep(0.02)
-        self.kill()
-        return False
+    # -- the JSON gateway ----------------------------------------------------
 
     def healthy(self) -> bool:
         try:
@@ -209,54 +126,6 @@ class EtcdServer:
                 return json.load(r).get("health") == "true"
         except (OSError, ValueError):
             return False
-
-    def stop(self) -> None:
-        """SIGTERM (etcd shuts down cleanly, data kept), SIGKILL after 5 s."""
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.kill()
-        self.proc.wait()
-        self.proc = None
-
-    def restart(self) -> None:
-        """Stop and start again on the same ports with the same data."""
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        try:
-            self.kill()
-        finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> EtcdServer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def log_tail(self, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_file.read_text().splitlines()[-lines:])
-        return "(no log)"
-
-    # -- the JSON gateway ----------------------------------------------------
 
     def _open(self, request: urllib.request.Request, timeout: float):
         # Never through an HTTP proxy from the environment.

@@ -10,8 +10,8 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from demo.etcd_process import free_port
 from kvstore import KvstoreUnavailable, RemoteEndpoint
-from tests.kvstore.etcd_server import free_port
 from tests.kvstore.support import connected, eventually
 
 pytestmark = pytest.mark.etcd

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from demo.etcd_process import etcd_missing_reason
 from kvstore import Cluster, KvstoreUnavailable, parse_kvstore_opts
-from tests.kvstore.etcd_server import EtcdServer, Pki, etcd_missing_reason, make_pki
+from tests.kvstore.etcd_server import EtcdServer, Pki, make_pki
 from tests.kvstore.support import FAST, connected, eventually, node_info
 
 pytestmark = pytest.mark.etcd
