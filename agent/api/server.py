@@ -143,7 +143,9 @@ async def health(request: web.Request) -> web.StreamResponse:
 
 
 async def status(request: web.Request) -> web.StreamResponse:
-    return _json(_agent(request).status())
+    agent = _agent(request)
+    await agent.read_kernel_counters()  # the conntrack fill as of now, not of the last scrape
+    return _json(agent.status())
 
 
 async def list_endpoints(request: web.Request) -> web.StreamResponse:

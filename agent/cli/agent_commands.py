@@ -72,6 +72,13 @@ def _kvstore_line(kv: dict) -> str:
     )
 
 
+def _conntrack_lines(ct) -> list[str]:
+    if ct is None:
+        return []
+    lines = [f"Conntrack:       {ct.entries}/{ct.capacity} entries ({ct.percent:.1f} %)"]
+    return lines + ([f"WARNING:         {ct.warning}"] if ct.warning else [])
+
+
 def _status(client: AgentClient, args: argparse.Namespace) -> int:
     def human(s) -> str:
         eps = ", ".join(f"{n} {k}" for k, n in sorted(s.endpoints.items())) or "none"
@@ -94,6 +101,7 @@ def _status(client: AgentClient, args: argparse.Namespace) -> int:
                 else []
             )
             + ([f"Cluster:         {_kvstore_line(s.kvstore)}"] if s.kvstore else [])
+            + _conntrack_lines(s.conntrack)
         )
 
     status = client.status()

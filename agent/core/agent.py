@@ -30,6 +30,7 @@ from agent.core.endpoint_restore import restore_lost_endpoints
 from agent.core.endpoint_table import EndpointTable
 from agent.core.flow_enrich import FlowEnricher
 from agent.core.flows import FlowHub
+from agent.core.map_pressure import conntrack_status
 from agent.core.metrics import AgentMetrics
 from agent.core.models import (
     BpfPolicyDump,
@@ -331,14 +332,19 @@ class Agent:
         if report.failed:
             m.regenerations.labels("failure").inc(len(report.failed))
 
-    async def scrape(self) -> bytes:
-        """The metrics text, with the kernel's counters and the proxy's totals
-        read now. A port that cannot answer leaves its last reading in place
-        (a scrape must not fail because the kernel side is busy)."""
+    async def read_kernel_counters(self) -> None:
+        """Read the kernel's verdict counters and map fill now (metrics and
+        status show them). A failed read leaves the last reading in place: a
+        scrape or a status must not fail because the kernel side is busy."""
         try:
             self.metrics.datapath = await self.datapath.counters()
         except Exception as exc:
             log.warning("reading the datapath's counters failed; serving the last ones: %s", exc)
+
+    async def scrape(self) -> bytes:
+        """The metrics text, with the kernel's counters and the proxy's totals
+        read now. A port that cannot answer leaves its last reading in place."""
+        await self.read_kernel_counters()
         try:
             self.metrics.proxy = self.proxy.counters()
         except Exception as exc:
@@ -524,6 +530,7 @@ class Agent:
                 if self.shared is not None
                 else None
             ),
+            conntrack=conntrack_status(self.metrics.datapath),  # as last read: read_kernel_counters()
         )
 
     async def bpf_policy(self, endpoint_id: int) -> BpfPolicyDump | None:

@@ -168,6 +168,13 @@ class Health(_Model):
     checks: dict[str, str] = Field(description="component -> ok or what is wrong")
 
 
+class ConntrackFill(_Model):
+    entries: int = Field(description="live (unexpired) entries in ciliate_ct; a flow takes two")
+    capacity: int
+    percent: float
+    warning: str | None = Field(default=None, description="set at or above 90 %: what a full table costs and where to look")
+
+
 class Status(_Model):
     ok: bool
     revision: int
@@ -181,6 +188,9 @@ class Status(_Model):
     )
     kvstore: dict[str, str | int | float | bool | None] | None = Field(
         default=None, description="cluster mode: the shared store reachable, lease, remote nodes/endpoints/identities (absent on a lone node)"
+    )
+    conntrack: ConntrackFill | None = Field(
+        default=None, description="the datapath's connection-tracking table, read with the status (a failed read shows the last one; absent if none succeeded)"
     )
 
 

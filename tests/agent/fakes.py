@@ -230,6 +230,7 @@ class FakeDatapath:
         # What the kernel's per-CPU counters hold: (verdict, reason, direction) -> packets.
         self.verdict_counts: dict[tuple[str, str, str], int] = {}
         self.map_capacities: dict[str, int] = {"ciliate_ct": 65536, "ciliate_ipcache": 65536}
+        self.map_entries: dict[str, int] = {}  # what the fake kernel's maps hold, by pin name
 
     async def setup(self) -> None:
         self.setups += 1
@@ -241,7 +242,10 @@ class FakeDatapath:
 
     async def counters(self) -> DatapathCounters:
         verdicts = tuple(VerdictCounter(v, r, d, n) for (v, r, d), n in sorted(self.verdict_counts.items()))
-        maps = [MapFill(name, len(self.kernel) if name == "ciliate_lxc" else 0, cap) for name, cap in sorted(self.map_capacities.items())]
+        maps = [
+            MapFill(name, self.map_entries.get(name, len(self.kernel) if name == "ciliate_lxc" else 0), cap)
+            for name, cap in sorted(self.map_capacities.items())
+        ]
         maps += [MapFill(f"ciliate_policy_{eid}", len(entries), self.map_capacity or 16384) for eid, entries in sorted(self.kernel.items())]
         return DatapathCounters(verdicts, tuple(maps))
 

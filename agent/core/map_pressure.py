@@ -1,0 +1,32 @@
+"""How full the datapath's connection-tracking table is, as `ciliate status`
+reports it. Pure: it reads the counters the datapath port returned.
+
+`ciliate_ct` is an LRU hash: an insert never fails, it evicts the least
+recently used entry. Near full, a burst of new flows (one pod's SYN flood,
+say) evicts the entries of other pods' idle flows; they heal on their next
+packet (bpf/README.md, Conntrack), but the operator should know before the
+table is that busy, hence the warning at 90 %.
+"""
+
+from __future__ import annotations
+
+from agent.core.models import ConntrackFill
+from agent.core.ports import DatapathCounters
+
+CT_MAP = "ciliate_ct"
+WARN_AT = 0.9
+
+
+def conntrack_status(counters: DatapathCounters) -> ConntrackFill | None:
+    """The conntrack fill in `counters`; None if the datapath did not report it."""
+    fill = next((m for m in counters.maps if m.name == CT_MAP), None)
+    if fill is None or fill.capacity <= 0:
+        return None
+    ratio = fill.entries / fill.capacity
+    warning = None
+    if ratio >= WARN_AT:
+        warning = (
+            f"conntrack table {ratio:.0%} full: new flows evict the least recently used entries, "
+            "idle flows of every pod among them; see ciliate_bpf_map_pressure{map_name=\"ciliate_ct\"}"
+        )
+    return ConntrackFill(entries=fill.entries, capacity=fill.capacity, percent=round(100 * ratio, 1), warning=warning)
