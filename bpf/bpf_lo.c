@@ -62,24 +62,12 @@ int from_lo(struct __sk_buff *skb)
 int from_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
-	struct bpf_sock_tuple t = {};
-	struct bpf_sock *sk;
-	int ours;
 
 	if (parse_packet(skb, &p) != PARSE_IPV4 || p.protocol != IPPROTO_TCP)
 		return TC_ACT_OK;
 	if (ipcache_identity(p.daddr) == 1 /* host: delivered locally anyway */)
 		return TC_ACT_OK;
-	t.ipv4.saddr = p.saddr;
-	t.ipv4.daddr = p.daddr;
-	t.ipv4.sport = p.sport;
-	t.ipv4.dport = p.dport;
-	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-	if (!sk)
-		return TC_ACT_OK;
-	ours = sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT;
-	bpf_sk_release(sk);
-	if (ours)
+	if (node_holds_connection(skb, p.saddr, p.sport, p.daddr, p.dport))
 		skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_MAGIC_TO_PROXY;
 	return TC_ACT_OK;
 }

@@ -23,6 +23,15 @@
  * have been dropped, in the deciding direction. A redirect stays a redirect:
  * the proxy audits L7. Switching audit off polices the next new flow.
  *
+ * Restore: conntrack is an LRU, so an idle flow's entries may be evicted
+ * (a flood of new flows) or expire. The flow's next packet is policed again
+ * in its own direction; a TCP packet other than a SYN that this drops is
+ * passed and tracked again if it is a reply of a flow the current policy
+ * admits the other way (reason CT_RESTORED): the server that may not open
+ * connections speaking first, the client that admits nothing in receiving.
+ * The proxy's connections are found by their sockets in the node: the
+ * proxy's answer on a redirected flow, a pod's reply on a proxy upstream.
+ *
  * ICMP: policed like any other protocol, with port 0: only an L3 (all
  * protocols, all ports) rule, or an ICMP all-ports rule, admits it. Echo
  * replies pass via conntrack. ICMP errors are not matched to the flow they
@@ -86,6 +95,44 @@ static __always_inline void emit_audit(struct pkt *p, struct ev_ctx *c, __u8 dir
 	emit_event(p, &a, EV_AUDIT, reason, 0);
 }
 
+/* A TCP packet (not a SYN) that matched no entry and that policy drops in
+ * its own direction: if `rev` (the current policy of the flow the other way)
+ * admits it, it is that flow's reply, its entries evicted or expired. It is
+ * tracked like a flow its own direction allowed, so it takes the SYN-only
+ * lifetime until the peer's next packet marks it answered (a pod sending
+ * reply-shaped packets gains no long-lived entries). A redirected flow's
+ * replies come from the proxy, not from its server pod: not restored here.
+ * Returns 1 when restored (the caller passes the packet). */
+static __always_inline int restore_reply(struct pkt *p, struct ev_ctx *c, struct verdict *rev, __u64 now,
+					 __u8 direction)
+{
+	if (rev->verdict != VERDICT_ALLOW)
+		return 0;
+	/* A FIN or RST (often what a peer sends into a flow it lost) closes. */
+	ct_create(p, (p->tcp_flags & (TCP_FIN | TCP_RST)) ? CT_F_CLOSING : 0, 0, now, CT_SCOPE_FLOW);
+	c->direction = direction;
+	emit_event(p, c, EV_FORWARD, R_CT_RESTORED, 0);
+	return 1;
+}
+
+/* A pod's packet on one of the proxy's upstream connections (the node holds
+ * the socket, marked 0x0B00; original source) whose entries are gone.
+ * Judged as from_proxy judges the upstream, by this pod's ingress for the
+ * client (`in`), then tracked again and handed back to the proxy; never
+ * routed on to the client pod, which knows nothing of the connection. */
+static __always_inline int restore_upstream_reply(struct __sk_buff *skb, struct pkt *p, struct ev_ctx *c,
+						  struct pkt *fwd, struct verdict *in, __u64 now)
+{
+	c->direction = 0;
+	c->src_identity = ipcache_identity(p->saddr);
+	c->dst_identity = ipcache_identity(p->daddr);
+	if (!in->verdict)
+		return drop(p, c, in->reason);
+	ct_create(fwd, CT_F_PROXY | CT_F_ANSWERED, 0, now, CT_SCOPE_PROXY);
+	emit_event(p, c, EV_FORWARD, R_CT_RESTORED, 0);
+	return reply_to_proxy_upstream(skb);
+}
+
 static __always_inline int parse_or_verdict(struct __sk_buff *skb, struct pkt *p, struct ev_ctx *c)
 {
 	int r = parse_packet(skb, p);
@@ -130,11 +177,14 @@ int from_container(struct __sk_buff *skb)
 	struct lxc_key self_key = {};
 	struct lxc_value *self, *dst;
 	struct verdict eg = {}, in = {};
+	struct verdict rev_eg = {}, rev_in = {}, rev = {};
+	struct pkt fwd = {};
 	__u32 endpoint_id;
 	__u64 now;
 	int r;
 	/* Each direction's audit is reported on its own: both may be relaxed. */
 	int audit_eg = 0, audit_in = 0;
+	int restorable = 0;
 	__u32 dst_id = 0;
 
 	r = enter_endpoint(skb, &p, &c, &self_key, &endpoint_id);
@@ -168,6 +218,16 @@ int from_container(struct __sk_buff *skb)
 				return TC_ACT_OK;
 			return drop(&p, &c, R_PROXY_NOT_LISTENING);
 		}
+		if (p.protocol == IPPROTO_TCP) {
+			/* Untracked and not a SYN: maybe a reply whose entries
+			 * are gone (see restore_reply). */
+			restorable = 1;
+			pkt_reverse(&fwd, &p);
+			flow_policy(&fwd, &rev_eg, &rev_in);
+			flow_verdict(&rev_eg, &rev_in, &rev);
+			if (is_proxy_upstream(skb, p.saddr, p.sport, p.daddr, p.dport))
+				return restore_upstream_reply(skb, &p, &c, &fwd, &rev_in, now);
+		}
 	}
 
 	self = lxc.lookup(&self_key);
@@ -179,8 +239,11 @@ int from_container(struct __sk_buff *skb)
 	c.direction = 1; /* egress */
 	policy_decide(endpoint_id, self->flags & LXC_F_EGRESS_ENFORCED, c.dst_identity, 1, &p, &eg);
 	audit_eg = audit_pass(self->flags, &eg);
-	if (!eg.verdict)
+	if (!eg.verdict) {
+		if (restorable && restore_reply(&p, &c, &rev, now, 0))
+			return pass_decided(skb);
 		return drop(&p, &c, eg.reason);
+	}
 
 	struct lxc_key dst_key = { .addr = p.daddr };
 	dst = lxc.lookup(&dst_key);
@@ -191,8 +254,11 @@ int from_container(struct __sk_buff *skb)
 		policy_decide(dst_id, dst->flags & LXC_F_INGRESS_ENFORCED,
 			      self->identity, 0, &p, &in);
 		audit_in = audit_pass(dst->flags, &in);
-		if (!in.verdict)
+		if (!in.verdict) {
+			if (restorable && restore_reply(&p, &c, &rev, now, 0))
+				return pass_decided(skb);
 			return drop(&p, &c, in.reason);
+		}
 	}
 
 	/* The source's egress proxy wins when both directions redirect. */
@@ -272,6 +338,8 @@ int to_container(struct __sk_buff *skb)
 	struct lxc_key self_key = {};
 	struct lxc_value *self;
 	struct verdict in = {};
+	struct verdict rev_eg = {}, rev_in = {}, rev = {};
+	struct pkt fwd = {};
 	__u32 endpoint_id;
 	__u64 now;
 	int r;
@@ -288,8 +356,16 @@ int to_container(struct __sk_buff *skb)
 	ctv = ct_lookup_flow(&p, now, CT_SCOPE_FLOW);
 	if (ctv) {
 		ct_refresh(ctv, &p, now, CT_SCOPE_FLOW);
-		if ((ctv->flags & (CT_F_REDIRECT | CT_F_REPLY)) == CT_F_REDIRECT)
+		if ((ctv->flags & (CT_F_REDIRECT | CT_F_REPLY)) == CT_F_REDIRECT) {
+			/* An ingress redirect through lo: the proxy answers
+			 * the client without passing here, so the flow counts
+			 * as answered once the proxy's connection for it is
+			 * established (a bare ACK does not make it so). */
+			if (!(ctv->flags & (CT_F_ANSWERED | CT_F_CLOSING)) &&
+			    node_socket_state(skb, p.saddr, p.sport, p.daddr, p.dport) == BPF_TCP_ESTABLISHED)
+				ct_answered(ctv, &p, now, CT_SCOPE_FLOW);
 			return redirect_via_lo(skb, ctv->proxy_port);
+		}
 		return TC_ACT_OK;
 	}
 
@@ -300,11 +376,33 @@ int to_container(struct __sk_buff *skb)
 	if (!self)
 		return drop(&p, &c, R_ENDPOINT_UNKNOWN);
 
+	/* Untracked and not a SYN: maybe a reply whose entries are gone. */
+	int restorable = p.protocol == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) != TCP_SYN;
+	if (restorable) {
+		pkt_reverse(&fwd, &p);
+		flow_policy(&fwd, &rev_eg, &rev_in);
+		flow_verdict(&rev_eg, &rev_in, &rev);
+		/* The proxy's answer on a redirected flow: the flow's policy
+		 * redirects and the node holds the proxy's connection for it.
+		 * Tracked again as that flow, so the pod's next packet goes to
+		 * the proxy, not to the server. */
+		if (rev.verdict == VERDICT_REDIRECT &&
+		    node_holds_connection(skb, p.daddr, p.dport, p.saddr, p.sport)) {
+			ct_create(&fwd, CT_F_REDIRECT | CT_F_ANSWERED, rev.proxy_port, now, CT_SCOPE_FLOW);
+			c.direction = 1;
+			emit_event(&p, &c, EV_FORWARD, R_CT_RESTORED, 0);
+			return TC_ACT_OK;
+		}
+	}
+
 	c.direction = 0;
 	policy_decide(endpoint_id, self->flags & LXC_F_INGRESS_ENFORCED, c.src_identity, 0, &p, &in);
 	int audited = audit_pass(self->flags, &in);
-	if (!in.verdict)
+	if (!in.verdict) {
+		if (restorable && restore_reply(&p, &c, &rev, now, 1))
+			return TC_ACT_OK;
 		return drop(&p, &c, in.reason);
+	}
 	if (in.verdict == VERDICT_REDIRECT) {
 		if (p.protocol != IPPROTO_TCP)
 			return drop(&p, &c, R_REDIRECT_UNSUPPORTED);

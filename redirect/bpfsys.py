@@ -29,6 +29,7 @@ _NR_BPF = 321  # x86_64
 MAP_CREATE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 0, 1, 2, 3, 4
 PROG_LOAD, OBJ_PIN, OBJ_GET = 5, 6, 7
 OBJ_GET_INFO_BY_FD = 15
+MAP_LOOKUP_BATCH = 24
 ENABLE_STATS = 32
 
 # enum bpf_map_type (the ones we use)
@@ -149,6 +150,41 @@ def items(fd: int, key_size: int, value_size: int) -> dict[bytes, bytes]:
         if v is not None:  # raced with a delete
             out[k] = v
     return out
+
+
+def items_batch(fd: int, key_size: int, value_size: int, chunk: int = 4096) -> dict[bytes, bytes]:
+    """items(), a chunk of entries per syscall (BPF_MAP_LOOKUP_BATCH, hash
+    maps, Linux 5.6): a full 64k conntrack table in a few calls instead of
+    130,000. Falls back to items() where the kernel does not offer it."""
+    out: dict[bytes, bytes] = {}
+    keys_buf = ctypes.create_string_buffer(key_size * chunk)
+    values_buf = ctypes.create_string_buffer(value_size * chunk)
+    # The batch token is the next hash bucket (a u32); room for a key anyway.
+    in_batch = ctypes.create_string_buffer(max(key_size, 8))
+    out_batch = ctypes.create_string_buffer(max(key_size, 8))
+    first = True
+    while True:
+        attr = _attr(struct.pack(
+            "=QQQQIIQQ", 0 if first else ctypes.addressof(in_batch), ctypes.addressof(out_batch),
+            ctypes.addressof(keys_buf), ctypes.addressof(values_buf), chunk, fd, 0, 0,
+        ))
+        done = False
+        try:
+            _bpf(MAP_LOOKUP_BATCH, attr)
+        except BPFError as e:
+            if e.errno == errno.EINVAL and first:
+                return items(fd, key_size, value_size)
+            if e.errno != errno.ENOENT:
+                raise
+            done = True  # the last chunk (count says how many it holds, maybe none)
+        count, = struct.unpack_from("=I", attr.raw, 32)
+        kraw, vraw = keys_buf.raw, values_buf.raw
+        for i in range(count):
+            out[kraw[i * key_size:(i + 1) * key_size]] = vraw[i * value_size:(i + 1) * value_size]
+        if done:
+            return out
+        ctypes.memmove(in_batch, out_batch, len(out_batch))
+        first = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,9 +12,13 @@ the sum is the count.
 Map fill: entries / the capacity that matters to the user. For the
 per-endpoint policy maps that is the per-endpoint limit the reconciler
 enforces (MapSizes.policy_entries), not the kernel's max_entries, which is
-twice that so a rewrite can add before it deletes. Counting the entries
-walks the keys (one syscall per entry): a full 64k conntrack table costs
-tens of milliseconds, once per scrape.
+twice that so a rewrite can add before it deletes. For conntrack it is the
+live entries: an LRU map never empties, expired entries stay until their slot
+is reused, so counting keys would show a flood's leftovers as pressure long
+after they died (see redirect/conntrack.py). Counting walks the keys, one
+syscall per entry; conntrack, the big one, is read a few thousand entries
+per syscall (a full 64k table: ~50 ms, where walking its keys took ~220 ms).
+Once per scrape and per `ciliate status`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from redirect import bpfsys, layout, policymap
+from redirect import bpfsys, conntrack, layout, policymap
 from redirect.maps import PinnedMaps
 
 _POSSIBLE = Path("/sys/devices/system/cpu/possible")
@@ -94,22 +98,26 @@ def read_verdict_counts(maps: PinnedMaps, ncpus: int | None = None) -> list[Verd
     return out
 
 
-# PinnedMaps key -> (pin name, key size) of the maps whose entries are counted
-# (the ring buffer has no entries, the verdict counters are not state).
+# PinnedMaps key -> (pin name, key size) of the maps whose keys are counted
+# (the ring buffer has no entries, the verdict counters are not state;
+# conntrack counts live entries, below).
 _COUNTED = {
     "ipcache": ("ciliate_ipcache", ctypes.sizeof(layout.IpcacheKey)),
     "lxc": ("ciliate_lxc", ctypes.sizeof(layout.LxcKey)),
     "ifindex": ("ciliate_ifindex", ctypes.sizeof(layout.IfindexKey)),
     "policy": ("ciliate_policy", 4),
-    "ct": ("ciliate_ct", ctypes.sizeof(layout.CtKey)),
 }
 
 
-def map_fill(maps: PinnedMaps) -> list[MapFill]:
+def map_fill(maps: PinnedMaps, now_ns: int | None = None) -> list[MapFill]:
+    """Every map's fill; conntrack counts the entries live at now_ns (default:
+    now; a later time answers what the fill will be once entries expire)."""
     out: list[MapFill] = []
     for key, (name, key_size) in _COUNTED.items():
         fd = maps.fds[key]
         out.append(MapFill(name, len(bpfsys.keys(fd, key_size)), bpfsys.map_info(fd).max_entries))
+    ct = maps.fds["ct"]
+    out.append(MapFill("ciliate_ct", conntrack.live_count(maps, now_ns), bpfsys.map_info(ct).max_entries))
     for eid in maps.policy_endpoints():
         fd = maps.policy_fd(eid, create=False)
         if fd is None:

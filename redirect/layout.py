@@ -79,6 +79,13 @@ CT_F_REDIRECT = 0x1
 CT_F_PROXY = 0x2
 CT_F_CLOSING = 0x4
 CT_F_REPLY = 0x8
+CT_F_ANSWERED = 0x10  # a packet was seen in the reply direction
+
+# Lifetimes (bpf/lib/conntrack.h), in ns of the datapath's clock.
+CT_LIFETIME_TCP_NS = 21600 * 10**9  # answered TCP, idle
+CT_LIFETIME_SYN_NS = 60 * 10**9  # TCP nobody answered yet (Cilium's SYN timeout)
+CT_LIFETIME_CLOSE_NS = 10 * 10**9  # after a FIN or RST
+CT_LIFETIME_OTHER_NS = 60 * 10**9  # UDP, ICMP
 
 
 class CtValue(ctypes.Structure):
@@ -156,6 +163,7 @@ class Reason(enum.IntEnum):
     POLICY_MAP_MISSING = 11
     SOURCE_SPOOFED = 12
     REDIRECT_UNSUPPORTED = 13
+    CT_RESTORED = 14  # forward: a reply whose conntrack entries were gone, admitted by the opposite direction's policy
 
 
 DIR_NONE = 255
@@ -207,6 +215,11 @@ CONSTANTS: dict[str, int] = {
     "CT_F_PROXY": CT_F_PROXY,
     "CT_F_CLOSING": CT_F_CLOSING,
     "CT_F_REPLY": CT_F_REPLY,
+    "CT_F_ANSWERED": CT_F_ANSWERED,
+    "CT_LIFETIME_TCP": CT_LIFETIME_TCP_NS,
+    "CT_LIFETIME_SYN": CT_LIFETIME_SYN_NS,
+    "CT_LIFETIME_CLOSE": CT_LIFETIME_CLOSE_NS,
+    "CT_LIFETIME_OTHER": CT_LIFETIME_OTHER_NS,
     "VERDICT_ALLOW": 1,
     "VERDICT_REDIRECT": 2,
     "VERDICT_DENY": 3,

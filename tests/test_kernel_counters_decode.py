@@ -1,16 +1,18 @@
 """Reading the kernel's per-CPU counters without a kernel: the CPU count and
 the per-CPU value layout (redirect/counters.py), and their names as the agent
-exports them (agent/adapters/kernel_datapath.py)."""
+exports them (agent/adapters/kernel_datapath.py); a conntrack entry as
+redirect/conntrack.py reads it back."""
 
 from __future__ import annotations
 
 import ctypes
 import struct
+from ipaddress import IPv4Address
 
 import pytest
 
 from agent.adapters.kernel_datapath import verdict_counters
-from redirect import counters, layout
+from redirect import conntrack, counters, layout
 
 
 @pytest.mark.parametrize("text, n", [("0\n", 1), ("0-7\n", 8), ("0,2-3", 4), ("0-3,8-9", 10)])
@@ -41,3 +43,18 @@ def test_rows_get_the_names_the_metrics_carry():
     ]
     got = [(v.verdict, v.reason, v.direction, v.packets) for v in verdict_counters(rows)]
     assert got == [("drop", "policy-deny", "ingress", 3), ("redirect", "policy-redirect", "egress", 2), ("drop", "200", "none", 1)]
+
+
+def test_a_restored_reply_is_a_forward_with_reason_ct_restored():
+    rows = [counters.VerdictCount(layout.EventVerdict.FORWARD, layout.Reason.CT_RESTORED, 0, 5)]
+    assert [(v.verdict, v.reason, v.direction) for v in verdict_counters(rows)] == [("forward", "ct-restored", "ingress")]
+
+
+def test_a_conntrack_entry_decodes_and_is_live_until_strictly_past_its_expiry():
+    key = IPv4Address("10.0.0.1").packed + IPv4Address("10.0.0.2").packed + struct.pack("!HH", 40000, 80) + bytes([6, 1, 0, 0])
+    value = struct.pack("=QHB5x", 1_000, 0, layout.CT_F_REPLY | layout.CT_F_ANSWERED)
+    e = conntrack.decode(key, value)
+    assert (e.saddr, e.daddr, e.sport, e.dport, e.protocol, e.scope) == (
+        IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2"), 40000, 80, 6, 1)
+    assert e.reply and e.answered
+    assert e.live(1_000) and not e.live(1_001)  # as the datapath's ct_find

@@ -80,4 +80,14 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 	return PARSE_IPV4;
 }
 
+/* The same flow seen from the other end (a reply's tuple -> its flow's). */
+static __always_inline void pkt_reverse(struct pkt *out, struct pkt *p)
+{
+	*out = *p;
+	out->saddr = p->daddr;
+	out->daddr = p->saddr;
+	out->sport = p->dport;
+	out->dport = p->sport;
+}
+
 #endif

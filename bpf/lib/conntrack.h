@@ -13,17 +13,25 @@
  * CT_SCOPE_PROXY for the proxy's upstream connections, which only the
  * destination's veth consults (bpf_lxc.c from_proxy / the reply steering).
  *
- * Lifetimes: TCP 6 h idle, 10 s after a FIN or RST; everything else 60 s.
- * An expired entry counts as absent, so the flow is policed again. The
- * expiry is rewritten at most once a second per entry, keeping the hot path
- * mostly read-only. */
+ * Lifetimes: TCP 6 h idle once answered, 60 s until then (Cilium's SYN
+ * timeout), 10 s after a FIN or RST; everything else 60 s. "Answered"
+ * (CT_F_ANSWERED, on both entries) means a packet other than a SYN-ACK was
+ * seen in the reply direction: the peer took part in the flow. A pod that
+ * sends SYNs nobody answers (a flood) fills the table with entries that are
+ * dead a minute later; a SYN-ACK alone does not count, so neither do floods
+ * whose answers the sender never acknowledges. An expired entry counts as
+ * absent, so the flow is policed again. The expiry is rewritten at most once
+ * a second per entry, keeping the hot path mostly read-only.
+ *
+ * The table is an LRU: an insert never fails, it evicts the least recently
+ * used entry, which under a flood can be an idle flow of another pod. Such a
+ * flow is policed again on its next packet; bpf_lxc.c's restore path covers
+ * the packets that are only admissible as replies. */
 #ifndef CILIATE_CONNTRACK_H
 #define CILIATE_CONNTRACK_H
 
-#define NSEC 1000000000ULL
-#define CT_LIFETIME_TCP   (21600ULL * NSEC)
-#define CT_LIFETIME_CLOSE (10ULL * NSEC)
-#define CT_LIFETIME_OTHER (60ULL * NSEC)
+/* NSEC and the CT_LIFETIME_* values live in layout.h, next to the expiry
+ * they set (Python reads entries back with the same values). */
 
 #define CT_SCOPE_FLOW  0
 #define CT_SCOPE_PROXY 1
@@ -51,6 +59,8 @@ static __always_inline __u64 ct_lifetime(struct pkt *p, __u8 flags)
 		return CT_LIFETIME_OTHER;
 	if (flags & CT_F_CLOSING)
 		return CT_LIFETIME_CLOSE;
+	if (!(flags & CT_F_ANSWERED))
+		return CT_LIFETIME_SYN;
 	return CT_LIFETIME_TCP;
 }
 
@@ -79,7 +89,24 @@ static __always_inline void ct_write(struct pkt *p, int reverse, __u8 flags, __u
 	ct.update(&k, &v);
 }
 
-/* A FIN or RST closes both directions' entries (slow path, once per flow). */
+/* The flow was answered: both entries get the answered lifetime (once per
+ * flow). */
+static __always_inline void ct_answered(struct ct_value *v, struct pkt *p, __u64 now, __u8 scope)
+{
+	struct ct_value *twin;
+
+	v->flags |= CT_F_ANSWERED;
+	v->expires_ns = now + ct_lifetime(p, v->flags);
+	twin = ct_find(p, 1, now, scope);
+	if (twin && !(twin->flags & CT_F_CLOSING)) {
+		twin->flags |= CT_F_ANSWERED;
+		twin->expires_ns = v->expires_ns;
+	}
+}
+
+/* A packet of a tracked flow. A FIN or RST closes both directions' entries
+ * (slow path, once per flow); the first packet in the reply direction that
+ * is not a SYN-ACK marks the flow answered. */
 static __always_inline void ct_refresh(struct ct_value *v, struct pkt *p, __u64 now, __u8 scope)
 {
 	if (p->protocol == IPPROTO_TCP && (p->tcp_flags & (TCP_FIN | TCP_RST)) &&
@@ -95,6 +122,11 @@ static __always_inline void ct_refresh(struct ct_value *v, struct pkt *p, __u64 
 	}
 	if (v->flags & CT_F_CLOSING)
 		return;
+	if ((v->flags & (CT_F_REPLY | CT_F_ANSWERED)) == CT_F_REPLY &&
+	    !(p->protocol == IPPROTO_TCP && (p->tcp_flags & TCP_SYN))) {
+		ct_answered(v, p, now, scope);
+		return;
+	}
 	__u64 want = now + ct_lifetime(p, v->flags);
 	if (want > v->expires_ns + NSEC)
 		v->expires_ns = want;

@@ -80,12 +80,19 @@ struct ct_key {
 #define CT_F_PROXY    0x2 /* opened by the proxy (SO_MARK 0x0B00) */
 #define CT_F_CLOSING  0x4 /* FIN or RST seen: short lifetime */
 #define CT_F_REPLY    0x8 /* the reverse-tuple twin of a flow's entry */
+#define CT_F_ANSWERED 0x10 /* a non-SYN packet was seen in the reply direction */
 struct ct_value {
 	__u64 expires_ns; /* bpf_ktime_get_coarse_ns() clock (CLOCK_MONOTONIC) */
 	__u16 proxy_port;
 	__u8 flags;
 	__u8 pad[5];
 };
+/* expires_ns = last refresh + one of these (lib/conntrack.h says when). */
+#define NSEC 1000000000ULL
+#define CT_LIFETIME_TCP   (21600ULL * NSEC) /* answered TCP, idle */
+#define CT_LIFETIME_SYN   (60ULL * NSEC)    /* TCP nobody answered yet */
+#define CT_LIFETIME_CLOSE (10ULL * NSEC)    /* after a FIN or RST */
+#define CT_LIFETIME_OTHER (60ULL * NSEC)    /* UDP, ICMP */
 
 /* events: ring buffer of verdicts on new flows and drops. */
 #define EV_DROP     1
@@ -144,5 +151,9 @@ struct metrics_value {
 #define R_POLICY_MAP_MISSING  11
 #define R_SOURCE_SPOOFED      12
 #define R_REDIRECT_UNSUPPORTED 13
+/* forward: a TCP packet of a flow whose entries were gone (evicted, expired)
+ * and that only the opposite direction's policy admits: a reply, passed and
+ * tracked again (bpf_lxc.c, restore) */
+#define R_CT_RESTORED         14
 
 #endif

@@ -99,4 +99,46 @@ static __always_inline __u32 ipcache_identity(__u32 addr)
 	return v ? v->identity : 2; /* world */
 }
 
+/* What the current policy says of a flow opened as `fwd` (initiator ->
+ * responder; fwd->dport is the responder's port), as from_container decides
+ * a new flow: the initiator's egress if it is a local endpoint, the
+ * responder's ingress if it is one (a side that is not an endpoint has no
+ * policy here: allow); audit mode allows. */
+static __always_inline void flow_policy(struct pkt *fwd, struct verdict *eg, struct verdict *in)
+{
+	struct lxc_key ik = { .addr = fwd->saddr };
+	struct lxc_key rk = { .addr = fwd->daddr };
+	struct lxc_value *ini = lxc.lookup(&ik);
+	struct lxc_value *res = lxc.lookup(&rk);
+
+	eg->verdict = VERDICT_ALLOW;
+	eg->reason = R_NOT_ENFORCED;
+	eg->proxy_port = 0;
+	*in = *eg;
+	if (ini) {
+		policy_decide(ini->endpoint_id, ini->flags & LXC_F_EGRESS_ENFORCED, ipcache_identity(fwd->daddr), 1,
+			      fwd, eg);
+		audit_pass(ini->flags, eg);
+	}
+	if (res) {
+		policy_decide(res->endpoint_id, res->flags & LXC_F_INGRESS_ENFORCED,
+			      ini ? ini->identity : ipcache_identity(fwd->saddr), 0, fwd, in);
+		audit_pass(res->flags, in);
+	}
+}
+
+/* Both sides together, as from_container combines them: a drop on either
+ * side drops (verdict 0); the initiator's egress proxy wins when both
+ * redirect. */
+static __always_inline void flow_verdict(struct verdict *eg, struct verdict *in, struct verdict *out)
+{
+	*out = *eg;
+	if (!eg->verdict || !in->verdict) {
+		out->verdict = 0;
+		out->reason = eg->verdict ? in->reason : eg->reason;
+	} else if (eg->verdict != VERDICT_REDIRECT && in->verdict == VERDICT_REDIRECT) {
+		*out = *in;
+	}
+}
+
 #endif

@@ -62,6 +62,62 @@ assign:
 	return 0;
 }
 
+/* The state (BPF_TCP_*) of the node's socket that receives TCP packets
+ * saddr:sport -> daddr:dport (local end daddr:dport), or -1 if there is none.
+ * Only the proxy's transparent sockets hold pod and world addresses: its
+ * accepted connections the original destination's, its upstream connections
+ * (original source) the client's; so a socket found for a pod's tuple is the
+ * proxy's. */
+static __always_inline int node_socket_state(struct __sk_buff *skb, __u32 saddr, __u16 sport, __u32 daddr,
+					     __u16 dport)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	int state;
+
+	t.ipv4.saddr = saddr;
+	t.ipv4.daddr = daddr;
+	t.ipv4.sport = sport;
+	t.ipv4.dport = dport;
+	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return -1;
+	state = sk->state;
+	bpf_sk_release(sk);
+	return state;
+}
+
+/* A live connection (not a listener, which any tuple may hit, nor TIME_WAIT). */
+static __always_inline int node_holds_connection(struct __sk_buff *skb, __u32 saddr, __u16 sport, __u32 daddr,
+						 __u16 dport)
+{
+	int state = node_socket_state(skb, saddr, sport, daddr, dport);
+
+	return state >= 0 && state != BPF_TCP_LISTEN && state != BPF_TCP_TIME_WAIT;
+}
+
+/* Is the node's socket that receives saddr:sport -> daddr:dport one of the
+ * proxy's upstream connections (SO_MARK 0x0B00)? Its mark tells it from the
+ * proxy's accepted connections, which hold pod addresses too. */
+static __always_inline int is_proxy_upstream(struct __sk_buff *skb, __u32 saddr, __u16 sport, __u32 daddr,
+					     __u16 dport)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sk;
+	int ours;
+
+	t.ipv4.saddr = saddr;
+	t.ipv4.daddr = daddr;
+	t.ipv4.sport = sport;
+	t.ipv4.dport = dport;
+	sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	ours = sk->state != BPF_TCP_LISTEN && (sk->mark & MARK_MAGIC_MASK) == MARK_MAGIC_PROXY_ORIGIN;
+	bpf_sk_release(sk);
+	return ours;
+}
+
 /* A destination pod's reply on one of the proxy's upstream connections. The
  * upstream socket is bound to the client's address (original source), so
  * routing would send the reply on to the client's veth; the to-proxy mark

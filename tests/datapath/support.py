@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import select
 import socket
+import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Iterable
@@ -21,7 +22,7 @@ from policy.compiled import (
     Protocol,
     Verdict,
 )
-from tests.kernelnode import GATEWAY, Pod
+from tests.kernelnode import GATEWAY, Pod, in_netns
 
 ALLOWED_WAIT = 2.0  # an allowed connect on a veth takes well under 1 ms
 DENIED_WAIT = 0.4  # how long a denied connect is given to (not) arrive
@@ -144,3 +145,36 @@ def udp_roundtrip(client: Pod, server: Pod, port: int, expect: bool) -> tuple[bo
             return (True, bool(r) and c.recv(100) == b"pong:ping")
         finally:
             c.close()
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def tcp_syn(src: IPv4Address, dst: IPv4Address, sport: int, dport: int) -> bytes:
+    """A bare TCP SYN header (no options) with its checksum; the kernel adds
+    the IP header."""
+    head = struct.pack("!HHIIBBHHH", sport, dport, sport * 7919, 0, 5 << 4, 0x02, 64240, 0, 0)
+    pseudo = src.packed + dst.packed + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(head))
+    return head[:16] + struct.pack("!H", _csum(pseudo + head)) + head[18:]
+
+
+def syn_flood(pod: Pod, dst: IPv4Address, dport: int, sports: Iterable[int]) -> int:
+    """Send one raw SYN from `pod` to dst:dport per source port, as a pod with
+    CAP_NET_RAW (every container's default) can: no connection, no retries,
+    nothing waits for an answer. Returns how many were sent."""
+    with in_netns(pod.netns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    sent = 0
+    try:
+        for sport in sports:
+            s.sendto(tcp_syn(pod.ip, dst, sport, dport), (str(dst), 0))
+            sent += 1
+    finally:
+        s.close()
+    return sent

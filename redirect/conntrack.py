@@ -1,0 +1,84 @@
+"""Conntrack entries read back from `ciliate_ct` (bpf/lib/conntrack.h).
+
+`read` and `live_count` do I/O (a chunked read of the pinned map); the rest
+is pure. Used by the map-fill counter, which counts only live entries (an
+expired entry is dead: the datapath treats it as absent and never touches it
+again, so it ages out of the LRU ahead of the entries in use), and by tests
+that check what the datapath stored.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from redirect import bpfsys, layout
+from redirect.maps import PinnedMaps
+
+_KEY = ctypes.sizeof(layout.CtKey)
+_VALUE = ctypes.sizeof(layout.CtValue)
+assert layout.CtValue.expires_ns.offset == 0  # live_count reads it raw
+
+
+@dataclass(frozen=True, slots=True)
+class CtEntry:
+    """One direction of one flow: the key's 5-tuple and scope, the value."""
+
+    saddr: IPv4Address
+    daddr: IPv4Address
+    sport: int
+    dport: int
+    protocol: int
+    scope: int  # 0 flows seen at the sender's veth, 1 the proxy's upstream connections
+    flags: int  # layout.CT_F_*
+    proxy_port: int
+    expires_ns: int  # on clock_ns()'s clock
+
+    @property
+    def reply(self) -> bool:
+        return bool(self.flags & layout.CT_F_REPLY)
+
+    @property
+    def answered(self) -> bool:
+        return bool(self.flags & layout.CT_F_ANSWERED)
+
+    def live(self, now_ns: int) -> bool:
+        return self.expires_ns >= now_ns  # as ct_find: expired only once strictly past
+
+
+def clock_ns() -> int:
+    """The datapath's clock. It reads bpf_ktime_get_coarse_ns(), CLOCK_MONOTONIC
+    at tick resolution: the precise clock is at most one tick ahead."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def decode(key: bytes, value: bytes) -> CtEntry:
+    k = layout.CtKey.from_buffer_copy(key)
+    v = layout.CtValue.from_buffer_copy(value)
+    return CtEntry(
+        IPv4Address(bytes(k.saddr)),
+        IPv4Address(bytes(k.daddr)),
+        int.from_bytes(bytes(k.sport), "big"),
+        int.from_bytes(bytes(k.dport), "big"),
+        k.protocol,
+        k.pad[0],
+        v.flags,
+        v.proxy_port,
+        v.expires_ns,
+    )
+
+
+def read(maps: PinnedMaps) -> list[CtEntry]:
+    return [decode(k, v) for k, v in bpfsys.items_batch(maps.fds["ct"], _KEY, _VALUE).items()]
+
+
+def live_count(maps: PinnedMaps, now_ns: int | None = None) -> int:
+    """Entries not expired at now_ns (default: now). Reads only the expiry
+    (value offset 0): a full 64k table in ~60 ms, where decoding every entry
+    takes ~350 ms."""
+    now = clock_ns() if now_ns is None else now_ns
+    expiry = struct.Struct("=Q")
+    return sum(1 for v in bpfsys.items_batch(maps.fds["ct"], _KEY, _VALUE).values() if expiry.unpack_from(v)[0] >= now)
