@@ -17,7 +17,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     p = sub.add_parser("demo", help="run the star-wars demo on this machine (root)")
     p.add_argument(
         "--k8s", action="store_true",
-        help="the same stages through the Kubernetes API: an in-process API server, Pod objects, kubectl apply (demo/k8s_run.py)",
+        help="the same stages through the Kubernetes API: a simulated, in-process API server (demo/kubesim), Pod objects, kubectl apply (demo/k8s_run.py)",
     )
     p.add_argument(
         "--nodes", type=int, default=1, metavar="N",
@@ -39,8 +39,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def run_k8s() -> int:
     """Hands over to demo/k8s_run.py as its own program: that demo serves the
-    test API server (kubesim), which the `ciliate` command itself must never
-    import (import-linter; lazy imports count too)."""
+    simulated API server (demo/kubesim), which the `ciliate` command itself
+    must never import (import-linter; lazy imports count too)."""
     sys.stdout.flush()
     os.execv(sys.executable, [sys.executable, "-m", "demo.k8s_run"])
     return 2  # not reached: execv replaces this process

@@ -2,9 +2,10 @@
 
 The same node as `ciliate demo` (demo/node.py: the real agent, eBPF datapath
 and Envoy in network namespaces), but the agent runs in Kubernetes mode
-(`--k8s-api-server`, `--node-name`) against kubesim, which this process
-serves inside the node's namespace (demo/kube.py). The pods exist as Pod
-objects on this node and join through ciliate-cni with only
+(`--k8s-api-server`, `--node-name`) against kubesim, a simulated API server
+(demo/kubesim/, not a real Kubernetes), which this process serves inside
+the node's namespace (demo/kube.py). The pods exist as Pod objects on this
+node and join through ciliate-cni with only
 K8S_POD_NAMESPACE/K8S_POD_NAME, so their labels come from the API; the
 policies are applied with `kubectl apply -f examples/starwars/...` and each
 stage waits until the object's `status.nodes[<node>]` says enforcing at the
@@ -56,7 +57,7 @@ def run(out: TextIO = sys.stdout, prefix: str = "cilk8sdemo", subnet: str = "10.
         with Node(prefix=prefix, subnet=subnet) as node, KubeCluster(
             node.workdir / "kube", node_name=f"{prefix}-node", netns=NETNS_DIR / node.host_ns,
         ) as kube:
-            print(f"API server (kubesim) at {kube.url} inside the node's network namespace; node {kube.node_name}", file=out, flush=True)
+            print(f"simulated Kubernetes API server (kubesim, in this process: no real cluster) at {kube.url} inside the node's network namespace; node {kube.node_name}", file=out, flush=True)
             print("starting the agent in Kubernetes mode (eBPF datapath + Envoy)...", file=out, flush=True)
             node.start_agent("--k8s-api-server", kube.url, "--node-name", kube.node_name, "--k8s-sync-timeout", "30")
             for pod in PODS:

@@ -1,6 +1,7 @@
 """The API server side of `ciliate demo --k8s` (and of the Kubernetes
-end-to-end test and benchmark): kubesim serving inside the node's host network
-namespace, a kubeconfig for it, `kubectl` entered into that namespace, Pod
+end-to-end test and benchmark): kubesim, the simulated API server
+(demo/kubesim/), serving inside the node's host network namespace, a
+kubeconfig for it, `kubectl` entered into that namespace, Pod
 objects for the demo's pods, and waits on what the agent writes back.
 
 Why inside the host namespace: the agent runs there (demo/node.py) and
@@ -27,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kubesim import RequestRecord, ThreadedKubeAPIServer
+from demo.kubesim import RequestRecord, ThreadedKubeAPIServer
 
 CLONE_NEWNET = 0x40000000
 CNP_PATH = "/apis/cilium.io/v2/namespaces/{ns}/ciliumnetworkpolicies"

@@ -21,7 +21,7 @@ from agent.adapters.kubernetes.source import KubernetesOptions, KubernetesSource
 from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory
 from agent.core.models import EndpointCreate
 from agent.daemon import Agent, AgentConfig, build_agent
-from kubesim import ThreadedKubeAPIServer
+from demo.kubesim import ThreadedKubeAPIServer
 from tests.agent.fakes import FakeDatapath, FakeProxy
 from tests.kubeapi.conftest import CCNP, CNP, kubectl  # noqa: F401 - fixture re-used here
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kubesim import RequestRecord
+from demo.kubesim import RequestRecord
 from policy.load import load_text
 
 ROOT = Path(__file__).resolve().parents[2]

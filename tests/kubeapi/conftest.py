@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
-from kubesim import ThreadedKubeAPIServer
+from demo.kubesim import ThreadedKubeAPIServer
 
 CNP = ("cilium.io", "v2", "ciliumnetworkpolicies")
 CCNP = ("cilium.io", "v2", "ciliumclusterwidenetworkpolicies")

@@ -7,7 +7,7 @@ import json
 
 import httpx
 
-from kubesim import KubeAPIServer
+from demo.kubesim import KubeAPIServer
 
 CNP_PATH = "/apis/cilium.io/v2/namespaces/default/ciliumnetworkpolicies"
 

@@ -1,4 +1,9 @@
-"""kubesim: an in-process Kubernetes API server for tests.
+"""kubesim: a simulated Kubernetes API server, in process. A test double,
+not Kubernetes: it lives under demo/ because `ciliate demo --k8s`
+(demo/k8s_run.py, demo/kube.py) serves it to the real agent; tests/kubeapi,
+tests/k8s and bench/bench_k8s.py use it too. The agent never imports it
+and it imports no other project package (pyproject.toml's import-linter
+contracts).
 
 It speaks the real wire format (JSON over HTTP on 127.0.0.1, an ephemeral
 port by default) so that the real `kubernetes` Python client and `kubectl`
