@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
@@ -139,8 +139,11 @@ class AgentClient:
         ports: Iterable[int] = (),
         from_labels: Iterable[str] = (),
         to_labels: Iterable[str] = (),
+        on_subscribed: Callable[[], None] | None = None,
     ) -> Iterator[FlowEvent]:
-        """Live events the agent filtered for us (see agent/core/flow_filter.py)."""
+        """Live events the agent filtered for us (see agent/core/flow_filter.py).
+        `on_subscribed` is called once the agent answered: every event from
+        then on reaches this stream."""
         params = [("type", t) for t in types]
         params += [("verdict", v) for v in verdicts] + [("port", str(p)) for p in ports]
         params += [("from_label", x) for x in from_labels] + [("to_label", x) for x in to_labels]
@@ -149,6 +152,8 @@ class AgentClient:
                 if resp.status_code != 200:
                     resp.read()
                     raise _error(resp)
+                if on_subscribed is not None:
+                    on_subscribed()
                 for line in resp.iter_lines():
                     if line.strip():
                         yield FlowEvent.model_validate_json(line)

@@ -243,10 +243,12 @@ async def flows(request: web.Request) -> web.StreamResponse:
         )
     except FilterError as exc:
         raise ApiError(400, "invalid query", str(exc)) from None
-    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await resp.prepare(request)
+    # Subscribed before the headers go out: a client that has the 200 misses
+    # no event from then on (`ciliate monitor` says "Listening" at that point).
     sub = _agent(request).flows.subscribe(flt=flt)
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     try:
+        await resp.prepare(request)
         async for event in sub:
             await resp.write(event.model_dump_json(exclude_none=True).encode() + b"\n")
     except (ConnectionResetError, asyncio.CancelledError):

@@ -14,6 +14,7 @@ through agent.api.client.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from agent.api.client import AgentClient
@@ -65,6 +66,8 @@ def run(client: AgentClient, args: argparse.Namespace) -> int:
         ports=args.port or (),
         from_labels=args.from_label or (),
         to_labels=args.to_label or (),
+        # On stderr, so `-o json` stays pure JSON; scripts wait for this line.
+        on_subscribed=lambda: print("Listening for flow events. Press Ctrl-C to quit.", file=sys.stderr, flush=True),
     )
     for event in stream:
         if args.output == "json":

@@ -241,7 +241,21 @@ async def test_cli_monitor_json_lines(served, rig: Rig, capsys) -> None:
         rig.datapath.events.put_nowait({"type": "drop", "dst_port": 80, "reason": "policy denied"})
 
     feeder = asyncio.create_task(feed())
-    code, out, _ = await run_cli(["monitor", "--type", "drop", "-n", "1", "-o", "json", "--socket", str(sock)], capsys)
+    code, out, err = await run_cli(["monitor", "--type", "drop", "-n", "1", "-o", "json", "--socket", str(sock)], capsys)
     await feeder
     (line,) = out.splitlines()
     assert code == 0 and json.loads(line)["type"] == "drop" and json.loads(line)["reason"] == "policy denied"
+    # Said once subscribed, on stderr so stdout stays JSON: scripts wait for it.
+    assert err.splitlines() == ["Listening for flow events. Press Ctrl-C to quit."]
+
+
+async def test_the_flow_stream_is_subscribed_before_its_headers_are_sent(served, rig: Rig) -> None:
+    """A client that has the 200 misses no event from then on."""
+    agent, sock = served
+    transport = httpx.AsyncHTTPTransport(uds=str(sock))
+    async with httpx.AsyncClient(transport=transport, base_url="http://agent", timeout=30) as c:
+        async with c.stream("GET", "/v1/flows") as resp:
+            assert resp.status_code == 200 and agent.flows.subscribers == 1
+            rig.datapath.events.put_nowait({"type": "drop", "dst_port": 80, "reason": "policy denied"})
+            first = await anext(resp.aiter_lines())
+    assert json.loads(first)["dst_port"] == 80
