@@ -6,8 +6,9 @@ Envoy before the kernel redirects traffic to it, so the xDS snapshot goes out
 first and the datapath is written after the ACK. When Envoy rejects or does
 not answer, the endpoints whose L7 config Envoy does not hold are written
 fail-closed (their redirect entries become denies) and marked not-ready with
-the reason. Only endpoints whose compiled policy changed are regenerated.
-I/O only through the PolicyCompiler, DatapathControl and ProxyControl ports.
+the reason (make_before_break.py has both rules). Only endpoints whose
+compiled policy changed are regenerated. I/O only through the
+PolicyCompiler, DatapathControl and ProxyControl ports.
 
 Compiling can take seconds (20k toCIDR prefixes), so every call into the
 compiler runs in a worker thread (`offload`) while the event loop keeps
@@ -29,6 +30,8 @@ from typing import Any
 
 from agent.core.cluster_sync import RETRY_IDENTITY, ClusterSync, node_ips
 from agent.core.endpoint_table import EndpointTable
+from agent.core.l7_view import l7_view
+from agent.core.make_before_break import fail_closed, with_retiring
 from agent.core.models import EndpointState
 from agent.core.policy_book import BookEntry, PolicyBook
 from agent.core.ports import (
@@ -44,8 +47,7 @@ from agent.core.ports import (
     ProxyTimeout,
 )
 from agent.core.regeneration_queue import Batch
-from policy.compiled import IDENTITY_ANY, CompiledState, EndpointPolicy, L7Policy, Verdict
-from policy.identity import FIRST_CIDR_IDENTITY, FIRST_LABEL_IDENTITY
+from policy.compiled import CompiledState, EndpointPolicy, L7Policy
 
 log = logging.getLogger(__name__)
 
@@ -55,47 +57,6 @@ RETRY_MAX = 30.0
 Offload = Callable[..., Awaitable[Any]]
 
 
-def fail_closed(ep: EndpointPolicy, acked: Mapping[int, L7Policy]) -> EndpointPolicy:
-    """Turn redirects to listeners Envoy has not acknowledged as-is into denies.
-
-    A denied flow is what the user would get from a proxy that rejects it; a
-    redirect to a listener with old or missing rules could let through what
-    the new policy forbids, or hang. Other entries are untouched.
-    """
-    safe = {l7.proxy_port for l7 in ep.l7 if acked.get(l7.proxy_port) == l7}
-    if all(e.verdict != Verdict.REDIRECT or e.proxy_port in safe for e in ep.entries):
-        return ep
-    entries = tuple(
-        replace(e, verdict=Verdict.DENY, proxy_port=0) if e.verdict == Verdict.REDIRECT and e.proxy_port not in safe else e
-        for e in ep.entries
-    )
-    return replace(ep, entries=entries)
-
-
-def with_retiring(state: CompiledState, realized: Mapping[int, EndpointPolicy]) -> CompiledState | None:
-    """`state` plus the listeners the kernel may still redirect to but `state`
-    drops (their old rules), or None when no listener goes away.
-
-    Break after make, as Cilium does: Envoy keeps a listener until the kernel
-    has stopped sending new connections to it. Publishing its removal before
-    the kernel write would drop every SYN that arrives in between (the
-    datapath finds nobody listening) and the client would wait for a
-    retransmit."""
-    ports_now = {l7.proxy_port for ep in state.endpoints.values() for l7 in ep.l7}
-    extra: dict[int, tuple[L7Policy, ...]] = {}
-    for eid, old in realized.items():
-        ep = state.endpoints.get(eid)
-        going = tuple(l7 for l7 in old.l7 if l7.proxy_port not in ports_now)
-        if ep is not None and going:
-            extra[eid] = going
-    if not extra:
-        return None
-    endpoints = dict(state.endpoints)
-    for eid, going in extra.items():
-        endpoints[eid] = replace(endpoints[eid], l7=tuple(sorted(endpoints[eid].l7 + going, key=lambda p: p.key)))
-    return CompiledState(state.revision, endpoints, state.ipcache, state.identity_labels)
-
-
 def with_audit(state: CompiledState, audited: frozenset[int]) -> CompiledState:
     """`state` with these endpoints in policy audit mode (the compiler knows
     nothing of it: it is the endpoint's setting, not policy)."""
@@ -103,32 +64,6 @@ def with_audit(state: CompiledState, audited: frozenset[int]) -> CompiledState:
         return state
     endpoints = {i: replace(ep, audit=True) if i in audited else ep for i, ep in state.endpoints.items()}
     return CompiledState(state.revision, endpoints, state.ipcache, state.identity_labels)
-
-
-def l7_view(state: CompiledState) -> tuple:
-    """Everything the Envoy configuration is rendered from; equal views need no publish."""
-    l7 = tuple((i, ep.l7, ep.audit) for i, ep in sorted(state.endpoints.items()) if ep.l7)
-    if not l7:
-        return ()
-    # Receivers' rules bind egress listeners (policy.compiled.ReceiverRules) and
-    # depend on the receivers' L3/L4 entries too, not only on their L7 part.
-    return (l7, l7_ipcache(state, l7), tuple(sorted(state.all_receiver_rules().items())))
-
-
-def l7_ipcache(state: CompiledState, l7: tuple) -> object:
-    """The part of the ipcache the rendered L7 configuration depends on.
-
-    Envoy's rules name peers by address (xds/render.py turns each identity
-    into its ipcache prefixes), so a change elsewhere in the ipcache, e.g. a
-    pod of another node no HTTP rule selects coming or going, must not cost
-    a publish to Envoy. A pod identity's addresses are its own /32s; a
-    reserved or CIDR identity's address space is its prefixes minus every
-    more specific entry, so when a rule names one, all of the ipcache counts."""
-    idents = {i for _, pols, _ in l7 for pol in pols for rule in pol.peer_rules for i in rule.identities}
-    idents.discard(IDENTITY_ANY)
-    if any(not FIRST_LABEL_IDENTITY <= i < FIRST_CIDR_IDENTITY for i in idents):
-        return state.ipcache
-    return frozenset((net, i) for net, i in state.ipcache.items() if i in idents)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ ingress HTTP rules bind a sender's egress listener."""
 
 from __future__ import annotations
 
-from agent.core.regenerator import l7_view
+from agent.core.l7_view import l7_view
 from policy.compiled import Verdict
 from tests.xds.test_receiver_rules import _state
 
