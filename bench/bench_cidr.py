@@ -15,7 +15,7 @@ Two parts, each printed beside a baseline measured in the same run:
    heartbeat task sleeping 10 ms records its lateness) and the slowest
    GET /v1/healthz answered over the API's unix socket by a client thread.
    Baseline: the same agent with compilation run on the event loop (the
-   regenerator's `offload` made inline) and the legacy compiler, i.e. the
+   compile step's `offload` made inline) and the legacy compiler, i.e. the
    behaviour before the fix, at --baseline-n.
 
 The kernel datapath is not exercised here (bench_datapath.py measures map
@@ -215,7 +215,7 @@ async def agent_core(n: int, baseline: bool) -> tuple[Phase, Phase, int]:
     try:
         assert agent.regenerator is not None
         if baseline:
-            agent.regenerator.offload = inline
+            agent.regenerator.compile_step.offload = inline
         view, _ = await agent.create_endpoint(
             EndpointCreate(container_id="c1", host_ifname="lxcbench", ipv4=IPv4Address("10.200.0.1"), labels=SUBJECT_LABELS, name="subject"),
             wait=30,

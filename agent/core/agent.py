@@ -307,11 +307,11 @@ class Agent:
         # The queue took this batch just now, with no await in between: every
         # change seen so far is in it, later ones wait for the next batch.
         seen, self._policy_seen = (self._policy_seen, []) if batch.policy_changed else ([], self._policy_seen)
-        refused = dict(regen.compile_errors)
+        refused = dict(regen.compile_step.compile_errors)
         t0 = time.perf_counter()
         await regen.regenerate(batch)
         self.metrics.regeneration_seconds.labels("total").observe(time.perf_counter() - t0)
-        new_refusals = sum(1 for k, msg in regen.compile_errors.items() if refused.get(k) != msg)
+        new_refusals = sum(1 for k, msg in regen.compile_step.compile_errors.items() if refused.get(k) != msg)
         if new_refusals:
             self.metrics.policy_import_errors.inc(new_refusals)
         if regen.last_state is not None and regen.last_state.revision == batch.revision:
@@ -451,7 +451,7 @@ class Agent:
         statuses = policy_statuses(
             self.book.in_force(),
             self.book.problems(),
-            regen.compile_errors if regen else {},
+            regen.compile_step.compile_errors if regen else {},
             {i: lv for i in self.table.ids() if (lv := self.table.live(i)) is not None},
             regen.applied_revision if regen else 0,
             self.book.shadowed(),

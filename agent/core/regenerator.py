@@ -7,28 +7,20 @@ first and the datapath is written after the ACK. When Envoy rejects or does
 not answer, the endpoints whose L7 config Envoy does not hold are written
 fail-closed (their redirect entries become denies) and marked not-ready with
 the reason (make_before_break.py has both rules). Only endpoints whose
-compiled policy changed are regenerated. I/O only through the
-PolicyCompiler, DatapathControl and ProxyControl ports.
-
-Compiling can take seconds (20k toCIDR prefixes), so every call into the
-compiler runs in a worker thread (`offload`) while the event loop keeps
-serving the API: the loop snapshots the inputs (policy book, endpoint
-records), one thread applies them and compiles, and the loop adopts the
-result. Only this worker calls the compiler and it awaits each job, so the
-compiler is never touched by two threads at once; API reads such as
-identity_labels() see the last immutable CompiledState.
+compiled policy changed are regenerated. The compiling itself, off the event
+loop, is compile_step.py's. I/O only through the PolicyCompiler,
+DatapathControl and ProxyControl ports.
 """
 
 from __future__ import annotations
 
 import logging
-import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from ipaddress import IPv4Address
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass
 
-from agent.core.cluster_sync import RETRY_IDENTITY, ClusterSync, node_ips
+from agent.core.cluster_sync import RETRY_IDENTITY, ClusterSync
+from agent.core.compile_step import CompileStep
 from agent.core.endpoint_table import EndpointTable
 from agent.core.l7_view import l7_view
 from agent.core.make_before_break import fail_closed, with_retiring
@@ -36,7 +28,6 @@ from agent.core.models import EndpointState
 from agent.core.policy_book import BookEntry, PolicyBook
 from agent.core.ports import (
     Allocations,
-    ClusterPeers,
     ApplyOutcome,
     DatapathControl,
     EndpointSpec,
@@ -53,46 +44,6 @@ log = logging.getLogger(__name__)
 
 RETRY_MIN = 0.5
 RETRY_MAX = 30.0
-
-Offload = Callable[..., Awaitable[Any]]
-
-
-def with_audit(state: CompiledState, audited: frozenset[int]) -> CompiledState:
-    """`state` with these endpoints in policy audit mode (the compiler knows
-    nothing of it: it is the endpoint's setting, not policy)."""
-    if not audited & state.endpoints.keys():
-        return state
-    endpoints = {i: replace(ep, audit=True) if i in audited else ep for i, ep in state.endpoints.items()}
-    return CompiledState(state.revision, endpoints, state.ipcache, state.identity_labels)
-
-
-@dataclass(frozen=True, slots=True)
-class CompileJob:
-    """What the compiler is told in one regeneration, snapshotted on the loop."""
-
-    revision: int
-    host_ips: frozenset[IPv4Address] | None
-    deleted_policies: tuple[str, ...]
-    upserted_policies: tuple[tuple[str, BookEntry], ...]
-    endpoints: tuple[tuple[int, EndpointSpec | None], ...]  # None: the record is gone
-    in_compiler: frozenset[int]
-    audited: frozenset[int] = frozenset()  # endpoints in policy audit mode
-    remote: ClusterPeers | None = None  # cluster mode: the rest of the cluster, when it changed
-
-
-@dataclass(slots=True)
-class CompileResult:
-    """What the worker thread hands back; the loop adopts it."""
-
-    accepted: dict[str, BookEntry] = field(default_factory=dict)
-    rejected: dict[str, str] = field(default_factory=dict)
-    identities: dict[int, int] = field(default_factory=dict)
-    removed: set[int] = field(default_factory=set)
-    state: CompiledState | None = None
-    error: Exception | None = None
-    allocations: Allocations | None = None  # None: unchanged since the last save
-    changed: set[int] = field(default_factory=set)  # endpoints whose policy differs from the realized one
-    view: tuple = ()
 
 
 # How the publish to Envoy of one regeneration ended (the `outcome` label of
@@ -128,17 +79,21 @@ class Regenerator:
         policy_audit_mode: bool = False,
         cluster: ClusterSync | None = None,
     ) -> None:
-        """`policy_audit_mode`: the agent-wide default of endpoints whose record
-        does not say (EndpointRecord.policy_audit_mode None); `cluster`: the
-        shared store's part (identities, peers, publication) in cluster mode."""
+        """`compiler`, `table`, `book`, `save_allocations`, `host_ips` and
+        `policy_audit_mode`: the compile step's (compile_step.py); `cluster`:
+        the shared store's part (identities, peers, publication) in cluster mode."""
         self.cluster = cluster
-        self.compiler = compiler
-        self.policy_audit_mode = policy_audit_mode
         self.datapath = datapath
         self.proxy = proxy
         self.table = table
-        self.book = book
-        self._save_allocations = save_allocations
+        self.compile_step = CompileStep(
+            compiler=compiler,
+            table=table,
+            book=book,
+            save_allocations=save_allocations,
+            host_ips=host_ips,
+            policy_audit_mode=policy_audit_mode,
+        )
         self._retry = retry
         self.ack_timeout = ack_timeout
         self.realized: dict[int, EndpointPolicy] = {}
@@ -148,125 +103,11 @@ class Regenerator:
         # The book entries that state was compiled from: a policy whose entry
         # in force is not this one (new, changed) is still pending.
         self.applied_policies: Mapping[str, BookEntry] = {}
-        self.compile_errors: dict[str, str] = {}
         self.last_report: RegenerationReport | None = None
-        self._given: dict[str, BookEntry] = {}
-        self._in_compiler: set[int] = set()
         self._published_view: tuple | None = None
         self._acked_l7: dict[int, L7Policy] = {}
-        self._saved_alloc: Allocations | None = None
         self._attempts: dict[int, int] = {}
         self.on_report: Callable[[RegenerationReport], None] | None = None
-        self._host_ips = host_ips
-        self._known_host_ips: frozenset[IPv4Address] | None = None
-        # How blocking work leaves the event loop (the compiler, the
-        # allocation save). A worker thread; bench/bench_cidr.py swaps in an
-        # inline call to measure the old on-loop behaviour as its baseline.
-        self.offload: Offload = asyncio.to_thread
-
-    # --- inputs into the compiler: snapshot on the loop, apply in the thread ---
-    def _job(
-        self,
-        batch: Batch,
-        host_ips: frozenset[IPv4Address] | None,
-        identities: Mapping[int, int] | None = None,
-        waiting: Mapping[int, str] | None = None,
-        remote: ClusterPeers | None = None,
-    ) -> CompileJob:
-        deleted: tuple[str, ...] = ()
-        upserted: tuple[tuple[str, BookEntry], ...] = ()
-        if batch.policy_changed:
-            in_force = self.book.in_force()
-            deleted = tuple(k for k in self._given if k not in in_force)
-            for key in [k for k in self.compile_errors if k not in in_force]:
-                del self.compile_errors[key]
-            upserted = tuple((k, e) for k, e in in_force.items() if self._given.get(k) is not e)
-        endpoints = []
-        for eid in sorted(batch.endpoints):
-            if waiting and eid in waiting:
-                continue  # no identity yet: the compiler keeps what it had (or nothing)
-            rec = self.table.record(eid)
-            ident = identities.get(eid) if identities else None
-            endpoints.append((eid, None if rec is None else EndpointSpec(eid, dict(rec.labels), rec.ipv4, ident)))
-        audited = frozenset(i for i in self.table.ids() if self.audits(i))
-        return CompileJob(
-            batch.revision, host_ips, deleted, upserted, tuple(endpoints), frozenset(self._in_compiler), audited, remote
-        )
-
-    def audits(self, endpoint_id: int) -> bool:
-        """Whether this endpoint's policy is audited: its own setting, else the agent's."""
-        rec = self.table.record(endpoint_id)
-        if rec is None:
-            return False
-        return self.policy_audit_mode if rec.policy_audit_mode is None else rec.policy_audit_mode
-
-    def _compile(self, job: CompileJob) -> CompileResult:
-        """Runs in the worker thread: the only place the compiler is called."""
-        out = CompileResult()
-        c = self.compiler
-        if job.host_ips is not None:
-            c.set_host_ips(job.host_ips)
-        if job.remote is not None:
-            c.set_remote(job.remote.endpoints, node_ips(job.remote))
-        for key in job.deleted_policies:
-            c.delete_policy(key)
-        for key, entry in job.upserted_policies:
-            try:
-                c.upsert_policy(entry.policy)
-            except Exception as exc:  # the compiler's own validation: keep the rest
-                out.rejected[key] = str(exc) or type(exc).__name__
-                log.warning("policy %s rejected by the compiler: %s", key, exc)
-                continue
-            out.accepted[key] = entry
-        for eid, spec in job.endpoints:
-            if spec is None:
-                if eid in job.in_compiler:
-                    c.delete_endpoint(eid)
-                out.removed.add(eid)
-            else:
-                out.identities[eid] = c.upsert_endpoint(spec)
-        try:
-            state = c.compile(job.revision)
-        except Exception as exc:
-            log.exception("policy compilation failed")
-            out.error = exc
-            return out
-        state = with_audit(state, job.audited)
-        out.state = state
-        alloc = c.allocations()
-        out.allocations = alloc if alloc != self._saved_alloc else None
-        # Reads `realized` while the loop waits for us; only this worker writes it.
-        # The compiler hands back the same object for an unchanged endpoint: `is` first.
-        out.changed = {i for i, ep in state.endpoints.items() if (old := self.realized.get(i)) is not ep and old != ep}
-        out.view = l7_view(state)
-        return out
-
-    def _adopt(self, job: CompileJob, res: CompileResult) -> None:
-        """Back on the loop: record what the compiler accepted and the identities it gave."""
-        for key in job.deleted_policies:
-            self._given.pop(key, None)
-        for key, msg in res.rejected.items():
-            self.compile_errors[key] = msg
-        for key, entry in res.accepted.items():
-            self.compile_errors.pop(key, None)
-            self._given[key] = entry
-        for eid in res.removed:
-            self._in_compiler.discard(eid)
-        for eid, identity in res.identities.items():
-            self._in_compiler.add(eid)
-            live = self.table.live(eid)
-            # One program serves every endpoint and apply() writes the identity into
-            # the lxc map; but the datapath's own record of the endpoint (read back
-            # by endpoint_restore.py when endpoints.json is lost) holds the identity
-            # attach wrote, so a new identity means re-attach to keep it true.
-            reattach = live is not None and live.attached and live.identity not in (None, identity)
-            self.table.set_live(eid, identity=identity, state=EndpointState.REGENERATING, reason=None, **({"attached": False} if reattach else {}))
-
-    async def _persist_allocations(self, alloc: Allocations | None) -> None:
-        if alloc is None:
-            return
-        await self.offload(self._save_allocations, alloc)  # JSON + fsync of every CIDR identity
-        self._saved_alloc = alloc
 
     # --- the pipeline ------------------------------------------------------------
     @property
@@ -290,23 +131,9 @@ class Regenerator:
         self._acked_l7 = {l7.proxy_port: l7 for ep in state.endpoints.values() for l7 in ep.l7}
         return PUBLISH_ACKED, None
 
-    async def _new_host_ips(self) -> frozenset[IPv4Address] | None:
-        """The host's addresses when they differ from what the compiler has, else None."""
-        # New endpoints may bring new host addresses (their gateway on ciliate_host).
-        if self._host_ips is None:
-            return None
-        try:
-            ips = frozenset(await asyncio.to_thread(lambda: list(self._host_ips())))  # type: ignore[misc]
-        except Exception:
-            log.exception("reading the host's addresses failed; keeping the previous ones")
-            return None
-        if ips == self._known_host_ips:
-            return None
-        self._known_host_ips = ips
-        return ips
-
     async def regenerate(self, batch: Batch) -> RegenerationReport:
-        host_ips = await self._new_host_ips() if batch.endpoints or self._known_host_ips is None else None
+        step = self.compile_step
+        host_ips = await step.new_host_ips(batch)
         identities: dict[int, int] = {}
         waiting: dict[int, str] = {}
         remote = None
@@ -318,9 +145,7 @@ class Regenerator:
             ]
             identities, waiting = await self.cluster.identities(specs)
             remote = self.cluster.peers_if_changed()
-        job = self._job(batch, host_ips, identities, waiting, remote)
-        res: CompileResult = await self.offload(self._compile, job)
-        self._adopt(job, res)
+        res = await step.compile(batch, host_ips, identities, waiting, remote, self.realized)
         for eid, reason in waiting.items():
             self.table.set_live(eid, state=EndpointState.WAITING_FOR_IDENTITY, reason=reason)
         if waiting:
@@ -333,7 +158,7 @@ class Regenerator:
                 self.table.set_live(eid, state=EndpointState.NOT_READY, reason=failure.message, failure=failure)
             await self.table.notify()
             return RegenerationReport(batch.revision, frozenset(), frozenset(removed), False, {})
-        await self._persist_allocations(res.allocations)
+        await step.persist_allocations(res.allocations)
         endpoints = {i: ep for i, ep in state.endpoints.items() if i in self.table}
         changed = res.changed & endpoints.keys()
         changed |= batch.endpoints & endpoints.keys()
@@ -394,7 +219,7 @@ class Regenerator:
         if self.cluster is not None:
             await self.cluster.after_apply(self._local_endpoints())
         self.last_state = state
-        self.applied_policies = dict(self._given)
+        self.applied_policies = dict(step.given)
         await self.table.notify()
         report = RegenerationReport(state.revision, frozenset(changed), frozenset(removed), published, dict(failures), publish)
         self.last_report = report
@@ -404,11 +229,11 @@ class Regenerator:
 
     def _local_endpoints(self) -> dict[IPv4Address, tuple[int, frozenset[str]]]:
         """What this node publishes: each endpoint with an address and an identity."""
-        labels = self.compiler.identity_labels()
+        labels = self.compile_step.compiler.identity_labels()
         out: dict[IPv4Address, tuple[int, frozenset[str]]] = {}
         for eid in self.table.ids():
             rec, live = self.table.record(eid), self.table.live(eid)
-            if rec is None or live is None or rec.ipv4 is None or live.identity is None or eid not in self._in_compiler:
+            if rec is None or live is None or rec.ipv4 is None or live.identity is None or not self.compile_step.holds(eid):
                 continue
             out[rec.ipv4] = (live.identity, labels.get(live.identity, frozenset()))
         return out
