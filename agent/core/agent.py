@@ -17,18 +17,17 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from ipaddress import IPv4Address
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from agent.core.cluster_sync import ClusterSync
 from agent.core.endpoint_restore import restore_lost_endpoints
 from agent.core.endpoint_table import EndpointTable
 from agent.core.flow_enrich import FlowEnricher
+from agent.core.flow_pump import pump_flows
 from agent.core.flows import FlowHub
 from agent.core.map_pressure import conntrack_status
 from agent.core.metrics import AgentMetrics
@@ -37,7 +36,6 @@ from agent.core.models import (
     BpfPolicyEntry,
     Endpoint,
     EndpointCreate,
-    FlowEvent,
     Health,
     EndpointConfig,
     Identity,
@@ -194,8 +192,9 @@ class Agent:
         self._worker = asyncio.create_task(self.queue.run(), name="ciliate-regeneration")
         if self.watcher is not None:
             self._tasks.append(asyncio.create_task(self.watcher.run(), name="ciliate-policy-watch"))
-        self._tasks.append(asyncio.create_task(self._pump(self.datapath.flow_events, "kernel"), name="ciliate-flows-kernel"))
-        self._tasks.append(asyncio.create_task(self._pump(self.proxy.access_log, "envoy"), name="ciliate-flows-envoy"))
+        for source, name in ((self.datapath.flow_events, "kernel"), (self.proxy.access_log, "envoy")):
+            pump = pump_flows(source, name, self.enricher, self.flows, self.metrics)
+            self._tasks.append(asyncio.create_task(pump, name=f"ciliate-flows-{name}"))
         if serve_api:
             for make in self._service_factories:
                 service = make(self)
@@ -351,34 +350,6 @@ class Agent:
             log.warning("reading the proxy's counters failed; serving the last ones: %s", exc)
         return self.metrics.render()
 
-    async def _pump(self, source: Callable[[], AsyncIterator[Mapping[str, Any]]], name: str) -> None:
-        """Forward one event source into the hub; restart it (with backoff) if it ends or breaks."""
-        delay = 1.0
-        while True:
-            try:
-                n = 0
-                async for raw in source():
-                    delay = 1.0
-                    n += 1
-                    if n % 32 == 0:
-                        # A queued burst never suspends the iterator: let the API in.
-                        await asyncio.sleep(0)
-                    try:
-                        event = self._enrich(raw)
-                    except ValidationError as exc:
-                        log.debug("dropping malformed %s flow event: %s", name, exc)
-                        continue
-                    self.metrics.flow_events.labels(event.type).inc()
-                    if event.type == "l7":
-                        self.metrics.observe_l7(event.verdict)
-                    self.flows.publish(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s flow source failed; restarting it in %.0fs", name, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 60.0)
-
     def _labels(self, identity: int | None) -> list[str]:
         if identity is None or self.compiler is None:
             return []
@@ -389,9 +360,6 @@ class Agent:
 
     def _enforced_state(self) -> CompiledState | None:
         return self.regenerator.last_state if self.regenerator is not None else None
-
-    def _enrich(self, raw: Mapping[str, Any]) -> FlowEvent:
-        return FlowEvent.model_validate(self.enricher.enrich(raw))
 
     # --- what the API serves ---------------------------------------------------------
     async def create_endpoint(self, req: EndpointCreate, wait: float | None) -> tuple[Endpoint, bool]:
