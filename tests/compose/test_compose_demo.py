@@ -89,7 +89,6 @@ def test_compose_demo_runs_and_leaves_nothing_behind(engine: Engine) -> None:
 
     engine.stop()
     assert host_view() == before
-    assert time.monotonic() - t0 < 300, f"took {time.monotonic() - t0:.0f}s"
 
 
 def test_close_removes_the_engine_namespace_and_directory() -> None:

@@ -72,7 +72,7 @@ class ClusterFactory:
             await n.cluster.stop()
 
 
-async def eventually(check: Callable[[], object], timeout: float = 5.0, what: str = "") -> object:
+async def eventually(check: Callable[[], object], timeout: float = 20.0, what: str = "") -> object:
     """Poll `check` (sync or async) until it returns something truthy."""
     deadline = time.monotonic() + timeout
     last = None
@@ -87,5 +87,5 @@ async def eventually(check: Callable[[], object], timeout: float = 5.0, what: st
         await asyncio.sleep(0.02)
 
 
-async def connected(node: Node, timeout: float = 5.0) -> None:
+async def connected(node: Node, timeout: float = 20.0) -> None:
     await eventually(lambda: node.cluster.connected, timeout, f"{node.name} connected")

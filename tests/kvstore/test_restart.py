@@ -74,7 +74,7 @@ async def test_leftovers_of_the_previous_run_go_after_the_restore_grace(clusters
         keys = etcd.get_prefix("ciliate/state/")
         return f"ciliate/state/ip/v1/{POD2}" not in keys and f"ciliate/state/identities/v1/refs/{y}/a" not in keys
 
-    await eventually(swept, timeout=3, what="leftovers deleted after the grace")
+    await eventually(swept, timeout=30, what="leftovers deleted after the grace")
     keys = etcd.get_prefix("ciliate/state/")
     assert f"ciliate/state/ip/v1/{POD1}" in keys
     assert f"ciliate/state/identities/v1/refs/{x}/a" in keys
@@ -88,7 +88,7 @@ async def test_an_expired_saved_lease_is_replaced_and_the_state_published_again(
     await a.cluster.set_endpoint(POD1, x)
     old = a.cluster._session.lease_id
     await clusters.stop(a)
-    await eventually(lambda: not etcd.get_prefix("ciliate/state/ip/"), timeout=4, what="old lease expired")
+    await eventually(lambda: not etcd.get_prefix("ciliate/state/ip/"), timeout=30, what="old lease expired")
     assert etcd.lease_ttl(old) < 0
 
     a2 = await clusters.node("a", info=a.info, state_dir=a.state_dir, lease_ttl=30.0)

@@ -4,6 +4,8 @@ expires; on_view is told."""
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import threading
 import time
@@ -59,12 +61,19 @@ async def test_a_node_killed_without_revoke_stays_until_its_lease_expires(cluste
     ident = await b.cluster.allocate_identity(frozenset({"k8s:app=b"}))
     await eventually(lambda: "b" in a.view.nodes and B_POD in a.view.endpoints, what="a sees b")
 
+    lease = b.cluster._session.lease_id
     await clusters.stop(b)  # an agent killed: no revoke
-    stopped = time.monotonic()
-    await eventually(lambda: "b" not in a.view.nodes, timeout=6, what="b's node expires from a's view")
-    gone_after = time.monotonic() - stopped
-    assert 1.0 <= gone_after <= 4.5, gone_after  # TTL 2 s, give or take one keepalive period
-    await eventually(lambda: B_POD not in a.view.endpoints, timeout=1)
+
+    # Judged by etcd's word on the lease, not the clock (a late keepalive on
+    # a loaded machine leaves less than the TTL): a's view first, then etcd's.
+    def gone() -> bool:
+        still = "b" in a.view.nodes
+        ttl = etcd.lease_ttl(lease)
+        assert still or ttl < 0, f"b left a's view while etcd still held its lease ({ttl} s left)"
+        return not still
+
+    await eventually(gone, timeout=30, what="b's node expires from a's view")
+    await eventually(lambda: B_POD not in a.view.endpoints, timeout=30)
     assert not etcd.get_prefix(f"ciliate/state/identities/v1/refs/{ident}/")
     assert not etcd.get_prefix("ciliate/state/nodes/v1/b")
     assert a.views[-1].nodes == {} and a.views[-1].endpoints == {}
@@ -77,7 +86,7 @@ async def test_stop_with_revoke_removes_the_node_at_once(clusters, etcd):
     await b.cluster.set_endpoint(B_POD, 301)
     await eventually(lambda: B_POD in a.view.endpoints)
     await clusters.stop(b, revoke=True)
-    await eventually(lambda: "b" not in a.view.nodes and B_POD not in a.view.endpoints, timeout=2)
+    await eventually(lambda: "b" not in a.view.nodes and B_POD not in a.view.endpoints, timeout=30)
     assert not (b.state_dir / "kvstore-lease.json").exists()
 
 
@@ -100,13 +109,12 @@ async def test_view_changes_are_coalesced_and_status_counts_them(clusters):
 
 async def test_start_returns_at_once_with_etcd_down_and_connects_later(clusters, etcd):
     etcd.stop()
-    t0 = time.monotonic()
-    a = await clusters.node("a")
-    assert time.monotonic() - t0 < 0.5
+    # etcd stays down until after this returns: a start that waited for etcd would never return.
+    a = await asyncio.wait_for(clusters.node("a"), timeout=30)
     assert not a.cluster.connected
     await a.cluster.set_endpoint(A_POD, 300)  # desired state, no error
     etcd.start()
-    await connected(a, timeout=5)
+    await connected(a, timeout=30)
     await eventually(lambda: "ciliate/state/ip/v1/10.1.0.5" in etcd.get_prefix("ciliate/state/ip/"), what="published")
     await eventually(lambda: "ciliate/state/nodes/v1/a" in etcd.get_prefix("ciliate/state/nodes/"))
 
