@@ -31,18 +31,7 @@ from agent.core.flow_pump import pump_flows
 from agent.core.flows import FlowHub
 from agent.core.map_pressure import conntrack_status
 from agent.core.metrics import AgentMetrics
-from agent.core.models import (
-    BpfPolicyDump,
-    BpfPolicyEntry,
-    Endpoint,
-    EndpointCreate,
-    Health,
-    EndpointConfig,
-    Identity,
-    IdentityList,
-    PolicyList,
-    Status,
-)
+from agent.core.models import BpfPolicyDump, Endpoint, EndpointConfig, EndpointCreate, Health, IdentityList, PolicyList, Status
 from agent.core.policy_book import PolicyBook
 from agent.core.policy_status import policy_statuses
 from agent.core.ports import (
@@ -61,8 +50,18 @@ from agent.core.ports import (
 )
 from agent.core.regeneration_queue import RegenerationQueue
 from agent.core.regenerator import RegenerationReport, Regenerator
+from agent.core.reports import (
+    Readings,
+    bpf_policy_dump,
+    endpoints_by_state,
+    health_of,
+    identities_by_type,
+    identity_list,
+    policies_by_state,
+    status_of,
+)
 from agent.core.state_store import StateStore
-from policy.compiled import RESERVED_IDENTITIES, CompiledState
+from policy.compiled import CompiledState
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ class Agent:
         self.book = PolicyBook()
         self.flows = FlowHub()
         self.metrics = AgentMetrics(
-            policy_counts=self.policy_counts, endpoint_counts=self._endpoint_counts, identity_counts=self.identity_counts,
+            policy_counts=self.policy_counts, endpoint_counts=lambda: endpoints_by_state(self.table), identity_counts=self.identity_counts,
             kvstore=shared.status if shared is not None else None,
             kubernetes=cluster.health if cluster is not None else None,
         )
@@ -350,11 +349,6 @@ class Agent:
             log.warning("reading the proxy's counters failed; serving the last ones: %s", exc)
         return self.metrics.render()
 
-    def _labels(self, identity: int | None) -> list[str]:
-        if identity is None or self.compiler is None:
-            return []
-        return sorted(self.compiler.identity_labels().get(identity, ()))
-
     def _identity_labels(self) -> Mapping[int, frozenset[str]]:
         return self.compiler.identity_labels() if self.compiler is not None else {}
 
@@ -405,14 +399,6 @@ class Agent:
         self.queue.mark([endpoint_id], reason=f"endpoint {endpoint_id} deleted")
         return view
 
-    def _endpoint_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for i in self.table.ids():
-            live = self.table.live(i)
-            if live is not None:
-                counts[live.state.value] = counts.get(live.state.value, 0) + 1
-        return counts
-
     def policies(self) -> PolicyList:
         """Every policy's status, computed from the current state (reads only)."""
         regen = self.regenerator
@@ -430,93 +416,38 @@ class Agent:
 
     def policy_counts(self) -> dict[str, int]:
         """Policies by status, for the ciliate_policies gauge (read at scrape time)."""
-        counts: dict[str, int] = {}
-        for s in self.policies().policies:
-            counts[s.state] = counts.get(s.state, 0) + 1
-        return counts
+        return policies_by_state(self.policies())
 
     def identity_counts(self) -> dict[str, int]:
         """Identities by type (reserved, endpoint, cidr), for the ciliate_identity gauge."""
-        counts: dict[str, int] = {}
-        for i, labels in self._identity_labels().items():
-            kind = "reserved" if i in RESERVED_IDENTITIES else "cidr" if any(x.startswith("cidr:") for x in labels) else "endpoint"
-            counts[kind] = counts.get(kind, 0) + 1
-        return counts
+        return identities_by_type(self._identity_labels())
 
     def identities(self) -> IdentityList:
-        labels = self.compiler.identity_labels() if self.compiler else {}
-        users: dict[int, list[int]] = {}
-        for v in self.table.views():
-            if v.identity is not None:
-                users.setdefault(v.identity, []).append(v.id)
-        ids = set(labels) | set(RESERVED_IDENTITIES) | set(users)
-        out = []
-        for i in sorted(ids):
-            names = sorted(labels.get(i, ())) or ([f"reserved:{RESERVED_IDENTITIES[i]}"] if i in RESERVED_IDENTITIES else [])
-            out.append(Identity(id=i, labels=names, reserved=i in RESERVED_IDENTITIES, endpoints=users.get(i, [])))
-        return IdentityList(identities=out)
+        return identity_list(self._identity_labels(), self.table.views())
+
+    def _readings(self) -> Readings:
+        return Readings(
+            regenerating=self._worker is not None and not self._worker.done(),
+            proxy=self.proxy.status(),
+            kubernetes=self.cluster.health() if self.cluster is not None else None,
+            kvstore=self.shared.status() if self.shared is not None else None,
+        )
 
     def health(self) -> Health:
-        checks: dict[str, str] = {}
-        worker = self._worker
-        if worker is None or worker.done():
-            checks["regeneration"] = "worker not running"
-        else:
-            checks["regeneration"] = "ok"
-        proxy = dict(self.proxy.status())
-        checks["proxy"] = "ok" if proxy.get("ok", True) else str(proxy.get("detail") or "not ready")
-        checks["api"] = "ok"
-        if self.cluster is not None:
-            k8s = dict(self.cluster.health())
-            checks["kubernetes"] = "ok" if k8s.get("ok") else str(k8s.get("detail") or "not ready")
-        if self.shared is not None:
-            kv = dict(self.shared.status())
-            checks["kvstore"] = "ok" if kv.get("ok") else str(kv.get("detail") or "not ready")
-        return Health(ok=all(v == "ok" for v in checks.values()), checks=checks)
+        return health_of(self._readings())
 
     def status(self) -> Status:
-        pols = self.policies()
-        pcount: dict[str, int] = {}
-        for p in pols.policies:
-            pcount[p.state] = pcount.get(p.state, 0) + 1
-        proxy = {k: v for k, v in self.proxy.status().items() if isinstance(v, (str, int, bool)) or v is None}
-        return Status(
-            ok=self.health().ok,
-            revision=pols.revision,
-            endpoints=self._endpoint_counts(),
-            policies=pcount,
-            proxy=proxy,
-            state_dir=str(self.config.state_dir),
-            policy_dir=str(self.config.policy_dir) if self.config.policy_dir else None,
-            kubernetes=(
-                {k: v for k, v in self.cluster.health().items() if isinstance(v, (str, int, float, bool)) or v is None}
-                if self.cluster is not None
-                else None
-            ),
-            kvstore=(
-                {k: v for k, v in self.shared.status().items() if isinstance(v, (str, int, float, bool)) or v is None}
-                if self.shared is not None
-                else None
-            ),
-            conntrack=conntrack_status(self.metrics.datapath),  # as last read: read_kernel_counters()
+        return status_of(
+            self._readings(),
+            self.policies(),
+            endpoints_by_state(self.table),
+            self.config.state_dir,
+            self.config.policy_dir,
+            conntrack_status(self.metrics.datapath),  # as last read: read_kernel_counters()
         )
 
     async def bpf_policy(self, endpoint_id: int) -> BpfPolicyDump | None:
         if endpoint_id not in self.table:
             return None
         entries = await self.datapath.dump_policy(endpoint_id)
-        return BpfPolicyDump(
-            endpoint_id=endpoint_id,
-            entries=[
-                BpfPolicyEntry(
-                    identity=e.identity,
-                    labels=self._labels(e.identity) if e.identity else ["any"],
-                    direction=e.direction,
-                    protocol=e.protocol,
-                    ports=e.ports,
-                    verdict=e.verdict,
-                    proxy_port=e.proxy_port,
-                )
-                for e in entries
-            ],
-        )
+        return bpf_policy_dump(endpoint_id, entries, self._identity_labels())
