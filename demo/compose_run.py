@@ -70,7 +70,7 @@ class Project:
         print("docker compose up -d --build (agent, envoy, deathstar, tiefighter, xwing, attach)...", file=self.out, flush=True)
         self.run("up", "-d", "--build", timeout=900)
 
-    def wait_attached(self, timeout: float = 120) -> None:
+    def wait_attached(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         logs = ""
         while time.monotonic() < deadline:
@@ -82,7 +82,9 @@ class Project:
             if "gave up" in logs:
                 break
             time.sleep(1)
-        raise ComposeError(f"the apps were not attached: {logs.strip()[-1500:]}")
+        # Mostly the agent is why: say what it said, not only the attach step.
+        agent = self.run("logs", "--no-color", "--tail", "40", "agent", check=False).stdout
+        raise ComposeError(f"the apps were not attached: {logs.strip()[-1500:]}\n--- agent log (tail)\n{agent.strip()[-3000:]}")
 
     def policy_state(self) -> dict:
         out = self.exec("agent", "ciliate", "policy", "get", "-o", "json")
