@@ -288,16 +288,6 @@ def _run_agent(args: argparse.Namespace) -> int:
     except ClusterFlagError as exc:
         print(f"ciliate agent: {exc}", file=sys.stderr)
         return 2
-    try:
-        datapath = KernelDatapath(Path(args.bpf_dir), state_dir / "endpoints")
-    except Exception as exc:  # e.g. no bpffs, no bcc: say so in one line
-        print(f"ciliate agent: cannot open the kernel datapath in {args.bpf_dir}: {exc}", file=sys.stderr)
-        return 1
-    routing = None
-    if shared is not None:
-        from agent.adapters.node_routing import DirectRouting
-
-        routing = DirectRouting(datapath, node_ip)
     if args.proxy_max_heap_mb <= 0:
         print(f"ciliate agent: --proxy-max-heap-mb must be positive, not {args.proxy_max_heap_mb}", file=sys.stderr)
         return 2
@@ -313,6 +303,16 @@ def _run_agent(args: argparse.Namespace) -> int:
             text = text.replace(f"proxy limit {field}", flag).replace(f"({field}", f"({flag}").replace(f" {field} (", f" {flag} (")
         print(f"ciliate agent: {text}", file=sys.stderr)
         return 2
+    try:
+        datapath = KernelDatapath(Path(args.bpf_dir), state_dir / "endpoints")
+    except Exception as exc:  # e.g. no bpffs, no bcc: say so in one line
+        print(f"ciliate agent: cannot open the kernel datapath in {args.bpf_dir}: {exc}", file=sys.stderr)
+        return 1
+    routing = None
+    if shared is not None:
+        from agent.adapters.node_routing import DirectRouting
+
+        routing = DirectRouting(datapath, node_ip)
     proxy = XdsProxy(state_dir, spawn_envoy=not args.external_envoy, limits=limits)
     agent = build_agent(
         config, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=datapath, proxy=proxy, host_ips=_host_ips,

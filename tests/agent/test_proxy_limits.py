@@ -134,3 +134,20 @@ def test_the_bootstrap_bounds_the_whole_envoy() -> None:
     assert monitors["envoy.resource_monitors.global_downstream_max_connections"]["max_active_downstream_connections"] == 99
     actions = {a["name"] for a in om["actions"]}
     assert {"envoy.overload_actions.stop_accepting_requests", "envoy.overload_actions.reset_high_memory_stream"} <= actions
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--proxy-max-connections-per-listener", "0"], "--proxy-max-connections-per-listener must be positive, not 0"),
+        (["--proxy-max-connections", "10"], "--proxy-max-connections-per-listener (2048) is above --proxy-max-connections (10)"),
+        (["--proxy-max-heap-mb", "-1"], "--proxy-max-heap-mb must be positive, not -1"),
+    ],
+    ids=["per-listener-zero", "per-listener-above-total", "negative-heap"],
+)
+def test_a_wrong_proxy_limit_is_named_before_the_kernel_is_touched(tmp_path: Path, flags: list[str], says: str) -> None:
+    from tests.agent.test_kvstore_flags import agent
+
+    out = agent(tmp_path, *flags)
+    assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "bpf").exists(), "the kernel side was touched before the flags were checked"
