@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.core.cluster_sync import ClusterSync
+from agent.core.endpoint_changes import EndpointChanges
 from agent.core.endpoint_restore import restore_lost_endpoints
 from agent.core.endpoint_table import EndpointTable
 from agent.core.flow_enrich import FlowEnricher
@@ -135,6 +136,7 @@ class Agent:
         self._compiler_factory = compiler_factory
         self.compiler: PolicyCompiler | None = None
         self.queue = RegenerationQueue(self._regenerate, settle=config.settle)
+        self.endpoint_changes = EndpointChanges(self.table, self.queue, cluster, config.pod_wait)
         self.regenerator: Regenerator | None = None
         self.watcher = (
             policy_source(config.policy_dir, self._on_policy_change, config.poll_interval)
@@ -186,7 +188,7 @@ class Agent:
             # The first regeneration waits for the API's policies: without them
             # it would open what the kernel's pinned maps still close.
             await self.cluster.start(self)
-            await self.endpoint_labels_changed(self._endpoint_names())
+            await self.endpoint_changes.relabel(self.endpoint_changes.names())
         self.queue.mark(restored, policy_changed=True, reason="agent start")
         self._worker = asyncio.create_task(self.queue.run(), name="ciliate-regeneration")
         if self.watcher is not None:
@@ -278,26 +280,9 @@ class Agent:
         if self.cluster is not None:
             self.cluster.regenerated()  # a validation error shows without a regeneration
 
-    def _endpoint_names(self) -> set[str]:
-        return {rec.name for i in self.table.ids() if (rec := self.table.record(i)) is not None and rec.name}
-
     async def endpoint_labels_changed(self, names: Iterable[str]) -> None:
-        """Re-identify the endpoints of these pods whose labels changed, in place:
-        same endpoint id and interface, new identity at the next regeneration."""
-        if self.cluster is None:
-            return
-        wanted = set(names)
-        marked = []
-        for eid in self.table.ids():
-            rec = self.table.record(eid)
-            if rec is None or rec.name not in wanted:
-                continue
-            labels = self.cluster.endpoint_labels(rec.name)
-            if labels is not None and dict(labels) != rec.labels:
-                self.table.relabel(eid, dict(labels))
-                marked.append(eid)
-        if marked:
-            self.queue.mark(marked, reason="pod labels changed")
+        """Re-identify the endpoints of these pods whose labels changed (ClusterEvents)."""
+        await self.endpoint_changes.relabel(names)
 
     async def _regenerate(self, batch) -> None:
         regen = self.regenerator
@@ -357,47 +342,13 @@ class Agent:
 
     # --- what the API serves ---------------------------------------------------------
     async def create_endpoint(self, req: EndpointCreate, wait: float | None) -> tuple[Endpoint, bool]:
-        # In the loop, not a thread: the table is read by every API call, and the
-        # write (one small atomic file) must not be reordered with the next one.
-        if self.cluster is not None and req.name:
-            # Kubernetes mode: the Pod's labels, not what CNI could tell. A pod
-            # not seen (yet) keeps CNI's labels and is re-identified once seen.
-            labels = await self.cluster.wait_endpoint_labels(req.name, self.config.pod_wait)
-            if labels is not None:
-                req = req.model_copy(update={"labels": dict(labels)})
-        rec, created = self.table.upsert(req)
-        # Wait for the batch that carries this change, not merely the end of
-        # one already in flight (it was snapshotted before the change).
-        ticket = self.queue.ticket()
-        self.queue.mark([rec.id], reason=f"endpoint {rec.id} {'created' if created else 'updated'}")
-        if wait:
-            await self.queue.wait_for(ticket, wait)
-        view = self.table.view(rec.id)
-        assert view is not None
-        return view, created
+        return await self.endpoint_changes.create(req, wait)
 
     async def configure_endpoint(self, endpoint_id: int, cfg: EndpointConfig, wait: float | None) -> Endpoint | None:
-        """Apply the endpoint's settings (audit mode) at the next regeneration;
-        nothing restarts: the kernel's flags and Envoy's listeners change in place."""
-        rec = self.table.record(endpoint_id)
-        if rec is None:
-            return None
-        audit = cfg.policy_audit_mode if "policy_audit_mode" in cfg.model_fields_set else rec.policy_audit_mode
-        if audit != rec.policy_audit_mode:
-            self.table.configure(endpoint_id, audit)
-            ticket = self.queue.ticket()
-            self.queue.mark([endpoint_id], reason=f"endpoint {endpoint_id} policy audit mode {'on' if audit else 'off'}")
-            if wait:
-                await self.queue.wait_for(ticket, wait)
-        return self.table.view(endpoint_id)
+        return await self.endpoint_changes.configure(endpoint_id, cfg, wait)
 
     async def delete_endpoint(self, endpoint_id: int) -> Endpoint | None:
-        view = self.table.view(endpoint_id)
-        if view is None:
-            return None
-        self.table.remove(endpoint_id)
-        self.queue.mark([endpoint_id], reason=f"endpoint {endpoint_id} deleted")
-        return view
+        return await self.endpoint_changes.delete(endpoint_id)
 
     def policies(self) -> PolicyList:
         """Every policy's status, computed from the current state (reads only)."""
