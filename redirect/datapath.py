@@ -311,8 +311,13 @@ class Datapath:
         # The rule, route and sysctls are per netns, not per install:
         # remember that this install set them up and what they were, so
         # teardown removes only its own and puts the sysctls back.
-        if first:
-            marker.write_text(json.dumps({"netns": self.netns, "sysctls": replaced}) + "\n")
+        # A sysctl a newer version sets for the first time over an older
+        # install's marker: what it replaced was still the node's own value.
+        record = {"netns": self.netns, "sysctls": {}} if first else json.loads(marker.read_text())
+        missing = {k: v for k, v in replaced.items() if k not in record.setdefault("sysctls", {})}
+        if missing:
+            record["sysctls"].update(missing)
+            marker.write_text(json.dumps(record) + "\n")
         self._attach_lo()
 
     def _attach_lo(self) -> None:

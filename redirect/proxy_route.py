@@ -4,7 +4,7 @@ tear-down. (Envoy itself is agent/adapters/envoy_proxy.py and sidecar/.)
 
     ip rule add fwmark 0x200/0xf00 lookup 2004 pref 9
     ip route add local 0.0.0.0/0 dev lo table 2004
-    sysctl net.ipv4.conf.lo.accept_local=1 net.ipv4.tcp_early_demux=0  (see setup())
+    sysctl net.ipv4.conf.lo.accept_local=1 net.ipv4.tcp_early_demux=0 net.ipv4.tcp_migrate_req=1  (see setup())
 
 Which socket receives the packet is chosen by the program itself with
 bpf_sk_assign (bpf/lib/proxy.h), not by nftables TPROXY rules. Why: the
@@ -60,6 +60,8 @@ def _our_rules(ipr: IPRoute) -> list:
 
 EARLY_DEMUX = "/proc/sys/net/ipv4/tcp_early_demux"
 ACCEPT_LOCAL = "/proc/sys/net/ipv4/conf/lo/accept_local"
+MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+SYSCTLS = (ACCEPT_LOCAL, EARLY_DEMUX, MIGRATE_REQ)
 
 
 def _in_netns_write(netns: str | None, path: str, value: str | None) -> str:
@@ -99,10 +101,18 @@ def setup(netns: str | None = None) -> dict[str, str]:
     tcp_early_demux off, or the second packet of such a flow, arriving on
     its original interface, is matched by early demux to the proxy's
     transparent socket before routing, and ip_forward drops any packet that
-    already has a socket, so the handshake never completes."""
+    already has a socket, so the handshake never completes.
+
+    And one for an agent restart: the old and the new Envoy share each proxy
+    port (SO_REUSEPORT) until the old one is retired, and the kernel's
+    lookup spreads new connections over both. tcp_migrate_req hands the
+    connections still in a closing listener's queues (half-open and
+    accepted-but-not-yet-taken) to the other listener of the port instead of
+    resetting them."""
     old = {
         ACCEPT_LOCAL: _in_netns_write(netns, ACCEPT_LOCAL, "1"),
         EARLY_DEMUX: _in_netns_write(netns, EARLY_DEMUX, "0"),
+        MIGRATE_REQ: _in_netns_write(netns, MIGRATE_REQ, "1"),
     }
     try:
         with _ipr(netns) as ipr:
@@ -126,7 +136,7 @@ def is_set_up(netns: str | None = None) -> bool:
 
 def teardown(netns: str | None = None, restore: dict[str, str] | None = None) -> None:
     for path, value in (restore or {}).items():
-        if path in (ACCEPT_LOCAL, EARLY_DEMUX):
+        if path in SYSCTLS:
             _in_netns_write(netns, path, value)
     with _ipr(netns) as ipr:
         for r in _our_rules(ipr):
