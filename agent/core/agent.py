@@ -262,6 +262,8 @@ class Agent:
                 m.policy_import_errors.inc()
                 for p in self.book.problems()[path]:
                     log.warning("policy file invalid, previous version kept: %s", p)
+            else:
+                log.info("policy file loaded: %s (%d policies)", path, len(loaded.policies))
         if changed:
             self._policy_seen.append(seen)
             self.queue.mark(policy_changed=True, reason="policy files changed")
@@ -271,10 +273,14 @@ class Agent:
         changed = False
         for source in sorted(objects.removed):
             changed |= self.book.remove_file(source)
+            log.info("policy object removed: %s", source)
         for source, loaded in sorted(objects.changed.items()):
             changed |= self.book.update_file(source, loaded)
-            for p in self.book.problems().get(source, ()):
+            problems = self.book.problems().get(source, ())
+            for p in problems:
                 log.warning("policy object invalid, previous version kept: %s", p)
+            if not problems:
+                log.info("policy object loaded: %s", source)
         if changed:
             self.queue.mark(policy_changed=True, reason="policy objects changed")
         if self.cluster is not None:

@@ -435,3 +435,21 @@ async def test_policies_gauge_is_current_without_any_status_read(rig: Rig) -> No
         assert _sample(agent, "ciliate_policies", state="error") == 1
     finally:
         await agent.stop()
+
+
+async def test_one_info_line_per_policy_change(rig: Rig, caplog) -> None:
+    """What an operator reads in a week of logs: one line per policy file
+    loaded, replaced or removed, and a warning naming what was refused."""
+    import logging
+
+    agent = await started(rig)
+    try:
+        with caplog.at_level(logging.INFO, logger="agent.core.agent"):
+            path = rig.write_policy("empire.json", [{"name": "empire-only", "selector": {"org": "empire"}, "allowFrom": {"org": "empire"}}])
+            await settle(agent)
+            path.unlink()
+            await settle(agent)
+        lines = [r.getMessage() for r in caplog.records if r.name == "agent.core.agent"]
+        assert lines == [f"policy file loaded: {path} (1 policies)", f"policy file removed: {path}"], lines
+    finally:
+        await agent.stop()
