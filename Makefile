@@ -2,7 +2,7 @@
 VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo compose-demo test bench lint
+.PHONY: install demo compose-demo test test-fast bench lint
 install:
 	bash scripts/install.sh
 
@@ -14,8 +14,14 @@ demo: install
 compose-demo: install
 	$(PY) -m demo.compose_run $(if $(COMPOSE),--compose "$(COMPOSE)")
 
+# The whole suite on two workers: kernel tests of two modules may run side by
+# side, an exclusive one runs alone (a lock, tests/conftest.py).
 test: install
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n 2 --dist loadgroup
+
+# The edit loop: no kernel, Envoy, Docker or etcd; no root needed.
+test-fast: install
+	$(PY) -m pytest -q -ra -n 2 -m "not privileged and not envoy and not etcd"
 
 bench: install
 	$(PY) bench/run_all.py

@@ -59,7 +59,7 @@ def _s_admits(path: str) -> bool:
 
 @pytest.fixture
 def node() -> Iterator[Node]:
-    with Node(prefix="cilaud", subnet="10.209.0.0/24") as n:
+    with Node(prefix="cilaub", subnet="10.210.0.0/24") as n:
         yield n
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from tests.compose.engine import ROOT, Engine, EngineUnavailable
 
-pytestmark = [pytest.mark.privileged, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.privileged, pytest.mark.exclusive, pytest.mark.timeout(420)]
 
 
 def host_view() -> dict[str, str]:

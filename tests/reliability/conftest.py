@@ -90,7 +90,7 @@ def tally(outs: list[dict]) -> dict[str, int]:
     return dict(Counter(label(o) for o in outs))
 
 
-def wait_for(what: str, check: Callable[[], object], timeout: float = 30.0, every: float = 0.1) -> object:
+def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0, every: float = 0.1) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = check()

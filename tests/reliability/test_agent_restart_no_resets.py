@@ -44,13 +44,13 @@ def test_twenty_agent_restarts_under_l7_load_lose_no_request(node) -> None:
         old = node.envoy_pids()
         node.kill_agent()
         node.start_agent()
-        wait_for("every endpoint ready after the restart", lambda: {s for _, _, s in sw.endpoints().values()} == {"ready"})
+        wait_for("every endpoint ready after the restart", lambda: {s for _, _, s in sw.endpoints().values()} == {"ready"}, timeout=90)
         # The new Envoy took over and the previous one is gone: the
         # hand-over, where the resets happened, is behind us.
         wait_for(
             "the previous Envoy retired",
             lambda: node.status()["ok"] and (now := node.envoy_pids()) == [node.envoy_pid()] and not set(now) & set(old),
-            timeout=60,
+            timeout=90,
         )
         retired.extend(old)
     # Requests issued after the last hand-over finish too.
