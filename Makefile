@@ -17,7 +17,7 @@ compose-demo: install
 # The whole suite on two workers: kernel tests of two modules may run side by
 # side, an exclusive one runs alone (a lock, tests/conftest.py).
 test: install
-	$(PY) -m pytest -q -ra -n 2 --dist loadgroup
+	$(PY) -m pytest -q -ra -n 2 --dist loadscope
 
 # The edit loop: no kernel, Envoy, Docker or etcd; no root needed.
 test-fast: install

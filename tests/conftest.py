@@ -1,9 +1,9 @@
 """Suite-wide rules.
 
 - `@pytest.mark.privileged` tests need root and kernel features; a non-root
-  run skips them with the reason. Under pytest-xdist kernel tests run in two
-  lanes (one worker each, see _kernel_lane); `@pytest.mark.exclusive` ones
-  run with no other kernel test beside them. Under CI=true a skip of any kind is turned
+  run skips them with the reason. Under pytest-xdist kernel tests run in
+  lanes (see LANES); `@pytest.mark.exclusive` ones run with no other kernel
+  test beside them. Under CI=true a skip of any kind is turned
   into a failure, so a missing install step cannot hide behind a green run.
 - Every test must leave no asyncio task behind.
 """
@@ -23,29 +23,38 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-# The two lanes, about equally long (~8 min each on 2 loaded cores).
-LANE_B = ("reliability", "cluster", "demo")
+# Under pytest-xdist (`make test`: -n 2 --dist loadscope) the kernel tests run
+# in lanes, each lane on one worker and in turn: the tests of one directory
+# share their conftest's node prefix and fixtures, and the cluster tests and
+# the cluster demo each run an underlay. Other tests go by module, as
+# loadscope does; the kernel tests of different lanes and modules live in
+# namespaces of their own and may run side by side.
+# (pytest-xdist's own --dist loadgroup does not group under pytest 9: it
+# rewrites item._nodeid, which pytest 9 no longer reads.)
+LANES = {"reliability": "lane-b", "cluster": "lane-b", "demo": "lane-b", "datapath": "lane-a", "compose": "lane-a"}
 
 
-def _kernel_lane(item: pytest.Item) -> str:
-    parts = Path(str(item.fspath)).relative_to(Path(__file__).parent).parts
-    return "kernel-b" if parts and parts[0] in LANE_B else "kernel-a"
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN201 - xdist's hook
+    from xdist.scheduler import LoadScopeScheduling
+
+    class KernelLanes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            parts = path.split("/")
+            if len(parts) > 2 and parts[0] == "tests" and parts[1] in LANES:
+                return LANES[parts[1]]
+            return path
+
+    return KernelLanes(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    root = os.geteuid() == 0
+    if os.geteuid() == 0:
+        return
     skip = pytest.mark.skip(reason="privileged: needs root, network namespaces, tc and bpf")
     for item in items:
-        if "privileged" not in item.keywords:
-            continue
-        if not root:
+        if "privileged" in item.keywords:
             item.add_marker(skip)
-        # Under pytest-xdist (--dist loadgroup) kernel tests run in two lanes,
-        # each on one worker and in turn. The lanes share no namespace name,
-        # subnet of an underlay, or fixture: a directory's tests share their
-        # conftest's node prefix, and the cluster tests and the cluster demo
-        # each run an underlay, so each of those stays within one lane.
-        item.add_marker(pytest.mark.xdist_group(_kernel_lane(item)))
 
 
 KERNEL_LOCK = Path("/tmp/ciliate-kernel.lock")  # also what `flock` around a kernel benchmark takes
@@ -53,8 +62,8 @@ KERNEL_LOCK = Path("/tmp/ciliate-kernel.lock")  # also what `flock` around a ker
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
-    """Whose turn the kernel is. The two lanes' tests live in namespaces of
-    their own and may run side by side (a shared lock), but an `exclusive` one
+    """Whose turn the kernel is. Kernel tests of different lanes live in
+    namespaces of their own and may run side by side (a shared lock), but an `exclusive` one
     compares the host's view before and after, so it runs alone (the
     exclusive lock).
     Held around setup, call and teardown, module fixtures included, and

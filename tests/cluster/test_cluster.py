@@ -26,7 +26,9 @@ STARWARS = ROOT / "examples" / "starwars"
 POLICIES = Path(__file__).resolve().parent / "policies"
 LAND = ("POST", "/v1/request-landing")
 EXHAUST = ("PUT", "/v1/exhaust-port")
-LEASE_TTL = 4.0
+# Long enough that a loaded machine (an agent busy compiling its datapath)
+# never lets a live node's lease lapse; only the dead-node test waits it out.
+LEASE_TTL = 15.0
 
 pytestmark = [pytest.mark.privileged, pytest.mark.envoy, pytest.mark.etcd]
 
@@ -65,9 +67,9 @@ def world() -> Iterator[World]:
         home, away = cluster.nodes
         for pod in PODS:
             (home if pod.name == "deathstar" else away).add_pod(pod.name, pod.labels)
-        server = home.watch(home.serve_deathstar(port=80))
-        cluster.wait_peers()
         try:
+            server = home.watch(home.serve_deathstar(port=80))
+            cluster.wait_peers(timeout=90)  # two agents compiling their datapath on a loaded machine
             yield World(cluster, server)
         finally:
             for node in cluster.nodes:
