@@ -13,13 +13,13 @@ The server's log shows what reached it: a 403 must never have."""
 from __future__ import annotations
 
 import itertools
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from demo.node import Node
+from tests.agent.test_l7_both_sides import _curl
 
 EGRESS = """\
 apiVersion: cilium.io/v2
@@ -63,14 +63,6 @@ def node() -> Iterator[Node]:
         yield n
 
 
-def _curl(node: Node, path: str, http2: bool) -> str:
-    url = f"http://{node.pods['s'].ip}:80{path}"
-    argv = ["ip", "netns", "exec", node.pods["c"].netns, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-            "--max-time", "5", *(["--http2-prior-knowledge"] if http2 else []), url]
-    code = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
-    return "dropped" if code in ("", "000") else code
-
-
 def _audit(node: Node, pod: str, on: bool) -> None:
     ep = node.ciliate_json("endpoint", "config", str(node.pods[pod].endpoint_id), f"policy-audit-mode={str(on).lower()}")
     assert ep["audited"] is on, ep
@@ -109,7 +101,7 @@ def test_audit_on_one_side_never_lifts_the_other_sides_l7_rules(node: Node, tmp_
                 # A distinct segment per request, so the server's log tells which reached it.
                 top, _, leaf = path[1:].partition("/")
                 tagged = f"/{top}/case-{n}-{who}-{int(http2)}/{leaf}"
-                got = _curl(node, tagged, http2)
+                got = _curl(node, "GET", tagged, http2)
                 line = f"L7 on {layout:7} audit {who:8} {'h2' if http2 else 'h1'} {path:11} want {want} got {got}"
                 rows.append(line)
                 if got != want:
