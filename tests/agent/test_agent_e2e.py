@@ -5,11 +5,9 @@ made by demo.node.Node, which removes them even when a test fails."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 
 from demo.node import Node
 from demo.scenario import PODS
+from tests.monitor_proc import MonitorProc
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "starwars"
@@ -56,22 +55,22 @@ def test_starwars_through_the_real_agent_and_sigterm_keeps_enforcing(node: Node)
     check("L3/L4", "tiefighter", LAND, "200")
     check("L3/L4", "xwing", LAND, "dropped")
     node.apply_policy(EXAMPLES / "2-l7.yaml", name="starwars.yaml")
-    monitor = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "monitor", "--type", "drop", "--type", "l7", "-o", "json", "--socket", str(node.socket)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    monitor = MonitorProc(node.socket, "--type", "drop", "--type", "l7")  # subscribed when this returns
+    tie, xwing = node.pods["tiefighter"].ip, node.pods["xwing"].ip
+
+    def l7_of(events: list[dict]) -> set:
+        return {(e.get("src_ip"), e.get("method"), e.get("path"), e.get("status")) for e in events if e["type"] == "l7"}
+
     try:
-        time.sleep(1.0)  # the stream is subscribed before the requests
         check("L7", "tiefighter", EXHAUST, "403")
         check("L7", "xwing", LAND, "dropped")
         check("L7", "tiefighter", LAND, "200")
-        time.sleep(1.0)  # access logs are flushed by Envoy shortly after the request
+        # Envoy flushes its access log about once a second: wait for what we sent.
+        want = {(tie, "PUT", "/v1/exhaust-port", 403), (tie, "POST", "/v1/request-landing", 200)}
+        monitor.wait_for(lambda ev: want <= l7_of(ev) and any(e["type"] == "drop" and e.get("src_ip") == xwing for e in ev))
     finally:
-        monitor.terminate()
-        events_out, _ = monitor.communicate(timeout=10)
-    events = [json.loads(line) for line in events_out.splitlines() if line.strip()]
-    tie, xwing = node.pods["tiefighter"].ip, node.pods["xwing"].ip
-    l7 = {(e.get("src_ip"), e.get("method"), e.get("path"), e.get("status")) for e in events if e["type"] == "l7"}
+        events = monitor.stop()
+    l7 = l7_of(events)
     assert (tie, "PUT", "/v1/exhaust-port", 403) in l7, events
     assert (tie, "POST", "/v1/request-landing", 200) in l7, events
     drops = [e for e in events if e["type"] == "drop" and e.get("src_ip") == xwing]

@@ -8,15 +8,13 @@ Nothing is restarted in between."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from demo.node import Lines, Node
+from demo.node import Node
+from tests.monitor_proc import MonitorProc
 
 ROOT = Path(__file__).resolve().parents[2]
 STARWARS = ROOT / "examples" / "starwars"
@@ -34,23 +32,16 @@ class Monitor:
     """`ciliate monitor -o json` from now until stop()."""
 
     def __init__(self, node: Node, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "monitor", *args, "-o", "json", "--socket", str(node.socket)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )
-        self.lines = Lines(self.proc)
-        time.sleep(1.0)  # subscribed before the traffic
+        self.proc = MonitorProc(node.socket, *args)  # subscribed when this returns
 
-    def stop(self, want: str | None = None, timeout: float = 8.0) -> list[dict]:
+    def stop(self, want: str | None = None, timeout: float = 30.0) -> list[dict]:
         """Stop once an event whose path is `want` arrived (Envoy flushes its
         access log about once a second), or after a short settle without one."""
-        deadline = time.monotonic() + (timeout if want else 0.5)
-        while time.monotonic() < deadline:
-            if want and any(e.get("path") == want for e in self.lines.snapshot()):
-                break
-            time.sleep(0.1)
-        time.sleep(0.3)
-        return [e for e in self.lines.stop() if "raw" not in e]
+        if want:
+            self.proc.wait_for(lambda ev: any(e.get("path") == want for e in ev), timeout)
+        else:
+            self.proc.wait_for(lambda ev: False, 0.5)
+        return self.proc.stop()
 
 
 def _audit(node: Node, pod: str, on: bool) -> None:

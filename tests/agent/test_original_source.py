@@ -9,9 +9,6 @@ policy still judges c's identity on that upstream hop.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +17,7 @@ import pytest
 
 from demo.node import Node
 from tests.agent.test_l7_both_sides import EGRESS as EGRESS_L7  # the same c -> s GET policy
+from tests.monitor_proc import MonitorProc
 
 INGRESS_L7 = """\
 apiVersion: cilium.io/v2
@@ -77,17 +75,13 @@ def test_server_sees_the_client_address_through_ingress_and_egress_proxies(node:
     check("no policy")
     ingress = _write(tmp_path, "s-ingress.yaml", INGRESS_L7 % "/v1")
     node.apply_policy(ingress)
-    monitor = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "monitor", "--type", "forward", "-o", "json", "--socket", str(node.socket)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    monitor = MonitorProc(node.socket, "--type", "forward")  # subscribed when this returns
+    s_ip = node.pods["s"].ip
     try:
-        time.sleep(1.0)  # subscribed before the request
         check("ingress L7")
-        time.sleep(0.5)
+        monitor.wait_for(lambda ev: any(e.get("dst_ip") == s_ip and e.get("dst_port") == 80 for e in ev))
     finally:
-        monitor.terminate()
-        out, _ = monitor.communicate(timeout=10)
+        events = monitor.stop()
     check("ingress L7, 403", "/private")
     egress = _write(tmp_path, "c-egress.yaml", EGRESS_L7)
     node.apply_policy(egress)
@@ -102,7 +96,6 @@ def test_server_sees_the_client_address_through_ingress_and_egress_proxies(node:
     assert all(c == {c_ip} for s, st, c in rows if st == "200"), table
 
     # The proxied upstream is a forward from c's identity, not reserved:host.
-    events = [json.loads(line) for line in out.splitlines() if line.strip()]
     to_s = [e for e in events if e.get("dst_ip") == node.pods["s"].ip and e.get("dst_port") == 80]
     assert to_s, events
     assert all(e.get("src_ip") == c_ip for e in to_s), to_s

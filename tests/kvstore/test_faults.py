@@ -35,7 +35,8 @@ async def test_etcd_down_fails_fast_keeps_the_view_and_catches_up_when_back(clus
     await connected(b)
     x = await a.cluster.allocate_identity(X)
     await b.cluster.set_endpoint(B_POD, 301)
-    await eventually(lambda: B_POD in a.view.endpoints)
+    # b's node and endpoint arrive on one watch, in either order.
+    await eventually(lambda: B_POD in a.view.endpoints and "b" in a.view.nodes)
     view_before = a.view
 
     etcd.stop()
