@@ -126,13 +126,17 @@ async def test_status_writes_are_coalesced_and_skipped_when_nothing_changed(rig)
     rig.create_cnp(cnp("busy", app="server", from_app="client", port=1))
     await eventually(lambda: (rig.get_cnp("busy").get("status") or {}).get("nodes", {}).get(NODE))
     rig.kube.clear_request_log()
+    began = time.monotonic()
     for port in range(2, 22):  # 20 changes in quick succession
         rig.co.patch_namespaced_custom_object(
             "cilium.io", "v2", "default", "ciliumnetworkpolicies", "busy",
             {"spec": cnp("busy", app="server", from_app="client", port=port)["spec"]})
-    await eventually(lambda: rig.get_cnp("busy")["status"]["nodes"][NODE]["observedGeneration"] == 21, timeout=10)
+    await eventually(lambda: rig.get_cnp("busy")["status"]["nodes"][NODE]["observedGeneration"] == 21, timeout=30)
+    took = time.monotonic() - began
     patches = [r for r in rig.kube.request_log() if r.method == "PATCH" and r.path == f"{CNP_PATH}/busy/status"]
-    assert 1 <= len(patches) <= 4, patches  # at most one per 0.5 s interval, not one per change
+    # At most one per 0.5 s interval, not one per change: the bound follows
+    # how long the changes took (a loaded machine takes longer), not a guess.
+    assert 1 <= len(patches) <= took / 0.5 + 2 and len(patches) < 20, (len(patches), took)
 
     rig.kube.clear_request_log()
     agent.queue.mark(list(agent.table.ids()), reason="test: nothing changed")
