@@ -14,6 +14,8 @@ apt_pkgs+=(docker.io mmdebstrap)
 # Cluster mode keeps shared state in etcd: the tests and `ciliate demo --nodes N`
 # run Debian's etcd (3.4); etcdctl is there for people looking at the keys.
 apt_pkgs+=(etcd-server etcd-client)
+# The suite is also run with both cores busy (README, Tests): `stress-ng --cpu 2`.
+apt_pkgs+=(stress-ng)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
