@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from demo.node import Node
-from tests.agent.test_l7_both_sides import _curl
+from tests.agent.test_l7_both_sides import INGRESS, _curl  # s admits only GET /public...
 
 EGRESS = """\
 apiVersion: cilium.io/v2
@@ -32,18 +32,6 @@ spec:
     toPorts:
     - ports: [{port: "80", protocol: TCP}]
       rules: {http: [{method: GET, path: "/.*/x"}]}
-"""
-INGRESS = """\
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: s-ingress}
-spec:
-  endpointSelector: {matchLabels: {app: s}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: c}}]
-    toPorts:
-    - ports: [{port: "80", protocol: TCP}]
-      rules: {http: [{method: GET, path: "/public(/.*)?"}]}
 """
 
 PATHS = ("/private/x", "/public/y", "/public/x")
