@@ -62,6 +62,18 @@ assign:
 	return 0;
 }
 
+/* The lookup key of the node's socket that receives saddr:sport -> daddr:dport. */
+static __always_inline struct bpf_sock_tuple node_tuple(__u32 saddr, __u16 sport, __u32 daddr, __u16 dport)
+{
+	struct bpf_sock_tuple t = {};
+
+	t.ipv4.saddr = saddr;
+	t.ipv4.daddr = daddr;
+	t.ipv4.sport = sport;
+	t.ipv4.dport = dport;
+	return t;
+}
+
 /* The state (BPF_TCP_*) of the node's socket that receives TCP packets
  * saddr:sport -> daddr:dport (local end daddr:dport), or -1 if there is none.
  * Only the proxy's transparent sockets hold pod and world addresses: its
@@ -71,14 +83,10 @@ assign:
 static __always_inline int node_socket_state(struct __sk_buff *skb, __u32 saddr, __u16 sport, __u32 daddr,
 					     __u16 dport)
 {
-	struct bpf_sock_tuple t = {};
+	struct bpf_sock_tuple t = node_tuple(saddr, sport, daddr, dport);
 	struct bpf_sock *sk;
 	int state;
 
-	t.ipv4.saddr = saddr;
-	t.ipv4.daddr = daddr;
-	t.ipv4.sport = sport;
-	t.ipv4.dport = dport;
 	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return -1;
@@ -102,14 +110,10 @@ static __always_inline int node_holds_connection(struct __sk_buff *skb, __u32 sa
 static __always_inline int is_proxy_upstream(struct __sk_buff *skb, __u32 saddr, __u16 sport, __u32 daddr,
 					     __u16 dport)
 {
-	struct bpf_sock_tuple t = {};
+	struct bpf_sock_tuple t = node_tuple(saddr, sport, daddr, dport);
 	struct bpf_sock *sk;
 	int ours;
 
-	t.ipv4.saddr = saddr;
-	t.ipv4.daddr = daddr;
-	t.ipv4.sport = sport;
-	t.ipv4.dport = dport;
 	sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return 0;
