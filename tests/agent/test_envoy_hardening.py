@@ -9,6 +9,7 @@ health notices when Envoy stops serving its listeners (here: somebody POSTs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -17,7 +18,7 @@ import socket
 import stat
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -96,11 +97,12 @@ class Node:
             return s.connect_ex(("127.0.0.1", self.proxy_port)) == 0
 
 
-@pytest.fixture
-async def node() -> AsyncIterator[Node]:
+@contextlib.asynccontextmanager
+async def running(make: Callable[[Path], Node], prefix: str) -> AsyncIterator[Node]:
+    """A started Node in a fresh directory, stopped and removed afterwards."""
     # Short: unix socket paths are limited to 108 bytes.
-    root = Path(tempfile.mkdtemp(prefix="cil-h-"))
-    n = Node(root)
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    n = make(root)
     n.prepare()
     try:
         await n.start()
@@ -108,6 +110,12 @@ async def node() -> AsyncIterator[Node]:
     finally:
         await n.agent.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[Node]:
+    async with running(Node, "cil-h-") as n:
+        yield n
 
 
 def envoy_tcp_listeners(pid: int) -> set[str]:

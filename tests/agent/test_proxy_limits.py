@@ -10,8 +10,6 @@ finish (a slow-body client)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 
 from agent.adapters.envoy_proxy import XdsProxy
 from sidecar.supervisor import admin_client
-from tests.agent.test_envoy_hardening import Node
+from tests.agent.test_envoy_hardening import Node, running
 from xds.limits import ProxyLimits
 from xds.render import RenderParams
 
@@ -40,16 +38,9 @@ class LimitedNode(Node):
 
 
 @pytest.fixture
-async def node() -> AsyncIterator[LimitedNode]:
-    root = Path(tempfile.mkdtemp(prefix="cil-l-"))
-    n = LimitedNode(root)
-    n.prepare()
-    try:
-        await n.start()
+async def node() -> AsyncIterator[Node]:
+    async with running(LimitedNode, "cil-l-") as n:
         yield n
-    finally:
-        await n.agent.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def _stats(node: Node, prefix: str) -> dict[str, int]:
@@ -70,7 +61,7 @@ async def _closed_by_peer(reader: asyncio.StreamReader) -> bool:
         return True
 
 
-async def test_connections_past_a_listeners_share_are_closed_and_the_api_keeps_answering(node: LimitedNode) -> None:
+async def test_connections_past_a_listeners_share_are_closed_and_the_api_keeps_answering(node: Node) -> None:
     held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
         for _ in range(FLOOD):
