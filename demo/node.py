@@ -36,7 +36,6 @@ from pathlib import Path
 from sidecar.leftover import envoys_using
 
 NETNS_DIR = Path("/var/run/netns")
-NODE_PORTS = "61000 65535"  # the node's ephemeral ports, above the pods' default range
 PY = sys.executable
 
 
@@ -128,12 +127,6 @@ class Node:
         try:
             self._netns_add(self.host_ns)
             _run("ip", "-n", self.host_ns, "link", "set", "lo", "up", check=True)
-            # The proxy's upstreams keep the client pod's address but take
-            # their port from the node's range; pods use Linux's default
-            # 32768-60999. Disjoint ranges keep an upstream from ever
-            # sharing a 4-tuple with a connection the pod opened itself (the
-            # README's advice for nodes, "Security notes").
-            _run("ip", "netns", "exec", self.host_ns, "sysctl", "-q", "-w", f"net.ipv4.ip_local_port_range={NODE_PORTS}", check=True)
             self.policies.mkdir(parents=True, exist_ok=True)
         except BaseException:
             self.close()

@@ -30,6 +30,9 @@ MAP_CREATE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY 
 PROG_LOAD, OBJ_PIN, OBJ_GET = 5, 6, 7
 OBJ_GET_INFO_BY_FD = 15
 MAP_LOOKUP_BATCH = 24
+LINK_CREATE, LINK_UPDATE = 28, 29
+LINK_TYPE_CGROUP = 3  # enum bpf_link_type
+CGROUP_INET4_CONNECT = 10  # enum bpf_attach_type
 ENABLE_STATS = 32
 
 # enum bpf_map_type (the ones we use)
@@ -87,6 +90,18 @@ def obj_get(path: Path) -> int:
         return _bpf(OBJ_GET, _attr(struct.pack("=QII", ctypes.addressof(p), 0, 0)))
     except BPFError as e:
         raise BPFError(e.errno, f"opening pinned object {path}: {os.strerror(e.errno)}") from None
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """A bpf_link attaching prog_fd to target_fd (a cgroup directory's fd).
+    The link, not the attachment, owns the program: pin it to keep it past
+    this process, unpin it (with no fd left) to detach."""
+    return _bpf(LINK_CREATE, _attr(struct.pack("=IIII", prog_fd, target_fd, attach_type, 0)))
+
+
+def link_update(link_fd: int, new_prog_fd: int) -> None:
+    """Swap the link's program in one step: no connect() runs without one."""
+    _bpf(LINK_UPDATE, _attr(struct.pack("=III", link_fd, new_prog_fd, 0)))
 
 
 def _elem(cmd: int, fd: int, key: bytes, value: ctypes.Array | None, flags: int = 0) -> int:
@@ -224,6 +239,18 @@ def prog_info(fd: int) -> ProgInfo:
     name = raw[64:80].rstrip(b"\0").decode(errors="replace")
     run_time_ns, run_cnt = struct.unpack_from("=QQ", raw, 192)
     return ProgInfo(t, i, tag, name, run_time_ns, run_cnt)
+
+
+def link_cgroup_id(fd: int) -> int | None:
+    """The cgroup a cgroup link is attached to (its id, the directory's inode
+    number in cgroup2); None for another kind of link or a detached one."""
+    info = ctypes.create_string_buffer(64)
+    _bpf(OBJ_GET_INFO_BY_FD, _attr(struct.pack("=IIQ", fd, 64, ctypes.addressof(info))))
+    link_type, _id, _prog_id = struct.unpack_from("=III", info.raw, 0)
+    if link_type != LINK_TYPE_CGROUP:
+        return None
+    (cgroup_id,) = struct.unpack_from("=Q", info.raw, 16)
+    return cgroup_id or None
 
 
 def test_run(prog_fd: int, data: bytes, repeat: int) -> tuple[int, int]:

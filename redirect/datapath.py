@@ -38,7 +38,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from policy.compiled import CompiledState
-from redirect import bpfsys, config, layout, loader, policymap, proxy_route, tc
+from redirect import bpfsys, config, counters, layout, loader, policymap, proxy_route, tc, upstream_ports
 from redirect.errors import DatapathError, PlumbingError, ProgramLoadError
 from redirect.events import EventStream
 from redirect.maps import DEFAULT_PIN_DIR, MapSizes, PinnedMaps
@@ -336,6 +336,20 @@ class Datapath:
         finally:
             with contextlib.suppress(Exception):
                 module.cleanup()  # type: ignore[attr-defined]
+
+    def choose_upstream_ports(
+        self, ports: upstream_ports.PortRange, cgroup_root: Path | None = None,
+    ) -> upstream_ports.Installed:
+        """The proxy's upstreams that keep a client's address take their
+        source port from `ports` (bpf/bpf_sock.c), whatever the node's
+        ip_local_port_range. Idempotent; raises PlumbingError with the reason."""
+        return upstream_ports.install(
+            self.maps, self.pin_dir, self.state_dir / SHARED_DIR, ports,
+            cgroup_root=cgroup_root, netns=self.netns, header=self._shared(),
+        )
+
+    def upstream_port_stats(self) -> upstream_ports.UpstreamStats:
+        return upstream_ports.read_stats(self.maps, counters.possible_cpus())
 
     def attach_netdev(self, ifname: str) -> None:
         """Cluster mode: the program that delivers the proxy's cross-node

@@ -136,6 +136,29 @@ class MetricsValue(ctypes.Structure):
     _fields_ = [("packets", ctypes.c_uint64)]
 
 
+class UpstreamCfg(ctypes.Structure):
+    """The connect hook's one configuration entry (bpf_sock.c)."""
+
+    _fields_ = [("netns_cookie", ctypes.c_uint64), ("port_lo", ctypes.c_uint16), ("port_hi", ctypes.c_uint16),
+                ("pad", ctypes.c_uint32)]
+
+
+class UpstreamClaimKey(ctypes.Structure):
+    _fields_ = [("saddr", ctypes.c_uint32), ("daddr", ctypes.c_uint32), ("sport", ctypes.c_uint16),
+                ("dport", ctypes.c_uint16)]
+
+
+class UpstreamStat(enum.IntEnum):
+    """Slots of ciliate_upstream_stats (per-CPU counters)."""
+
+    ASSIGNED = 0
+    BUSY = 1
+    EXHAUSTED = 2
+
+
+UPSTREAM_CLAIMS_MAX = 16384
+
+
 class EventVerdict(enum.IntEnum):
     DROP = 1
     FORWARD = 2
@@ -202,6 +225,8 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "flow_event": FlowEventRaw,
     "metrics_key": MetricsKey,
     "metrics_value": MetricsValue,
+    "upstream_cfg": UpstreamCfg,
+    "upstream_claim_key": UpstreamClaimKey,
 }
 
 # C macro name -> Python value, checked the same way.
@@ -231,6 +256,9 @@ CONSTANTS: dict[str, int] = {
     "HOOK_TO_ENDPOINT": Hook.TO_ENDPOINT,
     "DIR_NONE": DIR_NONE,
     **{f"R_{r.name}": r.value for r in Reason},
+    **{f"UPSTREAM_{s.name}": s.value for s in UpstreamStat},
+    "UPSTREAM_STATS": len(UpstreamStat),
+    "UPSTREAM_CLAIMS_MAX": UPSTREAM_CLAIMS_MAX,
 }
 
 

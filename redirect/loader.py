@@ -24,6 +24,7 @@ from redirect.errors import ProgramLoadError
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 ENTRY = BPF_DIR / "bpf_lxc.c"
 LO_ENTRY = BPF_DIR / "bpf_lo.c"
+SOCK_ENTRY = BPF_DIR / "bpf_sock.c"
 _INCLUDE = re.compile(r'\s*#include\s+"(lib/[^"]+)"')
 _compiles = 0
 
@@ -92,9 +93,12 @@ def compile_and_load(endpoint_id: int, header: Path, source: Path = ENTRY) -> Lo
     return LoadedProgram(fds["from_container"], fds["to_container"], b)
 
 
-def load_functions(endpoint_id: int, header: Path, source: Path, names: tuple[str, ...]) -> tuple[dict[str, int], object]:
-    """Compile `source` with `header` and load the named sched_cls functions.
-    Returns their fds and the bcc module (close it once attached)."""
+def load_functions(
+    endpoint_id: int, header: Path, source: Path, names: tuple[str, ...], *, cgroup_attach: int | None = None,
+) -> tuple[dict[str, int], object]:
+    """Compile `source` with `header` and load the named functions: sched_cls,
+    or with cgroup_attach (a bpf_attach_type) cgroup/sock_addr programs for
+    that hook. Returns their fds and the bcc module (close it once attached)."""
     from bcc import BPF  # imported here: only the loader needs the compiler
 
     global _compiles
@@ -106,7 +110,10 @@ def load_functions(endpoint_id: int, header: Path, source: Path, names: tuple[st
         try:
             b = BPF(text=text.encode(), cflags=[f"-I{BPF_DIR}", "-include", str(header)])
             for name in names:
-                fds[name] = b.load_func(name.encode(), BPF.SCHED_CLS).fd
+                if cgroup_attach is None:
+                    fds[name] = b.load_func(name.encode(), BPF.SCHED_CLS).fd
+                else:
+                    fds[name] = b.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=cgroup_attach).fd
         except Exception as e:  # bcc raises bare Exception
             failure: Exception | None = e
         else:

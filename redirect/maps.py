@@ -15,6 +15,9 @@ another shape, which would silently drop the enforced state.
     ciliate_ct             LRU hash   conntrack
     ciliate_events         ring buffer of verdict events
     ciliate_metrics        per-CPU hash  (verdict, reason, direction) -> packets
+    ciliate_upstream_cfg   array      the connect hook's range and node netns (bpf_sock.c)
+    ciliate_upstream_stats per-CPU array  ports assigned, probes busy, connects refused
+    ciliate_upstream_claims LRU hash  ports handed out in the last second
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 from redirect import bpfsys, layout, policymap
 
 MAP_PERCPU_HASH = 5  # enum bpf_map_type; bpfsys lists only the types it needed before
+MAP_PERCPU_ARRAY = 6
 from redirect.errors import DatapathError
 
 DEFAULT_PIN_DIR = Path("/sys/fs/bpf/tc/globals")
@@ -84,6 +88,10 @@ class PinnedMaps:
             "events": _Spec("ciliate_events", bpfsys.MAP_RINGBUF, 0, 0, s.events_bytes),
             "metrics": _Spec("ciliate_metrics", MAP_PERCPU_HASH, ctypes.sizeof(layout.MetricsKey),
                              ctypes.sizeof(layout.MetricsValue), layout.METRICS_MAX),
+            "upstream_cfg": _Spec("ciliate_upstream_cfg", bpfsys.MAP_ARRAY, 4, ctypes.sizeof(layout.UpstreamCfg), 1),
+            "upstream_stats": _Spec("ciliate_upstream_stats", MAP_PERCPU_ARRAY, 4, 8, len(layout.UpstreamStat)),
+            "upstream_claims": _Spec("ciliate_upstream_claims", bpfsys.MAP_LRU_HASH,
+                                     ctypes.sizeof(layout.UpstreamClaimKey), 8, layout.UPSTREAM_CLAIMS_MAX),
         }
         self._inner_spec = _Spec("ciliate_pol", bpfsys.MAP_LPM_TRIE, policymap.KEY_SIZE, policymap.VALUE_SIZE,
                                  s.policy_map_max, bpfsys.F_NO_PREALLOC)

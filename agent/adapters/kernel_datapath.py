@@ -10,6 +10,7 @@ Does kernel I/O through redirect/.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -22,13 +23,18 @@ from agent.core.ports import (
     Failure,
     KernelEndpoint,
     MapFill,
+    UpstreamPorts,
     VerdictCounter,
 )
 from policy.compiled import CompiledState, Protocol
 from redirect import counters
 from redirect.datapath import Datapath
-from redirect.errors import MapFullError
+from redirect.errors import MapFullError, PlumbingError
 from redirect.layout import DIR_NONE, EventVerdict, Hook, Reason
+from redirect.upstream_ports import DEFAULT_RANGE, POD_DEFAULT_RANGE, PortRange
+
+log = logging.getLogger("agent")
+NODE_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 _FLOW_TYPE = {
     EventVerdict.DROP: "drop",
@@ -56,13 +62,61 @@ def verdict_counters(rows: list[counters.VerdictCount]) -> tuple[VerdictCounter,
     )
 
 
+def node_port_range() -> PortRange | None:
+    try:
+        lo, hi = map(int, NODE_RANGE.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return PortRange(lo, hi)
+
+
 class KernelDatapath:
-    def __init__(self, pin_dir: Path, state_dir: Path) -> None:
+    def __init__(
+        self, pin_dir: Path, state_dir: Path, *,
+        upstream_ports: PortRange = DEFAULT_RANGE, cgroup_root: Path | None = None,
+    ) -> None:
         pin_dir.mkdir(parents=True, exist_ok=True)  # a directory in bpffs, e.g. /sys/fs/bpf/tc/globals
         self._dp = Datapath(pin_dir, state_dir)
+        self._upstream_range = upstream_ports
+        self._cgroup_root = cgroup_root
+        self._upstream_error: str | None = None
+        self._upstream_set = False  # setup() has run, one way or the other
 
     async def setup(self) -> None:
         await asyncio.to_thread(self._dp.setup_proxy_plumbing)
+        try:
+            done = await asyncio.to_thread(self._dp.choose_upstream_ports, self._upstream_range, self._cgroup_root)
+        except PlumbingError as e:
+            self._upstream_error = str(e)
+            self._warn_node_ports(str(e))
+        else:
+            self._upstream_error = None
+            log.info("proxy upstream source ports %s, assigned by the datapath (cgroup %s)", done.ports, done.cgroup)
+        self._upstream_set = True
+
+    @staticmethod
+    def _warn_node_ports(reason: str) -> None:
+        """Without the connect hook the kernel picks the ports from the node's
+        range; where that overlaps the pods' an upstream can take the 4-tuple
+        of a connection the pod opens itself, which then stalls."""
+        node = node_port_range()
+        overlap = node is not None and node.overlaps(POD_DEFAULT_RANGE)
+        log.warning(
+            "proxy upstream source ports are not assigned by the datapath (%s): they come from the node's "
+            "net.ipv4.ip_local_port_range %s%s", reason, node or "(unreadable)",
+            f", which overlaps the pods' default {POD_DEFAULT_RANGE}: an upstream can collide with a connection "
+            "the pod opens itself; set the node's range outside it, e.g. sysctl -w "
+            "net.ipv4.ip_local_port_range='61000 65535'" if overlap else "",
+        )
+
+    def _upstream_ports(self) -> UpstreamPorts | None:
+        if not self._upstream_set:
+            return None
+        if self._upstream_error is not None:
+            node = node_port_range()
+            return UpstreamPorts(str(node) if node else "unknown", False, detail=self._upstream_error)
+        s = self._dp.upstream_port_stats()
+        return UpstreamPorts(str(self._upstream_range), True, s.assigned, s.busy, s.exhausted)
 
     async def close(self) -> None:
         # Releases this process's handles only; the kernel keeps enforcing.
@@ -118,7 +172,7 @@ class KernelDatapath:
         def read() -> DatapathCounters:
             maps = self._dp.maps
             fills = tuple(MapFill(f.name, f.entries, f.capacity) for f in counters.map_fill(maps))
-            return DatapathCounters(verdict_counters(counters.read_verdict_counts(maps)), fills)
+            return DatapathCounters(verdict_counters(counters.read_verdict_counts(maps)), fills, self._upstream_ports())
 
         return await asyncio.to_thread(read)
 

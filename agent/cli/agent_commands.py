@@ -79,6 +79,15 @@ def _conntrack_lines(ct) -> list[str]:
     return lines + ([f"WARNING:         {ct.warning}"] if ct.warning else [])
 
 
+def _upstream_lines(u) -> list[str]:
+    if u is None:
+        return []
+    if not u.by_datapath:
+        return [f"Upstream ports:  {u.ports}, the node's range (not assigned by the datapath: {u.detail})"]
+    refused = f", {u.exhausted} refused: range exhausted" if u.exhausted else ""
+    return [f"Upstream ports:  {u.ports}, assigned by the datapath ({u.assigned} connections{refused})"]
+
+
 def _status(client: AgentClient, args: argparse.Namespace) -> int:
     def human(s) -> str:
         eps = ", ".join(f"{n} {k}" for k, n in sorted(s.endpoints.items())) or "none"
@@ -102,6 +111,7 @@ def _status(client: AgentClient, args: argparse.Namespace) -> int:
             )
             + ([f"Cluster:         {_kvstore_line(s.kvstore)}"] if s.kvstore else [])
             + _conntrack_lines(s.conntrack)
+            + _upstream_lines(s.upstream_ports)
         )
 
     status = client.status()
@@ -240,39 +250,21 @@ def _host_ips() -> list:
     return sorted(a for a in addrs if not a.is_loopback)
 
 
-POD_DEFAULT_PORTS = (32768, 60999)  # Linux's default ephemeral range, what pods use
-
-
-def _warn_port_overlap() -> None:
-    """The proxy's upstreams keep the client pod's address but take their
-    source port from this namespace's range: where it overlaps the pods'
-    ranges an upstream can pick the 4-tuple of a connection the pod opens
-    itself, and that connection stalls. Say so once at start."""
-    try:
-        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        return
-    if lo <= POD_DEFAULT_PORTS[1] and POD_DEFAULT_PORTS[0] <= hi:
-        logging.getLogger("agent").warning(
-            "net.ipv4.ip_local_port_range is %d-%d here, overlapping the pods' default %d-%d: a proxied upstream "
-            "(which keeps the pod's address) can collide with a connection the pod opens itself; set the node's "
-            "range above it, e.g. sysctl -w net.ipv4.ip_local_port_range='61000 65535'",
-            lo, hi, *POD_DEFAULT_PORTS,
-        )
-
-
 def _run_agent(args: argparse.Namespace) -> int:
     from agent.adapters.kernel_datapath import KernelDatapath
     from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory
     from agent.adapters.envoy_proxy import XdsProxy
     from agent.daemon import AgentConfig, build_agent
+    from policy.compiled import PROXY_PORT_MAX, PROXY_PORT_MIN
+    from redirect.upstream_ports import POD_DEFAULT_RANGE, PortRange
+
+    PROXY_PORTS = PortRange(PROXY_PORT_MIN, PROXY_PORT_MAX)
 
     log_setup.configure(args.log_level, args.log_format, debug=args.debug)
     # Everything the agent (and the Envoy it starts) creates is root's alone:
     # endpoint records, generated headers, logs, sockets. Set before any of
     # them exists, so no file is ever briefly readable by others.
     os.umask(0o077)
-    _warn_port_overlap()
     state_dir = Path(args.state_dir)
     config = AgentConfig(
         state_dir=state_dir,
@@ -304,7 +296,24 @@ def _run_agent(args: argparse.Namespace) -> int:
         print(f"ciliate agent: {text}", file=sys.stderr)
         return 2
     try:
-        datapath = KernelDatapath(Path(args.bpf_dir), state_dir / "endpoints")
+        upstream_ports = PortRange.parse(args.proxy_upstream_ports)
+    except ValueError as exc:
+        print(f"ciliate agent: --proxy-upstream-ports {exc}", file=sys.stderr)
+        return 2
+    if upstream_ports.overlaps(PROXY_PORTS):
+        print(f"ciliate agent: --proxy-upstream-ports {upstream_ports} overlaps the proxy's listener ports {PROXY_PORTS}",
+              file=sys.stderr)
+        return 2
+    if upstream_ports.overlaps(POD_DEFAULT_RANGE):
+        logging.getLogger("agent").warning(
+            "--proxy-upstream-ports %s overlaps the pods' default ephemeral ports %s: an upstream can collide with "
+            "a connection the pod opens itself", upstream_ports, POD_DEFAULT_RANGE,
+        )
+    try:
+        datapath = KernelDatapath(
+            Path(args.bpf_dir), state_dir / "endpoints", upstream_ports=upstream_ports,
+            cgroup_root=Path(args.cgroup_root) if args.cgroup_root else None,
+        )
     except Exception as exc:  # e.g. no bpffs, no bcc: say so in one line
         print(f"ciliate agent: cannot open the kernel datapath in {args.bpf_dir}: {exc}", file=sys.stderr)
         return 1
@@ -381,6 +390,17 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     a.add_argument(
         "--proxy-max-heap-mb", type=int, default=defaults.heap_bytes >> 20, metavar="MIB",
         help="the sidecar Envoy's heap limit; under pressure it sheds load (default %(default)s)",
+    )
+    a.add_argument(
+        "--proxy-upstream-ports", default="61000-65535", metavar="LO-HI",
+        help="source ports of the proxy's upstream connections that keep the client pod's address, assigned by the "
+        "datapath whatever the node's ip_local_port_range; keep them outside the pods' own range (Linux's default "
+        "32768-60999) (default %(default)s)",
+    )
+    a.add_argument(
+        "--cgroup-root", default=None, metavar="DIR",
+        help="cgroup v2 mount whose root the upstream-port program attaches to (default: the one mounted, "
+        "else a new mount at /run/ciliate/cgroupv2)",
     )
     a.add_argument("--log-level", default="info", choices=log_setup.LEVELS, help="default %(default)s: state changes, errors, one line per policy change")
     a.add_argument("--debug", action="store_true", help="log everything, including every API request and every call to Envoy's admin API")

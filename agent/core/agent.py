@@ -30,7 +30,7 @@ from agent.core.endpoint_table import EndpointTable
 from agent.core.flow_enrich import FlowEnricher
 from agent.core.flow_pump import pump_flows
 from agent.core.flows import FlowHub
-from agent.core.map_pressure import conntrack_status
+from agent.core.map_pressure import conntrack_status, upstream_ports_status
 from agent.core.metrics import AgentMetrics
 from agent.core.models import BpfPolicyDump, Endpoint, EndpointConfig, EndpointCreate, Health, IdentityList, PolicyList, Status
 from agent.core.policy_book import PolicyBook
@@ -401,6 +401,7 @@ class Agent:
             self.config.state_dir,
             self.config.policy_dir,
             conntrack_status(self.metrics.datapath),  # as last read: read_kernel_counters()
+            upstream_ports_status(self.metrics.datapath),
         )
 
     async def bpf_policy(self, endpoint_id: int) -> BpfPolicyDump | None:

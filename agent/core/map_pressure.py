@@ -10,7 +10,7 @@ table is that busy, hence the warning at 90 %.
 
 from __future__ import annotations
 
-from agent.core.models import ConntrackFill
+from agent.core.models import ConntrackFill, UpstreamPortsStatus
 from agent.core.ports import DatapathCounters
 
 CT_MAP = "ciliate_ct"
@@ -30,3 +30,11 @@ def conntrack_status(counters: DatapathCounters) -> ConntrackFill | None:
             "idle flows of every pod among them; see ciliate_bpf_map_pressure{map_name=\"ciliate_ct\"}"
         )
     return ConntrackFill(entries=fill.entries, capacity=fill.capacity, percent=round(100 * ratio, 1), warning=warning)
+
+
+def upstream_ports_status(counters: DatapathCounters) -> UpstreamPortsStatus | None:
+    u = counters.upstream_ports
+    if u is None:
+        return None
+    return UpstreamPortsStatus(ports=u.ports, by_datapath=u.by_datapath, assigned=u.assigned, exhausted=u.exhausted,
+                               detail=u.detail)

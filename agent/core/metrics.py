@@ -130,6 +130,20 @@ def _kernel(c: DatapathCounters) -> Iterator[Metric]:
     for f in sorted(c.maps, key=lambda f: f.name):
         pressure.add_metric([f.name], f.entries / f.capacity if f.capacity else 0.0)
     yield pressure
+    if c.upstream_ports is not None and c.upstream_ports.by_datapath:
+        u = c.upstream_ports
+        yield CounterMetricFamily(
+            "ciliate_proxy_upstream_ports_assigned", "Proxy upstream connections that keep the client's address, "
+            "given a source port from --proxy-upstream-ports by the datapath", value=u.assigned,
+        )
+        yield CounterMetricFamily(
+            "ciliate_proxy_upstream_ports_exhausted", "Proxy upstream connects refused: no port of "
+            "--proxy-upstream-ports free for that client and server", value=u.exhausted,
+        )
+        yield CounterMetricFamily(
+            "ciliate_proxy_upstream_port_probes_busy", "Ports the datapath probed and skipped for a proxy upstream "
+            "(4-tuple taken, just claimed, or bound by another socket)", value=u.busy,
+        )
 
 
 def _proxy(c: ProxyCounters) -> Iterator[Metric]:

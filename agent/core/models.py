@@ -175,6 +175,14 @@ class ConntrackFill(_Model):
     warning: str | None = Field(default=None, description="set at or above 90 %: what a full table costs and where to look")
 
 
+class UpstreamPortsStatus(_Model):
+    ports: str = Field(description="the range the proxy's client-address upstreams take their source ports from")
+    by_datapath: bool = Field(description="true: the agent's range, assigned by the datapath; false: the node's ip_local_port_range")
+    assigned: int = 0
+    exhausted: int = Field(default=0, description="upstream connects refused because no port of the range was free")
+    detail: str = Field(default="", description="why the datapath does not assign them")
+
+
 class Status(_Model):
     ok: bool
     revision: int
@@ -191,6 +199,9 @@ class Status(_Model):
     )
     conntrack: ConntrackFill | None = Field(
         default=None, description="the datapath's connection-tracking table, read with the status (a failed read shows the last one; absent if none succeeded)"
+    )
+    upstream_ports: UpstreamPortsStatus | None = Field(
+        default=None, description="source ports of the proxy's upstream connections that keep the client's address (absent until the datapath is set up)"
     )
 
 

@@ -213,11 +213,26 @@ class MapFill:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamPorts:
+    """Where the proxy's upstreams that keep a client's address get their
+    source port: the agent's range, assigned by the datapath, or (when that
+    could not be set up) the node's ip_local_port_range."""
+
+    ports: str  # "61000-65535"
+    by_datapath: bool
+    assigned: int = 0  # connections given a port from the range
+    busy: int = 0  # probed ports skipped as taken
+    exhausted: int = 0  # connects refused: no free port
+    detail: str = ""  # why not by the datapath
+
+
+@dataclass(frozen=True, slots=True)
 class DatapathCounters:
     """What the kernel counts, read at scrape time."""
 
     verdicts: tuple[VerdictCounter, ...] = ()
     maps: tuple[MapFill, ...] = ()
+    upstream_ports: UpstreamPorts | None = None
 
 
 @dataclass(frozen=True, slots=True)

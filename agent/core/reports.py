@@ -24,6 +24,7 @@ from agent.core.models import (
     IdentityList,
     PolicyList,
     Status,
+    UpstreamPortsStatus,
 )
 from agent.core.ports import DumpedEntry
 from policy.compiled import RESERVED_IDENTITIES
@@ -66,6 +67,7 @@ def status_of(
     state_dir: Path,
     policy_dir: Path | None,
     conntrack: ConntrackFill | None,
+    upstream_ports: UpstreamPortsStatus | None = None,
 ) -> Status:
     """`endpoints`: endpoints_by_state(); `conntrack`: as last read from the kernel."""
     return Status(
@@ -79,6 +81,7 @@ def status_of(
         kubernetes=_scalars(r.kubernetes, (str, int, float, bool)) if r.kubernetes is not None else None,
         kvstore=_scalars(r.kvstore, (str, int, float, bool)) if r.kvstore is not None else None,
         conntrack=conntrack,
+        upstream_ports=upstream_ports,
     )
 
 

@@ -156,4 +156,28 @@ struct metrics_value {
  * tracked again (bpf_lxc.c, restore) */
 #define R_CT_RESTORED         14
 
+
+/* upstream ports (bpf_sock.c): the source ports of the proxy's upstream
+ * connections that keep a client's address, chosen from the agent's range
+ * instead of the node's ip_local_port_range. */
+struct upstream_cfg {
+	__u64 netns_cookie; /* the node's network namespace, the only one acted in */
+	__u16 port_lo;      /* host order, inclusive */
+	__u16 port_hi;
+	__u32 pad;
+};
+/* A port handed out but not yet in the kernel's connection table: claimed
+ * for a moment so two connects to the same peer cannot take it at once. */
+struct upstream_claim_key {
+	__u32 saddr; /* the client address the socket is bound to, network order */
+	__u32 daddr; /* network order */
+	__u16 sport; /* host order */
+	__u16 dport; /* host order */
+};
+#define UPSTREAM_ASSIGNED  0 /* counter slots of ciliate_upstream_stats */
+#define UPSTREAM_BUSY      1 /* a probed port whose 4-tuple was taken */
+#define UPSTREAM_EXHAUSTED 2 /* no free port found: connect() refused */
+#define UPSTREAM_STATS     3
+#define UPSTREAM_CLAIMS_MAX 16384
+
 #endif

@@ -21,6 +21,7 @@ from agent.core.ports import (
     ClusterPeers,
     IdentityUnavailable,
     DatapathCounters,
+    UpstreamPorts,
     MapFill,
     ProxyCounters,
     VerdictCounter,
@@ -231,6 +232,7 @@ class FakeDatapath:
         self.verdict_counts: dict[tuple[str, str, str], int] = {}
         self.map_capacities: dict[str, int] = {"ciliate_ct": 65536, "ciliate_ipcache": 65536}
         self.map_entries: dict[str, int] = {}  # what the fake kernel's maps hold, by pin name
+        self.upstream_ports: UpstreamPorts | None = None  # what the connect hook reports
 
     async def setup(self) -> None:
         self.setups += 1
@@ -247,7 +249,7 @@ class FakeDatapath:
             for name, cap in sorted(self.map_capacities.items())
         ]
         maps += [MapFill(f"ciliate_policy_{eid}", len(entries), self.map_capacity or 16384) for eid, entries in sorted(self.kernel.items())]
-        return DatapathCounters(verdicts, tuple(maps))
+        return DatapathCounters(verdicts, tuple(maps), self.upstream_ports)
 
     async def close(self) -> None:
         self.closed = getattr(self, "closed", 0) + 1

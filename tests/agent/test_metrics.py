@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.core.agent import Agent
-from agent.core.ports import ProxyCounters
+from agent.core.ports import ProxyCounters, UpstreamPorts
 from tests.agent.conftest import Rig
 from tests.agent.test_agent_core import L7, add_starwars, settle
 
@@ -165,3 +165,20 @@ async def test_a_failing_datapath_read_keeps_the_last_counters(scraped, rig: Rig
     rig.datapath.counters = broken  # type: ignore[method-assign]
     s = await scrape(port)
     assert s.value("ciliate_drop_count_total", reason="policy-deny", direction="ingress") == 3
+
+
+async def test_upstream_ports_assigned_and_refused_by_the_datapath(scraped, rig: Rig) -> None:
+    agent, port = scraped
+    rig.datapath.upstream_ports = UpstreamPorts("61000-65535", True, assigned=7, busy=3, exhausted=1)
+    s = await scrape(port)
+    assert s.value("ciliate_proxy_upstream_ports_assigned_total") == 7
+    assert s.value("ciliate_proxy_upstream_ports_exhausted_total") == 1
+    assert s.value("ciliate_proxy_upstream_port_probes_busy_total") == 3
+    status = agent.status().upstream_ports
+    assert status is not None and status.by_datapath and status.assigned == 7 and status.exhausted == 1
+    # Not set up by the datapath: no counters that would read as zero refusals.
+    rig.datapath.upstream_ports = UpstreamPorts("32768-60999", False, detail="no cgroup v2")
+    s = await scrape(port)
+    assert not any(x.name.startswith("ciliate_proxy_upstream_port") for x in s.samples)
+    status = agent.status().upstream_ports
+    assert status is not None and not status.by_datapath and status.detail == "no cgroup v2"
