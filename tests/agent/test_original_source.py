@@ -18,6 +18,7 @@ import pytest
 from demo.node import Node
 from tests.agent.test_l7_both_sides import EGRESS as EGRESS_L7  # the same c -> s GET policy
 from tests.monitor_proc import MonitorProc
+from tests.reliability.conftest import sample
 
 INGRESS_L7 = """\
 apiVersion: cilium.io/v2
@@ -117,11 +118,11 @@ def test_keepalive_connection_keeps_the_client_address_across_a_policy_change(
     first = _write(tmp_path, "l7.yaml", INGRESS_L7 % "/v1" if direction == "ingress" else EGRESS_L7)
     node.apply_policy(first)
     traffic = node.traffic("c", "GET", f"{node.pods['s'].ip}:80", "/v1", interval=0.05, keepalive=True)
-    time.sleep(1.0)
+    sample("on the keep-alive connection", (traffic,))
     # A change of the HTTP rules (an RDS update: open connections stay).
     second = _write(tmp_path, "l7-2.yaml", INGRESS_L7 % "/v(1|2)" if direction == "ingress" else EGRESS_L7.replace("GET", "GET|HEAD"))
     node.apply_policy(second, name="l7.yaml")
-    time.sleep(1.0)
+    sample("after the change", (traffic,))
     lines = traffic.stop()
     outcomes = [ln for ln in lines if "seq" in ln]
     assert outcomes and all(ln.get("status") == 200 for ln in outcomes), outcomes[-5:]

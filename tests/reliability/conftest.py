@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,3 +98,13 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 60.0, ever
             return got
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def sample(what: str, flows: Iterable[Lines], n: int = 5, timeout: float = 60.0) -> None:
+    """Let every traffic generator finish n more requests than it has now: a
+    window of traffic measured in requests, not seconds, so a loaded machine
+    gets the same sample as an idle one (a sleep would give it fewer)."""
+    flows = list(flows)
+    start = [len(outcomes(f)) for f in flows]
+    wait_for(f"{n} more requests of every flow {what}",
+             lambda: all(len(outcomes(f)) >= s + n for f, s in zip(flows, start)), timeout=timeout)

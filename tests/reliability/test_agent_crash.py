@@ -13,10 +13,10 @@ import time
 import pytest
 
 from tests.reliability.conftest import (
-    EXHAUST, L4_PORT, L7_PORT, LAND, POLICIES, Starwars, build_starwars, label, outcomes, tally, wait_for,
+    EXHAUST, L4_PORT, L7_PORT, LAND, POLICIES, Starwars, build_starwars, label, outcomes, sample, tally, wait_for,
 )
 
-AWAY = 2.0  # seconds the agent stays dead, with traffic flowing
+AWAY = 10  # requests of every flow while the agent is dead
 
 
 @pytest.mark.privileged
@@ -37,11 +37,11 @@ def test_agent_sigkill_under_traffic_keeps_enforcing_and_restart_adopts(node) ->
         "xwing POST landing :80 (denied)": (node.traffic("xwing", LAND[0], sw.dst(L7_PORT), LAND[1], timeout=0.5), {"timeout"}),
         "xwing POST landing :8080 (denied)": (node.traffic("xwing", LAND[0], sw.dst(L4_PORT), LAND[1], timeout=0.5), {"timeout"}),
     }
-    time.sleep(1.5)
+    sample("before the crash", (lines for lines, _ in flows.values()))
 
     t_kill = time.time()
     node.kill_agent()
-    time.sleep(AWAY)
+    sample("while the agent is dead", (lines for lines, _ in flows.values()), n=AWAY)
     t_restart = time.time()
     node.start_agent()
     wait_for("every endpoint ready after the restart", lambda: {s for _, _, s in sw.endpoints().values()} == {"ready"})
@@ -50,7 +50,7 @@ def test_agent_sigkill_under_traffic_keeps_enforcing_and_restart_adopts(node) ->
     # (drained and retired once the new one has the configuration): keep
     # going past that hand-over.
     wait_for("the old Envoy retired", lambda: node.status()["ok"] and node.envoy_pids() == [node.envoy_pid()], timeout=40)
-    time.sleep(1.0)
+    sample("after the hand-over", (lines for lines, _ in flows.values()))
     t_end = time.time()
     results = {name: (lines.stop(), expect) for name, (lines, expect) in flows.items()}
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.reliability.conftest import EXHAUST, LAND, STARWARS, build_starwars, outcomes, tally, wait_for
+from tests.reliability.conftest import EXHAUST, LAND, STARWARS, build_starwars, outcomes, sample, tally, wait_for
 
 SLACK = 0.3  # s: a request Envoy forwarded just before the kill may still be logged
 
@@ -37,7 +37,7 @@ def test_envoy_sigkill_fails_closed_and_is_restarted(node) -> None:
     # Back when a request started after the kill gets its 200 again.
     wait_for("L7 traffic back", lambda: any(o.get("status") == 200 for o in outcomes(land, t_kill + SLACK)), timeout=30)
     t_back = min(o["t"] for o in outcomes(land, t_kill + SLACK) if o.get("status") == 200)
-    time.sleep(1.0)
+    sample("after the restart", (land, exhaust))
     land_out, exhaust_out = land.stop(), exhaust.stop()
 
     report = "\n".join(
