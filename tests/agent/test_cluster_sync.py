@@ -72,8 +72,14 @@ async def test_a_new_label_set_waits_while_the_store_is_down_and_known_ones_keep
         assert new.id not in rig.datapath.attached
         assert agent.health().checks["kvstore"] == "etcd unreachable"
         shared.reachable = True
-        await agent.queue.wait_for(agent.queue.ticket() + 1, 10)  # the retry RETRY_IDENTITY s later
-        after = agent.table.view(new.id)
+        # The retry comes RETRY_IDENTITY s later: wait batch by batch until it
+        # has run. (Waiting for ticket() + 1 waited for a batch after the
+        # retry's, which never came, and timed out silently.)
+        for _ in range(5):
+            after = agent.table.view(new.id)
+            if after is not None and after.state == EndpointState.READY:
+                break
+            assert await agent.queue.wait_for(agent.queue.batches + 1, 10), "no regeneration after the store came back"
         assert after is not None and after.state == EndpointState.READY
         assert after.identity == shared.ids[identity_labels({"app": "b"})]
     finally:
