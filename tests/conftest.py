@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
@@ -34,16 +35,76 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 LANES = {"reliability": "lane-b", "cluster": "lane-b", "demo": "lane-b", "datapath": "lane-a", "compose": "lane-a"}
 
 
+def work_unit(nodeid: str) -> str:
+    """The unit a worker takes whole: a kernel lane, else the test's module."""
+    path = nodeid.split("::", 1)[0]
+    parts = path.split("/")
+    if len(parts) > 2 and parts[0] == "tests" and parts[1] in LANES:
+        return LANES[parts[1]]
+    return path
+
+
+# Longest first: each unit's seconds in the last whole run with the same
+# markers (`make test`, `make test-fast`; kept in pytest's cache,
+# .pytest_cache/) decide the order units are handed out in, so a long module
+# does not start last and leave the other worker idle at the end. Units with
+# no time yet follow in xdist's order; with no cache (-p no:cacheprovider)
+# the order is xdist's own. A run of some files or of `-k` records nothing:
+# its units would look shorter than they are.
+def _unit_seconds_key(config: pytest.Config) -> str:
+    marks = config.getoption("markexpr", "") or ""
+    return "ciliate/unit-seconds/" + (hashlib.sha1(marks.encode()).hexdigest()[:12] if marks else "all")
+
+
+def _whole_run(config: pytest.Config) -> bool:
+    return (
+        config.args_source == pytest.Config.ArgsSource.TESTPATHS
+        and not config.getoption("keyword", "")
+        and not config.getoption("lf", False)
+        and not config.getoption("deselect", None)
+    )
+
+
+class _UnitSeconds:
+    """Adds up each unit's setup, call and teardown time (on the controller)
+    and stores it when a whole run ends."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.seconds: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        unit = work_unit(report.nodeid)
+        self.seconds[unit] = self.seconds.get(unit, 0.0) + report.duration
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.seconds:
+            key = _unit_seconds_key(self.config)
+            known = self.config.cache.get(key, {})
+            known.update({u: round(s, 2) for u, s in self.seconds.items()})
+            self.config.cache.set(key, known)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput") and getattr(config, "cache", None) is not None and _whole_run(config):
+        config.pluginmanager.register(_UnitSeconds(config), "ciliate-unit-seconds")
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN201 - xdist's hook
     from xdist.scheduler import LoadScopeScheduling
 
+    cache = getattr(config, "cache", None)
+    seconds: dict[str, float] = cache.get(_unit_seconds_key(config), {}) if cache is not None else {}
+
     class KernelLanes(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::", 1)[0]
-            parts = path.split("/")
-            if len(parts) > 2 and parts[0] == "tests" and parts[1] in LANES:
-                return LANES[parts[1]]
-            return path
+            return work_unit(nodeid)
+
+        def _assign_work_unit(self, node) -> None:  # noqa: ANN001 - xdist's WorkerController
+            if seconds:
+                longest = max(self.workqueue, key=lambda unit: seconds.get(unit, 0.0))
+                self.workqueue.move_to_end(longest, last=False)
+            super()._assign_work_unit(node)
 
     return KernelLanes(config, log)
 
