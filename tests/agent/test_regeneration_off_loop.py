@@ -3,9 +3,12 @@ and compiler, a policy of 20,000 toCIDR /32s is added and removed while a
 heartbeat on the event loop and a client asking GET /v1/healthz over the API
 socket keep getting answers.
 
-The bound is generous on purpose (a behaviour check, not a speed target:
-bench/bench_cidr.py has the figures); compiling on the event loop misses it
-by tens of seconds.
+The bound is relative, so it holds on a loaded machine as on an idle one:
+no stall of the loop, and no single /healthz answer, may take half as long
+as the regeneration it overlapped. Compiling on the event loop stalls it
+for the whole regeneration (a ratio near 1); off the loop the worst stall is
+a garbage collection (~150 ms of a regeneration of seconds; the figures are
+bench/bench_cidr.py's, a speed target has no place here).
 """
 
 from __future__ import annotations
@@ -25,11 +28,7 @@ from agent.core.models import EndpointCreate, EndpointState
 from tests.agent.fakes import FakeDatapath, FakeProxy
 
 N_CIDRS = 20_000
-# A behaviour bound, not a speed target (bench/bench_cidr.py measures: ~40 ms
-# /healthz, ~150 ms worst loop stall from CPython's full GC at 20k). Before
-# compilation left the loop the API froze for tens of seconds; 1 s keeps the
-# test meaningful on a loaded 2-core machine, where 0.5 s failed spuriously.
-WORST_LATENESS = 1.0  # seconds
+MAX_STALL_SHARE = 0.5  # of the regeneration's duration
 
 
 def cidr(i: int) -> str:
@@ -89,23 +88,35 @@ class HealthProbe(threading.Thread):
                 self.done.wait(0.02)
 
 
-async def regenerate_under_watch(agent: Agent, socket: Path, change: Callable[[], object]) -> tuple[Heartbeat, HealthProbe]:
+async def regenerate_under_watch(
+    agent: Agent, socket: Path, change: Callable[[], object],
+) -> tuple[Heartbeat, HealthProbe, float]:
+    """The heartbeat and probe records, and how long the regeneration took."""
+    loop = asyncio.get_running_loop()
     beat = Heartbeat()
     beat_task = asyncio.create_task(beat.run())
     probe = HealthProbe(socket, lambda: agent.queue.pending)
     probe.start()
     try:
         await asyncio.sleep(0.05)
+        t0 = loop.time()
         change()
         assert agent.watcher is not None
         await agent.watcher.poll_once()
         await agent.queue.drain(120)
+        took = loop.time() - t0
     finally:
         beat_task.cancel()
         await asyncio.gather(beat_task, return_exceptions=True)
         probe.done.set()
         await asyncio.to_thread(probe.join)
-    return beat, probe
+    return beat, probe, took
+
+
+def assert_responsive(beat: Heartbeat, probe: HealthProbe, took: float, what: str) -> None:
+    assert not probe.failures, probe.failures
+    assert beat.worst < MAX_STALL_SHARE * took, f"event loop stalled {beat.worst:.2f}s of the {took:.2f}s spent {what}"
+    assert probe.worst < MAX_STALL_SHARE * took, f"/v1/healthz took {probe.worst:.2f}s of the {took:.2f}s spent {what}"
 
 
 async def test_api_answers_while_twenty_thousand_cidrs_are_added_and_removed(tmp_path: Path, short_dir: Path) -> None:
@@ -130,21 +141,17 @@ async def test_api_answers_while_twenty_thousand_cidrs_are_added_and_removed(tmp
         path = policy_dir / "many.json"
         text = many_cidrs_policy(N_CIDRS)
 
-        beat, probe = await regenerate_under_watch(agent, socket, lambda: path.write_text(text))
+        beat, probe, took = await regenerate_under_watch(agent, socket, lambda: path.write_text(text))
         # The regeneration really happened while we watched: the subject enforces every prefix.
         assert len(datapath.kernel[view.id]) >= N_CIDRS
         after = agent.table.view(view.id)
         assert after is not None and after.state == EndpointState.READY and after.egress_enforced
-        assert not probe.failures
         assert probe.answered_while_busy >= 1
-        assert beat.worst < WORST_LATENESS, f"event loop stalled {beat.worst:.2f}s while adding {N_CIDRS} CIDRs"
-        assert probe.worst < WORST_LATENESS, f"/v1/healthz took {probe.worst:.2f}s while adding {N_CIDRS} CIDRs"
+        assert_responsive(beat, probe, took, f"adding {N_CIDRS} CIDRs")
 
-        beat, probe = await regenerate_under_watch(agent, socket, path.unlink)
+        beat, probe, took = await regenerate_under_watch(agent, socket, path.unlink)
         after = agent.table.view(view.id)
         assert after is not None and not after.egress_enforced
-        assert not probe.failures
-        assert beat.worst < WORST_LATENESS, f"event loop stalled {beat.worst:.2f}s while removing {N_CIDRS} CIDRs"
-        assert probe.worst < WORST_LATENESS, f"/v1/healthz took {probe.worst:.2f}s while removing {N_CIDRS} CIDRs"
+        assert_responsive(beat, probe, took, f"removing {N_CIDRS} CIDRs")
     finally:
         await agent.stop()

@@ -116,7 +116,10 @@ class K8sRig:
         return lookup(realized[dst_ep], realized[src_ep].identity, Direction.INGRESS, Protocol.TCP, port).allowed
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
+async def eventually(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
+    """Poll until check() holds. The timeout only bounds a hang: what is awaited
+    is an event (a regeneration, a watch delivery), which a loaded machine
+    delays."""
     deadline = time.monotonic() + timeout
     while True:
         try:
