@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from demo.node import Node
+from tests.agent.test_l7_both_sides import EGRESS as L7  # c -> s:80, GET
 from tests.reliability.conftest import outcomes, tally, wait_for
 
 WINDOW = (40000, 40063)  # the node's and the client pod's ephemeral ports
@@ -37,18 +38,9 @@ AGENT_RANGE = (61000, 65535)  # --proxy-upstream-ports' default
 KEEPALIVE_CLIENTS = 8
 OWN_CONNECTIONS = 4 * (WINDOW[1] - WINDOW[0] + 1)
 
-L7 = """\
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: c-to-s}
-spec:
-  endpointSelector: {matchLabels: {app: c}}
-  egress:
-  - toEndpoints: [{matchLabels: {app: s}}]
-    toPorts:
-    - ports: [{port: "80", protocol: TCP}]
-%s"""
 HTTP_RULES = "      rules: {http: [{method: GET}]}\n"
+L3L4 = L7.replace(HTTP_RULES, "")  # the same c -> s:80 peer, no HTTP rules: not redirected
+assert L3L4 != L7
 
 
 def _port_window(netns: str) -> None:
@@ -83,7 +75,7 @@ def test_upstreams_take_no_port_the_client_pod_uses_whatever_the_node_range(node
     c_ip, s = node.pods["c"].ip, f"{node.pods['s'].ip}:80"
     seen = node.watch(node.serve_deathstar(pod="s"))
     policy = tmp_path / "c-to-s.yaml"
-    policy.write_text(L7 % HTTP_RULES)
+    policy.write_text(L7)
     node.apply_policy(policy)
 
     # Redirected: Envoy answers on the pod's connections and opens its own.
@@ -99,7 +91,7 @@ def test_upstreams_take_no_port_the_client_pod_uses_whatever_the_node_range(node
 
     # Not redirected any more: the pod's own connections reach the server,
     # from its window, while Envoy still holds the upstreams.
-    policy.write_text(L7 % "")
+    policy.write_text(L3L4)
     node.apply_policy(policy)
     before = len(seen)
     direct = node.traffic("c", "GET", s, "/v1", interval=0.03, timeout=3.0)
@@ -116,7 +108,7 @@ def test_upstreams_take_no_port_the_client_pod_uses_whatever_the_node_range(node
     # Redirected again: Envoy sends on the upstreams it kept. Had the pod's
     # own connections taken their 4-tuples, the server would have dropped
     # them (its side reset by the pod's handshake) and these would fail.
-    policy.write_text(L7 % HTTP_RULES)
+    policy.write_text(L7)
     node.apply_policy(policy)
     again = node.traffic("c", "GET", s, "/v1", interval=0.02, timeout=3.0)
     wait_for("requests through the kept upstreams", lambda: len(outcomes(again)) >= 4 * KEEPALIVE_CLIENTS)
