@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from agent.core.ports import Changes, OnPolicyChange
+from agent.core.shutdown import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +129,10 @@ class DirectoryWatcher:
                     await self.poll_once()
                 except Exception:  # a watcher that dies silently would freeze policy
                     log.exception("policy directory poll failed; retrying")
-                try:
-                    await asyncio.wait_for(wake.wait(), self.interval)
-                except asyncio.TimeoutError:
-                    pass
+                # Not asyncio.wait_for: on 3.11 it swallows a cancel that arrives
+                # in the same tick as an inotify wake (agent/core/shutdown.py),
+                # and the agent's stop would wait on this task forever.
+                await wait_event(wake, self.interval)
         finally:
             if notify is not None:
                 loop.remove_reader(notify.fd)

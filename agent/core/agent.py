@@ -61,6 +61,7 @@ from agent.core.reports import (
     policies_by_state,
     status_of,
 )
+from agent.core.shutdown import stop_tasks
 from agent.core.state_store import StateStore
 from policy.compiled import CompiledState
 
@@ -208,9 +209,7 @@ class Agent:
         self.flows.close()  # lets streaming API handlers finish before the server goes
         while self.services:
             await self.services.pop().stop()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks, self.config.shutdown_grace, "agent tasks")
         self._tasks.clear()
         if self.cluster is not None:
             await self.cluster.stop()
@@ -221,8 +220,7 @@ class Agent:
                 await self.queue.drain(self.config.shutdown_grace)
             except TimeoutError:
                 log.warning("regeneration still running after %.0fs; stopping it", self.config.shutdown_grace)
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+            await stop_tasks([self._worker], self.config.shutdown_grace, "regeneration")
             self._worker = None
         await self.proxy.stop()
         await self.datapath.close()

@@ -51,6 +51,8 @@ What it implements:
   mismatch), 405 MethodNotAllowed, 410 Expired, 415 UnsupportedMediaType;
 - test controls: `compact()` (every older version now gets 410),
   `drop_watches()` (cut open watch connections mid-stream, no clean end),
+  `stall()`/`resume()` (a hung server: connections stay open, nothing is
+  answered or sent),
   `stop()`/`start()` on the same port (objects and history survive, as with
   etcd behind a restarted API server), and `request_log` (method, path,
   query, status of every request).

@@ -62,6 +62,8 @@ class KubeAPIServer:
         self.request_log: list[RequestRecord] = []
         self._runner: web.AppRunner | None = None
         self._streams: set[Watch] = set()
+        self._answering = asyncio.Event()
+        self._answering.set()
         ns_type = find("", "v1", "namespaces")
         assert ns_type is not None
         for ns in namespaces:
@@ -114,6 +116,18 @@ class KubeAPIServer:
             w.queue.put_nowait(_DROP)
         return len(self._streams)
 
+    def stall(self) -> None:
+        """Stop answering without closing anything, as a hung API server or
+        a dead path to it: open watches send nothing more (no event, no
+        bookmark, no clean end at `timeoutSeconds`) and new requests are read
+        but never answered; drop_watches() and stop() still cut connections.
+        Lasts until resume(), across stop()/start(); what is written
+        meanwhile is sent after resume()."""
+        self._answering.clear()
+
+    def resume(self) -> None:
+        self._answering.set()
+
     @property
     def open_watches(self) -> int:
         return len(self._streams)
@@ -127,6 +141,7 @@ class KubeAPIServer:
     async def _record(self, request: web.Request, handler):
         rec = RequestRecord(request.method, request.path, dict(request.query))
         self.request_log.append(rec)
+        await self._answering.wait()
         try:
             resp = await handler(request)
         except ApiError as e:
@@ -351,7 +366,20 @@ class KubeAPIServer:
                 return resp
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout if timeout is not None else None
+            held: list[Any] = []  # events taken from the queue while stalled
             while True:
+                if not self._answering.is_set():
+                    item = await self._next_while_stalled(watch)
+                    if item is _DROP:
+                        if request.transport is not None:
+                            request.transport.abort()
+                        return resp
+                    if item is not None:
+                        held.append(item)
+                    continue
+                for ev in held:
+                    await self._send(resp, *ev)
+                held.clear()
                 wait = self.bookmark_interval if bookmarks else None
                 if deadline is not None:
                     left = deadline - loop.time()
@@ -378,6 +406,19 @@ class KubeAPIServer:
         finally:
             self.store.watches.discard(watch)
             self._streams.discard(watch)
+
+    async def _next_while_stalled(self, watch: Watch) -> Any:
+        """The watch's next queued item, or None once the server answers again:
+        a stalled stream sends nothing, yet drop_watches() still cuts it."""
+        resumed = asyncio.ensure_future(self._answering.wait())
+        got = asyncio.ensure_future(watch.queue.get())
+        try:
+            await asyncio.wait({resumed, got}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            resumed.cancel()
+            if not got.done():
+                got.cancel()  # Queue.get leaves the item queued when cancelled
+        return got.result() if got.done() and not got.cancelled() else None
 
     @staticmethod
     async def _send(resp: web.StreamResponse, type_: str, obj: dict[str, Any]) -> None:

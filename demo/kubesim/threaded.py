@@ -60,6 +60,12 @@ class ThreadedKubeAPIServer:
     def drop_watches(self) -> int:
         return self.call(self.server.drop_watches)
 
+    def stall(self) -> None:
+        self.call(self.server.stall)
+
+    def resume(self) -> None:
+        self.call(self.server.resume)
+
     @property
     def open_watches(self) -> int:
         return self.call(lambda: self.server.open_watches)

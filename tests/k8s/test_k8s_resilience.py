@@ -1,14 +1,19 @@
 """The watch under faults: 410 and a relist with a changed set, a stream cut
-mid-way, the API server down for 10 s; and status written back per node."""
+mid-way, the API server down for 10 s, the API server hung (the agent still
+stops); and status written back per node."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from dataclasses import replace
 
-from tests.k8s.conftest import NODE, cnp, eventually
+from tests.k8s.conftest import FAST, NODE, cnp, eventually
 
 CNP_PATH = "/apis/cilium.io/v2/namespaces/default/ciliumnetworkpolicies"
+WATCHED = ("/apis/cilium.io/v2/ciliumnetworkpolicies", "/apis/cilium.io/v2/ciliumclusterwidenetworkpolicies",
+           "/apis/networking.k8s.io/v1/networkpolicies", "/api/v1/namespaces", "/api/v1/pods")
 
 
 async def _two_pods(rig):
@@ -155,3 +160,50 @@ async def test_status_already_on_the_object_is_not_rewritten_after_a_restart(rig
     await eventually(lambda: rig.policy("default/p") and rig.policy("default/p").state == "enforced")
     await asyncio.sleep(0.8)
     assert not [r for r in rig.kube.request_log() if r.method == "PATCH"]
+
+
+async def test_stop_returns_when_the_api_server_hangs_mid_stream_and_a_wake_meets_the_cancel(rig):
+    """The API server hangs: its open watches send nothing more and never
+    close, new requests are read and never answered. The status writer,
+    the server unreachable, waits to retry; a wake from the core (as after
+    every regeneration) lands in the same loop tick as the cancel of stop().
+    asyncio.wait_for on Python 3.11 swallowed that cancel, the writer went
+    on, and stop() waited for it forever (seen under CPU load)."""
+    rig.create_cnp(cnp("deny-client", app="server", from_app="nobody"))
+    # No settle pause: the writer spends all its waiting in the wait for a wake.
+    agent = rig.build(status_settle=0.0, stop_timeout=30.0)
+    await agent.start(serve_api=False)
+    source = rig.source
+    assert source is not None
+    await eventually(lambda: (rig.get_cnp("deny-client").get("status") or {}).get("nodes", {}).get(NODE))
+    await eventually(lambda: rig.kube.open_watches >= len(WATCHED))
+
+    rig.kube.stall()
+    await eventually(lambda: not agent.health().ok, timeout=30)  # the silence taken for a dead server
+    source.regenerated()
+    await asyncio.wait_for(source.stop(), 60)  # a hang guard: it returns as soon as everything has ended
+    assert not any(r.running for r in source.reflectors.values())
+    await asyncio.wait_for(agent.stop(), 60)
+    rig.agent = None
+
+
+async def test_stop_leaves_behind_a_reflector_blocked_before_the_response_and_says_which(rig, caplog):
+    """A request the hung server read but never answered cannot be cut from
+    outside the client: its reflector thread stays blocked until its read
+    timeout (here far away). stop() gives up on it after `stop_timeout`,
+    names it, and returns; the thread is a daemon."""
+    caplog.set_level(logging.WARNING, logger="agent.adapters.kubernetes")
+    slow = replace(FAST, read_timeout=600.0)
+    agent = rig.build(timing=slow, stop_timeout=0.5)
+    await agent.start(serve_api=False)
+    await eventually(lambda: rig.kube.open_watches >= len(WATCHED))
+    rig.kube.stall()
+    rig.kube.clear_request_log()
+    rig.kube.drop_watches()  # every stream cut: each reflector asks again and gets no answer
+    await eventually(lambda: {r.path for r in rig.kube.request_log() if r.is_watch} >= set(WATCHED), timeout=30)
+
+    await asyncio.wait_for(agent.stop(), 60)
+    rig.agent = None
+    assert rig.source is not None and all(r.running for r in rig.source.reflectors.values())
+    warned = [r.getMessage() for r in caplog.records if "did not stop" in r.getMessage()]
+    assert len(warned) == 1 and all(name in warned[0] for name in rig.source.reflectors)

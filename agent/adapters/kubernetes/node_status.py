@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from agent.core.models import PolicyStatus
+from agent.core.shutdown import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +103,10 @@ class StatusWriter:
     ) -> None:
         retry: float | None = None
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), retry)
-            except TimeoutError:
-                pass
+            # Not asyncio.wait_for: on 3.11 it swallows a cancel that arrives in
+            # the same tick as a wake (agent/core/shutdown.py), and wakes come
+            # at any time; KubernetesSource.stop() then waited on us forever.
+            await wait_event(self._wake, retry)
             self._wake.clear()
             await asyncio.sleep(self.settle)  # a burst of changes becomes one pass
             retry = None

@@ -120,15 +120,15 @@ class Reflector:
         self._thread.start()
 
     def stop(self) -> None:
-        """Ask the thread to end and cut its open stream; join() waits for it."""
+        """Ask the thread to end and cut its open stream; `running` turns False once it has."""
         self._stop.set()
         resp = self._resp
         if resp is not None:
             _shutdown(resp)
 
-    def join(self, timeout: float) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     # --- the loop -------------------------------------------------------------------
     def _run(self) -> None:

@@ -38,6 +38,7 @@ from agent.adapters.kubernetes.pod_labels import dropped_labels, endpoint_labels
 from agent.adapters.kubernetes.reflector import Event, Reflector, Timing
 from agent.core.models import PolicyStatus
 from agent.core.ports import ClusterEvents, LoadedFile, PolicyObjects
+from agent.core.shutdown import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class KubernetesOptions:
     status_qps: float = 10.0
     status_settle: float = 0.2
     server: str = ""  # for status: which API server
+    stop_timeout: float = 5.0  # stop(): how long to wait for the status writer, then for the reflector threads
 
 
 class KubernetesSyncTimeout(Exception):
@@ -113,17 +115,26 @@ class KubernetesSource:
                  len(self.objects[KIND_POD]), self.options.node_name)
 
     async def stop(self) -> None:
+        """Returns within about twice `stop_timeout` whatever the API server
+        and the client's threads do; a reflector thread still blocked then is
+        a daemon that ends at its own request timeout."""
         self._stopped = True
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks, self.options.stop_timeout, "Kubernetes source tasks")
         self._tasks.clear()
         for r in self.reflectors.values():
             r.stop()
-        # The loop stays free meanwhile: a reflector blocked handing us an event finishes.
-        for r in self.reflectors.values():
-            if not await asyncio.to_thread(r.join, 5.0):
-                log.warning("Kubernetes reflector %s did not stop in 5s", r.kind.name)
+        # Polled, not joined in a worker thread: one deadline for all of them,
+        # no need of a free executor thread, and the loop stays free meanwhile
+        # for a reflector blocked handing us an event.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.stop_timeout
+        while (running := [r.kind.name for r in self.reflectors.values() if r.running]) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if running:
+            # A request still waiting for its response headers cannot be cut
+            # from outside the client; its read timeout ends it.
+            log.warning("Kubernetes reflectors %s did not stop within %.1fs; left to end at their request timeout",
+                        ", ".join(running), self.options.stop_timeout)
         if self.api is not None:
             await asyncio.to_thread(self.api.close)
             self.api = None
