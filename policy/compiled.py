@@ -28,12 +28,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from functools import cached_property
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from typing import Mapping
 
 # Identities have their home in policy/identity.py; the four names that
 # redirect/, xds/, agent/ and their tests read from this contract are
 # re-exported here.
+from policy.families import IPAddress, IPNetwork, Stack
 from policy.identity import IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, RESERVED_IDENTITIES  # noqa: F401
 from policy.ipcache import PrefixMap
 
@@ -201,32 +202,38 @@ class EndpointPolicy:
 class CompiledState:
     revision: int
     endpoints: Mapping[int, EndpointPolicy]
-    # prefix -> identity. Always holds 0.0.0.0/0 -> world, endpoint /32s,
-    # host addresses -> host, and the CIDR identities' prefixes.
-    ipcache: Mapping[IPv4Network, int]
+    # prefix -> identity, both families in one table. Always holds the
+    # default route of each family the stack runs -> its world identity
+    # (0.0.0.0/0 -> world on an IPv4-only node), endpoint /32s, host
+    # addresses -> host, and the CIDR identities' prefixes of either family
+    # (IPv6 ones too on an IPv4-only node: the kernel writer skips those).
+    ipcache: Mapping[IPNetwork, int]
     # identity -> its labels ("source:key=value" strings), for display.
     identity_labels: Mapping[int, frozenset[str]] = field(default_factory=dict)
+    # The families the node runs, which the world identities above follow
+    # (policy/families.py).
+    stack: Stack = Stack.IPV4
 
     @cached_property
     def prefixes(self) -> PrefixMap:
         """The ipcache indexed for longest-prefix match (built on first use)."""
         return PrefixMap(self.ipcache)
 
-    def identity_of(self, addr: IPv4Address) -> int:
+    def identity_of(self, addr: IPAddress) -> int:
         """Longest-prefix match, as the kernel's ipcache LPM trie does."""
         return self.prefixes.lookup(addr)
 
     @cached_property
-    def _endpoints_by_ip(self) -> Mapping[IPv4Address, EndpointPolicy]:
+    def _endpoints_by_ip(self) -> Mapping[IPAddress, EndpointPolicy]:
         # Lowest endpoint id first, as the ipcache picks among endpoints
         # sharing an address.
-        out: dict[IPv4Address, EndpointPolicy] = {}
+        out: dict[IPAddress, EndpointPolicy] = {}
         for _, ep in sorted(self.endpoints.items()):
             if ep.ipv4 is not None:
                 out.setdefault(ep.ipv4, ep)
         return out
 
-    def endpoint_by_ip(self, addr: IPv4Address) -> EndpointPolicy | None:
+    def endpoint_by_ip(self, addr: IPAddress) -> EndpointPolicy | None:
         return self._endpoints_by_ip.get(addr)
 
     @cached_property

@@ -14,21 +14,27 @@ identities it selected before or after; an endpoint change that only adds or
 removes a peer patches that peer's entries in the identities whose rules
 name it (a full re-merge when L7 is involved). Pure: no I/O.
 
-Entities: `all` is identity 0; `world` is identity 2 plus every CIDR
-identity; `cluster` is every local label identity plus host, remote-node,
-init, health, unmanaged, kube-apiserver and ingress. CIDR peers select the
-CIDR identities of the policy prefixes inside them (minus `except`), and
-0.0.0.0/0 also selects world. Endpoint and host /32s take precedence in the
-ipcache, so CIDR rules never select local endpoints (as in Cilium).
+Entities: `all` is identity 0; `world` is every world identity the stack
+uses plus every CIDR identity, `world-ipv4`/`world-ipv6` that family's part
+(policy/families.py); `cluster` is every local label identity plus host,
+remote-node, init, health, unmanaged, kube-apiserver and ingress. CIDR peers
+select the CIDR identities of the policy prefixes inside them (minus
+`except`), and a default route (0.0.0.0/0, ::/0) also selects its family's
+world identity. Endpoint and host /32s take precedence in the ipcache, so
+CIDR rules never select local endpoints (as in Cilium).
+
+`stack` is the families the node runs; the agent compiles with Stack.IPV4
+while the datapath carries IPv4 only. IPv6 prefixes are compiled in every
+stack (the kernel writer leaves them out: redirect/ipv4_only.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from ipaddress import IPv4Address, IPv4Network
 
 from policy.compiled import CompiledState, EndpointPolicy, RedirectKey
 from policy.endpoint import Endpoint
+from policy.families import IPAddress, IPNetwork, Stack
 from policy.identity import IdentityAllocator, identity_labels, reserved_labels, selectable_labels
 from policy.ipcache import REMOTE_OWNER, IPCache
 from policy.model import EndpointPeer, Peer, Policy, PolicySpec
@@ -53,14 +59,16 @@ class Compiler:
         self,
         identities: IdentityAllocator | None = None,
         proxy_ports: ProxyPortAllocator | None = None,
-        host_ips: Iterable[IPv4Address] = (),
+        host_ips: Iterable[IPAddress] = (),
         allow_localhost: bool = True,
+        stack: Stack = Stack.IPV4,
     ) -> None:
         self.identities = identities if identities is not None else IdentityAllocator()
         self.proxy_ports = proxy_ports if proxy_ports is not None else ProxyPortAllocator()
         self.allow_localhost = allow_localhost
-        self._ipcache = IPCache(self.identities, host_ips)
-        self._selectors = SelectorCache(self._ipcache.cidr_ids)
+        self.stack = stack
+        self._ipcache = IPCache(self.identities, host_ips, stack)
+        self._selectors = SelectorCache(self._ipcache.cidr_ids, stack)
         self._policies: dict[str, Policy] = {}
         # Per policy: its RuleRef name and (subject selector, spec) pairs.
         self._meta: dict[str, tuple[str, tuple[tuple[EndpointPeer, PolicySpec], ...]]] = {}
@@ -73,7 +81,7 @@ class Compiler:
         # Other nodes' endpoints (cluster mode): address -> identity, and how
         # many of them each identity has. They are peers only: selectable,
         # in the ipcache, never a subject of local policy.
-        self._remote: dict[IPv4Address, int] = {}
+        self._remote: dict[IPAddress, int] = {}
         self._remote_refs: dict[int, int] = {}
         self._id_policy: dict[int, IdentityPolicy] = {}
         self._ep_policy: dict[int, EndpointPolicy] = {}
@@ -135,13 +143,13 @@ class Compiler:
         self._removed_eps.add(endpoint_id)
         self._ipcache.delete_endpoint(endpoint_id, ep.ipv4)
 
-    def set_host_ips(self, host_ips: Iterable[IPv4Address]) -> None:
+    def set_host_ips(self, host_ips: Iterable[IPAddress]) -> None:
         self._ipcache.set_host_ips(host_ips)
 
     def set_remote(
         self,
-        endpoints: Mapping[IPv4Address, tuple[int, frozenset[str]]],
-        node_ips: Iterable[IPv4Address] = (),
+        endpoints: Mapping[IPAddress, tuple[int, frozenset[str]]],
+        node_ips: Iterable[IPAddress] = (),
     ) -> None:
         """The rest of the cluster, whole: other nodes' endpoints (address ->
         the identity the cluster allocated and its labels) and the other
@@ -179,7 +187,7 @@ class Compiler:
     # ------------------------------------------------------------ queries
 
     @property
-    def host_ips(self) -> frozenset[IPv4Address]:
+    def host_ips(self) -> frozenset[IPAddress]:
         return self._ipcache.host_ips
 
     @property
@@ -221,7 +229,7 @@ class Compiler:
             self._selectors.drop(peer, policy.key)
         self._retarget_cidrs(policy.cidrs(), add=False)
 
-    def _retarget_cidrs(self, nets: set[IPv4Network], add: bool) -> None:
+    def _retarget_cidrs(self, nets: set[IPNetwork], add: bool) -> None:
         """Count a policy's prefixes in or out: linear in len(nets) (the
         ipcache and the selector cache each touch a prefix once)."""
         if add:
@@ -391,7 +399,7 @@ class Compiler:
         if prev is not None and not changed and ipcache == prev.ipcache and labels == prev.identity_labels:
             return prev
         self._revision += 1
-        self._state = CompiledState(self._revision, dict(self._ep_policy), ipcache, labels)
+        self._state = CompiledState(self._revision, dict(self._ep_policy), ipcache, labels, self.stack)
         return self._state
 
     def _commit(self, built: dict[int, tuple[EndpointPolicy, set[RedirectKey]]]) -> set[int]:
@@ -433,11 +441,12 @@ def compile_state(
     endpoints: Iterable[Endpoint],
     identities: IdentityAllocator | None = None,
     proxy_ports: ProxyPortAllocator | None = None,
-    host_ips: Iterable[IPv4Address] = (),
+    host_ips: Iterable[IPAddress] = (),
     allow_localhost: bool = True,
+    stack: Stack = Stack.IPV4,
 ) -> CompiledState:
     """One-shot compile of a complete input (a fresh Compiler underneath)."""
-    c = Compiler(identities, proxy_ports, host_ips, allow_localhost)
+    c = Compiler(identities, proxy_ports, host_ips, allow_localhost, stack)
     for p in policies:
         c.upsert_policy(p)
     for ep in endpoints:

@@ -8,10 +8,13 @@ segment, HTTP rule):
 
 - ends are identities: one per local label identity (its lowest endpoint id
   stands for its replicas, which share one policy), every reserved identity
-  (`entity:world`, `entity:host`, ...), and one per CIDR cell, a piece of
-  the address space whose longest match among the prefixes of either
-  compiled ipcache is one prefix; a cell whose identity differs between the
-  two states (a prefix only one set names) is an end of its own;
+  (`entity:world`, `entity:host`, ...; of the world identities, those the
+  node's stack puts on an address), and one per CIDR cell, a piece of the
+  address space whose longest match among the prefixes of either compiled
+  ipcache is one prefix, in each family the stack runs (on an IPv4-only
+  node IPv6 never reaches a policy, so no IPv6 flow changes verdict); a cell
+  whose identity differs between the two states (a prefix only one set
+  names) is an end of its own;
 - ports are split wherever an entry of either state that applies to the
   pair starts or ends (1-65535 for TCP and UDP; ICMP stands for every
   protocol without ports, looked up at port 0 as the kernel does);
@@ -40,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from policy.compiled import (
@@ -59,8 +62,9 @@ from policy.compiler import Compiler
 from policy.diff_report import ALLOWED, DENIED, FlowChange, FlowEnd, PolicyDiff, Unchanged, identity_name, rule_text
 from policy.diff_samples import rule_samples
 from policy.endpoint import Endpoint
+from policy.families import IPAddress, IPNetwork, Stack, net_key
 from policy.http_path import PathRejected, normalize_path
-from policy.identity import IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, RESERVED_IDENTITIES
+from policy.identity import IDENTITY_ANY, IDENTITY_HOST, RESERVED_IDENTITIES
 from policy.ipcache import PrefixMap
 from policy.model import Policy
 from policy.trace import HTTPRequest, http_matches
@@ -76,10 +80,11 @@ Side = Any  # _DENY | _ALLOW | frozenset[HTTPRule]
 
 
 def compile_pair(
-    old: Iterable[Policy], new: Iterable[Policy], endpoints: Iterable[Endpoint], host_ips: Iterable[IPv4Address] = ()
+    old: Iterable[Policy], new: Iterable[Policy], endpoints: Iterable[Endpoint], host_ips: Iterable[IPAddress] = (),
+    stack: Stack = Stack.IPV4,
 ) -> tuple[CompiledState, CompiledState, frozenset[int]]:
     """Both states from one Compiler, and the endpoints whose policy changed."""
-    c = Compiler(host_ips=host_ips)
+    c = Compiler(host_ips=host_ips, stack=stack)
     for p in old:
         c.upsert_policy(p)
     for ep in endpoints:
@@ -96,9 +101,10 @@ def compile_pair(
 
 
 def diff_policies(
-    old: Iterable[Policy], new: Iterable[Policy], endpoints: Iterable[Endpoint], host_ips: Iterable[IPv4Address] = ()
+    old: Iterable[Policy], new: Iterable[Policy], endpoints: Iterable[Endpoint], host_ips: Iterable[IPAddress] = (),
+    stack: Stack = Stack.IPV4,
 ) -> PolicyDiff:
-    old_state, new_state, changed = compile_pair(old, new, endpoints, host_ips)
+    old_state, new_state, changed = compile_pair(old, new, endpoints, host_ips, stack)
     return diff_states(old_state, new_state, changed)
 
 
@@ -221,7 +227,7 @@ def _local_ends(state: CompiledState) -> dict[int, FlowEnd]:
     }
 
 
-def _free_address(net: IPv4Network, union: PrefixMap, index_of: Mapping[IPv4Network, int]) -> IPv4Address | None:
+def _free_address(net: IPNetwork, union: PrefixMap, index_of: Mapping[IPNetwork, int]) -> IPAddress | None:
     """An address whose longest match among the union's prefixes is `net`."""
     want = index_of[net]
     lo, hi = int(net.network_address), int(net.broadcast_address)
@@ -230,28 +236,34 @@ def _free_address(net: IPv4Network, union: PrefixMap, index_of: Mapping[IPv4Netw
         cands.append(int(child.broadcast_address) + 1)
         cands.append(int(child.network_address) - 1)
     for a in cands:
-        if lo <= a <= hi and union.lookup(IPv4Address(a)) == want:
-            return IPv4Address(a)
+        if lo <= a <= hi:
+            addr: IPAddress = IPv4Address(a) if net.version == 4 else IPv6Address(a)
+            if union.lookup(addr) == want:
+                return addr
     return None
 
 
 def _outside_ends(old: CompiledState, new: CompiledState, local_ids: set[int]) -> list[FlowEnd]:
-    ends = [FlowEnd("entity", f"entity:{name}", ident, ident) for ident, name in sorted(RESERVED_IDENTITIES.items())]
-    nets = sorted(set(old.ipcache) | set(new.ipcache))
+    stack = new.stack
+    unused = stack.unused_world()
+    ends = [FlowEnd("entity", f"entity:{name}", ident, ident) for ident, name in sorted(RESERVED_IDENTITIES.items())
+            if ident not in unused]
+    world = stack.world_of(None)
+    nets = sorted((n for n in set(old.ipcache) | set(new.ipcache) if stack.runs(n.version)), key=net_key)
     # Offset so no index reads as PrefixMap's "no match" (world, 2).
     index_of = {net: i + 16 for i, net in enumerate(nets)}
     union = PrefixMap(index_of)
     seen: set[tuple[int, int]] = set()
     for net in nets:
         if net.prefixlen == 0:
-            continue  # 0.0.0.0/0 is world in both states: entity:world
+            continue  # a default route is its world identity in both states: an entity end
         addr = _free_address(net, union, index_of)
         if addr is None:
             continue
         oi, ni = old.identity_of(addr), new.identity_of(addr)
         if oi in local_ids or ni in local_ids or IDENTITY_HOST in (oi, ni):
             continue  # endpoint and node addresses are ends of their own
-        if (oi, ni) in seen or oi == ni == IDENTITY_WORLD:
+        if (oi, ni) in seen or (oi == ni and oi in world):
             continue
         seen.add((oi, ni))
         ends.append(FlowEnd("cidr", f"cidr:{net}", oi, ni, address=addr))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 from typing import Any, Protocol as TypingProtocol
 
 from policy.compiled import CompiledState, Protocol
@@ -128,7 +128,7 @@ def observed_verdict(event: ObservedFlow) -> str | None:
 def _party(state: CompiledState, ip: str | None, identity: int | None) -> Party | None:
     if ip:
         try:
-            addr = IPv4Address(ip)
+            addr = ip_address(ip)
         except ValueError:
             return None
         ep = state.endpoint_by_ip(addr)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
 from typing import Any
 
 from policy.compiled import ALLOW_ALL_HTTP, CompiledState, HTTPRule, PortRange, Protocol
 from policy.endpoint import DEFAULT_NAMESPACE, NAMESPACE_LABEL
+from policy.families import IPAddress
 from policy.trace import HTTPRequest, Party
 
 ALLOWED, DENIED = "allowed", "denied"
@@ -31,7 +31,7 @@ class FlowEnd:
     old_identity: int
     new_identity: int
     endpoint_id: int | None = None  # the endpoint standing for a local identity
-    address: IPv4Address | None = None  # an address of a CIDR cell
+    address: IPAddress | None = None  # an address of a CIDR cell
     endpoints: int = 0  # how many local endpoints share the identity
 
     def party(self) -> Party:

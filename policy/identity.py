@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Mapping, Set as AbstractSet
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from policy.endpoint import DEFAULT_NAMESPACE, DEFAULT_SOURCE, NAMESPACE_LABEL, split_source
 
@@ -28,6 +28,10 @@ IDENTITY_INIT = 5
 IDENTITY_REMOTE_NODE = 6
 IDENTITY_KUBE_APISERVER = 7
 IDENTITY_INGRESS = 8
+# The world of one family, on a dual-stack node (policy/families.py says
+# which default route carries which world identity in each stack).
+IDENTITY_WORLD_IPV4 = 9
+IDENTITY_WORLD_IPV6 = 10
 RESERVED_IDENTITIES: Mapping[int, str] = {
     IDENTITY_HOST: "host",
     IDENTITY_WORLD: "world",
@@ -37,11 +41,14 @@ RESERVED_IDENTITIES: Mapping[int, str] = {
     IDENTITY_REMOTE_NODE: "remote-node",
     IDENTITY_KUBE_APISERVER: "kube-apiserver",
     IDENTITY_INGRESS: "ingress",
+    IDENTITY_WORLD_IPV4: "world-ipv4",
+    IDENTITY_WORLD_IPV6: "world-ipv6",
 }
 RESERVED_BY_NAME: Mapping[str, int] = {name: ident for ident, name in RESERVED_IDENTITIES.items()}
-# The `cluster` entity: every reserved identity but world (plus the local
-# label identities, which the selector cache adds).
-CLUSTER_RESERVED = frozenset(i for i in RESERVED_IDENTITIES if i != IDENTITY_WORLD)
+WORLD_IDENTITIES = frozenset({IDENTITY_WORLD, IDENTITY_WORLD_IPV4, IDENTITY_WORLD_IPV6})
+# The `cluster` entity: every reserved identity but the world ones (plus the
+# local label identities, which the selector cache adds).
+CLUSTER_RESERVED = frozenset(i for i in RESERVED_IDENTITIES if i not in WORLD_IDENTITIES)
 # Label-derived identities are allocated upwards from here.
 FIRST_LABEL_IDENTITY = 256
 # CIDR peers get node-local identities in their own range (as Cilium's local
@@ -103,8 +110,8 @@ class IdentityAllocator:
     def __init__(self) -> None:
         self._by_labels: dict[frozenset[str], int] = {}
         self._labels: dict[int, frozenset[str]] = {}
-        self._by_cidr: dict[IPv4Network, int] = {}
-        self._cidrs: dict[int, IPv4Network] = {}
+        self._by_cidr: dict[IPv4Network | IPv6Network, int] = {}
+        self._cidrs: dict[int, IPv4Network | IPv6Network] = {}
         self._next_label = FIRST_LABEL_IDENTITY
         self._next_cidr = FIRST_CIDR_IDENTITY
 
@@ -138,7 +145,7 @@ class IdentityAllocator:
         self._labels[ident] = label_set
         self._next_label = max(self._next_label, ident + 1) if ident < FIRST_CIDR_IDENTITY else self._next_label
 
-    def for_cidr(self, net: IPv4Network) -> int:
+    def for_cidr(self, net: IPv4Network | IPv6Network) -> int:
         ident = self._by_cidr.get(net)
         if ident is None:
             ident = self._next_cidr
@@ -160,7 +167,7 @@ class IdentityAllocator:
     def cidr_count(self) -> int:
         return len(self._by_cidr)
 
-    def release_cidrs(self, nets: Iterable[IPv4Network]) -> None:
+    def release_cidrs(self, nets: Iterable[IPv4Network | IPv6Network]) -> None:
         """Forget the identities of these prefixes (unknown ones are ignored).
 
         Costs one lookup per prefix given, whatever the allocator holds, so a
@@ -171,7 +178,7 @@ class IdentityAllocator:
             if ident is not None:
                 del self._cidrs[ident]
 
-    def release_cidrs_except(self, keep: Collection[IPv4Network]) -> None:
+    def release_cidrs_except(self, keep: Collection[IPv4Network | IPv6Network]) -> None:
         """Forget every CIDR identity whose prefix is not in `keep` (one pass)."""
         keep_set = keep if isinstance(keep, (AbstractSet, Mapping)) else set(keep)
         self.release_cidrs([n for n in self._by_cidr if n not in keep_set])
@@ -195,8 +202,8 @@ class IdentityAllocator:
             out._labels[int(i)] = frozenset(ls)
             out._by_labels[frozenset(ls)] = int(i)
         for i, n in data.get("cidrs", {}).items():
-            out._cidrs[int(i)] = IPv4Network(n)
-            out._by_cidr[IPv4Network(n)] = int(i)
+            out._cidrs[int(i)] = ip_network(n)
+            out._by_cidr[ip_network(n)] = int(i)
         out._next_label = max([data.get("next_label", FIRST_LABEL_IDENTITY), *(i + 1 for i in out._labels)])
         out._next_cidr = max([data.get("next_cidr", FIRST_CIDR_IDENTITY), *(i + 1 for i in out._cidrs)])
         return out

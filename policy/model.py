@@ -9,21 +9,24 @@ compiler sees one uniform model. Pure, no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 
 from policy.compiled import Direction, HTTPRule, PortRange, Protocol, RuleRef
+from policy.families import IPNetwork
 from policy.selector import LabelSelector
 
 KIND_CNP = "CiliumNetworkPolicy"
 KIND_CCNP = "CiliumClusterwideNetworkPolicy"
 KIND_NP = "NetworkPolicy"
 
-# Entities (Cilium's names). "all" is identity 0; "cluster" and "world" are
-# sets that grow with endpoints and CIDR prefixes (see compiler.py).
+# Entities (Cilium's names). "all" is identity 0; "cluster" and the world
+# ones are sets that grow with endpoints and CIDR prefixes (see compiler.py;
+# what world, world-ipv4 and world-ipv6 select per stack: families.py).
 ENTITIES = (
     "all",
     "cluster",
     "world",
+    "world-ipv4",
+    "world-ipv6",
     "host",
     "remote-node",
     "init",
@@ -48,8 +51,11 @@ class EntityPeer:
 
 @dataclass(frozen=True, slots=True)
 class CIDRPeer:
-    net: IPv4Network
-    excepts: tuple[IPv4Network, ...] = ()
+    """A prefix minus prefixes inside it, all of one family (the parser
+    refuses an except of the other family)."""
+
+    net: IPNetwork
+    excepts: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +122,8 @@ class Policy:
         """Unique per policy object: "Kind/namespace/name" or "Kind/name"."""
         return f"{self.kind}/{self.ref_name}"
 
-    def cidrs(self) -> set[IPv4Network]:
-        out: set[IPv4Network] = set()
+    def cidrs(self) -> set[IPNetwork]:
+        out: set[IPNetwork] = set()
         for spec in self.specs:
             for rule in spec.rules:
                 for peer in rule.peers:

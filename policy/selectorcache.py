@@ -4,31 +4,26 @@ Every peer and subject selector of the policies in force is resolved once
 and kept up to date as identities come and go, the way Cilium's
 SelectorCache serves pkg/policy. Label-dependent selectors are indexed by
 one (key, value) they require, so a new label identity is matched against
-its candidates only; CIDR selectors are indexed by prefix, so a new CIDR
-identity finds the selectors containing it through its <= 33 supernets.
-Membership changes are recorded (`take_stale`) for the compiler to re-merge
-the policies that use those selectors. Pure, no I/O.
+its candidates only; CIDR selectors are indexed by family and prefix, so a
+new CIDR identity finds the selectors containing it through its supernets
+(<= 33 for IPv4, <= 129 for IPv6, only the lengths some selector has).
+What the world entities and a default-route CIDR select depends on the
+node's stack (policy/families.py). Membership changes are recorded
+(`take_stale`) for the compiler to re-merge the policies that use those
+selectors. Pure, no I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from ipaddress import IPv4Network
 
-from policy.identity import CLUSTER_RESERVED, IDENTITY_ANY, IDENTITY_WORLD, RESERVED_BY_NAME
+from policy.families import WORLD_ENTITIES, IPNetwork, Stack, net_key, within
+from policy.identity import CLUSTER_RESERVED, IDENTITY_ANY, RESERVED_BY_NAME
 from policy.model import AnyPeer, CIDRPeer, EndpointPeer, EntityPeer, Peer
 from policy.selector import SelectorIndex
 
 
-def within(net: IPv4Network, outer: IPv4Network) -> bool:
-    """net is inside outer (ipaddress.subnet_of, without its overhead)."""
-    shift = 32 - outer.prefixlen
-    return net.prefixlen >= outer.prefixlen and (
-        int(net.network_address) >> shift == int(outer.network_address) >> shift
-    )
-
-
-def cidr_selects(peer: CIDRPeer, net: IPv4Network) -> bool:
+def cidr_selects(peer: CIDRPeer, net: IPNetwork) -> bool:
     return within(net, peer.net) and not any(within(net, e) for e in peer.excepts)
 
 
@@ -36,12 +31,11 @@ def _depends_on_labels(peer: Peer) -> bool:
     return isinstance(peer, EndpointPeer) or (isinstance(peer, EntityPeer) and peer.name == "cluster")
 
 
-def _depends_on_cidrs(peer: Peer) -> bool:
-    return isinstance(peer, CIDRPeer) or (isinstance(peer, EntityPeer) and peer.name == "world")
-
-
-def _net_key(net: IPv4Network) -> tuple[int, int]:
-    return (int(net.network_address), net.prefixlen)
+def _world_family(peer: Peer) -> tuple[bool, int | None]:
+    """(is a world entity, the family it is about: None for both)."""
+    if isinstance(peer, EntityPeer) and peer.name in WORLD_ENTITIES:
+        return True, WORLD_ENTITIES[peer.name]
+    return False, None
 
 
 def _indexed_kv(peer: EndpointPeer) -> tuple[str, str] | None:
@@ -55,7 +49,8 @@ class SelectorCache:
     writes it.
     """
 
-    def __init__(self, cidrs: Mapping[IPv4Network, int]) -> None:
+    def __init__(self, cidrs: Mapping[IPNetwork, int], stack: Stack = Stack.IPV4) -> None:
+        self.stack = stack
         self.members: dict[Peer, frozenset[int]] = {}
         self._users: dict[Peer, set[str]] = {}
         # The identities selectors choose from: label identities (told here),
@@ -65,12 +60,13 @@ class SelectorCache:
         self._cidrs = cidrs
         self._by_kv: dict[tuple[str, str], set[Peer]] = {}
         self._unindexed: set[Peer] = set()
-        # `world` entity selectors: every CIDR identity is theirs.
-        self._world: set[Peer] = set()
-        self._cidr_by_net: dict[tuple[int, int], set[CIDRPeer]] = {}
-        # How many CIDR selectors have each prefix length: supernets of a
-        # length no selector has are not looked up at all.
-        self._cidr_lens: dict[int, int] = {}
+        # World entity selectors -> the family whose CIDR identities are all
+        # theirs (None: both).
+        self._world: dict[Peer, int | None] = {}
+        self._cidr_by_net: dict[tuple[int, int, int], set[CIDRPeer]] = {}
+        # How many CIDR selectors have each (family, prefix length):
+        # supernets of a length no selector has are not looked up at all.
+        self._cidr_lens: dict[tuple[int, int], int] = {}
         # Selectors whose membership changed, and the identities that moved.
         self._stale: dict[Peer, set[int]] = {}
 
@@ -94,11 +90,13 @@ class SelectorCache:
                 self._by_kv.setdefault(kv, set()).add(peer)
         elif _depends_on_labels(peer):
             self._unindexed.add(peer)
-        if isinstance(peer, EntityPeer) and peer.name == "world":
-            self._world.add(peer)
+        is_world, family = _world_family(peer)
+        if is_world:
+            self._world[peer] = family
         if isinstance(peer, CIDRPeer):
-            self._cidr_by_net.setdefault(_net_key(peer.net), set()).add(peer)
-            self._cidr_lens[peer.net.prefixlen] = self._cidr_lens.get(peer.net.prefixlen, 0) + 1
+            self._cidr_by_net.setdefault(net_key(peer.net), set()).add(peer)
+            length = (peer.net.version, peer.net.prefixlen)
+            self._cidr_lens[length] = self._cidr_lens.get(length, 0) + 1
 
     def drop(self, peer: Peer, user: str) -> None:
         users = self._users.get(peer)
@@ -110,18 +108,19 @@ class SelectorCache:
         del self._users[peer]
         del self.members[peer]
         self._unindexed.discard(peer)
-        self._world.discard(peer)
+        self._world.pop(peer, None)
         if isinstance(peer, CIDRPeer):
-            key = _net_key(peer.net)
+            key = net_key(peer.net)
             by_net = self._cidr_by_net[key]
             by_net.discard(peer)
             if not by_net:
                 del self._cidr_by_net[key]
-            n = self._cidr_lens[peer.net.prefixlen] - 1
+            length = (peer.net.version, peer.net.prefixlen)
+            n = self._cidr_lens[length] - 1
             if n <= 0:
-                del self._cidr_lens[peer.net.prefixlen]
+                del self._cidr_lens[length]
             else:
-                self._cidr_lens[peer.net.prefixlen] = n
+                self._cidr_lens[length] = n
         if isinstance(peer, EndpointPeer):
             kv = _indexed_kv(peer)
             if kv is not None:
@@ -133,15 +132,19 @@ class SelectorCache:
         if isinstance(peer, AnyPeer):
             return frozenset({IDENTITY_ANY})
         if isinstance(peer, EntityPeer):
-            if peer.name == "world":
-                return frozenset({IDENTITY_WORLD, *self._cidrs.values()})
+            is_world, family = _world_family(peer)
+            if is_world:
+                cidrs = (i for net, i in self._cidrs.items() if family is None or net.version == family)
+                return self.stack.world_of(family) | frozenset(cidrs)
             if peer.name == "cluster":
                 return self._labels.all() | CLUSTER_RESERVED
             return frozenset({RESERVED_BY_NAME[peer.name]})
         assert isinstance(peer, CIDRPeer)
         out = {ident for net, ident in self._cidrs.items() if cidr_selects(peer, net)}
         if peer.net.prefixlen == 0:
-            out.add(IDENTITY_WORLD)
+            # The family's default route: its world identity in this stack
+            # (none on a node that does not run the family).
+            out |= self.stack.world_of(peer.net.version)
         return frozenset(out)
 
     # ------------------------------------------------------------ identities
@@ -171,7 +174,7 @@ class SelectorCache:
                 self.members[peer] = members - {ident}
                 self._stale.setdefault(peer, set()).add(ident)
 
-    def add_cidrs(self, added: Iterable[tuple[IPv4Network, int]]) -> None:
+    def add_cidrs(self, added: Iterable[tuple[IPNetwork, int]]) -> None:
         """CIDR identities appeared (already in the ipcache's map); each
         affected selector is rebuilt once."""
         hits = self._cidr_hits(added)
@@ -179,25 +182,27 @@ class SelectorCache:
             self.members[peer] = self.members[peer] | idents
             self._stale.setdefault(peer, set()).update(idents)
 
-    def remove_cidrs(self, removed: Iterable[tuple[IPv4Network, int]]) -> None:
+    def remove_cidrs(self, removed: Iterable[tuple[IPNetwork, int]]) -> None:
         hits = self._cidr_hits(removed)
         for peer, idents in hits.items():
             self.members[peer] = self.members[peer] - idents
             self._stale.setdefault(peer, set()).update(idents)
 
-    def _cidr_hits(self, pairs: Iterable[tuple[IPv4Network, int]]) -> dict[Peer, set[int]]:
+    def _cidr_hits(self, pairs: Iterable[tuple[IPNetwork, int]]) -> dict[Peer, set[int]]:
         """Selector -> the given CIDR identities it selects. Linear in the
         pairs: each prefix finds its selectors through its supernets."""
         hits: dict[Peer, set[int]] = {}
         for net, ident in pairs:
-            for peer in self._world:
-                hits.setdefault(peer, set()).add(ident)
-            addr = int(net.network_address)
-            for plen in self._cidr_lens:
-                if plen > net.prefixlen:
+            version = net.version
+            for peer, family in self._world.items():
+                if family is None or family == version:
+                    hits.setdefault(peer, set()).add(ident)
+            addr, bits = int(net.network_address), net.max_prefixlen
+            for v, plen in self._cidr_lens:
+                if v != version or plen > net.prefixlen:
                     continue
-                shift = 32 - plen
-                for peer in self._cidr_by_net.get(((addr >> shift) << shift, plen), ()):
+                shift = bits - plen
+                for peer in self._cidr_by_net.get((v, (addr >> shift) << shift, plen), ()):
                     if cidr_selects(peer, net):
                         hits.setdefault(peer, set()).add(ident)
         return hits

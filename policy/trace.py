@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from ipaddress import IPv4Address
+from ipaddress import ip_address
 from typing import Any
 
 import re2
@@ -29,6 +29,7 @@ from policy.compiled import (
     lookup,
 )
 from policy.errors import TraceInputError
+from policy.families import FAMILY_NAMES, WORLD_ENTITIES, IPAddress
 from policy.http_path import PathRejected, normalize_path
 from policy.identity import IDENTITY_ANY, RESERVED_BY_NAME, RESERVED_IDENTITIES
 
@@ -38,25 +39,38 @@ _OPTS.log_errors = False
 
 @dataclass(frozen=True)
 class Party:
-    """One side of a flow: a local endpoint, an address, or a reserved identity."""
+    """One side of a flow: a local endpoint, an address, or a reserved identity.
+
+    A party named by entity keeps the name: `world-ipv4`/`world-ipv6` are the
+    identity that family's world traffic has on the traced node (on an
+    IPv4-only node IPv4 world traffic is `world`, 2; policy/families.py).
+    """
 
     endpoint_id: int | None = None
-    ip: IPv4Address | None = None
+    ip: IPAddress | None = None
     identity: int | None = None
+    entity: str | None = None
 
     @staticmethod
     def endpoint(endpoint_id: int) -> "Party":
         return Party(endpoint_id=endpoint_id)
 
     @staticmethod
-    def address(ip: IPv4Address | str) -> "Party":
-        return Party(ip=IPv4Address(ip))
+    def address(ip: IPAddress | str) -> "Party":
+        return Party(ip=ip_address(ip))
 
     @staticmethod
     def entity(name: str) -> "Party":
         if name not in RESERVED_BY_NAME:
             raise TraceInputError(f"unknown entity {name!r}: expected one of {', '.join(RESERVED_BY_NAME)}")
-        return Party(identity=RESERVED_BY_NAME[name])
+        return Party(identity=RESERVED_BY_NAME[name], entity=name)
+
+    @property
+    def family(self) -> int | None:
+        """The address family the party's packets are of, when it says."""
+        if self.ip is not None:
+            return self.ip.version
+        return WORLD_ENTITIES.get(self.entity) if self.entity is not None else None
 
 
 @dataclass(frozen=True)
@@ -177,6 +191,11 @@ def _resolve(state: CompiledState, p: Party) -> tuple[int, EndpointPolicy | None
             return ep.identity, ep
         return state.identity_of(p.ip), None
     if p.identity is not None:
+        family = p.family
+        if family is not None:
+            ident = state.stack.world_identity(family)
+            if ident is not None:
+                return ident, None
         return p.identity, None
     raise TraceInputError("a trace party needs an endpoint, an address or an entity")
 
@@ -209,6 +228,12 @@ def trace(
     dst_id, dst_ep = _resolve(state, dst)
     if src_ep is None and dst_ep is None:
         raise TraceInputError("neither side is a local endpoint: no policy applies to this flow")
+    for p in (src, dst):
+        if p.family is not None and not state.stack.runs(p.family):
+            # No policy is looked at: the packet never gets that far.
+            family = FAMILY_NAMES[p.family]
+            reason = f"the node does not run {family} ({state.stack.value} stack): its datapath drops every {family} packet"
+            return TraceResult("denied", "l3l4", reason, (), src_id, dst_id, ())
     steps: list[Step] = []
     redirected = False
     checks: list[tuple[EndpointPolicy, Direction, int]] = []
@@ -272,10 +297,10 @@ def trace(
 
 
 def parse_party(spec: str) -> tuple[str, Any]:
-    """CLI SPEC -> ("labels", {k: v}) | ("ip", IPv4Address) | ("entity", name)."""
+    """CLI SPEC -> ("labels", {k: v}) | ("ip", IPv4Address | IPv6Address) | ("entity", name)."""
     kind, sep, rest = spec.partition(":")
     if not sep:
-        raise TraceInputError(f"bad SPEC {spec!r}: expected labels:k=v,..., ip:A.B.C.D or entity:NAME")
+        raise TraceInputError(f"bad SPEC {spec!r}: expected labels:k=v,..., ip:ADDRESS or entity:NAME")
     if kind == "labels":
         labels: dict[str, str] = {}
         for item in filter(None, (x.strip() for x in rest.split(","))):
@@ -288,9 +313,9 @@ def parse_party(spec: str) -> tuple[str, Any]:
         return "labels", labels
     if kind == "ip":
         try:
-            return "ip", IPv4Address(rest.strip())
+            return "ip", ip_address(rest.strip())
         except ValueError:
-            raise TraceInputError(f"bad address in {spec!r}: expected an IPv4 address") from None
+            raise TraceInputError(f"bad address in {spec!r}: expected an IPv4 or IPv6 address") from None
     if kind == "entity":
         name = rest.strip()
         if name not in RESERVED_BY_NAME:

@@ -24,6 +24,9 @@ An endpoint whose entries exceed its map's capacity is skipped whole: its
 old entries, flags and identity stay enforced and the result carries a
 MapFullError for it. An ipcache that would overflow fails the whole apply
 before anything is written.
+
+The maps are IPv4 only: what they are given is redirect/ipv4_only.py's
+kernel_state() of the compiled state, never the state itself.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ipaddress import IPv4Network
 from policy.compiled import CompiledState, EndpointPolicy
 from redirect import bpfsys, layout, policymap
 from redirect.errors import DatapathError, MapFullError
+from redirect.ipv4_only import kernel_state
 from redirect.maps import PinnedMaps
 
 
@@ -96,6 +100,9 @@ def apply_state(
     attached but not in the state yet (left alone instead of removed).
     `after_write` runs after every policy map write (tests widen the gaps
     between writes with it to prove no window opens)."""
+    # The maps hold IPv4 only: the state's IPv6 prefixes and the entries only
+    # they make reachable stay out (the datapath drops IPv6, fail closed).
+    state = kernel_state(state)
     res = ApplyResult(state.revision)
     cap = maps.sizes.policy_entries
 

@@ -16,6 +16,7 @@ from typing import Iterable
 from envoy_data_plane.envoy.config.rbac.v3 import RbacAction
 
 from policy.compiled import Direction, HTTPRule, ReceiverRules
+from policy.families import IPNetwork
 
 from . import messages as pb
 from .path_merge import REGEX_META, literal_alternatives
@@ -35,8 +36,8 @@ _ANY_PERMISSION = pb.Permission.any(True)
 _ANYONE = pb.Policy.principals(pb.Principal.any(True))
 
 
-def cidr(net: IPv4Network) -> bytes:
-    """core.v3.CidrRange."""
+def cidr(net: IPNetwork) -> bytes:
+    """core.v3.CidrRange (either family: Envoy matches an address only against ranges of its own)."""
     return pb.CidrRange.address_prefix(str(net.network_address)) + pb.CidrRange.prefix_len(net.prefixlen)
 
 
@@ -115,7 +116,7 @@ def http_permission(rule: HTTPRule) -> bytes:
     return _all_of(perms)
 
 
-def source_principal(net: IPv4Network, holes: list[IPv4Network]) -> bytes:
+def source_principal(net: IPNetwork, holes: list[IPNetwork]) -> bytes:
     """rbac.v3.Principal: the downstream source is in `net` but in none of `holes`."""
     base = pb.Principal.direct_remote_ip(cidr(net))
     if not holes:
@@ -124,7 +125,7 @@ def source_principal(net: IPv4Network, holes: list[IPv4Network]) -> bytes:
     return pb.Principal.and_ids(pb.PrincipalSet.ids(base), pb.PrincipalSet.ids(pb.Principal.not_id(excluded)))
 
 
-def destination_permission(net: IPv4Network, holes: list[IPv4Network]) -> bytes:
+def destination_permission(net: IPNetwork, holes: list[IPNetwork]) -> bytes:
     """rbac.v3.Permission: the original destination is in `net` but in none of `holes`."""
     base = pb.Permission.destination_ip(cidr(net))
     if not holes:

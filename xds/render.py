@@ -55,7 +55,6 @@ from __future__ import annotations
 import asyncio
 import enum
 from dataclasses import dataclass
-from ipaddress import IPv4Network
 from typing import Mapping
 
 from policy.compiled import (
@@ -69,6 +68,7 @@ from policy.compiled import (
     ReceiverRules,
     Verdict,
 )
+from policy.families import IPNetwork
 from policy.identity import FIRST_CIDR_IDENTITY, FIRST_LABEL_IDENTITY
 from policy.ipcache import PrefixMap
 
@@ -178,12 +178,12 @@ def _group_by_peers(rules: tuple[L7PeerRule, ...]) -> dict[frozenset[int], list[
 class _IdentityAddresses:
     """identity -> encoded 'address has this identity' matchers, for one ipcache."""
 
-    def __init__(self, ipcache: Mapping[IPv4Network, int]) -> None:
+    def __init__(self, ipcache: Mapping[IPNetwork, int]) -> None:
         self.ipcache = dict(ipcache)
         self._prefixes = PrefixMap(self.ipcache)
         self._cache: dict[tuple[int, Direction], list[bytes]] = {}
 
-    def _terms(self, ident: int) -> list[tuple[IPv4Network, list[IPv4Network]]]:
+    def _terms(self, ident: int) -> list[tuple[IPNetwork, list[IPNetwork]]]:
         # The identity's prefixes minus more specific prefixes of others: where
         # the kernel's longest-prefix match gives this identity.
         return self._prefixes.address_space(ident)
@@ -197,7 +197,7 @@ class _IdentityAddresses:
         return got
 
     @staticmethod
-    def _encode(net: IPv4Network, holes: list[IPv4Network], direction: Direction) -> bytes:
+    def _encode(net: IPNetwork, holes: list[IPNetwork], direction: Direction) -> bytes:
         if direction == Direction.INGRESS:
             return source_principal(net, holes)
         return destination_permission(net, holes)

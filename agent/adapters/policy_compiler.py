@@ -18,6 +18,7 @@ from agent.core.ports import Allocations, EndpointSpec, LoadedFile, PolicyProble
 from policy.compiled import RESERVED_IDENTITIES, CompiledState
 from policy.compiler import Compiler
 from policy.endpoint import Endpoint
+from policy.families import Stack
 from policy.identity import IdentityAllocator, identity_labels
 from policy.proxyports import ProxyPortAllocator
 from policy.load import load_paths
@@ -35,7 +36,10 @@ class RealCompiler:
     def __init__(self, allocations: Allocations | None, host_ips: Iterable[IPv4Address] = ()) -> None:
         ids = IdentityAllocator.from_json(json.dumps(allocations.identities)) if allocations and allocations.identities is not None else None
         ports = ProxyPortAllocator.from_json(json.dumps(allocations.proxy_ports)) if allocations and allocations.proxy_ports is not None else None
-        self._c = Compiler(ids, ports, host_ips)
+        # The datapath carries IPv4 only (IPv6 is dropped, fail closed), so
+        # the node is single-stack IPv4: Cilium's numbers for it, 0.0.0.0/0 is
+        # world (2). The IPv6 datapath turns this into Stack.DUAL.
+        self._c = Compiler(ids, ports, host_ips, stack=Stack.IPV4)
         self._last: CompiledState | None = None
 
     def upsert_policy(self, policy: Policy) -> None:  # type: ignore[override]

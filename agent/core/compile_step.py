@@ -42,7 +42,7 @@ def with_audit(state: CompiledState, audited: frozenset[int]) -> CompiledState:
     if not audited & state.endpoints.keys():
         return state
     endpoints = {i: replace(ep, audit=True) if i in audited else ep for i, ep in state.endpoints.items()}
-    return CompiledState(state.revision, endpoints, state.ipcache, state.identity_labels)
+    return replace(state, endpoints=endpoints)
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,4 +52,4 @@ def with_retiring(state: CompiledState, realized: Mapping[int, EndpointPolicy]) 
     endpoints = dict(state.endpoints)
     for eid, going in extra.items():
         endpoints[eid] = replace(endpoints[eid], l7=tuple(sorted(endpoints[eid].l7 + going, key=lambda p: p.key)))
-    return CompiledState(state.revision, endpoints, state.ipcache, state.identity_labels)
+    return replace(state, endpoints=endpoints)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from ipaddress import IPv4Address
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.core.cluster_sync import RETRY_IDENTITY, ClusterSync
 from agent.core.compile_step import CompileStep
@@ -193,7 +193,7 @@ class Regenerator:
             effective[eid] = safe
 
         attached = {i: ep for i, ep in effective.items() if (lv := self.table.live(i)) is not None and lv.attached}
-        apply_state = CompiledState(state.revision, attached, state.ipcache, state.identity_labels)
+        apply_state = replace(state, endpoints=attached)
         try:
             outcome = await self.datapath.apply(apply_state)
         except Exception as exc:

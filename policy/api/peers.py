@@ -9,7 +9,7 @@ implement, is a field of its own with a clear error. Pure.
 
 from __future__ import annotations
 
-from ipaddress import AddressValueError, IPv4Network, NetmaskValueError, ip_network
+from ipaddress import AddressValueError, IPv4Network, IPv6Network, NetmaskValueError, ip_network
 from typing import Annotated, Any
 
 from pydantic import Field, PlainValidator, model_validator
@@ -17,18 +17,32 @@ from pydantic import Field, PlainValidator, model_validator
 from policy.api.base import Strict
 from policy.api.problems import Loc, fail, fail_all, reject, type_name, unsupported
 from policy.api.selectors import PeerSelector, Selector
+from policy.families import FAMILY_NAMES, IPNetwork
 from policy.model import ENTITIES
 
 
-def _cidr(v: Any) -> IPv4Network:
+def _cidr(v: Any) -> IPNetwork:
+    """A prefix of either family, written canonically (host bits set is an
+    error for both, as it always was for IPv4: `10.0.0.1/8` and
+    `2001:db8::1/32` say two different things and we will not guess which)."""
     if not isinstance(v, str):
         fail(f"must be a string, got {type_name(v)}")
     try:
         net = ip_network(v.strip(), strict=True)
     except (ValueError, AddressValueError, NetmaskValueError) as e:
         fail(f"invalid CIDR {v!r}: {e}")
-    if not isinstance(net, IPv4Network):
-        fail(f"not supported: IPv6 CIDR {v!r}")
+    if isinstance(net, IPv6Network):
+        if net.network_address.scope_id is not None:
+            fail(f"invalid CIDR {v!r}: a zone (%{net.network_address.scope_id}) names a link, not addresses")
+        mapped = net.network_address.ipv4_mapped
+        if mapped is not None:
+            # Kubernetes' strict CIDR validation refuses these too. An IPv4
+            # packet is judged by its IPv4 address, so this IPv6 prefix would
+            # silently match nothing.
+            fail(
+                f"not supported: IPv4-mapped IPv6 CIDR {v!r}: IPv4 traffic is matched by its IPv4 address, "
+                f"so it would match nothing; write {IPv4Network((mapped, net.prefixlen - 96))}"
+            )
     return net
 
 
@@ -40,23 +54,28 @@ def _entity(v: Any) -> str:
     return v
 
 
-CIDR = Annotated[IPv4Network, PlainValidator(_cidr)]
+CIDR = Annotated[IPNetwork, PlainValidator(_cidr)]
 Entity = Annotated[str, PlainValidator(_entity)]
 
 
 class IPBlock(Strict):
-    """A prefix minus some prefixes inside it (NetworkPolicy's ipBlock)."""
+    """A prefix minus some prefixes inside it (NetworkPolicy's ipBlock), all
+    of one family."""
 
     cidr: CIDR
     excepts: list[CIDR] | None = Field(None, alias="except")
 
     @model_validator(mode="after")
     def _excepts_inside(self) -> IPBlock:
-        problems: list[tuple[Loc, str]] = [
-            (("except", i), f"{e} is not inside {self.cidr}")
-            for i, e in enumerate(self.excepts or ())
-            if not e.subnet_of(self.cidr)
-        ]
+        problems: list[tuple[Loc, str]] = []
+        for i, e in enumerate(self.excepts or ()):
+            if e.version != self.cidr.version:
+                problems.append((("except", i), (
+                    f"{e} is {FAMILY_NAMES[e.version]} but cidr {self.cidr} is {FAMILY_NAMES[self.cidr.version]}: "
+                    "an except is carved out of its cidr, so it must be of the same family"
+                )))
+            elif not e.subnet_of(self.cidr):  # type: ignore[arg-type]  # same family, checked above
+                problems.append((("except", i), f"{e} is not inside {self.cidr}"))
         fail_all(problems)
         return self
 

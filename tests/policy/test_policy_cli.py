@@ -45,7 +45,7 @@ def test_validate_reports_one_line_per_error(capsys, tmp_path):
     assert code == 1
     assert out.splitlines() == [
         f"{bad}:0: spec.ingress[0].fromEntities[0]: unknown entity 'moon': expected one of "
-        "all, cluster, world, host, remote-node, init, health, unmanaged, kube-apiserver, ingress",
+        "all, cluster, world, world-ipv4, world-ipv6, host, remote-node, init, health, unmanaged, kube-apiserver, ingress",
         f"{bad}:1: kind: unknown kind 'Nope': expected one of CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy",
     ]
 

@@ -32,7 +32,7 @@ def test_problems_in_metadata_and_spec_are_reported_together():
     assert errors(text) == [
         "p.yaml: metadata.namespace: must be a string, got a number",
         "p.yaml: spec.ingress[0].fromEntities[0]: unknown entity 'galaxy': expected one of "
-        "all, cluster, world, host, remote-node, init, health, unmanaged, kube-apiserver, ingress",
+        "all, cluster, world, world-ipv4, world-ipv6, host, remote-node, init, health, unmanaged, kube-apiserver, ingress",
         "p.yaml: spec.egress[0].toPorts[0].ports[0].port: port 99999 out of range 0-65535",
     ]
 
