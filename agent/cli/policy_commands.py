@@ -17,6 +17,7 @@ from policy.compiled import Protocol
 from policy.compiler import compile_state
 from policy.endpoint import Endpoint
 from policy.errors import CiliateError
+from policy.families import Stack
 from policy.load import load_paths
 from policy.trace import HTTPRequest, Party, TraceResult, parse_party, trace
 
@@ -50,10 +51,11 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         help="would this flow be allowed? (L3/L4 and HTTP)",
         description=(
             "Answer from the compiled state the datapath uses. SPEC is labels:k=v,k=v (a local endpoint), "
-            "ip:A.B.C.D (an outside address) or entity:NAME (host, world, remote-node, ...). "
+            "ip:ADDRESS (an outside IPv4 or IPv6 address) or entity:NAME (host, world, remote-node, ...). "
             "Exit 0 allowed, 1 denied, 2 bad input."
         ),
     )
+    add_stack_flag(t)
     t.add_argument("--policies", nargs="+", action="extend", required=True, metavar="PATH")
     t.add_argument("--src", required=True, metavar="SPEC")
     t.add_argument("--dst", required=True, metavar="SPEC")
@@ -67,6 +69,15 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     )
     t.add_argument("-o", "--output", choices=("text", "json"), default="text")
     t.set_defaults(func=_guard(_trace))
+
+
+def add_stack_flag(p: argparse.ArgumentParser) -> None:
+    """--stack: the address families of the node the policies are compiled for."""
+    p.add_argument(
+        "--stack", choices=[s.value for s in Stack], default=Stack.IPV4.value,
+        help="the families the node runs (default ipv4, as the datapath today, which drops IPv6); "
+             "dual or ipv6 to see what the policies say for IPv6 (world identities as Cilium numbers them per stack)",
+    )
 
 
 def _guard(fn: Any) -> Any:
@@ -160,12 +171,15 @@ def _trace(args: argparse.Namespace) -> int:
         http = HTTPRequest(
             method=args.method or "GET", path=args.http_path or "/", host=args.host or "", headers=_headers(args.header)
         )
-    state = compile_state(res.policies, endpoints)
+    stack = Stack(args.stack)
+    state = compile_state(res.policies, endpoints, stack=stack)
     result = trace(state, src, dst, port, proto, http)
     if args.output == "json":
         print(json.dumps(result.to_dict(), indent=2))
     else:
         _print_text(result, state.identity_labels)
+        if any(p.family is not None and not stack.runs(p.family) for p in (src, dst)):
+            print("hint:    --stack dual traces what the policies say on a node that runs both families")
     return EXIT_OK if result.allowed else EXIT_DENIED
 
 
@@ -181,3 +195,4 @@ def _print_text(r: TraceResult, labels: Any) -> None:
     print(f"dst:     identity {ident(r.dst_identity)}")
     for rule in r.rules:
         print(f"rule:    {rule}")
+

@@ -26,12 +26,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_socket
+from agent.cli.policy_commands import add_stack_flag
 from policy.compiler import compile_state
 from policy.diff import diff_policies
 from policy.diff_observed import ReplayReport, replay
 from policy.diff_report import PolicyDiff, port_text, request_text, rule_text
 from policy.endpoint import Endpoint
 from policy.errors import CiliateError
+from policy.families import Stack
 from policy.labels import selector_key_problem, value_problem
 from policy.load import load_paths
 from policy.model import Policy
@@ -62,6 +64,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     d.add_argument("--observed", action="store_true", help="replay the flows the agent saw recently against --new")
     d.add_argument("--since", type=float, metavar="SECONDS", help="with --observed: only the last SECONDS (default: all the agent keeps)")
     d.add_argument("--socket", default=str(default_socket()), help="agent API socket (env CILIATE_SOCKET)")
+    add_stack_flag(d)
     d.add_argument("-o", "--output", choices=("text", "json"), default="text")
     d.set_defaults(func=_run)
 
@@ -126,11 +129,12 @@ def _agent_endpoints(client: AgentClient) -> list[Endpoint]:
 
 def _diff(args: argparse.Namespace) -> int:
     new = _policies(args.new, "new")
+    stack = Stack(args.stack)
     if args.observed:
         with AgentClient(Path(args.socket)) as client:
             eps = load_endpoints(args.endpoints) if args.endpoints else _agent_endpoints(client)
             history = client.flow_history(args.since)
-        report = replay(history.events, compile_state(new, eps))
+        report = replay(history.events, compile_state(new, eps, stack=stack))
         if args.output == "json":
             print(json.dumps(report.to_dict() | {"evicted": history.evicted}, indent=2))
         else:
@@ -144,11 +148,15 @@ def _diff(args: argparse.Namespace) -> int:
     else:
         with AgentClient(Path(args.socket)) as client:
             eps = _agent_endpoints(client)
-    d = diff_policies(old, new, eps)
+    d = diff_policies(old, new, eps, stack=stack)
     if args.output == "json":
         print(json.dumps(d.to_dict(), indent=2))
     else:
         print_diff(d)
+        unjudged = {n for n in (*d.old.ipcache, *d.new.ipcache) if not stack.runs(n.version)}
+        if unjudged:
+            print(f"\nnote: {_plural(len(unjudged), 'prefix', 'prefixes')} of a family this node does not run "
+                  f"({stack.value} stack) not judged: its datapath drops those packets; --stack dual judges them")
     return EXIT_CHANGED if d.changes else EXIT_SAME
 
 
