@@ -201,3 +201,16 @@ def test_unknown_fields_reach_the_agent_instead_of_being_pruned():
     assert not _agent_ok(doc)
     rule = _schema("CiliumNetworkPolicy")["properties"]["spec"]["properties"]["ingress"]["items"]
     assert rule.get("x-kubernetes-preserve-unknown-fields") is True
+
+
+@pytest.mark.parametrize("path,value", [
+    ("spec.ingress.0.fromCIDR", ["2001:db8::/32", "10.0.0.0/8"]),
+    ("spec.ingress.0.fromCIDR", ["2001:db8::1", "::/0", "64:ff9b::192.0.2.0/120"]),
+    ("spec.ingress.0.fromCIDRSet", [{"cidr": "2001:db8::/32", "except": ["2001:db8:bad::/48"]}]),
+    ("spec.ingress.0.fromEntities", ["world-ipv4", "world-ipv6"]),
+])
+def test_the_schema_accepts_ipv6_as_the_agent_does(path, value):
+    """Cilium's CRD takes IPv6 CIDRs (`format: cidr`); ours too, and the
+    world entities of each family the agent implements."""
+    doc = _with(path, value)
+    assert _agent_ok(doc) and _schema_ok(doc)
