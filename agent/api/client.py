@@ -102,7 +102,8 @@ class AgentClient:
         params = {"wait": str(wait)} if wait else {}
         return self._call(
             "POST", "/v1/endpoints", Endpoint, ok=(200, 201), params=params,
-            content=req.model_dump_json(), headers={"Content-Type": "application/json"},
+            # Absent is the default: an agent that predates a field (ipv6) still takes an IPv4-only request.
+            content=req.model_dump_json(exclude_none=True), headers={"Content-Type": "application/json"},
         )
 
     def configure_endpoint(self, endpoint_id: int, cfg: EndpointConfig, wait: float | None = None) -> Endpoint:

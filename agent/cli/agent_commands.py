@@ -105,7 +105,8 @@ def _status(client: AgentClient, args: argparse.Namespace) -> int:
             ]
             + (
                 [f"Kubernetes:      {s.kubernetes.get('detail')} (node {s.kubernetes.get('node')}, "
-                 f"{s.kubernetes.get('policies')} policies, {s.kubernetes.get('pods')} pods)"]
+                 f"{s.kubernetes.get('policies')} policies, {s.kubernetes.get('pods')} pods"
+                 + (f", {s.kubernetes['pods_ipv6']} with IPv6" if s.kubernetes.get("pods_ipv6") else "") + ")"]
                 if s.kubernetes
                 else []
             )
@@ -125,6 +126,7 @@ def _endpoint_rows(eps) -> str:
             e.id,
             e.name or e.container_id[:12],
             e.ipv4,
+            e.ipv6,
             e.identity,
             e.state.value + (f" ({e.reason})" if e.reason else ""),
             "ingress" if e.ingress_enforced else "",
@@ -135,7 +137,7 @@ def _endpoint_rows(eps) -> str:
         )
         for e in eps
     ]
-    return _table(["ID", "NAME", "IPV4", "IDENTITY", "STATE", "INGRESS", "EGRESS", "AUDIT", "REV", "LABELS"], rows)
+    return _table(["ID", "NAME", "IPV4", "IPV6", "IDENTITY", "STATE", "INGRESS", "EGRESS", "AUDIT", "REV", "LABELS"], rows)
 
 
 def _endpoint_list(client: AgentClient, args: argparse.Namespace) -> int:

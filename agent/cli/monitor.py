@@ -36,6 +36,8 @@ def _labels(labels: list[str]) -> str:
 
 def _side(pod: str | None, ns: str | None, ip: str | None, port: int | None, labels: list[str], identity: int | None) -> str:
     who = (f"{ns}/{pod}" if ns else pod) if pod else (ip or "?")
+    if port and not pod and ":" in who:
+        who = f"[{who}]"  # an IPv6 address: its port stays readable, as in a URL
     where = f"{who}:{port}" if port else who
     names = _labels(labels)
     if names:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv6Address
 
 from agent.core.models import Endpoint, EndpointCreate, EndpointRecord, EndpointState
 from agent.core.ports import Failure
@@ -24,7 +25,7 @@ class EndpointTableFull(Exception):
 
 
 class AddressInUse(ValueError):
-    """The IPv4 address belongs to another endpoint: two endpoints cannot share one."""
+    """The IPv4 or IPv6 address belongs to another endpoint: two endpoints cannot share one."""
 
 
 @dataclass(slots=True)
@@ -53,13 +54,17 @@ class EndpointTable:
         self._store = store
         self._rows: dict[int, _Row] = {}
         self._changed = asyncio.Condition()
+        self._by_address: dict[IPv4Address | IPv6Address, int] | None = None  # built on demand, dropped on change
 
     def load(self) -> list[int]:
         for rec in self._store.load_endpoints():
             self._rows[rec.id] = _Row(rec)
+        self._by_address = None
         return sorted(self._rows)
 
     def _persist(self) -> None:
+        # Every change of a record passes here: the address index is rebuilt when next asked.
+        self._by_address = None
         self._store.save_endpoints([r.record for r in self._rows.values()])
 
     # --- records -----------------------------------------------------------
@@ -88,10 +93,13 @@ class EndpointTable:
         existing = self.find(req.container_id, req.ifname) or next(
             (r.record for r in self._rows.values() if r.record.host_ifname == req.host_ifname), None
         )
-        if req.ipv4 is not None:
-            other = next((r.record for r in self._rows.values() if r.record.ipv4 == req.ipv4 and r.record is not existing), None)
+        for family in ("ipv4", "ipv6"):
+            addr = getattr(req, family)
+            if addr is None:
+                continue
+            other = next((r.record for r in self._rows.values() if getattr(r.record, family) == addr and r.record is not existing), None)
             if other is not None:
-                raise AddressInUse(f"ipv4: {req.ipv4} is already the address of endpoint {other.id} ({other.container_id}/{other.ifname})")
+                raise AddressInUse(f"{family}: {addr} is already the address of endpoint {other.id} ({other.container_id}/{other.ifname})")
         if existing is not None:
             # Settings made through the API (audit mode) outlive a CNI re-ADD.
             rec = EndpointRecord(id=existing.id, policy_audit_mode=existing.policy_audit_mode, **req.model_dump())
@@ -134,6 +142,18 @@ class EndpointTable:
         if row is not None:
             self._persist()
         return row.record if row else None
+
+    def holding(self, addr: IPv4Address | IPv6Address) -> EndpointRecord | None:
+        """The endpoint whose IPv4 or IPv6 address `addr` is (flow events name
+        endpoints by address, many per second: an index, not a scan)."""
+        if self._by_address is None:
+            index: dict[IPv4Address | IPv6Address, int] = {}
+            for eid in sorted(self._rows, reverse=True):  # the lowest id wins, as the ipcache picks
+                rec = self._rows[eid].record
+                index.update({a: eid for a in (rec.ipv4, rec.ipv6) if a is not None})
+            self._by_address = index
+        eid = self._by_address.get(addr)
+        return self._rows[eid].record if eid is not None else None
 
     def record(self, endpoint_id: int) -> EndpointRecord | None:
         row = self._rows.get(endpoint_id)

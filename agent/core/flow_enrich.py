@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from ipaddress import AddressValueError, IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 from agent.core.endpoint_table import EndpointTable
@@ -37,12 +37,12 @@ def pod_of(rec: EndpointRecord) -> tuple[str | None, str | None]:
     return name or None, ns
 
 
-def _ip(raw: object) -> IPv4Address | None:
+def _ip(raw: object) -> IPv4Address | IPv6Address | None:
     if not isinstance(raw, str) or not raw:
         return None
     try:
-        return IPv4Address(raw)
-    except (AddressValueError, ValueError):
+        return ip_address(raw)
+    except ValueError:
         return None
 
 
@@ -60,6 +60,19 @@ class FlowEnricher:
         self._state = state
         self._labels = labels
 
+    def _local(self, addr: IPv4Address | IPv6Address | None, state: CompiledState | None) -> tuple[int | None, int | None]:
+        """(endpoint id, identity) of the local endpoint holding `addr`, else (None, None).
+        IPv4: the compiled state the kernel enforces. IPv6: the endpoint table
+        (the datapath enforces no IPv6 yet), with the identity the endpoint has now."""
+        if addr is None:
+            return None, None
+        if addr.version == 4:
+            ep = state.endpoint_by_ip(addr) if state is not None else None
+            return (ep.endpoint_id, ep.identity) if ep is not None else (None, None)
+        rec = self._table.holding(addr)
+        live = self._table.live(rec.id) if rec is not None else None
+        return (rec.id, live.identity) if rec is not None and live is not None else (None, None)
+
     def enrich(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         data = dict(raw)
         data.setdefault("time", time.time())
@@ -67,9 +80,9 @@ class FlowEnricher:
         labels: Mapping[int, frozenset[str]] | None = None
         for side in ("src", "dst"):
             addr = _ip(data.get(f"{side}_ip"))
-            ep = state.endpoint_by_ip(addr) if state is not None and addr is not None else None
+            eid, local_identity = self._local(addr, state)
             if not data.get(f"{side}_identity"):
-                ident = ep.identity if ep is not None else (state.identity_of(addr) if state is not None and addr is not None else None)
+                ident = local_identity if eid is not None else (state.identity_of(addr) if state is not None and addr is not None else None)
                 data[f"{side}_identity"] = ident or None
             ident = data.get(f"{side}_identity")
             if not data.get(f"{side}_labels") and ident:
@@ -79,7 +92,7 @@ class FlowEnricher:
                 if found is None and state is not None:
                     found = self._labels().get(ident)
                 data[f"{side}_labels"] = sorted(found or ())
-            rec = self._table.record(ep.endpoint_id) if ep is not None else None
+            rec = self._table.record(eid) if eid is not None else None
             if rec is not None:
                 pod, ns = pod_of(rec)
                 data.setdefault(f"{side}_endpoint_id", rec.id)

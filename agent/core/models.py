@@ -8,11 +8,12 @@ with them. Pure data, no I/O.
 from __future__ import annotations
 
 import enum
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from agent.core.addresses import ipv6_problem
 from policy.labels import selector_key_problem, value_problem
 
 IFNAMSIZ = 16  # the kernel's limit, NUL included: names hold at most 15 bytes
@@ -47,7 +48,16 @@ def _label_value_ok(value: str) -> str:
     return value
 
 
+def _ipv6_ok(addr: IPv6Address) -> IPv6Address:
+    problem = ipv6_problem(addr)
+    if problem:
+        raise ValueError(problem)
+    return addr
+
+
 InterfaceName = Annotated[str, AfterValidator(_ifname_ok)]
+# Global unicast or unique local only (agent/core/addresses.py); reported at ipv6.
+EndpointIPv6 = Annotated[IPv6Address, AfterValidator(_ipv6_ok)]
 # Kubernetes label syntax (policy/labels.py), optionally with a Cilium source
 # ("k8s:app"). A bad label is reported at labels.<key>.
 LabelKey = Annotated[str, AfterValidator(_label_key_ok)]
@@ -73,6 +83,9 @@ class EndpointCreate(_Model):
     host_ifname: InterfaceName = Field(max_length=15, description="host side of the veth pair")
     netns: str | None = Field(default=None, max_length=4096, description="path of the pod's network namespace")
     ipv4: IPv4Address | None = None
+    ipv6: EndpointIPv6 | None = Field(
+        default=None, description="global unicast or unique local; the datapath is IPv4-only for now and drops the pod's IPv6"
+    )
     labels: dict[LabelKey, LabelValue] = Field(
         default_factory=dict, description="Kubernetes label syntax; a key may carry a source, e.g. k8s:app"
     )
@@ -88,6 +101,8 @@ class EndpointRecord(EndpointCreate):
     ifname: str = Field(default="eth0", min_length=1, max_length=15, description="interface inside the pod")
     host_ifname: str = Field(min_length=1, max_length=15, description="host side of the veth pair")
     labels: dict[str, str] = Field(default_factory=dict)
+    # Absent in records written before dual-stack: they load as IPv4-only.
+    ipv6: IPv6Address | None = None
     netns: str | None = Field(default=None, description="path of the pod's network namespace")
     name: str | None = Field(default=None, description="display name, e.g. namespace/pod")
     policy_audit_mode: bool | None = Field(

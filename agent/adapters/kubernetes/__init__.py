@@ -9,6 +9,7 @@ the API server, and each policy's per-node status written back.
   under a key no file policy can take;
 - `pod_labels.py`: a Pod and its Namespace as endpoint labels, and the
   labels a Pod may not set itself (namespace, service account, cluster);
+- `pod_addresses.py`: a Pod's `status.podIPs`, one address per family;
 - `node_status.py`: what `status.nodes[<node>]` says, and the coalescing,
   rate-limited writer of it;
 - `source.py`: the ClusterSource port (agent/core/ports.py) over all of them;

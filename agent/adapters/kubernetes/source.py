@@ -34,6 +34,7 @@ from agent.adapters.kubernetes.kinds import (
 )
 from agent.adapters.kubernetes.node_status import StatusWriter, Target
 from agent.adapters.kubernetes.objects import load_object, pod_name, source_name, spec_of
+from agent.adapters.kubernetes.pod_addresses import pod_ips
 from agent.adapters.kubernetes.pod_labels import dropped_labels, endpoint_labels
 from agent.adapters.kubernetes.reflector import Event, Reflector, Timing
 from agent.core.models import PolicyStatus
@@ -279,6 +280,8 @@ class KubernetesSource:
             "node": self.options.node_name,
             "policies": sum(len(self.objects[k]) for k in POLICY_KINDS),
             "pods": len(self.objects[KIND_POD]),
+            # Dual-stack pods: their IPv6 is dropped by the IPv4-only datapath (`ciliate status` says so).
+            "pods_ipv6": sum(pod_ips(p).ipv6 is not None for p in self.objects[KIND_POD].values()),
             "status_writes": self._writer.writes if self._writer is not None else 0,
             "pod_labels_dropped": self._labels_dropped,
         }
