@@ -5,12 +5,20 @@ each runs in a worker thread; the regeneration worker is the only caller, so
 they never run concurrently. Map-full errors are reported as such (retrying
 does not help until policy shrinks); other failures are retried with backoff.
 Does kernel I/O through redirect/.
+
+The datapath is IPv4-only for now: its maps key endpoints and the ipcache by
+IPv4 address and its programs drop every IPv6 packet (bpf/lib/common.h
+passes only IPv4 and ARP). A dual-stack endpoint is attached by its IPv4
+address and its IPv6 traffic is dropped, fail closed; an IPv6-only endpoint
+cannot be keyed at all, so its veth gets the drop-everything program and
+the endpoint stays not-ready. `families()` says so for `ciliate status`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -20,15 +28,17 @@ from agent.core.ports import (
     ApplyOutcome,
     DatapathCounters,
     DumpedEntry,
+    EndpointUnsupported,
     Failure,
+    FamilySupport,
     KernelEndpoint,
     MapFill,
     UpstreamPorts,
     VerdictCounter,
 )
 from policy.compiled import CompiledState, Protocol
-from redirect import counters
-from redirect.datapath import Datapath
+from redirect import bpfsys, counters, tc
+from redirect.datapath import BLOCK_NAME, Datapath
 from redirect.errors import MapFullError, PlumbingError
 from redirect.layout import DIR_NONE, EventVerdict, Hook, Reason
 from redirect.upstream_ports import DEFAULT_RANGE, POD_DEFAULT_RANGE, PortRange
@@ -43,6 +53,12 @@ _FLOW_TYPE = {
     EventVerdict.AUDIT: "audit",
 }
 _DIRECTION = {0: "ingress", 1: "egress", DIR_NONE: "none"}
+IPV6_DROPPED = "dropped (the datapath is IPv4-only)"
+FAMILIES = (FamilySupport(4, True), FamilySupport(6, False, IPV6_DROPPED))
+IPV6_ONLY = (
+    "no IPv4 address: the datapath keys endpoints by their IPv4 address and is IPv4-only, so everything "
+    "this IPv6-only endpoint sends or receives is dropped until the IPv6 datapath lands"
+)
 
 
 def reason_name(reason: Reason | int) -> str:
@@ -73,10 +89,12 @@ def node_port_range() -> PortRange | None:
 class KernelDatapath:
     def __init__(
         self, pin_dir: Path, state_dir: Path, *,
-        upstream_ports: PortRange = DEFAULT_RANGE, cgroup_root: Path | None = None,
+        upstream_ports: PortRange = DEFAULT_RANGE, cgroup_root: Path | None = None, netns: str | None = None,
     ) -> None:
+        """`netns`: the named network namespace the endpoints' veths live in
+        (tests build a node in one); None: the agent's own."""
         pin_dir.mkdir(parents=True, exist_ok=True)  # a directory in bpffs, e.g. /sys/fs/bpf/tc/globals
-        self._dp = Datapath(pin_dir, state_dir)
+        self._dp = Datapath(pin_dir, state_dir, netns=netns)
         self._upstream_range = upstream_ports
         self._cgroup_root = cgroup_root
         self._upstream_error: str | None = None
@@ -122,10 +140,26 @@ class KernelDatapath:
         # Releases this process's handles only; the kernel keeps enforcing.
         await asyncio.to_thread(self._dp.close)
 
+    def families(self) -> tuple[FamilySupport, ...]:
+        return FAMILIES
+
     async def attach_endpoint(self, endpoint_id: int, ifname: str, ipv4: IPv4Address | None, identity: int) -> None:
+        # An endpoint's IPv6 address never reaches this call: the programs
+        # attached by its IPv4 address drop its IPv6 packets (fail closed)
+        # until the IPv6 datapath lands.
         if ipv4 is None:
-            raise ValueError(f"endpoint {endpoint_id} has no IPv4 address; the datapath needs one")
+            await asyncio.to_thread(self._block, ifname)
+            raise EndpointUnsupported(IPV6_ONLY)
         await asyncio.to_thread(self._dp.attach_endpoint, endpoint_id, ifname, ipv4, identity)
+
+    def _block(self, ifname: str) -> None:
+        """The drop-everything program on both hooks of the veth: without it an
+        endpoint the maps cannot key would pass traffic no policy judged."""
+        fd = bpfsys.load_drop_program(BLOCK_NAME)
+        try:
+            tc.attach(ifname, fd, fd, BLOCK_NAME, self._dp.netns)
+        finally:
+            os.close(fd)
 
     async def attach_underlay(self, ifname: str) -> None:
         """Cluster mode: the underlay device's program (the proxy's cross-node replies)."""

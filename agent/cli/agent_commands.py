@@ -88,6 +88,18 @@ def _upstream_lines(u) -> list[str]:
     return [f"Upstream ports:  {u.ports}, assigned by the datapath ({u.assigned} connections{refused})"]
 
 
+def family_lines(families: dict) -> list[str]:
+    """One line per address family: whether the datapath enforces it, what
+    happens to its packets if not, and how many endpoints that concerns."""
+    lines = []
+    for key, f in sorted(families.items()):
+        name = "IPv" + key.removeprefix("ipv")
+        what = "enforced" if f.enforced else "not enforced" + (f", {f.detail}" if f.detail else "")
+        held = f"{f.endpoints} endpoint{'' if f.endpoints == 1 else 's'} with an {name} address"
+        lines.append(f"{name + ':':<17}{what}; {held}")
+    return lines
+
+
 def _status(client: AgentClient, args: argparse.Namespace) -> int:
     def human(s) -> str:
         eps = ", ".join(f"{n} {k}" for k, n in sorted(s.endpoints.items())) or "none"
@@ -98,6 +110,7 @@ def _status(client: AgentClient, args: argparse.Namespace) -> int:
                 f"Health:          {'ok' if s.ok else 'DEGRADED'}",
                 f"Policy revision: {s.revision}",
                 f"Endpoints:       {eps}",
+                *family_lines(s.families),
                 f"Policies:        {pols}",
                 f"Proxy:           {proxy}",
                 f"State dir:       {s.state_dir}",

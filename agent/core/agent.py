@@ -54,6 +54,7 @@ from agent.core.regenerator import RegenerationReport, Regenerator
 from agent.core.reports import (
     Readings,
     bpf_policy_dump,
+    families_of,
     endpoints_by_state,
     health_of,
     identities_by_type,
@@ -400,6 +401,7 @@ class Agent:
             self.config.policy_dir,
             conntrack_status(self.metrics.datapath),  # as last read: read_kernel_counters()
             upstream_ports_status(self.metrics.datapath),
+            families_of(self.datapath.families(), (r for i in self.table.ids() if (r := self.table.record(i)) is not None)),
         )
 
     async def bpf_policy(self, endpoint_id: int) -> BpfPolicyDump | None:

@@ -198,6 +198,12 @@ class UpstreamPortsStatus(_Model):
     detail: str = Field(default="", description="why the datapath does not assign them")
 
 
+class FamilyStatus(_Model):
+    enforced: bool = Field(description="the datapath enforces policy for this address family")
+    detail: str = Field(default="", description="when not enforced: what becomes of the family's packets, and why")
+    endpoints: int = Field(default=0, description="endpoints holding an address of this family")
+
+
 class Status(_Model):
     ok: bool
     revision: int
@@ -217,6 +223,9 @@ class Status(_Model):
     )
     upstream_ports: UpstreamPortsStatus | None = Field(
         default=None, description="source ports of the proxy's upstream connections that keep the client's address (absent until the datapath is set up)"
+    )
+    families: dict[str, FamilyStatus] = Field(
+        default_factory=dict, description='per address family ("ipv4", "ipv6"): whether the datapath enforces policy for it'
     )
 
 

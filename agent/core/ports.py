@@ -245,6 +245,21 @@ class ProxyCounters:
     envoy_restarts: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class FamilySupport:
+    """Whether the datapath enforces policy for one address family."""
+
+    version: int  # 4 | 6
+    enforced: bool
+    detail: str = ""  # when not enforced: what becomes of the family's packets, and why
+
+
+class EndpointUnsupported(Exception):
+    """The datapath cannot enforce policy for this endpoint as it is (e.g. an
+    IPv6-only endpoint on the IPv4-only datapath): it keeps the endpoint's
+    traffic dropped, and trying again without a change would not help."""
+
+
 class DatapathControl(Protocol):
     """The kernel side (redirect.datapath.Datapath behind agent/adapters/kernel_datapath.py)."""
 
@@ -257,7 +272,12 @@ class DatapathControl(Protocol):
         ...
 
     async def attach_endpoint(self, endpoint_id: int, ifname: str, ipv4: IPv4Address | None, identity: int) -> None:
-        """Attach programs to the endpoint's host interface; idempotent (adopts)."""
+        """Attach programs to the endpoint's host interface; idempotent (adopts).
+        Raises EndpointUnsupported for an endpoint it can only keep dropped."""
+        ...
+
+    def families(self) -> tuple[FamilySupport, ...]:
+        """Per address family, whether policy is enforced for it (`ciliate status`)."""
         ...
 
     async def detach_endpoint(self, endpoint_id: int) -> None: ...

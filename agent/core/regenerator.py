@@ -31,6 +31,7 @@ from agent.core.ports import (
     ApplyOutcome,
     DatapathControl,
     EndpointSpec,
+    EndpointUnsupported,
     Failure,
     PolicyCompiler,
     ProxyControl,
@@ -176,6 +177,9 @@ class Regenerator:
             try:
                 await self.datapath.attach_endpoint(eid, rec.host_ifname, rec.ipv4, endpoints[eid].identity)
                 self.table.set_live(eid, attached=True)
+            except EndpointUnsupported as exc:
+                # The datapath keeps its traffic dropped; retrying would not help.
+                failures[eid] = Failure("datapath", f"{rec.host_ifname}: {exc}")
             except Exception as exc:
                 failures[eid] = Failure("datapath", f"attaching to {rec.host_ifname} failed: {exc}", transient=True)
 

@@ -19,6 +19,8 @@ from agent.core.models import (
     BpfPolicyEntry,
     ConntrackFill,
     Endpoint,
+    EndpointRecord,
+    FamilyStatus,
     Health,
     Identity,
     IdentityList,
@@ -26,7 +28,7 @@ from agent.core.models import (
     Status,
     UpstreamPortsStatus,
 )
-from agent.core.ports import DumpedEntry
+from agent.core.ports import DumpedEntry, FamilySupport
 from policy.compiled import RESERVED_IDENTITIES
 
 
@@ -68,6 +70,7 @@ def status_of(
     policy_dir: Path | None,
     conntrack: ConntrackFill | None,
     upstream_ports: UpstreamPortsStatus | None = None,
+    families: dict[str, FamilyStatus] | None = None,
 ) -> Status:
     """`endpoints`: endpoints_by_state(); `conntrack`: as last read from the kernel."""
     return Status(
@@ -82,7 +85,22 @@ def status_of(
         kvstore=_scalars(r.kvstore, (str, int, float, bool)) if r.kvstore is not None else None,
         conntrack=conntrack,
         upstream_ports=upstream_ports,
+        families=families or {},
     )
+
+
+def families_of(support: Iterable[FamilySupport], records: Iterable[EndpointRecord]) -> dict[str, FamilyStatus]:
+    """Per family the datapath reports on: enforced or what happens to its
+    packets, and how many endpoints hold an address of it (so an operator sees
+    whose traffic a family that is not enforced concerns)."""
+    held: dict[int, int] = {4: 0, 6: 0}
+    for rec in records:
+        held[4] += rec.ipv4 is not None
+        held[6] += rec.ipv6 is not None
+    return {
+        f"ipv{f.version}": FamilyStatus(enforced=f.enforced, detail=f.detail, endpoints=held.get(f.version, 0))
+        for f in sorted(support, key=lambda f: f.version)
+    }
 
 
 def endpoints_by_state(table: EndpointTable) -> dict[str, int]:

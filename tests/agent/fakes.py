@@ -27,7 +27,9 @@ from agent.core.ports import (
     VerdictCounter,
     DumpedEntry,
     EndpointSpec,
+    EndpointUnsupported,
     Failure,
+    FamilySupport,
     KernelEndpoint,
     LoadedFile,
     PolicyProblem,
@@ -233,6 +235,9 @@ class FakeDatapath:
         self.map_capacities: dict[str, int] = {"ciliate_ct": 65536, "ciliate_ipcache": 65536}
         self.map_entries: dict[str, int] = {}  # what the fake kernel's maps hold, by pin name
         self.upstream_ports: UpstreamPorts | None = None  # what the connect hook reports
+        # The real datapath is IPv4-only: it drops IPv6 and cannot key an endpoint without IPv4.
+        self.supported = (FamilySupport(4, True), FamilySupport(6, False, "dropped (the datapath is IPv4-only)"))
+        self.requires_ipv4 = False  # True: refuse an endpoint without IPv4, as the kernel datapath does
 
     async def setup(self) -> None:
         self.setups += 1
@@ -254,9 +259,14 @@ class FakeDatapath:
     async def close(self) -> None:
         self.closed = getattr(self, "closed", 0) + 1
 
+    def families(self) -> tuple[FamilySupport, ...]:
+        return self.supported
+
     async def attach_endpoint(self, endpoint_id: int, ifname: str, ipv4: IPv4Address | None, identity: int) -> None:
         if endpoint_id in self.fail_attach:
             raise OSError(f"no such device {ifname}")
+        if ipv4 is None and self.requires_ipv4:
+            raise EndpointUnsupported("no IPv4 address: the datapath is IPv4-only")
         self.attached[endpoint_id] = (ifname, ipv4, identity)
 
     async def attached_endpoints(self) -> list[KernelEndpoint]:
