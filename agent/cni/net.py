@@ -1,32 +1,31 @@
 """Wiring a pod into the host with a veth pair (pyroute2), Cilium style.
 
-The pod gets its address as a /32, a link route to the gateway and a default
-route through it; the gateway's MAC is pinned in the pod's neighbour table to
-the host-side veth, so no ARP proxying is needed. The host gets a /32 route to
-the pod over the host-side veth, where the datapath attaches its programs.
-The gateway address itself lives on the host device `ciliate_host` (a veth
-pair with `ciliate_net`, as Cilium's cilium_host/cilium_net; the dummy driver
-is not on every kernel), so the host and the sidecar Envoy have a source
-address to reach pods from and pods' replies come back. Does kernel I/O
-(netlink, sysctl).
+IPv4: the pod gets its address as a /32, a link route to the gateway and a
+default route through it; the gateway's MAC is pinned in the pod's
+neighbour table to the host-side veth, so no ARP proxying is needed. The
+host gets a /32 route to the pod over the host-side veth, where the datapath
+attaches its programs. The gateway address itself lives on the host device
+`ciliate_host` (host_device.py). IPv6, when the pod has an address of that
+family, is net6.py's; a pod may have either family or both
+(agent/cni/addressing.py). Does kernel I/O (netlink, sysctl).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from agent.cni import host_device, net6, sysctl
+from agent.cni.addressing import IPv4Plan, Plan
 from agent.cni.errors import CONTAINER_UNKNOWN, IO_FAILURE, CniError
 
 ENOENT = 2
 ENODEV = 19
-EEXIST = 17
-HOST_DEVICE = "ciliate_host"
-HOST_PEER = "ciliate_net"
+AF_INET = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +33,8 @@ class Wired:
     host_ifname: str
     host_mac: str
     pod_mac: str
-    address: IPv4Interface
+    ipv4: IPv4Interface | None
+    ipv6: IPv6Interface | None
 
 
 def _check_netns(netns: str) -> None:
@@ -42,36 +42,16 @@ def _check_netns(netns: str) -> None:
         raise CniError(CONTAINER_UNKNOWN, f"network namespace {netns} does not exist (is the container still running?)")
 
 
-def _sysctl(path: str, value: str) -> None:
-    try:
-        Path(path).write_text(value)
-    except OSError as exc:
-        raise CniError(IO_FAILURE, f"cannot set {path} to {value}: {exc}") from exc
+def _wire_pod_ipv4(pod: IPRoute, idx: int, v4: IPv4Plan, host_mac: str) -> None:
+    pod.neigh("replace", dst=str(v4.gateway), lladdr=host_mac, ifindex=idx, state="permanent")
+    pod.route("replace", dst=f"{v4.gateway}/32", oif=idx, scope="link")
+    pod.route("replace", dst="0.0.0.0/0", gateway=str(v4.gateway), oif=idx)
 
 
-def _ensure_gateway(ipr: IPRoute, gateway: IPv4Address) -> None:
-    if not ipr.link_lookup(ifname=HOST_DEVICE):
-        try:
-            ipr.link("add", ifname=HOST_DEVICE, kind="veth", peer=HOST_PEER)
-        except NetlinkError as exc:
-            if exc.code != EEXIST:  # a concurrent ADD made it
-                raise
-    idx = ipr.link_lookup(ifname=HOST_DEVICE)[0]
-    have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=2)}
-    if str(gateway) not in have:
-        try:
-            ipr.addr("add", index=idx, address=str(gateway), prefixlen=32)
-        except NetlinkError as exc:
-            if exc.code != EEXIST:
-                raise
-    ipr.link("set", index=idx, state="up")
-    for peer in ipr.link_lookup(ifname=HOST_PEER):
-        ipr.link("set", index=peer, state="up")
-
-
-def add(netns: str, ifname: str, host_if: str, address: IPv4Address, gateway: IPv4Address, mtu: int | None) -> Wired:
+def add(netns: str, ifname: str, host_if: str, plan: Plan, mtu: int | None) -> Wired:
     _check_netns(netns)
     tmp_peer = "tmp" + host_if[3:]
+    v4, v6 = plan.ipv4, plan.ipv6
     try:
         with IPRoute() as ipr:
             # A retried ADD finds the veth of the failed attempt: start over.
@@ -84,30 +64,47 @@ def add(netns: str, ifname: str, host_if: str, address: IPv4Address, gateway: IP
             host_mac = ipr.get_links(host_idx)[0].get_attr("IFLA_ADDRESS")
             ipr.link("set", index=peer_idx, net_ns_fd=netns)
             ipr.link("set", index=host_idx, state="up")
-        _sysctl(f"/proc/sys/net/ipv4/conf/{host_if}/forwarding", "1")
+        if v4 is not None:
+            sysctl.write(f"/proc/sys/net/ipv4/conf/{host_if}/forwarding", "1")
+        if v6 is not None:
+            net6.enable_on_host(host_if)
         with IPRoute(netns=netns) as pod:
             idx = pod.link_lookup(ifname=tmp_peer)[0]
             pod.link("set", index=idx, ifname=ifname)
-            pod.addr("add", index=idx, address=str(address), prefixlen=32)
+            if v6 is not None:
+                net6.enable_in_pod(netns, ifname)  # before its address: a device without IPv6 refuses one
+            if v4 is not None:
+                pod.addr("add", index=idx, address=str(v4.address), prefixlen=32)
             pod.link("set", index=idx, state="up")
             lo = pod.link_lookup(ifname="lo")
             if lo:
                 pod.link("set", index=lo[0], state="up")
             pod_mac = pod.get_links(idx)[0].get_attr("IFLA_ADDRESS")
-            pod.neigh("replace", dst=str(gateway), lladdr=host_mac, ifindex=idx, state="permanent")
-            pod.route("replace", dst=f"{gateway}/32", oif=idx, scope="link")
-            pod.route("replace", dst="0.0.0.0/0", gateway=str(gateway), oif=idx)
+            if v4 is not None:
+                _wire_pod_ipv4(pod, idx, v4, host_mac)
+            if v6 is not None:
+                net6.wire_pod(pod, idx, v6, host_mac)
         with IPRoute() as ipr:
-            _ensure_gateway(ipr, gateway)
-            ipr.route("replace", dst=f"{address}/32", oif=host_idx, scope="link", prefsrc=str(gateway))
-    except NetlinkError as exc:
+            if v4 is not None:
+                host_device.ensure_address(ipr, host_device.ensure_device(ipr), v4.gateway)
+                ipr.route("replace", dst=f"{v4.address}/32", oif=host_idx, scope="link", prefsrc=str(v4.gateway))
+            if v6 is not None:
+                net6.wire_host(ipr, host_idx, v6, pod_mac)
+    except (NetlinkError, CniError) as exc:
         remove(host_if)
+        if isinstance(exc, CniError):
+            raise
         raise CniError(IO_FAILURE, f"wiring {ifname} into {netns} failed: {exc}") from exc
-    return Wired(host_if, host_mac, pod_mac, IPv4Interface(f"{address}/32"))
+    return Wired(
+        host_if, host_mac, pod_mac,
+        IPv4Interface(f"{v4.address}/32") if v4 is not None else None,
+        IPv6Interface(f"{v6.address}/128") if v6 is not None else None,
+    )
 
 
 def remove(host_if: str) -> bool:
-    """Delete the veth pair (its pod end goes with it); False when it was already gone."""
+    """Delete the veth pair (its pod end, the routes and neighbour entries
+    through it go with it); False when it was already gone."""
     try:
         with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=host_if)
@@ -121,7 +118,7 @@ def remove(host_if: str) -> bool:
         raise CniError(IO_FAILURE, f"deleting {host_if} failed: {exc}") from exc
 
 
-def check(netns: str, ifname: str, address: IPv4Address, host_if: str) -> None:
+def check(netns: str, ifname: str, host_if: str, ipv4: IPv4Address | None, ipv6: IPv6Address | None) -> None:
     _check_netns(netns)
     with IPRoute() as ipr:
         if not ipr.link_lookup(ifname=host_if):
@@ -130,6 +127,9 @@ def check(netns: str, ifname: str, address: IPv4Address, host_if: str) -> None:
         idx = pod.link_lookup(ifname=ifname)
         if not idx:
             raise CniError(IO_FAILURE, f"interface {ifname} is missing in {netns}")
-        addrs = {a.get_attr("IFA_ADDRESS") for a in pod.get_addr(index=idx[0], family=2)}
-        if str(address) not in addrs:
-            raise CniError(IO_FAILURE, f"{ifname} in {netns} does not hold {address} (has {', '.join(sorted(addrs)) or 'none'})")
+        if ipv4 is not None:
+            addrs = {a.get_attr("IFA_ADDRESS") for a in pod.get_addr(index=idx[0], family=AF_INET)}
+            if str(ipv4) not in addrs:
+                raise CniError(IO_FAILURE, f"{ifname} in {netns} does not hold {ipv4} (has {', '.join(sorted(addrs)) or 'none'})")
+        if ipv6 is not None:
+            net6.check_pod(pod, idx[0], ifname, netns, ipv6)

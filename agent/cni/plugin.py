@@ -1,12 +1,16 @@
 """`ciliate-cni`: the CNI plugin (spec 1.0; 0.3.x/0.4.0 results too).
 
-ADD: IPAM (delegated to the configured plugin, e.g. host-local) -> veth pair
-into the pod's netns -> endpoint registered with the agent (which waits until
-the endpoint's policy is in the kernel) -> result. Anything failing after
+ADD: IPAM (delegated to the configured plugin, e.g. host-local; the pod gets
+its first address of each family, IPv4, IPv6 or both) -> veth pair into the
+pod's netns, wired for each family (addressing.py says how) -> endpoint
+registered with the agent with both addresses (which waits until the
+endpoint's policy is in the kernel) -> result listing both. Anything failing after
 IPAM is rolled back: the endpoint at the agent (it may have registered it
 even when its answer never arrived, e.g. a client timeout), the veth and the
 IPAM lease, so a failed ADD leaves nothing behind. DEL is idempotent and
-tolerates every piece being gone.
+tolerates every piece being gone (the veth takes each family's addresses,
+routes and neighbour entries with it). CHECK looks for each address
+prevResult lists.
 Errors are CNI error JSON on stdout with a non-zero exit. Does process,
 kernel and socket I/O.
 """
@@ -17,10 +21,10 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
+from agent.cni.addressing import plan
 from agent.cni.config import (
     SUPPORTED_VERSIONS,
     CniEnv,
@@ -33,23 +37,8 @@ from agent.cni.config import (
     parse_version_only,
 )
 from agent.cni.errors import AGENT_REJECTED, CONTAINER_UNKNOWN, IPAM_FAILED, TRY_AGAIN_LATER, UNEXPECTED, CniError
-from agent.cni.ipam import exec_ipam, first_ipv4
-
-
-def build_result(version: str, *, host_if: str, host_mac: str, ifname: str, pod_mac: str, netns: str, address: str, gateway: IPv4Address) -> dict[str, Any]:
-    ip: dict[str, Any] = {"address": address, "gateway": str(gateway), "interface": 1}
-    if not version.startswith("1."):
-        ip = {"version": "4", **ip}  # 0.3.x/0.4.0 results name the IP version
-    return {
-        "cniVersion": version,
-        "interfaces": [
-            {"name": host_if, "mac": host_mac},
-            {"name": ifname, "mac": pod_mac, "sandbox": netns},
-        ],
-        "ips": [ip],
-        "routes": [{"dst": "0.0.0.0/0", "gw": str(gateway)}],
-        "dns": {},
-    }
+from agent.cni.ipam import exec_ipam, pod_addresses
+from agent.cni.result import build_result
 
 
 ROLLBACK_TIMEOUT = 10.0
@@ -106,12 +95,12 @@ def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str]
 
     if not Path(env.netns).exists():
         raise CniError(CONTAINER_UNKNOWN, f"network namespace {env.netns} does not exist (is the container still running?)")
-    ipam = first_ipv4(exec_ipam("ADD", stdin, conf.ipam["type"], environ, env.path))
+    ipam = pod_addresses(exec_ipam("ADD", stdin, conf.ipam["type"], environ, env.path))
     host_if = host_ifname(env.container_id, env.ifname)
-    gateway = ipam.gateway or next(ipam.address.network.hosts())
     at_agent = False  # whether the agent may hold an endpoint for this ADD
     try:
-        wired = cni_net.add(env.netns, env.ifname, host_if, ipam.address.ip, gateway, conf.mtu)
+        wanted = plan(ipam, conf.mtu)
+        wired = cni_net.add(env.netns, env.ifname, host_if, wanted, conf.mtu)
         try:
             with _client(conf) as client:
                 at_agent = True  # from the request on, even if no answer comes back
@@ -121,7 +110,8 @@ def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str]
                         ifname=env.ifname,
                         host_ifname=host_if,
                         netns=env.netns,
-                        ipv4=ipam.address.ip,
+                        ipv4=wanted.ipv4.address if wanted.ipv4 else None,
+                        ipv6=wanted.ipv6.address if wanted.ipv6 else None,
                         labels=endpoint_labels(conf, env),
                         name=display_name(env),
                     ),
@@ -137,16 +127,7 @@ def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str]
     except BaseException:
         _rollback(conf, env, stdin, environ, host_if, at_agent)
         raise
-    return build_result(
-        conf.cni_version,
-        host_if=host_if,
-        host_mac=wired.host_mac,
-        ifname=env.ifname,
-        pod_mac=wired.pod_mac,
-        netns=env.netns,
-        address=str(wired.address),
-        gateway=gateway,
-    )
+    return build_result(conf.cni_version, wired=wired, plan=wanted, ifname=env.ifname, netns=env.netns)
 
 
 def cmd_del(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str]) -> None:
@@ -174,11 +155,14 @@ def cmd_del(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str]
 def cmd_check(conf: NetConf, env: CniEnv) -> None:
     from agent.cni import net as cni_net
 
-    prev = conf.prev_result or {}
-    ip = first_ipv4(prev) if prev else None
-    if ip is None:
-        raise CniError(IPAM_FAILED, "CHECK needs prevResult with the IPv4 address from ADD")
-    cni_net.check(env.netns, env.ifname, ip.address.ip, host_ifname(env.container_id, env.ifname))
+    if not conf.prev_result:
+        raise CniError(IPAM_FAILED, "CHECK needs prevResult with the addresses from ADD")
+    prev = pod_addresses(conf.prev_result, "prevResult")
+    cni_net.check(
+        env.netns, env.ifname, host_ifname(env.container_id, env.ifname),
+        prev.ipv4.interface.ip if prev.ipv4 else None,  # type: ignore[arg-type]
+        prev.ipv6.interface.ip if prev.ipv6 else None,  # type: ignore[arg-type]
+    )
     from agent.api.client import AgentUnavailable
 
     try:

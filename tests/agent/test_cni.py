@@ -10,15 +10,18 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 
 import pytest
 
-from agent.cni.plugin import build_result, run
+from agent.cni.addressing import IPv4Plan, Plan
+from agent.cni.plugin import run
 from agent.cni.config import endpoint_labels, host_ifname, parse_env, parse_netconf
 from agent.cni.errors import CniError
-from agent.cni.ipam import exec_ipam, first_ipv4
+from agent.cni.ipam import exec_ipam, pod_addresses
+from agent.cni.net import Wired
+from agent.cni.result import build_result
 
 HOST_LOCAL_DIR = "/usr/lib/cni"
 
@@ -85,24 +88,26 @@ def test_host_ifname_is_stable_and_fits() -> None:
 
 @pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0"])
 def test_result_shape(version: str) -> None:
-    r = build_result(version, host_if="lxc1", host_mac="aa:aa:aa:aa:aa:aa", ifname="eth0", pod_mac="bb:bb:bb:bb:bb:bb", netns="/var/run/netns/x", address="10.1.0.5/32", gateway=IPv4Address("10.1.0.1"))
+    wired = Wired("lxc1", "aa:aa:aa:aa:aa:aa", "bb:bb:bb:bb:bb:bb", IPv4Interface("10.1.0.5/32"), None)
+    plan = Plan(IPv4Plan(IPv4Address("10.1.0.5"), IPv4Address("10.1.0.1")), None)
+    r = build_result(version, wired=wired, plan=plan, ifname="eth0", netns="/var/run/netns/x")
     assert r["cniVersion"] == version
     assert r["interfaces"][r["ips"][0]["interface"]]["sandbox"] == "/var/run/netns/x"
     assert r["ips"][0]["address"] == "10.1.0.5/32" and r["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}]
-    assert ("version" in r["ips"][0]) == (not version.startswith("1."))
+    assert ("version" in r["ips"][0]) == (not version.startswith("1.")) and len(r["ips"]) == 1
 
 
 def test_ipam_delegation_to_host_local(tmp_path: Path) -> None:
     c = conf(ipam={"type": "host-local", "dataDir": str(tmp_path), "ranges": [[{"subnet": "10.244.9.0/29"}]]})
     stdin = json.dumps(c).encode()
     env = {**ENV, "CNI_PATH": HOST_LOCAL_DIR, "CNI_NETNS": "/proc/self/ns/net"}
-    got = [first_ipv4(exec_ipam("ADD", stdin, "host-local", {**env, "CNI_CONTAINERID": f"c{i}"}, (HOST_LOCAL_DIR,))) for i in range(2)]
-    assert [str(g.address.ip) for g in got] == ["10.244.9.2", "10.244.9.3"]
+    got = [pod_addresses(exec_ipam("ADD", stdin, "host-local", {**env, "CNI_CONTAINERID": f"c{i}"}, (HOST_LOCAL_DIR,))).ipv4 for i in range(2)]
+    assert [str(g.interface.ip) for g in got] == ["10.244.9.2", "10.244.9.3"]
     assert all(str(g.gateway) == "10.244.9.1" for g in got)
     exec_ipam("DEL", stdin, "host-local", {**env, "CNI_CONTAINERID": "c0"}, (HOST_LOCAL_DIR,))
     exec_ipam("DEL", stdin, "host-local", {**env, "CNI_CONTAINERID": "c0"}, (HOST_LOCAL_DIR,))  # twice: idempotent
-    again = first_ipv4(exec_ipam("ADD", stdin, "host-local", {**env, "CNI_CONTAINERID": "c9"}, (HOST_LOCAL_DIR,)))
-    assert str(again.address.ip) in ("10.244.9.2", "10.244.9.4")
+    again = pod_addresses(exec_ipam("ADD", stdin, "host-local", {**env, "CNI_CONTAINERID": "c9"}, (HOST_LOCAL_DIR,))).ipv4
+    assert str(again.interface.ip) in ("10.244.9.2", "10.244.9.4")
 
 
 def test_ipam_exhaustion_is_reported_with_the_plugins_words(tmp_path: Path) -> None:
@@ -139,10 +144,11 @@ def _host(*cmd: str) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", "-n", HOST_NS, *cmd], capture_output=True, text=True)
 
 
-async def _cni(command: str, stdin: dict, env: dict) -> tuple[int, dict | None]:
+async def _cni(command: str, stdin: dict, env: dict, host_ns: str = HOST_NS) -> tuple[int, dict | None]:
+    """ciliate-cni run as the runtime runs it, in `host_ns` (standing in for the host)."""
     # nsenter, not `ip netns exec`: the latter remounts /sys, hiding bpffs.
     proc = await asyncio.create_subprocess_exec(
-        "nsenter", f"--net=/var/run/netns/{HOST_NS}", sys.executable, "-m", "agent.cni", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        "nsenter", f"--net=/var/run/netns/{host_ns}", sys.executable, "-m", "agent.cni", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         env={**os.environ, **env, "CNI_COMMAND": command}, cwd=Path(__file__).resolve().parents[2],
     )
     out, _ = await proc.communicate(json.dumps(stdin).encode())

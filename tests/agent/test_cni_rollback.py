@@ -18,6 +18,7 @@ import pytest
 from agent.cni import net as cni_net
 from agent.cni import plugin as cni
 from agent.api.client import AgentClient
+from agent.cni.addressing import Plan
 from agent.cni.net import Wired
 from tests.agent.conftest import Rig
 from tests.agent.fakes import FakeDatapath
@@ -41,9 +42,10 @@ class Veths:
     def __init__(self) -> None:
         self.present: set[str] = set()
 
-    def add(self, netns: str, ifname: str, host_if: str, address: IPv4Address, gateway: IPv4Address, mtu: int | None) -> Wired:
+    def add(self, netns: str, ifname: str, host_if: str, plan: Plan, mtu: int | None) -> Wired:
         self.present.add(host_if)
-        return Wired(host_if, "aa:aa:aa:aa:aa:aa", "bb:bb:bb:bb:bb:bb", IPv4Interface(f"{address}/32"))
+        assert plan.ipv4 is not None
+        return Wired(host_if, "aa:aa:aa:aa:aa:aa", "bb:bb:bb:bb:bb:bb", IPv4Interface(f"{plan.ipv4.address}/32"), None)
 
     def remove(self, host_if: str) -> bool:
         had = host_if in self.present
