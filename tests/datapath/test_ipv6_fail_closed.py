@@ -6,6 +6,8 @@ ciliate-cni's own code (agent/cni/net6.py), inside the test node."""
 
 from __future__ import annotations
 
+import asyncio
+
 import socket
 from collections.abc import Iterator
 from ipaddress import IPv6Address
@@ -103,11 +105,12 @@ async def test_an_ipv6_only_endpoint_gets_the_drop_everything_program(dual_stack
     a, c = inst.node.pods["a"], inst.node.pods["c"]
     with pytest.raises(EndpointUnsupported, match="IPv4"):
         await kd.attach_endpoint(ENDPOINT_IDS["c"], c.host_ifname, None, IDENTITIES["c"])
-    now = tc.attached(c.host_ifname, inst.node.netns)
+    # pyroute2's blocking calls run their own event loop: not on this one.
+    now = await asyncio.to_thread(tc.attached, c.host_ifname, inst.node.netns)
     assert now is not None and (now.ingress, now.egress) == (BLOCK_NAME, BLOCK_NAME)
-    assert not tcp_flow_passes(c, a, 8080, False)  # nothing passes, whatever its family
+    assert not await asyncio.to_thread(tcp_flow_passes, c, a, 8080, False)  # nothing passes, whatever its family
     # Again (the agent retries on any later regeneration): same program, same answer.
     with pytest.raises(EndpointUnsupported):
         await kd.attach_endpoint(ENDPOINT_IDS["c"], c.host_ifname, None, IDENTITIES["c"])
-    assert tc.attached(c.host_ifname, inst.node.netns) == now
+    assert await asyncio.to_thread(tc.attached, c.host_ifname, inst.node.netns) == now
     await kd.close()
