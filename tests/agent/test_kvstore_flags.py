@@ -3,58 +3,12 @@ the flag (or file), the field and the reason, before anything is touched."""
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from agent.cli import log_setup
-from agent.cli.ciliate import main
-
-
-@dataclass
-class Run:
-    returncode: int
-    stderr: str
-
-
-@pytest.fixture
-def agent(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., Run]]:
-    """`ciliate agent --state-dir ... --bpf-dir ... FLAGS` through the CLI's
-    own main in this process: what is checked is flag handling, which needs
-    no interpreter of its own (a subprocess cost ~2 s of imports each).
-    `ciliate agent` sets the process's umask and the root logger before it
-    reads the flags; both are put back after the test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    chatty = {n: logging.getLogger(n).level for n in log_setup.CHATTY}
-    umask = os.umask(0o022)
-    os.umask(umask)
-
-    def run(tmp_path: Path, *flags: str) -> Run:
-        capsys.readouterr()
-        try:
-            code = main(["agent", "--state-dir", str(tmp_path / "state"), "--bpf-dir", str(tmp_path / "bpf"), *flags])
-        except SystemExit as exc:  # argparse's own refusals
-            code = exc.code if isinstance(exc.code, int) else 1
-        return Run(code, capsys.readouterr().err)
-
-    try:
-        yield run
-    finally:
-        os.umask(umask)
-        for h in list(root.handlers):
-            root.removeHandler(h)
-        for h in handlers:
-            root.addHandler(h)
-        root.setLevel(level)
-        for n, lvl in chatty.items():
-            logging.getLogger(n).setLevel(lvl)
 
 
 @pytest.mark.parametrize(
@@ -73,18 +27,18 @@ def agent(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., Run]]:
     ],
     ids=["no-pod-cidr", "bad-scheme", "unknown-option", "no-endpoints", "bad-cidr", "node-ip-in-pod-cidr", "no-kvstore"],
 )
-def test_a_wrong_cluster_flag_is_named(agent, tmp_path: Path, flags: list[str], says: str) -> None:
-    out = agent(tmp_path, *flags)
+def test_a_wrong_cluster_flag_is_named(agent_cli, tmp_path: Path, flags: list[str], says: str) -> None:
+    out = agent_cli(tmp_path, *flags)
     assert out.returncode == 2, out
     assert says in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "bpf").exists(), "the kernel side was touched before the flags were checked"
 
 
-def test_a_bad_etcd_config_file_names_the_file_and_field(agent, tmp_path: Path) -> None:
+def test_a_bad_etcd_config_file_names_the_file_and_field(agent_cli, tmp_path: Path) -> None:
     cfg = tmp_path / "etcd.yaml"
     cfg.write_text("endpoints: [http://127.0.0.1:2379]\ntrusted-ca-fle: /nowhere\n")
-    out = agent(tmp_path, "--kvstore", "etcd", "--kvstore-opt", f"etcd.config={cfg}", "--pod-cidr", "10.251.1.0/24")
+    out = agent_cli(tmp_path, "--kvstore", "etcd", "--kvstore-opt", f"etcd.config={cfg}", "--pod-cidr", "10.251.1.0/24")
     assert out.returncode == 2, out
     assert str(cfg) in out.stderr and "trusted-ca-fle" in out.stderr, out.stderr
 

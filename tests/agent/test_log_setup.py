@@ -5,28 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from agent.cli import log_setup
 from agent.cli.ciliate import main
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    chatty = {n: logging.getLogger(n).level for n in log_setup.CHATTY}
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
-    for n, lvl in chatty.items():
-        logging.getLogger(n).setLevel(lvl)
 
 
 def _admin_poll() -> None:

@@ -19,7 +19,6 @@ import pytest
 from agent.adapters.envoy_proxy import XdsProxy
 from sidecar.supervisor import admin_client
 from tests.agent.test_envoy_hardening import Node, running
-from tests.agent.test_kvstore_flags import agent  # noqa: F401 (a fixture: the CLI's main in this process)
 from xds.limits import ProxyLimits
 from xds.render import RenderParams
 
@@ -138,8 +137,8 @@ def test_the_bootstrap_bounds_the_whole_envoy() -> None:
     ids=["per-listener-zero", "per-listener-above-total", "negative-heap"],
 )
 def test_a_wrong_proxy_limit_is_named_before_the_kernel_is_touched(
-    agent, tmp_path: Path, flags: list[str], says: str,  # noqa: F811 (the fixture)
+    agent_cli, tmp_path: Path, flags: list[str], says: str,
 ) -> None:
-    out = agent(tmp_path, *flags)
+    out = agent_cli(tmp_path, *flags)
     assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "bpf").exists(), "the kernel side was touched before the flags were checked"

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from redirect.upstream_ports import PortRange, find_cgroup2
-from tests.agent.test_kvstore_flags import agent  # noqa: F401 (a fixture: the CLI's main in this process)
 
 
 @pytest.mark.parametrize(
@@ -52,8 +51,8 @@ def test_the_whole_cgroup2_hierarchy_is_found_not_a_container_subtree() -> None:
     ids=["not-a-range", "proxy-ports"],
 )
 def test_a_wrong_upstream_range_is_named_before_the_kernel_is_touched(
-    agent, tmp_path: Path, flags: list[str], says: str,  # noqa: F811 (the fixture)
+    agent_cli, tmp_path: Path, flags: list[str], says: str,
 ) -> None:
-    out = agent(tmp_path, *flags)
+    out = agent_cli(tmp_path, *flags)
     assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "bpf").exists(), "the kernel side was touched before the flags were checked"
