@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from functools import cached_property
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Mapping
 
 # Identities have their home in policy/identity.py; the four names that
@@ -190,6 +190,8 @@ class EndpointPolicy:
     # through and reported as audited. Not the compiler's: set by whoever
     # owns the endpoint's configuration (the agent), after compiling.
     audit: bool = False
+    # Last, with a default: the positional fields above predate it.
+    ipv6: IPv6Address | None = None
 
     def enforced(self, direction: Direction) -> bool:
         return self.ingress_enforced if direction == Direction.INGRESS else self.egress_enforced
@@ -204,7 +206,7 @@ class CompiledState:
     endpoints: Mapping[int, EndpointPolicy]
     # prefix -> identity, both families in one table. Always holds the
     # default route of each family the stack runs -> its world identity
-    # (0.0.0.0/0 -> world on an IPv4-only node), endpoint /32s, host
+    # (0.0.0.0/0 -> world on an IPv4-only node), endpoint /32s and /128s, host
     # addresses -> host, and the CIDR identities' prefixes of either family
     # (IPv6 ones too on an IPv4-only node: the kernel writer skips those).
     ipcache: Mapping[IPNetwork, int]
@@ -229,8 +231,9 @@ class CompiledState:
         # sharing an address.
         out: dict[IPAddress, EndpointPolicy] = {}
         for _, ep in sorted(self.endpoints.items()):
-            if ep.ipv4 is not None:
-                out.setdefault(ep.ipv4, ep)
+            for addr in (ep.ipv4, ep.ipv6):
+                if addr is not None:
+                    out.setdefault(addr, ep)
         return out
 
     def endpoint_by_ip(self, addr: IPAddress) -> EndpointPolicy | None:

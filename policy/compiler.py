@@ -20,8 +20,9 @@ uses plus every CIDR identity, `world-ipv4`/`world-ipv6` that family's part
 remote-node, init, health, unmanaged, kube-apiserver and ingress. CIDR peers
 select the CIDR identities of the policy prefixes inside them (minus
 `except`), and a default route (0.0.0.0/0, ::/0) also selects its family's
-world identity. Endpoint and host /32s take precedence in the ipcache, so
-CIDR rules never select local endpoints (as in Cilium).
+world identity. Endpoint and host /32s and /128s take precedence in the
+ipcache, so CIDR rules never select local endpoints, of either family (as in
+Cilium).
 
 `stack` is the families the node runs; the agent compiles with Stack.IPV4
 while the datapath carries IPv4 only. IPv6 prefixes are compiled in every
@@ -131,7 +132,11 @@ class Compiler:
             eps.add(ep.id)
             if len(eps) == 1 and ident not in self._remote_refs:
                 self._identity_added(ident)
-        self._ipcache.upsert_endpoint(ep.id, old.ipv4 if old is not None else None, ep.ipv4, ident)
+        # One ipcache entry per family: the pod's /32 and /128 both carry its
+        # identity, and each outranks any CIDR prefix covering it.
+        for family in ("ipv4", "ipv6"):
+            before = getattr(old, family) if old is not None else None
+            self._ipcache.upsert_endpoint(ep.id, before, getattr(ep, family), ident)
         self._dirty_eps.add(ep.id)
 
     def delete_endpoint(self, endpoint_id: int) -> None:
@@ -141,7 +146,8 @@ class Compiler:
         self._detach(endpoint_id, self._ep_identity.pop(endpoint_id))
         self._dirty_eps.discard(endpoint_id)
         self._removed_eps.add(endpoint_id)
-        self._ipcache.delete_endpoint(endpoint_id, ep.ipv4)
+        for addr in ep.addresses:
+            self._ipcache.delete_endpoint(endpoint_id, addr)
 
     def set_host_ips(self, host_ips: Iterable[IPAddress]) -> None:
         self._ipcache.set_host_ips(host_ips)

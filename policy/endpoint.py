@@ -1,7 +1,9 @@
 """Endpoints as the policy layer sees them, and the label conventions.
 
-An endpoint is an id, its labels and its address (the labels that make its
-identity are policy/identity.py's business). Label keys may carry a
+An endpoint is an id, its labels and its addresses, one per family (the
+labels that make its identity are policy/identity.py's business). A
+dual-stack pod is one endpoint with both: its identity, and so every policy
+that selects it or names it as a peer, covers both addresses at once. Label keys may carry a
 source prefix ("k8s:app"); selection ignores the source, so "k8s:app=web" and
 "app=web" are the same label to a selector. Pure, no I/O.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
 DEFAULT_NAMESPACE = "default"
@@ -44,10 +46,15 @@ class Endpoint:
     id: int
     labels: Mapping[str, str] = field(default_factory=dict)
     ipv4: IPv4Address | None = None
+    ipv6: IPv6Address | None = None
+
+    @property
+    def addresses(self) -> tuple[IPv4Address | IPv6Address, ...]:
+        return tuple(a for a in (self.ipv4, self.ipv6) if a is not None)
 
     @property
     def namespace(self) -> str:
         return namespace_of(self.labels)
 
     def __hash__(self) -> int:
-        return hash((self.id, tuple(sorted(self.labels.items())), self.ipv4))
+        return hash((self.id, tuple(sorted(self.labels.items())), self.ipv4, self.ipv6))

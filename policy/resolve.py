@@ -138,7 +138,7 @@ def endpoint_policy(
     listeners get the endpoint's proxy ports. Raises ProxyPortsExhausted."""
     if not ip.l7:
         return (
-            EndpointPolicy(ep.id, ident, ep.ipv4, ip.ingress_enforced, ip.egress_enforced, ip.entries, (), ip.selected_by),
+            EndpointPolicy(ep.id, ident, ep.ipv4, ip.ingress_enforced, ip.egress_enforced, ip.entries, (), ip.selected_by, ipv6=ep.ipv6),
             set(),
         )
     ports: dict[tuple[Direction, int], int] = {}
@@ -155,6 +155,6 @@ def endpoint_policy(
     )
     l7 = tuple(L7Policy(RedirectKey(ep.id, d, p), ports[(d, p)], rules) for (d, p), rules in sorted(ip.l7.items()))
     return (
-        EndpointPolicy(ep.id, ident, ep.ipv4, ip.ingress_enforced, ip.egress_enforced, entries, l7, ip.selected_by),
+        EndpointPolicy(ep.id, ident, ep.ipv4, ip.ingress_enforced, ip.egress_enforced, entries, l7, ip.selected_by, ipv6=ep.ipv6),
         keys,
     )

@@ -124,7 +124,7 @@ def load_endpoints(path: str) -> list[Endpoint]:
 
 
 def _agent_endpoints(client: AgentClient) -> list[Endpoint]:
-    return [Endpoint(e.id, dict(e.labels), e.ipv4) for e in client.endpoints()]
+    return [Endpoint(e.id, dict(e.labels), e.ipv4, e.ipv6) for e in client.endpoints()]
 
 
 def _diff(args: argparse.Namespace) -> int:
