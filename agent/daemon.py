@@ -11,7 +11,7 @@ fakes for those and get the same daemon.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from agent.adapters.policy_directory import DirectoryWatcher
 from agent.api.server import ApiServer
@@ -28,7 +28,7 @@ def build_agent(
     loader: PolicyLoader,
     datapath: DatapathControl,
     proxy: ProxyControl,
-    host_ips: Callable[[], Iterable[IPv4Address]] | None = None,
+    host_ips: Callable[[], Iterable[IPv4Address | IPv6Address]] | None = None,
     cluster: ClusterSource | None = None,
     shared: SharedState | None = None,
     routing: NodeRouting | None = None,

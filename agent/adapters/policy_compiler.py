@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from agent.core.ports import Allocations, EndpointSpec, LoadedFile, PolicyProblem
@@ -33,7 +33,7 @@ class PolicyFileLoader:
 
 
 class RealCompiler:
-    def __init__(self, allocations: Allocations | None, host_ips: Iterable[IPv4Address] = ()) -> None:
+    def __init__(self, allocations: Allocations | None, host_ips: Iterable[IPv4Address | IPv6Address] = ()) -> None:
         ids = IdentityAllocator.from_json(json.dumps(allocations.identities)) if allocations and allocations.identities is not None else None
         ports = ProxyPortAllocator.from_json(json.dumps(allocations.proxy_ports)) if allocations and allocations.proxy_ports is not None else None
         # The datapath carries IPv4 only (IPv6 is dropped, fail closed), so
@@ -51,7 +51,7 @@ class RealCompiler:
     def upsert_endpoint(self, endpoint: EndpointSpec) -> int:
         if endpoint.identity is not None:
             self._c.identities.adopt(identity_labels(endpoint.labels), endpoint.identity)
-        self._c.upsert_endpoint(Endpoint(endpoint.endpoint_id, dict(endpoint.labels), endpoint.ipv4))
+        self._c.upsert_endpoint(Endpoint(endpoint.endpoint_id, dict(endpoint.labels), endpoint.ipv4, endpoint.ipv6))
         ident = self._c.identity_of_endpoint(endpoint.endpoint_id)
         assert ident is not None
         return ident
@@ -59,7 +59,7 @@ class RealCompiler:
     def delete_endpoint(self, endpoint_id: int) -> None:
         self._c.delete_endpoint(endpoint_id)
 
-    def set_host_ips(self, ips: Iterable[IPv4Address]) -> None:
+    def set_host_ips(self, ips: Iterable[IPv4Address | IPv6Address]) -> None:
         self._c.set_host_ips(ips)
 
     def set_remote(self, endpoints: Mapping[IPv4Address, tuple[int, frozenset[str]]], node_ips: Iterable[IPv4Address]) -> None:
@@ -85,7 +85,7 @@ class RealCompiler:
         return {i: frozenset({f"reserved:{n}"}) for i, n in RESERVED_IDENTITIES.items()}
 
 
-def make_compiler_factory(host_ips: Iterable[IPv4Address] = ()):
+def make_compiler_factory(host_ips: Iterable[IPv4Address | IPv6Address] = ()):
     hosts = tuple(host_ips)
 
     def factory(allocations: Allocations | None) -> RealCompiler:

@@ -18,7 +18,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,7 +101,7 @@ class Agent:
         proxy: ProxyControl,
         policy_source: PolicySourceFactory | None = None,
         services: Sequence[Callable[["Agent"], Service]] = (),
-        host_ips: Callable[[], Iterable[IPv4Address]] | None = None,
+        host_ips: Callable[[], Iterable[IPv4Address | IPv6Address]] | None = None,
         cluster: ClusterSource | None = None,
         shared: SharedState | None = None,
         routing: NodeRouting | None = None,

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from agent.core.cluster_sync import node_ips
@@ -50,7 +50,7 @@ class CompileJob:
     """What the compiler is told in one regeneration, snapshotted on the loop."""
 
     revision: int
-    host_ips: frozenset[IPv4Address] | None
+    host_ips: frozenset[IPv4Address | IPv6Address] | None
     deleted_policies: tuple[str, ...]
     upserted_policies: tuple[tuple[str, BookEntry], ...]
     endpoints: tuple[tuple[int, EndpointSpec | None], ...]  # None: the record is gone
@@ -82,7 +82,7 @@ class CompileStep:
         table: EndpointTable,
         book: PolicyBook,
         save_allocations: Callable[[Allocations], None],
-        host_ips: Callable[[], Iterable[IPv4Address]] | None = None,
+        host_ips: Callable[[], Iterable[IPv4Address | IPv6Address]] | None = None,
         policy_audit_mode: bool = False,
     ) -> None:
         """`policy_audit_mode`: the agent-wide default of endpoints whose record
@@ -97,7 +97,7 @@ class CompileStep:
         self._given: dict[str, BookEntry] = {}
         self._in_compiler: set[int] = set()
         self._saved_alloc: Allocations | None = None
-        self._known_host_ips: frozenset[IPv4Address] | None = None
+        self._known_host_ips: frozenset[IPv4Address | IPv6Address] | None = None
         # How blocking work leaves the event loop (the compiler, the
         # allocation save). A worker thread; bench/bench_cidr.py swaps in an
         # inline call to measure the old on-loop behaviour as its baseline.
@@ -115,7 +115,7 @@ class CompileStep:
     async def compile(
         self,
         batch: Batch,
-        host_ips: frozenset[IPv4Address] | None,
+        host_ips: frozenset[IPv4Address | IPv6Address] | None,
         identities: Mapping[int, int],
         waiting: Mapping[int, str],
         remote: ClusterPeers | None,
@@ -134,7 +134,7 @@ class CompileStep:
     def _job(
         self,
         batch: Batch,
-        host_ips: frozenset[IPv4Address] | None,
+        host_ips: frozenset[IPv4Address | IPv6Address] | None,
         identities: Mapping[int, int] | None = None,
         waiting: Mapping[int, str] | None = None,
         remote: ClusterPeers | None = None,
@@ -153,7 +153,7 @@ class CompileStep:
                 continue  # no identity yet: the compiler keeps what it had (or nothing)
             rec = self.table.record(eid)
             ident = identities.get(eid) if identities else None
-            endpoints.append((eid, None if rec is None else EndpointSpec(eid, dict(rec.labels), rec.ipv4, ident)))
+            endpoints.append((eid, None if rec is None else EndpointSpec(eid, dict(rec.labels), rec.ipv4, ident, rec.ipv6)))
         audited = frozenset(i for i in self.table.ids() if self.audits(i))
         return CompileJob(
             batch.revision, host_ips, deleted, upserted, tuple(endpoints), frozenset(self._in_compiler), audited, remote
@@ -233,7 +233,7 @@ class CompileStep:
         await self.offload(self._save_allocations, alloc)  # JSON + fsync of every CIDR identity
         self._saved_alloc = alloc
 
-    async def new_host_ips(self, batch: Batch) -> frozenset[IPv4Address] | None:
+    async def new_host_ips(self, batch: Batch) -> frozenset[IPv4Address | IPv6Address] | None:
         """The host's addresses when they differ from what the compiler has, else None."""
         # New endpoints may bring new host addresses (their gateway on ciliate_host).
         if not (batch.endpoints or self._known_host_ips is None) or self._host_ips is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +27,9 @@ class EndpointSpec:
     labels: Mapping[str, str]
     ipv4: IPv4Address | None
     identity: int | None = None  # cluster mode: the number the cluster allocated for its labels
+    # Last, with a default: callers give the fields above by position. The
+    # compiler maps it to the same identity as ipv4 (one identity per pod).
+    ipv6: IPv6Address | None = None
 
 
 class LoadedPolicy(Protocol):
@@ -125,7 +128,7 @@ class PolicyCompiler(Protocol):
 
     def delete_endpoint(self, endpoint_id: int) -> None: ...
 
-    def set_host_ips(self, ips: Iterable[IPv4Address]) -> None:
+    def set_host_ips(self, ips: Iterable[IPv4Address | IPv6Address]) -> None:
         """Addresses that carry the `host` identity in the ipcache."""
         ...
 

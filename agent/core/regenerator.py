@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from dataclasses import dataclass, replace
 
 from agent.core.cluster_sync import RETRY_IDENTITY, ClusterSync
@@ -76,7 +76,7 @@ class Regenerator:
         save_allocations: Callable[[Allocations], None],
         retry: Callable[[float, Iterable[int], str], object],
         ack_timeout: float = 5.0,
-        host_ips: Callable[[], Iterable[IPv4Address]] | None = None,
+        host_ips: Callable[[], Iterable[IPv4Address | IPv6Address]] | None = None,
         policy_audit_mode: bool = False,
         cluster: ClusterSync | None = None,
     ) -> None:
@@ -140,7 +140,7 @@ class Regenerator:
         remote = None
         if self.cluster is not None:
             specs = [
-                EndpointSpec(eid, dict(rec.labels), rec.ipv4)
+                EndpointSpec(eid, dict(rec.labels), rec.ipv4, ipv6=rec.ipv6)
                 for eid in sorted(batch.endpoints)
                 if (rec := self.table.record(eid)) is not None
             ]
