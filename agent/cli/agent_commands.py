@@ -255,14 +255,17 @@ def _bpf_policy_get(client: AgentClient, args: argparse.Namespace) -> int:
 
 # --- the daemon -------------------------------------------------------------------
 def _host_ips() -> list:
-    """Local IPv4 addresses (lo excluded: the ipcache has no use for 127/8), for the `host` identity."""
-    from ipaddress import IPv4Address
+    """The node's addresses for the `host` identity, both families (which ones: agent/core/addresses.py)."""
+    from ipaddress import ip_address
 
     from pyroute2 import IPRoute
 
+    from agent.core.addresses import host_addresses
+
     with IPRoute() as ipr:
-        addrs = {IPv4Address(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(family=2)}
-    return sorted(a for a in addrs if not a.is_loopback)
+        # AF_INET and AF_INET6; an IPv6 IFA_ADDRESS carries no zone, so ip_address takes it as is.
+        found = [ip_address(a.get_attr("IFA_ADDRESS")) for family in (2, 10) for a in ipr.get_addr(family=family)]
+    return host_addresses(found)
 
 
 def _run_agent(args: argparse.Namespace) -> int:
