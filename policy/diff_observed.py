@@ -14,13 +14,18 @@ kernel drops whose reason is not a policy's are skipped. Events that cannot be r
 a local endpoint of the proposed state, agent events) are counted and
 skipped, never guessed. Results are grouped per (source, destination,
 port/protocol, layer, old verdict -> new verdict) and counted.
+
+In text, an IPv6 address before a port is bracketed, `[fd00::5]:80`, as
+Hubble prints it (Go's net.JoinHostPort) and RFC 3986 writes it: without the
+brackets the port reads as the address's last group. The JSON keeps the
+address and the port apart, unbracketed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import ip_address
+from ipaddress import IPv6Address, ip_address
 from typing import Any, Protocol as TypingProtocol
 
 from policy.compiled import CompiledState, Protocol
@@ -64,6 +69,21 @@ class ReplayKey:
     new: str  # what the proposed policy answers
 
 
+def host_port(host: str, port: int, protocol: str | None = None) -> str:
+    """`host:port` (or `host:port/protocol`), an IPv6 address in brackets.
+    `host` may be a party's name with its reserved identity after it
+    ("2001:db8::1 (world-ipv6)"): for an IPv6 address the note goes after
+    the port, which belongs right after the bracket; any other host is
+    written as it always was."""
+    where = f"{port}/{protocol}" if protocol else str(port)
+    addr, sep, note = host.partition(" ")
+    try:
+        v6 = isinstance(ip_address(addr), IPv6Address)
+    except ValueError:
+        v6 = False
+    return f"[{addr}]:{where}{sep}{note}" if v6 else f"{host}:{where}"
+
+
 @dataclass
 class ReplayGroup:
     key: ReplayKey
@@ -82,7 +102,7 @@ class ReplayGroup:
         what = "requests" if self.key.layer == "l7" else "flows"
         verb = "dropped" if self.key.new == DENIED else "allowed"
         return (f"your new policy would have {verb} {self.count:,} {what} from {self.key.src} to "
-                f"{self.key.dst}:{self.key.port}/{self.key.protocol}")
+                f"{host_port(self.key.dst, self.key.port, self.key.protocol)}")
 
 
 @dataclass
@@ -203,7 +223,7 @@ def replay(events: Iterable[ObservedFlow], proposed: CompiledState) -> ReplayRep
         key = ReplayKey(_name(proposed, src), _name(proposed, dst), port, proto.name, layer, old, new)
         g = groups.get(key)
         if g is None:
-            example = f"{http.method} {http.path}" if http else f"{ev.src_ip or '?'} -> {ev.dst_ip or '?'}:{port}"
+            example = f"{http.method} {http.path}" if http else f"{ev.src_ip or '?'} -> {host_port(ev.dst_ip or '?', port)}"
             g = groups[key] = ReplayGroup(key, first=ev.time, last=ev.time, example=example)
         g.count += 1
         g.first, g.last = min(g.first, ev.time), max(g.last, ev.time)

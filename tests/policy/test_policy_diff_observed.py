@@ -3,14 +3,15 @@ against a proposed policy set."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from agent.core.models import FlowEvent
 from policy.compiler import compile_state
-from policy.diff_observed import replay
+from policy.diff_observed import host_port, replay
 from policy.endpoint import Endpoint
-from policy.load import load_paths
+from policy.families import Stack
+from policy.load import load_paths, load_text
 
 ROOT = Path(__file__).resolve().parents[2]
 EPS = [
@@ -56,3 +57,21 @@ def test_newly_allowed_flows_and_unreplayable_events():
         ("class=xwing,org=alliance", "class=deathstar,org=empire", 80, "allowed", 1)]
     assert r.skipped == {"dropped for another reason than policy": 1, "no local endpoint in the proposed state": 1,
                          "no destination port": 1}
+
+
+def test_ipv6_addresses_are_bracketed_before_a_port_and_a_pod_is_found_by_its_ipv6():
+    """As Hubble prints them ([addr]:port); the JSON keeps them bare."""
+    web = Endpoint(1, {"app": "web"}, IPv4Address("10.200.0.1"), IPv6Address("fd00:200::1"))
+    deny_all = ("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: lock}\nspec:\n"
+                "  endpointSelector: {matchLabels: {app: web}}\n  egress: [{}]\n  ingress: [{}]\n")
+    proposed = compile_state(load_text(deny_all, "t.yaml").policies, [web], stack=Stack.DUAL)
+    events = [
+        FlowEvent(time=1.0, type="forward", protocol="TCP", src_ip="fd00:200::1", dst_ip="2001:db8::7", dst_port=443, verdict="forward"),
+        FlowEvent(time=2.0, type="forward", protocol="TCP", src_ip="2001:db8::9", dst_ip="fd00:200::1", dst_port=80, verdict="forward"),
+    ]
+    into, out = replay(events, proposed).changed  # sorted by name: "2001:..." before "app=web"
+    assert out.sentence() == "your new policy would have dropped 1 flows from app=web to [2001:db8::7]:443/TCP (world-ipv6)"
+    assert out.example == "fd00:200::1 -> [2001:db8::7]:443" and out.to_dict()["dst"] == "2001:db8::7 (world-ipv6)"
+    assert into.key.dst == "app=web" and into.example == "2001:db8::9 -> [fd00:200::1]:80"
+    assert host_port("10.0.0.1 (world)", 80, "TCP") == "10.0.0.1 (world):80/TCP"  # IPv4 as it always was
+    assert host_port("app=web", 80) == "app=web:80"
