@@ -13,7 +13,8 @@ maps and programs exist. `kernel_state` is what the kernel writer
   go into (packing it into the IPv4 key would write garbage or raise);
 - each endpoint keeps the policy entries whose peer identity an IPv4
   address can carry. An identity the ipcache holds only IPv6 prefixes of
-  (an IPv6 CIDR identity; world-ipv6 on a dual-stack node) never matches
+  (an IPv6 CIDR identity; world-ipv6 on a dual-stack node; the label
+  identity of IPv6-only pods, whose /128s are its only prefixes) never matches
   an IPv4 packet, so its entries change no verdict; written, they would
   only take room in the endpoint's policy map, and a policy with many IPv6
   prefixes could overflow it and leave the endpoint on its old policy.

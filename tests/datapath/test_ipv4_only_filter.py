@@ -9,7 +9,7 @@ in-memory maps, so no kernel is touched)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
 from policy.compiled import (
@@ -77,6 +77,23 @@ def test_no_ipv4_verdict_changes():
 def test_a_state_without_ipv6_passes_through_untouched():
     state = CompiledState(1, {}, {IPv4Network("0.0.0.0/0"): 2})
     assert kernel_state(state) is state
+
+
+def test_a_dual_stack_pod_keeps_its_ipv4_entries_and_an_ipv6_only_pods_identity_goes():
+    """The pod's /128 is left out; an identity that also has a /32 stays a
+    peer the kernel can see, one only IPv6 pods carry does not."""
+    pods = [Endpoint(1, {"app": "client"}, IPv4Address("10.200.0.1")),
+            Endpoint(2, {"app": "web"}, IPv4Address("10.200.0.2"), IPv6Address("fd00:200::2")),
+            Endpoint(3, {"app": "v6"}, None, IPv6Address("fd00:200::3"))]
+    text = ("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n"
+            "  endpointSelector: {matchLabels: {app: client}}\n"
+            "  egress: [{toEndpoints: [{matchLabels: {app: web}}, {matchLabels: {app: v6}}]}]\n")
+    state = compile_state(load_text(text, "t.yaml").policies, pods)
+    web, v6 = state.endpoints[2].identity, state.endpoints[3].identity
+    kernel = kernel_state(state)
+    assert all(net.version == 4 for net in kernel.ipcache) and kernel.ipcache[IPv4Network("10.200.0.2/32")] == web
+    assert {e.key.identity for e in kernel.endpoints[1].entries} & {web, v6} == {web}
+    assert {e.key.identity for e in state.endpoints[1].entries} & {web, v6} == {web, v6}
 
 
 def test_a_compiled_ipv4_only_node_with_ipv6_policy_writes_what_it_wrote_before():
