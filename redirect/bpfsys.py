@@ -31,6 +31,7 @@ PROG_LOAD, OBJ_PIN, OBJ_GET = 5, 6, 7
 OBJ_GET_INFO_BY_FD = 15
 MAP_LOOKUP_BATCH = 24
 LINK_CREATE, LINK_UPDATE = 28, 29
+LINK_DETACH = 34
 LINK_TYPE_CGROUP = 3  # enum bpf_link_type
 CGROUP_INET4_CONNECT = 10  # enum bpf_attach_type
 ENABLE_STATS = 32
@@ -102,6 +103,13 @@ def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
 def link_update(link_fd: int, new_prog_fd: int) -> None:
     """Swap the link's program in one step: no connect() runs without one."""
     _bpf(LINK_UPDATE, _attr(struct.pack("=III", link_fd, new_prog_fd, 0)))
+
+
+def link_detach(link_fd: int) -> None:
+    """Detach the link now. Unpinning alone is not enough: bpffs drops its
+    reference after an RCU grace period and a workqueue pass, so the program
+    can go on running for a while after the pin is gone."""
+    _bpf(LINK_DETACH, _attr(struct.pack("=I", link_fd)))
 
 
 def _elem(cmd: int, fd: int, key: bytes, value: ctypes.Array | None, flags: int = 0) -> int:

@@ -399,6 +399,7 @@ class Datapath:
             proxy_route.teardown(self.netns, saved)
             marker.unlink()
         shutil.rmtree(self.state_dir / SHARED_DIR, ignore_errors=True)
+        upstream_ports.remove(self.pin_dir, self.state_dir)
         self._close_programs()
         self.maps.close()
         for p in self.pin_dir.glob("ciliate_*"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -173,7 +174,7 @@ def install(
     # would cover nobody.
     cgroup_id = os.stat(cgroup).st_ino
     if link_pin.exists() and _linked_cgroup(link_pin) != cgroup_id:
-        link_pin.unlink()  # attached elsewhere before: detach there
+        remove(pin_dir, state_dir)  # attached elsewhere before: detach there
     if link_pin.exists() and _read_record(record_path).get("program") == name:
         _write_record(record_path, name, cgroup, ports)
         return Installed(ports, cgroup, name)
@@ -210,6 +211,27 @@ def install(
     return Installed(ports, cgroup, name)
 
 
+def remove(pin_dir: Path, state_dir: Path) -> None:
+    """Detach the hook, then drop its pin and record. Idempotent."""
+    link_pin = pin_dir / LINK_PIN
+    try:
+        fd = bpfsys.obj_get(link_pin)
+    except bpfsys.BPFError:
+        fd = -1
+    if fd >= 0:
+        try:
+            bpfsys.link_detach(fd)
+        except bpfsys.BPFError as e:
+            if e.errno != errno.ENOLINK:  # detached already
+                raise
+        finally:
+            os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        link_pin.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        (state_dir / RECORD).unlink()
+
+
 def _linked_cgroup(link_pin: Path) -> int | None:
     try:
         fd = bpfsys.obj_get(link_pin)
@@ -244,5 +266,5 @@ def read_stats(maps: PinnedMaps, ncpus: int) -> UpstreamStats:
 
 __all__ = [
     "DEFAULT_RANGE", "POD_DEFAULT_RANGE", "Installed", "PortRange", "UpstreamStats", "find_cgroup2", "install",
-    "netns_cookie", "read_stats",
+    "netns_cookie", "read_stats", "remove",
 ]
