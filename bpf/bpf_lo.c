@@ -10,6 +10,7 @@
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/udp.h>
@@ -34,10 +35,12 @@ int from_lo(struct __sk_buff *skb)
 	struct pkt p = {};
 	struct ev_ctx c = { .hook = HOOK_TO_ENDPOINT, .direction = 0 };
 	__u16 port;
+	int r;
 
 	if ((skb->mark & MARK_MAGIC_MASK) != MARK_MAGIC_TO_PROXY)
 		return TC_ACT_OK;
-	if (parse_packet(skb, &p) != PARSE_IPV4 || p.protocol != IPPROTO_TCP)
+	r = parse_packet(skb, &p);
+	if ((r != PARSE_IPV4 && r != PARSE_IPV6) || p.protocol != IPPROTO_TCP)
 		return TC_ACT_OK;
 	port = ntohs((__u16)(skb->mark >> 16));
 	if (redirect_to_proxy(skb, &p, port) != 0) {
@@ -62,12 +65,13 @@ int from_lo(struct __sk_buff *skb)
 int from_netdev(struct __sk_buff *skb)
 {
 	struct pkt p = {};
+	int r = parse_packet(skb, &p);
 
-	if (parse_packet(skb, &p) != PARSE_IPV4 || p.protocol != IPPROTO_TCP)
+	if ((r != PARSE_IPV4 && r != PARSE_IPV6) || p.protocol != IPPROTO_TCP)
 		return TC_ACT_OK;
-	if (ipcache_identity(p.daddr) == 1 /* host: delivered locally anyway */)
+	if (identity_of(&p, SIDE_DST) == 1 /* host: delivered locally anyway */)
 		return TC_ACT_OK;
-	if (node_holds_connection(skb, p.saddr, p.sport, p.daddr, p.dport))
+	if (node_holds_connection(skb, &p, 0))
 		skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_MAGIC_TO_PROXY;
 	return TC_ACT_OK;
 }

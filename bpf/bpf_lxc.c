@@ -35,12 +35,20 @@
  * ICMP: policed like any other protocol, with port 0: only an L3 (all
  * protocols, all ports) rule, or an ICMP all-ports rule, admits it. Echo
  * replies pass via conntrack. ICMP errors are not matched to the flow they
- * refer to, so they too need an L3 allow. ARP always passes. IPv6 and other
- * ethertypes are dropped (IPv4 only for now), as are non-first fragments.
+ * refer to, so they too need an L3 allow. ARP always passes, and so do IPv6
+ * neighbour discovery and MLD (lib/common.h says which packets count).
+ * Other ethertypes are dropped, as are non-first fragments.
+ *
+ * IPv6: the same decisions on the same policy maps, with the family's own
+ * ipcache, endpoint table and conntrack (ciliate_ipcache6, ciliate_lxc6,
+ * ciliate_ct6). A pod may send from its own global IPv6 address only (the
+ * lxc6 entry of that address must be this veth's endpoint); its link-local
+ * address serves neighbour discovery, which never reaches policy.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
 #include <uapi/linux/ip.h>
+#include <uapi/linux/ipv6.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/tcp.h>
 #include <uapi/linux/udp.h>
@@ -72,6 +80,22 @@ static __always_inline struct ifindex_value *endpoint_of(struct __sk_buff *skb)
 	struct ifindex_key k = { .ifindex = skb->ifindex };
 
 	return endpoint_of_if.lookup(&k);
+}
+
+/* The endpoint behind this veth as the receiver of the packet: by the
+ * address the veth was attached with (IPv4), or by the packet's destination,
+ * which must be this endpoint's own (IPv6). NULL: not ours. */
+static __always_inline struct lxc_value *self_as_receiver(struct pkt *p, struct lxc_key *self_key,
+							  __u32 endpoint_id)
+{
+	struct lxc_value *self;
+
+	if (!p->v6)
+		return lxc.lookup(self_key);
+	self = lxc_of(p, SIDE_DST);
+	if (self && self->endpoint_id != endpoint_id)
+		return 0;
+	return self;
 }
 
 static __always_inline int drop(struct pkt *p, struct ev_ctx *c, __u8 reason)
@@ -124,8 +148,8 @@ static __always_inline int restore_upstream_reply(struct __sk_buff *skb, struct 
 						  struct pkt *fwd, struct verdict *in, __u64 now)
 {
 	c->direction = 0;
-	c->src_identity = ipcache_identity(p->saddr);
-	c->dst_identity = ipcache_identity(p->daddr);
+	c->src_identity = identity_of(p, SIDE_SRC);
+	c->dst_identity = identity_of(p, SIDE_DST);
 	if (!in->verdict)
 		return drop(p, c, in->reason);
 	ct_create(fwd, CT_F_PROXY | CT_F_ANSWERED, 0, now, CT_SCOPE_PROXY);
@@ -139,11 +163,12 @@ static __always_inline int parse_or_verdict(struct __sk_buff *skb, struct pkt *p
 
 	switch (r) {
 	case PARSE_IPV4:
+	case PARSE_IPV6:
 		return -1;
 	case PARSE_PASS:
 		return TC_ACT_OK;
 	case PARSE_UNSUPPORTED:
-		return TC_ACT_SHOT; /* no event: IPv6 chatter would flood the ring */
+		return TC_ACT_SHOT; /* no event: other ethertypes' chatter would flood the ring */
 	case PARSE_FRAGMENT:
 		return drop(p, c, R_FRAGMENT);
 	default:
@@ -175,7 +200,7 @@ int from_container(struct __sk_buff *skb)
 	struct ev_ctx c = { .hook = HOOK_FROM_ENDPOINT, .direction = DIR_NONE };
 	struct ct_value *ctv;
 	struct lxc_key self_key = {};
-	struct lxc_value *self, *dst;
+	struct lxc_value *self = 0, *dst;
 	struct verdict eg = {}, in = {};
 	struct verdict rev_eg = {}, rev_in = {}, rev = {};
 	struct pkt fwd = {};
@@ -190,8 +215,15 @@ int from_container(struct __sk_buff *skb)
 	r = enter_endpoint(skb, &p, &c, &self_key, &endpoint_id);
 	if (r >= 0)
 		return r;
-	if (p.saddr != self_key.addr)
+	if (p.v6) {
+		/* Only an address the agent gave this endpoint: no lxc6 entry
+		 * (a forged or link-local source) or another endpoint's. */
+		self = lxc_of(&p, SIDE_SRC);
+		if (!self || self->endpoint_id != endpoint_id)
+			return drop(&p, &c, R_SOURCE_SPOOFED);
+	} else if (p.saddr != self_key.addr) {
 		return drop(&p, &c, R_SOURCE_SPOOFED);
+	}
 
 	now = bpf_ktime_get_coarse_ns(); /* tick resolution is plenty for expiry */
 	int new_conn = p.protocol == IPPROTO_TCP &&
@@ -225,16 +257,17 @@ int from_container(struct __sk_buff *skb)
 			pkt_reverse(&fwd, &p);
 			flow_policy(&fwd, &rev_eg, &rev_in);
 			flow_verdict(&rev_eg, &rev_in, &rev);
-			if (is_proxy_upstream(skb, p.saddr, p.sport, p.daddr, p.dport))
+			if (is_proxy_upstream(skb, &p))
 				return restore_upstream_reply(skb, &p, &c, &fwd, &rev_in, now);
 		}
 	}
 
-	self = lxc.lookup(&self_key);
+	if (!p.v6)
+		self = lxc.lookup(&self_key);
 	if (!self)
 		return drop(&p, &c, R_ENDPOINT_UNKNOWN);
 	c.src_identity = self->identity;
-	c.dst_identity = ipcache_identity(p.daddr);
+	c.dst_identity = identity_of(&p, SIDE_DST);
 
 	c.direction = 1; /* egress */
 	policy_decide(endpoint_id, self->flags & LXC_F_EGRESS_ENFORCED, c.dst_identity, 1, &p, &eg);
@@ -245,8 +278,7 @@ int from_container(struct __sk_buff *skb)
 		return drop(&p, &c, eg.reason);
 	}
 
-	struct lxc_key dst_key = { .addr = p.daddr };
-	dst = lxc.lookup(&dst_key);
+	dst = lxc_of(&p, SIDE_DST);
 	if (dst) {
 		dst_id = dst->endpoint_id;
 		c.peer_endpoint_id = dst_id;
@@ -311,9 +343,9 @@ static __always_inline int from_proxy(struct __sk_buff *skb, struct pkt *p, stru
 			return TC_ACT_OK;
 		}
 	}
-	self = lxc.lookup(self_key);
+	self = self_as_receiver(p, self_key, endpoint_id);
 	c->dst_identity = self ? self->identity : 0;
-	c->src_identity = ipcache_identity(p->saddr);
+	c->src_identity = identity_of(p, SIDE_SRC);
 	if (!self)
 		return drop(p, c, R_ENDPOINT_UNKNOWN);
 	c->direction = 0;
@@ -362,16 +394,16 @@ int to_container(struct __sk_buff *skb)
 			 * as answered once the proxy's connection for it is
 			 * established (a bare ACK does not make it so). */
 			if (!(ctv->flags & (CT_F_ANSWERED | CT_F_CLOSING)) &&
-			    node_socket_state(skb, p.saddr, p.sport, p.daddr, p.dport) == BPF_TCP_ESTABLISHED)
+			    node_socket_state(skb, &p, 0) == BPF_TCP_ESTABLISHED)
 				ct_answered(ctv, &p, now, CT_SCOPE_FLOW);
 			return redirect_via_lo(skb, ctv->proxy_port);
 		}
 		return TC_ACT_OK;
 	}
 
-	self = lxc.lookup(&self_key);
+	self = self_as_receiver(&p, &self_key, endpoint_id);
 	c.dst_identity = self ? self->identity : 0;
-	c.src_identity = ipcache_identity(p.saddr);
+	c.src_identity = identity_of(&p, SIDE_SRC);
 
 	if (!self)
 		return drop(&p, &c, R_ENDPOINT_UNKNOWN);
@@ -387,7 +419,7 @@ int to_container(struct __sk_buff *skb)
 		 * Tracked again as that flow, so the pod's next packet goes to
 		 * the proxy, not to the server. */
 		if (rev.verdict == VERDICT_REDIRECT &&
-		    node_holds_connection(skb, p.daddr, p.dport, p.saddr, p.sport)) {
+		    node_holds_connection(skb, &p, 1)) {
 			ct_create(&fwd, CT_F_REDIRECT | CT_F_ANSWERED, rev.proxy_port, now, CT_SCOPE_FLOW);
 			c.direction = 1;
 			emit_event(&p, &c, EV_FORWARD, R_CT_RESTORED, 0);

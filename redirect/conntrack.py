@@ -1,4 +1,5 @@
-"""Conntrack entries read back from `ciliate_ct` (bpf/lib/conntrack.h).
+"""Conntrack entries read back from `ciliate_ct` and `ciliate_ct6`
+(bpf/lib/conntrack.h): one table per family, the same entries.
 
 `read` and `live_count` do I/O (a chunked read of the pinned map); the rest
 is pure. Used by the map-fill counter, which counts only live entries (an
@@ -13,12 +14,13 @@ import ctypes
 import struct
 import time
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from redirect import bpfsys, layout
 from redirect.maps import PinnedMaps
 
 _KEY = ctypes.sizeof(layout.CtKey)
+_KEY6 = ctypes.sizeof(layout.Ct6Key)
 _VALUE = ctypes.sizeof(layout.CtValue)
 assert layout.CtValue.expires_ns.offset == 0  # live_count reads it raw
 
@@ -27,8 +29,8 @@ assert layout.CtValue.expires_ns.offset == 0  # live_count reads it raw
 class CtEntry:
     """One direction of one flow: the key's 5-tuple and scope, the value."""
 
-    saddr: IPv4Address
-    daddr: IPv4Address
+    saddr: IPv4Address | IPv6Address
+    daddr: IPv4Address | IPv6Address
     sport: int
     dport: int
     protocol: int
@@ -56,11 +58,11 @@ def clock_ns() -> int:
 
 
 def decode(key: bytes, value: bytes) -> CtEntry:
-    k = layout.CtKey.from_buffer_copy(key)
+    k: layout.CtKey | layout.Ct6Key = (layout.Ct6Key if len(key) == _KEY6 else layout.CtKey).from_buffer_copy(key)
     v = layout.CtValue.from_buffer_copy(value)
     return CtEntry(
-        IPv4Address(bytes(k.saddr)),
-        IPv4Address(bytes(k.daddr)),
+        ip_address(bytes(k.saddr)),
+        ip_address(bytes(k.daddr)),
         int.from_bytes(bytes(k.sport), "big"),
         int.from_bytes(bytes(k.dport), "big"),
         k.protocol,
@@ -71,8 +73,15 @@ def decode(key: bytes, value: bytes) -> CtEntry:
     )
 
 
+def _raw(maps: PinnedMaps) -> list[tuple[bytes, bytes]]:
+    out = list(bpfsys.items_batch(maps.fds["ct"], _KEY, _VALUE).items())
+    out += bpfsys.items_batch(maps.fds["ct6"], _KEY6, _VALUE).items()
+    return out
+
+
 def read(maps: PinnedMaps) -> list[CtEntry]:
-    return [decode(k, v) for k, v in bpfsys.items_batch(maps.fds["ct"], _KEY, _VALUE).items()]
+    """Both families' entries."""
+    return [decode(k, v) for k, v in _raw(maps)]
 
 
 def live_count(maps: PinnedMaps, now_ns: int | None = None) -> int:
@@ -81,4 +90,4 @@ def live_count(maps: PinnedMaps, now_ns: int | None = None) -> int:
     takes ~350 ms."""
     now = clock_ns() if now_ns is None else now_ns
     expiry = struct.Struct("=Q")
-    return sum(1 for v in bpfsys.items_batch(maps.fds["ct"], _KEY, _VALUE).values() if expiry.unpack_from(v)[0] >= now)
+    return sum(1 for _, v in _raw(maps) if expiry.unpack_from(v)[0] >= now)

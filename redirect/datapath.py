@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from policy.compiled import CompiledState
@@ -58,10 +58,19 @@ NETDEV_PRIO = 2005  # our filter's prio on the underlay device (cluster mode)
 class EndpointRecord:
     endpoint_id: int
     ifname: str
-    ipv4: str
+    ipv4: str  # "" for an IPv6-only endpoint
     identity: int
     program: str  # tc filter name of the program attached, or BLOCK_NAME
     ifindex: int = 0  # of ifname, the key of its ciliate_ifindex entry (0: older record)
+    ipv6: str = ""  # "" when it has none (and in records of IPv4-only versions)
+
+    def addresses(self) -> list[IPv4Address | IPv6Address]:
+        out: list[IPv4Address | IPv6Address] = []
+        if self.ipv4:
+            out.append(IPv4Address(self.ipv4))
+        if self.ipv6:
+            out.append(IPv6Address(self.ipv6))
+        return out
 
 
 @dataclass(frozen=True)
@@ -77,8 +86,12 @@ def _digest(header_digest: str, source: Path) -> str:
     return hashlib.sha256((header_digest + loader.flatten(source)).encode()).hexdigest()[:8]
 
 
-def _as_ip(v: IPv4Address | str) -> IPv4Address:
-    return IPv4Address(str(v))
+def _as_ip(v: IPv4Address | str | None) -> IPv4Address | None:
+    return None if v in (None, "") else IPv4Address(str(v))
+
+
+def _as_ip6(v: IPv6Address | str | None) -> IPv6Address | None:
+    return None if v in (None, "") else IPv6Address(str(v))
 
 
 class Datapath:
@@ -167,12 +180,19 @@ class Datapath:
         self._programs[name] = fds
         return fds
 
-    def attach_endpoint(self, endpoint_id: int, ifname: str, ipv4: IPv4Address | str, identity: int) -> None:
+    def attach_endpoint(
+        self, endpoint_id: int, ifname: str, ipv4: IPv4Address | str | None, identity: int,
+        ipv6: IPv6Address | str | None = None,
+    ) -> None:
         """Attach the install's shared program to the endpoint's veth
-        (compiling it only if no endpoint has it yet; idempotent).
+        (compiling it only if no endpoint has it yet; idempotent). One
+        address or both: an IPv6-only endpoint has no IPv4.
 
         Raises ProgramLoadError (endpoint left blocked) or AttachError."""
-        ip = _as_ip(ipv4)
+        ip4, ip6 = _as_ip(ipv4), _as_ip6(ipv6)
+        if ip4 is None and ip6 is None:
+            raise DatapathError(f"endpoint {endpoint_id}: no address to attach it by")
+        ip = ip4 or IPv4Address(0)  # ciliate_ifindex's address: 0 matches no IPv4 packet
         ep_dir = self._ep_dir(endpoint_id)
         header, digest = self._shared()
         # The name identifies shared header and program text, so a restart
@@ -188,11 +208,14 @@ class Datapath:
         # Fail closed before anything else: an lxc entry that enforces both
         # directions (apply() sets the real flags), an empty policy map, and
         # the entry by which the shared program finds this endpoint.
-        self.maps.write_lxc(ip, endpoint_id, identity,
-                            layout.LXC_F_INGRESS_ENFORCED | layout.LXC_F_EGRESS_ENFORCED, only_new=True)
+        for addr in (ip4, ip6):
+            if addr is not None:
+                self.maps.write_lxc(addr, endpoint_id, identity,
+                                    layout.LXC_F_INGRESS_ENFORCED | layout.LXC_F_EGRESS_ENFORCED, only_new=True)
         self.maps.policy_fd(endpoint_id)
         self.maps.write_ifindex(ifindex, endpoint_id, ip)
-        record = EndpointRecord(endpoint_id, ifname, str(ip), identity, name, ifindex)
+        v4, v6 = str(ip4 or ""), str(ip6 or "")
+        record = EndpointRecord(endpoint_id, ifname, v4, identity, name, ifindex, v6)
 
         fds = self._program(name)
         if fds is not None and now.ingress == name and now.egress == name:
@@ -207,7 +230,7 @@ class Datapath:
             except ProgramLoadError as e:
                 self._block(endpoint_id, ifname)
                 (ep_dir / ERROR_FILE).write_text(e.message + "\n")
-                self._save(EndpointRecord(endpoint_id, ifname, str(ip), identity, BLOCK_NAME, ifindex))
+                self._save(EndpointRecord(endpoint_id, ifname, v4, identity, BLOCK_NAME, ifindex, v6))
                 raise
         tc.attach(ifname, fds[0], fds[1], name, self.netns)
         self._pin_endpoint(endpoint_id, fds)
@@ -235,8 +258,9 @@ class Datapath:
         rec = self._endpoints.pop(endpoint_id, None)
         if rec is not None:
             tc.detach(rec.ifname, self.netns)
-            with contextlib.suppress(Exception):
-                self.maps.delete_lxc(IPv4Address(rec.ipv4))
+            for addr in rec.addresses():
+                with contextlib.suppress(Exception):
+                    self.maps.delete_lxc(addr)
             if rec.ifindex:
                 with contextlib.suppress(Exception):
                     self.maps.delete_ifindex(rec.ifindex, endpoint_id)

@@ -17,7 +17,7 @@ import asyncio
 import ctypes
 import os
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 from policy.compiled import Direction
@@ -46,8 +46,8 @@ class FlowEvent:
     endpoint_id: int  # endpoint whose veth saw the packet
     hook: Hook
     direction: Direction | None  # policy direction that decided
-    src: IPv4Address
-    dst: IPv4Address
+    src: IPv4Address | IPv6Address
+    dst: IPv4Address | IPv6Address
     sport: int
     dport: int
     protocol: int
@@ -70,8 +70,8 @@ class FlowEvent:
             endpoint_id=e.endpoint_id,
             hook=Hook(e.hook),
             direction=None if e.direction == layout.DIR_NONE else Direction(e.direction),
-            src=IPv4Address(bytes(e.saddr)),
-            dst=IPv4Address(bytes(e.daddr)),
+            src=_addr(e.family, bytes(e.saddr)),
+            dst=_addr(e.family, bytes(e.daddr)),
             sport=e.sport,
             dport=e.dport,
             protocol=e.protocol,
@@ -85,10 +85,19 @@ class FlowEvent:
         r = self.reason.name if isinstance(self.reason, Reason) else str(self.reason)
         via = f" proxy:{self.proxy_port}" if self.verdict == EventVerdict.REDIRECT else ""
         return (
-            f"{self.verdict.name:8} ep={self.endpoint_id} {self.src}:{self.sport} "
-            f"(id {self.src_identity}) -> {self.dst}:{self.dport} (id {self.dst_identity}) "
+            f"{self.verdict.name:8} ep={self.endpoint_id} {_hostport(self.src, self.sport)} "
+            f"(id {self.src_identity}) -> {_hostport(self.dst, self.dport)} (id {self.dst_identity}) "
             f"proto={self.protocol} {r}{via}"
         )
+
+
+def _addr(family: int, raw: bytes) -> IPv4Address | IPv6Address:
+    return IPv6Address(raw) if family == 6 else IPv4Address(raw[:4])
+
+
+def _hostport(addr: IPv4Address | IPv6Address, port: int) -> str:
+    # '[fd00::5]:80': without brackets the port reads as the last group
+    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
 
 
 class EventStream:

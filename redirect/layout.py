@@ -24,6 +24,14 @@ class IpcacheValue(ctypes.Structure):
     _fields_ = [("identity", ctypes.c_uint32), ("reserved", ctypes.c_uint32)]
 
 
+class Ipcache6Key(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 16)]
+
+
+class Lxc6Key(ctypes.Structure):
+    _fields_ = [("addr", ctypes.c_uint8 * 16)]
+
+
 class LxcKey(ctypes.Structure):
     _fields_ = [("addr", ctypes.c_uint8 * 4)]
 
@@ -75,6 +83,17 @@ class CtKey(ctypes.Structure):
     ]
 
 
+class Ct6Key(ctypes.Structure):
+    _fields_ = [
+        ("saddr", ctypes.c_uint8 * 16),
+        ("daddr", ctypes.c_uint8 * 16),
+        ("sport", ctypes.c_uint8 * 2),
+        ("dport", ctypes.c_uint8 * 2),
+        ("protocol", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
+
+
 CT_F_REDIRECT = 0x1
 CT_F_PROXY = 0x2
 CT_F_CLOSING = 0x4
@@ -100,8 +119,8 @@ class CtValue(ctypes.Structure):
 class FlowEventRaw(ctypes.Structure):
     _fields_ = [
         ("ts_ns", ctypes.c_uint64),
-        ("saddr", ctypes.c_uint8 * 4),
-        ("daddr", ctypes.c_uint8 * 4),
+        ("saddr", ctypes.c_uint8 * 16),  # IPv4: the first 4 bytes
+        ("daddr", ctypes.c_uint8 * 16),
         ("src_identity", ctypes.c_uint32),
         ("dst_identity", ctypes.c_uint32),
         ("endpoint_id", ctypes.c_uint32),
@@ -114,7 +133,8 @@ class FlowEventRaw(ctypes.Structure):
         ("reason", ctypes.c_uint8),
         ("direction", ctypes.c_uint8),
         ("hook", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 5),
+        ("family", ctypes.c_uint8),  # 4 or 6
+        ("pad", ctypes.c_uint8 * 4),
     ]
 
 
@@ -214,6 +234,9 @@ MARKS: dict[str, int] = {
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "ipcache_key": IpcacheKey,
     "ipcache_value": IpcacheValue,
+    "ipcache6_key": Ipcache6Key,
+    "lxc6_key": Lxc6Key,
+    "ct6_key": Ct6Key,
     "lxc_key": LxcKey,
     "lxc_value": LxcValue,
     "ifindex_key": IfindexKey,
@@ -255,6 +278,8 @@ CONSTANTS: dict[str, int] = {
     "HOOK_FROM_ENDPOINT": Hook.FROM_ENDPOINT,
     "HOOK_TO_ENDPOINT": Hook.TO_ENDPOINT,
     "DIR_NONE": DIR_NONE,
+    "EV_FAMILY_IPV4": 4,
+    "EV_FAMILY_IPV6": 6,
     **{f"R_{r.name}": r.value for r in Reason},
     **{f"UPSTREAM_{s.name}": s.value for s in UpstreamStat},
     "UPSTREAM_STATS": len(UpstreamStat),

@@ -2,17 +2,21 @@
 
 Does I/O (bpf() syscalls, bpffs). Every map lives under `pin_dir`
 (default /sys/fs/bpf/tc/globals, files named ciliate_*), so the maps outlive
-the process that made them; a new process opens the pins and checks that
+the process that made them; a new process opens the pins (creating the ones
+an older version did not have, such as the IPv6 maps) and checks that
 their shapes match this code's layouts, refusing (never recreating) a map of
 another shape, which would silently drop the enforced state.
 
     ciliate_ipcache        LPM trie   IPv4 prefix -> identity
+    ciliate_ipcache6       LPM trie   IPv6 prefix -> identity
     ciliate_lxc            hash       local endpoint IPv4 -> id, identity, flags
+    ciliate_lxc6           hash       local endpoint IPv6 -> the same
     ciliate_ifindex        hash       endpoint veth ifindex -> id, IPv4 (the shared
                                       program finds its endpoint by skb->ifindex)
     ciliate_policy         hash of maps: endpoint id -> ciliate_policy_<id>
     ciliate_policy_<id>    LPM trie   one endpoint's policy (see policymap.py)
-    ciliate_ct             LRU hash   conntrack
+    ciliate_ct             LRU hash   conntrack of IPv4 flows
+    ciliate_ct6            LRU hash   conntrack of IPv6 flows
     ciliate_events         ring buffer of verdict events
     ciliate_metrics        per-CPU hash  (verdict, reason, direction) -> packets
     ciliate_upstream_cfg   array      the connect hook's range and node netns (bpf_sock.c)
@@ -26,7 +30,7 @@ import ctypes
 import os
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
 
 from redirect import bpfsys, layout, policymap
@@ -78,6 +82,12 @@ class PinnedMaps:
         self._specs = {
             "ipcache": _Spec("ciliate_ipcache", bpfsys.MAP_LPM_TRIE, ctypes.sizeof(layout.IpcacheKey),
                              ctypes.sizeof(layout.IpcacheValue), s.ipcache, bpfsys.F_NO_PREALLOC),
+            "ipcache6": _Spec("ciliate_ipcache6", bpfsys.MAP_LPM_TRIE, ctypes.sizeof(layout.Ipcache6Key),
+                              ctypes.sizeof(layout.IpcacheValue), s.ipcache, bpfsys.F_NO_PREALLOC),
+            "lxc6": _Spec("ciliate_lxc6", bpfsys.MAP_HASH, ctypes.sizeof(layout.Lxc6Key),
+                          ctypes.sizeof(layout.LxcValue), s.endpoints),
+            "ct6": _Spec("ciliate_ct6", bpfsys.MAP_LRU_HASH, ctypes.sizeof(layout.Ct6Key),
+                         ctypes.sizeof(layout.CtValue), s.conntrack),
             "lxc": _Spec("ciliate_lxc", bpfsys.MAP_HASH, ctypes.sizeof(layout.LxcKey),
                          ctypes.sizeof(layout.LxcValue), s.endpoints),
             "ifindex": _Spec("ciliate_ifindex", bpfsys.MAP_HASH, ctypes.sizeof(layout.IfindexKey),
@@ -193,35 +203,43 @@ class PinnedMaps:
         raw = bpfsys.items(fd, policymap.KEY_SIZE, policymap.VALUE_SIZE)
         return {policymap.decode_key(k): policymap.decode_value(v) for k, v in raw.items()}
 
-    # -- ipcache -------------------------------------------------------------
+    # -- ipcache (one map per family) ------------------------------------------
     @staticmethod
-    def _ipcache_key(net: IPv4Network) -> bytes:
-        return struct.pack("=I4s", net.prefixlen, net.network_address.packed)
+    def _ipcache_key(net: IPv4Network | IPv6Network) -> tuple[str, bytes]:
+        if net.version == 6:
+            return "ipcache6", struct.pack("=I16s", net.prefixlen, net.network_address.packed)
+        return "ipcache", struct.pack("=I4s", net.prefixlen, net.network_address.packed)
 
-    def read_ipcache(self) -> dict[IPv4Network, int]:
-        out: dict[IPv4Network, int] = {}
-        for k, v in bpfsys.items(self.fds["ipcache"], 8, 8).items():
-            plen, addr = struct.unpack("=I4s", k)
-            out[IPv4Network((IPv4Address(addr), plen))] = struct.unpack("=II", v)[0]
+    def read_ipcache(self) -> dict[IPv4Network | IPv6Network, int]:
+        out: dict[IPv4Network | IPv6Network, int] = {}
+        for name, size in (("ipcache", 4), ("ipcache6", 16)):
+            for k, v in bpfsys.items(self.fds[name], 4 + size, 8).items():
+                plen = struct.unpack_from("=I", k)[0]
+                out[ip_network((k[4:], plen))] = struct.unpack("=II", v)[0]
         return out
 
-    def write_ipcache(self, net: IPv4Network, identity: int) -> None:
-        bpfsys.update(self.fds["ipcache"], self._ipcache_key(net), struct.pack("=II", identity, 0))
+    def write_ipcache(self, net: IPv4Network | IPv6Network, identity: int) -> None:
+        name, key = self._ipcache_key(net)
+        bpfsys.update(self.fds[name], key, struct.pack("=II", identity, 0))
 
-    def delete_ipcache(self, net: IPv4Network) -> None:
-        bpfsys.delete(self.fds["ipcache"], self._ipcache_key(net))
+    def delete_ipcache(self, net: IPv4Network | IPv6Network) -> None:
+        name, key = self._ipcache_key(net)
+        bpfsys.delete(self.fds[name], key)
 
-    # -- local endpoints -----------------------------------------------------
-    def read_lxc(self) -> dict[IPv4Address, tuple[int, int, int]]:
-        out: dict[IPv4Address, tuple[int, int, int]] = {}
-        for k, v in bpfsys.items(self.fds["lxc"], 4, 16).items():
-            ep, ident, flags, _ = struct.unpack("=IIII", v)
-            out[IPv4Address(k)] = (ep, ident, flags)
+    # -- local endpoints (one map per family, the same value) ------------------
+    def read_lxc(self) -> dict[IPv4Address | IPv6Address, tuple[int, int, int]]:
+        out: dict[IPv4Address | IPv6Address, tuple[int, int, int]] = {}
+        for name, size, cls in (("lxc", 4, IPv4Address), ("lxc6", 16, IPv6Address)):
+            for k, v in bpfsys.items(self.fds[name], size, 16).items():
+                ep, ident, flags, _ = struct.unpack("=IIII", v)
+                out[cls(k)] = (ep, ident, flags)
         return out
 
-    def write_lxc(self, addr: IPv4Address, endpoint_id: int, identity: int, flags: int, only_new: bool = False) -> bool:
+    def write_lxc(self, addr: IPv4Address | IPv6Address, endpoint_id: int, identity: int, flags: int,
+                  only_new: bool = False) -> bool:
         try:
-            bpfsys.update(self.fds["lxc"], _ip4(addr), struct.pack("=IIII", endpoint_id, identity, flags, 0),
+            bpfsys.update(self.fds["lxc6" if addr.version == 6 else "lxc"], addr.packed,
+                          struct.pack("=IIII", endpoint_id, identity, flags, 0),
                           bpfsys.NOEXIST if only_new else bpfsys.ANY)
         except bpfsys.BPFError as e:
             if only_new and e.errno == 17:  # EEXIST: keep what apply() wrote
@@ -229,8 +247,8 @@ class PinnedMaps:
             raise
         return True
 
-    def delete_lxc(self, addr: IPv4Address) -> None:
-        bpfsys.delete(self.fds["lxc"], _ip4(addr))
+    def delete_lxc(self, addr: IPv4Address | IPv6Address) -> None:
+        bpfsys.delete(self.fds["lxc6" if addr.version == 6 else "lxc"], addr.packed)
 
     # -- which endpoint a veth belongs to (read by the shared program) ---------
     def read_ifindex(self) -> dict[int, tuple[int, IPv4Address]]:
@@ -252,10 +270,14 @@ class PinnedMaps:
 
     # -- conntrack (for tests and `ciliate bpf ct list`) ----------------------
     def read_ct(self) -> dict[bytes, bytes]:
-        return bpfsys.items(self.fds["ct"], ctypes.sizeof(layout.CtKey), ctypes.sizeof(layout.CtValue))
+        """Raw entries of both tables; a key's length tells its family."""
+        out = bpfsys.items(self.fds["ct"], ctypes.sizeof(layout.CtKey), ctypes.sizeof(layout.CtValue))
+        out.update(bpfsys.items(self.fds["ct6"], ctypes.sizeof(layout.Ct6Key), ctypes.sizeof(layout.CtValue)))
+        return out
 
     def flush_ct(self) -> int:
         n = 0
-        for k in bpfsys.keys(self.fds["ct"], ctypes.sizeof(layout.CtKey)):
-            n += bpfsys.delete(self.fds["ct"], k)
+        for name, cls in (("ct", layout.CtKey), ("ct6", layout.Ct6Key)):
+            for k in bpfsys.keys(self.fds[name], ctypes.sizeof(cls)):
+                n += bpfsys.delete(self.fds[name], k)
         return n

@@ -90,6 +90,11 @@ def _in_netns_write(netns: str | None, path: str, value: str | None) -> str:
     return old
 
 
+def read_sysctl(netns: str | None, path: str) -> str:
+    """A /proc/sys file as seen from netns."""
+    return _in_netns_write(netns, path, None)
+
+
 def setup(netns: str | None = None) -> dict[str, str]:
     """Set up the routing; returns the sysctl values it replaced (give them
     back to teardown()).

@@ -25,20 +25,20 @@ old entries, flags and identity stay enforced and the result carries a
 MapFullError for it. An ipcache that would overflow fails the whole apply
 before anything is written.
 
-The maps are IPv4 only: what they are given is redirect/ipv4_only.py's
-kernel_state() of the compiled state, never the state itself.
+Both families: an IPv6 prefix goes into ciliate_ipcache6, an endpoint's
+IPv6 address into ciliate_lxc6 with the same value as its IPv4 one, and the
+steps above treat them alike.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv6Address, ip_network
 
 from policy.compiled import CompiledState, EndpointPolicy
 from redirect import bpfsys, layout, policymap
 from redirect.errors import DatapathError, MapFullError
-from redirect.ipv4_only import kernel_state
 from redirect.maps import PinnedMaps
 
 
@@ -77,6 +77,10 @@ def _transition(old: int, new: int) -> int:
     return ((old | new) & ~layout.LXC_F_AUDIT) | audit
 
 
+def _addrs(ep: EndpointPolicy) -> list[IPv4Address | IPv6Address]:
+    return [a for a in (ep.ipv4, ep.ipv6) if a is not None]
+
+
 def _run(fd: int, ops: list[policymap.Op], res: ApplyResult, after_write: Callable[[], None] | None) -> None:
     for op in ops:
         if op.kind is policymap.OpKind.WRITE:
@@ -100,9 +104,6 @@ def apply_state(
     attached but not in the state yet (left alone instead of removed).
     `after_write` runs after every policy map write (tests widen the gaps
     between writes with it to prove no window opens)."""
-    # The maps hold IPv4 only: the state's IPv6 prefixes and the entries only
-    # they make reachable stay out (the datapath drops IPv6, fail closed).
-    state = kernel_state(state)
     res = ApplyResult(state.revision)
     cap = maps.sizes.policy_entries
 
@@ -127,18 +128,17 @@ def apply_state(
     ok_eps = {i: state.endpoints[i] for i in desired}
 
     # 0. enforcement on first; new endpoints appear (keeping old identities).
+    # An endpoint's entries (one per family) carry the same flags throughout.
     flags0: dict[int, int] = {}
     for ep_id, ep in ok_eps.items():
-        if ep.ipv4 is None:
-            continue
-        old = lxc_now.get(ep.ipv4)
-        if old is None or old[0] != ep_id:
-            prev = by_id[ep_id][1][2] if ep_id in by_id else 0
-            flags0[ep_id] = _transition(prev, _flags(ep)) if ep_id in by_id else _flags(ep)
-            maps.write_lxc(ep.ipv4, ep_id, ep.identity, flags0[ep_id])
-        else:
-            flags0[ep_id] = _transition(old[2], _flags(ep))
-            maps.write_lxc(ep.ipv4, ep_id, old[1], flags0[ep_id])
+        prev = by_id.get(ep_id)
+        flags0[ep_id] = _transition(prev[1][2], _flags(ep)) if prev else _flags(ep)
+        for addr in _addrs(ep):
+            old = lxc_now.get(addr)
+            if old is None or old[0] != ep_id:
+                maps.write_lxc(addr, ep_id, ep.identity, flags0[ep_id])
+            else:
+                maps.write_lxc(addr, ep_id, old[1], flags0[ep_id])
 
     # 1. policy: new denies in, dropped allows/redirects out.
     plans: dict[int, tuple[int, list[policymap.Op]]] = {}
@@ -150,15 +150,15 @@ def apply_state(
         plans[ep_id] = (fd, second)
 
     # 2. ipcache and identities: writes before deletes.
-    want_ip = {IPv4Network(k): int(v) for k, v in state.ipcache.items()}
+    want_ip = {ip_network(k): int(v) for k, v in state.ipcache.items()}
     have_ip = maps.read_ipcache()
     for net, ident in want_ip.items():
         if have_ip.get(net) != ident:
             maps.write_ipcache(net, ident)
             res.ipcache_written += 1
     for ep_id, ep in ok_eps.items():
-        if ep.ipv4 is not None:
-            maps.write_lxc(ep.ipv4, ep_id, ep.identity, flags0[ep_id])
+        for addr in _addrs(ep):
+            maps.write_lxc(addr, ep_id, ep.identity, flags0[ep_id])
     for net in have_ip:
         if net not in want_ip:
             maps.delete_ipcache(net)
@@ -171,12 +171,12 @@ def apply_state(
 
     # 4. final flags; endpoints that left the state go.
     for ep_id, ep in ok_eps.items():
-        if ep.ipv4 is not None:
-            maps.write_lxc(ep.ipv4, ep_id, ep.identity, _flags(ep))
+        for addr in _addrs(ep):
+            maps.write_lxc(addr, ep_id, ep.identity, _flags(ep))
     wanted_ids = set(state.endpoints) | set(keep)
-    current_ip = {i: ep.ipv4 for i, ep in state.endpoints.items()}
+    current_ip = {i: set(_addrs(ep)) for i, ep in state.endpoints.items()}
     for ip, (ep_id, _, _) in maps.read_lxc().items():
-        moved = ep_id in ok_eps and current_ip.get(ep_id) not in (None, ip)
+        moved = ep_id in ok_eps and ip not in current_ip.get(ep_id, {ip})
         if ep_id not in wanted_ids or moved:
             maps.delete_lxc(ip)
             if not moved:

@@ -6,12 +6,11 @@ they never run concurrently. Map-full errors are reported as such (retrying
 does not help until policy shrinks); other failures are retried with backoff.
 Does kernel I/O through redirect/.
 
-The datapath is IPv4-only for now: its maps key endpoints and the ipcache by
-IPv4 address and its programs drop every IPv6 packet (bpf/lib/common.h
-passes only IPv4 and ARP). A dual-stack endpoint is attached by its IPv4
-address and its IPv6 traffic is dropped, fail closed; an IPv6-only endpoint
-cannot be keyed at all, so its veth gets the drop-everything program and
-the endpoint stays not-ready. `families()` says so for `ciliate status`.
+Both families are enforced, each with its own maps. A node with IPv6
+disabled (net.ipv6.conf.all.disable_ipv6, or no IPv6 in the kernel) can give
+no pod an IPv6 address: `families()` says so for `ciliate status`, and an
+IPv6-only endpoint there gets the drop-everything program and stays
+not-ready (fail closed for that family only).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from agent.core.ports import (
     VerdictCounter,
 )
 from policy.compiled import CompiledState, Protocol
-from redirect import bpfsys, counters, tc
+from redirect import bpfsys, counters, proxy_route, tc
 from redirect.datapath import BLOCK_NAME, Datapath
 from redirect.errors import MapFullError, PlumbingError
 from redirect.layout import DIR_NONE, EventVerdict, Hook, Reason
@@ -53,12 +52,20 @@ _FLOW_TYPE = {
     EventVerdict.AUDIT: "audit",
 }
 _DIRECTION = {0: "ingress", 1: "egress", DIR_NONE: "none"}
-IPV6_DROPPED = "dropped (the datapath is IPv4-only)"
-FAMILIES = (FamilySupport(4, True), FamilySupport(6, False, IPV6_DROPPED))
+IPV6_DISABLED = "dropped (IPv6 is disabled on this node: net.ipv6.conf.all.disable_ipv6)"
 IPV6_ONLY = (
-    "no IPv4 address: the datapath keys endpoints by their IPv4 address and is IPv4-only, so everything "
-    "this IPv6-only endpoint sends or receives is dropped until the IPv6 datapath lands"
+    "no IPv4 address and IPv6 is disabled on this node (net.ipv6.conf.all.disable_ipv6): everything this "
+    "IPv6-only endpoint sends or receives is dropped"
 )
+DISABLE_IPV6 = "/proc/sys/net/ipv6/conf/all/disable_ipv6"
+
+
+def node_has_ipv6(netns: str | None) -> bool:
+    """IPv6 is on in the node's network namespace (absent: the kernel has none)."""
+    try:
+        return proxy_route.read_sysctl(netns, DISABLE_IPV6).strip() == "0"
+    except (OSError, PlumbingError):
+        return False
 
 
 def reason_name(reason: Reason | int) -> str:
@@ -99,6 +106,7 @@ class KernelDatapath:
         self._cgroup_root = cgroup_root
         self._upstream_error: str | None = None
         self._upstream_set = False  # setup() has run, one way or the other
+        self._ipv6 = node_has_ipv6(netns)
 
     async def setup(self) -> None:
         await asyncio.to_thread(self._dp.setup_proxy_plumbing)
@@ -141,16 +149,15 @@ class KernelDatapath:
         await asyncio.to_thread(self._dp.close)
 
     def families(self) -> tuple[FamilySupport, ...]:
-        return FAMILIES
+        return (FamilySupport(4, True), FamilySupport(6, True) if self._ipv6 else FamilySupport(6, False, IPV6_DISABLED))
 
-    async def attach_endpoint(self, endpoint_id: int, ifname: str, ipv4: IPv4Address | None, identity: int) -> None:
-        # An endpoint's IPv6 address never reaches this call: the programs
-        # attached by its IPv4 address drop its IPv6 packets (fail closed)
-        # until the IPv6 datapath lands.
-        if ipv4 is None:
+    async def attach_endpoint(
+        self, endpoint_id: int, ifname: str, ipv4: IPv4Address | None, identity: int, ipv6: IPv6Address | None = None,
+    ) -> None:
+        if ipv4 is None and (ipv6 is None or not self._ipv6):
             await asyncio.to_thread(self._block, ifname)
             raise EndpointUnsupported(IPV6_ONLY)
-        await asyncio.to_thread(self._dp.attach_endpoint, endpoint_id, ifname, ipv4, identity)
+        await asyncio.to_thread(self._dp.attach_endpoint, endpoint_id, ifname, ipv4, identity, ipv6)
 
     def _block(self, ifname: str) -> None:
         """The drop-everything program on both hooks of the veth: without it an
@@ -171,7 +178,10 @@ class KernelDatapath:
     async def attached_endpoints(self) -> list[KernelEndpoint]:
         def read() -> list[KernelEndpoint]:
             return [
-                KernelEndpoint(r.endpoint_id, r.ifname, IPv4Address(r.ipv4), r.identity, self._dp.link_present(r.endpoint_id))
+                KernelEndpoint(
+                    r.endpoint_id, r.ifname, IPv4Address(r.ipv4) if r.ipv4 else None, r.identity,
+                    self._dp.link_present(r.endpoint_id), IPv6Address(r.ipv6) if r.ipv6 else None,
+                )
                 for r in sorted(self._dp.endpoints().values(), key=lambda r: r.endpoint_id)
             ]
 

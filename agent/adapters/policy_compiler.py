@@ -33,13 +33,16 @@ class PolicyFileLoader:
 
 
 class RealCompiler:
-    def __init__(self, allocations: Allocations | None, host_ips: Iterable[IPv4Address | IPv6Address] = ()) -> None:
+    def __init__(
+        self, allocations: Allocations | None, host_ips: Iterable[IPv4Address | IPv6Address] = (),
+        stack: Stack = Stack.DUAL,
+    ) -> None:
         ids = IdentityAllocator.from_json(json.dumps(allocations.identities)) if allocations and allocations.identities is not None else None
         ports = ProxyPortAllocator.from_json(json.dumps(allocations.proxy_ports)) if allocations and allocations.proxy_ports is not None else None
-        # The datapath carries IPv4 only (IPv6 is dropped, fail closed), so
-        # the node is single-stack IPv4: Cilium's numbers for it, 0.0.0.0/0 is
-        # world (2). The IPv6 datapath turns this into Stack.DUAL.
-        self._c = Compiler(ids, ports, host_ips, stack=Stack.IPV4)
+        # The datapath enforces both families, so the node is dual-stack:
+        # Cilium's numbers for it, 0.0.0.0/0 is world-ipv4 (9) and ::/0
+        # world-ipv6 (10); `world` in a policy means both.
+        self._c = Compiler(ids, ports, host_ips, stack=stack)
         self._last: CompiledState | None = None
 
     def upsert_policy(self, policy: Policy) -> None:  # type: ignore[override]

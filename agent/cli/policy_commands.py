@@ -74,9 +74,9 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 def add_stack_flag(p: argparse.ArgumentParser) -> None:
     """--stack: the address families of the node the policies are compiled for."""
     p.add_argument(
-        "--stack", choices=[s.value for s in Stack], default=Stack.IPV4.value,
-        help="the families the node runs (default ipv4, as the datapath today, which drops IPv6); "
-             "dual or ipv6 to see what the policies say for IPv6 (world identities as Cilium numbers them per stack)",
+        "--stack", choices=[s.value for s in Stack], default=Stack.DUAL.value,
+        help="the families the node runs (default dual, as the agent compiles); ipv4 or ipv6 for a "
+             "single-stack node (world identities as Cilium numbers them per stack)",
     )
 
 

@@ -81,6 +81,7 @@ async def restore_lost_endpoints(table: EndpointTable, datapath: DatapathControl
             container_id=RESTORED_PREFIX + ke.host_ifname,
             host_ifname=ke.host_ifname,
             ipv4=ke.ipv4,
+            ipv6=ke.ipv6,
             labels=labels_from_set(label_set),
         )
         restored.append(rec)

@@ -193,9 +193,10 @@ class KernelEndpoint:
 
     endpoint_id: int
     host_ifname: str
-    ipv4: IPv4Address
+    ipv4: IPv4Address | None  # None: IPv6-only
     identity: int
     link_present: bool  # the veth it was attached to still exists
+    ipv6: IPv6Address | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +275,9 @@ class DatapathControl(Protocol):
         """Release handles; never detaches: the kernel keeps enforcing."""
         ...
 
-    async def attach_endpoint(self, endpoint_id: int, ifname: str, ipv4: IPv4Address | None, identity: int) -> None:
+    async def attach_endpoint(
+        self, endpoint_id: int, ifname: str, ipv4: IPv4Address | None, identity: int, ipv6: IPv6Address | None = None,
+    ) -> None:
         """Attach programs to the endpoint's host interface; idempotent (adopts).
         Raises EndpointUnsupported for an endpoint it can only keep dropped."""
         ...

@@ -175,7 +175,7 @@ class Regenerator:
             if live is None or rec is None or live.attached:
                 continue
             try:
-                await self.datapath.attach_endpoint(eid, rec.host_ifname, rec.ipv4, endpoints[eid].identity)
+                await self.datapath.attach_endpoint(eid, rec.host_ifname, rec.ipv4, endpoints[eid].identity, rec.ipv6)
                 self.table.set_live(eid, attached=True)
             except EndpointUnsupported as exc:
                 # The datapath keeps its traffic dropped; retrying would not help.

@@ -1,4 +1,9 @@
-/* Packet parsing into the 5-tuple the datapath works on. */
+/* Packet parsing into the 5-tuple the datapath works on, for both families.
+ *
+ * IPv4 and IPv6 share one struct pkt: the IPv4 addresses in saddr/daddr, the
+ * IPv6 ones in saddr6/daddr6 with v6 set. Everything past parsing (policy,
+ * conntrack, events, the proxy's socket lookups) is family-free and picks
+ * the family's map through the helpers that take a struct pkt. */
 #ifndef CILIATE_COMMON_H
 #define CILIATE_COMMON_H
 
@@ -8,20 +13,132 @@
 #define TCP_ACK 0x10
 
 #define PARSE_IPV4        0
-#define PARSE_PASS       -1 /* ARP: always passes */
+#define PARSE_IPV6        1
+#define PARSE_PASS       -1 /* ARP, IPv6 neighbour discovery: always pass */
 #define PARSE_UNSUPPORTED -2
 #define PARSE_FRAGMENT   -3
 #define PARSE_MALFORMED  -4
 
+#ifndef ETH_P_IPV6
+#define ETH_P_IPV6 0x86DD
+#endif
+#define IPPROTO_ICMPV6_ 58
+/* IPv6 extension headers walked to find the transport header */
+#define NEXTHDR_HOP_      0
+#define NEXTHDR_ROUTING_  43
+#define NEXTHDR_FRAGMENT_ 44
+#define NEXTHDR_AUTH_     51
+#define NEXTHDR_DEST_     60
+#define IPV6_EXT_MAX      4 /* more in one packet: malformed (dropped) */
+
+#define ICMPV6_ECHO_REQUEST_ 128
+#define ICMPV6_ECHO_REPLY_   129
+
 struct pkt {
 	__u32 saddr;
 	__u32 daddr;
+	__u32 saddr6[4]; /* network order; v6 only */
+	__u32 daddr6[4];
 	__u16 sport; /* network order; ICMP echo: the echo id on both sides */
 	__u16 dport;
 	__u8 protocol;
 	__u8 tcp_flags;
 	__u8 ported; /* TCP or UDP: policy looks at the port */
+	__u8 v6;
 };
+
+/* Transport header at l4 (both families). */
+static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p)
+{
+	if (p->protocol == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		if ((void *)(th + 1) > data_end)
+			return PARSE_MALFORMED;
+		p->sport = th->source;
+		p->dport = th->dest;
+		p->tcp_flags = ((__u8 *)th)[13];
+		p->ported = 1;
+	} else if (p->protocol == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+		if ((void *)(uh + 1) > data_end)
+			return PARSE_MALFORMED;
+		p->sport = uh->source;
+		p->dport = uh->dest;
+		p->ported = 1;
+	} else if (p->protocol == IPPROTO_ICMP || p->protocol == IPPROTO_ICMPV6_) {
+		/* type, code, checksum, then the echo id: the same in both */
+		struct icmphdr *ic = l4;
+		if ((void *)(ic + 1) > data_end)
+			return PARSE_MALFORMED;
+		/* Echo request and reply share the id, so a reply finds the
+		 * request's conntrack entry by the reversed tuple. */
+		if (p->protocol == IPPROTO_ICMP ? (ic->type == ICMP_ECHO || ic->type == ICMP_ECHOREPLY)
+						: (ic->type == ICMPV6_ECHO_REQUEST_ || ic->type == ICMPV6_ECHO_REPLY_)) {
+			p->sport = ic->un.echo.id;
+			p->dport = ic->un.echo.id;
+		}
+	}
+	return p->v6 ? PARSE_IPV6 : PARSE_IPV4;
+}
+
+/* Neighbour discovery (RS, RA, NS, NA, redirect) with hop limit 255, which
+ * no router forwards (RFC 4861), and MLD with hop limit 1: link-local
+ * control traffic the path needs, passed like ARP, never policed. Anything
+ * else that claims to be one is policed as ICMPv6. */
+static __always_inline int ipv6_link_control(void *l4, void *data_end, __u8 hop_limit)
+{
+	__u8 *type = l4;
+
+	if ((void *)(type + 1) > data_end)
+		return 0;
+	if (*type >= 133 && *type <= 137)
+		return hop_limit == 255;
+	if ((*type >= 130 && *type <= 132) || *type == 143)
+		return hop_limit == 1;
+	return 0;
+}
+
+static __always_inline int parse_ipv6(struct ipv6hdr *ip6, void *data_end, struct pkt *p)
+{
+	if ((void *)(ip6 + 1) > data_end)
+		return PARSE_MALFORMED;
+	p->v6 = 1;
+	__builtin_memcpy(p->saddr6, &ip6->saddr, 16);
+	__builtin_memcpy(p->daddr6, &ip6->daddr, 16);
+
+	__u8 nh = ip6->nexthdr;
+	void *l4 = ip6 + 1;
+#pragma unroll
+	for (int i = 0; i < IPV6_EXT_MAX; i++) {
+		if (nh == NEXTHDR_HOP_ || nh == NEXTHDR_ROUTING_ || nh == NEXTHDR_DEST_ || nh == NEXTHDR_AUTH_) {
+			__u8 *h = l4;
+			if ((void *)(h + 2) > data_end)
+				return PARSE_MALFORMED;
+			/* AH counts 4-byte units minus 2, the others 8-byte units minus 1 */
+			l4 += nh == NEXTHDR_AUTH_ ? (h[1] + 2) * 4 : (h[1] + 1) * 8;
+			nh = h[0];
+		} else if (nh == NEXTHDR_FRAGMENT_) {
+			__u8 *h = l4;
+			if ((void *)(h + 8) > data_end)
+				return PARSE_MALFORMED;
+			nh = h[0];
+			p->protocol = nh;
+			/* Non-first fragments carry no ports: dropped, as for IPv4. */
+			if ((h[2] << 8 | (h[3] & 0xf8)) != 0)
+				return PARSE_FRAGMENT;
+			l4 += 8;
+		} else {
+			break;
+		}
+	}
+	if (nh == NEXTHDR_HOP_ || nh == NEXTHDR_ROUTING_ || nh == NEXTHDR_DEST_ || nh == NEXTHDR_AUTH_ ||
+	    nh == NEXTHDR_FRAGMENT_)
+		return PARSE_MALFORMED; /* a chain longer than we walk */
+	p->protocol = nh;
+	if (nh == IPPROTO_ICMPV6_ && ipv6_link_control(l4, data_end, ip6->hop_limit))
+		return PARSE_PASS;
+	return parse_l4(l4, data_end, p);
+}
 
 static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 {
@@ -33,6 +150,8 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 		return PARSE_MALFORMED;
 	if (eth->h_proto == htons(ETH_P_ARP))
 		return PARSE_PASS;
+	if (eth->h_proto == htons(ETH_P_IPV6))
+		return parse_ipv6((void *)(eth + 1), data_end, p);
 	if (eth->h_proto != htons(ETH_P_IP))
 		return PARSE_UNSUPPORTED;
 
@@ -49,35 +168,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 	 * cannot be policed and are dropped (documented limitation). */
 	if (ip->frag_off & htons(0x1fff))
 		return PARSE_FRAGMENT;
-
-	void *l4 = (void *)ip + ihl;
-	if (p->protocol == IPPROTO_TCP) {
-		struct tcphdr *th = l4;
-		if ((void *)(th + 1) > data_end)
-			return PARSE_MALFORMED;
-		p->sport = th->source;
-		p->dport = th->dest;
-		p->tcp_flags = ((__u8 *)th)[13];
-		p->ported = 1;
-	} else if (p->protocol == IPPROTO_UDP) {
-		struct udphdr *uh = l4;
-		if ((void *)(uh + 1) > data_end)
-			return PARSE_MALFORMED;
-		p->sport = uh->source;
-		p->dport = uh->dest;
-		p->ported = 1;
-	} else if (p->protocol == IPPROTO_ICMP) {
-		struct icmphdr *ic = l4;
-		if ((void *)(ic + 1) > data_end)
-			return PARSE_MALFORMED;
-		/* Echo request and reply share the id, so a reply finds the
-		 * request's conntrack entry by the reversed tuple. */
-		if (ic->type == ICMP_ECHO || ic->type == ICMP_ECHOREPLY) {
-			p->sport = ic->un.echo.id;
-			p->dport = ic->un.echo.id;
-		}
-	}
-	return PARSE_IPV4;
+	return parse_l4((void *)ip + ihl, data_end, p);
 }
 
 /* The same flow seen from the other end (a reply's tuple -> its flow's). */
@@ -86,6 +177,8 @@ static __always_inline void pkt_reverse(struct pkt *out, struct pkt *p)
 	*out = *p;
 	out->saddr = p->daddr;
 	out->daddr = p->saddr;
+	__builtin_memcpy(out->saddr6, p->daddr6, 16);
+	__builtin_memcpy(out->daddr6, p->saddr6, 16);
 	out->sport = p->dport;
 	out->dport = p->sport;
 }

@@ -1,4 +1,5 @@
-/* Conntrack: an LRU hash of flows keyed by 5-tuple, one entry per direction.
+/* Conntrack: an LRU hash of flows keyed by 5-tuple, one entry per direction;
+ * one table per family (ciliate_ct, ciliate_ct6), the same entries in both.
  *
  * ct_create writes the flow's entry and its reply twin (CT_F_REPLY), so an
  * established packet in either direction is one lookup. If the twin was
@@ -53,6 +54,68 @@ static __always_inline void ct_fill_key(struct ct_key *k, struct pkt *p, int rev
 	}
 }
 
+static __always_inline void ct6_fill_key(struct ct6_key *k, struct pkt *p, int reverse, __u8 scope)
+{
+	k->protocol = p->protocol;
+	k->pad[0] = scope;
+	if (reverse) {
+		__builtin_memcpy(k->saddr, p->daddr6, 16);
+		__builtin_memcpy(k->daddr, p->saddr6, 16);
+		k->sport = p->dport;
+		k->dport = p->sport;
+	} else {
+		__builtin_memcpy(k->saddr, p->saddr6, 16);
+		__builtin_memcpy(k->daddr, p->daddr6, 16);
+		k->sport = p->sport;
+		k->dport = p->dport;
+	}
+}
+
+/* The family's table: ciliate_ct for IPv4, ciliate_ct6 for IPv6. */
+static __always_inline struct ct_value *ct_get(struct pkt *p, int reverse, __u8 scope)
+{
+	if (p->v6) {
+		struct ct6_key k = {};
+
+		ct6_fill_key(&k, p, reverse, scope);
+		return ct6.lookup(&k);
+	}
+	struct ct_key k = {};
+
+	ct_fill_key(&k, p, reverse, scope);
+	return ct.lookup(&k);
+}
+
+static __always_inline void ct_put(struct pkt *p, int reverse, __u8 scope, struct ct_value *v)
+{
+	if (p->v6) {
+		struct ct6_key k = {};
+
+		ct6_fill_key(&k, p, reverse, scope);
+		ct6.update(&k, v);
+		return;
+	}
+	struct ct_key k = {};
+
+	ct_fill_key(&k, p, reverse, scope);
+	ct.update(&k, v);
+}
+
+static __always_inline void ct_del(struct pkt *p, int reverse, __u8 scope)
+{
+	if (p->v6) {
+		struct ct6_key k = {};
+
+		ct6_fill_key(&k, p, reverse, scope);
+		ct6.delete(&k);
+		return;
+	}
+	struct ct_key k = {};
+
+	ct_fill_key(&k, p, reverse, scope);
+	ct.delete(&k);
+}
+
 static __always_inline __u64 ct_lifetime(struct pkt *p, __u8 flags)
 {
 	if (p->protocol != IPPROTO_TCP)
@@ -66,11 +129,8 @@ static __always_inline __u64 ct_lifetime(struct pkt *p, __u8 flags)
 
 static __always_inline struct ct_value *ct_find(struct pkt *p, int reverse, __u64 now, __u8 scope)
 {
-	struct ct_key k = {};
-	struct ct_value *v;
+	struct ct_value *v = ct_get(p, reverse, scope);
 
-	ct_fill_key(&k, p, reverse, scope);
-	v = ct.lookup(&k);
 	if (v && v->expires_ns < now)
 		return 0;
 	return v;
@@ -79,14 +139,12 @@ static __always_inline struct ct_value *ct_find(struct pkt *p, int reverse, __u6
 static __always_inline void ct_write(struct pkt *p, int reverse, __u8 flags, __u16 proxy_port, __u64 now,
 				     __u8 scope)
 {
-	struct ct_key k = {};
 	struct ct_value v = {};
 
-	ct_fill_key(&k, p, reverse, scope);
 	v.flags = flags;
 	v.proxy_port = proxy_port;
 	v.expires_ns = now + ct_lifetime(p, flags);
-	ct.update(&k, &v);
+	ct_put(p, reverse, scope, &v);
 }
 
 /* The flow was answered: both entries get the answered lifetime (once per
@@ -145,15 +203,12 @@ static __always_inline void ct_create(struct pkt *p, __u8 flags, __u16 proxy_por
  * flow's entry is live (C's connection to the proxy) and stays. */
 static __always_inline void ct_forget_stale_flow(struct pkt *p, __u64 now)
 {
-	struct ct_key k = {};
 	struct ct_value *v = ct_find(p, 0, now, CT_SCOPE_FLOW);
 
 	if (v && (v->flags & CT_F_REDIRECT))
 		return;
-	ct_fill_key(&k, p, 0, CT_SCOPE_FLOW);
-	ct.delete(&k);
-	ct_fill_key(&k, p, 1, CT_SCOPE_FLOW);
-	ct.delete(&k);
+	ct_del(p, 0, CT_SCOPE_FLOW);
+	ct_del(p, 1, CT_SCOPE_FLOW);
 }
 
 /* The entry for this packet's direction; restored from its twin when the

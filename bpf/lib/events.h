@@ -40,8 +40,15 @@ static __always_inline void emit_event(struct pkt *p, struct ev_ctx *c, __u8 ver
 	struct flow_event e = {};
 
 	e.ts_ns = bpf_ktime_get_ns();
-	e.saddr = p->saddr;
-	e.daddr = p->daddr;
+	if (p->v6) {
+		__builtin_memcpy(e.saddr, p->saddr6, 16);
+		__builtin_memcpy(e.daddr, p->daddr6, 16);
+		e.family = EV_FAMILY_IPV6;
+	} else {
+		e.saddr[0] = p->saddr;
+		e.daddr[0] = p->daddr;
+		e.family = EV_FAMILY_IPV4;
+	}
 	e.src_identity = c->src_identity;
 	e.dst_identity = c->dst_identity;
 	e.endpoint_id = c->endpoint_id;

@@ -17,7 +17,15 @@ struct ipcache_value {
 	__u32 reserved;
 };
 
-/* lxc: local endpoints by IPv4 (network order). */
+/* ipcache6: LPM trie, IPv6 prefix -> identity (value: ipcache_value). A
+ * separate map, not a wider key: installs pinned by an IPv4-only version
+ * are adopted as they are. */
+struct ipcache6_key {
+	__u32 prefixlen;
+	__u32 addr[4]; /* network order */
+};
+
+/* lxc: local endpoints by IPv4 (network order); lxc6 by IPv6, same value. */
 #define LXC_F_INGRESS_ENFORCED 0x1
 #define LXC_F_EGRESS_ENFORCED  0x2
 /* Audit (Cilium's policy-audit-mode): a packet this endpoint's policy would
@@ -25,6 +33,9 @@ struct ipcache_value {
 #define LXC_F_AUDIT            0x4
 struct lxc_key {
 	__u32 addr;
+};
+struct lxc6_key {
+	__u32 addr[4];
 };
 struct lxc_value {
 	__u32 endpoint_id;
@@ -76,6 +87,15 @@ struct ct_key {
 	__u8 protocol;
 	__u8 pad[3];
 };
+/* conntrack of IPv6 flows (ciliate_ct6): the same entries, wider addresses */
+struct ct6_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u16 sport; /* network order */
+	__u16 dport; /* network order */
+	__u8 protocol;
+	__u8 pad[3]; /* pad[0]: scope, as in ct_key */
+};
 #define CT_F_REDIRECT 0x1 /* flow goes to proxy_port, for its whole life */
 #define CT_F_PROXY    0x2 /* opened by the proxy (SO_MARK 0x0B00) */
 #define CT_F_CLOSING  0x4 /* FIN or RST seen: short lifetime */
@@ -102,10 +122,12 @@ struct ct_value {
 #define HOOK_FROM_ENDPOINT 0
 #define HOOK_TO_ENDPOINT   1
 #define DIR_NONE 255
+#define EV_FAMILY_IPV4 4
+#define EV_FAMILY_IPV6 6
 struct flow_event {
 	__u64 ts_ns;
-	__u32 saddr;
-	__u32 daddr;
+	__u32 saddr[4]; /* IPv4: saddr[0], the rest zero */
+	__u32 daddr[4];
 	__u32 src_identity;
 	__u32 dst_identity;
 	__u32 endpoint_id;      /* the endpoint whose veth saw the packet */
@@ -118,7 +140,8 @@ struct flow_event {
 	__u8 reason;
 	__u8 direction;         /* policy direction that decided, DIR_NONE */
 	__u8 hook;
-	__u8 pad[5];
+	__u8 family;            /* EV_FAMILY_* */
+	__u8 pad[4];
 };
 
 /* metrics: per-CPU packet counters of every emitted verdict, keyed by what

@@ -12,8 +12,12 @@
 
 BPF_TABLE_PINNED("lpm_trie", struct ipcache_key, struct ipcache_value, ipcache,
 		 IPCACHE_MAX, PIN("ciliate_ipcache"), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct ipcache6_key, struct ipcache_value, ipcache6,
+		 IPCACHE_MAX, PIN("ciliate_ipcache6"), BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("hash", struct lxc_key, struct lxc_value, lxc, LXC_MAX,
 		 PIN("ciliate_lxc"));
+BPF_TABLE_PINNED("hash", struct lxc6_key, struct lxc_value, lxc6, LXC_MAX,
+		 PIN("ciliate_lxc6"));
 BPF_TABLE_PINNED("hash", struct ifindex_key, struct ifindex_value, endpoint_of_if, LXC_MAX,
 		 PIN("ciliate_ifindex"));
 /* A hash-of-maps in the kernel (endpoint id -> that endpoint's policy LPM
@@ -23,6 +27,8 @@ BPF_TABLE_PINNED("hash", __u32, __u32, policy_maps, LXC_MAX,
 		 PIN("ciliate_policy"));
 BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_value, ct, CT_MAX,
 		 PIN("ciliate_ct"));
+BPF_TABLE_PINNED("lru_hash", struct ct6_key, struct ct_value, ct6, CT_MAX,
+		 PIN("ciliate_ct6"));
 
 /* Per-CPU, so the increment needs no atomic; see lib/events.h. */
 BPF_TABLE_PINNED("percpu_hash", struct metrics_key, struct metrics_value, metrics,

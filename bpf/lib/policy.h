@@ -91,12 +91,46 @@ static __always_inline int audit_pass(__u32 flags, struct verdict *out)
 	return 1;
 }
 
+#define SIDE_SRC 0
+#define SIDE_DST 1
+#define WORLD_ID 2
+
 static __always_inline __u32 ipcache_identity(__u32 addr)
 {
 	struct ipcache_key k = { .prefixlen = 32, .addr = addr };
 	struct ipcache_value *v = ipcache.lookup(&k);
 
-	return v ? v->identity : 2; /* world */
+	return v ? v->identity : WORLD_ID;
+}
+
+/* The identity of the packet's source or destination, from the family's
+ * ipcache; world when no prefix covers it. */
+static __always_inline __u32 identity_of(struct pkt *p, int side)
+{
+	if (p->v6) {
+		struct ipcache6_key k = { .prefixlen = 128 };
+		struct ipcache_value *v;
+
+		__builtin_memcpy(k.addr, side == SIDE_DST ? p->daddr6 : p->saddr6, 16);
+		v = ipcache6.lookup(&k);
+		return v ? v->identity : WORLD_ID;
+	}
+	return ipcache_identity(side == SIDE_DST ? p->daddr : p->saddr);
+}
+
+/* The local endpoint that owns the packet's source or destination address,
+ * or NULL. */
+static __always_inline struct lxc_value *lxc_of(struct pkt *p, int side)
+{
+	if (p->v6) {
+		struct lxc6_key k = {};
+
+		__builtin_memcpy(k.addr, side == SIDE_DST ? p->daddr6 : p->saddr6, 16);
+		return lxc6.lookup(&k);
+	}
+	struct lxc_key k = { .addr = side == SIDE_DST ? p->daddr : p->saddr };
+
+	return lxc.lookup(&k);
 }
 
 /* What the current policy says of a flow opened as `fwd` (initiator ->
@@ -106,23 +140,21 @@ static __always_inline __u32 ipcache_identity(__u32 addr)
  * policy here: allow); audit mode allows. */
 static __always_inline void flow_policy(struct pkt *fwd, struct verdict *eg, struct verdict *in)
 {
-	struct lxc_key ik = { .addr = fwd->saddr };
-	struct lxc_key rk = { .addr = fwd->daddr };
-	struct lxc_value *ini = lxc.lookup(&ik);
-	struct lxc_value *res = lxc.lookup(&rk);
+	struct lxc_value *ini = lxc_of(fwd, SIDE_SRC);
+	struct lxc_value *res = lxc_of(fwd, SIDE_DST);
 
 	eg->verdict = VERDICT_ALLOW;
 	eg->reason = R_NOT_ENFORCED;
 	eg->proxy_port = 0;
 	*in = *eg;
 	if (ini) {
-		policy_decide(ini->endpoint_id, ini->flags & LXC_F_EGRESS_ENFORCED, ipcache_identity(fwd->daddr), 1,
+		policy_decide(ini->endpoint_id, ini->flags & LXC_F_EGRESS_ENFORCED, identity_of(fwd, SIDE_DST), 1,
 			      fwd, eg);
 		audit_pass(ini->flags, eg);
 	}
 	if (res) {
 		policy_decide(res->endpoint_id, res->flags & LXC_F_INGRESS_ENFORCED,
-			      ini ? ini->identity : ipcache_identity(fwd->saddr), 0, fwd, in);
+			      ini ? ini->identity : identity_of(fwd, SIDE_SRC), 0, fwd, in);
 		audit_pass(res->flags, in);
 	}
 }

@@ -26,27 +26,50 @@ static __always_inline int pass_decided(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+/* The lookup key (and its size) of the node's socket that receives the
+ * packet, or its reply when `reverse`: the family's half of the tuple. */
+static __always_inline __u32 sock_tuple(struct bpf_sock_tuple *t, struct pkt *p, int reverse)
+{
+	if (p->v6) {
+		__builtin_memcpy(t->ipv6.saddr, reverse ? p->daddr6 : p->saddr6, 16);
+		__builtin_memcpy(t->ipv6.daddr, reverse ? p->saddr6 : p->daddr6, 16);
+		t->ipv6.sport = reverse ? p->dport : p->sport;
+		t->ipv6.dport = reverse ? p->sport : p->dport;
+		return sizeof(t->ipv6);
+	}
+	t->ipv4.saddr = reverse ? p->daddr : p->saddr;
+	t->ipv4.daddr = reverse ? p->saddr : p->daddr;
+	t->ipv4.sport = reverse ? p->dport : p->sport;
+	t->ipv4.dport = reverse ? p->sport : p->dport;
+	return sizeof(t->ipv4);
+}
+
 static __always_inline int redirect_to_proxy(struct __sk_buff *skb, struct pkt *p, __u16 proxy_port)
 {
 	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk;
+	__u32 size;
 	long err;
 
 	if (p->protocol != IPPROTO_TCP)
 		return -1;
-	t.ipv4.saddr = p->saddr;
-	t.ipv4.daddr = p->daddr;
-	t.ipv4.sport = p->sport;
-	t.ipv4.dport = p->dport;
-	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	size = sock_tuple(&t, p, 0);
+	sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
 	if (sk) {
 		if (sk->state != BPF_TCP_LISTEN && sk->state != BPF_TCP_TIME_WAIT)
 			goto assign;
 		bpf_sk_release(sk);
 	}
-	t.ipv4.daddr = htonl(PROXY_ADDR);
-	t.ipv4.dport = htons(proxy_port);
-	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	/* The proxy's listener: PROXY_ADDR for IPv4, ::1 for IPv6. */
+	if (p->v6) {
+		__builtin_memset(t.ipv6.daddr, 0, 16);
+		t.ipv6.daddr[3] = htonl(1);
+		t.ipv6.dport = htons(proxy_port);
+	} else {
+		t.ipv4.daddr = htonl(PROXY_ADDR);
+		t.ipv4.dport = htons(proxy_port);
+	}
+	sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return -1;
 	if (sk->state != BPF_TCP_LISTEN) {
@@ -62,32 +85,20 @@ assign:
 	return 0;
 }
 
-/* The lookup key of the node's socket that receives saddr:sport -> daddr:dport. */
-static __always_inline struct bpf_sock_tuple node_tuple(__u32 saddr, __u16 sport, __u32 daddr, __u16 dport)
-{
-	struct bpf_sock_tuple t = {};
-
-	t.ipv4.saddr = saddr;
-	t.ipv4.daddr = daddr;
-	t.ipv4.sport = sport;
-	t.ipv4.dport = dport;
-	return t;
-}
-
-/* The state (BPF_TCP_*) of the node's socket that receives TCP packets
- * saddr:sport -> daddr:dport (local end daddr:dport), or -1 if there is none.
+/* The state (BPF_TCP_*) of the node's socket that receives the packet (its
+ * reply when `reverse`), or -1 if there is none.
  * Only the proxy's transparent sockets hold pod and world addresses: its
  * accepted connections the original destination's, its upstream connections
  * (original source) the client's; so a socket found for a pod's tuple is the
  * proxy's. */
-static __always_inline int node_socket_state(struct __sk_buff *skb, __u32 saddr, __u16 sport, __u32 daddr,
-					     __u16 dport)
+static __always_inline int node_socket_state(struct __sk_buff *skb, struct pkt *p, int reverse)
 {
-	struct bpf_sock_tuple t = node_tuple(saddr, sport, daddr, dport);
+	struct bpf_sock_tuple t = {};
+	__u32 size = sock_tuple(&t, p, reverse);
 	struct bpf_sock *sk;
 	int state;
 
-	sk = bpf_skc_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return -1;
 	state = sk->state;
@@ -96,25 +107,24 @@ static __always_inline int node_socket_state(struct __sk_buff *skb, __u32 saddr,
 }
 
 /* A live connection (not a listener, which any tuple may hit, nor TIME_WAIT). */
-static __always_inline int node_holds_connection(struct __sk_buff *skb, __u32 saddr, __u16 sport, __u32 daddr,
-						 __u16 dport)
+static __always_inline int node_holds_connection(struct __sk_buff *skb, struct pkt *p, int reverse)
 {
-	int state = node_socket_state(skb, saddr, sport, daddr, dport);
+	int state = node_socket_state(skb, p, reverse);
 
 	return state >= 0 && state != BPF_TCP_LISTEN && state != BPF_TCP_TIME_WAIT;
 }
 
-/* Is the node's socket that receives saddr:sport -> daddr:dport one of the
- * proxy's upstream connections (SO_MARK 0x0B00)? Its mark tells it from the
- * proxy's accepted connections, which hold pod addresses too. */
-static __always_inline int is_proxy_upstream(struct __sk_buff *skb, __u32 saddr, __u16 sport, __u32 daddr,
-					     __u16 dport)
+/* Is the node's socket that receives the packet one of the proxy's upstream
+ * connections (SO_MARK 0x0B00)? Its mark tells it from the proxy's accepted
+ * connections, which hold pod addresses too. */
+static __always_inline int is_proxy_upstream(struct __sk_buff *skb, struct pkt *p)
 {
-	struct bpf_sock_tuple t = node_tuple(saddr, sport, daddr, dport);
+	struct bpf_sock_tuple t = {};
+	__u32 size = sock_tuple(&t, p, 0);
 	struct bpf_sock *sk;
 	int ours;
 
-	sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	sk = bpf_sk_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return 0;
 	ours = sk->state != BPF_TCP_LISTEN && (sk->mark & MARK_MAGIC_MASK) == MARK_MAGIC_PROXY_ORIGIN;

@@ -11,7 +11,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +223,7 @@ class FakeDatapath:
     def __init__(self) -> None:
         self.setups = 0
         self.attached: dict[int, tuple[str, IPv4Address | None, int]] = {}
+        self.attached6: dict[int, IPv6Address | None] = {}
         self.detached: list[int] = []
         self.kernel: dict[int, dict[PolicyKey, tuple[Verdict, int]]] = {}
         self.writes: list[int] = []  # endpoints whose map content actually changed, per apply
@@ -237,7 +238,7 @@ class FakeDatapath:
         self.upstream_ports: UpstreamPorts | None = None  # what the connect hook reports
         # The real datapath is IPv4-only: it drops IPv6 and cannot key an endpoint without IPv4.
         self.supported = (FamilySupport(4, True), FamilySupport(6, False, "dropped (the datapath is IPv4-only)"))
-        self.requires_ipv4 = False  # True: refuse an endpoint without IPv4, as the kernel datapath does
+        self.requires_ipv4 = False  # True: refuse an endpoint without IPv4 (a datapath without IPv6)
 
     async def setup(self) -> None:
         self.setups += 1
@@ -262,16 +263,19 @@ class FakeDatapath:
     def families(self) -> tuple[FamilySupport, ...]:
         return self.supported
 
-    async def attach_endpoint(self, endpoint_id: int, ifname: str, ipv4: IPv4Address | None, identity: int) -> None:
+    async def attach_endpoint(
+        self, endpoint_id: int, ifname: str, ipv4: IPv4Address | None, identity: int, ipv6: IPv6Address | None = None,
+    ) -> None:
         if endpoint_id in self.fail_attach:
             raise OSError(f"no such device {ifname}")
         if ipv4 is None and self.requires_ipv4:
             raise EndpointUnsupported("no IPv4 address: the datapath is IPv4-only")
         self.attached[endpoint_id] = (ifname, ipv4, identity)
+        self.attached6[endpoint_id] = ipv6
 
     async def attached_endpoints(self) -> list[KernelEndpoint]:
         return [
-            KernelEndpoint(eid, ifname, ipv4 or IPv4Address("0.0.0.0"), ident, ifname not in self.links_gone)
+            KernelEndpoint(eid, ifname, ipv4, ident, ifname not in self.links_gone, self.attached6.get(eid))
             for eid, (ifname, ipv4, ident) in sorted(self.attached.items())
         ]
 

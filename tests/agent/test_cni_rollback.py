@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -33,9 +33,10 @@ class SlowDatapath(FakeDatapath):
         super().__init__()
         self.release = asyncio.Event()
 
-    async def attach_endpoint(self, endpoint_id: int, ifname: str, ipv4: IPv4Address | None, identity: int) -> None:
+    async def attach_endpoint(self, endpoint_id: int, ifname: str, ipv4: IPv4Address | None, identity: int,
+                              ipv6: IPv6Address | None = None) -> None:
         await self.release.wait()
-        await super().attach_endpoint(endpoint_id, ifname, ipv4, identity)
+        await super().attach_endpoint(endpoint_id, ifname, ipv4, identity, ipv6)
 
 
 class Veths:

@@ -40,5 +40,6 @@ def test_a_drift_fails_compilation_naming_it(monkeypatch, mirrors, constants, ne
 
 
 def test_event_struct_is_what_the_reader_decodes():
-    assert ctypes.sizeof(layout.FlowEventRaw) == 48
+    assert ctypes.sizeof(layout.FlowEventRaw) == 72  # 16-byte addresses: both families
+    assert ctypes.sizeof(layout.Ct6Key) == 40 and ctypes.sizeof(layout.Ipcache6Key) == 20
     assert layout.PolicyKey.dport.offset == 10 and ctypes.sizeof(layout.PolicyKey) == 12

@@ -86,21 +86,30 @@ def test_trace_an_ipv6_flow_on_a_dual_stack_node(files, capsys, dst, code, verdi
     assert f"({dst_identity_labels})" in out
 
 
-def test_trace_an_ipv6_flow_on_the_ipv4_only_node_says_the_datapath_drops_it(files, capsys):
+def test_trace_an_ipv6_flow_on_an_ipv4_only_node_says_the_datapath_drops_it(files, capsys):
     rc, out, _ = run(capsys, "policy", "trace", "--policies", files["new"], "--src", "labels:app=web",
-                     "--dst", "ip:2001:db8::1", "--dport", "443")
+                     "--dst", "ip:2001:db8::1", "--dport", "443", "--stack", "ipv4")
     assert rc == 1
     assert "reason:  the node does not run IPv6 (ipv4 stack): its datapath drops every IPv6 packet" in out
     assert "hint:    --stack dual" in out
     rc, out, _ = run(capsys, "policy", "trace", "--policies", files["new"], "--src", "labels:app=web",
-                     "--dst", "ip:2001:db8::1", "--dport", "443", "-o", "json")
+                     "--dst", "ip:2001:db8::1", "--dport", "443", "--stack", "ipv4", "-o", "json")
     assert rc == 1 and json.loads(out)["steps"] == []
 
 
-def test_trace_ipv4_world_on_the_ipv4_only_node_is_world_and_world_ipv4(files, capsys):
+def test_trace_defaults_to_the_dual_stack_the_agent_compiles(files, capsys):
+    rc, out, _ = run(capsys, "policy", "trace", "--policies", files["new"], "--src", "labels:app=web",
+                     "--dst", "ip:8.8.8.8", "--dport", "443")
+    assert rc == 0 and "dst:     identity 9 (reserved:world-ipv4)" in out
+    rc, out, _ = run(capsys, "policy", "trace", "--policies", files["new"], "--src", "labels:app=web",
+                     "--dst", "ip:2001:db8::1", "--dport", "443")
+    assert rc == 0 and "verdict: allowed" in out and "(cidr:2001:db8::/32, reserved:world-ipv6)" in out
+
+
+def test_trace_ipv4_world_on_an_ipv4_only_node_is_world_and_world_ipv4(files, capsys):
     for dst in ("ip:8.8.8.8", "entity:world-ipv4", "entity:world"):
         rc, out, _ = run(capsys, "policy", "trace", "--policies", files["new"], "--src", "labels:app=web",
-                         "--dst", dst, "--dport", "443")
+                         "--dst", dst, "--dport", "443", "--stack", "ipv4")
         assert rc == 0 and "dst:     identity 2 (reserved:world)" in out, dst
 
 
@@ -129,8 +138,9 @@ def test_diff_of_ipv6_pieces_json(files, capsys):
     assert '"cidr:2001:db8:bad::/48"' in text and '"2001:db8:bad::"' in text
 
 
-def test_diff_on_the_ipv4_only_node_leaves_ipv6_out_and_says_so(files, capsys):
-    rc, out, _ = run(capsys, "policy", "diff", "--old", files["old"], "--new", files["new"], "--endpoints", files["eps"])
+def test_diff_on_an_ipv4_only_node_leaves_ipv6_out_and_says_so(files, capsys):
+    rc, out, _ = run(capsys, "policy", "diff", "--old", files["old"], "--new", files["new"], "--endpoints", files["eps"],
+                     "--stack", "ipv4")
     assert rc == 1
     assert "2001:db8" not in out.split("\nnote:")[0]
     assert ("note: 2 prefixes of a family this node does not run (ipv4 stack) not judged: its datapath drops "
@@ -138,7 +148,7 @@ def test_diff_on_the_ipv4_only_node_leaves_ipv6_out_and_says_so(files, capsys):
     assert "app=web -> entity:world: 1 change" in out
 
 
-def test_diff_of_ipv6_only_changes_on_the_ipv4_only_node_changes_nothing():
+def test_diff_of_ipv6_only_changes_on_an_ipv4_only_node_changes_nothing():
     old = policies(cnp("p", "- toCIDR: ['2001:db8::/32']"))
     new = policies(cnp("p", "- toCIDR: ['2001:db8::/48']"))
     assert diff_policies(old, new, [WEB]).changes == ()
