@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from redirect.datapath import Datapath  # noqa: E402
+from redirect import upstream_ports  # noqa: E402
 from redirect.upstream_ports import PortRange  # noqa: E402
 from tests.kernelnode import in_netns  # noqa: E402
 
@@ -115,7 +116,7 @@ def main() -> int:
                     dp.choose_upstream_ports(RANGE)
                     rates["plain, program attached"].append(connect_rate(dst, False))
                     rates["upstream, program's port"].append(connect_rate(dst, True))
-                    (pins / "ciliate_link_upstream4").unlink()  # detach for the next round's baseline
+                    upstream_ports.remove(pins, state)  # detach (at once) for the next round's baseline
                 stats = dp.upstream_port_stats()
             finally:
                 dp.teardown()

@@ -1,6 +1,6 @@
 /* The source port of the proxy's upstream connections that keep a client's
- * address (cgroup/connect4, one per install, attached to the node's cgroup v2
- * root through a pinned bpf_link).
+ * address (cgroup/connect4 and cgroup/connect6, one each per install,
+ * attached to the node's cgroup v2 root through pinned bpf_links).
  *
  * Envoy's original_src filter binds such a socket to the client pod's
  * address with IP_BIND_ADDRESS_NO_PORT and SO_MARK 0x0B00, so the kernel
@@ -30,6 +30,7 @@
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/in.h>
+#include <uapi/linux/in6.h>
 
 #ifndef CILIATE_EP_CONFIG_H
 #include "lib/dummy_config.h"
@@ -41,6 +42,9 @@
 #endif
 
 #define PIN(name) CILIATE_PIN_DIR "/" name
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
 #define MARK_MAGIC_MASK         0x0f00
 #define MARK_MAGIC_PROXY_ORIGIN 0x0b00
 #define SOL_SOCKET_ 1
@@ -66,18 +70,29 @@ static __always_inline void count(__u32 slot)
 }
 
 /* Does a socket of this namespace hold client:sport <-> server:dport? Asked
- * as the server's answer would arrive. */
-static __always_inline int tuple_taken(struct bpf_sock_addr *ctx, __u32 client, __u16 sport,
-				       __u32 server, __u16 dport)
+ * as the server's answer would arrive. Addresses in network order; IPv4 in
+ * the first word. */
+static __always_inline int tuple_taken(struct bpf_sock_addr *ctx, int v6, __u32 *client, __u16 sport,
+				       __u32 *server, __u16 dport)
 {
 	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk;
+	__u32 size;
 
-	t.ipv4.saddr = server;
-	t.ipv4.sport = htons(dport);
-	t.ipv4.daddr = client;
-	t.ipv4.dport = htons(sport);
-	sk = bpf_skc_lookup_tcp(ctx, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (v6) {
+		__builtin_memcpy(t.ipv6.saddr, server, 16);
+		__builtin_memcpy(t.ipv6.daddr, client, 16);
+		t.ipv6.sport = htons(dport);
+		t.ipv6.dport = htons(sport);
+		size = sizeof(t.ipv6);
+	} else {
+		t.ipv4.saddr = server[0];
+		t.ipv4.daddr = client[0];
+		t.ipv4.sport = htons(dport);
+		t.ipv4.dport = htons(sport);
+		size = sizeof(t.ipv4);
+	}
+	sk = bpf_skc_lookup_tcp(ctx, &t, size, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return 0;
 	bpf_sk_release(sk);
@@ -97,21 +112,42 @@ static __always_inline int claim(struct upstream_claim_key *key, __u64 now)
 	return upstream_claims.insert(key, &now) == 0;
 }
 
-int upstream_connect4(struct bpf_sock_addr *ctx)
+static __always_inline int bind_port(struct bpf_sock_addr *ctx, int v6, __u32 *src, __u16 port)
 {
-	struct bpf_sock *sk = ctx->sk;
+	if (v6) {
+		struct sockaddr_in6 a6 = {};
+
+		a6.sin6_family = AF_INET6;
+		__builtin_memcpy(&a6.sin6_addr, src, 16);
+		a6.sin6_port = htons(port);
+		return bpf_bind(ctx, (struct sockaddr *)&a6, sizeof(a6));
+	}
+	struct sockaddr_in a4 = {};
+
+	a4.sin_family = AF_INET;
+	a4.sin_addr.s_addr = src[0];
+	a4.sin_port = htons(port);
+	return bpf_bind(ctx, (struct sockaddr *)&a4, sizeof(a4));
+}
+
+/* The claim key names the 4-tuple; an IPv6 address is folded into its
+ * 32-bit field. Two tuples that fold alike only share a claim: the probe
+ * skips a port it could have had, never hands out a taken one (the socket
+ * lookup above is exact). */
+static __always_inline __u32 fold(int v6, __u32 *a)
+{
+	return v6 ? a[0] ^ a[1] ^ a[2] ^ a[3] : a[0];
+}
+
+static __always_inline int choose_port(struct bpf_sock_addr *ctx, int v6, __u32 *src, __u32 *dst, __u16 dport)
+{
 	struct upstream_claim_key key = {};
 	struct upstream_cfg *cfg;
-	struct sockaddr_in addr = {};
 	__u32 zero = 0, span, i;
-	__u16 port, dport;
+	__u16 port;
 	__u64 now;
 	int one = 1;
 
-	if (!sk || ctx->protocol != IPPROTO_TCP)
-		return CONNECT_PROCEED;
-	if ((sk->mark & MARK_MAGIC_MASK) != MARK_MAGIC_PROXY_ORIGIN || sk->src_port || !sk->src_ip4)
-		return CONNECT_PROCEED;
 	cfg = upstream_cfg.lookup(&zero);
 	/* the agent refuses a range narrower than this (PortRange.parse) */
 	if (!cfg || !cfg->port_lo || cfg->port_hi < cfg->port_lo + UPSTREAM_PROBES)
@@ -121,24 +157,20 @@ int upstream_connect4(struct bpf_sock_addr *ctx)
 
 	if (bpf_setsockopt(ctx, SOL_SOCKET_, SO_REUSEADDR_, &one, sizeof(one)))
 		return CONNECT_PROCEED; /* cannot share ports: leave it to the kernel */
-	dport = ntohs((__u16)ctx->user_port);
-	key.saddr = sk->src_ip4;
-	key.daddr = ctx->user_ip4;
+	key.saddr = fold(v6, src);
+	key.daddr = fold(v6, dst);
 	key.dport = dport;
 	span = (__u32)cfg->port_hi - cfg->port_lo + 1;
 	now = bpf_ktime_get_ns();
-	addr.sin_family = AF_INET;
-	addr.sin_addr.s_addr = sk->src_ip4;
 
 	for (i = 0; i < UPSTREAM_PROBES; i++) {
 		port = cfg->port_lo + bpf_get_prandom_u32() % span;
 		key.sport = port;
-		if (tuple_taken(ctx, key.saddr, port, key.daddr, dport) || !claim(&key, now)) {
+		if (tuple_taken(ctx, v6, src, port, dst, dport) || !claim(&key, now)) {
 			count(UPSTREAM_BUSY);
 			continue;
 		}
-		addr.sin_port = htons(port);
-		if (bpf_bind(ctx, (struct sockaddr *)&addr, sizeof(addr)) == 0) {
+		if (bind_port(ctx, v6, src, port) == 0) {
 			count(UPSTREAM_ASSIGNED);
 			return CONNECT_PROCEED;
 		}
@@ -148,4 +180,42 @@ int upstream_connect4(struct bpf_sock_addr *ctx)
 	}
 	count(UPSTREAM_EXHAUSTED);
 	return CONNECT_REFUSE;
+}
+
+/* Only the proxy's upstreams (mark 0x0B00) bound to an address, no port. */
+static __always_inline int is_upstream(struct bpf_sock *sk)
+{
+	return (sk->mark & MARK_MAGIC_MASK) == MARK_MAGIC_PROXY_ORIGIN && !sk->src_port;
+}
+
+int upstream_connect4(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	__u32 src[4] = {}, dst[4] = {};
+
+	if (!sk || ctx->protocol != IPPROTO_TCP || !is_upstream(sk) || !sk->src_ip4)
+		return CONNECT_PROCEED;
+	src[0] = sk->src_ip4;
+	dst[0] = ctx->user_ip4;
+	return choose_port(ctx, 0, src, dst, ntohs((__u16)ctx->user_port));
+}
+
+int upstream_connect6(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	__u32 src[4], dst[4];
+
+	if (!sk || ctx->protocol != IPPROTO_TCP || !is_upstream(sk))
+		return CONNECT_PROCEED;
+	src[0] = sk->src_ip6[0];
+	src[1] = sk->src_ip6[1];
+	src[2] = sk->src_ip6[2];
+	src[3] = sk->src_ip6[3];
+	if (!(src[0] | src[1] | src[2] | src[3]))
+		return CONNECT_PROCEED;
+	dst[0] = ctx->user_ip6[0];
+	dst[1] = ctx->user_ip6[1];
+	dst[2] = ctx->user_ip6[2];
+	dst[3] = ctx->user_ip6[3];
+	return choose_port(ctx, 1, src, dst, ntohs((__u16)ctx->user_port));
 }

@@ -40,7 +40,10 @@ class _Deathstar(BaseHTTPRequestHandler):
         self.wfile.write(data)
         # One line per request on stdout: the demo and tests read it to prove
         # which requests reached the server at all.
-        print(json.dumps({"method": self.command, "path": self.path, "client": self.client_address[0], "port": self.client_address[1]}), flush=True)
+        client = self.client_address[0]
+        if client.startswith("::ffff:") and "." in client:  # an IPv4 client of the dual-stack socket
+            client = client[len("::ffff:"):]
+        print(json.dumps({"method": self.command, "path": self.path, "client": client, "port": self.client_address[1]}), flush=True)
 
     do_GET = do_POST = do_PUT = do_DELETE = _answer
 
@@ -48,8 +51,26 @@ class _Deathstar(BaseHTTPRequestHandler):
         pass
 
 
+class _DualStackServer(ThreadingHTTPServer):
+    """[::] with IPV6_V6ONLY off: one socket for both families."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 def serve(host: str, port: int) -> None:
-    server = ThreadingHTTPServer((host, port), _Deathstar)
+    """host "": both families where the pod has IPv6, else IPv4."""
+    server: ThreadingHTTPServer
+    if host == "":
+        try:
+            server, host = _DualStackServer(("::", port), _Deathstar), "[::]"
+        except OSError:  # no IPv6 in this pod
+            server, host = ThreadingHTTPServer(("0.0.0.0", port), _Deathstar), "0.0.0.0"
+    else:
+        server = ThreadingHTTPServer((host, port), _Deathstar)
     server.daemon_threads = True
     print(json.dumps({"listening": f"{host}:{port}"}), flush=True)
     server.serve_forever()
@@ -75,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo.apps")
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("server")
-    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--host", default="", help="default: both families where the pod has IPv6")
     s.add_argument("--port", type=int, default=80)
     r = sub.add_parser("request")
     r.add_argument("method")

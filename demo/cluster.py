@@ -50,7 +50,8 @@ class Cluster:
             netns=NETNS_DIR / self.net_ns,
         )
         self.nodes = [
-            Node(prefix=f"{prefix}{i}", subnet=str(self.pod_cidr(i)), workdir=self.workdir / f"node{i}")
+            Node(prefix=f"{prefix}{i}", subnet=str(self.pod_cidr(i)), workdir=self.workdir / f"node{i}",
+                 subnet6=None)  # cluster mode shares no IPv6 routes yet
             for i in range(1, nodes + 1)
         ]
 

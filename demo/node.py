@@ -49,6 +49,7 @@ class Pod:
     netns: str
     ip: str
     endpoint_id: int | None = None
+    ip6: str | None = None  # when the node's IPAM has an IPv6 range
     labels: dict[str, str] = field(default_factory=dict)
     namespace: str | None = None  # Kubernetes mode: the Pod object's namespace; its labels come from the API
 
@@ -104,9 +105,14 @@ def _run(*cmd: str, check: bool = False, **kw) -> subprocess.CompletedProcess:
 class Node:
     """Context manager; see the module docstring."""
 
-    def __init__(self, prefix: str = "cildemo", subnet: str = "10.203.0.0/24", workdir: Path | None = None) -> None:
+    def __init__(
+        self, prefix: str = "cildemo", subnet: str = "10.203.0.0/24", workdir: Path | None = None,
+        subnet6: str | None = "fd00:10:203::/64",
+    ) -> None:
+        """`subnet6`: the pods' IPv6 range (dual-stack pods); None for IPv4 only."""
         self.prefix = prefix
         self.subnet = subnet
+        self.subnet6 = subnet6
         self.host_ns = f"{prefix}-host"
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
@@ -127,6 +133,8 @@ class Node:
         try:
             self._netns_add(self.host_ns)
             _run("ip", "-n", self.host_ns, "link", "set", "lo", "up", check=True)
+            if self.subnet6:  # the node routes between its pods' veths, as for IPv4
+                _run("ip", "netns", "exec", self.host_ns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1", check=True)
             self.policies.mkdir(parents=True, exist_ok=True)
         except BaseException:
             self.close()
@@ -245,14 +253,17 @@ class Node:
         pod = Pod(name, netns, "", labels=dict(labels), namespace=namespace)
         self.pods[name] = pod
         result = self.cni("ADD", pod)
-        pod.ip = result["ips"][0]["address"].split("/")[0]
+        addrs = [ip["address"].split("/")[0] for ip in result["ips"]]
+        pod.ip = next(a for a in addrs if ":" not in a)
+        pod.ip6 = next((a for a in addrs if ":" in a), None)
         for ep in self.ciliate_json("endpoint", "list")["endpoints"]:
             if ep.get("ipv4") == pod.ip:
                 pod.endpoint_id = ep["id"]
         return pod
 
     def cni(self, command: str, pod: Pod) -> dict:
-        conf, env = cni_request(command, pod, prefix=self.prefix, socket=self.socket, ipam_dir=self.workdir / "ipam", subnet=self.subnet)
+        conf, env = cni_request(command, pod, prefix=self.prefix, socket=self.socket, ipam_dir=self.workdir / "ipam",
+                                subnet=self.subnet, subnet6=self.subnet6)
         out = _run("nsenter", f"--net={NETNS_DIR / self.host_ns}", PY, "-m", "agent.cni", input=json.dumps(conf), env=env)
         if out.returncode != 0:
             raise NodeError(f"ciliate-cni {command} {pod.name}: {out.stdout.strip()} {out.stderr.strip()}")
@@ -349,7 +360,9 @@ class Node:
         raise NodeError(f"{file_name} not enforced after {timeout:.0f}s: {last}")
 
 
-def cni_request(command: str, pod: Pod, *, prefix: str, socket: Path, ipam_dir: Path, subnet: str) -> tuple[dict, dict[str, str]]:
+def cni_request(
+    command: str, pod: Pod, *, prefix: str, socket: Path, ipam_dir: Path, subnet: str, subnet6: str | None = None,
+) -> tuple[dict, dict[str, str]]:
     """The network configuration and environment a runtime hands ciliate-cni
     for `pod`: the CNI_ARGS kubelet sets, plus labels in args.cni.labels
     unless it is a Kubernetes pod (the agent then reads them from the Pod)."""
@@ -357,6 +370,8 @@ def cni_request(command: str, pod: Pod, *, prefix: str, socket: Path, ipam_dir: 
         "cniVersion": "1.0.0", "name": prefix, "type": "ciliate-cni", "agentSocket": str(socket),
         "ipam": {"type": "host-local", "dataDir": str(ipam_dir), "ranges": [[{"subnet": subnet}]]},
     }
+    if subnet6:
+        conf["ipam"]["ranges"].append([{"subnet": subnet6}])
     env = {
         **os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": f"{prefix}-{pod.name}",
         "CNI_NETNS": str(NETNS_DIR / pod.netns), "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",

@@ -12,7 +12,7 @@ import sys
 from typing import TextIO
 
 from demo.node import Node, NodeError
-from demo.scenario import DEATHSTAR_PORT, EXAMPLES, PODS, POLICY_FILE, STAGES, Request, Stage
+from demo.scenario import DEATHSTAR_PORT, EXAMPLES, IPV6_STAGE, PODS, POLICY_FILE, STAGES, Request, Stage
 from demo.stages import run_stages
 from demo.table import print_table
 
@@ -24,9 +24,12 @@ def run(out: TextIO = sys.stdout, prefix: str = "cildemo") -> int:
             node.start_agent()
             for pod in PODS:
                 p = node.add_pod(pod.name, pod.labels)
-                print(f"  pod {p.name:10} {p.ip:15} endpoint {p.endpoint_id}  labels {pod.labels}", file=out, flush=True)
+                print(f"  pod {p.name:10} {p.ip:15} {p.ip6 or '':20} endpoint {p.endpoint_id}  labels {pod.labels}",
+                      file=out, flush=True)
             node.serve_deathstar(port=DEATHSTAR_PORT)
-            deathstar = f"{node.pods['deathstar'].ip}:{DEATHSTAR_PORT}"
+            ds = node.pods["deathstar"]
+            deathstar = {4: f"{ds.ip}:{DEATHSTAR_PORT}", 6: f"[{ds.ip6}]:{DEATHSTAR_PORT}"}
+            stages = STAGES + ((IPV6_STAGE,) if ds.ip6 else ())
 
             def apply(stage: Stage) -> None:
                 for f in stage.policy_files:
@@ -34,9 +37,9 @@ def run(out: TextIO = sys.stdout, prefix: str = "cildemo") -> int:
                     print(f"  applied examples/starwars/{f}", file=out, flush=True)
 
             def send(req: Request) -> dict[str, object]:
-                return node.request(req.ship, req.method, deathstar, req.path)
+                return node.request(req.ship, req.method, deathstar[req.family], req.path)
 
-            rows = run_stages(STAGES, out, apply, send)
+            rows = run_stages(stages, out, apply, send)
     except NodeError as exc:
         print(f"demo failed: {exc}", file=out)
         return 2

@@ -25,6 +25,7 @@ class Request:
     method: str
     path: str
     expect: str  # "200", "403" or "dropped"
+    family: int = 4  # 6: to the deathstar's IPv6 address
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,21 @@ STAGES = (
             Request("xwing", *LAND, "dropped"),
             Request("tiefighter", *EXHAUST, "403"),
         ),
+    ),
+)
+
+
+# Dual-stack nodes only (`ciliate demo`): the policy of the last stage, left in
+# force, over IPv6. One policy covers both addresses of a pod (identities, not
+# addresses), so nothing is applied: the kernel drops the xwing's SYN, Envoy
+# answers 403, and the deathstar sees the tiefighter's own IPv6 address.
+IPV6_STAGE = Stage(
+    "the same L3/L4/L7 policy over IPv6",
+    (),
+    (
+        Request("tiefighter", *LAND, "200", family=6),
+        Request("xwing", *LAND, "dropped", family=6),
+        Request("tiefighter", *EXHAUST, "403", family=6),
     ),
 )
 

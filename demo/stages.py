@@ -16,7 +16,7 @@ from demo.table import Row, curl_view, line
 
 def plain_request(req: Request) -> str:
     """How a request reads in the table when every ship is on one node."""
-    return f"{req.ship} {req.method} {req.path}"
+    return f"{req.ship} {req.method} {req.path}" + (" v6" if req.family == 6 else "")
 
 
 def run_stages(

@@ -208,7 +208,7 @@ class CompiledState:
     # default route of each family the stack runs -> its world identity
     # (0.0.0.0/0 -> world on an IPv4-only node), endpoint /32s and /128s, host
     # addresses -> host, and the CIDR identities' prefixes of either family
-    # (IPv6 ones too on an IPv4-only node: the kernel writer skips those).
+    # (on a single-stack node too).
     ipcache: Mapping[IPNetwork, int]
     # identity -> its labels ("source:key=value" strings), for display.
     identity_labels: Mapping[int, frozenset[str]] = field(default_factory=dict)

@@ -24,9 +24,8 @@ world identity. Endpoint and host /32s and /128s take precedence in the
 ipcache, so CIDR rules never select local endpoints, of either family (as in
 Cilium).
 
-`stack` is the families the node runs; the agent compiles with Stack.IPV4
-while the datapath carries IPv4 only. IPv6 prefixes are compiled in every
-stack (the kernel writer leaves them out: redirect/ipv4_only.py).
+`stack` is the families the node runs; the agent compiles with Stack.DUAL.
+Prefixes of either family are compiled in every stack.
 """
 
 from __future__ import annotations

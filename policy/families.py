@@ -25,9 +25,8 @@ policy names: on an IPv4-only node `world-ipv4` is the IPv4 world (what
 `world` is there, as Cilium's issue 27494 describes the sub-identities), and
 a rule naming IPv6 never opens IPv4.
 
-The datapath runs IPv4 only today (redirect/ipv4_only.py keeps the IPv6
-parts of the compiled state out of the kernel), so the agent compiles with
-Stack.IPV4 and every IPv4 number stays what it was.
+The datapath enforces both families, so the agent compiles with Stack.DUAL;
+`policy trace`/`diff --stack` ask about single-stack nodes.
 """
 
 from __future__ import annotations

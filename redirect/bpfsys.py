@@ -33,7 +33,7 @@ MAP_LOOKUP_BATCH = 24
 LINK_CREATE, LINK_UPDATE = 28, 29
 LINK_DETACH = 34
 LINK_TYPE_CGROUP = 3  # enum bpf_link_type
-CGROUP_INET4_CONNECT = 10  # enum bpf_attach_type
+CGROUP_INET4_CONNECT, CGROUP_INET6_CONNECT = 10, 11  # enum bpf_attach_type
 ENABLE_STATS = 32
 
 # enum bpf_map_type (the ones we use)

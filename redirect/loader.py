@@ -94,11 +94,13 @@ def compile_and_load(endpoint_id: int, header: Path, source: Path = ENTRY) -> Lo
 
 
 def load_functions(
-    endpoint_id: int, header: Path, source: Path, names: tuple[str, ...], *, cgroup_attach: int | None = None,
+    endpoint_id: int, header: Path, source: Path, names: tuple[str, ...], *,
+    cgroup_attach: int | dict[str, int] | None = None,
 ) -> tuple[dict[str, int], object]:
     """Compile `source` with `header` and load the named functions: sched_cls,
-    or with cgroup_attach (a bpf_attach_type) cgroup/sock_addr programs for
-    that hook. Returns their fds and the bcc module (close it once attached)."""
+    or with cgroup_attach (a bpf_attach_type, or one per function name)
+    cgroup/sock_addr programs for that hook. Returns their fds and the bcc
+    module (close it once attached)."""
     from bcc import BPF  # imported here: only the loader needs the compiler
 
     global _compiles
@@ -113,7 +115,8 @@ def load_functions(
                 if cgroup_attach is None:
                     fds[name] = b.load_func(name.encode(), BPF.SCHED_CLS).fd
                 else:
-                    fds[name] = b.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=cgroup_attach).fd
+                    hook = cgroup_attach[name] if isinstance(cgroup_attach, dict) else cgroup_attach
+                    fds[name] = b.load_func(name.encode(), BPF.CGROUP_SOCK_ADDR, attach_type=hook).fd
         except Exception as e:  # bcc raises bare Exception
             failure: Exception | None = e
         else:

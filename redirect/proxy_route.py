@@ -4,6 +4,8 @@ tear-down. (Envoy itself is agent/adapters/envoy_proxy.py and sidecar/.)
 
     ip rule add fwmark 0x200/0xf00 lookup 2004 pref 9
     ip route add local 0.0.0.0/0 dev lo table 2004
+    ip -6 rule add fwmark 0x200/0xf00 lookup 2004 pref 9      (when the node has IPv6)
+    ip -6 route add local ::/0 dev lo table 2004
     sysctl net.ipv4.conf.lo.accept_local=1 net.ipv4.tcp_early_demux=0 net.ipv4.tcp_migrate_req=1  (see setup())
 
 Which socket receives the packet is chosen by the program itself with
@@ -46,9 +48,14 @@ def _ipr(netns: str | None) -> IPRoute:
     return IPRoute(netns=netns) if netns else IPRoute()
 
 
-def _our_rules(ipr: IPRoute) -> list:
+AF_INET, AF_INET6 = 2, 10
+DISABLE_IPV6 = "/proc/sys/net/ipv6/conf/all/disable_ipv6"
+_DEFAULT = {AF_INET: "0.0.0.0/0", AF_INET6: "::/0"}
+
+
+def _our_rules(ipr: IPRoute, family: int = AF_INET) -> list:
     out = []
-    for r in ipr.get_rules(family=2):
+    for r in ipr.get_rules(family=family):
         if (
             r.get_attr("FRA_FWMARK") == TO_PROXY_MARK
             and r.get_attr("FRA_FWMASK") == MARK_MASK
@@ -121,22 +128,39 @@ def setup(netns: str | None = None) -> dict[str, str]:
     }
     try:
         with _ipr(netns) as ipr:
-            if not _our_rules(ipr):
-                ipr.rule("add", family=2, table=ROUTE_TABLE, fwmark=TO_PROXY_MARK, fwmask=MARK_MASK,
-                         priority=RULE_PRIORITY)
-            lo = ipr.link_lookup(ifname="lo")[0]
-            ipr.route("replace", dst="0.0.0.0/0", type="local", oif=lo, table=ROUTE_TABLE, scope=254)
+            for family in _families(netns):
+                if not _our_rules(ipr, family):
+                    ipr.rule("add", family=family, table=ROUTE_TABLE, fwmark=TO_PROXY_MARK, fwmask=MARK_MASK,
+                             priority=RULE_PRIORITY)
+                lo = ipr.link_lookup(ifname="lo")[0]
+                ipr.route("replace", family=family, dst=_DEFAULT[family], type="local", oif=lo, table=ROUTE_TABLE,
+                          scope=254)
     except NetlinkError as e:
         raise PlumbingError(f"proxy routing set-up failed: {e}") from e
     return old
 
 
+def _families(netns: str | None) -> tuple[int, ...]:
+    """IPv4 always; IPv6 where the node has it (its redirects need the same
+    rule, or a pod's reply to a proxy upstream would be routed on)."""
+    try:
+        on = _in_netns_write(netns, DISABLE_IPV6, None) == "0"
+    except OSError:
+        on = False  # a kernel without IPv6
+    return (AF_INET, AF_INET6) if on else (AF_INET,)
+
+
 def is_set_up(netns: str | None = None) -> bool:
+    """Every family the node has: an install made before IPv6 was routed
+    counts as not set up, so setup() adds the IPv6 rule."""
     with _ipr(netns) as ipr:
-        if not _our_rules(ipr):
-            return False
-        routes = ipr.get_routes(family=2, table=ROUTE_TABLE)
-        return any(r.get("type") == 2 and r.get("dst_len") == 0 for r in routes)  # RTN_LOCAL
+        for family in _families(netns):
+            if not _our_rules(ipr, family):
+                return False
+            routes = ipr.get_routes(family=family, table=ROUTE_TABLE)
+            if not any(r.get("type") == 2 and r.get("dst_len") == 0 for r in routes):  # RTN_LOCAL
+                return False
+        return True
 
 
 def teardown(netns: str | None = None, restore: dict[str, str] | None = None) -> None:
@@ -144,16 +168,22 @@ def teardown(netns: str | None = None, restore: dict[str, str] | None = None) ->
         if path in SYSCTLS:
             _in_netns_write(netns, path, value)
     with _ipr(netns) as ipr:
-        for r in _our_rules(ipr):
+        for family in (AF_INET, AF_INET6):
             try:
-                ipr.rule("del", family=2, table=ROUTE_TABLE, fwmark=TO_PROXY_MARK, fwmask=MARK_MASK,
-                         priority=r.get_attr("FRA_PRIORITY"))
+                rules = _our_rules(ipr, family)
+            except NetlinkError:
+                continue  # no such family in this kernel
+            for r in rules:
+                try:
+                    ipr.rule("del", family=family, table=ROUTE_TABLE, fwmark=TO_PROXY_MARK, fwmask=MARK_MASK,
+                             priority=r.get_attr("FRA_PRIORITY"))
+                except NetlinkError as e:
+                    if e.code != errno.ENOENT:
+                        raise PlumbingError(f"removing proxy rule: {e}") from e
+            lo = ipr.link_lookup(ifname="lo")[0]
+            try:
+                ipr.route("del", family=family, dst=_DEFAULT[family], type="local", oif=lo, table=ROUTE_TABLE,
+                          scope=254)
             except NetlinkError as e:
-                if e.code != errno.ENOENT:
-                    raise PlumbingError(f"removing proxy rule: {e}") from e
-        lo = ipr.link_lookup(ifname="lo")[0]
-        try:
-            ipr.route("del", dst="0.0.0.0/0", type="local", oif=lo, table=ROUTE_TABLE, scope=254)
-        except NetlinkError as e:
-            if e.code not in (errno.ESRCH, errno.ENOENT):
-                raise PlumbingError(f"removing proxy route: {e}") from e
+                if e.code not in (errno.ESRCH, errno.ENOENT, errno.EAFNOSUPPORT, errno.EOPNOTSUPP):
+                    raise PlumbingError(f"removing proxy route: {e}") from e

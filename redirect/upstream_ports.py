@@ -36,6 +36,12 @@ from redirect.errors import PlumbingError
 from redirect.maps import PinnedMaps
 
 LINK_PIN = "ciliate_link_upstream4"
+LINK_PIN6 = "ciliate_link_upstream6"
+# (function in bpf_sock.c, cgroup hook, pin of its bpf_link)
+HOOKS = (
+    ("upstream_connect4", bpfsys.CGROUP_INET4_CONNECT, LINK_PIN),
+    ("upstream_connect6", bpfsys.CGROUP_INET6_CONNECT, LINK_PIN6),
+)
 RECORD = "upstream-ports.json"
 DEFAULT_CGROUP_MOUNT = Path("/run/ciliate/cgroupv2")  # where we mount cgroup2 if nothing has
 SO_NETNS_COOKIE = 71
@@ -159,51 +165,36 @@ def install(
     maps: PinnedMaps, pin_dir: Path, state_dir: Path, ports: PortRange, *,
     cgroup_root: Path | None = None, netns: str | None = None, header: tuple[Path, str],
 ) -> Installed:
-    """Configure, then attach (or adopt) the connect hook. Idempotent: an
-    unchanged program on the same cgroup is kept; a changed one replaces the
-    old in one step. Raises PlumbingError with the reason when it cannot."""
+    """Configure, then attach (or adopt) the connect hooks, one per family.
+    Idempotent: unchanged programs on the same cgroup are kept; changed ones
+    replace the old in one step each. Raises PlumbingError with the reason
+    when it cannot."""
     cgroup = ensure_cgroup2(cgroup_root)
-    write_config(maps, ports, netns_cookie(netns))  # before the program can run
+    write_config(maps, ports, netns_cookie(netns))  # before the programs can run
     header_path, header_digest = header
     digest = hashlib.sha256((header_digest + loader.flatten(loader.SOCK_ENTRY)).encode()).hexdigest()[:8]
     name = f"ciliate_sock_{digest}"
     record_path = state_dir / RECORD
-    link_pin = pin_dir / LINK_PIN
+    pins = [pin_dir / pin for _, _, pin in HOOKS]
     # A cgroup is known by its id, not its path: a restarted container sees
     # the same /sys/fs/cgroup over a new cgroup, and a link on the old one
     # would cover nobody.
     cgroup_id = os.stat(cgroup).st_ino
-    if link_pin.exists() and _linked_cgroup(link_pin) != cgroup_id:
+    if any(p.exists() and _linked_cgroup(p) != cgroup_id for p in pins):
         remove(pin_dir, state_dir)  # attached elsewhere before: detach there
-    if link_pin.exists() and _read_record(record_path).get("program") == name:
+    if all(p.exists() for p in pins) and _read_record(record_path).get("program") == name:
         _write_record(record_path, name, cgroup, ports)
         return Installed(ports, cgroup, name)
     try:
         fds, module = loader.load_functions(
-            0, header_path, loader.SOCK_ENTRY, ("upstream_connect4",), cgroup_attach=bpfsys.CGROUP_INET4_CONNECT,
+            0, header_path, loader.SOCK_ENTRY, tuple(fn for fn, _, _ in HOOKS),
+            cgroup_attach={fn: hook for fn, hook, _ in HOOKS},
         )
     except Exception as e:
         raise PlumbingError(f"the upstream-port program did not load: {e}") from e
     try:
-        prog = fds["upstream_connect4"]
-        if link_pin.exists():
-            link = bpfsys.obj_get(link_pin)
-            try:
-                bpfsys.link_update(link, prog)
-            finally:
-                os.close(link)
-        else:
-            cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                link = bpfsys.link_create(prog, cg, bpfsys.CGROUP_INET4_CONNECT)
-            except bpfsys.BPFError as e:
-                raise PlumbingError(f"attaching the upstream-port program to {cgroup}: {e.strerror}") from e
-            finally:
-                os.close(cg)
-            try:
-                bpfsys.pin(link, link_pin)
-            finally:
-                os.close(link)
+        for fn, hook, pin in HOOKS:
+            _attach(fds[fn], hook, cgroup, pin_dir / pin)
     finally:
         with contextlib.suppress(Exception):
             module.cleanup()  # type: ignore[attr-defined]
@@ -211,23 +202,46 @@ def install(
     return Installed(ports, cgroup, name)
 
 
-def remove(pin_dir: Path, state_dir: Path) -> None:
-    """Detach the hook, then drop its pin and record. Idempotent."""
-    link_pin = pin_dir / LINK_PIN
-    try:
-        fd = bpfsys.obj_get(link_pin)
-    except bpfsys.BPFError:
-        fd = -1
-    if fd >= 0:
+def _attach(prog: int, hook: int, cgroup: Path, link_pin: Path) -> None:
+    """Swap the pinned link's program, or attach a new link and pin it."""
+    if link_pin.exists():
+        link = bpfsys.obj_get(link_pin)
         try:
-            bpfsys.link_detach(fd)
-        except bpfsys.BPFError as e:
-            if e.errno != errno.ENOLINK:  # detached already
-                raise
+            bpfsys.link_update(link, prog)
         finally:
-            os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        link_pin.unlink()
+            os.close(link)
+        return
+    cg = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        link = bpfsys.link_create(prog, cg, hook)
+    except bpfsys.BPFError as e:
+        raise PlumbingError(f"attaching the upstream-port program to {cgroup}: {e.strerror}") from e
+    finally:
+        os.close(cg)
+    try:
+        bpfsys.pin(link, link_pin)
+    finally:
+        os.close(link)
+
+
+def remove(pin_dir: Path, state_dir: Path) -> None:
+    """Detach the hooks, then drop their pins and record. Idempotent."""
+    for _, _, pin in HOOKS:
+        link_pin = pin_dir / pin
+        try:
+            fd = bpfsys.obj_get(link_pin)
+        except bpfsys.BPFError:
+            fd = -1
+        if fd >= 0:
+            try:
+                bpfsys.link_detach(fd)
+            except bpfsys.BPFError as e:
+                if e.errno != errno.ENOLINK:  # detached already
+                    raise
+            finally:
+                os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            link_pin.unlink()
     with contextlib.suppress(FileNotFoundError):
         (state_dir / RECORD).unlink()
 

@@ -145,6 +145,7 @@ def listener(
     hcm: bytes,
     original_source_mark: int | None = None,
     limits: ProxyLimits = ProxyLimits(),
+    address6: str | None = None,
 ) -> bytes:
     """Listener on address:port. `original_port`: serve only connections whose
     local address (the original destination) has this port; None for all.
@@ -161,6 +162,8 @@ def listener(
     return (
         lst.name(name)
         + lst.address(pb.Address.socket_address(pb.SocketAddress.address(address) + pb.SocketAddress.port_value(port)))
+        + (b"" if address6 is None else lst.additional_addresses(pb.AdditionalAddress.address(
+            pb.Address.socket_address(pb.SocketAddress.address(address6) + pb.SocketAddress.port_value(port)))))
         + lst.filter_chains(chain_match, cap_filter, hcm_filter)
         + lst.per_connection_buffer_limit_bytes(limits.connection_buffer_bytes)
         + lst.transparent(transparent)

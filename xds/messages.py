@@ -44,6 +44,7 @@ HeaderValue = encoders(core_v3.HeaderValue)
 # listener, HTTP connection manager, access log
 Listener = encoders(listener_v3.Listener)
 FilterChain = encoders(listener_v3.FilterChain)
+AdditionalAddress = encoders(listener_v3.AdditionalAddress)
 FilterChainMatch = encoders(listener_v3.FilterChainMatch)
 Filter = encoders(listener_v3.Filter)
 HttpConnectionManager = encoders(hcm_v3.HttpConnectionManager)

@@ -127,6 +127,10 @@ class OriginalDst(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class RenderParams:
     listen_address: str = "0.0.0.0"
+    # The IPv6 twin of each listener (Envoy's additional_addresses; IPv6-only
+    # socket): the datapath hands redirected IPv6 flows to [::]:proxy_port.
+    # None on a node without IPv6, where Envoy could not bind it.
+    listen_address6: str | None = "::"
     transparent: bool = True
     upstream_mark: int = PROXY_UPSTREAM_MARK
     original_dst: OriginalDst = OriginalDst.LOCAL_ADDRESS
@@ -163,6 +167,7 @@ class RenderParams:
         """TEST ONLY: loopback, non-transparent listeners whose ORIGINAL_DST
         cluster takes the upstream from the x-envoy-original-dst-host header."""
         kw.setdefault("listen_address", "127.0.0.1")
+        kw.setdefault("listen_address6", None)
         kw.setdefault("match_original_port", False)  # nothing redirects: the local port is the proxy port
         kw.setdefault("original_source", False)  # no datapath brings replies back; needs CAP_NET_ADMIN
         return cls(transparent=False, original_dst=OriginalDst.TEST_ONLY_HTTP_HEADER, **kw)
@@ -321,6 +326,7 @@ class Renderer:
         body = listener(
             name=name,
             address=p.listen_address,
+            address6=p.listen_address6,
             port=port,
             transparent=p.transparent,
             direction=direction,

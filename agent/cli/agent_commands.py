@@ -269,12 +269,14 @@ def _host_ips() -> list:
 
 
 def _run_agent(args: argparse.Namespace) -> int:
-    from agent.adapters.kernel_datapath import KernelDatapath
+    from agent.adapters.kernel_datapath import KernelDatapath, node_has_ipv6
     from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory
     from agent.adapters.envoy_proxy import XdsProxy
     from agent.daemon import AgentConfig, build_agent
     from policy.compiled import PROXY_PORT_MAX, PROXY_PORT_MIN
+    from redirect.layout import MARK_MAGIC_PROXY_ORIGIN
     from redirect.upstream_ports import POD_DEFAULT_RANGE, PortRange
+    from xds.render import RenderParams
 
     PROXY_PORTS = PortRange(PROXY_PORT_MIN, PROXY_PORT_MAX)
 
@@ -340,7 +342,9 @@ def _run_agent(args: argparse.Namespace) -> int:
         from agent.adapters.node_routing import DirectRouting
 
         routing = DirectRouting(datapath, node_ip)
-    proxy = XdsProxy(state_dir, spawn_envoy=not args.external_envoy, limits=limits)
+    # Envoy listens on [::] beside 0.0.0.0 only where the node has IPv6.
+    params = RenderParams(upstream_mark=MARK_MAGIC_PROXY_ORIGIN, listen_address6="::" if node_has_ipv6(None) else None)
+    proxy = XdsProxy(state_dir, spawn_envoy=not args.external_envoy, limits=limits, render_params=params)
     agent = build_agent(
         config, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=datapath, proxy=proxy, host_ips=_host_ips,
         cluster=k8s_source_from_args(args), shared=shared, routing=routing,

@@ -6,8 +6,9 @@ address detection, the link-local gateway pinned to the host veth's MAC,
 and the default route through it. Host: IPv6 enabled and forwarding on the
 host veth, the link-local gateway on it, the node's address on
 ciliate_host, the /128 route to the pod, and the pod's MAC pinned in the
-host's neighbour table (neighbour discovery is ICMPv6, which the IPv4-only
-datapath drops, so the host could not resolve the pod otherwise).
+host's neighbour table. Neighbour discovery passes the datapath too (a
+flushed table resolves again); the pinned entries spare each new pod its
+first round trip and keep a pod from answering for another's address.
 
 Forwarding between interfaces also needs the node's
 net.ipv6.conf.all.forwarding=1, as IPv4 needs net.ipv4.ip_forward=1: the

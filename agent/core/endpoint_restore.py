@@ -10,9 +10,8 @@ reconciled against what is real:
 
 - the veth is still there: the endpoint comes back under its id, address and
   identity, with the labels of that identity (the labels that decide its
-  policy; the display name and pod netns path are not recoverable, nor its
-  IPv6 address: the IPv4-only datapath's record has none, so a dual-stack
-  endpoint comes back IPv4-only until its pod is added again). CNI DEL
+  policy, and both its addresses, from the datapath's record; the display
+  name and pod netns path are not recoverable). CNI DEL
   still finds it: the veth's name is derived from the container id.
 - the veth is gone: the pod went while the agent was away; its datapath
   state is removed.

@@ -84,7 +84,7 @@ class EndpointCreate(_Model):
     netns: str | None = Field(default=None, max_length=4096, description="path of the pod's network namespace")
     ipv4: IPv4Address | None = None
     ipv6: EndpointIPv6 | None = Field(
-        default=None, description="global unicast or unique local; the datapath is IPv4-only for now and drops the pod's IPv6"
+        default=None, description="global unicast or unique local"
     )
     labels: dict[LabelKey, LabelValue] = Field(
         default_factory=dict, description="Kubernetes label syntax; a key may carry a source, e.g. k8s:app"

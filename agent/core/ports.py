@@ -260,7 +260,7 @@ class FamilySupport:
 
 class EndpointUnsupported(Exception):
     """The datapath cannot enforce policy for this endpoint as it is (e.g. an
-    IPv6-only endpoint on the IPv4-only datapath): it keeps the endpoint's
+    IPv6-only endpoint on a node with IPv6 disabled): it keeps the endpoint's
     traffic dropped, and trying again without a change would not help."""
 
 

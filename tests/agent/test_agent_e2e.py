@@ -105,7 +105,7 @@ def test_ciliate_demo_command_passes_and_cleans_up() -> None:
     """The README's first command, as a person runs it."""
     out = subprocess.run([sys.executable, "-m", "agent.cli", "demo"], capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "9 of 9 requests as expected" in out.stdout
+    assert "12 of 12 requests as expected" in out.stdout  # three of them over IPv6
     assert "tiefighter PUT /v1/exhaust-port         403       403" in out.stdout
     after_ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "cildemo" not in after_ns

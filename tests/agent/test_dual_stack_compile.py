@@ -1,8 +1,7 @@
 """A dual-stack pod's IPv6 address reaches the compiler through the agent
 (endpoint table -> EndpointSpec -> the real compiler), and stays there across
 a restart; the node's IPv6 addresses join `host`. Real compiler, fake kernel
-and Envoy; the kernel writer's IPv4-only filter is redirect/ipv4_only.py's
-business and not looked at here."""
+and Envoy (tests/datapath/test_ipv6_datapath.py drives the real one)."""
 
 from __future__ import annotations
 

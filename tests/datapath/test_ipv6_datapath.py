@@ -22,7 +22,7 @@ from agent.adapters.kernel_datapath import DISABLE_IPV6, KernelDatapath
 from agent.cni import net6
 from agent.cni.addressing import IPv6Plan
 from agent.core.ports import EndpointUnsupported
-from policy.compiled import EndpointPolicy
+from policy.compiled import EndpointPolicy, Verdict
 from redirect import conntrack, tc
 from redirect.datapath import BLOCK_NAME, Datapath
 from redirect.layout import EventVerdict, Reason
@@ -93,6 +93,7 @@ def udp6_roundtrip(client: Pod, server: Pod, port: int, expect: bool, src: IPv6A
     address instead of the client's own (a forgery)."""
     srv, cli = _sock6(server, socket.SOCK_DGRAM), _sock6(client, socket.SOCK_DGRAM)
     try:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         srv.bind(("::", port))
         if src is not None:
             cli.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
@@ -298,3 +299,106 @@ async def test_a_node_without_ipv6_blocks_an_ipv6_only_endpoint(own_install) -> 
         assert now is not None and (now.ingress, now.egress) == (BLOCK_NAME, BLOCK_NAME)
     finally:
         await kd.close()
+
+
+# ---------------------------------------------------------------- L7 redirect over IPv6
+
+IPV6_TRANSPARENT = 75  # linux/in6.h
+PROXY_PORT = 15061
+
+
+def transparent_listener6(inst: Install, port: int) -> socket.socket:
+    """The proxy's IPv6 listener as Envoy opens it: [::]:port, IPv6 only, transparent."""
+    with in_netns(inst.node.netns):
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+    s.bind(("::", port))
+    s.listen(8)
+    s.settimeout(WAIT)
+    return s
+
+
+@pytest.fixture
+def plumbed(n6: Install) -> Iterator[Install]:
+    n6.dp.setup_proxy_plumbing()
+    yield n6
+
+
+@pytest.mark.parametrize("direction", [EGRESS, INGRESS], ids=["egress-redirect", "ingress-redirect"])
+def test_an_ipv6_flow_is_redirected_to_the_proxy_with_its_original_addresses(plumbed, direction):
+    a, b = plumbed.ep("a"), plumbed.ep("b")
+    redirect = lambda peer, d: rule(peer, d, TCP, 80, Verdict.REDIRECT, PROXY_PORT)  # noqa: E731
+    if direction == EGRESS:
+        eps = [endpoint6(a, [redirect(257, EGRESS)], ingress=False), endpoint6(b, [rule(256, INGRESS, TCP, 80)], egress=False)]
+    else:
+        eps = [endpoint6(a, [rule(257, EGRESS, TCP, 80)], ingress=False), endpoint6(b, [redirect(256, INGRESS)], egress=False)]
+    plumbed.dp.apply(state6(1, eps))
+    lst = transparent_listener6(plumbed, PROXY_PORT)
+    srv, cli = _sock6(b.pod, socket.SOCK_STREAM), _sock6(a.pod, socket.SOCK_STREAM)
+    try:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("::", 80))
+        srv.listen(4)
+        with plumbed.dp.events() as stream:
+            stream.drain()
+            cli.settimeout(WAIT)
+            cli.connect((str(IPV6["b"]), 80))
+            conn, peer = lst.accept()
+            with conn:
+                assert conn.getsockname()[:2] == (str(IPV6["b"]), 80)  # the original destination
+                assert peer[:2] == (str(IPV6["a"]), cli.getsockname()[1])  # and source
+                cli.sendall(b"GET")
+                assert conn.recv(3) == b"GET"
+                conn.sendall(b"200")
+                assert cli.recv(3) == b"200"
+                cli.sendall(b"more")  # a redirected flow stays redirected
+                assert conn.recv(4) == b"more"
+            assert not select.select([srv], [], [], 0.1)[0], "the server saw a redirected flow"
+            ev = [e for e in stream.drain() if e.verdict == EventVerdict.REDIRECT]
+        assert ev and ev[0].proxy_port == PROXY_PORT and ev[0].src == IPV6["a"] and ev[0].direction == direction
+    finally:
+        for s in (cli, srv, lst):
+            s.close()
+
+
+@pytest.mark.parametrize("allowed", [True, False], ids=["receiver-allows-client", "receiver-denies-client"])
+def test_a_proxy_upstream_over_ipv6_keeps_the_client_address_and_gets_its_replies(plumbed, allowed):
+    """As Envoy's original_src upstream: bound to a's IPv6 (transparent),
+    SO_MARK 0x0B00. b's ingress judges a's identity; b's replies, addressed
+    to a, come back to the node's socket, not to a's veth."""
+    a, b = plumbed.ep("a"), plumbed.ep("b")
+    plumbed.dp.apply(state6(1, [endpoint6(a, [], ingress=False, egress=False),
+                                endpoint6(b, [rule(256 if allowed else 258, INGRESS, TCP, 8080)], egress=False)]))
+    srv = _sock6(b.pod, socket.SOCK_STREAM)
+    with in_netns(plumbed.node.netns):
+        up = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("::", 8080))
+        srv.listen(4)
+        up.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 0x0B00)
+        up.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+        up.bind((str(IPV6["a"]), 0))
+        up.settimeout(WAIT if allowed else DENIED_WAIT)
+        try:
+            up.connect((str(IPV6["b"]), 8080))
+            connected = True
+        except OSError:
+            connected = False
+        assert connected is allowed
+        got = select.select([srv], [], [], WAIT if allowed else 0.1)[0]
+        assert bool(got) is allowed
+        if allowed:
+            conn, peer = srv.accept()
+            with conn:
+                assert peer[0] == str(IPV6["a"])  # b sees the client
+                for _ in range(3):
+                    up.sendall(b"x")
+                    assert conn.recv(1) == b"x"
+                    conn.sendall(b"y")
+                    assert up.recv(1) == b"y"
+    finally:
+        up.close()
+        srv.close()

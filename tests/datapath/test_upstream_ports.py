@@ -142,3 +142,43 @@ def test_a_restart_adopts_the_hook_and_teardown_removes_it(fresh_install) -> Non
         s.close()
         assert not 61000 <= port <= 62255, f"port {port}: the hook outlived teardown"
         inst.dp = Datapath(inst.pin_dir, inst.state_dir, netns=ns)  # for the fixture's own teardown
+
+
+def test_ipv6_upstreams_take_ports_from_the_range_too(fresh_install) -> None:
+    """The connect6 twin: an upstream bound to an IPv6 client address (as
+    original_src binds it for an IPv6 flow) gets its port from the range."""
+    with fresh_install(attach=()) as inst:
+        ns = inst.node.netns
+        inst.dp.choose_upstream_ports(RANGE)
+        with in_netns(ns):
+            srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        held: list[socket.socket] = [srv]
+        try:
+            srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            srv.bind(("::1", 0))
+            srv.listen(64)
+
+            def connect(mark: int) -> int:
+                with in_netns(ns):
+                    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+                held.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+                s.setsockopt(socket.IPPROTO_IPV6, 75, 1)  # IPV6_TRANSPARENT
+                s.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                s.bind(("::1", 0))
+                s.connect(srv.getsockname()[:2])
+                return s.getsockname()[1]
+
+            ports = [connect(0x0B00) for _ in range(20)]
+            assert all(RANGE.lo <= p <= RANGE.hi for p in ports), ports
+            assert len(set(ports)) == len(ports)
+            assert not RANGE.lo <= connect(0) <= RANGE.hi  # unmarked: the kernel's choice
+            assert inst.dp.upstream_port_stats().assigned >= 20
+            inst.dp.teardown()
+            assert not RANGE.lo <= connect(0x0B00) <= RANGE.hi, "the IPv6 hook outlived teardown"
+        finally:
+            for s in held:
+                s.close()
+            from redirect.datapath import Datapath
+
+            inst.dp = Datapath(inst.pin_dir, inst.state_dir, netns=ns)  # for the fixture's own teardown

@@ -42,3 +42,15 @@ def test_a_runner_names_its_requests_its_own_way() -> None:
     rows = run_stages([stage], io.StringIO(), lambda s: None, lambda r: {"status": 403, "body": "no"},
                       describe=lambda r: f"{r.ship}@node3 {r.method} {r.path}")
     assert [(r.request, r.observed, r.ok) for r in rows] == [("xwing@node3 POST /v1/request-landing", "403", False)]
+
+
+def test_the_ipv6_stage_reads_apart_from_ipv4_and_keeps_the_policy() -> None:
+    from demo.scenario import IPV6_STAGE
+
+    out = io.StringIO()
+    calls: list[str] = []
+    rows = run_stages((IPV6_STAGE,), out, lambda s: calls.append(f"apply {s.policy_files}"),
+                      lambda r: {"status": 200} if r.expect == "200" else {"error": "timeout"})
+    assert calls == ["apply ()"]  # nothing applied: the last stage's policy covers IPv6 too
+    assert all(r.request.endswith(" v6") and len(r.request) <= 38 for r in rows), rows
+    assert all(r.family == 6 for r in IPV6_STAGE.requests)

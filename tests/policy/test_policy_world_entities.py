@@ -10,8 +10,8 @@ families"):
 
 And our one documented difference (policy/families.py): on a single-stack
 node `world-ipvN` is that family's part of `world`, not nothing, so world
-traffic over IPv4 is matched by `world` and by `world-ipv4` on today's
-IPv4-only datapath, and a deny of `world-ipv4` denies it.
+traffic over IPv4 is matched by `world` and by `world-ipv4` on an
+IPv4-only node, and a deny of `world-ipv4` denies it.
 """
 
 from __future__ import annotations

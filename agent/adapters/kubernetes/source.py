@@ -280,7 +280,7 @@ class KubernetesSource:
             "node": self.options.node_name,
             "policies": sum(len(self.objects[k]) for k in POLICY_KINDS),
             "pods": len(self.objects[KIND_POD]),
-            # Dual-stack pods: their IPv6 is dropped by the IPv4-only datapath (`ciliate status` says so).
+            # Pods with an IPv6 address (dual-stack or IPv6-only).
             "pods_ipv6": sum(pod_ips(p).ipv6 is not None for p in self.objects[KIND_POD].values()),
             "status_writes": self._writer.writes if self._writer is not None else 0,
             "pod_labels_dropped": self._labels_dropped,
