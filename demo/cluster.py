@@ -6,7 +6,9 @@ joined by an underlay: a bridge in a network namespace of its own, one veth
 per node, addresses from UNDERLAY. One real etcd (Debian's etcd-server,
 started by demo/etcd_process.py) runs in the underlay namespace, reachable
 from every node at ETCD_URL; the agents run with `--kvstore etcd` and route
-each other's pod CIDRs directly.
+each other's pod CIDRs directly. Pods are dual-stack: node i's IPv6 pods get
+POD_CIDRS6's i-th /64, routed by the other nodes via node i's IPv6 underlay
+address (UNDERLAY6).
 
 Used by `ciliate demo --nodes N`, the cluster tests and the cluster
 benchmark. Does I/O throughout. Everything it makes (namespaces, veths, pins,
@@ -19,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 from demo.etcd_process import EtcdProcess, EtcdStartError
@@ -27,6 +29,8 @@ from demo.node import NETNS_DIR, Node, NodeError, _run
 
 UNDERLAY = IPv4Network("10.250.0.0/24")  # node addresses; .254 is etcd's
 POD_CIDRS = IPv4Network("10.251.0.0/16")  # node i gets 10.251.i.0/24
+POD_CIDRS6 = IPv6Network("fd00:10:251::/48")  # node i gets fd00:10:251:i::/64
+UNDERLAY6 = IPv6Network("fd00:10:250::/64")  # node i's IPv6 on the underlay: ::i
 ETCD_ADDR = UNDERLAY.network_address + 254
 ETCD_PORT = 2379
 ETCD_URL = f"http://{ETCD_ADDR}:{ETCD_PORT}"
@@ -51,7 +55,7 @@ class Cluster:
         )
         self.nodes = [
             Node(prefix=f"{prefix}{i}", subnet=str(self.pod_cidr(i)), workdir=self.workdir / f"node{i}",
-                 subnet6=None)  # cluster mode shares no IPv6 routes yet
+                 subnet6=str(self.pod_cidr6(i)))
             for i in range(1, nodes + 1)
         ]
 
@@ -60,8 +64,16 @@ class Cluster:
         return IPv4Network(f"{POD_CIDRS.network_address + (i << 8)}/24")
 
     @staticmethod
+    def pod_cidr6(i: int) -> IPv6Network:
+        return IPv6Network(f"{POD_CIDRS6.network_address + (i << 64)}/64")
+
+    @staticmethod
     def node_ip(i: int) -> IPv4Address:
         return UNDERLAY.network_address + i
+
+    @staticmethod
+    def node_ip6(i: int) -> IPv6Address:
+        return UNDERLAY6.network_address + i
 
     def node_name(self, i: int) -> str:
         return f"node{i}"
@@ -96,12 +108,15 @@ class Cluster:
         _run("ip", "link", "add", peer, "netns", self.net_ns, "type", "veth", "peer", "name", "eth-u", "netns", node.host_ns, check=True)
         _run("ip", "-n", self.net_ns, "link", "set", peer, "master", "br0", "up", check=True)
         _run("ip", "-n", node.host_ns, "addr", "add", f"{self.node_ip(i)}/{UNDERLAY.prefixlen}", "dev", "eth-u", check=True)
+        _run("ip", "-n", node.host_ns, "addr", "add", f"{self.node_ip6(i)}/{UNDERLAY6.prefixlen}", "dev", "eth-u", "nodad",
+             check=True)
         _run("ip", "-n", node.host_ns, "link", "set", "eth-u", "up", check=True)
 
     def agent_args(self, i: int) -> list[str]:
         return [
             "--kvstore", "etcd", "--kvstore-opt", f"etcd.endpoints={ETCD_URL}",
             "--node-name", self.node_name(i), "--node-ip", str(self.node_ip(i)), "--pod-cidr", str(self.pod_cidr(i)),
+            "--pod-cidr", str(self.pod_cidr6(i)), "--node-ip", str(self.node_ip6(i)),
             "--kvstore-lease-ttl", str(self.lease_ttl),
         ]
 

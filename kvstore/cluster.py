@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
 from kvstore import identities, layout
@@ -228,18 +228,19 @@ class Cluster:
 
     # -- endpoints -----------------------------------------------------------
 
-    async def set_endpoint(self, ip: IPv4Address, identity: int) -> None:
-        """Publish a local endpoint (desired state: written now if etcd
-        answers, else when it does again; never raises for etcd trouble)."""
-        ip = IPv4Address(ip)
+    async def set_endpoint(self, ip: IPv4Address | IPv6Address, identity: int) -> None:
+        """Publish a local endpoint's address, either family (desired state:
+        written now if etcd answers, else when it does again; never raises
+        for etcd trouble)."""
+        ip = ip_address(ip)
         if not isinstance(identity, int) or not 0 < identity <= 0xFFFFFFFF:
             raise ValueError(f"identity must be a positive 32-bit integer, got {identity!r}")
         if self._publisher.endpoints.get(ip) == identity:
             return
         await self._publisher.sync([self._publisher.set_endpoint(ip, identity)])
 
-    async def remove_endpoint(self, ip: IPv4Address) -> None:
-        ip = IPv4Address(ip)
+    async def remove_endpoint(self, ip: IPv4Address | IPv6Address) -> None:
+        ip = ip_address(ip)
         await self._publisher.sync([self._publisher.remove_endpoint(ip)])
 
     # -- internals -------------------------------------------------------------

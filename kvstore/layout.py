@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
@@ -89,7 +89,7 @@ def node_key(node: str) -> bytes:
     return _b(NODES + node)
 
 
-def ip_key(ip: IPv4Address) -> bytes:
+def ip_key(ip: IPv4Address | IPv6Address) -> bytes:
     return _b(f"{IPS}{ip}")
 
 
@@ -104,7 +104,7 @@ class Key:
     kind: Literal["id", "labels", "ref", "node", "ip"]
     identity: int = 0
     node: str = ""
-    ip: IPv4Address | None = None
+    ip: IPv4Address | IPv6Address | None = None
 
 
 def _identity(text: str) -> int | None:
@@ -143,10 +143,13 @@ def parse_key(raw: bytes) -> Key | None:
         name = _node(key[len(NODES) :])
         return None if name is None else Key("node", node=name)
     if key.startswith(IPS):
+        text = key[len(IPS) :]
         try:
-            return Key("ip", ip=IPv4Address(key[len(IPS) :]))
+            ip = ip_address(text)
         except ValueError:
             return None
+        # One key per address: a non-canonical spelling ("fd00:0::5") is not ours.
+        return Key("ip", ip=ip) if str(ip) == text else None
     return None
 
 
@@ -156,7 +159,9 @@ _node_info = TypeAdapter(NodeInfo)
 
 
 def node_value(node: NodeInfo) -> bytes:
-    return _node_info.dump_json(node)
+    # Fields a node does not have (no IPv6) are left out: the record reads
+    # the same to agents that predate them.
+    return _node_info.dump_json(node, exclude_none=True)
 
 
 def parse_node_value(value: bytes) -> NodeInfo | None:
@@ -178,7 +183,7 @@ def ip_value(identity: int, node: str) -> bytes:
     return IpRecord(identity=identity, node=node).model_dump_json().encode()
 
 
-def parse_ip_value(ip: IPv4Address, value: bytes) -> RemoteEndpoint | None:
+def parse_ip_value(ip: IPv4Address | IPv6Address, value: bytes) -> RemoteEndpoint | None:
     try:
         rec = IpRecord.model_validate_json(value)
     except ValidationError:

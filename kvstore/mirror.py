@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from kvstore import layout
 from kvstore.model import ClusterView, NodeInfo, RemoteEndpoint
@@ -35,7 +35,7 @@ class Mirror:
         self.local_node = local_node
         self.revision = 0
         self._nodes: dict[str, NodeInfo] = {}
-        self._endpoints: dict[IPv4Address, RemoteEndpoint] = {}
+        self._endpoints: dict[IPv4Address | IPv6Address, RemoteEndpoint] = {}
         self._identities: dict[int, frozenset[str]] = {}
         self._view: ClusterView | None = None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from types import MappingProxyType
 from typing import Annotated
 
@@ -25,18 +25,24 @@ Identity = Annotated[int, Field(ge=1, le=0xFFFFFFFF)]
 
 @validated_dataclass(frozen=True)
 class NodeInfo:
-    """One node: its name, the address other nodes reach it on, its pod CIDR."""
+    """One node: its name, the address other nodes reach it on, its pod CIDR,
+    and for IPv6 pods their CIDR and, optionally, the node's IPv6 address
+    (without one, the IPv6 route to its pods goes via its IPv4 address).
+    Records of nodes without IPv6, and of older versions, have neither."""
 
     name: NodeName
     ip: IPv4Address
     pod_cidr: IPv4Network
+    pod_cidr6: IPv6Network | None = None
+    ip6: IPv6Address | None = None
 
 
 @validated_dataclass(frozen=True)
 class RemoteEndpoint:
-    """An endpoint published by some node: its IP, numeric identity, node."""
+    """An endpoint published by some node: one of its IPs, its numeric
+    identity, its node (a dual-stack endpoint is two of these)."""
 
-    ip: IPv4Address
+    ip: IPv4Address | IPv6Address
     identity: Identity
     node: NodeName
 
@@ -56,7 +62,7 @@ class ClusterView:
     """
 
     nodes: Mapping[str, NodeInfo] = field(default_factory=dict)
-    endpoints: Mapping[IPv4Address, RemoteEndpoint] = field(default_factory=dict)
+    endpoints: Mapping[IPv4Address | IPv6Address, RemoteEndpoint] = field(default_factory=dict)
     identities: Mapping[int, frozenset[str]] = field(default_factory=dict)
     revision: int = 0
 

@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from aetcd import transactions as tx
 
@@ -123,7 +123,7 @@ class Publisher:
         self.node = node
         self.restore_grace = restore_grace
         self.resync_interval = resync_interval
-        self.endpoints: dict[IPv4Address, int] = {}
+        self.endpoints: dict[IPv4Address | IPv6Address, int] = {}
         self.refs: dict[frozenset[str], int] = {}
         self.tombstones: set[bytes] = set()
         self.conflicts: dict[str, str] = {}
@@ -147,13 +147,13 @@ class Publisher:
     def mark_dirty(self) -> None:
         self._dirty.set()
 
-    def set_endpoint(self, ip: IPv4Address, identity: int) -> bytes:
+    def set_endpoint(self, ip: IPv4Address | IPv6Address, identity: int) -> bytes:
         self.endpoints[ip] = identity
         key = layout.ip_key(ip)
         self.tombstones.discard(key)
         return key
 
-    def remove_endpoint(self, ip: IPv4Address) -> bytes:
+    def remove_endpoint(self, ip: IPv4Address | IPv6Address) -> bytes:
         self.endpoints.pop(ip, None)
         key = layout.ip_key(ip)
         self.tombstones.add(key)

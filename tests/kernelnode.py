@@ -205,3 +205,26 @@ def node_fixture(pods: Sequence[PodSpec], *, scope: str = "function", **kw):
             yield node
 
     return _node
+
+
+def wire_ipv6(node_netns: str | None, pod: Pod, address: str, node_address: str) -> None:
+    """Give a pod of the node an IPv6 address as ciliate-cni does (its own
+    code: agent/cni/net6.py), and turn on the node's IPv6 forwarding."""
+    from ipaddress import IPv6Address
+
+    from agent.cni import net6
+    from agent.cni.addressing import IPv6Plan
+
+    v6 = IPv6Plan(IPv6Address(address), IPv6Address(node_address))
+    _sysctl(node_netns, "net.ipv6.conf.all.forwarding", "1")
+    with in_netns(node_netns):
+        net6.enable_on_host(pod.host_ifname)
+        with IPRoute() as ipr:
+            host_mac = ipr.get_links(pod.host_ifindex)[0].get_attr("IFLA_ADDRESS")
+    net6.enable_in_pod(f"/run/netns/{pod.netns}", "eth0")
+    with IPRoute(netns=pod.netns) as pr:
+        idx = pr.link_lookup(ifname="eth0")[0]
+        pod_mac = pr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+        net6.wire_pod(pr, idx, v6, host_mac)
+    with in_netns(node_netns), IPRoute() as ipr:
+        net6.wire_host(ipr, pod.host_ifindex, v6, pod_mac)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import bisect
 import functools
 import json
 import os
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 
 from agent.core.ports import ClusterPeers, IdentityUnavailable, PeerNode
 from kvstore.cluster import Cluster
@@ -50,7 +50,7 @@ class KvstoreState:
         self._cluster: Cluster | None = None
         self._on_change: Callable[[], None] | None = None
         self._ids: dict[frozenset[str], int] = {}
-        self._published: dict[IPv4Address, int] = {}
+        self._published: dict[IPv4Address | IPv6Address, int] = {}
         self._view: ClusterView | None = None
         self._peers = ClusterPeers()
         self._refused: list[str] = []
@@ -89,7 +89,10 @@ class KvstoreState:
     def _save(self, view: ClusterView) -> None:
         doc = {
             "revision": view.revision,
-            "nodes": {n.name: {"ip": str(n.ip), "pod_cidr": str(n.pod_cidr)} for n in view.nodes.values()},
+            "nodes": {
+                n.name: {"ip": str(n.ip), "pod_cidr": str(n.pod_cidr), "pod_cidr6": _str(n.pod_cidr6), "ip6": _str(n.ip6)}
+                for n in view.nodes.values()
+            },
             "endpoints": {str(e.ip): [e.identity, e.node] for e in view.endpoints.values()},
             "identities": {str(i): sorted(ls) for i, ls in view.identities.items()},
         }
@@ -108,12 +111,16 @@ class KvstoreState:
             doc = json.loads(path.read_text())
             view = ClusterView(
                 nodes={
-                    name: NodeInfo(name=name, ip=IPv4Address(n["ip"]), pod_cidr=IPv4Network(n["pod_cidr"]))
+                    name: NodeInfo(
+                        name=name, ip=IPv4Address(n["ip"]), pod_cidr=IPv4Network(n["pod_cidr"]),
+                        pod_cidr6=IPv6Network(n["pod_cidr6"]) if n.get("pod_cidr6") else None,
+                        ip6=IPv6Address(n["ip6"]) if n.get("ip6") else None,
+                    )
                     for name, n in doc["nodes"].items()
                     if name != self.node.name
                 },
                 endpoints={
-                    IPv4Address(ip): RemoteEndpoint(ip=IPv4Address(ip), identity=int(ident), node=node)
+                    ip_address(ip): RemoteEndpoint(ip=ip_address(ip), identity=int(ident), node=node)
                     for ip, (ident, node) in doc["endpoints"].items()
                 },
                 identities={int(i): frozenset(ls) for i, ls in doc["identities"].items()},
@@ -142,7 +149,7 @@ class KvstoreState:
         self._ids[labels] = ident
         return ident
 
-    async def publish(self, endpoints: Mapping[IPv4Address, tuple[int, frozenset[str]]]) -> None:
+    async def publish(self, endpoints: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]]) -> None:
         assert self._cluster is not None, "start() first"
         for addr in [a for a in self._published if a not in endpoints]:
             await self._cluster.remove_endpoint(addr)
@@ -204,40 +211,64 @@ def trusted_peers(view: ClusterView, me: NodeInfo) -> tuple[ClusterPeers, list[s
     endpoints plus n log n over the nodes (sorted ranges, not pairs).
     """
     nodes, refused = _trusted_nodes(tuple(sorted(view.nodes.items())), me)
-    endpoints: dict[IPv4Address, tuple[int, frozenset[str]]] = {}
+    endpoints: dict[IPv4Address | IPv6Address, tuple[int, frozenset[str]]] = {}
     identities = view.identities
     for ep in view.endpoints.values():
         owner = nodes.get(ep.node)
-        if owner is None or ep.ip not in owner.pod_cidr:
+        cidr = None if owner is None else (owner.pod_cidr6 if ep.ip.version == 6 else owner.pod_cidr)
+        if cidr is None or ep.ip not in cidr:
             refused.append(f"endpoint {ep.ip} of node {ep.node}: not inside that node's pod CIDR")
             continue
         endpoints[ep.ip] = (ep.identity, identities.get(ep.identity, frozenset()))
     return ClusterPeers(nodes, endpoints), refused
 
 
+def _str(v: object) -> str | None:
+    return None if v is None else str(v)
+
+
+def _span(cidr: IPv4Network | IPv6Network) -> tuple[int, int]:
+    return int(cidr.network_address), int(cidr.broadcast_address)
+
+
 @functools.lru_cache(maxsize=4)
 def _trusted_nodes_cached(items: tuple, me: NodeInfo) -> tuple[dict[str, PeerNode], tuple[str, ...]]:
-    taken: list[tuple[int, int, str]] = [(int(me.pod_cidr.network_address), int(me.pod_cidr.broadcast_address), "")]
+    # Per family, the pod CIDRs taken so far as sorted (lo, hi, node) ranges.
+    taken: dict[int, list[tuple[int, int, str]]] = {4: [(*_span(me.pod_cidr), "")], 6: []}
+    if me.pod_cidr6 is not None:
+        taken[6].append((*_span(me.pod_cidr6), ""))
     refused: list[str] = []
     nodes: dict[str, PeerNode] = {}
     for name, n in items:
-        lo, hi = int(n.pod_cidr.network_address), int(n.pod_cidr.broadcast_address)
-        at = bisect.bisect_left(taken, (lo, hi, name))
-        # CIDRs either nest or are disjoint: only the neighbours can overlap.
-        clash = next((t for t in taken[max(at - 1, 0) : at + 1] if t[0] <= hi and lo <= t[1]), None)
+        cidrs = [c for c in (n.pod_cidr, n.pod_cidr6) if c is not None]
+        clash = next(((c, t) for c in cidrs if (t := _overlap(taken[c.version], c, name)) is not None), None)
         if clash is not None:
-            whose = "this node's" if clash[2] == "" else f"node {clash[2]}'s"
-            refused.append(f"node {name}: pod CIDR {n.pod_cidr} overlaps {whose} pod CIDR")
+            cidr, t = clash
+            whose = "this node's" if t[2] == "" else f"node {t[2]}'s"
+            refused.append(f"node {name}: pod CIDR {cidr} overlaps {whose} pod CIDR")
             continue
-        taken.insert(at, (lo, hi, name))
-        nodes[name] = PeerNode(n.name, n.ip, n.pod_cidr)
+        for c in cidrs:
+            bisect.insort(taken[c.version], (*_span(c), name))
+        nodes[name] = PeerNode(n.name, n.ip, n.pod_cidr, n.pod_cidr6, n.ip6)
     for name, peer in list(nodes.items()):
-        addr = int(peer.ip)
-        at = bisect.bisect_right(taken, (addr, 2**32, "\uffff"))
-        if at and taken[at - 1][0] <= addr <= taken[at - 1][1]:
-            refused.append(f"node {name}: address {peer.ip} is inside a pod CIDR")
-            del nodes[name]
+        for addr in (peer.ip, peer.ip6):
+            if addr is None:
+                continue
+            ranges, a = taken[addr.version], int(addr)
+            at = bisect.bisect_right(ranges, (a, 2**128, "\uffff"))
+            if at and ranges[at - 1][0] <= a <= ranges[at - 1][1]:
+                refused.append(f"node {name}: address {addr} is inside a pod CIDR")
+                del nodes[name]
+                break
     return nodes, tuple(refused)
+
+
+def _overlap(ranges: list[tuple[int, int, str]], cidr: IPv4Network | IPv6Network, name: str) -> tuple[int, int, str] | None:
+    """The taken range `cidr` overlaps, if any. CIDRs either nest or are
+    disjoint: only the neighbours of its sorted position can overlap."""
+    lo, hi = _span(cidr)
+    at = bisect.bisect_left(ranges, (lo, hi, name))
+    return next((t for t in ranges[max(at - 1, 0) : at + 1] if t[0] <= hi and lo <= t[1]), None)
 
 
 def _trusted_nodes(items: tuple, me: NodeInfo) -> tuple[dict[str, PeerNode], list[str]]:

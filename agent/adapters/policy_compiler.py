@@ -65,7 +65,10 @@ class RealCompiler:
     def set_host_ips(self, ips: Iterable[IPv4Address | IPv6Address]) -> None:
         self._c.set_host_ips(ips)
 
-    def set_remote(self, endpoints: Mapping[IPv4Address, tuple[int, frozenset[str]]], node_ips: Iterable[IPv4Address]) -> None:
+    def set_remote(
+        self, endpoints: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]],
+        node_ips: Iterable[IPv4Address | IPv6Address],
+    ) -> None:
         self._c.set_remote(endpoints, node_ips)
 
     def compile(self, revision: int) -> CompiledState:

@@ -4,13 +4,18 @@ etcd`; the node then needs its address on the underlay (`--node-ip`, found
 from the route to the first etcd endpoint when omitted, or the first global
 address when etcd is on this machine) and the CIDR its
 pods get addresses from (`--pod-cidr`, the range of its host-local IPAM).
-`--node-name` is shared with the Kubernetes flags."""
+Dual-stack nodes give `--pod-cidr` once per family and need an IPv6 address
+on the underlay too (`--node-ip` once per family; found on the IPv4
+address's interface when omitted): other nodes route the IPv6 pods via it.
+The underlay and the first pod CIDR are IPv4: an IPv6-only cluster is not
+supported yet. `--node-name` is shared with the
+Kubernetes flags."""
 
 from __future__ import annotations
 
 import argparse
 import socket
-from ipaddress import IPv4Address, IPv4Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,8 +33,15 @@ def add_kvstore_flags(a: argparse.ArgumentParser) -> None:
         "(endpoints, trusted-ca-file, cert-file, key-file as Cilium's etcd config)",
     )
     g.add_argument("--kvstore-lease-ttl", type=float, default=None, help="seconds this node's entries outlive it when it dies (default: the store module's)")
-    g.add_argument("--node-ip", default=None, help="this node's address on the underlay (default: the source address towards the first etcd endpoint; with etcd on this machine, its first global address)")
-    g.add_argument("--pod-cidr", default=None, help="the CIDR this node's pods get addresses from (other nodes route it to --node-ip)")
+    g.add_argument(
+        "--node-ip", action="append", default=[],
+        help="this node's address on the underlay, once per family (IPv4 default: the source address towards the first "
+        "etcd endpoint; with etcd on this machine, its first global address); an IPv6 one carries the IPv6 pods' routes",
+    )
+    g.add_argument(
+        "--pod-cidr", action="append", default=[],
+        help="the CIDR this node's pods get addresses from, once per family (other nodes route it to --node-ip)",
+    )
 
 
 def _node_ip(endpoints: tuple[str, ...]) -> IPv4Address:
@@ -59,6 +71,20 @@ def _node_ip(endpoints: tuple[str, ...]) -> IPv4Address:
     raise ClusterFlagError(f"--node-ip: not given, and this node has no non-loopback address to reach {endpoints[0]} with; pass --node-ip")
 
 
+def _one_per_family(flag: str, values: list[str], parse) -> dict:
+    """{4: ..., 6: ...} from a repeatable flag; at most one of each family."""
+    out: dict = {}
+    for text in values:
+        try:
+            v = parse(text)
+        except ValueError as exc:
+            raise ClusterFlagError(f"{flag} {text!r}: {exc}") from None
+        if v.version in out:
+            raise ClusterFlagError(f"{flag}: given twice for IPv{v.version} ({out[v.version]} and {v}); once per family")
+        out[v.version] = v
+    return out
+
+
 def shared_state_from_args(args: argparse.Namespace, state_dir: Path):
     """(SharedState, node ip) for `--kvstore etcd`, or (None, None)."""
     if args.kvstore is None:
@@ -74,18 +100,28 @@ def shared_state_from_args(args: argparse.Namespace, state_dir: Path):
         config = parse_kvstore_opts(args.kvstore_opt)
     except KvstoreConfigError as exc:
         raise ClusterFlagError(str(exc)) from None
-    if args.pod_cidr is None:
-        raise ClusterFlagError("--pod-cidr: required with --kvstore (the CIDR this node's pods get addresses from)")
-    try:
-        pod_cidr = IPv4Network(args.pod_cidr)
-    except ValueError as exc:
-        raise ClusterFlagError(f"--pod-cidr {args.pod_cidr!r}: {exc}") from None
-    try:
-        node_ip = IPv4Address(args.node_ip) if args.node_ip else _node_ip(config.endpoints)
-    except ValueError as exc:
-        raise ClusterFlagError(f"--node-ip {args.node_ip!r}: {exc}") from None
-    if node_ip in pod_cidr:
-        raise ClusterFlagError(f"--node-ip {node_ip} is inside --pod-cidr {pod_cidr}")
-    node = NodeInfo(name=args.node_name or socket.gethostname(), ip=node_ip, pod_cidr=pod_cidr)
+    cidrs = _one_per_family("--pod-cidr", args.pod_cidr, ip_network)
+    if 4 not in cidrs:
+        raise ClusterFlagError("--pod-cidr: an IPv4 CIDR is required with --kvstore (the CIDR this node's pods get addresses from)")
+    ips = _one_per_family("--node-ip", args.node_ip, ip_address)
+    node_ip = ips.get(4) or _node_ip(config.endpoints)
+    pod_cidr, pod_cidr6, node_ip6 = cidrs[4], cidrs.get(6), ips.get(6)
+    if pod_cidr6 is not None and node_ip6 is None:
+        from redirect.node_routes import ipv6_of_device
+
+        node_ip6 = ipv6_of_device(node_ip)
+        if node_ip6 is None:
+            raise ClusterFlagError(
+                f"--pod-cidr {pod_cidr6}: the other nodes need an IPv6 address of this node to route it to, and the "
+                f"interface holding {node_ip} has no global IPv6 address; give one with --node-ip"
+            )
+    for ip in (node_ip, node_ip6):
+        for cidr in (pod_cidr, pod_cidr6):
+            if ip is not None and cidr is not None and ip.version == cidr.version and ip in cidr:
+                raise ClusterFlagError(f"--node-ip {ip} is inside --pod-cidr {cidr}")
+    assert isinstance(node_ip, IPv4Address) and isinstance(pod_cidr, IPv4Network)
+    assert pod_cidr6 is None or isinstance(pod_cidr6, IPv6Network)
+    assert node_ip6 is None or isinstance(node_ip6, IPv6Address)
+    node = NodeInfo(name=args.node_name or socket.gethostname(), ip=node_ip, pod_cidr=pod_cidr, pod_cidr6=pod_cidr6, ip6=node_ip6)
     kw = {} if args.kvstore_lease_ttl is None else {"lease_ttl": args.kvstore_lease_ttl}
     return KvstoreState(config, node, state_dir, **kw), node_ip

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from agent.core.ports import ClusterPeers, EndpointSpec, IdentityUnavailable, NodeRouting, PeerNode, SharedState
 from policy.identity import identity_labels
@@ -45,7 +45,7 @@ class ClusterSync:
         self._known = known
         self._taken: ClusterPeers | None = None
         self._routed: Mapping[str, PeerNode] | None = None
-        self._published: dict[IPv4Address, tuple[int, frozenset[str]]] | None = None
+        self._published: dict[IPv4Address | IPv6Address, tuple[int, frozenset[str]]] | None = None
 
     async def identities(self, specs: Iterable[EndpointSpec]) -> tuple[dict[int, int], dict[int, str]]:
         """(endpoint id -> identity, endpoint id -> why it has none yet)."""
@@ -77,7 +77,7 @@ class ClusterSync:
         self._taken = peers
         return peers
 
-    async def after_apply(self, local: Mapping[IPv4Address, tuple[int, frozenset[str]]]) -> None:
+    async def after_apply(self, local: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]]) -> None:
         """Publish this node's endpoints and follow the node list with routes."""
         if local != self._published:
             await self.shared.publish(local)
@@ -91,5 +91,6 @@ class ClusterSync:
                 log.exception("setting the routes to the other nodes failed; retried at the next regeneration")
 
 
-def node_ips(peers: ClusterPeers) -> list[IPv4Address]:
-    return [n.ip for n in peers.nodes.values()]
+def node_ips(peers: ClusterPeers) -> list[IPv4Address | IPv6Address]:
+    """The other nodes' addresses (remote-node), both families."""
+    return [a for n in peers.nodes.values() for a in (n.ip, n.ip6) if a is not None]

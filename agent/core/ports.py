@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -132,7 +132,10 @@ class PolicyCompiler(Protocol):
         """Addresses that carry the `host` identity in the ipcache."""
         ...
 
-    def set_remote(self, endpoints: Mapping[IPv4Address, tuple[int, frozenset[str]]], node_ips: Iterable[IPv4Address]) -> None:
+    def set_remote(
+        self, endpoints: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]],
+        node_ips: Iterable[IPv4Address | IPv6Address],
+    ) -> None:
         """Cluster mode: the other nodes' endpoints (address -> identity,
         labels) and addresses, whole; peers in policy, never its subjects."""
         ...
@@ -426,6 +429,8 @@ class PeerNode:
     name: str
     ip: IPv4Address
     pod_cidr: IPv4Network
+    pod_cidr6: IPv6Network | None = None
+    ip6: IPv6Address | None = None  # None: its IPv6 pods are reached via `ip`
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,7 +438,7 @@ class ClusterPeers:
     """The rest of the cluster as the shared store last showed it."""
 
     nodes: Mapping[str, PeerNode] = field(default_factory=dict)
-    endpoints: Mapping[IPv4Address, tuple[int, frozenset[str]]] = field(default_factory=dict)  # address -> identity, labels
+    endpoints: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]] = field(default_factory=dict)  # address -> identity, labels
 
 
 class IdentityUnavailable(Exception):
@@ -459,7 +464,7 @@ class SharedState(Protocol):
         use, referenced by this node). Raises IdentityUnavailable."""
         ...
 
-    async def publish(self, endpoints: Mapping[IPv4Address, tuple[int, frozenset[str]]]) -> None:
+    async def publish(self, endpoints: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]]) -> None:
         """This node's endpoints, whole (address -> identity, labels); label
         sets no local endpoint has any more lose this node's reference.
         Kept as desired state and written whenever the store is reachable."""

@@ -231,15 +231,18 @@ class Regenerator:
             self.on_report(report)
         return report
 
-    def _local_endpoints(self) -> dict[IPv4Address, tuple[int, frozenset[str]]]:
-        """What this node publishes: each endpoint with an address and an identity."""
+    def _local_endpoints(self) -> dict[IPv4Address | IPv6Address, tuple[int, frozenset[str]]]:
+        """What this node publishes: each address (either family) of each
+        endpoint that has an identity."""
         labels = self.compile_step.compiler.identity_labels()
-        out: dict[IPv4Address, tuple[int, frozenset[str]]] = {}
+        out: dict[IPv4Address | IPv6Address, tuple[int, frozenset[str]]] = {}
         for eid in self.table.ids():
             rec, live = self.table.record(eid), self.table.live(eid)
-            if rec is None or live is None or rec.ipv4 is None or live.identity is None or not self.compile_step.holds(eid):
+            if rec is None or live is None or live.identity is None or not self.compile_step.holds(eid):
                 continue
-            out[rec.ipv4] = (live.identity, labels.get(live.identity, frozenset()))
+            for addr in (rec.ipv4, rec.ipv6):
+                if addr is not None:
+                    out[addr] = (live.identity, labels.get(live.identity, frozenset()))
         return out
 
     def _record(self, state: CompiledState, endpoints: Mapping[int, EndpointPolicy], changed: set[int], failures: Mapping[int, Failure]) -> None:

@@ -14,7 +14,7 @@ import pytest
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
-        (["--kvstore", "etcd", "--kvstore-opt", "etcd.endpoints=http://127.0.0.1:2379"], "--pod-cidr: required with --kvstore"),
+        (["--kvstore", "etcd", "--kvstore-opt", "etcd.endpoints=http://127.0.0.1:2379"], "--pod-cidr: an IPv4 CIDR is required with --kvstore"),
         (["--kvstore", "etcd", "--kvstore-opt", "etcd.endpoints=ftp://127.0.0.1:2379", "--pod-cidr", "10.251.1.0/24"], "etcd.endpoints"),
         (["--kvstore", "etcd", "--kvstore-opt", "etcd.nonsense=1", "--pod-cidr", "10.251.1.0/24"], "etcd.nonsense"),
         (["--kvstore", "etcd", "--pod-cidr", "10.251.1.0/24"], "endpoints"),
@@ -24,8 +24,23 @@ import pytest
             "inside --pod-cidr",
         ),
         (["--pod-cidr", "10.251.1.0/24"], "without --kvstore etcd"),
+        (
+            ["--kvstore", "etcd", "--kvstore-opt", "etcd.endpoints=http://127.0.0.1:2379", "--pod-cidr", "10.251.1.0/24",
+             "--pod-cidr", "10.252.1.0/24"],
+            "--pod-cidr: given twice for IPv4",
+        ),
+        (
+            ["--kvstore", "etcd", "--kvstore-opt", "etcd.endpoints=http://127.0.0.1:2379", "--pod-cidr", "fd00:10:1::/64"],
+            "an IPv4 CIDR is required",
+        ),
+        (
+            ["--kvstore", "etcd", "--kvstore-opt", "etcd.endpoints=http://127.0.0.1:2379", "--pod-cidr", "10.251.1.0/24",
+             "--pod-cidr", "fd00:10:1::/64", "--node-ip", "10.250.0.1", "--node-ip", "fd00:10:1::9"],
+            "--node-ip fd00:10:1::9 is inside --pod-cidr fd00:10:1::/64",
+        ),
     ],
-    ids=["no-pod-cidr", "bad-scheme", "unknown-option", "no-endpoints", "bad-cidr", "node-ip-in-pod-cidr", "no-kvstore"],
+    ids=["no-pod-cidr", "bad-scheme", "unknown-option", "no-endpoints", "bad-cidr", "node-ip-in-pod-cidr", "no-kvstore",
+         "two-ipv4-cidrs", "ipv6-cidr-alone", "node-ipv6-in-pod-cidr6"],
 )
 def test_a_wrong_cluster_flag_is_named(agent_cli, tmp_path: Path, flags: list[str], says: str) -> None:
     out = agent_cli(tmp_path, *flags)

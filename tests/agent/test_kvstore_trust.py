@@ -4,7 +4,7 @@ business with (agent/adapters/kvstore_state.trusted_peers)."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from agent.adapters.kvstore_state import trusted_peers
 from kvstore.model import ClusterView, NodeInfo, RemoteEndpoint
@@ -46,3 +46,50 @@ def test_a_node_address_inside_a_pod_cidr_is_refused():
     odd = NodeInfo(name="e", ip=IPv4Address("10.251.1.77"), pod_cidr=IPv4Network("10.251.5.0/24"))
     peers, refused = trusted_peers(view([odd], []), ME)
     assert peers.nodes == {} and "inside a pod CIDR" in refused[0]
+
+
+# -- IPv6 (dual-stack nodes) -----------------------------------------------------
+
+ME6 = NodeInfo(name="a", ip=IPv4Address("10.250.0.1"), pod_cidr=IPv4Network("10.251.1.0/24"),
+               pod_cidr6=IPv6Network("fd00:10:251:1::/64"))
+B6 = NodeInfo(name="b", ip=IPv4Address("10.250.0.2"), pod_cidr=IPv4Network("10.251.2.0/24"),
+              pod_cidr6=IPv6Network("fd00:10:251:2::/64"))
+
+
+def test_an_ipv6_endpoint_is_believed_only_inside_its_nodes_ipv6_pod_cidr():
+    good = RemoteEndpoint(ip=IPv6Address("fd00:10:251:2::9"), identity=300, node="b")
+    mine = RemoteEndpoint(ip=IPv6Address("fd00:10:251:1::9"), identity=300, node="b")  # this node's range
+    world = RemoteEndpoint(ip=IPv6Address("2001:db8::7"), identity=300, node="b")
+    peers, refused = trusted_peers(view([B6], [good, mine, world]), ME6)
+    assert peers.endpoints == {good.ip: (300, LABELS)}
+    assert len(refused) == 2
+    # A node that published no IPv6 pod CIDR owns no IPv6 address at all.
+    peers, refused = trusted_peers(view([B], [good]), ME6)
+    assert peers.endpoints == {} and "not inside that node's pod CIDR" in refused[0]
+
+
+def test_a_node_claiming_an_overlapping_ipv6_pod_cidr_gets_no_route():
+    thief = NodeInfo(name="c", ip=IPv4Address("10.250.0.3"), pod_cidr=IPv4Network("10.251.3.0/24"),
+                     pod_cidr6=IPv6Network("fd00:10:251::/48"))  # covers this node's and b's
+    peers, refused = trusted_peers(view([B6, thief], []), ME6)
+    assert set(peers.nodes) == {"b"} and any("fd00:10:251::/48 overlaps" in r for r in refused)
+    odd = NodeInfo(name="e", ip=IPv4Address("10.250.0.5"), pod_cidr=IPv4Network("10.251.5.0/24"),
+                   pod_cidr6=IPv6Network("fd00:10:251:5::/64"), ip6=IPv6Address("fd00:10:251:1::1"))
+    peers, refused = trusted_peers(view([odd], []), ME6)
+    assert peers.nodes == {} and "address fd00:10:251:1::1 is inside a pod CIDR" in refused[0]
+
+
+def test_ipv6_pod_cidrs_route_via_the_nodes_ipv6_address():
+    from agent.adapters.node_routing import routes_to
+
+    with_ip6 = NodeInfo(name="c", ip=IPv4Address("10.250.0.3"), pod_cidr=IPv4Network("10.251.3.0/24"),
+                        pod_cidr6=IPv6Network("fd00:10:251:3::/64"), ip6=IPv6Address("2001:db8::3"))
+    peers, _ = trusted_peers(view([B6, with_ip6, NodeInfo(name="d", ip=IPv4Address("10.250.0.4"),
+                                                              pod_cidr=IPv4Network("10.251.4.0/24"))], []), ME6)
+    assert routes_to(peers.nodes, ME6.ip) == {
+        IPv4Network("10.251.2.0/24"): IPv4Address("10.250.0.2"),
+        # b published no IPv6 address: no route (Linux takes no IPv4 next hop for IPv6)
+        IPv4Network("10.251.3.0/24"): IPv4Address("10.250.0.3"),
+        IPv6Network("fd00:10:251:3::/64"): IPv6Address("2001:db8::3"),
+        IPv4Network("10.251.4.0/24"): IPv4Address("10.250.0.4"),
+    }

@@ -114,6 +114,28 @@ def test_l7_rules_apply_across_nodes(world: World) -> None:
     assert world.request("xwing", *LAND, timeout=1.0).get("error") == "timeout"
 
 
+def test_the_same_policy_holds_over_ipv6_across_nodes(world: World) -> None:
+    """The pods are dual-stack: node 2's IPv6 endpoints reach node 1 through
+    etcd (their /128s with their identities) and the IPv6 pod CIDR route, and
+    the L7 policy still in force judges them by the same identities."""
+    home, away = world.home, world.away
+    ds6 = f"[{home.pods['deathstar'].ip6}]:80"
+    tie6 = away.pods["tiefighter"].ip6
+    assert tie6 and home.pods["deathstar"].ip6
+    seen = lambda: [ln for ln in world.server.snapshot() if ln.get("client") == tie6]  # noqa: E731
+    before = len(seen())
+    landed = away.request("tiefighter", LAND[0], ds6, LAND[1])
+    assert landed.get("status") == 200, landed
+    denied = away.request("tiefighter", EXHAUST[0], ds6, EXHAUST[1])
+    assert denied.get("status") == 403, denied
+    assert away.request("xwing", LAND[0], ds6, LAND[1], timeout=1.0).get("error") == "timeout"
+    # Original source across nodes: the deathstar saw the tiefighter's own
+    # IPv6 address, for the landing only.
+    assert [(h["method"], h["path"]) for h in seen()[before:]] == [LAND], seen()[before:]
+    peers = home.ciliate_json("status")["kvstore"]
+    assert peers["remote_endpoints"] == 4, peers  # two ships, two addresses each
+
+
 def test_sender_egress_and_receiver_ingress_l7_both_hold(world: World) -> None:
     """The ship's node proxies its egress (Envoy upstream to the other node,
     keeping the ship's address), the deathstar's node proxies its ingress:
@@ -178,7 +200,8 @@ def test_etcd_down_keeps_enforcing_and_a_new_pod_waits_for_its_identity(world: W
         lambda: world.away.ciliate_json("endpoint", "get", str(world.away.pods["ywing"].endpoint_id))["state"] == "ready",
         timeout=30,
     )
-    wait_for("node 1 to see the new pod", lambda: world.home.status()["kvstore"]["remote_endpoints"] == 3, timeout=30)
+    # two ships and the new pod, each with an IPv4 and an IPv6 address
+    wait_for("node 1 to see the new pod", lambda: world.home.status()["kvstore"]["remote_endpoints"] == 6, timeout=30)
     ids = world.cluster.identities()
     assert len(set(ids["ywing"].values())) == 1 and None not in ids["ywing"].values(), ids
 

@@ -8,7 +8,7 @@ import select
 import socket
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Iterable
 
 from policy.compiled import (
@@ -47,22 +47,33 @@ class Ep:
     pod: Pod
 
 
-def endpoint(ep: Ep, entries: Iterable[PolicyEntry] = (), ingress: bool = True, egress: bool = True) -> EndpointPolicy:
+def endpoint(ep: Ep, entries: Iterable[PolicyEntry] = (), ingress: bool = True, egress: bool = True,
+             ipv6: IPv6Address | None = None) -> EndpointPolicy:
     return EndpointPolicy(ep.endpoint_id, ep.identity, ep.pod.ip, ingress, egress,
-                          tuple(sorted(entries, key=lambda e: e.key)))
+                          tuple(sorted(entries, key=lambda e: e.key)), ipv6=ipv6)
+
+
+NODE6 = IPv6Address("fd00:201::fffe")  # the node's IPv6 toward its pods (tests that wire IPv6)
 
 
 def state(revision: int, endpoints: Iterable[EndpointPolicy], extra_ipcache: dict[str, int] | None = None,
           all_ips: dict[IPv4Address, int] | None = None) -> CompiledState:
+    """The compiled state a dual-stack node would have: world and host for
+    each family, every endpoint's /32 and /128, and `extra_ipcache`
+    (prefixes of either family)."""
     eps = {e.endpoint_id: e for e in endpoints}
-    ipc: dict[IPv4Network, int] = {IPv4Network("0.0.0.0/0"): 2, IPv4Network(f"{GATEWAY}/32"): 1}
+    ipc: dict[IPv4Network | IPv6Network, int] = {
+        IPv4Network("0.0.0.0/0"): 2, IPv4Network(f"{GATEWAY}/32"): 1, IPv6Network("::/0"): 2, IPv6Network(f"{NODE6}/128"): 1,
+    }
     for ip, ident in (all_ips or {}).items():
         ipc[IPv4Network(f"{ip}/32")] = ident
     for e in eps.values():
         if e.ipv4 is not None:
             ipc[IPv4Network(f"{e.ipv4}/32")] = e.identity
+        if e.ipv6 is not None:
+            ipc[IPv6Network(f"{e.ipv6}/128")] = e.identity
     for net, ident in (extra_ipcache or {}).items():
-        ipc[IPv4Network(net)] = ident
+        ipc[IPv4Network(net) if ":" not in net else IPv6Network(net)] = ident
     return CompiledState(revision, eps, ipc)
 
 

@@ -12,46 +12,27 @@ import select
 import socket
 import subprocess
 from collections.abc import Iterator
-from ipaddress import IPv6Address, IPv6Network
+from ipaddress import IPv6Address
 from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute
 
 from agent.adapters.kernel_datapath import DISABLE_IPV6, KernelDatapath
-from agent.cni import net6
-from agent.cni.addressing import IPv6Plan
 from agent.core.ports import EndpointUnsupported
 from policy.compiled import EndpointPolicy, Verdict
 from redirect import conntrack, tc
 from redirect.datapath import BLOCK_NAME, Datapath
 from redirect.layout import EventVerdict, Reason
 from tests.datapath.conftest import ENDPOINT_IDS, IDENTITIES, Install
-from tests.datapath.support import EGRESS, INGRESS, TCP, UDP, Ep, rule, state, tcp_flow_passes
-from tests.kernelnode import Pod, in_netns
+from tests.datapath.support import EGRESS, INGRESS, NODE6, TCP, UDP, Ep, endpoint, rule, state, tcp_flow_passes
+from tests.kernelnode import Pod, in_netns, wire_ipv6
 
 pytestmark = pytest.mark.privileged
 
-NODE6 = IPv6Address("fd00:201::fffe")
 IPV6 = {"a": IPv6Address("fd00:201::2"), "b": IPv6Address("fd00:201::3"), "c": IPv6Address("fd00:201::9")}
 WAIT, DENIED_WAIT = 2.0, 0.4
 IPV6_FREEBIND = 78  # linux/in6.h: bind to an address the pod does not own (a forged source)
-
-
-def _wire_ipv6(node_netns: str | None, pod: Pod) -> None:
-    """What ciliate-cni does for a dual-stack pod's IPv6, on the test node's veth."""
-    v6 = IPv6Plan(IPV6[pod.name], NODE6)
-    with in_netns(node_netns):
-        net6.enable_on_host(pod.host_ifname)
-        with IPRoute() as ipr:
-            host_mac = ipr.get_links(pod.host_ifindex)[0].get_attr("IFLA_ADDRESS")
-    net6.enable_in_pod(f"/run/netns/{pod.netns}", "eth0")
-    with IPRoute(netns=pod.netns) as pr:
-        idx = pr.link_lookup(ifname="eth0")[0]
-        pod_mac = pr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
-        net6.wire_pod(pr, idx, v6, host_mac)
-    with in_netns(node_netns), IPRoute() as ipr:
-        net6.wire_host(ipr, pod.host_ifindex, v6, pod_mac)
 
 
 def _sock6(pod: Pod, kind: int) -> socket.socket:
@@ -113,22 +94,11 @@ def udp6_roundtrip(client: Pod, server: Pod, port: int, expect: bool, src: IPv6A
 
 
 def endpoint6(ep: Ep, entries=(), ingress: bool = True, egress: bool = True) -> EndpointPolicy:
-    return EndpointPolicy(ep.endpoint_id, ep.identity, ep.pod.ip, ingress, egress,
-                          tuple(sorted(entries, key=lambda e: e.key)), ipv6=IPV6[ep.pod.name])
+    return endpoint(ep, entries, ingress, egress, ipv6=IPV6[ep.pod.name])
 
 
 def state6(revision: int, endpoints, extra6: dict[str, int] | None = None):
-    """Both families' ipcache: world for each, the node, each endpoint's /32 and /128."""
-    st = state(revision, endpoints)
-    ipc = dict(st.ipcache)
-    ipc[IPv6Network("::/0")] = 2
-    ipc[IPv6Network(f"{NODE6}/128")] = 1
-    for ep in st.endpoints.values():
-        if ep.ipv6 is not None:
-            ipc[IPv6Network(f"{ep.ipv6}/128")] = ep.identity
-    for net, ident in (extra6 or {}).items():
-        ipc[IPv6Network(net)] = ident
-    return type(st)(st.revision, st.endpoints, ipc)
+    return state(revision, endpoints, extra6)
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +106,8 @@ def node6() -> Iterator[Install]:
     from tests.datapath.conftest import make_install
 
     with make_install(attach=()) as inst:
-        with in_netns(inst.node.netns):  # the node forwards IPv6, as kernelnode makes it forward IPv4
-            Path("/proc/sys/net/ipv6/conf/all/forwarding").write_text("1")
         for name in ("a", "b", "c"):
-            _wire_ipv6(inst.node.netns, inst.node.pods[name])
+            wire_ipv6(inst.node.netns, inst.node.pods[name], str(IPV6[name]), str(NODE6))
         assert tcp6_passes(inst.node.pods["a"], inst.node.pods["b"], 8080, True), "the wiring carries IPv6"
         for name in ("a", "b"):
             p = inst.node.pods[name]
@@ -250,10 +218,8 @@ def own_install(fresh_install) -> Iterator[Install]:
     with fresh_install(attach=()) as inst:
         inst.dp.close()  # the adapter owns the install from here
         try:
-            with in_netns(inst.node.netns):
-                Path("/proc/sys/net/ipv6/conf/all/forwarding").write_text("1")
             for name in ("a", "c"):
-                _wire_ipv6(inst.node.netns, inst.node.pods[name])
+                wire_ipv6(inst.node.netns, inst.node.pods[name], str(IPV6[name]), str(NODE6))
             yield inst
         finally:
             inst.dp = Datapath(inst.pin_dir, inst.state_dir, netns=inst.node.netns)  # teardown adopts it all

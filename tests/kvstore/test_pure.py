@@ -3,7 +3,7 @@ publisher's plan. No etcd."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 from hypothesis import given
@@ -48,6 +48,8 @@ def test_bad_labels_are_refused(bad):
         pytest.param(b"ciliate/state/identities/v1/refs/300/a/b", None, id="ref-bad-node"),
         pytest.param(b"ciliate/state/nodes/v1/a", layout.Key("node", node="a"), id="node"),
         pytest.param(b"ciliate/state/ip/v1/10.0.0.1", layout.Key("ip", ip=IPv4Address("10.0.0.1")), id="ip"),
+        pytest.param(b"ciliate/state/ip/v1/fd00:10::5", layout.Key("ip", ip=IPv6Address("fd00:10::5")), id="ipv6"),
+        pytest.param(b"ciliate/state/ip/v1/fd00:10:0::5", None, id="ipv6-not-canonical"),
         pytest.param(b"ciliate/state/ip/v1/not-an-ip", None, id="ip-bad"),
         pytest.param(b"ciliate/state/other", None, id="unknown"),
         pytest.param(b"\xff", None, id="not-utf8"),
@@ -140,3 +142,10 @@ def test_plan_adds_before_deletes_and_leaves_foreign_keys_alone():
     ]
     assert plan(desired, refs, realized, lease_id=7, may_delete=lambda k: False)[-1] != Delete(ip2, 5)
     assert plan(desired, refs, realized, lease_id=9, may_delete=lambda k: False, keys=[ip1]) == []
+
+
+def test_a_dual_stack_node_record_round_trips_and_an_older_one_still_reads():
+    node = NodeInfo(name="a", ip="192.168.0.1", pod_cidr="10.1.0.0/24", pod_cidr6="fd00:10:1::/64")
+    assert layout.parse_node_value(layout.node_value(node)) == node
+    old = layout.parse_node_value(b'{"name":"a","ip":"192.168.0.1","pod_cidr":"10.1.0.0/24"}')
+    assert old is not None and old.pod_cidr6 is None and old.ip6 is None

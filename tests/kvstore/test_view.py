@@ -9,7 +9,7 @@ import asyncio
 import json
 import threading
 import time
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
@@ -51,6 +51,12 @@ async def test_each_node_sees_the_others_node_and_endpoints_not_its_own(clusters
     await b.cluster.remove_endpoint(B_POD)
     await eventually(lambda: B_POD not in a.view.endpoints, what="removal seen")
     assert "ciliate/state/ip/v1/10.2.0.7" not in etcd.get_prefix("ciliate/state/ip/")
+
+    # an IPv6 address is published and seen the same way, under its own key
+    b6 = IPv6Address("fd00:10:2::7")
+    await b.cluster.set_endpoint(b6, 303)
+    await eventually(lambda: a.view.endpoints.get(b6) == RemoteEndpoint(ip=b6, identity=303, node="b"), what="IPv6 seen")
+    assert json.loads(etcd.get_prefix("ciliate/state/ip/")["ciliate/state/ip/v1/fd00:10:2::7"].value) == {"identity": 303, "node": "b"}
 
 
 async def test_a_node_killed_without_revoke_stays_until_its_lease_expires(clusters, etcd):
