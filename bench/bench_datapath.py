@@ -353,6 +353,12 @@ def main() -> None:
                 ns_per_run[f"program {n} entries"] = {
                     h: (after_t[h][0] - before_t[h][0]) / max(1, after_t[h][1] - before_t[h][1]) for h in after_t
                 }
+                before_t = prog_totals(dp, [1, 2])
+                client6.run("rr", args.rr * 2)
+                after_t = prog_totals(dp, [1, 2])
+                ns_per_run[f"program {n} entries IPv6"] = {
+                    h: (after_t[h][0] - before_t[h][0]) / max(1, after_t[h][1] - before_t[h][1]) for h in after_t
+                }
             set_stats(old_stats == "1")
             old_stats = None
             hot = hot_cost(dp, a_pod.ip, b_pod.ip)  # statistics off
@@ -389,11 +395,13 @@ def main() -> None:
               f"{ns_txt} "
               f"{(format(ap_ms, '9.1f') if ap_ms is not None else '        -')}")
     print("\nIPv6 (same blocks, the client's second connection goes to the server's IPv6 address)")
-    print(f"{'configuration':24} {'rr us':>8} {'rr ratio':>9} {'crr us':>8} {'crr ratio':>9}")
+    print(f"{'configuration':24} {'rr us':>8} {'rr ratio':>9} {'crr us':>8} {'crr ratio':>9} {'ns/run from,to':>15}")
     for name in names:
         r, rq = med[name], q[name]
+        ns = ns_per_run.get(f"{name} IPv6")
+        ns_txt = f"{ns['from']:7.0f},{ns['to']:7.0f}" if ns is not None else "              -"
         if "rr6_us" in r:
-            print(f"{name:24} {r['rr6_us']:8.2f} {rq['rr6_us']:9.3f} {r['crr6_us']:8.1f} {rq['crr6_us']:9.3f}")
+            print(f"{name:24} {r['rr6_us']:8.2f} {rq['rr6_us']:9.3f} {r['crr6_us']:8.1f} {rq['crr6_us']:9.3f} {ns_txt}")
     p = q["program 10000 entries"]
     gaps = {m: (p[f"{m}6_us"] - p[f"{m}_us"]) * 100 for m in ("rr", "crr")}
     within = all(abs(g) <= 2.0 for g in gaps.values())
