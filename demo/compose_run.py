@@ -26,13 +26,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from demo.scenario import EXAMPLES, POLICY_FILE, STAGES, Request, Stage
+from demo.scenario import EXAMPLES, IPV6_STAGE, POLICY_FILE, STAGES, Request, Stage
 from demo.stages import run_stages
 from demo.table import print_table
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "deploy" / "policies"
 DEATHSTAR = "10.200.0.10"
+DEATHSTAR6 = "[fd00:10:200::10]"  # docker-compose.yml's CILIATE_IP6
 APPS = ("deathstar", "tiefighter", "xwing")
 
 
@@ -109,8 +110,9 @@ class Project:
             time.sleep(0.3)
         raise ComposeError(f"{example} not enforced after {timeout:.0f}s: {mine}")
 
-    def request(self, ship: str, method: str, path: str) -> dict:
-        out = self.exec(ship, "python", "-m", "demo.apps", "request", method, f"http://{DEATHSTAR}{path}", "--timeout", "3")
+    def request(self, ship: str, method: str, path: str, family: int = 4) -> dict:
+        host = DEATHSTAR6 if family == 6 else DEATHSTAR
+        out = self.exec(ship, "python", "-m", "demo.apps", "request", method, f"http://{host}{path}", "--timeout", "3")
         try:
             return json.loads(out.stdout.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):
@@ -174,9 +176,9 @@ def run(compose: Sequence[str] | None = None, out: TextIO = sys.stdout, keep: bo
                 print(f"  cp examples/starwars/{f} deploy/policies/{POLICY_FILE}", file=out, flush=True)
 
         def send(req: Request) -> dict[str, object]:
-            return project.request(req.ship, req.method, req.path)
+            return project.request(req.ship, req.method, req.path, req.family)
 
-        rows = run_stages(STAGES, out, apply, send)
+        rows = run_stages(STAGES + (IPV6_STAGE,), out, apply, send)
     except ComposeError as exc:
         print(f"compose demo failed: {exc}", file=out)
         return 2

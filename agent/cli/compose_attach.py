@@ -2,7 +2,7 @@
 
 Docker does not speak CNI, so the app containers start with
 `network_mode: none` and say who they are in their environment
-(CILIATE_APP, CILIATE_IP, CILIATE_LABELS="k=v,k=v"). This one-shot service
+(CILIATE_APP, CILIATE_IP, CILIATE_IP6, CILIATE_LABELS="k=v,k=v"). This one-shot service
 asks the Docker API (its socket mounted at /var/run/docker.sock) for the
 running containers of its own compose project (the
 `com.docker.compose.project` label of the container it runs in), so it
@@ -31,6 +31,8 @@ from agent.cni.plugin import run as cni_run
 
 GATEWAY = "10.200.0.1"
 PREFIX = 24
+GATEWAY6 = "fd00:10:200::1"  # the node's IPv6 toward the apps (on ciliate_host)
+PREFIX6 = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,7 @@ class App:
     pid: int
     ip: str
     labels: dict[str, str]
+    ip6: str = ""  # "" for an IPv4-only app
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -100,7 +103,8 @@ def find_apps(api: DockerApi, project: str) -> Iterator[App]:
         pid = int(info["State"].get("Pid") or 0)
         if "CILIATE_APP" not in env or pid <= 0:
             continue
-        yield App(env["CILIATE_APP"], pid, env.get("CILIATE_IP", ""), parse_labels(env.get("CILIATE_LABELS", "")))
+        yield App(env["CILIATE_APP"], pid, env.get("CILIATE_IP", ""), parse_labels(env.get("CILIATE_LABELS", "")),
+                  env.get("CILIATE_IP6", ""))
 
 
 def netconf(app: App, socket: str) -> dict:
@@ -109,7 +113,9 @@ def netconf(app: App, socket: str) -> dict:
         "name": "ciliate-compose",
         "type": "ciliate-cni",
         "agentSocket": socket,
-        "ipam": {"type": "static", "addresses": [{"address": f"{app.ip}/{PREFIX}", "gateway": GATEWAY}]},
+        "ipam": {"type": "static", "addresses": [{"address": f"{app.ip}/{PREFIX}", "gateway": GATEWAY}] + (
+            [{"address": f"{app.ip6}/{PREFIX6}", "gateway": GATEWAY6}] if app.ip6 else []
+        )},
         "args": {"cni": {"labels": [{"key": k, "value": v} for k, v in sorted(app.labels.items())]}},
     }
 

@@ -9,19 +9,18 @@ host, as for IPv4), usable at once (no duplicate address detection: the
 address is the pod's alone, IPAM says so, and DAD would leave it tentative,
 unusable, for a second or more). The pod's next hop is the link-local
 LINK_LOCAL_GATEWAY on its host veth, pinned in the pod's neighbour table to
-the host veth's MAC, so no neighbour discovery is needed (the IPv4-only
-datapath drops ICMPv6, which carries it). Link-local, not the range's
+the host veth's MAC, so no neighbour discovery is needed (the datapath
+passes it too: a pod that flushes the entry resolves again). Link-local, not the range's
 gateway: an IPv6 next hop is link-local by convention (RFC 4861 routers
 advertise theirs so), and one constant on every veth needs no on-link route
 for the pod's prefix. Cilium instead routes via its router's global address
-and answers neighbour solicitations for it in its programs, which this
-datapath cannot yet. The range's gateway still goes on `ciliate_host` as the
+and answers neighbour solicitations for it in its programs. The range's gateway still goes on `ciliate_host` as the
 node's source address toward pods (the host route names it), as for IPv4.
 
 IPv6-only (a result with no IPv4 address): the pod gets only its IPv6 wiring,
-and the endpoint is registered without an IPv4 address; the datapath, which
-keys endpoints by IPv4, keeps its veth dropping everything until the IPv6
-datapath lands (agent/adapters/kernel_datapath.py).
+and the endpoint is registered without an IPv4 address; the datapath
+enforces it by its IPv6 address (on a node with IPv6 disabled it keeps the
+veth dropping everything: agent/adapters/kernel_datapath.py).
 """
 
 from __future__ import annotations

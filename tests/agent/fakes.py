@@ -236,9 +236,9 @@ class FakeDatapath:
         self.map_capacities: dict[str, int] = {"ciliate_ct": 65536, "ciliate_ipcache": 65536}
         self.map_entries: dict[str, int] = {}  # what the fake kernel's maps hold, by pin name
         self.upstream_ports: UpstreamPorts | None = None  # what the connect hook reports
-        # The real datapath is IPv4-only: it drops IPv6 and cannot key an endpoint without IPv4.
-        self.supported = (FamilySupport(4, True), FamilySupport(6, False, "dropped (the datapath is IPv4-only)"))
-        self.requires_ipv4 = False  # True: refuse an endpoint without IPv4 (a datapath without IPv6)
+        # As the kernel datapath on a node with IPv6: both families enforced.
+        self.supported = (FamilySupport(4, True), FamilySupport(6, True))
+        self.requires_ipv4 = False  # True: refuse an endpoint without IPv4 (a node with IPv6 disabled)
 
     async def setup(self) -> None:
         self.setups += 1
@@ -269,7 +269,7 @@ class FakeDatapath:
         if endpoint_id in self.fail_attach:
             raise OSError(f"no such device {ifname}")
         if ipv4 is None and self.requires_ipv4:
-            raise EndpointUnsupported("no IPv4 address: the datapath is IPv4-only")
+            raise EndpointUnsupported("no IPv4 address and IPv6 is disabled on this node")
         self.attached[endpoint_id] = (ifname, ipv4, identity)
         self.attached6[endpoint_id] = ipv6
 

@@ -244,17 +244,17 @@ async def test_a_dual_stack_add_check_and_del(tmp_path: Path, short_dir: Path, v
 
 
 @needs_host_local
-async def test_an_ipv6_only_add_registers_an_endpoint_the_ipv4_datapath_keeps_dropped(tmp_path: Path, short_dir: Path, veths: Veths, monkeypatch, capfd) -> None:
+async def test_an_ipv6_only_add_on_a_node_without_ipv6_registers_an_endpoint_kept_dropped(tmp_path: Path, short_dir: Path, veths: Veths, monkeypatch, capfd) -> None:
     rig = Rig(tmp_path)
     rig.policy_dir.mkdir()
-    rig.datapath.requires_ipv4 = True  # as the kernel datapath
+    rig.datapath.requires_ipv4 = True  # as the kernel datapath on a node with IPv6 disabled
     agent = rig.agent(socket_path=short_dir / "agent.sock")
     await agent.start()
     monkeypatch.setattr(cni, "_client", lambda conf, timeout=None: AgentClient(short_dir / "agent.sock", timeout=10))
     conf = _conf(short_dir / "agent.sock", tmp_path / "ipam", [[{"subnet": "fd00:10:244:9::/64"}]])
     try:
         code, out = await asyncio.to_thread(cni.run, json.dumps(conf).encode(), _env("ADD", "v6-1"))
-        assert code == 0, out  # the pod is wired; its traffic is dropped until the IPv6 datapath lands
+        assert code == 0, out  # the pod is wired; the datapath keeps its traffic dropped
         assert [ip["address"] for ip in json.loads(out)["ips"]] == ["fd00:10:244:9::2/128"]
         (ep,) = agent.table.views()
         assert ep.ipv4 is None and str(ep.ipv6) == "fd00:10:244:9::2"

@@ -169,7 +169,7 @@ async def test_dual_stack_pods_reach_each_other_and_the_node_over_ipv6(rig: Rig,
 
 @pytest.mark.privileged
 async def test_an_ipv6_only_pod(rig: Rig, namespaces: None, short_dir: Path) -> None:
-    rig.datapath.requires_ipv4 = True  # as the kernel datapath: an endpoint without IPv4 stays not-ready
+    rig.datapath.requires_ipv4 = True  # as on a node with IPv6 disabled: an endpoint without IPv4 stays not-ready
     agent = rig.agent(socket_path=short_dir / "agent.sock")
     await agent.start()
     try:

@@ -1,13 +1,14 @@
 """Per address family, whether the datapath enforces policy: `ciliate status`
-and its JSON say so, with the endpoints each family concerns; an endpoint
-the IPv4-only datapath cannot key (IPv6 only) is kept not-ready, once, with
-the reason, not retried."""
+and its JSON say so, with the endpoints each family concerns; on a node with
+IPv6 disabled an endpoint the datapath cannot enforce (IPv6 only) is kept
+not-ready, once, with the reason, not retried."""
 
 from __future__ import annotations
 
 import json
 from ipaddress import IPv4Address, IPv6Address
 
+from agent.adapters.kernel_datapath import IPV6_DISABLED
 from agent.cli.agent_commands import family_lines
 from agent.core.models import EndpointCreate, EndpointRecord, FamilyStatus
 from agent.core.ports import FamilySupport
@@ -17,7 +18,7 @@ from tests.agent.test_agent_core import started
 from tests.agent.test_api import client, run_cli, served  # noqa: F401  (fixture)
 from tests.agent.test_dual_stack_endpoints import BODY
 
-DROPPED = "dropped (the datapath is IPv4-only)"
+DROPPED = IPV6_DISABLED
 
 
 def test_family_status_counts_endpoints_per_family() -> None:
@@ -35,7 +36,8 @@ def test_family_status_counts_endpoints_per_family() -> None:
     assert family_lines({"ipv6": FamilyStatus(enforced=True)}) == ["IPv6:            enforced; 0 endpoints with an IPv6 address"]
 
 
-async def test_status_says_per_family_what_the_datapath_enforces(served, capsys) -> None:  # noqa: F811
+async def test_status_says_per_family_what_the_datapath_enforces(rig: Rig, served, capsys) -> None:  # noqa: F811
+    rig.datapath.supported = (FamilySupport(4, True), FamilySupport(6, False, DROPPED))  # a node with IPv6 disabled
     _, sock = served
     async with client(sock) as c:
         await c.post("/v1/endpoints", params={"wait": "5"}, json=BODY)
@@ -51,7 +53,7 @@ async def test_status_says_per_family_what_the_datapath_enforces(served, capsys)
 
 
 async def test_an_endpoint_the_datapath_cannot_key_stays_not_ready_without_retries(rig: Rig) -> None:
-    rig.datapath.requires_ipv4 = True  # as the kernel datapath
+    rig.datapath.requires_ipv4 = True  # as the kernel datapath on a node with IPv6 disabled
     agent = await started(rig)
     try:
         v6, _ = await agent.create_endpoint(
@@ -59,7 +61,7 @@ async def test_an_endpoint_the_datapath_cannot_key_stays_not_ready_without_retri
         dual, _ = await agent.create_endpoint(
             EndpointCreate(container_id="d", host_ifname="lxcd", ipv4=IPv4Address("10.0.0.7"), ipv6=IPv6Address("fd00::7"), labels={"app": "a"}), wait=5)
         assert v6.state.value == "not-ready" and v6.reason is not None and "lxcv6" in v6.reason and "IPv4" in v6.reason
-        assert dual.state.value == "ready"  # attached by its IPv4 address; its IPv6 is dropped
+        assert dual.state.value == "ready"  # attached by its IPv4 address
         report = agent.regenerator.last_report if agent.regenerator else None
         assert report is not None and not report.failed[v6.id].transient
         assert v6.id not in rig.datapath.attached and dual.id in rig.datapath.attached

@@ -3,7 +3,8 @@
 The engine (tests/compose/engine.py) runs in a network namespace of its own
 with its data under a temp directory; the base image the Dockerfile names is
 built here with mmdebstrap and imported, since no registry is reachable. The
-test then checks what a user would: the table says 9 of 9 with the 403 body
+test then checks what a user would: the table says 12 of 12 (the last stage
+over IPv6: the apps are dual-stack) with the 403 body
 `Access denied`, and afterwards nothing of the demo is left: no containers,
 volumes or images in the engine, no change to the host's links, ip rules or
 /sys/fs/bpf, and (after the engine stops) no mounts, namespace or process.
@@ -73,11 +74,14 @@ def test_compose_demo_runs_and_leaves_nothing_behind(engine: Engine) -> None:
     print(out)
     print(f"base image and build: {built:.0f}s, demo: {time.monotonic() - t0 - built:.0f}s")
     assert demo.returncode == 0, out[-4000:]
-    assert "9 of 9 requests as expected" in out
-    (denied,) = [ln for ln in out.splitlines() if ln.startswith("3 ") and "PUT /v1/exhaust-port" in ln]
-    assert denied.split()[-2:] == ["Access", "denied"] and " 403 " in denied
+    assert "12 of 12 requests as expected" in out
+    for stage in ("3 ", "4 "):  # IPv4, then IPv6
+        (denied,) = [ln for ln in out.splitlines() if ln.startswith(stage) and "PUT /v1/exhaust-port" in ln]
+        assert denied.split()[-2:] == ["Access", "denied"] and " 403 " in denied
     (dropped,) = [ln for ln in out.splitlines() if ln.startswith("2 ") and "xwing" in ln]
     assert "dropped   dropped" in dropped
+    (dropped6,) = [ln for ln in out.splitlines() if ln.startswith("4 ") and "xwing" in ln]
+    assert dropped6.split()[1:5] == ["xwing", "POST", "/v1/request-landing", "v6"] and "dropped   dropped" in dropped6
 
     # `down -v` left no container or volume; the images are the user's to keep.
     assert engine.docker("ps", "-aq").stdout.strip() == ""

@@ -108,7 +108,7 @@ def _allowed(state, addr: str, port: int = 443) -> bool:
 @pytest.mark.parametrize("stack", [Stack.IPV4, Stack.DUAL])
 def test_ipv6_prefixes_get_cidr_identities_in_every_stack(stack):
     """The compiled state holds IPv6 prefixes whatever the node runs (the
-    kernel writer leaves them out while the datapath is IPv4 only)."""
+    node's stack decides only the world prefixes)."""
     st_ = compile_state(policies(cnp("a", "- toCIDR: ['2001:db8::/32', 10.10.0.0/16]")), [WEB], stack=stack)
     v6, v4 = st_.ipcache[IPv6Network("2001:db8::/32")], st_.ipcache[IPv4Network("10.10.0.0/16")]
     assert v6 >= FIRST_CIDR_IDENTITY and v4 >= FIRST_CIDR_IDENTITY and v6 != v4
