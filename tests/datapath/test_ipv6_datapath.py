@@ -368,3 +368,48 @@ def test_a_proxy_upstream_over_ipv6_keeps_the_client_address_and_gets_its_replie
     finally:
         up.close()
         srv.close()
+
+
+# ---------------------------------------------------------------- a policy file, compiled, enforced
+
+CIDR_POLICY = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-the-range, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  egress:
+  - toCIDRSet:
+    - cidr: fd00:201::/64
+      except: [%s]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+"""
+
+
+@pytest.mark.parametrize("excepted, reaches_c", [("fd00:201::8/125", False), ("fd00:201::f0/124", True)],
+                         ids=["c-inside-the-except", "c-outside-the-except"])
+def test_an_ipv6_cidr_set_with_except_compiled_from_a_policy_file(n6, excepted, reaches_c):
+    """The real compiler, dual-stack, from CiliumNetworkPolicy text to the
+    kernel: c (unmanaged, fd00:201::9) is reached through the CIDR unless
+    the except covers it; port 8081 is never allowed; IPv4 world traffic is
+    not opened by an IPv6 rule."""
+    from policy.compiler import compile_state
+    from policy.endpoint import Endpoint
+    from policy.families import Stack
+    from policy.load import load_text
+
+    a, b, c = n6.node.pods["a"], n6.node.pods["b"], n6.node.pods["c"]
+    loaded = load_text(CIDR_POLICY % excepted, "cidr.yaml")
+    assert not loaded.errors, loaded.errors
+    eps = [Endpoint(ENDPOINT_IDS["a"], {"app": "a"}, a.ip, IPV6["a"]), Endpoint(ENDPOINT_IDS["b"], {"app": "b"}, b.ip, IPV6["b"])]
+    st = compile_state(loaded.policies, eps, stack=Stack.DUAL, host_ips=[NODE6])
+    res = n6.dp.apply(st)
+    assert res.ok, res.failed
+    try:
+        assert tcp6_passes(a, c, 8080, reaches_c) is reaches_c
+        assert not tcp6_passes(a, c, 8081, False)
+        assert not tcp_flow_passes(a, c, 8080, False)  # c's IPv4 is world-ipv4: the rule names IPv6 only
+    finally:
+        # The module's endpoints keep their compiled identities; give them back.
+        n6.dp.apply(state6(99, [endpoint6(n6.ep("a"), ingress=False, egress=False),
+                                endpoint6(n6.ep("b"), ingress=False, egress=False)]))
