@@ -34,8 +34,11 @@
  *
  * ICMP: policed like any other protocol, with port 0: only an L3 (all
  * protocols, all ports) rule, or an ICMP all-ports rule, admits it. Echo
- * replies pass via conntrack. ICMP errors are not matched to the flow they
- * refer to, so they too need an L3 allow. ARP always passes, and so do IPv6
+ * replies pass via conntrack. An ICMP error (unreachable, time exceeded,
+ * parameter problem, IPv6's packet too big) about a TCP or UDP flow
+ * conntrack holds passes as that flow's packets do ("related", as in
+ * Cilium): path MTU discovery works without an L3 allow for the world, which
+ * IPv6 needs (its routers never fragment). Other ICMP errors are policed. ARP always passes, and so do IPv6
  * neighbour discovery and MLD (lib/common.h says which packets count).
  * Other ethertypes are dropped, as are non-first fragments.
  *
@@ -96,6 +99,30 @@ static __always_inline struct lxc_value *self_as_receiver(struct pkt *p, struct 
 	if (self && self->endpoint_id != endpoint_id)
 		return 0;
 	return self;
+}
+
+static __always_inline int same_addr(struct pkt *p, int p_dst, struct pkt *q, int q_dst)
+{
+	if (!p->v6)
+		return (p_dst ? p->daddr : p->saddr) == (q_dst ? q->daddr : q->saddr);
+	__u32 *a = p_dst ? p->daddr6 : p->saddr6;
+	__u32 *b = q_dst ? q->daddr6 : q->saddr6;
+
+	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+/* An ICMP error about a tracked flow (see the top of this file): the error
+ * must go to the quoted packet's sender (into the pod) or come from its
+ * receiver (out of the pod), and the quoted flow must be tracked. */
+static __always_inline int related_error(struct __sk_buff *skb, struct pkt *p, int into_pod, __u64 now)
+{
+	struct pkt quoted = {};
+
+	if (parse_quoted(skb, p, &quoted))
+		return 0;
+	if (into_pod ? !same_addr(p, 1, &quoted, 0) : !same_addr(p, 0, &quoted, 1))
+		return 0;
+	return ct_find(&quoted, 0, now, CT_SCOPE_FLOW) != 0;
 }
 
 static __always_inline int drop(struct pkt *p, struct ev_ctx *c, __u8 reason)
@@ -226,6 +253,8 @@ int from_container(struct __sk_buff *skb)
 	}
 
 	now = bpf_ktime_get_coarse_ns(); /* tick resolution is plenty for expiry */
+	if (p.inner_off && related_error(skb, &p, 0, now))
+		return pass_decided(skb);
 	int new_conn = p.protocol == IPPROTO_TCP &&
 		       (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 	if (!new_conn) {
@@ -385,6 +414,8 @@ int to_container(struct __sk_buff *skb)
 	now = bpf_ktime_get_coarse_ns(); /* tick resolution is plenty for expiry */
 	if ((skb->mark & MARK_MAGIC_MASK) == MARK_MAGIC_PROXY_ORIGIN)
 		return from_proxy(skb, &p, &c, &self_key, endpoint_id, now);
+	if (p.inner_off && related_error(skb, &p, 1, now))
+		return TC_ACT_OK;
 	ctv = ct_lookup_flow(&p, now, CT_SCOPE_FLOW);
 	if (ctv) {
 		ct_refresh(ctv, &p, now, CT_SCOPE_FLOW);

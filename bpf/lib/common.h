@@ -45,10 +45,23 @@ struct pkt {
 	__u8 tcp_flags;
 	__u8 ported; /* TCP or UDP: policy looks at the port */
 	__u8 v6;
+	/* ICMP errors: offset from skb->data of the packet they quote (its IP
+	 * header), so the flow it belongs to can be found; 0 otherwise */
+	__u16 inner_off;
 };
 
+#define INNER_OFF_MAX 1023 /* a mask too: the verifier needs the bound */
+
+/* ICMP error types: they quote the packet they report on */
+static __always_inline int icmp_is_error(__u8 v6, __u8 type)
+{
+	if (v6)
+		return type >= 1 && type <= 4; /* unreachable, packet too big, time exceeded, parameter problem */
+	return type == 3 || type == 11 || type == 12; /* unreachable, time exceeded, parameter problem */
+}
+
 /* Transport header at l4 (both families). */
-static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p)
+static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p, void *data)
 {
 	if (p->protocol == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
@@ -76,6 +89,11 @@ static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p)
 						: (ic->type == ICMPV6_ECHO_REQUEST_ || ic->type == ICMPV6_ECHO_REPLY_)) {
 			p->sport = ic->un.echo.id;
 			p->dport = ic->un.echo.id;
+		} else if (icmp_is_error(p->v6, ic->type) && (p->protocol == IPPROTO_ICMPV6_) == p->v6) {
+			/* the quoted packet follows the 8-byte header; one deeper
+			 * than INNER_OFF_MAX is not looked at (policed as it is) */
+			__u32 off = (void *)(ic + 1) - data;
+			p->inner_off = off <= INNER_OFF_MAX ? off : 0;
 		}
 	}
 	return p->v6 ? PARSE_IPV6 : PARSE_IPV4;
@@ -98,7 +116,7 @@ static __always_inline int ipv6_link_control(void *l4, void *data_end, __u8 hop_
 	return 0;
 }
 
-static __always_inline int parse_ipv6(struct ipv6hdr *ip6, void *data_end, struct pkt *p)
+static __always_inline int parse_ipv6(struct ipv6hdr *ip6, void *data, void *data_end, struct pkt *p)
 {
 	if ((void *)(ip6 + 1) > data_end)
 		return PARSE_MALFORMED;
@@ -137,7 +155,7 @@ static __always_inline int parse_ipv6(struct ipv6hdr *ip6, void *data_end, struc
 	p->protocol = nh;
 	if (nh == IPPROTO_ICMPV6_ && ipv6_link_control(l4, data_end, ip6->hop_limit))
 		return PARSE_PASS;
-	return parse_l4(l4, data_end, p);
+	return parse_l4(l4, data_end, p, data);
 }
 
 static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
@@ -151,7 +169,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 	if (eth->h_proto == htons(ETH_P_ARP))
 		return PARSE_PASS;
 	if (eth->h_proto == htons(ETH_P_IPV6))
-		return parse_ipv6((void *)(eth + 1), data_end, p);
+		return parse_ipv6((void *)(eth + 1), data, data_end, p);
 	if (eth->h_proto != htons(ETH_P_IP))
 		return PARSE_UNSUPPORTED;
 
@@ -168,7 +186,51 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 	 * cannot be policed and are dropped (documented limitation). */
 	if (ip->frag_off & htons(0x1fff))
 		return PARSE_FRAGMENT;
-	return parse_l4((void *)ip + ihl, data_end, p);
+	return parse_l4((void *)ip + ihl, data_end, p, data);
+}
+
+/* The flow an ICMP error reports on: the quoted packet's tuple (TCP and UDP
+ * only; the quote has at least the ports, not always a whole header).
+ * Returns 0 when `in` holds it. */
+static __always_inline int parse_quoted(struct __sk_buff *skb, struct pkt *outer, struct pkt *in)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u16 off = outer->inner_off & INNER_OFF_MAX;
+	void *l4;
+
+	if (!off)
+		return -1;
+	in->v6 = outer->v6;
+	if (outer->v6) {
+		struct ipv6hdr *h = data + off;
+		if ((void *)(h + 1) > data_end)
+			return -1;
+		__builtin_memcpy(in->saddr6, &h->saddr, 16);
+		__builtin_memcpy(in->daddr6, &h->daddr, 16);
+		in->protocol = h->nexthdr;
+		l4 = h + 1;
+	} else {
+		struct iphdr *h = data + off;
+		if ((void *)(h + 1) > data_end)
+			return -1;
+		__u32 ihl = h->ihl * 4;
+		if (ihl < sizeof(*h) || ihl > 60)
+			return -1;
+		in->saddr = h->saddr;
+		in->daddr = h->daddr;
+		in->protocol = h->protocol;
+		l4 = (void *)h + ihl;
+	}
+	if (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP)
+		return -1;
+	__be16 *ports = l4;
+	if ((void *)(ports + 2) > data_end)
+		return -1;
+	in->sport = ports[0];
+	in->dport = ports[1];
+	in->ported = 1;
+	return 0;
 }
 
 /* The same flow seen from the other end (a reply's tuple -> its flow's). */

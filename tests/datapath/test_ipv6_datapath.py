@@ -11,6 +11,7 @@ import asyncio
 import select
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from ipaddress import IPv6Address
 from pathlib import Path
@@ -413,3 +414,59 @@ def test_an_ipv6_cidr_set_with_except_compiled_from_a_policy_file(n6, excepted, 
         # The module's endpoints keep their compiled identities; give them back.
         n6.dp.apply(state6(99, [endpoint6(n6.ep("a"), ingress=False, egress=False),
                                 endpoint6(n6.ep("b"), ingress=False, egress=False)]))
+
+
+# ---------------------------------------------------------------- ICMPv6 errors of tracked flows
+
+IPV6_MTU = 24  # linux/in6.h: the path MTU a connected socket sees
+
+
+def _packet_too_big(router: Pod, to: IPv6Address, quoted_src: IPv6Address, quoted_dst: IPv6Address,
+                    sport: int, dport: int, mtu: int = 1280) -> None:
+    """An ICMPv6 Packet Too Big from `router`, quoting a UDP packet
+    quoted_src:sport -> quoted_dst:dport (the kernel fills the checksum)."""
+    import struct
+
+    udp = struct.pack("!HHHH", sport, dport, 8 + 1400, 0)
+    ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(udp) + 1400, 17, 64, quoted_src.packed, quoted_dst.packed)
+    body = struct.pack("!BBHI", 2, 0, 0, mtu) + ip6 + udp + b"\0" * 64
+    with in_netns(router.netns):
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    try:
+        s.sendto(body, (str(to), 0))
+    finally:
+        s.close()
+
+
+def test_a_packet_too_big_about_a_tracked_flow_reaches_the_pod_without_an_allow(n6):
+    """a admits nothing in; c, a router on a's path, tells a its datagrams
+    are too big. Related to a's tracked flow, the error passes (path MTU
+    discovery works); about a flow a never had, it is policed and dropped."""
+    a, c = n6.ep("a"), n6.node.pods["c"]
+    n6.dp.apply(state6(1, [endpoint6(a, [rule(2, EGRESS, UDP, 7003)], ingress=True, egress=True),
+                           endpoint6(n6.ep("b"), [], ingress=False, egress=False)]))
+    srv, cli = _sock6(c, socket.SOCK_DGRAM), _sock6(a.pod, socket.SOCK_DGRAM)
+    try:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("::", 7003))
+        cli.connect((str(IPV6["c"]), 7003))
+        cli.send(b"x")
+        assert select.select([srv], [], [], WAIT)[0], "the allowed datagram did not arrive"
+        sport = cli.getsockname()[1]
+        assert cli.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU) == 1500
+
+        evs = _events(n6, lambda: _packet_too_big(c, IPV6["a"], IPV6["a"], IPV6["c"], sport, 7003))
+        deadline = time.monotonic() + WAIT
+        while cli.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU) != 1280 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cli.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU) == 1280, "the related Packet Too Big never reached a"
+        assert not [e for e in evs if e.verdict == EventVerdict.DROP], evs
+
+        # Quoting a flow a never opened (another port): not related, policed, dropped.
+        evs = _events(n6, lambda: (_packet_too_big(c, IPV6["a"], IPV6["a"], IPV6["c"], sport, 7999),
+                                   time.sleep(0.2)))
+        drops = [e for e in evs if e.verdict == EventVerdict.DROP]
+        assert drops and drops[0].protocol == 58 and drops[0].reason == Reason.NO_POLICY_MATCH, evs
+    finally:
+        cli.close()
+        srv.close()
