@@ -194,6 +194,14 @@ static __always_inline int parse_or_verdict(struct __sk_buff *skb, struct pkt *p
 		return -1;
 	case PARSE_PASS:
 		return TC_ACT_OK;
+	case PARSE_LINK_CONTROL:
+		/* Into the pod ND comes from the node itself (hop limit 255:
+		 * nothing forwarded it). Out of the pod it passes only to a
+		 * destination the node never forwards; ND addressed further
+		 * (a covert channel past egress policy) is policed as ICMPv6. */
+		if (c->hook == HOOK_TO_ENDPOINT || is_link_scoped(p->daddr6))
+			return TC_ACT_OK;
+		return -1;
 	case PARSE_UNSUPPORTED:
 		return TC_ACT_SHOT; /* no event: other ethertypes' chatter would flood the ring */
 	case PARSE_FRAGMENT:

@@ -18,6 +18,7 @@
 #define PARSE_UNSUPPORTED -2
 #define PARSE_FRAGMENT   -3
 #define PARSE_MALFORMED  -4
+#define PARSE_LINK_CONTROL -5 /* IPv6 ND/MLD: the hook decides (bpf_lxc.c parse_or_verdict) */
 
 #ifndef ETH_P_IPV6
 #define ETH_P_IPV6 0x86DD
@@ -101,8 +102,9 @@ static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p, voi
 
 /* Neighbour discovery (RS, RA, NS, NA, redirect) with hop limit 255, which
  * no router forwards (RFC 4861), and MLD with hop limit 1: link-local
- * control traffic the path needs, passed like ARP, never policed. Anything
- * else that claims to be one is policed as ICMPv6. */
+ * control traffic the path needs, passed like ARP where it stays on the link
+ * (see is_link_scoped). Anything else that claims to be one is policed as
+ * ICMPv6. */
 static __always_inline int ipv6_link_control(void *l4, void *data_end, __u8 hop_limit)
 {
 	__u8 *type = l4;
@@ -114,6 +116,17 @@ static __always_inline int ipv6_link_control(void *l4, void *data_end, __u8 hop_
 	if ((*type >= 130 && *type <= 132) || *type == 143)
 		return hop_limit == 1;
 	return 0;
+}
+
+/* A destination the node never forwards: link-local unicast (fe80::/10) or
+ * multicast of interface- or link-local scope (ff01::/16, ff02::/16). */
+static __always_inline int is_link_scoped(__u32 *addr)
+{
+	__u8 *b = (__u8 *)addr;
+
+	if (b[0] == 0xfe && (b[1] & 0xc0) == 0x80)
+		return 1;
+	return b[0] == 0xff && (b[1] & 0x0f) <= 2;
 }
 
 static __always_inline int parse_ipv6(struct ipv6hdr *ip6, void *data, void *data_end, struct pkt *p)
@@ -130,7 +143,12 @@ static __always_inline int parse_ipv6(struct ipv6hdr *ip6, void *data, void *dat
 	for (int i = 0; i < IPV6_EXT_MAX; i++) {
 		if (nh == NEXTHDR_HOP_ || nh == NEXTHDR_ROUTING_ || nh == NEXTHDR_DEST_ || nh == NEXTHDR_AUTH_) {
 			__u8 *h = l4;
-			if ((void *)(h + 2) > data_end)
+			if ((void *)(h + 4) > data_end)
+				return PARSE_MALFORMED;
+			/* A routing header with segments left sends the packet on
+			 * from its destination to another: policy judged the wrong
+			 * peer. Not carried (RFC 5095 deprecated type 0 for this). */
+			if (nh == NEXTHDR_ROUTING_ && h[3] != 0)
 				return PARSE_MALFORMED;
 			/* AH counts 4-byte units minus 2, the others 8-byte units minus 1 */
 			l4 += nh == NEXTHDR_AUTH_ ? (h[1] + 2) * 4 : (h[1] + 1) * 8;
@@ -154,7 +172,7 @@ static __always_inline int parse_ipv6(struct ipv6hdr *ip6, void *data, void *dat
 		return PARSE_MALFORMED; /* a chain longer than we walk */
 	p->protocol = nh;
 	if (nh == IPPROTO_ICMPV6_ && ipv6_link_control(l4, data_end, ip6->hop_limit))
-		return PARSE_PASS;
+		return PARSE_LINK_CONTROL;
 	return parse_l4(l4, data_end, p, data);
 }
 

@@ -470,3 +470,31 @@ def test_a_packet_too_big_about_a_tracked_flow_reaches_the_pod_without_an_allow(
     finally:
         cli.close()
         srv.close()
+
+
+def test_neighbour_discovery_addressed_past_the_link_is_policed(n6):
+    """An NA with hop limit 255 passes unpoliced only to a destination the
+    node never forwards; sent to another host's global address it would be
+    a channel past egress policy, so it is policed (here: dropped)."""
+    import struct
+
+    a, c = n6.ep("a"), n6.node.pods["c"]
+    n6.dp.apply(state6(1, [endpoint6(a, [], ingress=False, egress=True),
+                           endpoint6(n6.ep("b"), [], ingress=False, egress=False)]))
+    with in_netns(c.netns):
+        sniff = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    with in_netns(a.pod.netns):
+        raw = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    try:
+        raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+        na = struct.pack("!BBHI16s", 136, 0, 0, 0x20000000, IPV6["a"].packed)  # unsolicited NA, override
+        evs = _events(n6, lambda: raw.sendto(na, (str(IPV6["c"]), 0)))
+        seen = []
+        while select.select([sniff], [], [], DENIED_WAIT)[0]:
+            seen.append(sniff.recv(200)[0])  # ICMPv6 type (MLD and others may come too)
+        assert 136 not in seen, "the NA reached c"
+        drops = [e for e in evs if e.verdict == EventVerdict.DROP]
+        assert drops and drops[0].protocol == 58 and drops[0].dst == IPV6["c"], evs
+    finally:
+        raw.close()
+        sniff.close()
