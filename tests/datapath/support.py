@@ -122,6 +122,14 @@ def tcp_connect(client: Pod, dst: IPv4Address, port: int, wait: float) -> socket
     return s
 
 
+def exchange(client: socket.socket, server: socket.socket) -> None:
+    """A byte each way on a connection: both directions carried."""
+    client.sendall(b"q")
+    assert server.recv(1) == b"q"
+    server.sendall(b"r")
+    assert client.recv(1) == b"r"
+
+
 def tcp_flow_passes(client: Pod, server: Pod, port: int, expect: bool) -> bool:
     """Open a TCP connection and exchange a byte each way; True if the server
     saw the connection. When `expect` is False, wait only DENIED_WAIT."""
@@ -131,10 +139,7 @@ def tcp_flow_passes(client: Pod, server: Pod, port: int, expect: bool) -> bool:
         try:
             if c is None or conn is None:
                 return False
-            c.sendall(b"q")
-            assert conn.recv(1) == b"q"
-            conn.sendall(b"r")
-            assert c.recv(1) == b"r"
+            exchange(c, conn)
             return True
         finally:
             for s in (c, conn):

@@ -24,9 +24,9 @@ from agent.core.ports import EndpointUnsupported
 from policy.compiled import EndpointPolicy, Verdict
 from redirect import conntrack, tc
 from redirect.datapath import BLOCK_NAME, Datapath
-from redirect.layout import EventVerdict, Reason
+from redirect.layout import EventVerdict, Hook, Reason
 from tests.datapath.conftest import ENDPOINT_IDS, IDENTITIES, Install
-from tests.datapath.support import EGRESS, INGRESS, NODE6, TCP, UDP, Ep, endpoint, rule, state, tcp_flow_passes
+from tests.datapath.support import EGRESS, INGRESS, NODE6, TCP, UDP, Ep, endpoint, exchange, rule, state, tcp_flow_passes
 from tests.kernelnode import Pod, in_netns, wire_ipv6
 
 pytestmark = pytest.mark.privileged
@@ -59,10 +59,7 @@ def tcp6_passes(client: Pod, server: Pod, port: int, expect: bool) -> bool:
             return False
         conn, _ = srv.accept()
         conn.settimeout(WAIT)
-        cli.sendall(b"q")
-        assert conn.recv(1) == b"q"
-        conn.sendall(b"r")
-        assert cli.recv(1) == b"r"
+        exchange(cli, conn)
         return True
     finally:
         for s in (cli, srv, conn):
@@ -498,3 +495,39 @@ def test_neighbour_discovery_addressed_past_the_link_is_policed(n6):
     finally:
         raw.close()
         sniff.close()
+
+
+@pytest.mark.parametrize("source", ["node", "unmanaged-pod"])
+def test_an_ipv6_ingress_redirect_of_traffic_not_from_an_endpoint_goes_through_lo(plumbed, source):
+    """IPv6 packets reach b's to_container already routed (from the node, or
+    from c, which has no program): they reach the proxy through lo, where
+    bpf_lo.c assigns its IPv6 socket."""
+    b = plumbed.ep("b")
+    plumbed.dp.apply(state6(1, [endpoint6(plumbed.ep("a"), [], ingress=False, egress=False),
+                                endpoint6(b, [rule(0, INGRESS, TCP, 80, Verdict.REDIRECT, PROXY_PORT)], egress=True)]))
+    lst = transparent_listener6(plumbed, PROXY_PORT)
+    srv = _sock6(b.pod, socket.SOCK_STREAM)
+    if source == "node":
+        with in_netns(plumbed.node.netns):
+            cli = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    else:
+        cli = _sock6(plumbed.node.pods["c"], socket.SOCK_STREAM)
+    try:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("::", 80))
+        srv.listen(4)
+        with plumbed.dp.events() as stream:
+            stream.drain()
+            cli.settimeout(WAIT)
+            cli.connect((str(IPV6["b"]), 80))
+            conn, peer = lst.accept()
+            with conn:
+                assert conn.getsockname()[:2] == (str(IPV6["b"]), 80)
+                assert peer[:2] == cli.getsockname()[:2]
+                exchange(cli, conn)
+            assert not select.select([srv], [], [], 0.1)[0], "the server saw a redirected flow"
+            ev = [e for e in stream.drain() if e.verdict == EventVerdict.REDIRECT]
+        assert ev and ev[0].hook == Hook.TO_ENDPOINT and ev[0].proxy_port == PROXY_PORT and ev[0].dst == IPV6["b"]
+    finally:
+        for s in (cli, srv, lst):
+            s.close()
