@@ -34,7 +34,9 @@
  *
  * ICMP: policed like any other protocol, with port 0: only an L3 (all
  * protocols, all ports) rule, or an ICMP all-ports rule, admits it. Echo
- * replies pass via conntrack. An ICMP error (unreachable, time exceeded,
+ * replies pass via conntrack: a request is tracked as (id, 0), a reply as
+ * (0, id), so the peer's request that reuses a pod's echo id is not taken
+ * for its reply (Cilium's GHSA-c66w-hq56-4q97). An ICMP error (unreachable, time exceeded,
  * parameter problem, IPv6's packet too big) about a TCP or UDP flow
  * conntrack holds passes as that flow's packets do ("related", as in
  * Cilium): path MTU discovery works without an L3 allow for the world, which

@@ -103,7 +103,9 @@ def read_verdict_counts(maps: PinnedMaps, ncpus: int | None = None) -> list[Verd
 # conntrack counts live entries, below).
 _COUNTED = {
     "ipcache": ("ciliate_ipcache", ctypes.sizeof(layout.IpcacheKey)),
+    "ipcache6": ("ciliate_ipcache6", ctypes.sizeof(layout.Ipcache6Key)),
     "lxc": ("ciliate_lxc", ctypes.sizeof(layout.LxcKey)),
+    "lxc6": ("ciliate_lxc6", ctypes.sizeof(layout.Lxc6Key)),
     "ifindex": ("ciliate_ifindex", ctypes.sizeof(layout.IfindexKey)),
     "policy": ("ciliate_policy", 4),
 }
@@ -116,8 +118,9 @@ def map_fill(maps: PinnedMaps, now_ns: int | None = None) -> list[MapFill]:
     for key, (name, key_size) in _COUNTED.items():
         fd = maps.fds[key]
         out.append(MapFill(name, len(bpfsys.keys(fd, key_size)), bpfsys.map_info(fd).max_entries))
-    ct = maps.fds["ct"]
-    out.append(MapFill("ciliate_ct", conntrack.live_count(maps, now_ns), bpfsys.map_info(ct).max_entries))
+    for table, name in (("ct", "ciliate_ct"), ("ct6", "ciliate_ct6")):  # each family's LRU fills on its own
+        cap = bpfsys.map_info(maps.fds[table]).max_entries
+        out.append(MapFill(name, conntrack.live_count(maps, now_ns, (table,)), cap))
     for eid in maps.policy_endpoints():
         fd = maps.policy_fd(eid, create=False)
         if fd is None:

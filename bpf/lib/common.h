@@ -40,7 +40,7 @@ struct pkt {
 	__u32 daddr;
 	__u32 saddr6[4]; /* network order; v6 only */
 	__u32 daddr6[4];
-	__u16 sport; /* network order; ICMP echo: the echo id on both sides */
+	__u16 sport; /* network order; ICMP echo: see parse_l4 */
 	__u16 dport;
 	__u8 protocol;
 	__u8 tcp_flags;
@@ -84,11 +84,16 @@ static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p, voi
 		struct icmphdr *ic = l4;
 		if ((void *)(ic + 1) > data_end)
 			return PARSE_MALFORMED;
-		/* Echo request and reply share the id, so a reply finds the
-		 * request's conntrack entry by the reversed tuple. */
-		if (p->protocol == IPPROTO_ICMP ? (ic->type == ICMP_ECHO || ic->type == ICMP_ECHOREPLY)
-						: (ic->type == ICMPV6_ECHO_REQUEST_ || ic->type == ICMPV6_ECHO_REPLY_)) {
+		/* A request carries its id as the source "port", a reply as
+		 * the destination one: a reply finds its request's entry by the
+		 * reversed tuple, and a request with the same id from the peer
+		 * (id, 0) never matches that entry's reply twin (0, id), which
+		 * would admit it past the pod's ingress (Cilium's
+		 * GHSA-c66w-hq56-4q97). */
+		int v4 = p->protocol == IPPROTO_ICMP;
+		if (v4 ? ic->type == ICMP_ECHO : ic->type == ICMPV6_ECHO_REQUEST_) {
 			p->sport = ic->un.echo.id;
+		} else if (v4 ? ic->type == ICMP_ECHOREPLY : ic->type == ICMPV6_ECHO_REPLY_) {
 			p->dport = ic->un.echo.id;
 		} else if (icmp_is_error(p->v6, ic->type) && (p->protocol == IPPROTO_ICMPV6_) == p->v6) {
 			/* the quoted packet follows the 8-byte header; one deeper

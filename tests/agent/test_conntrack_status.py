@@ -56,3 +56,10 @@ async def test_status_reads_the_fill_when_asked_and_warns(served, rig: Rig, caps
     code, out, _ = await run_cli(["status", *s, "-o", "json"], capsys)
     ct = json.loads(out)["conntrack"]
     assert (ct["entries"], ct["capacity"], ct["percent"]) == (4000, 4096, 97.7) and ct["warning"]
+
+
+def test_each_familys_table_fills_on_its_own_and_the_fuller_one_is_reported():
+    maps = (MapFill("ciliate_ct", 1000, 65536), MapFill("ciliate_ct6", 60000, 65536))
+    st = conntrack_status(DatapathCounters(maps=maps))
+    assert st is not None and st.entries == 60000 and st.warning is not None
+    assert "(IPv6)" in st.warning and 'map_name="ciliate_ct6"' in st.warning

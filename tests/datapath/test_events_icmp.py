@@ -84,3 +84,16 @@ def test_icmp_echo_needs_an_l3_allow_and_the_reply_rides_conntrack(dp_node, a_eg
     dp_node.dp.apply(state(1, [endpoint(a, a_egress, ingress=True),
                                endpoint(b, [rule(256, INGRESS, ANY)], egress=True)]))
     assert _echo(a.pod, b.pod.ip, os.getpid() & 0xFFFF, 2.0 if expect else 0.4) is expect
+
+
+def test_an_echo_request_reusing_the_id_of_a_pods_own_echo_is_not_its_reply(dp_node):
+    """Cilium's GHSA-c66w-hq56-4q97: a pings b with id X (allowed); b may not
+    reach a, yet an echo *request* from b with the same id X would match the
+    conntrack entry a's ping left for its reply. Only a reply may."""
+    a, b = dp_node.ep("a"), dp_node.ep("b")
+    dp_node.dp.apply(state(1, [endpoint(a, [rule(257, EGRESS, ANY)], ingress=True),
+                               endpoint(b, [], ingress=False, egress=False)]))
+    ident = (os.getpid() + 7) & 0xFFFF
+    assert _echo(a.pod, b.pod.ip, ident, 2.0)  # a's own ping, and its reply
+    assert not _echo(b.pod, a.pod.ip, ident, 0.4), "b's echo request rode a's conntrack entry into a"
+    assert not _echo(b.pod, a.pod.ip, ident + 1, 0.4)  # and with any other id, of course

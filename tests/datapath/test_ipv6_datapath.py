@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 
 from agent.adapters.kernel_datapath import DISABLE_IPV6, KernelDatapath
 from agent.core.ports import EndpointUnsupported
-from policy.compiled import EndpointPolicy, Verdict
+from policy.compiled import EndpointPolicy, Protocol, Verdict
 from redirect import conntrack, tc
 from redirect.datapath import BLOCK_NAME, Datapath
 from redirect.layout import EventVerdict, Hook, Reason
@@ -531,3 +531,35 @@ def test_an_ipv6_ingress_redirect_of_traffic_not_from_an_endpoint_goes_through_l
     finally:
         for s in (cli, srv, lst):
             s.close()
+
+
+def _echo6(client: Pod, dst: IPv6Address, ident: int, wait: float) -> bool:
+    """One ICMPv6 echo request from the pod; True if its reply came back."""
+    import struct
+
+    with in_netns(client.netns):
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    try:
+        s.sendto(struct.pack("!BBHHH", 128, 0, 0, ident, 1) + b"cdp", (str(dst), 0))  # the kernel sums it
+        while select.select([s], [], [], wait)[0]:
+            typ, _, _, rid, _ = struct.unpack("!BBHHH", s.recv(200)[:8])
+            if typ == 129 and rid == ident:
+                return True
+        return False
+    finally:
+        s.close()
+
+
+def test_icmpv6_echo_needs_an_allow_and_a_request_reusing_a_pods_id_is_not_its_reply(n6):
+    """a may ping b (L3 allow) and nothing may reach a. b's echo request with
+    the id of a's own ping must not ride the entry a's ping left for its
+    reply (Cilium's GHSA-c66w-hq56-4q97, over IPv6)."""
+    a, b = n6.ep("a"), n6.ep("b")
+    n6.dp.apply(state6(1, [endpoint6(a, [rule(257, EGRESS, Protocol.ANY)], ingress=True),
+                           endpoint6(b, [], ingress=False, egress=False)]))
+    ident = 4242
+    assert _echo6(a.pod, IPV6["b"], ident, WAIT)
+    assert not _echo6(b.pod, IPV6["a"], ident, DENIED_WAIT), "b's echo request rode a's conntrack entry into a"
+    n6.dp.apply(state6(2, [endpoint6(a, [rule(257, EGRESS, TCP)], ingress=True),
+                           endpoint6(b, [], ingress=False, egress=False)]))
+    assert not _echo6(a.pod, IPV6["b"], ident + 1, DENIED_WAIT)  # a TCP rule never admits ICMPv6
