@@ -113,16 +113,19 @@ static __always_inline int same_addr(struct pkt *p, int p_dst, struct pkt *q, in
 	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
 }
 
-/* An ICMP error about a tracked flow (see the top of this file): the error
- * must go to the quoted packet's sender (into the pod) or come from its
- * receiver (out of the pod), and the quoted flow must be tracked. */
+/* An ICMP error about a tracked flow (see the top of this file). Into the
+ * pod: addressed to the quoted packet's sender, from anyone (a router on the
+ * path). Out of the pod: from the quoted packet's receiver back to its
+ * sender only, or a pod could carry data in "errors" to any peer it may not
+ * reach. The quoted flow must be tracked. */
 static __always_inline int related_error(struct __sk_buff *skb, struct pkt *p, int into_pod, __u64 now)
 {
 	struct pkt quoted = {};
 
 	if (parse_quoted(skb, p, &quoted))
 		return 0;
-	if (into_pod ? !same_addr(p, 1, &quoted, 0) : !same_addr(p, 0, &quoted, 1))
+	if (into_pod ? !same_addr(p, 1, &quoted, 0)
+		     : !same_addr(p, 0, &quoted, 1) || !same_addr(p, 1, &quoted, 0))
 		return 0;
 	return ct_find(&quoted, 0, now, CT_SCOPE_FLOW) != 0;
 }

@@ -563,3 +563,43 @@ def test_icmpv6_echo_needs_an_allow_and_a_request_reusing_a_pods_id_is_not_its_r
     n6.dp.apply(state6(2, [endpoint6(a, [rule(257, EGRESS, TCP)], ingress=True),
                            endpoint6(b, [], ingress=False, egress=False)]))
     assert not _echo6(a.pod, IPV6["b"], ident + 1, DENIED_WAIT)  # a TCP rule never admits ICMPv6
+
+
+def test_a_pods_icmp_error_passes_only_back_to_the_sender_it_reports_on(n6):
+    """a may send only UDP/7004 to c. c's datagram to a is tracked; an error
+    a sends about it goes back to c as related, but the same "error" sent to
+    b (which a may not reach) is policed and dropped: no channel past egress."""
+    import struct
+
+    a, b, c = n6.ep("a"), n6.ep("b"), n6.node.pods["c"]
+    n6.dp.apply(state6(1, [endpoint6(a, [rule(2, EGRESS, UDP, 7004)], ingress=False, egress=True),
+                           endpoint6(b, [], ingress=False, egress=False)]))
+    srv, sender = _sock6(a.pod, socket.SOCK_DGRAM), _sock6(c, socket.SOCK_DGRAM)
+    sniffers = {}
+    for name, pod in (("b", b.pod), ("c", c)):
+        with in_netns(pod.netns):
+            sniffers[name] = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    with in_netns(a.pod.netns):
+        raw = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    try:
+        srv.bind(("::", 7005))
+        sender.bind(("::", 7006))
+        sender.sendto(b"hi", (str(IPV6["a"]), 7005))
+        assert select.select([srv], [], [], WAIT)[0]
+        quoted = struct.pack("!IHBB16s16s", 6 << 28, 10, 17, 64, IPV6["c"].packed, IPV6["a"].packed) + \
+            struct.pack("!HHHH", 7006, 7005, 10, 0)
+        unreachable = struct.pack("!BBHI", 1, 4, 0, 0) + quoted + b"hi"  # port unreachable
+
+        def errors_at(name: str) -> int:
+            n, s = 0, sniffers[name]
+            while select.select([s], [], [], DENIED_WAIT)[0]:
+                n += s.recv(300)[0] == 1
+            return n
+
+        raw.sendto(unreachable, (str(IPV6["c"]), 0))
+        assert errors_at("c") == 1, "the related error did not reach the flow's sender"
+        raw.sendto(unreachable, (str(IPV6["b"]), 0))
+        assert errors_at("b") == 0, "an error about c's flow reached b, whom a may not reach"
+    finally:
+        for s in (srv, sender, raw, *sniffers.values()):
+            s.close()
