@@ -228,7 +228,7 @@ class KernelDatapath:
                     "type": _FLOW_TYPE.get(ev.verdict, "forward"),
                     "endpoint_id": ev.endpoint_id,
                     "direction": ev.direction.name.lower() if ev.direction is not None else None,
-                    "protocol": {6: "TCP", 17: "UDP", 1: "ICMP"}.get(ev.protocol, str(ev.protocol)),
+                    "protocol": {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6"}.get(ev.protocol, str(ev.protocol)),
                     "src_ip": str(ev.src),
                     "src_port": ev.sport or None,
                     "dst_ip": str(ev.dst),
