@@ -41,6 +41,15 @@ def _sock6(pod: Pod, kind: int) -> socket.socket:
         return socket.socket(socket.AF_INET6, kind)
 
 
+def _listener6(pod: Pod, port: int) -> socket.socket:
+    """A TCP server socket on [::]:port in the pod."""
+    srv = _sock6(pod, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("::", port))
+    srv.listen(4)
+    return srv
+
+
 def tcp6_passes(client: Pod, server: Pod, port: int, expect: bool) -> bool:
     """A TCP connection over IPv6 with a byte each way; True if the server's
     socket saw the connection."""
@@ -300,11 +309,8 @@ def test_an_ipv6_flow_is_redirected_to_the_proxy_with_its_original_addresses(plu
         eps = [endpoint6(a, [rule(257, EGRESS, TCP, 80)], ingress=False), endpoint6(b, [redirect(256, INGRESS)], egress=False)]
     plumbed.dp.apply(state6(1, eps))
     lst = transparent_listener6(plumbed, PROXY_PORT)
-    srv, cli = _sock6(b.pod, socket.SOCK_STREAM), _sock6(a.pod, socket.SOCK_STREAM)
+    srv, cli = _listener6(b.pod, 80), _sock6(a.pod, socket.SOCK_STREAM)
     try:
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind(("::", 80))
-        srv.listen(4)
         with plumbed.dp.events() as stream:
             stream.drain()
             cli.settimeout(WAIT)
@@ -335,13 +341,10 @@ def test_a_proxy_upstream_over_ipv6_keeps_the_client_address_and_gets_its_replie
     a, b = plumbed.ep("a"), plumbed.ep("b")
     plumbed.dp.apply(state6(1, [endpoint6(a, [], ingress=False, egress=False),
                                 endpoint6(b, [rule(256 if allowed else 258, INGRESS, TCP, 8080)], egress=False)]))
-    srv = _sock6(b.pod, socket.SOCK_STREAM)
+    srv = _listener6(b.pod, 8080)
     with in_netns(plumbed.node.netns):
         up = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     try:
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind(("::", 8080))
-        srv.listen(4)
         up.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, 0x0B00)
         up.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
         up.bind((str(IPV6["a"]), 0))
@@ -506,16 +509,13 @@ def test_an_ipv6_ingress_redirect_of_traffic_not_from_an_endpoint_goes_through_l
     plumbed.dp.apply(state6(1, [endpoint6(plumbed.ep("a"), [], ingress=False, egress=False),
                                 endpoint6(b, [rule(0, INGRESS, TCP, 80, Verdict.REDIRECT, PROXY_PORT)], egress=True)]))
     lst = transparent_listener6(plumbed, PROXY_PORT)
-    srv = _sock6(b.pod, socket.SOCK_STREAM)
+    srv = _listener6(b.pod, 80)
     if source == "node":
         with in_netns(plumbed.node.netns):
             cli = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     else:
         cli = _sock6(plumbed.node.pods["c"], socket.SOCK_STREAM)
     try:
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind(("::", 80))
-        srv.listen(4)
         with plumbed.dp.events() as stream:
             stream.drain()
             cli.settimeout(WAIT)
