@@ -39,6 +39,15 @@ class NoRouting:
     async def set_routes(self, nodes: Mapping[str, PeerNode]) -> None: ...
 
 
+def _agent(tmp: Path, **ports):
+    """The measured agent: real compiler and loader, no kernel, no Envoy."""
+    return build_agent(
+        AgentConfig(state_dir=tmp / "state", policy_dir=tmp / "policies", metrics_port=None, poll_interval=3600.0),
+        compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=NullDatapath(), proxy=NullProxy(),
+        **ports,
+    )
+
+
 def log(msg: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -69,11 +78,7 @@ async def cluster_main(a: argparse.Namespace) -> dict:
         rss0, _ = rss_kib()
         cpu0 = cpu_s()
         shared = KvstoreState(parse_kvstore_opts([f"etcd.endpoints={url}"]), geo.b, tmp / "state")
-        agent = build_agent(
-            AgentConfig(state_dir=tmp / "state", policy_dir=tmp / "policies", metrics_port=None, poll_interval=3600.0),
-            compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(),
-            datapath=NullDatapath(), proxy=NullProxy(), shared=shared, routing=NoRouting(),
-        )
+        agent = _agent(tmp, shared=shared, routing=NoRouting())
         t_start = time.monotonic()
         await agent.start(serve_api=False)
         try:
@@ -152,10 +157,7 @@ async def baseline_main(a: argparse.Namespace) -> dict:
     gc.collect()
     rss0, _ = rss_kib()
     cpu0 = cpu_s()
-    agent = build_agent(
-        AgentConfig(state_dir=tmp / "state", policy_dir=tmp / "policies", metrics_port=None, poll_interval=3600.0),
-        compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=NullDatapath(), proxy=NullProxy(),
-    )
+    agent = _agent(tmp)
     t_start = time.monotonic()
     await agent.start(serve_api=False)
     try:
