@@ -18,9 +18,12 @@ endpoint in one direction with peer identity P, protocol X and port N:
    most specific probe (in the order above) gives the proxy port.
 3. No match: DROP if the direction is enforced for the endpoint, else ALLOW.
 
-ICMP and other protocols without ports are looked up with port 0 and their
-own protocol number; only entries with protocol ANY and all ports can match
-them, so an L3-only allow admits ICMP and a port rule never does.
+TCP, UDP and SCTP look up their destination port. ICMP and ICMPv6 look up
+their message type in the port's place, but only in the probes under their
+own protocol (`icmps` rules compile to such entries); their ANY probes, and
+every probe of a protocol without ports, match all-ports entries only. So
+an L3-only allow admits ICMP, and a `port: 8` rule of protocol ANY never
+admits an echo request (see `probe_ports`).
 """
 
 from __future__ import annotations
@@ -54,6 +57,34 @@ class Protocol(enum.IntEnum):
     ICMP = 1
     TCP = 6
     UDP = 17
+    ICMPV6 = 58
+    SCTP = 132
+
+
+# Protocols whose destination port policy looks at (ANY covers their ports).
+PORTED = frozenset({Protocol.TCP, Protocol.UDP, Protocol.SCTP})
+# Protocols whose message type policy looks at in the port's place.
+TYPED = frozenset({Protocol.ICMP, Protocol.ICMPV6})
+
+
+def protocol_name(protocol: int) -> str:
+    """TCP, ICMPv6, ... or the bare number of a protocol we do not name."""
+    try:
+        p = Protocol(protocol)
+    except ValueError:
+        return str(protocol)
+    return "ICMPv6" if p == Protocol.ICMPV6 else p.name
+
+
+def probe_ports(protocol: int, port: int) -> tuple[int | None, int | None]:
+    """The port each kind of probe looks up for a packet: (under its own
+    protocol, under ANY); None means all-ports entries only. `port` is the
+    destination port, or the ICMP type."""
+    if protocol in PORTED:
+        return port, port
+    if protocol in TYPED:
+        return port, None
+    return None, None
 
 
 class Verdict(enum.IntEnum):
@@ -305,19 +336,19 @@ class Decision:
 
 
 def lookup(ep: EndpointPolicy, peer: int, direction: Direction, protocol: int, port: int) -> Decision:
-    """Reference L3/L4 lookup; the eBPF program implements exactly this."""
-    if protocol not in (Protocol.TCP, Protocol.UDP):
-        port = 0
-    probes = [(peer, protocol), (peer, Protocol.ANY), (IDENTITY_ANY, protocol), (IDENTITY_ANY, Protocol.ANY)]
+    """Reference L3/L4 lookup; the eBPF program implements exactly this.
+    `port` is the destination port, or the message type for ICMP/ICMPv6."""
+    own, any_ = probe_ports(protocol, port)
+    probes = [(peer, protocol, own), (peer, Protocol.ANY, any_), (IDENTITY_ANY, protocol, own), (IDENTITY_ANY, Protocol.ANY, any_)]
     best: PolicyEntry | None = None
-    for ident, proto in probes:
+    for ident, proto, at in probes:
         for e in ep.entries:
             k = e.key
             if k.identity != ident or k.direction != direction or k.protocol != proto:
                 continue
-            if protocol not in (Protocol.TCP, Protocol.UDP) and not k.ports.is_all:
+            if at is None and not k.ports.is_all:
                 continue
-            if k.ports.contains(port):
+            if k.ports.contains(at or 0):
                 if best is None or e.verdict > best.verdict:
                     best = e
                 break  # ranges are disjoint per (identity, direction, protocol)

@@ -38,6 +38,7 @@ from policy.families import IPAddress, IPNetwork, Stack
 from policy.identity import IdentityAllocator, identity_labels, reserved_labels, selectable_labels
 from policy.ipcache import REMOTE_OWNER, IPCache
 from policy.model import EndpointPeer, Peer, Policy, PolicySpec
+from policy.named_ports import NamedPortIndex, uses_names
 from policy.proxyports import ProxyPortAllocator
 from policy.resolve import (
     UNSELECTED,
@@ -52,6 +53,8 @@ from policy.selectorcache import SelectorCache
 # (policy key, spec index) of every spec selecting an identity: the memo key
 # under which identities selected by the same specs share one merge.
 Selecting = tuple[tuple[str, int], ...]
+# ... and with the names the identity serves when those specs name ports.
+Memo = Selecting | tuple[Selecting, frozenset[tuple[str, frozenset[tuple[int, int]]]]]
 
 
 class Compiler:
@@ -89,6 +92,10 @@ class Compiler:
         # Identity -> peers whose membership changed while its specs did not:
         # compile() patches just those peers' entries instead of re-merging.
         self._peer_dirty: dict[int, set[int]] = {}
+        # Named ports: who serves which names, and the policies naming a
+        # port (their subjects re-merge when the names served change).
+        self._named = NamedPortIndex()
+        self._named_policies: set[str] = set()
         self._dirty_ids: set[int] = set()
         self._dirty_eps: set[int] = set()
         self._removed_eps: set[int] = set()
@@ -136,6 +143,7 @@ class Compiler:
         for family in ("ipv4", "ipv6"):
             before = getattr(old, family) if old is not None else None
             self._ipcache.upsert_endpoint(ep.id, before, getattr(ep, family), ident)
+        self._names_changed(self._named.set(ep.id, ident, ep.named_ports))
         self._dirty_eps.add(ep.id)
 
     def delete_endpoint(self, endpoint_id: int) -> None:
@@ -145,8 +153,18 @@ class Compiler:
         self._detach(endpoint_id, self._ep_identity.pop(endpoint_id))
         self._dirty_eps.discard(endpoint_id)
         self._removed_eps.add(endpoint_id)
+        self._names_changed(self._named.set(endpoint_id, None, ()))
         for addr in ep.addresses:
             self._ipcache.delete_endpoint(endpoint_id, addr)
+
+    def _names_changed(self, idents: set[int]) -> None:
+        """Some identities serve other names now: the policies naming ports
+        re-merge for everyone they select (ingress names are the subject's,
+        egress names the peers')."""
+        if not idents:
+            return
+        for key in self._named_policies:
+            self._dirty_ids |= self._subjects.get(key, frozenset())
 
     def set_host_ips(self, host_ips: Iterable[IPAddress]) -> None:
         self._ipcache.set_host_ips(host_ips)
@@ -226,10 +244,13 @@ class Compiler:
         for peer in _selectors_of(policy):
             self._selectors.add(peer, policy.key)
         self._retarget_cidrs(policy.cidrs(), add=True)
+        if any(uses_names(spec) for spec in policy.specs):
+            self._named_policies.add(policy.key)
         self._set_subjects(policy.key, self._subjects_of(policy.key))
 
     def _unregister(self, policy: Policy) -> None:
         self._set_subjects(policy.key, frozenset())
+        self._named_policies.discard(policy.key)
         for peer in _selectors_of(policy):
             self._selectors.drop(peer, policy.key)
         self._retarget_cidrs(policy.cidrs(), add=False)
@@ -329,19 +350,26 @@ class Compiler:
                 out.extend((key, i) for i, (subject, _) in enumerate(specs) if ident in members[subject])
         return tuple(out)
 
-    def _identity_policy(self, ident: int, memo: dict[Selecting, IdentityPolicy] | None = None) -> IdentityPolicy:
+    def _identity_policy(self, ident: int, memo: dict[Memo, IdentityPolicy] | None = None) -> IdentityPolicy:
         selecting = self._selecting(ident)
         if not selecting:
             return UNSELECTED
-        if memo is not None and selecting in memo:
-            return memo[selecting]
+        named = any(key in self._named_policies for key, _ in selecting)
+        # Ingress names resolve against the identity's own ports: identities
+        # share a merge only when they also serve the same names.
+        memo_key: Memo = (selecting, frozenset(self._named.of(ident).items())) if named else selecting
+        if memo is not None and memo_key in memo:
+            return memo[memo_key]
         specs = [(key, self._meta[key][0], self._meta[key][1][idx][1]) for key, idx in selecting]
-        out = merge_specs(specs, self._selectors.members, self.allow_localhost)
+        if named:
+            out = merge_specs(specs, self._selectors.members, self.allow_localhost, self._named.of(ident), self._named.of)
+        else:
+            out = merge_specs(specs, self._selectors.members, self.allow_localhost)
         if memo is not None:
-            memo[selecting] = out
+            memo[memo_key] = out
         return out
 
-    def _patched_policy(self, ident: int, peers: set[int], memo: dict[Selecting, IdentityPolicy]) -> IdentityPolicy:
+    def _patched_policy(self, ident: int, peers: set[int], memo: dict[Memo, IdentityPolicy]) -> IdentityPolicy:
         old = self._id_policy.get(ident)
         if old is not None:
             specs = (self._meta[key][1][idx][1] for key, idx in self._selecting(ident))
@@ -361,7 +389,7 @@ class Compiler:
         self._ipcache.release_unused()
         self._flush_stale()
         rebuild_eps = set(self._dirty_eps)
-        memo: dict[Selecting, IdentityPolicy] = {}
+        memo: dict[Memo, IdentityPolicy] = {}
         for ident in self._dirty_ids:
             eps = self._identity_eps.get(ident)
             if eps:

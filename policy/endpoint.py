@@ -41,12 +41,23 @@ def namespace_of(labels: Mapping[str, str]) -> str:
     return DEFAULT_NAMESPACE
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class NamedPort:
+    """A port the endpoint serves under a name (a Pod's container port), by
+    which policies may name it (`port: http`). Names are lower case."""
+
+    name: str
+    protocol: int  # policy.compiled.Protocol (TCP, UDP or SCTP), which imports this module
+    port: int
+
+
 @dataclass(frozen=True)
 class Endpoint:
     id: int
     labels: Mapping[str, str] = field(default_factory=dict)
     ipv4: IPv4Address | None = None
     ipv6: IPv6Address | None = None
+    named_ports: tuple[NamedPort, ...] = ()
 
     @property
     def addresses(self) -> tuple[IPv4Address | IPv6Address, ...]:
@@ -57,4 +68,4 @@ class Endpoint:
         return namespace_of(self.labels)
 
     def __hash__(self) -> int:
-        return hash((self.id, tuple(sorted(self.labels.items())), self.ipv4, self.ipv6))
+        return hash((self.id, tuple(sorted(self.labels.items())), self.ipv4, self.ipv6, self.named_ports))

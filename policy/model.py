@@ -68,8 +68,14 @@ Peer = EndpointPeer | EntityPeer | CIDRPeer | AnyPeer
 
 @dataclass(frozen=True, slots=True)
 class PortSpec:
+    """A protocol and its ports; for ICMP/ICMPv6 the range holds message
+    types. A named port (`name` set) has the placeholder range
+    policy.api.ports.UNRESOLVED until the compiler resolves it per endpoint
+    (policy/named_ports.py)."""
+
     protocol: Protocol
     ports: PortRange
+    name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

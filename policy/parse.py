@@ -20,10 +20,11 @@ from policy.api.documents import CiliumNetworkPolicy, NetworkPolicy
 from policy.api.http import PortRuleHTTP, split_header
 from policy.api.netpol import NetworkPolicySpec
 from policy.api.peers import NetworkPolicyPeer
+from policy.api.ports import ICMPRule
 from policy.api.ports import PortRule as PortRuleIn
 from policy.api.rule import CiliumItem, CiliumRule
 from policy.api.selectors import Selector
-from policy.compiled import ALL_PORTS, Direction, HeaderMatch, HTTPRule, Protocol, RuleRef
+from policy.compiled import ALL_PORTS, Direction, HeaderMatch, HTTPRule, PortRange, Protocol, RuleRef
 from policy.endpoint import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX, strip_source
 from policy.errors import PolicyError, PolicyErrors
 from policy.model import KIND_CCNP, AnyPeer, CIDRPeer, EndpointPeer, EntityPeer, Peer, Policy, PolicySpec, PortRule, PortSpec, Rule
@@ -126,17 +127,23 @@ def _cilium_rule(item: CiliumItem, direction: Direction, deny: bool, namespace: 
     peers += [CIDRPeer(net) for net in item.cidrs or ()]
     peers += [CIDRPeer(c.cidr, tuple(sorted(set(c.excepts or ())))) for c in item.cidr_sets or ()]
     peers += [AnyPeer() if e == "all" else EntityPeer(e) for e in item.entities or ()]
-    port_rules = tuple(_port_rule(p) for p in item.toPorts or ())
+    port_rules = tuple(_port_rule(p) for p in item.toPorts or ()) + tuple(_icmp_rule(r) for r in item.icmps or ())
     if port_rules and not (item.endpoints or item.cidrs or item.cidr_sets or item.entities):
         peers.append(AnyPeer())  # Cilium: an L4-only rule applies to every peer
     return Rule(direction, deny, tuple(dict.fromkeys(peers)), port_rules, ref)
 
 
 def _port_rule(p: PortRuleIn) -> PortRule:
-    specs = tuple(PortSpec(x.protocol, x.ports) for x in p.ports or ()) or (PortSpec(Protocol.ANY, ALL_PORTS),)
+    specs = tuple(PortSpec(x.protocol, x.ports, x.name) for x in p.ports or ()) or (PortSpec(Protocol.ANY, ALL_PORTS),)
     rules = p.rules.http if p.rules is not None else None
     http = tuple(dict.fromkeys(_http(h) for h in rules)) if rules else None
     return PortRule(specs, http)
+
+
+def _icmp_rule(r: ICMPRule) -> PortRule:
+    # As Cilium: an item without fields names no type, which is every L4.
+    specs = tuple(PortSpec(f.protocol, PortRange(f.type, f.type)) for f in r.fields or ())
+    return PortRule(tuple(dict.fromkeys(specs)) or (PortSpec(Protocol.ANY, ALL_PORTS),))
 
 
 def _http(h: PortRuleHTTP) -> HTTPRule:
@@ -158,7 +165,7 @@ def _np_spec(s: NetworkPolicySpec, namespace: str, ref: str) -> PolicySpec:
         for i, item in enumerate(items or ()):
             # A missing or empty from/to means every peer; missing ports every port.
             peers = [_np_peer(p, namespace) for p in item.peers] if item.peers else [AnyPeer()]
-            ports = tuple(PortSpec(p.protocol, p.ports) for p in item.ports or ())
+            ports = tuple(PortSpec(p.protocol, p.ports, p.name) for p in item.ports or ())
             port_rules = (PortRule(ports),) if ports else ()
             rules.append(Rule(direction, False, tuple(dict.fromkeys(peers)), port_rules, RuleRef(NetworkPolicy.KIND, ref, f"spec.{section}[{i}]")))
     subject = _selector(s.podSelector).and_(_in_namespace(namespace))

@@ -10,7 +10,7 @@ identity; only the proxy ports are per endpoint. Pure, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from policy.compiled import (
@@ -28,7 +28,9 @@ from policy.compiled import (
 from policy.endpoint import Endpoint
 from policy.identity import IDENTITY_HOST
 from policy.merge import Atoms, merge_entries, merge_l7
-from policy.model import Peer, PolicySpec, PortRule, PortSpec
+from policy.model import Peer, PolicySpec, PortRule, PortSpec, Rule
+from policy.named_ports import NOTHING, PortsByName
+from policy.named_ports import resolve as resolve_name
 from policy.proxyports import ProxyPortAllocator
 
 _L3_ONLY = (PortRule((PortSpec(Protocol.ANY, ALL_PORTS),)),)
@@ -56,12 +58,33 @@ def _entry_order(e: PolicyEntry) -> tuple[int, int, int, int]:
     return (k.identity, k.direction, k.protocol, k.ports.lo)
 
 
+def _named(
+    ps: PortSpec, direction: Direction, fpeers: frozenset[int], subject: PortsByName, peer_ports: Callable[[int], PortsByName]
+) -> Iterator[tuple[frozenset[int], PortSpec]]:
+    """A named spec as (peers, numbered spec) pairs: ingress names are the
+    subject's ports, egress names each peer's (policy/named_ports.py)."""
+    if direction == Direction.INGRESS:
+        for spec in resolve_name(ps, subject):
+            yield fpeers, spec
+        return
+    groups: dict[tuple[PortSpec, ...], set[int]] = {}
+    for peer in fpeers:
+        groups.setdefault(resolve_name(ps, peer_ports(peer)), set()).add(peer)
+    for specs, peers in groups.items():
+        for spec in specs:
+            yield frozenset(peers), spec
+
+
 def merge_specs(
     specs: Sequence[tuple[str, str, PolicySpec]],
     members: Mapping[Peer, frozenset[int]],
     allow_localhost: bool,
+    subject_ports: PortsByName = NOTHING,
+    peer_ports: Callable[[int], PortsByName] = lambda _: NOTHING,
 ) -> IdentityPolicy:
-    """(policy key, RuleRef policy name, spec) of every spec selecting an identity -> its policy."""
+    """(policy key, RuleRef policy name, spec) of every spec selecting an
+    identity -> its policy. Named ports resolve against `subject_ports` (the
+    identity's own, for ingress) and `peer_ports` (each peer's, for egress)."""
     atoms = Atoms()
     ingress = egress = False
     selected_by: set[str] = set()
@@ -78,17 +101,13 @@ def merge_specs(
                 fpeers = frozenset().union(*(members[p] for p in rule.peers))
             if not fpeers:
                 continue
-            items = atoms.items[fpeers]
             for pr in rule.port_rules or _L3_ONLY:
                 for ps in pr.ports:
-                    if pr.http is not None:
-                        proto, verdict = Protocol.TCP, Verdict.REDIRECT
-                        for http in pr.http:
-                            atoms.l7[(rule.direction, ps.ports.lo)].append((fpeers, http, rule.ref))
+                    if ps.name is None:
+                        _add(atoms, rule, pr, ps, fpeers)
                     else:
-                        proto = ps.protocol
-                        verdict = Verdict.DENY if rule.deny else Verdict.ALLOW
-                    items.append((rule.direction, proto, ps.ports.lo, ps.ports.hi, verdict, rule.ref))
+                        for peers, spec in _named(ps, rule.direction, fpeers, subject_ports, peer_ports):
+                            _add(atoms, rule, pr, spec, peers)
     if ingress and allow_localhost:
         # As Cilium's allow-localhost default: the node itself may always
         # reach its local endpoints, or kubelet probes would break the moment
@@ -99,11 +118,23 @@ def merge_specs(
     return IdentityPolicy(ingress, egress, merge_entries(atoms), merge_l7(atoms), frozenset(selected_by), keys)
 
 
+def _add(atoms: Atoms, rule: Rule, pr: PortRule, ps: PortSpec, fpeers: frozenset[int]) -> None:
+    if pr.http is not None:
+        proto, verdict = Protocol.TCP, Verdict.REDIRECT
+        for http in pr.http:
+            atoms.l7[(rule.direction, ps.ports.lo)].append((fpeers, http, rule.ref))
+    else:
+        proto = ps.protocol
+        verdict = Verdict.DENY if rule.deny else Verdict.ALLOW
+    atoms.items[fpeers].append((rule.direction, proto, ps.ports.lo, ps.ports.hi, verdict, rule.ref))
+
+
 def patch_peers(
     ip: IdentityPolicy, specs: Iterable[PolicySpec], members: Mapping[Peer, frozenset[int]], peers: set[int]
 ) -> IdentityPolicy | None:
     """Recompute only the entries of `peers` in an identity's policy (its
-    selecting specs unchanged); None when a full merge is needed (L7 involved)."""
+    selecting specs unchanged); None when a full merge is needed (L7 or
+    named ports involved)."""
     if ip.l7:
         return None
     atoms = Atoms()
@@ -119,6 +150,8 @@ def patch_peers(
                 if pr.http is not None:
                     return None
                 for ps in pr.ports:
+                    if ps.name is not None:
+                        return None
                     verdict = Verdict.DENY if rule.deny else Verdict.ALLOW
                     items.append((rule.direction, ps.protocol, ps.ports.lo, ps.ports.hi, verdict, rule.ref))
     kept = [e for e in ip.entries if e.key.identity not in peers]

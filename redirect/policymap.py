@@ -31,6 +31,8 @@ from policy.compiled import (
     PortRange,
     Protocol,
     Verdict,
+    probe_ports,
+    protocol_name,
 )
 from redirect import layout
 
@@ -113,10 +115,7 @@ def render(ep: EndpointPolicy) -> dict[KernelKey, KernelValue]:
 
 
 def _proto_name(p: int) -> str:
-    try:
-        return Protocol(p).name
-    except ValueError:
-        return str(p)
+    return protocol_name(p)
 
 
 def encode_key(k: KernelKey) -> bytes:
@@ -181,18 +180,18 @@ def kernel_lookup(
     port: int,
 ) -> tuple[bool, Verdict | None, int]:
     """Model of bpf/lib/policy.h: (allowed, strongest verdict, proxy port)."""
-    ported = protocol in (Protocol.TCP, Protocol.UDP)
+    own, any_ = probe_ports(protocol, port)
     best: KernelValue | None = None
-    for ident, proto in ((peer, protocol), (peer, Protocol.ANY), (IDENTITY_ANY, protocol), (IDENTITY_ANY, Protocol.ANY)):
+    for ident, proto, at in ((peer, protocol, own), (peer, Protocol.ANY, any_), (IDENTITY_ANY, protocol, own), (IDENTITY_ANY, Protocol.ANY, any_)):
         hit: tuple[int, KernelValue] | None = None
         for k, v in entries.items():
             if k.identity != ident or k.direction != direction or k.protocol != proto:
                 continue
-            if not ported:
+            if at is None:
                 if k.plen == 0 and (hit is None or 0 > hit[0]):
                     hit = (0, v)
                 continue
-            if k.ports.contains(port) and (hit is None or k.plen > hit[0]):
+            if k.ports.contains(at) and (hit is None or k.plen > hit[0]):
                 hit = (k.plen, v)
         if hit is not None and (best is None or hit[1].verdict > best.verdict):
             best = hit[1]

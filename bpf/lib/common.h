@@ -24,6 +24,7 @@
 #define ETH_P_IPV6 0x86DD
 #endif
 #define IPPROTO_ICMPV6_ 58
+#define IPPROTO_SCTP_ 132
 /* IPv6 extension headers walked to find the transport header */
 #define NEXTHDR_HOP_      0
 #define NEXTHDR_ROUTING_  43
@@ -44,8 +45,11 @@ struct pkt {
 	__u16 dport;
 	__u8 protocol;
 	__u8 tcp_flags;
-	__u8 ported; /* TCP or UDP: policy looks at the port */
+	__u8 ported; /* TCP, UDP or SCTP: policy looks at the port */
 	__u8 v6;
+	/* ICMP and ICMPv6: the message type, which policy looks at in the
+	 * port's place (icmps rules); 0 for other protocols */
+	__u8 icmp_type;
 	/* ICMP errors: offset from skb->data of the packet they quote (its IP
 	 * header), so the flow it belongs to can be found; 0 otherwise */
 	__u16 inner_off;
@@ -72,7 +76,9 @@ static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p, voi
 		p->dport = th->dest;
 		p->tcp_flags = ((__u8 *)th)[13];
 		p->ported = 1;
-	} else if (p->protocol == IPPROTO_UDP) {
+	} else if (p->protocol == IPPROTO_UDP || p->protocol == IPPROTO_SCTP_) {
+		/* SCTP's common header starts with the two ports, as UDP's does;
+		 * the rest (verification tag, checksum) is the endpoints' business */
 		struct udphdr *uh = l4;
 		if ((void *)(uh + 1) > data_end)
 			return PARSE_MALFORMED;
@@ -91,6 +97,7 @@ static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p, voi
 		 * would admit it past the pod's ingress (Cilium's
 		 * GHSA-c66w-hq56-4q97). */
 		int v4 = p->protocol == IPPROTO_ICMP;
+		p->icmp_type = ic->type;
 		if (v4 ? ic->type == ICMP_ECHO : ic->type == ICMPV6_ECHO_REQUEST_) {
 			p->sport = ic->un.echo.id;
 		} else if (v4 ? ic->type == ICMP_ECHOREPLY : ic->type == ICMPV6_ECHO_REPLY_) {
@@ -245,7 +252,7 @@ static __always_inline int parse_quoted(struct __sk_buff *skb, struct pkt *outer
 		in->protocol = h->protocol;
 		l4 = (void *)h + ihl;
 	}
-	if (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP)
+	if (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP && in->protocol != IPPROTO_SCTP_)
 		return -1;
 	__be16 *ports = l4;
 	if ((void *)(ports + 2) > data_end)

@@ -3,10 +3,13 @@
  * Four probes into the endpoint's LPM trie: (peer, proto), (peer, ANY),
  * (ANY, proto), (ANY, ANY), each a longest-prefix match on the port. The
  * strongest verdict wins (DENY > REDIRECT > ALLOW); among redirects the
- * first (most specific) probe's proxy port. TCP and UDP look up their
- * destination port; every other protocol (ICMP included) looks up with the
- * key's prefix length cut at POLICY_FIXED_BITS, so only all-ports entries
- * can match it: an L3-only allow admits ICMP, a port rule never does. */
+ * first (most specific) probe's proxy port. TCP, UDP and SCTP look up their
+ * destination port. ICMP and ICMPv6 look up their message type in the
+ * port's place, but only under their own protocol: the ANY probes are cut
+ * at POLICY_FIXED_BITS, so a `port: 8` rule of protocol ANY never admits an
+ * echo request. Every other protocol looks up with every probe cut there:
+ * only all-ports entries match it, so an L3-only allow admits it and a port
+ * rule never does. */
 #ifndef CILIATE_POLICY_H
 #define CILIATE_POLICY_H
 
@@ -17,12 +20,13 @@ struct verdict {
 };
 
 static __always_inline void policy_probe(void *pm, struct policy_key *k, __u32 identity,
-					 __u8 protocol, struct verdict *best)
+					 __u8 protocol, __u32 prefixlen, struct verdict *best)
 {
 	struct policy_value *v;
 
 	k->identity = identity;
 	k->protocol = protocol;
+	k->prefixlen = prefixlen;
 	v = bpf_map_lookup_elem(pm, k);
 	if (v && v->verdict > best->verdict) {
 		best->verdict = v->verdict;
@@ -35,6 +39,7 @@ static __always_inline void policy_decide(__u32 endpoint_id, __u32 enforced, __u
 					  __u8 direction, struct pkt *p, struct verdict *out)
 {
 	struct policy_key k = {};
+	__u32 own = POLICY_FIXED_BITS, any = POLICY_FIXED_BITS;
 	void *pm;
 
 	out->verdict = 0;
@@ -46,15 +51,16 @@ static __always_inline void policy_decide(__u32 endpoint_id, __u32 enforced, __u
 	}
 	k.direction = direction;
 	if (p->ported) {
-		k.prefixlen = POLICY_FIXED_BITS + 16;
+		own = any = POLICY_FIXED_BITS + 16;
 		k.dport = p->dport;
-	} else {
-		k.prefixlen = POLICY_FIXED_BITS;
+	} else if (p->protocol == IPPROTO_ICMP || p->protocol == IPPROTO_ICMPV6_) {
+		own = POLICY_FIXED_BITS + 16;
+		k.dport = bpf_htons(p->icmp_type);
 	}
-	policy_probe(pm, &k, peer, p->protocol, out);
-	policy_probe(pm, &k, peer, 0, out);
-	policy_probe(pm, &k, 0, p->protocol, out);
-	policy_probe(pm, &k, 0, 0, out);
+	policy_probe(pm, &k, peer, p->protocol, own, out);
+	policy_probe(pm, &k, peer, 0, any, out);
+	policy_probe(pm, &k, 0, p->protocol, own, out);
+	policy_probe(pm, &k, 0, 0, any, out);
 
 	switch (out->verdict) {
 	case VERDICT_DENY:

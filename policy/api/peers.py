@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import Field, PlainValidator, model_validator
 
 from policy.api.base import Strict
+from policy.api.ports import ICMPRule
 from policy.api.problems import Loc, fail, fail_all, reject, type_name, unsupported
 from policy.api.selectors import PeerSelector, Selector
 from policy.families import FAMILY_NAMES, IPNetwork
@@ -96,7 +97,7 @@ def _ingress_only(field: str) -> Any:
 
 
 class _BothSides(Strict):
-    icmps: Annotated[Any, unsupported("ICMP rules (icmps)")] = None
+    icmps: list[ICMPRule] | None = None
     authentication: Annotated[Any, unsupported("mutual authentication")] = None
 
 

@@ -1,9 +1,13 @@
-"""Ports and port rules: numbers, ranges, protocols, and what HTTP needs.
+"""Ports and port rules: numbers, names, ranges, protocols, ICMP types, and
+what HTTP needs.
 
-A port is a number or a numeric string (Cilium writes "80"); 0 or absent
-means every port; `endPort` makes a range. Cilium's `toPorts` items may
-carry L7 rules, which need one TCP port; deny rules may not carry any.
-NetworkPolicy ports default to TCP and know no `ANY`. Pure.
+A port is a number, a numeric string (Cilium writes "80") or a name (an
+IANA service name such as `http`, resolved per endpoint from its container
+ports: policy/named_ports.py); 0 or absent means every port; `endPort`
+makes a range of numbers. Cilium's `toPorts` items may carry L7 rules, which
+need one TCP port; deny rules may not carry any. NetworkPolicy ports default
+to TCP and know no `ANY`. `icmps` names ICMP/ICMPv6 message types by number
+or by Cilium's CamelCase name. Pure.
 """
 
 from __future__ import annotations
@@ -16,44 +20,76 @@ from policy.api.base import Strict
 from policy.api.http import L7Rules
 from policy.api.problems import UP, Loc, fail, fail_all, reject, type_name, unsupported
 from policy.compiled import ALL_PORTS, PortRange, Protocol
+from policy.icmp_types import ICMP_FAMILIES, icmp_type
+
+# A named port (policy/named_ports.py) has no number until it is resolved
+# for an endpoint; until then its range is port 0 alone, which no TCP, UDP
+# or SCTP traffic uses, so code that forgot the name would open nothing.
+UNRESOLVED = PortRange(0, 0)
 
 
-def _port(v: Any) -> int:
+def port_name_problem(name: str) -> str | None:
+    """Why `name` is not an IANA service name (RFC 6335: 1-15 characters,
+    letters, digits and single inner hyphens, at least one letter), as
+    Kubernetes requires of container port names; None when it is one."""
+    if not 1 <= len(name) <= 15:
+        return "a port name has 1 to 15 characters"
+    if not all(c.isascii() and (c.isalnum() or c == "-") for c in name):
+        return "a port name has letters, digits and hyphens only"
+    if name.startswith("-") or name.endswith("-") or "--" in name:
+        return "a port name neither starts nor ends with a hyphen, nor has two in a row"
+    if not any(c.isalpha() for c in name):
+        return "a port name has at least one letter"
+    return None
+
+
+def _port(v: Any) -> int | str:
     if isinstance(v, str):
-        digits = v.strip()
-        if not (digits.isascii() and digits.isdigit()):
-            fail(f"not supported: named port {v!r} (use a number)")
-        v = int(digits)
+        text = v.strip()
+        if not (text.isascii() and text.isdigit()):
+            problem = port_name_problem(text)
+            if problem is not None:
+                fail(f"invalid port {v!r}: not a number, and not a port name ({problem})")
+            return text.lower()  # names are matched case-insensitively, as Cilium does
+        v = int(text)
     if isinstance(v, bool) or not isinstance(v, int):
-        fail(f"must be a port number, got {type_name(v)}")
+        fail(f"must be a port number or name, got {type_name(v)}")
     if not 0 <= v <= 65535:
         fail(f"port {v} out of range 0-65535")
     return v
 
 
-def _protocol(allowed: dict[str, Protocol]) -> PlainValidator:
+def _end_port(v: Any) -> int:
+    out = _port(v)
+    if isinstance(out, str):
+        fail(f"endPort must be a number, got the name {out!r}")
+    return out
+
+
+def _protocol(allowed: dict[str, Protocol], hint: str = "") -> PlainValidator:
     def check(v: Any) -> Protocol:
         if not isinstance(v, str):
             fail(f"must be a string, got {type_name(v)}")
         up = v.upper()
-        if up == "SCTP":
-            fail("not supported: protocol SCTP")
         if up not in allowed:
-            fail(f"unknown protocol {v!r}: expected {', '.join(allowed)}")
+            fail(f"unknown protocol {v!r}: expected {', '.join(allowed)}{hint}")
         return allowed[up]
 
     return PlainValidator(check)
 
 
-PortNumber = Annotated[int, PlainValidator(_port)]
+PortNumber = Annotated[int | str, PlainValidator(_port)]
+EndPortNumber = Annotated[int, PlainValidator(_end_port)]
+_L4 = {"TCP": Protocol.TCP, "UDP": Protocol.UDP, "SCTP": Protocol.SCTP}
+_ICMP_HINT = " (ICMP types are matched with `icmps`)"
 
 
 class PortProtocol(Strict):
-    """Cilium's port: protocol ANY unless named."""
+    """Cilium's port: protocol ANY (TCP, UDP and SCTP) unless named."""
 
     port: PortNumber | None = None
-    endPort: PortNumber | None = None
-    protocol: Annotated[Protocol, _protocol({"TCP": Protocol.TCP, "UDP": Protocol.UDP, "ANY": Protocol.ANY})] = Protocol.ANY
+    endPort: EndPortNumber | None = None
+    protocol: Annotated[Protocol, _protocol(_L4 | {"ANY": Protocol.ANY}, _ICMP_HINT)] = Protocol.ANY
 
     # Field validators (they see the fields declared before them) rather than
     # a check of the whole object, which a wrong sibling field would skip.
@@ -63,6 +99,8 @@ class PortProtocol(Strict):
         if end is None or "port" not in info.data:
             return end
         port = info.data["port"]
+        if isinstance(port, str):
+            fail(f"endPort needs a numeric port, got the name {port!r}")
         if not port:
             fail("endPort needs a port")
         if end < port:
@@ -70,18 +108,57 @@ class PortProtocol(Strict):
         return end
 
     @property
+    def name(self) -> str | None:
+        return self.port if isinstance(self.port, str) else None
+
+    @property
     def ports(self) -> PortRange:
+        if isinstance(self.port, str):
+            return UNRESOLVED
         if not self.port:
             return ALL_PORTS
         return PortRange(self.port, self.endPort if self.endPort is not None else self.port)
 
     @property
     def single(self) -> bool:
-        return bool(self.port) and self.endPort in (None, self.port)
+        return bool(self.port) and (isinstance(self.port, str) or self.endPort in (None, self.port))
 
 
 class NetworkPolicyPort(PortProtocol):
-    protocol: Annotated[Protocol, _protocol({"TCP": Protocol.TCP, "UDP": Protocol.UDP})] = Protocol.TCP
+    protocol: Annotated[Protocol, _protocol(_L4)] = Protocol.TCP
+
+
+def _icmp_family(v: Any) -> str:
+    if v not in ICMP_FAMILIES:
+        fail(f"unknown family {v!r}: expected IPv4 or IPv6")
+    return v
+
+
+class ICMPField(Strict):
+    """One ICMP message type: `type` a number 0-255 or the type's CamelCase
+    name in its family (IPv4 unless `family: IPv6`)."""
+
+    family: Annotated[str, PlainValidator(_icmp_family)] = "IPv4"
+    type: Any
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, v: Any, info: ValidationInfo) -> int:
+        family = info.data.get("family")
+        if family is None:  # the family itself was wrong; that is the error to read
+            return 0
+        number, problem = icmp_type(family, v)
+        if problem is not None:
+            fail(problem)
+        return number
+
+    @property
+    def protocol(self) -> Protocol:
+        return Protocol.ICMPV6 if self.family == "IPv6" else Protocol.ICMP
+
+
+class ICMPRule(Strict):
+    fields: list[ICMPField] | None = None
 
 
 class PortRule(Strict):
@@ -105,8 +182,8 @@ class PortRule(Strict):
             fail("HTTP rules need a single port, got all ports", at=UP + ("ports",))
         problems: list[tuple[Loc, str]] = []
         for i, p in enumerate(ports):
-            if p.protocol == Protocol.UDP:
-                problems.append((UP + ("ports", i, "protocol"), "HTTP rules need TCP, got UDP"))
+            if p.protocol not in (Protocol.TCP, Protocol.ANY):
+                problems.append((UP + ("ports", i, "protocol"), f"HTTP rules need TCP, got {p.protocol.name}"))
             elif not p.single:
                 what = "a port range (endPort)" if p.port else "all ports"
                 problems.append((UP + ("ports", i), f"HTTP rules need a single port, got {what}"))

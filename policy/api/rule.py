@@ -11,27 +11,40 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any
 
+from pydantic import ValidationInfo, field_validator
+
 from policy.api.base import Strict
 from policy.api.peers import EgressPeers, IngressPeers
 from policy.api.ports import DenyPortRule, PortRule
-from policy.api.problems import unsupported
+from policy.api.problems import fail, unsupported
 from policy.api.selectors import Selector
+
+
+def _not_with_icmps(ports: Any, info: ValidationInfo) -> Any:
+    """As Cilium: one item matches ports or ICMP types, not both (write two items)."""
+    if ports and info.data.get("icmps"):
+        fail("toPorts cannot be combined with icmps in one rule: write a separate rule for each")
+    return ports
 
 
 class IngressRule(IngressPeers):
     toPorts: list[PortRule] | None = None
+    _ports_or_icmps = field_validator("toPorts")(_not_with_icmps)
 
 
 class IngressDenyRule(IngressPeers):
     toPorts: list[DenyPortRule] | None = None
+    _ports_or_icmps = field_validator("toPorts")(_not_with_icmps)
 
 
 class EgressRule(EgressPeers):
     toPorts: list[PortRule] | None = None
+    _ports_or_icmps = field_validator("toPorts")(_not_with_icmps)
 
 
 class EgressDenyRule(EgressPeers):
     toPorts: list[DenyPortRule] | None = None
+    _ports_or_icmps = field_validator("toPorts")(_not_with_icmps)
 
 
 # One ingress/egress (deny) item; the peer fields share names across directions.

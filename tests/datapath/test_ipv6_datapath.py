@@ -577,6 +577,23 @@ def test_icmpv6_echo_needs_an_allow_and_a_request_reusing_a_pods_id_is_not_its_r
     assert not _echo6(a.pod, IPV6["b"], ident + 1, DENIED_WAIT)  # a TCP rule never admits ICMPv6
 
 
+@pytest.mark.parametrize(
+    "entries, expect",
+    [
+        pytest.param([rule(257, EGRESS, Protocol.ICMPV6, 128)], True, id="echo-request-type"),
+        pytest.param([rule(257, EGRESS, Protocol.ICMPV6, 129)], False, id="echo-reply-type"),
+        pytest.param([rule(257, EGRESS, Protocol.ICMP, 128)], False, id="icmpv4-type-128"),
+        pytest.param([rule(257, EGRESS, Protocol.ANY, 128)], False, id="port-128-of-any-protocol"),
+    ],
+)
+def test_icmpv6_is_decided_by_message_type(n6, entries, expect):
+    """An `icmps` rule of family IPv6 admits that ICMPv6 type only; the
+    admitted request's reply comes back through conntrack."""
+    a, b = n6.ep("a"), n6.ep("b")
+    n6.dp.apply(state6(1, [endpoint6(a, entries, ingress=True), endpoint6(b, [], ingress=False, egress=False)]))
+    assert _echo6(a.pod, IPV6["b"], 4343, WAIT if expect else DENIED_WAIT) is expect
+
+
 def test_a_pods_icmp_error_passes_only_back_to_the_sender_it_reports_on(n6):
     """a may send only UDP/7004 to c. c's datagram to a is tracked; an error
     a sends about it goes back to c as related, but the same "error" sent to

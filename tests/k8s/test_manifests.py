@@ -175,9 +175,10 @@ def _with(path: str, value) -> dict:
 
 
 @pytest.mark.parametrize("path,value", [
-    ("spec.ingress.0.toPorts.0.ports.0.protocol", "SCTP"),
+    ("spec.ingress.0.toPorts.0.ports.0.protocol", "SCTPX"),
     ("spec.ingress.0.toPorts.0.ports.0.port", "99999999"),
-    ("spec.ingress.0.toPorts.0.ports.0.port", "http"),
+    ("spec.ingress.0.toPorts.0.ports.0.port", "http_alt"),
+    ("spec.ingress.0.toPorts.0.ports.0.port", "a-very-long-port-name"),
     ("spec.ingress.0.fromEntities", ["bogus"]),
     ("spec.ingress.0.fromCIDR", ["not-a-cidr"]),
     ("spec.endpointSelector", {"matchExpressions": [{"key": "app", "operator": "Near"}]}),
@@ -191,6 +192,17 @@ def test_the_schema_refuses_what_the_agent_refuses(path, value):
     assert not _agent_ok(bad), "the agent accepts it: the schema must not refuse it"
     assert not _schema_ok(bad)
     assert _schema_ok(BASE) and _agent_ok(BASE)
+
+
+@pytest.mark.parametrize("path,value", [
+    ("spec.ingress.0.toPorts.0.ports.0.port", "http"),
+    ("spec.ingress.0.toPorts.0.ports.0", {"port": "5000", "protocol": "SCTP"}),
+])
+def test_the_schema_accepts_named_ports_and_sctp_as_the_agent_does(path, value):
+    doc = _with(path, value)
+    if isinstance(value, dict):
+        del doc["spec"]["ingress"][0]["toPorts"][0]["rules"]  # HTTP rules need TCP
+    assert _agent_ok(doc) and _schema_ok(doc)
 
 
 def test_unknown_fields_reach_the_agent_instead_of_being_pruned():

@@ -45,11 +45,12 @@ def test_metadata_name_reason_says_what_was_found():
 
 
 @pytest.mark.parametrize("port", ["'²'", "'٣'"])
-def test_a_port_in_non_ascii_digits_is_a_named_port_not_a_crash(port):
+def test_a_port_in_non_ascii_digits_is_an_invalid_port_not_a_crash(port):
     text = HEAD + f"metadata: {{name: p}}\nspec:\n  endpointSelector: {{}}\n  ingress: [{{toPorts: [{{ports: [{{port: {port}}}]}}]}}]\n"
     (err,) = errors(text)
     assert INTERNAL_ERROR not in err
-    assert err.startswith("p.yaml: spec.ingress[0].toPorts[0].ports[0].port: not supported: named port")
+    assert err.startswith("p.yaml: spec.ingress[0].toPorts[0].ports[0].port: invalid port")
+    assert "not a number, and not a port name" in err
 
 
 @pytest.mark.parametrize("field, value", [("from", "{}"), ("ports", "''"), ("from", "0")])

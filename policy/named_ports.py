@@ -1,0 +1,108 @@
+"""Named ports: `port: http` resolved to the numbers endpoints serve it on.
+
+A policy may name a port instead of numbering it (Kubernetes' most common
+NetworkPolicy idiom). The name means the port that the *destination*
+endpoint serves under it (a Pod's `containers[].ports[].name`), so:
+- an ingress rule resolves it against the endpoint the policy selects;
+- an egress rule resolves it per peer, against that peer's endpoints, so
+  `port: http` towards two backends that serve http on 8080 and 9090 admits
+  8080 to the first and 9090 to the second only; towards "any peer" (an
+  L4-only rule) it admits every number some known endpoint serves it on, as
+  Cilium does;
+- a name no endpoint serves matches nothing, and a rule's protocol must
+  match the port's own (ANY takes the port's).
+Endpoints sharing an identity (one Deployment's pods) are resolved as one:
+the identity serves a name on every number any of them does. Pure.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+from policy.compiled import PortRange, Protocol
+from policy.endpoint import NamedPort
+from policy.identity import IDENTITY_ANY
+from policy.model import PolicySpec, PortSpec
+
+# name -> {(protocol, port)}
+PortsByName = Mapping[str, frozenset[tuple[int, int]]]
+NOTHING: PortsByName = {}
+
+
+def uses_names(spec: PolicySpec) -> bool:
+    return any(ps.name is not None for rule in spec.rules for pr in rule.port_rules for ps in pr.ports)
+
+
+def resolve(spec: PortSpec, ports: PortsByName) -> tuple[PortSpec, ...]:
+    """The numbered specs a named spec stands for given these ports (itself
+    when it is numbered)."""
+    if spec.name is None:
+        return (spec,)
+    return tuple(
+        PortSpec(Protocol(proto), PortRange(port, port))
+        for proto, port in sorted(ports.get(spec.name, ()))
+        if spec.protocol in (Protocol.ANY, proto)
+    )
+
+
+def _by_name(counts: Counter[NamedPort]) -> dict[str, frozenset[tuple[int, int]]]:
+    out: dict[str, set[tuple[int, int]]] = {}
+    for np in counts:
+        out.setdefault(np.name, set()).add((np.protocol, np.port))
+    return {name: frozenset(v) for name, v in out.items()}
+
+
+class NamedPortIndex:
+    """Which names each identity (and the whole node) serves, kept as
+    endpoints come, change and go."""
+
+    def __init__(self) -> None:
+        self._ep: dict[int, tuple[int, tuple[NamedPort, ...]]] = {}
+        self._ident: dict[int, Counter[NamedPort]] = {}
+        self._all: Counter[NamedPort] = Counter()
+        self._cache: dict[int, PortsByName] = {}
+
+    def set(self, endpoint_id: int, ident: int | None, ports: Iterable[NamedPort]) -> set[int]:
+        """Record an endpoint's identity and ports (ident None: it is gone);
+        returns the identities whose names changed, IDENTITY_ANY among them
+        when the node's did."""
+        new = tuple(sorted(set(ports))) if ident is not None else ()
+        old = self._ep.get(endpoint_id)
+        if old == (ident, new) or (old is None and not new):
+            return set()
+        changed: set[int] = set()
+        if old is not None:
+            del self._ep[endpoint_id]
+            self._count(old[0], old[1], -1, changed)
+        if ident is not None and new:
+            self._ep[endpoint_id] = (ident, new)
+            self._count(ident, new, 1, changed)
+        return changed
+
+    def _count(self, ident: int, ports: tuple[NamedPort, ...], step: int, changed: set[int]) -> None:
+        if not ports:
+            return
+        counts = self._ident.setdefault(ident, Counter())
+        before, all_before = set(counts), set(self._all)
+        for np in ports:
+            counts[np] += step
+            self._all[np] += step
+        counts += Counter()  # drop zero counts
+        self._all += Counter()
+        if not counts:
+            del self._ident[ident]
+        if set(counts) != before:
+            changed.add(ident)
+            self._cache.pop(ident, None)
+        if set(self._all) != all_before:
+            changed.add(IDENTITY_ANY)
+            self._cache.pop(IDENTITY_ANY, None)
+
+    def of(self, ident: int) -> PortsByName:
+        """The names an identity serves; for IDENTITY_ANY, every endpoint's."""
+        got = self._cache.get(ident)
+        if got is None:
+            counts = self._all if ident == IDENTITY_ANY else self._ident.get(ident)
+            got = self._cache[ident] = _by_name(counts) if counts else NOTHING
+        return got
