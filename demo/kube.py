@@ -142,12 +142,17 @@ class KubeCluster:
 
     # -- objects ---------------------------------------------------------------------
 
-    def create_pod(self, name: str, labels: dict[str, str], namespace: str = "default") -> dict:
-        """The Pod object the agent reads the pod's labels from, scheduled on this node."""
+    def create_pod(self, name: str, labels: dict[str, str], namespace: str = "default",
+                   ports: list[dict] | None = None) -> dict:
+        """The Pod object the agent reads the pod's labels (and named container
+        ports: [{name, containerPort, protocol}]) from, scheduled on this node."""
+        container: dict = {"name": name, "image": "ciliate/demo-apps"}
+        if ports:
+            container["ports"] = ports
         pod = {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
-            "spec": {"nodeName": self.node_name, "containers": [{"name": name, "image": "ciliate/demo-apps"}]},
+            "spec": {"nodeName": self.node_name, "containers": [container]},
         }
         out = self.http("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
         assert out is not None

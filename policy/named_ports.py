@@ -30,6 +30,21 @@ PortsByName = Mapping[str, frozenset[tuple[int, int]]]
 NOTHING: PortsByName = {}
 
 
+def port_name_problem(name: str) -> str | None:
+    """Why `name` is not an IANA service name (RFC 6335: 1-15 characters,
+    letters, digits and single inner hyphens, at least one letter), as
+    Kubernetes requires of container port names; None when it is one."""
+    if not 1 <= len(name) <= 15:
+        return "a port name has 1 to 15 characters"
+    if not all(c.isascii() and (c.isalnum() or c == "-") for c in name):
+        return "a port name has letters, digits and hyphens only"
+    if name.startswith("-") or name.endswith("-") or "--" in name:
+        return "a port name neither starts nor ends with a hyphen, nor has two in a row"
+    if not any(c.isalpha() for c in name):
+        return "a port name has at least one letter"
+    return None
+
+
 def uses_names(spec: PolicySpec) -> bool:
     return any(ps.name is not None for rule in spec.rules for pr in rule.port_rules for ps in pr.ports)
 

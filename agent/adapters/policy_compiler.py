@@ -17,7 +17,7 @@ from pathlib import Path
 from agent.core.ports import Allocations, EndpointSpec, LoadedFile, PolicyProblem
 from policy.compiled import RESERVED_IDENTITIES, CompiledState
 from policy.compiler import Compiler
-from policy.endpoint import Endpoint
+from policy.endpoint import Endpoint, NamedPort
 from policy.families import Stack
 from policy.identity import IdentityAllocator, identity_labels
 from policy.proxyports import ProxyPortAllocator
@@ -54,7 +54,8 @@ class RealCompiler:
     def upsert_endpoint(self, endpoint: EndpointSpec) -> int:
         if endpoint.identity is not None:
             self._c.identities.adopt(identity_labels(endpoint.labels), endpoint.identity)
-        self._c.upsert_endpoint(Endpoint(endpoint.endpoint_id, dict(endpoint.labels), endpoint.ipv4, endpoint.ipv6))
+        named = tuple(NamedPort(n, proto, port) for n, proto, port in endpoint.named_ports)
+        self._c.upsert_endpoint(Endpoint(endpoint.endpoint_id, dict(endpoint.labels), endpoint.ipv4, endpoint.ipv6, named))
         ident = self._c.identity_of_endpoint(endpoint.endpoint_id)
         assert ident is not None
         return ident

@@ -28,9 +28,19 @@ class _Label(BaseModel):
     value: str
 
 
+class _NamedPort(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(min_length=1)
+    port: int
+    protocol: str = "TCP"
+
+
 class _CniArgs(BaseModel):
     model_config = ConfigDict(extra="ignore")
     labels: list[_Label] = Field(default_factory=list)
+    # The ports the container serves by name (`port: http` in a policy);
+    # the agent validates them. Kubernetes mode takes the Pod's instead.
+    named_ports: list[_NamedPort] = Field(default_factory=list, alias="namedPorts")
 
 
 class _Args(BaseModel):
@@ -147,3 +157,8 @@ def display_name(env: CniEnv) -> str | None:
 def host_ifname(container_id: str, ifname: str) -> str:
     """Stable host-side name: the same container always gets the same veth (DEL and retries find it)."""
     return "lxc" + hashlib.sha256(f"{container_id}/{ifname}".encode()).hexdigest()[:11]
+
+
+def endpoint_named_ports(conf: NetConf) -> list[dict[str, Any]]:
+    """args.cni.namedPorts as the agent's API takes them."""
+    return [{"name": p.name, "port": p.port, "protocol": p.protocol.upper()} for p in conf.args.cni.named_ports]

@@ -31,6 +31,7 @@ from agent.cni.config import (
     NetConf,
     display_name,
     endpoint_labels,
+    endpoint_named_ports,
     host_ifname,
     parse_env,
     parse_netconf,
@@ -114,6 +115,7 @@ def cmd_add(conf: NetConf, env: CniEnv, stdin: bytes, environ: Mapping[str, str]
                         ipv6=wanted.ipv6.address if wanted.ipv6 else None,
                         labels=endpoint_labels(conf, env),
                         name=display_name(env),
+                        named_ports=endpoint_named_ports(conf),
                     ),
                     wait=conf.wait_seconds,
                 )

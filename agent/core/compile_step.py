@@ -25,11 +25,11 @@ from typing import Any
 from agent.core.cluster_sync import node_ips
 from agent.core.endpoint_table import EndpointTable
 from agent.core.l7_view import l7_view
-from agent.core.models import EndpointState
+from agent.core.models import EndpointRecord, EndpointState
 from agent.core.policy_book import BookEntry, PolicyBook
 from agent.core.ports import Allocations, ClusterPeers, EndpointSpec, PolicyCompiler
 from agent.core.regeneration_queue import Batch
-from policy.compiled import CompiledState, EndpointPolicy
+from policy.compiled import CompiledState, EndpointPolicy, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class CompileStep:
                 continue  # no identity yet: the compiler keeps what it had (or nothing)
             rec = self.table.record(eid)
             ident = identities.get(eid) if identities else None
-            endpoints.append((eid, None if rec is None else EndpointSpec(eid, dict(rec.labels), rec.ipv4, ident, rec.ipv6)))
+            endpoints.append((eid, None if rec is None else EndpointSpec(eid, dict(rec.labels), rec.ipv4, ident, rec.ipv6, named_ports_of(rec))))
         audited = frozenset(i for i in self.table.ids() if self.audits(i))
         return CompileJob(
             batch.revision, host_ips, deleted, upserted, tuple(endpoints), frozenset(self._in_compiler), audited, remote
@@ -247,3 +247,8 @@ class CompileStep:
             return None
         self._known_host_ips = ips
         return ips
+
+
+def named_ports_of(rec: EndpointRecord) -> tuple[tuple[str, int, int], ...]:
+    """The record's named ports as the compiler takes them (protocol numbers)."""
+    return tuple((p.name, int(Protocol[p.protocol]), p.port) for p in rec.named_ports)

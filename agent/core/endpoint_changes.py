@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from agent.core.endpoint_table import EndpointTable
-from agent.core.models import Endpoint, EndpointConfig, EndpointCreate
+from agent.core.models import Endpoint, EndpointConfig, EndpointCreate, NamedPortSpec
 from agent.core.ports import ClusterSource
 from agent.core.regeneration_queue import RegenerationQueue
 
@@ -41,7 +41,8 @@ class EndpointChanges:
             # not seen (yet) keeps CNI's labels and is re-identified once seen.
             labels = await self.cluster.wait_endpoint_labels(req.name, self.pod_wait)
             if labels is not None:
-                req = req.model_copy(update={"labels": dict(labels)})
+                ports = self.cluster.endpoint_named_ports(req.name) or []
+                req = req.model_copy(update={"labels": dict(labels), "named_ports": [NamedPortSpec(**p) for p in ports]})
         rec, created = self.table.upsert(req)
         await self._regenerate([rec.id], f"endpoint {rec.id} {'created' if created else 'updated'}", wait)
         view = self.table.view(rec.id)
@@ -84,8 +85,9 @@ class EndpointChanges:
             if rec is None or rec.name not in wanted:
                 continue
             labels = self.cluster.endpoint_labels(rec.name)
-            if labels is not None and dict(labels) != rec.labels:
-                self.table.relabel(eid, dict(labels))
+            ports = [NamedPortSpec(**p) for p in self.cluster.endpoint_named_ports(rec.name) or []]
+            if labels is not None and (dict(labels) != rec.labels or ports != rec.named_ports):
+                self.table.relabel(eid, dict(labels), ports)
                 marked.append(eid)
         if marked:
-            self.queue.mark(marked, reason="pod labels changed")
+            self.queue.mark(marked, reason="pod labels or named ports changed")

@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
 
-from agent.core.models import Endpoint, EndpointCreate, EndpointRecord, EndpointState
+from agent.core.models import Endpoint, EndpointCreate, EndpointRecord, EndpointState, NamedPortSpec
 from agent.core.ports import Failure
 from agent.core.state_store import StateStore
 
@@ -118,13 +118,21 @@ class EndpointTable:
         self._persist()
         return rec, True
 
-    def relabel(self, endpoint_id: int, labels: dict[str, str]) -> None:
-        """New labels for an endpoint (its Pod's changed): same id and interface,
-        live state kept until the regeneration gives it its new identity."""
+    def relabel(self, endpoint_id: int, labels: dict[str, str], named_ports: list[NamedPortSpec] | None = None) -> None:
+        """New labels (and named ports, unless None) for an endpoint (its
+        Pod's changed): same id and interface, live state kept until the
+        regeneration gives it its new identity."""
         row = self._rows.get(endpoint_id)
-        if row is None or row.record.labels == labels:
+        if row is None:
             return
-        row.record = row.record.model_copy(update={"labels": dict(labels)})
+        update: dict[str, object] = {}
+        if row.record.labels != labels:
+            update["labels"] = dict(labels)
+        if named_ports is not None and row.record.named_ports != named_ports:
+            update["named_ports"] = list(named_ports)
+        if not update:
+            return
+        row.record = row.record.model_copy(update=update)
         self._persist()
 
     def configure(self, endpoint_id: int, policy_audit_mode: bool | None) -> EndpointRecord | None:

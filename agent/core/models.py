@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from agent.core.addresses import ipv6_problem
 from policy.labels import selector_key_problem, value_problem
+from policy.named_ports import port_name_problem
 
 IFNAMSIZ = 16  # the kernel's limit, NUL included: names hold at most 15 bytes
 
@@ -56,6 +57,16 @@ def _ipv6_ok(addr: IPv6Address) -> IPv6Address:
 
 
 InterfaceName = Annotated[str, AfterValidator(_ifname_ok)]
+
+
+def _port_name_ok(name: str) -> str:
+    problem = port_name_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name.lower()
+
+
+PortName = Annotated[str, AfterValidator(_port_name_ok)]
 # Global unicast or unique local only (agent/core/addresses.py); reported at ipv6.
 EndpointIPv6 = Annotated[IPv6Address, AfterValidator(_ipv6_ok)]
 # Kubernetes label syntax (policy/labels.py), optionally with a Cilium source
@@ -75,6 +86,26 @@ class EndpointState(enum.StrEnum):
     NOT_READY = "not-ready"
 
 
+class NamedPortSpec(_Model):
+    """A port the endpoint serves under a name (a container port), which
+    policies may name instead of its number (`port: http`)."""
+
+    name: PortName
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+
+
+def _unique_names(ports: list[NamedPortSpec]) -> list[NamedPortSpec]:
+    # Kubernetes refuses a Pod whose containers name two ports alike: which
+    # number would `port: http` mean?
+    seen: set[str] = set()
+    for p in ports:
+        if p.name in seen:
+            raise ValueError(f"port name {p.name!r} is given twice")
+        seen.add(p.name)
+    return ports
+
+
 class EndpointCreate(_Model):
     """Registers a pod's interface; sent by ciliate-cni after it wired the veth."""
 
@@ -90,6 +121,9 @@ class EndpointCreate(_Model):
         default_factory=dict, description="Kubernetes label syntax; a key may carry a source, e.g. k8s:app"
     )
     name: str | None = Field(default=None, max_length=512, description="display name, e.g. namespace/pod")
+    named_ports: Annotated[list[NamedPortSpec], AfterValidator(_unique_names)] = Field(
+        default_factory=list, description="ports the endpoint serves by name; in Kubernetes mode the Pod's container ports"
+    )
 
 
 class EndpointRecord(EndpointCreate):

@@ -30,6 +30,8 @@ class EndpointSpec:
     # Last, with a default: callers give the fields above by position. The
     # compiler maps it to the same identity as ipv4 (one identity per pod).
     ipv6: IPv6Address | None = None
+    # (name, protocol number, port) of each port it serves by name.
+    named_ports: tuple[tuple[str, int, int], ...] = ()
 
 
 class LoadedPolicy(Protocol):
@@ -408,6 +410,11 @@ class ClusterSource(Protocol):
 
     async def wait_endpoint_labels(self, name: str, timeout: float) -> Mapping[str, str] | None:
         """As endpoint_labels(), waiting up to `timeout` for the pod to be seen."""
+        ...
+
+    def endpoint_named_ports(self, name: str) -> list[dict[str, Any]] | None:
+        """The named ports ({name, port, protocol}) the pod `namespace/pod`
+        serves (its containers' ports), or None when the pod is not known."""
         ...
 
     def regenerated(self) -> None:

@@ -21,26 +21,12 @@ from policy.api.http import L7Rules
 from policy.api.problems import UP, Loc, fail, fail_all, reject, type_name, unsupported
 from policy.compiled import ALL_PORTS, PortRange, Protocol
 from policy.icmp_types import ICMP_FAMILIES, icmp_type
+from policy.named_ports import port_name_problem
 
 # A named port (policy/named_ports.py) has no number until it is resolved
 # for an endpoint; until then its range is port 0 alone, which no TCP, UDP
 # or SCTP traffic uses, so code that forgot the name would open nothing.
 UNRESOLVED = PortRange(0, 0)
-
-
-def port_name_problem(name: str) -> str | None:
-    """Why `name` is not an IANA service name (RFC 6335: 1-15 characters,
-    letters, digits and single inner hyphens, at least one letter), as
-    Kubernetes requires of container port names; None when it is one."""
-    if not 1 <= len(name) <= 15:
-        return "a port name has 1 to 15 characters"
-    if not all(c.isascii() and (c.isalnum() or c == "-") for c in name):
-        return "a port name has letters, digits and hyphens only"
-    if name.startswith("-") or name.endswith("-") or "--" in name:
-        return "a port name neither starts nor ends with a hyphen, nor has two in a row"
-    if not any(c.isalpha() for c in name):
-        return "a port name has at least one letter"
-    return None
 
 
 def _port(v: Any) -> int | str:

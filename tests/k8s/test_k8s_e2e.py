@@ -9,6 +9,7 @@ request never reaches the server) and by Envoy (the exhaust port gets 403),
 from __future__ import annotations
 
 import json
+import time
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -118,3 +119,44 @@ def test_ciliate_demo_k8s_passes_and_cleans_up() -> None:
     assert not list(Path("/sys/fs/bpf").glob("cilk8sdemo-*"))
     leftover = subprocess.run(["pgrep", "-f", "cilk8sdemo-"], capture_output=True, text=True).stdout.split()
     assert leftover == []
+
+
+NAMED_PORT_NP = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: http}]
+"""
+
+
+@pytest.mark.privileged
+def test_a_network_policy_on_a_named_port_admits_the_port_the_pod_serves_under_that_name(k8s_node) -> None:
+    """Kubernetes' own idiom, `port: http`: the web Pod serves http on 8080
+    (its container port), so 8080 is admitted and 8081 is not, in the kernel."""
+    node, kube = k8s_node
+    node.start_agent("--k8s-api-server", kube.url, "--node-name", kube.node_name, "--k8s-sync-timeout", "30")
+    kube.create_pod("web", {"app": "web"}, ports=[{"name": "http", "containerPort": 8080, "protocol": "TCP"}])
+    kube.create_pod("client", {"app": "client"})
+    node.add_pod("web", {"app": "web"}, namespace="default")
+    node.add_pod("client", {"app": "client"}, namespace="default")
+    ep = next(e for e in node.ciliate_json("endpoint", "list")["endpoints"] if e["name"] == "default/web")
+    assert ep["named_ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]  # from the Pod, not from CNI
+    servers = {port: node.watch(node.serve_deathstar("web", port=port)) for port in (8080, 8081)}
+    web = node.pods["web"].ip
+    assert node.request("client", *LAND[:1], f"{web}:8081", LAND[1]).get("status") == 200
+
+    before = node.policy_revision()
+    kube.kubectl("apply", "-f", "-", stdin=NAMED_PORT_NP)
+    deadline = time.monotonic() + 60  # a hang guard: returns as soon as the policy is in force
+    while not any(p["source"] == "k8s:NetworkPolicy/default/web" and p["state"] == "enforced"
+                  for p in node.ciliate_json("policy", "get")["policies"]) or node.policy_revision() <= before:
+        assert time.monotonic() < deadline, node.ciliate_json("policy", "get")
+        time.sleep(0.05)
+    seen_8081 = len(servers[8081].snapshot())
+    assert node.request("client", *LAND[:1], f"{web}:8080", LAND[1]).get("status") == 200
+    assert node.request("client", *LAND[:1], f"{web}:8081", LAND[1], timeout=1.0).get("error") == "timeout"
+    assert len(servers[8081].snapshot()) == seen_8081  # dropped in the kernel: the server never saw it

@@ -36,6 +36,7 @@ from agent.adapters.kubernetes.node_status import StatusWriter, Target
 from agent.adapters.kubernetes.objects import load_object, pod_name, source_name, spec_of
 from agent.adapters.kubernetes.pod_addresses import pod_ips
 from agent.adapters.kubernetes.pod_labels import dropped_labels, endpoint_labels
+from agent.adapters.kubernetes.pod_ports import pod_named_ports
 from agent.adapters.kubernetes.reflector import Event, Reflector, Timing
 from agent.core.models import PolicyStatus
 from agent.core.ports import ClusterEvents, LoadedFile, PolicyObjects
@@ -231,7 +232,7 @@ class KubernetesSource:
             store[name] = obj
             if old is None or _labels(old) != _labels(obj):
                 self._report_dropped(name, obj)
-            if old is None or _labels(old) != _labels(obj) or _sa(old) != _sa(obj):
+            if old is None or _labels(old) != _labels(obj) or _sa(old) != _sa(obj) or _ports(old) != _ports(obj):
                 touched.add(name)
         if touched:
             async with self._pods_seen:
@@ -254,6 +255,15 @@ class KubernetesSource:
             return None
         ns = (pod.get("metadata") or {}).get("namespace")
         return endpoint_labels(pod, self.objects[KIND_NAMESPACE].get(ns))
+
+    def endpoint_named_ports(self, name: str) -> list[dict[str, Any]] | None:
+        pod = self.objects[KIND_POD].get(name)
+        if pod is None:
+            return None
+        ports, problems = pod_named_ports(pod)
+        for why in problems:
+            log.warning("pod %s: container port left out of named ports: %s", name, why)
+        return ports
 
     async def wait_endpoint_labels(self, name: str, timeout: float) -> Mapping[str, str] | None:
         if name in self.objects[KIND_POD] or timeout <= 0:
@@ -318,3 +328,7 @@ def _labels(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
 
 def _sa(obj: Mapping[str, Any] | None) -> str | None:
     return ((obj or {}).get("spec") or {}).get("serviceAccountName")
+
+
+def _ports(obj: Mapping[str, Any] | None) -> list[Any]:
+    return [c.get("ports") for c in ((obj or {}).get("spec") or {}).get("containers") or () if isinstance(c, Mapping)]
