@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any
 
 from policy.api.base import Strict
-from policy.api.peers import EgressPeers, IngressPeers
+from policy.api.peers import EgressAllowPeers, EgressDenyPeers, IngressPeers
 from policy.api.ports import DenyPortRule, PortRule
 from policy.api.problems import unsupported
 from policy.api.selectors import Selector
@@ -26,11 +26,11 @@ class IngressDenyRule(IngressPeers):
     toPorts: list[DenyPortRule] | None = None
 
 
-class EgressRule(EgressPeers):
+class EgressRule(EgressAllowPeers):
     toPorts: list[PortRule] | None = None
 
 
-class EgressDenyRule(EgressPeers):
+class EgressDenyRule(EgressDenyPeers):
     toPorts: list[DenyPortRule] | None = None
 
 
