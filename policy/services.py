@@ -122,3 +122,15 @@ def _rule(rule: Rule, catalog: ServiceCatalog | None, notes: list[str]) -> Rule:
                              "and no ready endpoint: selects nothing")
             peers += behind
     return replace(rule, peers=tuple(dict.fromkeys(peers)))
+
+
+def resolve_all(policies: Iterable[Policy], catalog: ServiceCatalog | None) -> tuple[list[Policy], list[str]]:
+    """Every policy resolved, and the notes each one gave, naming its policy
+    (for the CLI, which has no Service source: `catalog` None)."""
+    out: list[Policy] = []
+    notes: list[str] = []
+    for p in policies:
+        res = resolve(p, catalog)
+        out.append(res.policy)
+        notes += [f"{p.kind} {p.ref_name}: {n}" for n in res.notes]
+    return out, notes
