@@ -13,10 +13,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv6Address
 
+from agent.adapters.policy_compiler import ServicePeerResolver
 from agent.adapters.policy_directory import DirectoryWatcher
 from agent.api.server import ApiServer
 from agent.core.agent import Agent, AgentConfig
-from agent.core.ports import ClusterSource, CompilerFactory, DatapathControl, NodeRouting, PolicyLoader, ProxyControl, SharedState
+from agent.core.ports import (
+    ClusterSource,
+    CompilerFactory,
+    DatapathControl,
+    NodeRouting,
+    PolicyLoader,
+    ProxyControl,
+    ServicePeers,
+    SharedState,
+)
 
 __all__ = ["Agent", "AgentConfig", "build_agent"]
 
@@ -32,11 +42,14 @@ def build_agent(
     cluster: ClusterSource | None = None,
     shared: SharedState | None = None,
     routing: NodeRouting | None = None,
+    service_peers: ServicePeers | None = None,
 ) -> Agent:
     """An Agent that watches config.policy_dir (when set) and serves the REST
     API on config.socket and metrics on config.metrics_port once started;
     with `cluster`, policies and pod labels also come from the API server;
-    with `shared` (and `routing`), the agent is one node of a kvstore cluster."""
+    with `shared` (and `routing`), the agent is one node of a kvstore cluster.
+    Policies naming Kubernetes Services are resolved by `service_peers`
+    (policy/services.py unless given)."""
     return Agent(
         config,
         compiler_factory=compiler_factory,
@@ -49,4 +62,5 @@ def build_agent(
         cluster=cluster,
         shared=shared,
         routing=routing,
+        service_peers=service_peers if service_peers is not None else ServicePeerResolver(),
     )

@@ -63,7 +63,31 @@ class AnyPeer:
     """Every peer: identity 0."""
 
 
-Peer = EndpointPeer | EntityPeer | CIDRPeer | AnyPeer
+@dataclass(frozen=True, slots=True)
+class ServicePeer:
+    """A `toServices` item: Kubernetes Services named (`k8sService`) or
+    selected by their own labels (`k8sServiceSelector`), in `namespace`, or
+    in every namespace when it is None (Cilium matches an omitted namespace
+    that way).
+
+    The compiler never sees one: policy/services.py replaces it, given the
+    Services of the cluster, with the pods a Service's selector selects or
+    the addresses of a selectorless Service's endpoints, and with nothing
+    when no Service matches (fail closed)."""
+
+    namespace: str | None
+    name: str | None = None  # k8sService.serviceName
+    selector: LabelSelector | None = None  # k8sServiceSelector.selector, over the Service's labels
+
+    def __str__(self) -> str:
+        where = self.namespace if self.namespace is not None else "any namespace"
+        if self.name is not None:
+            return f"k8sService {self.name} in {where}"
+        return f"k8sServiceSelector {self.selector} in {where}"
+
+
+# ServicePeer only until policy/services.py resolved it (see there).
+Peer = EndpointPeer | EntityPeer | CIDRPeer | AnyPeer | ServicePeer
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +151,10 @@ class Policy:
     def key(self) -> str:
         """Unique per policy object: "Kind/namespace/name" or "Kind/name"."""
         return f"{self.kind}/{self.ref_name}"
+
+    def services(self) -> tuple[ServicePeer, ...]:
+        """Every toServices peer, in rule order (empty once resolved)."""
+        return tuple(p for spec in self.specs for rule in spec.rules for p in rule.peers if isinstance(p, ServicePeer))
 
     def cidrs(self) -> set[IPNetwork]:
         out: set[IPNetwork] = set()

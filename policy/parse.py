@@ -19,7 +19,7 @@ from policy import api
 from policy.api.documents import CiliumNetworkPolicy, NetworkPolicy
 from policy.api.http import PortRuleHTTP, split_header
 from policy.api.netpol import NetworkPolicySpec
-from policy.api.peers import NetworkPolicyPeer
+from policy.api.peers import NetworkPolicyPeer, ServiceRef
 from policy.api.ports import ICMPRule
 from policy.api.ports import PortRule as PortRuleIn
 from policy.api.rule import CiliumItem, CiliumRule
@@ -27,7 +27,20 @@ from policy.api.selectors import Selector
 from policy.compiled import ALL_PORTS, Direction, HeaderMatch, HTTPRule, PortRange, Protocol, RuleRef
 from policy.endpoint import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX, strip_source
 from policy.errors import PolicyError, PolicyErrors
-from policy.model import KIND_CCNP, AnyPeer, CIDRPeer, EndpointPeer, EntityPeer, Peer, Policy, PolicySpec, PortRule, PortSpec, Rule
+from policy.model import (
+    KIND_CCNP,
+    AnyPeer,
+    CIDRPeer,
+    EndpointPeer,
+    EntityPeer,
+    Peer,
+    Policy,
+    PolicySpec,
+    PortRule,
+    PortSpec,
+    Rule,
+    ServicePeer,
+)
 from policy.selector import LabelSelector, Requirement
 
 __all__ = ["parse_object"]
@@ -127,10 +140,23 @@ def _cilium_rule(item: CiliumItem, direction: Direction, deny: bool, namespace: 
     peers += [CIDRPeer(net) for net in item.cidrs or ()]
     peers += [CIDRPeer(c.cidr, tuple(sorted(set(c.excepts or ())))) for c in item.cidr_sets or ()]
     peers += [AnyPeer() if e == "all" else EntityPeer(e) for e in item.entities or ()]
+    services = getattr(item, "services", None) or ()  # egress allow items only (api/peers.py)
+    peers += [_service_peer(s) for s in services]
     port_rules = tuple(_port_rule(p) for p in item.toPorts or ()) + tuple(_icmp_rule(r) for r in item.icmps or ())
-    if port_rules and not (item.endpoints or item.cidrs or item.cidr_sets or item.entities):
-        peers.append(AnyPeer())  # Cilium: an L4-only rule applies to every peer
+    # Cilium: an L4-only rule applies to every peer. A toServices rule is not
+    # L4-only even when no Service matches: it then selects nothing.
+    if port_rules and not (item.endpoints or item.cidrs or item.cidr_sets or item.entities or services):
+        peers.append(AnyPeer())
     return Rule(direction, deny, tuple(dict.fromkeys(peers)), port_rules, ref)
+
+
+def _service_peer(s: ServiceRef) -> ServicePeer:
+    # No namespace default: Cilium matches an omitted namespace as "any"
+    # (pkg/policy/k8s/service.go), for CNP and CCNP alike.
+    if s.k8sService is not None:
+        return ServicePeer(s.k8sService.namespace, name=s.k8sService.serviceName)
+    assert s.k8sServiceSelector is not None
+    return ServicePeer(s.k8sServiceSelector.namespace, selector=_selector(s.k8sServiceSelector.selector))
 
 
 def _port_rule(p: PortRuleIn) -> PortRule:

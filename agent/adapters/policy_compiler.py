@@ -1,4 +1,4 @@
-"""PolicyLoader and PolicyCompiler ports bound to the real `policy/` package.
+"""PolicyLoader, ServicePeers and PolicyCompiler ports bound to the real `policy/` package.
 
 The loader hands the agent policy.model.Policy values as they are, and the
 compiler takes them back unchanged: no wrapper type in between. Allocator
@@ -23,6 +23,18 @@ from policy.identity import IdentityAllocator, identity_labels
 from policy.proxyports import ProxyPortAllocator
 from policy.load import load_paths
 from policy.model import Policy
+from policy.services import ServiceCatalog, resolve
+
+
+class ServicePeerResolver:
+    """The ServicePeers port: policy/services.py's resolve, with the
+    ServiceCatalog the Kubernetes source hands over (None: no Services)."""
+
+    def resolve(self, policy: Policy, services: ServiceCatalog | None) -> tuple[Policy, tuple[str, ...]]:  # type: ignore[override]
+        if not isinstance(policy, Policy):  # a test double of the loader's: names no Service
+            return policy, ()
+        res = resolve(policy, services)
+        return res.policy, res.notes
 
 
 class PolicyFileLoader:

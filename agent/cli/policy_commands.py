@@ -19,6 +19,7 @@ from policy.endpoint import Endpoint
 from policy.errors import CiliateError
 from policy.families import Stack
 from policy.load import load_paths
+from policy.services import resolve_all
 from policy.trace import HTTPRequest, Party, TraceResult, parse_party, trace
 
 EXIT_OK = 0
@@ -98,6 +99,9 @@ def _guard(fn: Any) -> Any:
 
 def _validate(args: argparse.Namespace) -> int:
     res = load_paths(args.paths)
+    # Valid, but `toServices` has no Services to stand for outside the agent's
+    # Kubernetes mode: say so rather than let it silently allow nothing.
+    _, notes = resolve_all(res.policies, None)
     if args.output == "json":
         print(
             json.dumps(
@@ -106,6 +110,7 @@ def _validate(args: argparse.Namespace) -> int:
                     "policies": [p.key for p in res.policies],
                     "errors": [e.to_dict() | {"message": str(e)} for e in res.errors],
                     "warnings": res.warnings,
+                    "notes": notes,
                 },
                 indent=2,
             )
@@ -115,6 +120,8 @@ def _validate(args: argparse.Namespace) -> int:
             print(f"warning: {w}", file=sys.stderr)
         for e in res.errors:
             print(str(e))
+        for n in notes:
+            print(f"note: {n}", file=sys.stderr)
         if res.ok:
             print(f"ok: {len(res.policies)} policies valid in {len(res.files)} files")
     return EXIT_OK if res.ok else EXIT_INVALID
@@ -172,12 +179,16 @@ def _trace(args: argparse.Namespace) -> int:
             method=args.method or "GET", path=args.http_path or "/", host=args.host or "", headers=_headers(args.header)
         )
     stack = Stack(args.stack)
-    state = compile_state(res.policies, endpoints, stack=stack)
+    # No Service source here: a toServices peer selects nothing (notes say so).
+    policies, notes = resolve_all(res.policies, None)
+    state = compile_state(policies, endpoints, stack=stack)
     result = trace(state, src, dst, port, proto, http)
     if args.output == "json":
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(result.to_dict() | {"notes": notes}, indent=2))
     else:
         _print_text(result, state.identity_labels)
+        for n in notes:
+            print(f"note:    {n}")
         if any(p.family is not None and not stack.runs(p.family) for p in (src, dst)):
             print("hint:    --stack dual traces what the policies say on a node that runs both families")
     return EXIT_OK if result.allowed else EXIT_DENIED

@@ -36,6 +36,7 @@ from policy.errors import CiliateError
 from policy.families import Stack
 from policy.labels import selector_key_problem, value_problem
 from policy.load import load_paths
+from policy.services import resolve_all
 from policy.model import Policy
 
 EXIT_SAME, EXIT_CHANGED, EXIT_BAD_INPUT = 0, 1, 2
@@ -85,7 +86,11 @@ def _policies(paths: list[str], which: str) -> list[Policy]:
         raise CiliateError(f"{len(res.errors)} error(s) in the {which} policies; fix them first (ciliate policy validate)")
     for w in res.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    return res.policies
+    # No Service source here: a toServices peer selects nothing (said on stderr).
+    policies, notes = resolve_all(res.policies, None)
+    for n in notes:
+        print(f"note: {which} policies: {n}", file=sys.stderr)
+    return policies
 
 
 def load_endpoints(path: str) -> list[Endpoint]:

@@ -42,6 +42,7 @@ from agent.core.ports import (
     DatapathControl,
     PolicyCompiler,
     PolicyLoader,
+    ServicePeers,
     PolicyObjects,
     PolicySourceFactory,
     NodeRouting,
@@ -105,13 +106,17 @@ class Agent:
         cluster: ClusterSource | None = None,
         shared: SharedState | None = None,
         routing: NodeRouting | None = None,
+        service_peers: ServicePeers | None = None,
     ) -> None:
         """`shared` (with `routing`) joins the agent to a cluster of nodes
         through a kvstore: identities, endpoints and nodes shared with the
         other agents. `policy_source` watches config.policy_dir (required when it is set);
         `cluster` brings policies and pod labels from the Kubernetes API;
         `services` are built from the started agent and started after it (the
-        REST API), in order, and stopped before it, in reverse."""
+        REST API), in order, and stopped before it, in reverse.
+        `service_peers` resolves the Kubernetes Services policies name
+        (`toServices`) against what `cluster` reports; without `cluster`
+        they select nothing and the policy status says why."""
         if config.policy_dir is not None and policy_source is None:
             raise ValueError("AgentConfig.policy_dir is set but no policy_source watches it")
         self.config = config
@@ -121,7 +126,7 @@ class Agent:
         self.routing = routing
         self.store = StateStore(config.state_dir)
         self.table = EndpointTable(self.store)
-        self.book = PolicyBook()
+        self.book = PolicyBook(service_peers)
         self.flows = FlowHub()
         self.metrics = AgentMetrics(
             policy_counts=self.policy_counts, endpoint_counts=lambda: endpoints_by_state(self.table), identity_counts=self.identity_counts,
@@ -285,6 +290,13 @@ class Agent:
         if self.cluster is not None:
             self.cluster.regenerated()  # a validation error shows without a regeneration
 
+    async def services_changed(self, services: Any) -> None:
+        """A new snapshot of the cluster's Services (ClusterEvents): only the
+        policies whose resolution changed are recompiled."""
+        if self.book.set_services(services):
+            self._policy_seen.append(time.monotonic())
+            self.queue.mark(policy_changed=True, reason="services changed")
+
     async def endpoint_labels_changed(self, names: Iterable[str]) -> None:
         """Re-identify the endpoints of these pods whose labels changed (ClusterEvents)."""
         await self.endpoint_changes.relabel(names)
@@ -367,6 +379,7 @@ class Agent:
             self.book.shadowed(),
             regen.last_state if regen else None,
             applied=regen.applied_policies if regen else {},
+            service_notes=self.book.service_notes(),
         )
         return PolicyList(revision=regen.applied_revision if regen else 0, policies=statuses)
 

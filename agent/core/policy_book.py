@@ -9,6 +9,12 @@ removed file's policies are withdrawn. When two files define the same policy
 warns about the shadowed copy. A unit is a file (a Path) or an object from
 the cluster source (its source name, a str such as
 `k8s:CiliumNetworkPolicy/ns/name`). Pure bookkeeping, no I/O.
+
+The book keeps each policy as it was written. A policy that names
+Kubernetes Services (`toServices`) is in force as resolved against the
+latest Services snapshot (`set_services`, through the ServicePeers port):
+its entry is replaced only when the resolution changes, so a Service change
+recompiles just the policies it touches.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.core.ports import LoadedFile, LoadedPolicy, PolicyProblem
+from typing import Any
+
+from agent.core.ports import LoadedFile, LoadedPolicy, PolicyProblem, ServicePeers
 
 Source = Path | str  # a policy file, or an API object's source name
 
@@ -32,10 +40,15 @@ class BookEntry:
 
 
 class PolicyBook:
-    def __init__(self) -> None:
+    def __init__(self, service_peers: ServicePeers | None = None) -> None:
+        """Without `service_peers` policies are in force as written."""
         self._by_file: dict[Source, tuple[BookEntry, ...]] = {}
         self._problems: dict[Source, tuple[PolicyProblem, ...]] = {}
         self._in_force: dict[str, BookEntry] | None = None  # cache, dropped on every change
+        self._service_peers = service_peers
+        self._services: Any = None  # None: no source of Services (file mode)
+        # key -> (entry as written, entry in force, why a toServices item selects nothing)
+        self._resolved: dict[str, tuple[BookEntry, BookEntry, tuple[str, ...]]] = {}
 
     def update_file(self, path: Source, loaded: LoadedFile) -> bool:
         """Take a freshly loaded file; returns True when the policies in force changed."""
@@ -66,11 +79,43 @@ class PolicyBook:
         self._problems.pop(path, None)
         return self._by_file.pop(path, None) is not None
 
+    def set_services(self, services: Any) -> bool:
+        """A new Services snapshot; returns True when a policy in force resolves differently."""
+        before = dict(self.in_force())
+        self._services = services
+        self._in_force = None
+        after = self.in_force()
+        return any(after[k] is not before.get(k) for k in after)
+
     def in_force(self) -> Mapping[str, BookEntry]:
         """key -> entry of every policy in force (a later path shadows an earlier one)."""
         if self._in_force is None:
-            self._in_force = {e.policy.key: e for path in sorted(self._by_file, key=str) for e in self._by_file[path]}
+            written = {e.policy.key: e for path in sorted(self._by_file, key=str) for e in self._by_file[path]}
+            self._in_force = {k: self._resolve(e) for k, e in written.items()}
+            for gone in set(self._resolved) - set(written):
+                del self._resolved[gone]
         return self._in_force
+
+    def _resolve(self, entry: BookEntry) -> BookEntry:
+        if self._service_peers is None:
+            return entry
+        policy, notes = self._service_peers.resolve(entry.policy, self._services)
+        key = entry.policy.key
+        if policy is entry.policy:
+            self._resolved.pop(key, None)
+            return entry
+        prev = self._resolved.get(key)
+        if prev is not None and prev[0] is entry and prev[1].policy == policy:
+            resolved = prev[1]  # unchanged: the compiler is not asked again
+        else:
+            resolved = BookEntry(policy, entry.source)
+        self._resolved[key] = (entry, resolved, notes)
+        return resolved
+
+    def service_notes(self) -> Mapping[str, tuple[str, ...]]:
+        """key -> why toServices items of that policy in force select nothing."""
+        self.in_force()
+        return {k: notes for k, (_, _, notes) in self._resolved.items() if notes}
 
     def shadowed(self) -> dict[str, list[Source]]:
         """key -> files whose definition of that policy is hidden by a later file."""

@@ -68,11 +68,15 @@ def policy_statuses(
     compiled: CompiledState | None = None,
     *,
     applied: Mapping[str, BookEntry],
+    service_notes: Mapping[str, tuple[str, ...]] | None = None,
 ) -> list[PolicyStatus]:
     """`compiled`: the state the last regeneration compiled, to blame a full map
     on its fillers; `applied`: the book entries it was compiled from (a policy
-    whose entry in force is another one is pending)."""
+    whose entry in force is another one is pending); `service_notes`: why
+    toServices items of a policy select nothing (warnings: the policy is
+    enforced, it just allows nothing there)."""
     shadowed = shadowed or {}
+    service_notes = service_notes or {}
     out: dict[str, PolicyStatus] = {}
     stale_files = set(problems)
     blame = _map_full_blame(live, compiled)
@@ -120,7 +124,8 @@ def policy_statuses(
             revision=applied_revision,
             errors=errors,
             stale=entry.source in stale_files,
-            warnings=[f"also defined in {p}, which this file overrides (later path wins)" for p in shadowed.get(key, [])],
+            warnings=[f"also defined in {p}, which this file overrides (later path wins)" for p in shadowed.get(key, [])]
+            + list(service_notes.get(key, ())),
         )
     # Files that failed validation and whose policies are not in force at all.
     in_force_files = {e.source for e in in_force.values()}

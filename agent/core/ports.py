@@ -117,6 +117,17 @@ class PolicyLoader(Protocol):
         ...
 
 
+class ServicePeers(Protocol):
+    """Resolves the Services a policy names (CNP `toServices`) into the peers
+    behind them, given the cluster's Services as the ClusterSource handed
+    them over (opaque to the core; None: no source of Services at all)."""
+
+    def resolve(self, policy: LoadedPolicy, services: Any) -> tuple[LoadedPolicy, tuple[str, ...]]:
+        """The policy to compile (the same object when it names no Service)
+        and, per toServices item that selects nothing, why."""
+        ...
+
+
 class PolicyCompiler(Protocol):
     """Holds policies and endpoints; allocates identities and proxy ports."""
 
@@ -381,6 +392,11 @@ class ClusterEvents(Protocol):
     """What the core offers a ClusterSource (agent.core.agent.Agent is one)."""
 
     async def policy_objects_changed(self, objects: PolicyObjects) -> None: ...
+
+    async def services_changed(self, services: Any) -> None:
+        """The cluster's Services or their endpoints changed: `services` is the
+        whole new snapshot, for ServicePeers.resolve."""
+        ...
 
     async def endpoint_labels_changed(self, names: Iterable[str]) -> None:
         """The labels of these endpoints (by name, `namespace/pod`) may have

@@ -55,6 +55,15 @@ RESOURCES: tuple[ResourceType, ...] = (
         initial_status={"phase": "Pending"},
     ),
     ResourceType(
+        group="", version="v1", plural="services", singular="service", kind="Service", namespaced=True,
+        short_names=("svc",), categories=("all",), has_status=True, has_generation=False,
+        initial_status={"loadBalancer": {}},
+    ),
+    ResourceType(
+        group="discovery.k8s.io", version="v1", plural="endpointslices", singular="endpointslice",
+        kind="EndpointSlice", namespaced=True, has_generation=False,
+    ),
+    ResourceType(
         group="networking.k8s.io", version="v1", plural="networkpolicies", singular="networkpolicy",
         kind="NetworkPolicy", namespaced=True, short_names=("netpol",),
     ),

@@ -2,7 +2,9 @@
 
 Cilium names the same peer fields `from*` in ingress rules and `to*` in
 egress rules; both land on one set of attribute names (`endpoints`,
-`cidrs`, `cidr_sets`, `entities`) so the conversion reads them alike. A
+`cidrs`, `cidr_sets`, `entities`) so the conversion reads them alike.
+Egress rules also name Kubernetes Services (`toServices`, `services`),
+which policy/services.py resolves against the cluster's Services. A
 field of the other direction, and each Cilium peer kind we do not
 implement, is a field of its own with a clear error. Pure.
 """
@@ -47,6 +49,14 @@ def _cidr(v: Any) -> IPNetwork:
     return net
 
 
+def _non_empty(v: Any) -> str:
+    if not isinstance(v, str):
+        fail(f"must be a string, got {type_name(v)}")
+    if not v:
+        fail("must not be empty")
+    return v
+
+
 def _entity(v: Any) -> str:
     if not isinstance(v, str):
         fail(f"must be a string, got {type_name(v)}")
@@ -57,6 +67,7 @@ def _entity(v: Any) -> str:
 
 CIDR = Annotated[IPNetwork, PlainValidator(_cidr)]
 Entity = Annotated[str, PlainValidator(_entity)]
+NonEmpty = Annotated[str, PlainValidator(_non_empty)]
 
 
 class IPBlock(Strict):
@@ -78,6 +89,33 @@ class IPBlock(Strict):
             elif not e.subnet_of(self.cidr):  # type: ignore[arg-type]  # same family, checked above
                 problems.append((("except", i), f"{e} is not inside {self.cidr}"))
         fail_all(problems)
+        return self
+
+
+class K8sService(Strict):
+    """`toServices[].k8sService`: one Service by name."""
+
+    serviceName: NonEmpty
+    namespace: NonEmpty | None = None  # omitted: that name in every namespace (as Cilium matches it)
+
+
+class K8sServiceSelector(Strict):
+    """`toServices[].k8sServiceSelector`: Services by their own labels."""
+
+    selector: Selector
+    namespace: NonEmpty | None = None
+
+
+class ServiceRef(Strict):
+    """A `toServices` item: exactly one of the two ways to name Services."""
+
+    k8sService: K8sService | None = None
+    k8sServiceSelector: K8sServiceSelector | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ServiceRef:
+        if (self.k8sService is None) == (self.k8sServiceSelector is None):
+            fail("must set exactly one of k8sService and k8sServiceSelector")
         return self
 
 
@@ -125,10 +163,10 @@ class EgressPeers(_BothSides):
     cidrs: list[CIDR] | None = Field(None, alias="toCIDR")
     cidr_sets: list[CIDRRule] | None = Field(None, alias="toCIDRSet")
     entities: list[Entity] | None = Field(None, alias="toEntities")
+    services: list[ServiceRef] | None = Field(None, alias="toServices")
     toRequires: Annotated[Any, unsupported("toRequires")] = None
     toGroups: Annotated[Any, unsupported("toGroups")] = None
     toNodes: Annotated[Any, unsupported("toNodes")] = None
-    toServices: Annotated[Any, unsupported("toServices")] = None
     toFQDNs: Annotated[Any, unsupported("toFQDNs (DNS-based policy)")] = None
     fromEndpoints: Annotated[Any, _ingress_only("fromEndpoints")] = None
     fromCIDR: Annotated[Any, _ingress_only("fromCIDR")] = None
@@ -137,6 +175,27 @@ class EgressPeers(_BothSides):
     fromRequires: Annotated[Any, _ingress_only("fromRequires")] = None
     fromGroups: Annotated[Any, _ingress_only("fromGroups")] = None
     fromNodes: Annotated[Any, _ingress_only("fromNodes")] = None
+
+
+class EgressAllowPeers(EgressPeers):
+    """An `egress` item's peers: toServices stands alone, as in Cilium, which
+    refuses it next to another peer field in one rule."""
+
+    @model_validator(mode="after")
+    def _services_alone(self) -> EgressAllowPeers:
+        others = [a for a, v in (("toEndpoints", self.endpoints), ("toCIDR", self.cidrs), ("toCIDRSet", self.cidr_sets),
+                                 ("toEntities", self.entities)) if v]
+        if self.services and others:
+            fail(f"toServices cannot be combined with {others[0]} in one rule (Cilium refuses it): write two rules",
+                 at=("toServices",))
+        return self
+
+
+class EgressDenyPeers(EgressPeers):
+    # Cilium accepts toServices in egressDeny but never resolves it there, so
+    # it denies nothing: refused rather than silently ignored.
+    services: Annotated[Any, unsupported("toServices in egressDeny (Cilium never resolves it there)")] = Field(
+        None, alias="toServices")
 
 
 class NetworkPolicyPeer(Strict):

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import ValidationInfo, field_validator
 
 from policy.api.base import Strict
-from policy.api.peers import EgressPeers, IngressPeers
+from policy.api.peers import EgressAllowPeers, EgressDenyPeers, IngressPeers
 from policy.api.ports import DenyPortRule, PortRule
 from policy.api.problems import fail, unsupported
 from policy.api.selectors import Selector
@@ -37,12 +37,12 @@ class IngressDenyRule(IngressPeers):
     _ports_or_icmps = field_validator("toPorts")(_not_with_icmps)
 
 
-class EgressRule(EgressPeers):
+class EgressRule(EgressAllowPeers):
     toPorts: list[PortRule] | None = None
     _ports_or_icmps = field_validator("toPorts")(_not_with_icmps)
 
 
-class EgressDenyRule(EgressPeers):
+class EgressDenyRule(EgressDenyPeers):
     toPorts: list[DenyPortRule] | None = None
     _ports_or_icmps = field_validator("toPorts")(_not_with_icmps)
 

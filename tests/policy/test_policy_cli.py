@@ -121,3 +121,29 @@ def test_console_script_never_tracebacks_on_garbage(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stdout + proc.stderr
     assert proc.stdout.startswith(f"{garbage}: cannot read")
+
+
+TO_SERVICES = """apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-db, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toServices: [{k8sService: {serviceName: db, namespace: data}}]
+    toPorts: [{ports: [{port: '5432', protocol: TCP}]}]
+"""
+
+
+def test_to_services_outside_kubernetes_is_valid_selects_nothing_and_says_so(capsys, tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text(TO_SERVICES)
+    why = "CiliumNetworkPolicy shop/to-db: spec.egress[0]: toServices k8sService db in data: selects nothing: no Service source"
+    code, out, err = run(capsys, "policy", "validate", str(f))
+    assert code == 0 and "ok: 1 policies valid" in out and f"note: {why}" in err
+    code, out, err = run(capsys, "policy", "trace", "--policies", str(f), "--src", "labels:app=web,io.kubernetes.pod.namespace=shop",
+                         "--dst", "ip:203.0.113.5", "--dport", "5432")
+    assert code != 0 and "verdict: denied" in out and f"note:    {why}" in out
+    eps = tmp_path / "eps.yaml"
+    eps.write_text("- labels: {app: web, io.kubernetes.pod.namespace: shop}\n")
+    code, out, err = run(capsys, "policy", "diff", "--old", str(f), "--new", str(f), "--endpoints", str(eps))
+    assert f"note: new policies: {why}" in err, (code, out, err)

@@ -22,6 +22,9 @@ KIND_CCNP = "CiliumClusterwideNetworkPolicy"
 KIND_NP = "NetworkPolicy"
 KIND_NAMESPACE = "Namespace"
 KIND_POD = "Pod"
+KIND_SERVICE = "Service"
+KIND_ENDPOINTSLICE = "EndpointSlice"
+SERVICE_KINDS = (KIND_SERVICE, KIND_ENDPOINTSLICE)  # for CNP toServices (services.py)
 POLICY_KINDS = (KIND_CNP, KIND_CCNP, KIND_NP)
 STATUS_KINDS = (KIND_CNP, KIND_CCNP)  # NetworkPolicy has no status to write (see node_status.py)
 
@@ -42,6 +45,7 @@ def kinds(api: client.ApiClient, node_name: str) -> dict[str, Kind]:
     co = client.CustomObjectsApi(api)
     core = client.CoreV1Api(api)
     net = client.NetworkingV1Api(api)
+    discovery = client.DiscoveryV1Api(api)
     cilium = f"{CILIUM_GROUP}/{CILIUM_VERSION}"
     return {
         KIND_CNP: Kind(KIND_CNP, cilium, functools.partial(co.list_cluster_custom_object, CILIUM_GROUP, CILIUM_VERSION, CNP_PLURAL)),
@@ -50,6 +54,8 @@ def kinds(api: client.ApiClient, node_name: str) -> dict[str, Kind]:
         KIND_NAMESPACE: Kind(KIND_NAMESPACE, "v1", core.list_namespace),
         # Only the pods scheduled here: a node never holds the whole cluster's pods.
         KIND_POD: Kind(KIND_POD, "v1", functools.partial(core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={node_name}")),
+        KIND_SERVICE: Kind(KIND_SERVICE, "v1", core.list_service_for_all_namespaces),
+        KIND_ENDPOINTSLICE: Kind(KIND_ENDPOINTSLICE, "discovery.k8s.io/v1", discovery.list_endpoint_slice_for_all_namespaces),
     }
 
 

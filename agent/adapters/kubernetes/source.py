@@ -1,11 +1,12 @@
 """The ClusterSource port (agent/core/ports.py) bound to the Kubernetes API.
 
-Five reflectors (reflector.py) run in threads: CiliumNetworkPolicy,
-CiliumClusterwideNetworkPolicy, NetworkPolicy, Namespace, and the Pods
-scheduled on this node. Their events hop onto the agent's event loop, where
-this source keeps the objects and tells the core what changed: policy
-objects (parsed by policy/'s loader in a worker thread), and the endpoints
-whose Pod or Namespace labels changed. start() returns once every kind has
+Seven reflectors (reflector.py) run in threads: CiliumNetworkPolicy,
+CiliumClusterwideNetworkPolicy, NetworkPolicy, Namespace, the Pods
+scheduled on this node, Service and EndpointSlice. Their events hop onto
+the agent's event loop, where this source keeps the objects and tells the
+core what changed: policy objects (parsed by policy/'s loader in a worker
+thread), the endpoints whose Pod or Namespace labels changed, and a new
+Services snapshot (services.py) when what `toServices` reads changed. start() returns once every kind has
 been listed, so the agent's first regeneration sees the cluster's policies.
 While the API server is unreachable the reflectors retry and nothing is
 withdrawn: the last known policies stay enforced and health() says so.
@@ -24,9 +25,12 @@ from typing import Any
 from kubernetes import client
 
 from agent.adapters.kubernetes.kinds import (
+    KIND_ENDPOINTSLICE,
     KIND_NAMESPACE,
     KIND_POD,
+    KIND_SERVICE,
     POLICY_KINDS,
+    SERVICE_KINDS,
     STATUS_KINDS,
     Kind,
     kinds,
@@ -38,6 +42,7 @@ from agent.adapters.kubernetes.pod_addresses import pod_ips
 from agent.adapters.kubernetes.pod_labels import dropped_labels, endpoint_labels
 from agent.adapters.kubernetes.pod_ports import pod_named_ports
 from agent.adapters.kubernetes.reflector import Event, Reflector, Timing
+from agent.adapters.kubernetes.services import catalog
 from agent.core.models import PolicyStatus
 from agent.core.ports import ClusterEvents, LoadedFile, PolicyObjects
 from agent.core.shutdown import stop_tasks
@@ -74,7 +79,10 @@ class KubernetesSource:
         self._make_kinds = make_kinds
         self.api: client.ApiClient | None = None
         self.reflectors: dict[str, Reflector] = {}
-        self.objects: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in (*POLICY_KINDS, KIND_NAMESPACE, KIND_POD)}
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {
+            k: {} for k in (*POLICY_KINDS, KIND_NAMESPACE, KIND_POD, *SERVICE_KINDS)
+        }
+        self._services: Any = None  # the last ServiceCatalog handed to the core
         self._events: ClusterEvents | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._synced: dict[str, asyncio.Event] = {}
@@ -112,9 +120,9 @@ class KubernetesSource:
             self._tasks.append(asyncio.create_task(
                 self._writer.run(self._statuses, self._targets, self._reachable), name="ciliate-k8s-status"))
             self._writer.wake()
-        log.info("Kubernetes: %d policies, %d namespaces, %d pods on node %s",
+        log.info("Kubernetes: %d policies, %d namespaces, %d pods on node %s, %d services",
                  sum(len(self.objects[k]) for k in POLICY_KINDS), len(self.objects[KIND_NAMESPACE]),
-                 len(self.objects[KIND_POD]), self.options.node_name)
+                 len(self.objects[KIND_POD]), self.options.node_name, len(self.objects[KIND_SERVICE]))
 
     async def stop(self) -> None:
         """Returns within about twice `stop_timeout` whatever the API server
@@ -172,6 +180,8 @@ class KubernetesSource:
             await self._apply_namespaces(events)
         elif name == KIND_POD:
             await self._apply_pods(events)
+        elif name in SERVICE_KINDS:
+            await self._apply_services(name, events)
         if relisted:
             self._synced[name].set()
 
@@ -240,6 +250,21 @@ class KubernetesSource:
             if self._events is not None:
                 await self._events.endpoint_labels_changed(touched)
 
+    async def _apply_services(self, kind: str, events: list[Event]) -> None:
+        store = self.objects[kind]
+        for type_, obj in events:
+            key = self.reflectors[kind].kind.key(obj)
+            if type_ == "DELETED":
+                store.pop(key, None)
+            else:
+                store[key] = obj
+        # The whole snapshot again: cheap next to a compile, and the core
+        # recompiles only the policies whose resolution it changes.
+        new = catalog(self.objects[KIND_SERVICE].values(), self.objects[KIND_ENDPOINTSLICE].values())
+        if new != self._services and self._events is not None:
+            self._services = new
+            await self._events.services_changed(new)
+
     def _report_dropped(self, name: str, pod: Mapping[str, Any]) -> None:
         # Here, where a Pod version arrives, not in endpoint_labels(): the core
         # asks that again for every pod of a Namespace whose labels changed.
@@ -290,6 +315,7 @@ class KubernetesSource:
             "node": self.options.node_name,
             "policies": sum(len(self.objects[k]) for k in POLICY_KINDS),
             "pods": len(self.objects[KIND_POD]),
+            "services": len(self.objects[KIND_SERVICE]),
             # Pods with an IPv6 address (dual-stack or IPv6-only).
             "pods_ipv6": sum(pod_ips(p).ipv6 is not None for p in self.objects[KIND_POD].values()),
             "status_writes": self._writer.writes if self._writer is not None else 0,
