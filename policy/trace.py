@@ -27,6 +27,7 @@ from policy.compiled import (
     Protocol,
     RedirectKey,
     lookup,
+    protocol_name,
 )
 from policy.errors import TraceInputError
 from policy.families import FAMILY_NAMES, WORLD_ENTITIES, IPAddress
@@ -201,10 +202,7 @@ def _resolve(state: CompiledState, p: Party) -> tuple[int, EndpointPolicy | None
 
 
 def _proto_name(protocol: int) -> str:
-    try:
-        return Protocol(protocol).name
-    except ValueError:
-        return str(protocol)
+    return protocol_name(protocol)
 
 
 def _name(state: CompiledState, ident: int) -> str:

@@ -15,10 +15,12 @@ from typing import Any
 
 from policy.compiled import Protocol
 from policy.compiler import compile_state
-from policy.endpoint import Endpoint
+from policy.endpoint import Endpoint, NamedPort
 from policy.errors import CiliateError
 from policy.families import Stack
+from policy.icmp_types import icmp_type
 from policy.load import load_paths
+from policy.named_ports import port_name_problem
 from policy.services import resolve_all
 from policy.trace import HTTPRequest, Party, TraceResult, parse_party, trace
 
@@ -60,7 +62,14 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     t.add_argument("--policies", nargs="+", action="extend", required=True, metavar="PATH")
     t.add_argument("--src", required=True, metavar="SPEC")
     t.add_argument("--dst", required=True, metavar="SPEC")
-    t.add_argument("--dport", required=True, metavar="N[/TCP|UDP]")
+    t.add_argument(
+        "--dport", required=True, metavar="PORT[/PROTO]",
+        help="N or a port name, /TCP (default), /UDP or /SCTP; or an ICMP type (number or name) /ICMP or /ICMPv6",
+    )
+    t.add_argument(
+        "--named-port", action="append", default=[], metavar="NAME=N[/PROTO]",
+        help="a port the destination endpoint serves by name (its container port); repeat for more",
+    )
     t.add_argument("--method", help="HTTP method (judged by the L7 rules when the flow is redirected)")
     t.add_argument("--path", dest="http_path", help="HTTP path")
     t.add_argument("--host", help="HTTP host (authority)")
@@ -127,23 +136,51 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK if res.ok else EXIT_INVALID
 
 
-def _parse_dport(s: str) -> tuple[int, Protocol]:
-    num, _, proto = s.partition("/")
-    if not num.strip().isdigit():
-        raise CiliateError(f"bad --dport {s!r}: expected N, N/TCP or N/UDP")
-    port = int(num)
+_PROTOCOLS = {"TCP": Protocol.TCP, "UDP": Protocol.UDP, "SCTP": Protocol.SCTP, "ICMP": Protocol.ICMP, "ICMPV6": Protocol.ICMPV6}
+
+
+def _parse_dport(s: str, named: list[NamedPort]) -> tuple[int, Protocol]:
+    """--dport: a port (number or one of the destination's names) and its
+    protocol, or an ICMP/ICMPv6 message type (number or Cilium's name)."""
+    value, _, proto = s.partition("/")
+    value, p = value.strip(), (proto or "TCP").strip().upper()
+    if p not in _PROTOCOLS:
+        raise CiliateError(f"bad --dport {s!r}: protocol must be TCP, UDP, SCTP, ICMP or ICMPv6")
+    if p in ("ICMP", "ICMPV6"):
+        family = "IPv6" if p == "ICMPV6" else "IPv4"
+        number, problem = icmp_type(family, value)
+        if problem is not None:
+            raise CiliateError(f"bad --dport {s!r}: {problem}")
+        return number, _PROTOCOLS[p]
+    if not value.isdigit():
+        port = next((n.port for n in named if n.name == value.lower() and n.protocol == _PROTOCOLS[p]), None)
+        if port is None:
+            raise CiliateError(f"bad --dport {s!r}: the destination serves no {p} port named {value!r} (give --named-port {value}=N/{p})")
+        return port, _PROTOCOLS[p]
+    port = int(value)
     if not 0 < port <= 65535:
         raise CiliateError(f"bad --dport {s!r}: port out of range 1-65535")
-    p = (proto or "TCP").upper()
-    if p not in ("TCP", "UDP"):
-        raise CiliateError(f"bad --dport {s!r}: protocol must be TCP or UDP")
-    return port, Protocol[p]
+    return port, _PROTOCOLS[p]
 
 
-def _party(spec: str, endpoint_id: int, endpoints: list[Endpoint]) -> Party:
+def _parse_named_ports(items: list[str]) -> list[NamedPort]:
+    out: list[NamedPort] = []
+    for item in items:
+        name, _, rest = item.partition("=")
+        num, _, proto = rest.partition("/")
+        p = (proto or "TCP").strip().upper()
+        problem = port_name_problem(name.strip())
+        if problem is not None or not num.strip().isdigit() or not 0 < int(num) <= 65535 or p not in ("TCP", "UDP", "SCTP"):
+            why = problem or "expected NAME=N, NAME=N/TCP, /UDP or /SCTP with N in 1-65535"
+            raise CiliateError(f"bad --named-port {item!r}: {why}")
+        out.append(NamedPort(name.strip().lower(), int(_PROTOCOLS[p]), int(num)))
+    return out
+
+
+def _party(spec: str, endpoint_id: int, endpoints: list[Endpoint], named: list[NamedPort] | None = None) -> Party:
     kind, value = parse_party(spec)
     if kind == "labels":
-        endpoints.append(Endpoint(endpoint_id, value))
+        endpoints.append(Endpoint(endpoint_id, value, named_ports=tuple(named or ())))
         return Party.endpoint(endpoint_id)
     if kind == "ip":
         return Party.address(value)
@@ -163,10 +200,11 @@ def _headers(items: list[str]) -> dict[str, tuple[str, ...]]:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    port, proto = _parse_dport(args.dport)
+    named = _parse_named_ports(args.named_port)
+    port, proto = _parse_dport(args.dport, named)
     endpoints: list[Endpoint] = []
     src = _party(args.src, _SRC_ID, endpoints)
-    dst = _party(args.dst, _DST_ID, endpoints)
+    dst = _party(args.dst, _DST_ID, endpoints, named)
     res = load_paths(args.policies)
     if not res.ok:
         for e in res.errors:

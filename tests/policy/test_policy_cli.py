@@ -97,7 +97,7 @@ def test_trace_text_names_rule(capsys):
         pytest.param(["--src", "entity:moon", "--dst", DEATHSTAR, "--dport", "80"], "unknown entity 'moon'", id="bad-entity"),
         pytest.param(["--src", "ip:1.2.3", "--dst", DEATHSTAR, "--dport", "80"], "bad address", id="bad-ip"),
         pytest.param(["--src", TIE, "--dst", DEATHSTAR, "--dport", "99999"], "port out of range", id="bad-port"),
-        pytest.param(["--src", TIE, "--dst", DEATHSTAR, "--dport", "80/SCTP"], "protocol must be TCP or UDP", id="bad-proto"),
+        pytest.param(["--src", TIE, "--dst", DEATHSTAR, "--dport", "80/GRE"], "protocol must be TCP, UDP, SCTP, ICMP or ICMPv6", id="bad-proto"),
         pytest.param(["--src", "ip:1.1.1.1", "--dst", "ip:2.2.2.2", "--dport", "80"], "neither side is a local endpoint", id="no-endpoint"),
     ],
 )
@@ -147,3 +147,58 @@ def test_to_services_outside_kubernetes_is_valid_selects_nothing_and_says_so(cap
     eps.write_text("- labels: {app: web, io.kubernetes.pod.namespace: shop}\n")
     code, out, err = run(capsys, "policy", "diff", "--old", str(f), "--new", str(f), "--endpoints", str(eps))
     assert f"note: new policies: {why}" in err, (code, out, err)
+
+
+PORTS_LANGUAGE = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - ports: [{port: http}, {port: 5000, protocol: SCTP}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: ping, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - icmps: [{fields: [{type: EchoRequest}, {type: EchoRequest, family: IPv6}]}]
+"""
+
+
+@pytest.mark.parametrize("dport, named, code", [
+    ("http", ["http=8080"], 0),
+    ("8080", ["http=8080"], 0),
+    ("8081", ["http=8080"], 1),
+    ("8080", [], 1),  # the destination serves no port named http: the name admits nothing
+    ("5000/SCTP", [], 0),
+    ("5000/UDP", [], 1),
+    ("EchoRequest/ICMP", [], 0),
+    ("8/ICMP", [], 0),
+    ("128/ICMPv6", [], 0),
+    ("8/ICMPv6", [], 1),
+    ("Timestamp/ICMP", [], 1),
+])
+def test_trace_takes_named_ports_sctp_and_icmp_types(capsys, tmp_path, dport, named, code):
+    f = tmp_path / "p.yaml"
+    f.write_text(PORTS_LANGUAGE)
+    extra = [a for n in named for a in ("--named-port", n)]
+    got, out, err = run(capsys, "policy", "trace", "--policies", str(f), "--src", "labels:app=client",
+                        "--dst", "labels:app=web", "--dport", dport, *extra)
+    assert got == code, out + err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dport", "http"], "the destination serves no TCP port named 'http'"),
+    (["--dport", "NeighborSolicitation/ICMP"], "NeighborSolicitation is an IPv6 type"),
+    (["--dport", "80", "--named-port", "http_x=80"], "bad --named-port 'http_x=80'"),
+    (["--dport", "80/GRE"], "protocol must be TCP, UDP, SCTP, ICMP or ICMPv6"),
+])
+def test_trace_refuses_bad_ports_with_a_reason(capsys, tmp_path, argv, message):
+    f = tmp_path / "p.yaml"
+    f.write_text(PORTS_LANGUAGE)
+    got, out, err = run(capsys, "policy", "trace", "--policies", str(f), "--src", "labels:app=client",
+                        "--dst", "labels:app=web", *argv)
+    assert got == 2 and message in err, out + err
