@@ -96,6 +96,15 @@ class HTTPRequest:
 
 
 @dataclass(frozen=True)
+class TLSHello:
+    """A TLS connection as an SNI listener sees it: the server name its
+    ClientHello carries (diff's sample for a serverNames rule; trace takes
+    the name alone)."""
+
+    server_name: str
+
+
+@dataclass(frozen=True)
 class Step:
     """One policy enforcement point the flow passes."""
 

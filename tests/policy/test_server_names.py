@@ -208,3 +208,56 @@ def test_cli_trace_refuses_a_wildcard_as_sni(capsys, tmp_path):
     f.write_text(SNI_FILE)
     got = main(["policy", "trace", "--policies", str(f), "--src", CLIENT, "--dst", WEB, "--dport", "443", "--sni", "*.example.com"])
     assert got == 2 and "bad --sni" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ policy diff
+
+
+def test_diff_shows_a_server_name_change_with_a_sample_trace_agrees_with():
+    from ipaddress import IPv4Address
+
+    from policy.diff import diff_policies
+    from policy.diff_report import rule_text
+    from policy.endpoint import Endpoint
+    from policy.trace import Party, trace
+
+    def sni(*names: str) -> str:
+        return cnp("toEndpoints: [{matchLabels: {app: web}}]\n" + sni_port("[" + ", ".join(repr(n) for n in names) + "]"))
+
+    eps = [Endpoint(1, {"app": "client"}, IPv4Address("10.0.0.1")), Endpoint(2, {"app": "web"}, IPv4Address("10.0.0.2"))]
+    old, new = policies(sni("api.example.com", "*.example.org")), policies(sni("api.example.com", "**.example.net"))
+    d = diff_policies(old, new, eps)
+    got = {(c.layer, c.old, c.new, rule_text(c.http_rule), c.sample.server_name) for c in d.changes}
+    assert got == {
+        ("l7", "allowed", "denied", "TLS to api.example.com, *.example.org", "x.example.org"),
+        ("l7", "denied", "allowed", "TLS to api.example.com, **.example.net", "x.y.example.net"),
+    }
+    # What diff reports is what trace answers for its sample.
+    from policy.compiler import compile_state
+
+    for c in d.changes:
+        for pols, want in ((old, c.old), (new, c.new)):
+            st = compile_state(pols, eps)
+            assert trace(st, Party.endpoint(1), Party.endpoint(2), 443, sni=c.sample.server_name).verdict == want
+    assert d.changes[0].to_dict()["sample"] == {"tls_server_name": d.changes[0].sample.server_name}
+    from agent.cli.policy_diff import change_line
+
+    assert {change_line(c) for c in d.changes} == {
+        "443/TCP        TLS allowed -> denied: TLS to api.example.com, *.example.org (rule removed)  e.g. TLS with server name x.example.org",
+        "443/TCP        TLS denied -> allowed: TLS to api.example.com, **.example.net (rule added)  e.g. TLS with server name x.y.example.net",
+    }
+
+
+def test_diff_from_l4_to_sni_denies_other_names_and_plain_connections():
+    from ipaddress import IPv4Address
+
+    from policy.diff import diff_policies
+    from policy.endpoint import Endpoint
+
+    eps = [Endpoint(1, {"app": "client"}, IPv4Address("10.0.0.1")), Endpoint(2, {"app": "web"}, IPv4Address("10.0.0.2"))]
+    l4 = policies(cnp("toEndpoints: [{matchLabels: {app: web}}]\ntoPorts: [{ports: [{port: '443', protocol: TCP}]}]\n"))
+    sni = policies(cnp("toEndpoints: [{matchLabels: {app: web}}]\n" + sni_port("[api.example.com]")))
+    d = diff_policies(l4, sni, eps)
+    (c,) = d.changes
+    assert (c.layer, c.old, c.new, c.ports.lo, c.protocol.name) == ("l7", "allowed", "denied", 443, "TCP")
+    assert c.http_rule is None  # the L4 allow's "any connection" went away
