@@ -182,12 +182,44 @@ ALLOW_ALL_HTTP = HTTPRule()
 
 
 @dataclass(frozen=True, slots=True)
+class SNIRule:
+    """TLS connections whose ClientHello names one of these servers (SNI).
+
+    Names are lower-case (SNI is case-insensitive); `*.example.com` matches
+    exactly one label before the suffix, `**.example.com` one or more, as
+    Cilium's serverNames do. The connection stays encrypted end to end:
+    only the ClientHello is read. No names (ANY_CONNECTION) admits every
+    connection, TLS or not: what a peer gets that an L4 rule allows on a
+    port another rule inspects.
+    """
+
+    server_names: tuple[str, ...] = ()
+
+
+ANY_CONNECTION = SNIRule()
+
+
+class L7Kind(enum.Enum):
+    """What one proxy listener inspects: HTTP requests, or the TLS server
+    name of each connection (which it then forwards untouched)."""
+
+    HTTP = "http"
+    SNI = "sni"
+
+
+@dataclass(frozen=True, slots=True)
 class L7PeerRule:
-    """An HTTP rule and the peers it admits. Rules of one listener are ORed."""
+    """An HTTP rule (HTTP listeners) or an SNI rule (SNI listeners) and the
+    peers it admits. Rules of one listener are ORed."""
 
     identities: frozenset[int]  # may contain IDENTITY_ANY
-    http: HTTPRule
+    http: HTTPRule | None  # None on an SNI listener
     rules: tuple[RuleRef, ...] = ()
+    sni: SNIRule | None = None  # set on an SNI listener only
+
+    @property
+    def kind(self) -> L7Kind:
+        return L7Kind.HTTP if self.sni is None else L7Kind.SNI
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -204,6 +236,18 @@ class L7Policy:
     key: RedirectKey
     proxy_port: int
     peer_rules: tuple[L7PeerRule, ...]
+    kind: L7Kind = L7Kind.HTTP
+    # Rules on this port the listener cannot enforce and so admit nothing:
+    # HTTP rules where serverNames made the listener an SNI listener (see
+    # policy/merge.py). Kept so trace can say why their peers are refused.
+    shadowed: tuple[RuleRef, ...] = ()
+
+    def __post_init__(self) -> None:
+        # One listener, one kind of rule: a mixed listener would be rendered
+        # by one kind's code and silently misread the other's rules.
+        for r in self.peer_rules:
+            if r.kind != self.kind or (r.http is None) != (self.kind == L7Kind.SNI):
+                raise ValueError(f"{self.kind.value} listener {self.key} holds a {r.kind.value} rule")
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +324,7 @@ class CompiledState:
         return {port: tuple(v) for port, v in by_port.items()}
 
     def receiver_rules(self, pol: L7Policy) -> tuple["ReceiverRules", ...]:
-        """The local receivers whose ingress HTTP rules also bind the egress
+        """The local receivers whose ingress L7 rules also bind the egress
         listener `pol` (see ReceiverRules). Empty for ingress listeners."""
         if pol.key.direction != Direction.EGRESS:
             return ()
@@ -294,8 +338,8 @@ class CompiledState:
             d = lookup(ep, sender.identity, Direction.INGRESS, Protocol.TCP, pol.key.port)
             if d.verdict != Verdict.REDIRECT:
                 continue  # the kernel does not send this sender to the receiver's proxy
-            http = tuple(r.http for r in ingress.peer_rules if sender.identity in r.identities or IDENTITY_ANY in r.identities)
-            out.append(ReceiverRules(ep.endpoint_id, ep.ipv4, http))
+            admitted = [r for r in ingress.peer_rules if sender.identity in r.identities or IDENTITY_ANY in r.identities]
+            out.append(_receiver(pol.kind, ep.endpoint_id, ep.ipv4, admitted))
         return tuple(out)
 
     def all_receiver_rules(self) -> dict[RedirectKey, tuple["ReceiverRules", ...]]:
@@ -325,6 +369,26 @@ class ReceiverRules:
     endpoint_id: int
     ipv4: IPv4Address
     http: tuple[HTTPRule, ...]
+    # On an SNI listener (the sender's egress inspects TLS server names):
+    # the receiver's rules as SNI rules; `http` is then empty.
+    sni: tuple[SNIRule, ...] = ()
+
+
+def _receiver(kind: L7Kind, endpoint_id: int, ipv4: IPv4Address, admitted: list[L7PeerRule]) -> ReceiverRules:
+    """The receiver's rules admitting the sender, as the sender's listener
+    (of `kind`) can enforce them. Across kinds only "everything" carries
+    over, and fails closed otherwise: an HTTP listener sees no TLS server
+    name (plain HTTP has none), and an SNI listener forwards the bytes
+    without reading HTTP, so it can honour only a rule admitting any request."""
+    if kind == L7Kind.HTTP:
+        http = tuple(r.http for r in admitted if r.http is not None)
+        if any(r.sni == ANY_CONNECTION for r in admitted):
+            http += (ALLOW_ALL_HTTP,)
+        return ReceiverRules(endpoint_id, ipv4, http)
+    sni = tuple(r.sni for r in admitted if r.sni is not None)
+    if any(r.http == ALLOW_ALL_HTTP for r in admitted):
+        sni += (ANY_CONNECTION,)
+    return ReceiverRules(endpoint_id, ipv4, (), sni)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ segment, HTTP rule):
   pair starts or ends (1-65535 for TCP and UDP; ICMP stands for every
   protocol without ports, looked up at port 0 as the kernel does);
 - for flows both states pass at L3/L4 but judge at L7 differently, each
-  HTTP rule present on one side only (per enforcing side, a non-redirected
+  HTTP or serverNames rule present on one side only (per enforcing side, a non-redirected
   side counting as "any request") is a candidate: a request that changes
   verdict must match one of them. It is reported, with a sample request
   built from it (policy/diff_samples.py), when the sample's verdict differs;
@@ -48,6 +48,7 @@ from typing import Any
 
 from policy.compiled import (
     ALLOW_ALL_HTTP,
+    ANY_CONNECTION,
     CompiledState,
     Direction,
     EndpointPolicy,
@@ -56,6 +57,7 @@ from policy.compiled import (
     PolicyEntry,
     PortRange,
     Protocol,
+    SNIRule,
     lookup,
 )
 from policy.compiler import Compiler
@@ -67,10 +69,11 @@ from policy.http_path import PathRejected, normalize_path
 from policy.identity import IDENTITY_ANY, IDENTITY_HOST, RESERVED_IDENTITIES
 from policy.ipcache import PrefixMap
 from policy.model import Policy
-from policy.trace import HTTPRequest, http_matches
+from policy.trace import HTTPRequest, TLSHello, http_matches, sni_matches
 
 # One enforcing side's answer for a flow: DENY, ALLOW (no proxy), or the
-# HTTP rules its proxy admits for this peer (ORed).
+# HTTP rules (serverNames rules, on an SNI listener) its proxy admits for
+# this peer (ORed).
 _DENY = "deny"
 _ALLOW = "allow"
 Side = Any  # _DENY | _ALLOW | frozenset[HTTPRule]
@@ -140,7 +143,7 @@ class _Index:
             return _DENY
         if dec.proxy_port:
             rules = self.l7.get((d, port), ())
-            return frozenset(r.http for r in rules if peer in r.identities or IDENTITY_ANY in r.identities)
+            return frozenset(_rule(r) for r in rules if peer in r.identities or IDENTITY_ANY in r.identities)
         return _ALLOW
 
 
@@ -149,8 +152,18 @@ def _norm(entries: Iterable[PolicyEntry]) -> frozenset[tuple[Any, ...]]:
     return frozenset((e.key, e.verdict, e.proxy_port != 0) for e in entries)
 
 
-def _l7_pairs(rules: Iterable[L7PeerRule]) -> set[tuple[int, HTTPRule]]:
-    return {(i, r.http) for r in rules for i in r.identities}
+def _rule(r: L7PeerRule) -> HTTPRule | SNIRule:
+    """The rule a peer rule holds, HTTP or (on an SNI listener) serverNames."""
+    return r.http if r.http is not None else r.sni  # type: ignore[return-value]
+
+
+def _l7_pairs(rules: Iterable[L7PeerRule]) -> set[tuple[int, HTTPRule | SNIRule]]:
+    return {(i, _rule(r)) for r in rules for i in r.identities}
+
+
+def _admits_all(s: Side) -> bool:
+    """A proxied side admitting everything: an L4 allow on a redirected port."""
+    return ALLOW_ALL_HTTP in s or ANY_CONNECTION in s
 
 
 def _changed_peers(o: _Index, n: _Index, d: Direction) -> tuple[bool, set[int]]:
@@ -179,16 +192,28 @@ def _canon(sides: tuple[Side, ...]) -> Any:
     (up to rules that are equal only semantically, which the samples judge)."""
     if _DENY in sides:
         return _DENY
-    restricting = frozenset(s for s in sides if s != _ALLOW and ALLOW_ALL_HTTP not in s)
+    restricting = frozenset(s for s in sides if s != _ALLOW and not _admits_all(s))
     return _ALLOW if not restricting else restricting
 
 
-def request_allowed(sides: tuple[Side, ...], req: HTTPRequest) -> bool:
-    """What trace answers for this request, given each enforcing side's answer."""
+def request_allowed(sides: tuple[Side, ...], req: HTTPRequest | TLSHello) -> bool:
+    """What trace answers for this request (or TLS connection), given each
+    enforcing side's answer. An SNI listener sees an HTTP request as a plain
+    connection (no server name); an HTTP listener can read nothing of a TLS
+    connection, so only a rule admitting any request passes it."""
     for s in sides:
         if s == _DENY:
             return False
         if s == _ALLOW:
+            continue
+        if any(isinstance(r, SNIRule) for r in s):
+            name = req.server_name if isinstance(req, TLSHello) else None
+            if not any(sni_matches(r, name) for r in s):
+                return False
+            continue
+        if isinstance(req, TLSHello):
+            if ALLOW_ALL_HTTP not in s:
+                return False
             continue
         try:
             seen = replace(req, path=normalize_path(req.path))
@@ -206,7 +231,7 @@ def _as_rules(s: Side) -> frozenset[HTTPRule]:
 def _shown_rules(sides: tuple[Side, ...]) -> tuple[HTTPRule, ...]:
     out: set[HTTPRule] = set()
     for s in sides:
-        if s not in (_DENY, _ALLOW) and ALLOW_ALL_HTTP not in s:
+        if s not in (_DENY, _ALLOW) and not _admits_all(s):
             out |= s
     return tuple(sorted(out, key=rule_text))
 
@@ -389,7 +414,7 @@ def _emit_l7(
     src: FlowEnd, dst: FlowEnd, protocol: Protocol, port: int,
     so: tuple[Side, ...], sn: tuple[Side, ...], changes: list[FlowChange], unchanged: list[Unchanged],
 ) -> None:
-    cands: dict[HTTPRule, str] = {}
+    cands: dict[HTTPRule | SNIRule, str] = {}
     for a, b in zip(so, sn):
         ra, rb = _as_rules(a), _as_rules(b)
         for r in sorted(ra - rb, key=rule_text):
@@ -397,7 +422,7 @@ def _emit_l7(
         for r in sorted(rb - ra, key=rule_text):
             cands.setdefault(r, "added")
     for rule, change in cands.items():
-        shown = None if rule == ALLOW_ALL_HTTP else rule
+        shown = None if rule in (ALLOW_ALL_HTTP, ANY_CONNECTION) else rule
         for req in rule_samples(shown):
             vo, vn = request_allowed(so, req), request_allowed(sn, req)
             if vo != vn:

@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from policy.compiled import ALLOW_ALL_HTTP, CompiledState, HTTPRule, PortRange, Protocol
+from policy.compiled import ALLOW_ALL_HTTP, CompiledState, HTTPRule, PortRange, Protocol, SNIRule
 from policy.endpoint import DEFAULT_NAMESPACE, NAMESPACE_LABEL
 from policy.families import IPAddress
-from policy.trace import HTTPRequest, Party
+from policy.trace import HTTPRequest, Party, TLSHello
 
 ALLOWED, DENIED = "allowed", "denied"
 
@@ -158,18 +158,22 @@ def port_text(protocol: Protocol, ports: PortRange) -> str:
     return f"{ports}/{protocol.name}"
 
 
-def rule_dict(r: HTTPRule | None) -> dict[str, Any] | None:
+def rule_dict(r: HTTPRule | SNIRule | None) -> dict[str, Any] | None:
     if r is None:
         return None
+    if isinstance(r, SNIRule):
+        return {"server_names": list(r.server_names)}
     d: dict[str, Any] = {k: v for k, v in (("method", r.method), ("path", r.path), ("host", r.host)) if v is not None}
     if r.headers:
         d["headers"] = [{"name": h.name, "value": h.value} if h.value is not None else {"name": h.name} for h in r.headers]
     return d
 
 
-def rule_text(r: HTTPRule | None) -> str:
+def rule_text(r: HTTPRule | SNIRule | None) -> str:
     if r is None or r == ALLOW_ALL_HTTP:
         return "any request"
+    if isinstance(r, SNIRule):
+        return f"TLS to {', '.join(r.server_names)}" if r.server_names else "any connection"
     parts = [r.method or "any method", r.path or "any path"]
     if r.host is not None:
         parts.append(f"host {r.host}")
@@ -178,7 +182,9 @@ def rule_text(r: HTTPRule | None) -> str:
     return " ".join(parts)
 
 
-def request_dict(q: HTTPRequest) -> dict[str, Any]:
+def request_dict(q: HTTPRequest | TLSHello) -> dict[str, Any]:
+    if isinstance(q, TLSHello):
+        return {"tls_server_name": q.server_name}
     d: dict[str, Any] = {"method": q.method, "path": q.path}
     if q.host:
         d["host"] = q.host
@@ -187,7 +193,9 @@ def request_dict(q: HTTPRequest) -> dict[str, Any]:
     return d
 
 
-def request_text(q: HTTPRequest) -> str:
+def request_text(q: HTTPRequest | TLSHello) -> str:
+    if isinstance(q, TLSHello):
+        return f"TLS with server name {q.server_name}"
     out = f"{q.method} {q.path}"
     if q.host:
         out += f" (host {q.host})"

@@ -1,12 +1,13 @@
 """Merge the rule atoms of one identity into disjoint, verdict-resolved entries.
 
 Input: every (direction, peer, protocol, port range, verdict, rule) that the
-policies selecting an identity contribute, plus the HTTP rules per redirected
-(direction, port). Output: entries whose port ranges are disjoint per
-(peer, direction, protocol), with DENY > REDIRECT > ALLOW resolved per port
-segment, and the L7 peer rules per listener, including the ALLOW_ALL_HTTP
-rule a peer gets when an L4 allow covers a redirected port (the kernel sends
-it to the proxy because REDIRECT beats ALLOW). Pure.
+policies selecting an identity contribute, plus the HTTP and SNI rules per
+redirected (direction, port). Output: entries whose port ranges are disjoint
+per (peer, direction, protocol), with DENY > REDIRECT > ALLOW resolved per
+port segment, and the L7 peer rules per listener, including the
+ALLOW_ALL_HTTP (ANY_CONNECTION on an SNI listener) rule a peer gets when an
+L4 allow covers a redirected port (the kernel sends it to the proxy because
+REDIRECT beats ALLOW). Pure.
 """
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 from operator import attrgetter
+from typing import NamedTuple
 
 from policy.compiled import (
     ALLOW_ALL_HTTP,
+    ANY_CONNECTION,
     Direction,
     HTTPRule,
+    L7Kind,
     L7PeerRule,
     PolicyEntry,
     PolicyKey,
     PortRange,
     Protocol,
     RuleRef,
+    SNIRule,
     Verdict,
 )
 from policy.identity import IDENTITY_ANY
@@ -44,8 +49,8 @@ class Atoms:
     only at the end, and peers sharing the same items share the work."""
 
     items: dict[frozenset[int], list[Item]] = field(default_factory=lambda: defaultdict(list))
-    # (direction, port) -> [(peers, http rule, ref)]
-    l7: dict[tuple[Direction, int], list[tuple[frozenset[int], HTTPRule, RuleRef]]] = field(
+    # (direction, port) -> [(peers, HTTP or SNI rule, ref)]
+    l7: dict[tuple[Direction, int], list[tuple[frozenset[int], HTTPRule | SNIRule, RuleRef]]] = field(
         default_factory=lambda: defaultdict(list)
     )
 
@@ -127,16 +132,35 @@ def _l4_allows(atoms: Atoms, direction: Direction, port: int) -> dict[int, set[R
     return out
 
 
-def merge_l7(atoms: Atoms) -> dict[tuple[Direction, int], tuple[L7PeerRule, ...]]:
-    out: dict[tuple[Direction, int], tuple[L7PeerRule, ...]] = {}
+class L7Listener(NamedTuple):
+    """One redirected (direction, port): L7Policy's fields but its key and port."""
+
+    peer_rules: tuple[L7PeerRule, ...]
+    kind: L7Kind = L7Kind.HTTP
+    shadowed: tuple[RuleRef, ...] = ()
+
+
+def merge_l7(atoms: Atoms) -> dict[tuple[Direction, int], L7Listener]:
+    out: dict[tuple[Direction, int], L7Listener] = {}
     for (direction, port), items in atoms.l7.items():
-        by_rule: dict[HTTPRule, tuple[set[int], set[RuleRef]]] = {}
+        # A listener inspects either HTTP or TLS server names. When both land
+        # on one port, the SNI listener wins and the HTTP rules admit nothing
+        # there: fail closed (a TLS connection has no HTTP the proxy could
+        # read, and letting it through unread would open the port), and
+        # `shadowed` names them so trace says why.
+        kind = L7Kind.SNI if any(isinstance(r, SNIRule) for _, r, _ in items) else L7Kind.HTTP
+        allow_all: HTTPRule | SNIRule = ANY_CONNECTION if kind == L7Kind.SNI else ALLOW_ALL_HTTP
+        by_rule: dict[HTTPRule | SNIRule, tuple[set[int], set[RuleRef]]] = {}
         redirected: set[int] = set()
-        for peers, http, ref in items:
-            ids, refs = by_rule.setdefault(http, (set(), set()))
+        shadowed: set[RuleRef] = set()
+        for peers, l7, ref in items:
+            redirected |= peers
+            if (kind == L7Kind.SNI) != isinstance(l7, SNIRule):
+                shadowed.add(ref)
+                continue
+            ids, refs = by_rule.setdefault(l7, (set(), set()))
             ids |= peers
             refs.add(ref)
-            redirected |= peers
         allows = _l4_allows(atoms, direction, port)
         if allows:
             if IDENTITY_ANY in redirected:
@@ -146,11 +170,17 @@ def merge_l7(atoms: Atoms) -> dict[tuple[Direction, int], tuple[L7PeerRule, ...]
             else:
                 extra = redirected & set(allows)
             if extra:
-                ids, refs = by_rule.setdefault(ALLOW_ALL_HTTP, (set(), set()))
+                ids, refs = by_rule.setdefault(allow_all, (set(), set()))
                 ids |= extra
                 for peer in extra:
                     refs |= allows.get(peer, set()) | allows.get(IDENTITY_ANY, set())
-        rules = [L7PeerRule(frozenset(ids), http, tuple(sorted(refs, key=_REF_KEY))) for http, (ids, refs) in by_rule.items()]
-        rules.sort(key=lambda r: (sorted(r.identities), repr(r.http)))
-        out[(direction, port)] = tuple(rules)
+        rules = [_peer_rule(frozenset(ids), rule, tuple(sorted(refs, key=_REF_KEY))) for rule, (ids, refs) in by_rule.items()]
+        rules.sort(key=lambda r: (sorted(r.identities), repr(r.http), repr(r.sni)))
+        out[(direction, port)] = L7Listener(tuple(rules), kind, tuple(sorted(shadowed, key=_REF_KEY)))
     return out
+
+
+def _peer_rule(ids: frozenset[int], rule: HTTPRule | SNIRule, refs: tuple[RuleRef, ...]) -> L7PeerRule:
+    if isinstance(rule, SNIRule):
+        return L7PeerRule(ids, None, refs, rule)
+    return L7PeerRule(ids, rule, refs)

@@ -104,10 +104,18 @@ class PortSpec:
 
 @dataclass(frozen=True, slots=True)
 class PortRule:
-    """Ports ORed; `http` is None for an L4-only rule."""
+    """Ports ORed; `http` is None for an L4-only rule. `server_names` (TLS
+    SNI, lower-case) makes the rule inspect the ClientHello instead; the
+    parser never sets both."""
 
     ports: tuple[PortSpec, ...]
     http: tuple[HTTPRule, ...] | None = None
+    server_names: tuple[str, ...] | None = None
+
+    @property
+    def l7(self) -> bool:
+        """Whether the rule sends its port to the proxy."""
+        return self.http is not None or self.server_names is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,7 +163,9 @@ def _port_rule(p: PortRuleIn) -> PortRule:
     specs = tuple(PortSpec(x.protocol, x.ports, x.name) for x in p.ports or ()) or (PortSpec(Protocol.ANY, ALL_PORTS),)
     rules = p.rules.http if p.rules is not None else None
     http = tuple(dict.fromkeys(_http(h) for h in rules)) if rules else None
-    return PortRule(specs, http)
+    # An empty serverNames restricts nothing (Cilium): an L4 rule.
+    names = tuple(dict.fromkeys(p.serverNames)) if p.serverNames else None
+    return PortRule(specs, http, names)
 
 
 def _icmp_rule(r: ICMPRule) -> PortRule:

@@ -17,17 +17,17 @@ from policy.compiled import (
     ALL_PORTS,
     Direction,
     EndpointPolicy,
-    L7PeerRule,
     L7Policy,
     PolicyEntry,
     Protocol,
     RedirectKey,
     RuleRef,
+    SNIRule,
     Verdict,
 )
 from policy.endpoint import Endpoint
 from policy.identity import IDENTITY_HOST
-from policy.merge import Atoms, merge_entries, merge_l7
+from policy.merge import Atoms, L7Listener, merge_entries, merge_l7
 from policy.model import Peer, PolicySpec, PortRule, PortSpec, Rule
 from policy.named_ports import NOTHING, PortsByName
 from policy.named_ports import resolve as resolve_name
@@ -45,7 +45,7 @@ class IdentityPolicy:
     ingress_enforced: bool
     egress_enforced: bool
     entries: tuple[PolicyEntry, ...]
-    l7: dict[tuple[Direction, int], tuple[L7PeerRule, ...]]
+    l7: dict[tuple[Direction, int], L7Listener]
     selected_by: frozenset[str]
     policy_keys: frozenset[str]
 
@@ -119,10 +119,10 @@ def merge_specs(
 
 
 def _add(atoms: Atoms, rule: Rule, pr: PortRule, ps: PortSpec, fpeers: frozenset[int]) -> None:
-    if pr.http is not None:
+    if pr.l7:
         proto, verdict = Protocol.TCP, Verdict.REDIRECT
-        for http in pr.http:
-            atoms.l7[(rule.direction, ps.ports.lo)].append((fpeers, http, rule.ref))
+        for l7 in pr.http or (SNIRule(pr.server_names or ()),):
+            atoms.l7[(rule.direction, ps.ports.lo)].append((fpeers, l7, rule.ref))
     else:
         proto = ps.protocol
         verdict = Verdict.DENY if rule.deny else Verdict.ALLOW
@@ -147,7 +147,7 @@ def patch_peers(
                 continue
             items = atoms.items[frozenset(hit)]
             for pr in rule.port_rules or _L3_ONLY:
-                if pr.http is not None:
+                if pr.l7:
                     return None
                 for ps in pr.ports:
                     if ps.name is not None:
@@ -186,7 +186,7 @@ def endpoint_policy(
         else e
         for e in ip.entries
     )
-    l7 = tuple(L7Policy(RedirectKey(ep.id, d, p), ports[(d, p)], rules) for (d, p), rules in sorted(ip.l7.items()))
+    l7 = tuple(L7Policy(RedirectKey(ep.id, d, p), ports[(d, p)], *listener) for (d, p), listener in sorted(ip.l7.items()))
     return (
         EndpointPolicy(ep.id, ident, ep.ipv4, ip.ingress_enforced, ip.egress_enforced, entries, l7, ip.selected_by, ipv6=ep.ipv6),
         keys,

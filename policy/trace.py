@@ -3,7 +3,8 @@
 The L3/L4 answer is `compiled.lookup()` (what the eBPF program runs) for the
 source endpoint's egress and the local destination's ingress; when the
 deciding entry redirects, the L7 answer comes from that listener's
-L7PeerRules with RE2 full matching, as the Envoy configuration rendered
+L7PeerRules: HTTP rules with RE2 full matching, or serverNames rules against
+the TLS server name on an SNI listener, as the Envoy configuration rendered
 from the same rules would decide. No second policy implementation. Pure.
 """
 
@@ -22,13 +23,17 @@ from policy.compiled import (
     Decision,
     Direction,
     EndpointPolicy,
+    ANY_CONNECTION,
     HTTPRule,
+    L7Kind,
     L7PeerRule,
     Protocol,
     RedirectKey,
+    SNIRule,
     lookup,
     protocol_name,
 )
+from policy import server_names
 from policy.errors import TraceInputError
 from policy.families import FAMILY_NAMES, WORLD_ENTITIES, IPAddress
 from policy.http_path import PathRejected, normalize_path
@@ -89,6 +94,15 @@ class HTTPRequest:
             if k.lower() == name.lower():
                 out.extend((v,) if isinstance(v, str) else v)
         return out
+
+
+@dataclass(frozen=True)
+class TLSHello:
+    """A TLS connection as an SNI listener sees it: the server name its
+    ClientHello carries (diff's sample for a serverNames rule; trace takes
+    the name alone)."""
+
+    server_name: str
 
 
 @dataclass(frozen=True)
@@ -175,7 +189,24 @@ def http_matches(rule: HTTPRule, req: HTTPRequest) -> bool:
 def l7_decide(rules: tuple[L7PeerRule, ...], peer: int, req: HTTPRequest) -> L7PeerRule | None:
     """The first peer rule admitting this peer and request, or None (403)."""
     for r in rules:
-        if (peer in r.identities or IDENTITY_ANY in r.identities) and http_matches(r.http, req):
+        if (peer in r.identities or IDENTITY_ANY in r.identities) and r.http is not None and http_matches(r.http, req):
+            return r
+    return None
+
+
+def sni_matches(rule: SNIRule, server_name: str | None) -> bool:
+    """Whether an SNI rule admits a connection whose ClientHello names
+    `server_name` (None: not TLS, or TLS without SNI), as
+    xds/tls_listener.py renders it."""
+    if rule == ANY_CONNECTION:
+        return True
+    return server_name is not None and any(server_names.matches(p, server_name) for p in rule.server_names)
+
+
+def sni_decide(rules: tuple[L7PeerRule, ...], peer: int, server_name: str | None) -> L7PeerRule | None:
+    """The first peer rule admitting this peer's connection, or None (closed)."""
+    for r in rules:
+        if (peer in r.identities or IDENTITY_ANY in r.identities) and r.sni is not None and sni_matches(r.sni, server_name):
             return r
     return None
 
@@ -219,7 +250,11 @@ def trace(
     dport: int,
     protocol: int = Protocol.TCP,
     http: HTTPRequest | None = None,
+    sni: str | None = None,
 ) -> TraceResult:
+    """`sni`: the server name the client's TLS ClientHello carries, judged by
+    serverNames rules where the flow is redirected to an SNI listener; an
+    `http` request without `sni` is a plain connection there."""
     if not 0 <= dport <= 65535:
         raise TraceInputError(f"port {dport} out of range 0-65535")
     src_id, src_ep = _resolve(state, src)
@@ -234,6 +269,7 @@ def trace(
             return TraceResult("denied", "l3l4", reason, (), src_id, dst_id, ())
     steps: list[Step] = []
     redirected = False
+    judged_sni = False  # an SNI listener judged the connection
     checks: list[tuple[EndpointPolicy, Direction, int]] = []
     if src_ep is not None:
         checks.append((src_ep, Direction.EGRESS, dst_id))
@@ -256,6 +292,24 @@ def trace(
                 (p for p in ep.l7 if p.key == RedirectKey(ep.endpoint_id, direction, dport)),
                 None,
             )
+            if l7 is not None and l7.kind == L7Kind.SNI:
+                if sni is None and http is None:
+                    steps.append(Step(ep.endpoint_id, direction, peer, d))
+                    continue
+                judged_sni = True
+                rule = sni_decide(l7.peer_rules, peer, sni)
+                steps.append(Step(ep.endpoint_id, direction, peer, d, rule is not None, rule))
+                if rule is None:
+                    named = f"server name {sni!r}" if sni is not None else "a connection without a TLS server name"
+                    reason = f"{where}: proxy on port {d.proxy_port} closes the connection, no serverNames rule admits {named}"
+                    if l7.shadowed:
+                        reason += (
+                            f" (HTTP rules on port {dport} admit nothing: serverNames on the same port make it a TLS SNI"
+                            f" listener, which cannot read HTTP: {', '.join(map(str, l7.shadowed))})"
+                        )
+                    rules = tuple(str(r) for r in d.entry.rules) if d.entry else ()
+                    return TraceResult("denied", "l7", reason, rules, src_id, dst_id, tuple(steps), redirected)
+                continue
             if http is None:
                 steps.append(Step(ep.endpoint_id, direction, peer, d))
                 continue
@@ -282,9 +336,12 @@ def trace(
         elif s.decision.entry is not None:
             rules.extend(str(r) for r in s.decision.entry.rules)
     rules = list(dict.fromkeys(rules))
-    layer = "l7" if redirected and http is not None else "l3l4"
-    if redirected and http is None:
-        reason = "allowed at L3/L4 and redirected to the proxy: HTTP rules decide each request (give --method/--path)"
+    layer = "l7" if redirected and (http is not None or judged_sni) else "l3l4"
+    if judged_sni and http is None:
+        named = f"server name {sni!r}" if sni is not None else "a connection without a TLS server name"
+        reason = f"allowed: a serverNames rule admits {named}"
+    elif redirected and http is None:
+        reason = "allowed at L3/L4 and redirected to the proxy: L7 rules decide (give --method/--path, or --sni on a serverNames port)"
     elif redirected:
         reason = f"allowed: {http.method} {http.path} matches an HTTP rule"
     elif rules:

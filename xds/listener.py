@@ -142,34 +142,47 @@ def listener(
     transparent: bool,
     direction: Direction,
     original_port: int | None,
-    hcm: bytes,
+    hcm: bytes | None = None,
     original_source_mark: int | None = None,
     limits: ProxyLimits = ProxyLimits(),
     address6: str | None = None,
+    filters: tuple[bytes, ...] = (),
+    listener_filters: tuple[bytes, ...] = (),
 ) -> bytes:
     """Listener on address:port. `original_port`: serve only connections whose
     local address (the original destination) has this port; None for all.
     `original_source_mark`: upstream connections keep the downstream's
     address (original_src filter) and carry this SO_MARK (0 sets none);
-    None: they leave from the node's address."""
+    None: they leave from the node's address. The filter chain is the
+    connection limit then the HTTP connection manager `hcm`, or then
+    `filters` (encoded listener.v3.Filter messages; tls_listener.py);
+    `listener_filters` (encoded ListenerFilter messages) run first."""
     lst = pb.Listener
     chain_match = b""
     if original_port is not None:
         chain_match = pb.FilterChain.filter_chain_match(pb.FilterChainMatch.destination_port(original_port))
-    hcm_filter = pb.FilterChain.filters(pb.Filter.name(HCM_FILTER), pb.Filter.typed_config(any_(HCM_URL, hcm)))
+    if hcm is not None:
+        filters = (network_filter(HCM_FILTER, HCM_URL, hcm),)
     cap = ConnectionLimit.stat_prefix(f"{name}_connections") + ConnectionLimit.max_connections(limits.connections_per_listener)
-    cap_filter = pb.FilterChain.filters(pb.Filter.name(CONNECTION_LIMIT_FILTER), pb.Filter.typed_config(any_(CONNECTION_LIMIT_URL, cap)))
+    chain = (network_filter(CONNECTION_LIMIT_FILTER, CONNECTION_LIMIT_URL, cap), *filters)
+    if original_source_mark is not None:
+        listener_filters = (*listener_filters, _original_src(original_source_mark))
     return (
         lst.name(name)
         + lst.address(pb.Address.socket_address(pb.SocketAddress.address(address) + pb.SocketAddress.port_value(port)))
         + (b"" if address6 is None else lst.additional_addresses(pb.AdditionalAddress.address(
             pb.Address.socket_address(pb.SocketAddress.address(address6) + pb.SocketAddress.port_value(port)))))
-        + lst.filter_chains(chain_match, cap_filter, hcm_filter)
+        + lst.filter_chains(chain_match, *map(pb.FilterChain.filters, chain))
         + lst.per_connection_buffer_limit_bytes(limits.connection_buffer_bytes)
         + lst.transparent(transparent)
         + lst.traffic_direction(_TRAFFIC_DIRECTION[direction])
-        + (b"" if original_source_mark is None else lst.listener_filters(_original_src(original_source_mark)))
+        + b"".join(map(lst.listener_filters, listener_filters))
     )
+
+
+def network_filter(name: str, type_url: str, config: bytes) -> bytes:
+    """listener.v3.Filter: one network filter of a filter chain."""
+    return pb.Filter.name(name) + pb.Filter.typed_config(any_(type_url, config))
 
 
 def _original_src(mark: int) -> bytes:

@@ -19,7 +19,11 @@ from envoy_data_plane.envoy.extensions.access_loggers.grpc import v3 as grpc_als
 from envoy_data_plane.envoy.extensions.filters.http.header_mutation import v3 as header_mutation_v3
 from envoy_data_plane.envoy.extensions.filters.http.router import v3 as router_v3
 from envoy_data_plane.envoy.extensions.filters.http.rbac import v3 as rbac_filter_v3
+from envoy_data_plane.envoy.extensions.filters.common.set_filter_state import v3 as set_filter_state_v3
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager import v3 as hcm_v3
+from envoy_data_plane.envoy.extensions.filters.network.rbac import v3 as network_rbac_v3
+from envoy_data_plane.envoy.extensions.filters.network.set_filter_state import v3 as network_set_filter_state_v3
+from envoy_data_plane.envoy.extensions.filters.network.tcp_proxy import v3 as tcp_proxy_v3
 from envoy_data_plane.envoy.extensions.upstreams.http import v3 as upstream_http_v3
 from envoy_data_plane.envoy.type.matcher import v3 as matcher_v3
 
@@ -40,6 +44,7 @@ BindConfig = encoders(core_v3.BindConfig)
 SocketOption = encoders(core_v3.SocketOption)
 HeaderValueOption = encoders(core_v3.HeaderValueOption)
 HeaderValue = encoders(core_v3.HeaderValue)
+SubstitutionFormatString = encoders(core_v3.SubstitutionFormatString)
 
 # listener, HTTP connection manager, access log
 Listener = encoders(listener_v3.Listener)
@@ -59,6 +64,13 @@ StatusCodeFilter = encoders(accesslog_v3.StatusCodeFilter)
 ComparisonFilter = encoders(accesslog_v3.ComparisonFilter)
 HttpGrpcAccessLogConfig = encoders(grpc_als_v3.HttpGrpcAccessLogConfig)
 CommonGrpcAccessLogConfig = encoders(grpc_als_v3.CommonGrpcAccessLogConfig)
+
+# TLS SNI listeners: the network RBAC filter, the original destination as
+# filter state, and the TCP proxy (xds/tls_listener.py)
+NetworkRbac = encoders(network_rbac_v3.Rbac)
+SetFilterState = encoders(network_set_filter_state_v3.Config)
+FilterStateValue = encoders(set_filter_state_v3.FilterStateValue)
+TcpProxy = encoders(tcp_proxy_v3.TcpProxy)
 
 # cluster
 Cluster = encoders(cluster_v3.Cluster)

@@ -1,5 +1,6 @@
-"""RBAC encodings: HTTP rules as permissions, peers as principals or
-destination permissions, and the per-route configs of both RBAC filters.
+"""RBAC encodings: HTTP and TLS server name (SNI) rules as permissions,
+peers as principals or destination permissions, and the configs of both
+RBAC filters (per route on HTTP listeners, per listener on SNI listeners).
 Pure; no I/O. Every function returns the encoded *fields* of the named
 message, ready to splice into its parent's field encoder.
 
@@ -9,17 +10,20 @@ express it)."""
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from ipaddress import IPv4Network
 from typing import Iterable
 
 from envoy_data_plane.envoy.config.rbac.v3 import RbacAction
 
-from policy.compiled import Direction, HTTPRule, ReceiverRules
+from policy import server_names
+from policy.compiled import ANY_CONNECTION, Direction, HTTPRule, ReceiverRules, SNIRule
 from policy.families import IPNetwork
 
 from . import messages as pb
 from .path_merge import REGEX_META, literal_alternatives
+from .serialize import Encoders
 
 RBAC_URL = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 RBAC_PER_ROUTE_URL = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
@@ -166,11 +170,43 @@ RECEIVER_SHADOW_PREFIX = "receiver_"
 def per_route(policies: Iterable[tuple[str, bytes]], audit: bool = False) -> bytes:
     """RBACPerRoute: ALLOW a request that one of the named policies matches;
     with `audit`, ALLOW every request and judge it by those policies as shadow rules."""
+    return pb.RbacPerRoute.rbac(rbac_rules(policies, audit))
+
+
+def rbac_rules(policies: Iterable[tuple[str, bytes]], audit: bool = False, config: Encoders = pb.RbacFilter) -> bytes:
+    """The `rules` (and in audit, `shadow_rules`) of an RBAC filter config:
+    the HTTP filter's (RbacFilter) or the network filter's (NetworkRbac),
+    which name these fields alike."""
     rules = pb.RbacRules.action(RbacAction.ALLOW) + b"".join(pb.RbacRules.policies(k, v) for k, v in policies)
     if not audit:
-        return pb.RbacPerRoute.rbac(pb.RbacFilter.rules(rules))
-    allow_all = pb.RbacFilter.rules(_ALLOW, pb.RbacRules.policies(AUDIT_ALLOW_ALL, pb.Policy.permissions(_ANY_PERMISSION) + _ANYONE))
-    return pb.RbacPerRoute.rbac(allow_all + pb.RbacFilter.shadow_rules(rules))
+        return config.rules(rules)
+    allow_all = config.rules(_ALLOW, pb.RbacRules.policies(AUDIT_ALLOW_ALL, pb.Policy.permissions(_ANY_PERMISSION) + _ANYONE))
+    return allow_all + config.shadow_rules(rules)
+
+
+def any_permission() -> bytes:
+    """rbac.v3.Permission matching everything."""
+    return _ANY_PERMISSION
+
+
+def sni_permission(rule: SNIRule) -> bytes:
+    """rbac.v3.Permission for one serverNames rule: the TLS server name the
+    listener's tls_inspector read is one of the rule's names (exact, any
+    case) or wildcards (policy/server_names.py: `*.` one label, `**.` one or
+    more, as a case-insensitive RE2 full match). ANY_CONNECTION: anything,
+    TLS or not. A connection without SNI matches no name."""
+    if rule == ANY_CONNECTION:
+        return _ANY_PERMISSION
+    perms = []
+    for name in rule.server_names:
+        kind, suffix = server_names.split(name)
+        if kind == server_names.Wildcard.NONE:
+            match = pb.StringMatcher.exact(name) + pb.StringMatcher.ignore_case(True)
+        else:
+            labels = r"[^.]+" if kind == server_names.Wildcard.ONE_LABEL else r"[^.]+(?:\.[^.]+)*"
+            match = pb.StringMatcher.safe_regex(pb.RegexMatcher.regex(f"(?i){labels}\\.{re.escape(suffix)}"))
+        perms.append(pb.Permission.requested_server_name(match))
+    return perms[0] if len(perms) == 1 else _any_of(perms)
 
 
 def receiver_per_route(
@@ -178,8 +214,19 @@ def receiver_per_route(
     perms: dict[int, list[bytes]],
     audited: frozenset[int] = frozenset(),
 ) -> bytes:
-    """RBACPerRoute for RECEIVER_RBAC_FILTER: a request to a receiver with
-    ingress HTTP rules for this sender must match one of them (`perms`, by
+    return pb.RbacPerRoute.rbac(receiver_rules(receivers, perms, audited))
+
+
+def receiver_rules(
+    receivers: tuple[ReceiverRules, ...],
+    perms: dict[int, list[bytes]],
+    audited: frozenset[int] = frozenset(),
+    config: Encoders = pb.RbacFilter,
+) -> bytes:
+    """Rules of RECEIVER_RBAC_FILTER (RBACPerRoute on HTTP listeners, the
+    network filter's config on SNI listeners: `config`): a request (a
+    connection) to a receiver with ingress L7 rules for this sender must
+    match one of them (`perms`, by
     endpoint id; a receiver absent from it admits no request from this
     sender: 403); a request to any other destination passes this filter (the
     sender's own rules still apply in the filter before). `audited`:
@@ -202,10 +249,10 @@ def receiver_per_route(
         policies.append((f"receiver-{r.endpoint_id}", pb.Policy.permissions(_all_of((dest, _any_of(got)))) + _ANYONE))
     audited_here = [r for r in receivers if r.endpoint_id in audited]
     if not audited_here:
-        return per_route(policies)
+        return rbac_rules(policies, config=config)
     # Some receivers audit: requests to them pass, the rest is enforced; the
     # shadow rules are the real ones, so the access log tells what they denied.
     passes = [(f"audit-receiver-{r.endpoint_id}", pb.Policy.permissions(pb.Permission.destination_ip(cidr(IPv4Network(r.ipv4)))) + _ANYONE) for r in audited_here]
-    enforced = pb.RbacFilter.rules(_ALLOW, *(pb.RbacRules.policies(k, v) for k, v in policies + passes))
-    shadow = pb.RbacFilter.shadow_rules(_ALLOW, *(pb.RbacRules.policies(k, v) for k, v in policies))
-    return pb.RbacPerRoute.rbac(enforced + shadow)
+    enforced = config.rules(_ALLOW, *(pb.RbacRules.policies(k, v) for k, v in policies + passes))
+    shadow = config.shadow_rules(_ALLOW, *(pb.RbacRules.policies(k, v) for k, v in policies))
+    return enforced + shadow

@@ -30,6 +30,11 @@ What one node's Envoy gets:
   program-size limit (100) is lifted in envoy/bootstrap.yaml for this.
 - a request that no policy admits gets RBAC's local 403, whose body the HCM's
   local reply mapper rewrites to `Access denied`.
+- a listener whose rules are serverNames (L7Kind.SNI) is a TLS SNI listener
+  instead (tls_listener.py): no HTTP, no route configuration; the same peer
+  matchers ANDed with the allowed server names in a network RBAC filter
+  before a tcp_proxy to the same cluster. Its rules are in the listener, so
+  a change of them is an LDS update (open connections drain).
 
 Peers: for INGRESS listeners the peer is the downstream source
 (`direct_remote_ip` principals); for EGRESS listeners the peer is the
@@ -63,6 +68,7 @@ from policy.compiled import (
     Direction,
     EndpointPolicy,
     HTTPRule,
+    L7Kind,
     L7PeerRule,
     L7Policy,
     ReceiverRules,
@@ -77,18 +83,23 @@ from .errors import RenderError
 from .limits import ProxyLimits
 from .listener import http_connection_manager, listener, listener_name, rds_source, route_config_name
 from .path_merge import PathMerger
+from . import messages as pb
 from .rbac import (
     RECEIVER_RBAC_FILTER,
     destination_permission,
     http_permission,
     peer_policy,
     per_route,
+    rbac_rules,
     receiver_per_route,
+    receiver_rules,
+    sni_permission,
     source_principal,
 )
 from .resources import CLUSTER, LISTENER, ROUTE, Resource
 from .routes import route_configuration
 from .snapshot import Snapshot
+from .tls_listener import DOWNSTREAM_LOCAL_ADDRESS, sni_listener
 
 __all__ = [
     "RECEIVER_RBAC_FILTER",
@@ -161,6 +172,9 @@ class RenderParams:
     original_source: bool = True
     # What one listener, one connection and the whole Envoy may take.
     limits: ProxyLimits = ProxyLimits()
+    # TEST ONLY: the upstream (host:port) of every SNI listener, which has no
+    # HTTP header to carry it, in OriginalDst.TEST_ONLY_HTTP_HEADER mode.
+    test_only_tcp_upstream: str | None = None
 
     @classmethod
     def test_only_loopback(cls, **kw) -> "RenderParams":
@@ -176,6 +190,7 @@ class RenderParams:
 def _group_by_peers(rules: tuple[L7PeerRule, ...]) -> dict[frozenset[int], list[HTTPRule]]:
     groups: dict[frozenset[int], list[HTTPRule]] = {}
     for r in rules:
+        assert r.http is not None  # an HTTP listener's rules (L7Policy refuses a mixed one)
         groups.setdefault(r.identities, []).append(r.http)
     return groups
 
@@ -228,6 +243,8 @@ class Renderer:
         # proxy port -> (policy, ipcache generation, route config, receivers, audit, audited receivers)
         self._routes: dict[int, tuple[L7Policy, int, Resource, tuple[ReceiverRules, ...], bool, frozenset[int]]] = {}
         self._listeners: dict[tuple[int, Direction, int], Resource] = {}
+        # proxy port -> (what its SNI listener was rendered from, the listener)
+        self._sni: dict[int, tuple[tuple, Resource]] = {}
         self._ipcache_gen = 0
         self._cluster = self._render_cluster()
         self.http_rules_encoded = 0  # HTTP rules encoded (cache misses) by the last render
@@ -256,17 +273,25 @@ class Renderer:
         listeners, routes = [], []
         pods = pod_identities(state) if by_port else frozenset()
         new_routes: dict[int, tuple[L7Policy, int, Resource, tuple[ReceiverRules, ...], bool, frozenset[int]]] = {}
+        new_sni: dict[int, tuple[tuple, Resource]] = {}
         for port in sorted(by_port):
             ep_id, pol = by_port[port]
             # Policy audit mode of the endpoint whose listener this is: its
             # rules (and, on egress, the receivers' rules it applies) only report.
             audit = state.endpoints[ep_id].audit
             keep_source = self.params.original_source and local_only(state, state.endpoints[ep_id], pol, pods)
-            listeners.append(self._listener(port, pol.key.direction, pol.key.port, keep_source))
             receivers = state.receiver_rules(pol)
             audited = frozenset(
                 r.endpoint_id for r in receivers if (rep := state.endpoints.get(r.endpoint_id)) is not None and rep.audit
             )
+            if pol.kind == L7Kind.SNI:
+                key = (pol, self._ipcache_gen, receivers, audit, audited, keep_source)
+                got = self._sni.get(port)
+                res = got[1] if got is not None and got[0] == key else self._sni_listener(pol, keep_source, receivers, audit, audited)
+                new_sni[port] = (key, res)
+                listeners.append(res)
+                continue
+            listeners.append(self._listener(port, pol.key.direction, pol.key.port, keep_source))
             prev = self._routes.get(port)
             if (
                 prev is not None and prev[1] == self._ipcache_gen and (prev[0] is pol or prev[0] == pol)
@@ -278,6 +303,7 @@ class Renderer:
             new_routes[port] = (pol, self._ipcache_gen, res, receivers, audit, audited)
             routes.append(res)
         self._routes = new_routes
+        self._sni = new_sni
         self._prune()
         return Snapshot.build([self._cluster, *listeners, *routes], version=version)
 
@@ -338,6 +364,51 @@ class Renderer:
         res = Resource(LISTENER, name, body, refs=frozenset({(ROUTE, route_config_name(port))}))
         self._listeners[key] = res
         return res
+
+    def _sni_listener(
+        self, pol: L7Policy, keep_source: bool, receivers: tuple[ReceiverRules, ...], audit: bool, audited: frozenset[int]
+    ) -> Resource:
+        """An SNI listener (tls_listener.py): its rules live in the listener
+        itself (no RDS), so a rule change replaces the listener."""
+        p = self.params
+        policies = []
+        groups: dict[frozenset[int], list[bytes]] = {}
+        for r in pol.peer_rules:
+            assert r.sni is not None  # L7Policy refuses a mixed listener
+            groups.setdefault(r.identities, []).append(sni_permission(r.sni))
+        for i, (identities, perms) in enumerate(groups.items()):
+            peers = self._peer_matchers(identities, pol.key.direction)
+            if peers == []:
+                continue  # the peers have no address at all: the rules admit nobody
+            policies.append((f"peers-{i}", peer_policy(perms, peers, pol.key.direction)))
+        receiver = None
+        if pol.key.direction == Direction.EGRESS:
+            perms_by_receiver = {r.endpoint_id: [sni_permission(x) for x in r.sni] for r in receivers if r.sni}
+            receiver = receiver_rules(receivers, perms_by_receiver, audited, config=pb.NetworkRbac)
+        if p.original_dst == OriginalDst.LOCAL_ADDRESS:
+            upstream = DOWNSTREAM_LOCAL_ADDRESS
+        elif p.test_only_tcp_upstream is not None:
+            upstream = p.test_only_tcp_upstream
+        else:
+            where = f"endpoints[{pol.key.endpoint_id}].l7[{pol.key.direction.name.lower()}:{pol.key.port}]"
+            raise RenderError(where, "an SNI listener in test-only loopback mode needs RenderParams.test_only_tcp_upstream")
+        name = listener_name(pol.proxy_port)
+        body = sni_listener(
+            name=name,
+            address=p.listen_address,
+            address6=p.listen_address6,
+            port=pol.proxy_port,
+            transparent=p.transparent,
+            direction=pol.key.direction,
+            original_port=pol.key.port if p.match_original_port else None,
+            original_source_mark=p.upstream_mark if keep_source else None,
+            limits=p.limits,
+            rules=rbac_rules(policies, audit, config=pb.NetworkRbac),
+            receiver_rules=receiver,
+            cluster=p.cluster_name,
+            upstream=upstream,
+        )
+        return Resource(LISTENER, name, body, refs=frozenset({(CLUSTER, p.cluster_name)}))
 
     def _merge(self, rules: list[HTTPRule]) -> list[HTTPRule]:
         return self._paths.merge(rules) if self.params.merge_paths else rules

@@ -51,7 +51,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
 
     t = psub.add_parser(
         "trace",
-        help="would this flow be allowed? (L3/L4 and HTTP)",
+        help="would this flow be allowed? (L3/L4, HTTP and TLS server names)",
         description=(
             "Answer from the compiled state the datapath uses. SPEC is labels:k=v,k=v (a local endpoint), "
             "ip:ADDRESS (an outside IPv4 or IPv6 address) or entity:NAME (host, world, remote-node, ...). "
@@ -76,6 +76,11 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     t.add_argument(
         "--header", action="append", default=[], metavar='"Name: value"',
         help="HTTP header; repeat for more, the same name twice sends it on two lines",
+    )
+    t.add_argument(
+        "--sni", metavar="NAME",
+        help="TLS server name the client sends (judged by serverNames rules when the flow is redirected to them; "
+             "without it such a port sees a plain connection when an HTTP request is given)",
     )
     t.add_argument("-o", "--output", choices=("text", "json"), default="text")
     t.set_defaults(func=_guard(_trace))
@@ -199,6 +204,15 @@ def _headers(items: list[str]) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def _sni(name: str | None) -> str | None:
+    """--sni as a client sends it: a host name, compared case-insensitively."""
+    if name is None:
+        return None
+    if not name or name != name.strip() or "*" in name:
+        raise CiliateError(f"bad --sni {name!r}: expected the host name a client sends, like api.example.com")
+    return name.lower()
+
+
 def _trace(args: argparse.Namespace) -> int:
     named = _parse_named_ports(args.named_port)
     port, proto = _parse_dport(args.dport, named)
@@ -220,7 +234,7 @@ def _trace(args: argparse.Namespace) -> int:
     # No Service source here: a toServices peer selects nothing (notes say so).
     policies, notes = resolve_all(res.policies, None)
     state = compile_state(policies, endpoints, stack=stack)
-    result = trace(state, src, dst, port, proto, http)
+    result = trace(state, src, dst, port, proto, http, _sni(args.sni))
     if args.output == "json":
         print(json.dumps(result.to_dict() | {"notes": notes}, indent=2))
     else:

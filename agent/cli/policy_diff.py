@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_socket
 from agent.cli.policy_commands import add_stack_flag
+from policy.compiled import SNIRule
 from policy.compiler import compile_state
 from policy.diff import diff_policies
 from policy.diff_observed import ReplayReport, replay
@@ -38,6 +39,7 @@ from policy.labels import selector_key_problem, value_problem
 from policy.load import load_paths
 from policy.services import resolve_all
 from policy.model import Policy
+from policy.trace import TLSHello
 
 EXIT_SAME, EXIT_CHANGED, EXIT_BAD_INPUT = 0, 1, 2
 # Offline endpoints without an address get one from here, in file order.
@@ -183,7 +185,11 @@ def change_line(c: Any) -> str:
         what = "any request" + (f" (was only {' | '.join(rule_text(r) for r in c.old_http)})" if c.old_http else "")
     else:
         what = f"{rule_text(c.http_rule)} (rule {c.change})"
-    return f"{where:<14} HTTP {c.old} -> {c.new}: {what}  e.g. {request_text(c.sample)}"
+    # A serverNames listener judges connections by their TLS server name, not HTTP requests.
+    layer = "TLS" if isinstance(c.sample, TLSHello) or any(isinstance(r, SNIRule) for r in (*c.old_http, *c.new_http)) else "HTTP"
+    if layer == "TLS":
+        what = what.replace("any request", "any connection")
+    return f"{where:<14} {layer} {c.old} -> {c.new}: {what}  e.g. {request_text(c.sample)}"
 
 
 def print_diff(d: PolicyDiff) -> None:

@@ -4,10 +4,10 @@ what HTTP needs.
 A port is a number, a numeric string (Cilium writes "80") or a name (an
 IANA service name such as `http`, resolved per endpoint from its container
 ports: policy/named_ports.py); 0 or absent means every port; `endPort`
-makes a range of numbers. Cilium's `toPorts` items may carry L7 rules, which
-need one TCP port; deny rules may not carry any. NetworkPolicy ports default
-to TCP and know no `ANY`. `icmps` names ICMP/ICMPv6 message types by number
-or by Cilium's CamelCase name. Pure.
+makes a range of numbers. Cilium's `toPorts` items may carry L7 rules or
+TLS server names, which need one TCP port; deny rules may not carry either.
+NetworkPolicy ports default to TCP and know no `ANY`. `icmps` names
+ICMP/ICMPv6 message types by number or by Cilium's CamelCase name. Pure.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pydantic import PlainValidator, ValidationInfo, field_validator
 from policy.api.base import Strict
 from policy.api.http import L7Rules
 from policy.api.problems import UP, Loc, fail, fail_all, reject, type_name, unsupported
+from policy.api.tls import ServerName
 from policy.compiled import ALL_PORTS, PortRange, Protocol
 from policy.icmp_types import ICMP_FAMILIES, icmp_type
 from policy.named_ports import port_name_problem
@@ -147,14 +148,36 @@ class ICMPRule(Strict):
     fields: list[ICMPField] | None = None
 
 
+# The proxy never holds a key: it reads the ClientHello's server name and
+# forwards the bytes as they are.
+_NO_INTERCEPTION = "not supported: TLS interception (the proxy neither terminates nor originates TLS; serverNames filters TLS without decrypting it)"
+
+
+def _one_tcp_port(ports: list[PortProtocol] | None, what: str) -> None:
+    """An L7 rule gets one proxy listener per TCP port: refuse other ports,
+    located at each port that does not fit (called by a field declared after
+    `ports`, hence UP)."""
+    if not ports:
+        fail(f"{what} need a single port, got all ports", at=UP + ("ports",))
+    problems: list[tuple[Loc, str]] = []
+    for i, p in enumerate(ports):
+        if p.protocol not in (Protocol.TCP, Protocol.ANY):
+            problems.append((UP + ("ports", i, "protocol"), f"{what} need TCP, got {p.protocol.name}"))
+        elif not p.single:
+            kind = "a port range (endPort)" if p.port else "all ports"
+            problems.append((UP + ("ports", i), f"{what} need a single port, got {kind}"))
+    fail_all(problems)
+
+
 class PortRule(Strict):
-    """A `toPorts` item: ports ORed (none = all), optionally with L7 rules."""
+    """A `toPorts` item: ports ORed (none = all), optionally with L7 rules
+    or TLS server names."""
 
     ports: list[PortProtocol] | None = None
     rules: L7Rules | None = None
-    terminatingTLS: Annotated[Any, unsupported("TLS termination")] = None
-    originatingTLS: Annotated[Any, unsupported("TLS origination")] = None
-    serverNames: Annotated[Any, unsupported("serverNames (SNI)")] = None
+    terminatingTLS: Annotated[Any, reject(_NO_INTERCEPTION)] = None
+    originatingTLS: Annotated[Any, reject(_NO_INTERCEPTION)] = None
+    serverNames: list[ServerName] | None = None
     listener: Annotated[Any, unsupported("custom Envoy listeners")] = None
 
     @field_validator("rules")
@@ -163,21 +186,26 @@ class PortRule(Strict):
         """Located at the ports that do not fit (`rules` follows `ports`)."""
         if not (isinstance(rules, L7Rules) and rules.http) or "ports" not in info.data:
             return rules
-        ports: list[PortProtocol] | None = info.data["ports"]
-        if not ports:
-            fail("HTTP rules need a single port, got all ports", at=UP + ("ports",))
-        problems: list[tuple[Loc, str]] = []
-        for i, p in enumerate(ports):
-            if p.protocol not in (Protocol.TCP, Protocol.ANY):
-                problems.append((UP + ("ports", i, "protocol"), f"HTTP rules need TCP, got {p.protocol.name}"))
-            elif not p.single:
-                what = "a port range (endPort)" if p.port else "all ports"
-                problems.append((UP + ("ports", i), f"HTTP rules need a single port, got {what}"))
-        fail_all(problems)
+        _one_tcp_port(info.data["ports"], "HTTP rules")
         return rules
+
+    @field_validator("serverNames")
+    @classmethod
+    def _sni_alone_on_one_tcp_port(cls, names: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if not names:
+            return names
+        rules = info.data.get("rules")
+        # As Cilium: L7 rules beside serverNames would need the proxy to
+        # decrypt (terminatingTLS), which it never does.
+        if isinstance(rules, L7Rules) and rules.http is not None:
+            fail("ServerNames are not allowed with L7 rules without TLS termination")
+        if "ports" in info.data:
+            _one_tcp_port(info.data["ports"], "serverNames")
+        return names
 
 
 class DenyPortRule(PortRule):
     """A deny rule's `toPorts` item: L4 only."""
 
     rules: Annotated[Any, reject("L7 rules are not allowed in deny rules", null_ok=True)] = None
+    serverNames: Annotated[Any, reject("serverNames are not allowed in deny rules", null_ok=True)] = None

@@ -38,12 +38,13 @@ def run_trace(
     http: HTTPRequest | None = None,
     extra: list[Endpoint] = (),  # type: ignore[assignment]
     host_ips: tuple[IPv4Address, ...] = (),
+    sni: str | None = None,
 ) -> tuple[TraceResult, CompiledState]:
     eps: list[Endpoint] = list(extra)
     s = party(src, 101, eps)
     d = party(dst, 102, eps)
     state = compile_state(policies(text), eps, host_ips=host_ips)
-    return trace(state, s, d, port, proto, http), state
+    return trace(state, s, d, port, proto, http, sni), state
 
 
 def get(method: str, path: str, host: str = "", **headers: str) -> HTTPRequest:
