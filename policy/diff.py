@@ -53,6 +53,7 @@ from policy.compiled import (
     Direction,
     EndpointPolicy,
     HTTPRule,
+    PORTED,
     L7PeerRule,
     PolicyEntry,
     PortRange,
@@ -370,14 +371,18 @@ def _pair(src: FlowEnd, dst: FlowEnd, index: Any, changes: list[FlowChange], unc
     def sides(is_new: bool, protocol: Protocol, port: int) -> tuple[Side, ...]:
         return tuple((n if is_new else o).side(d, np_ if is_new else op, protocol, port) for d, o, n, op, np_ in views)
 
-    for protocol in (Protocol.TCP, Protocol.UDP):
-        bounds = {1, 65536}
+    # Ports 1-65535 of each ported protocol (ANY entries count), and the
+    # message types 0-255 of ICMP and ICMPv6 (only their own entries have
+    # types; ANY entries match them as a whole).
+    for protocol, first, end in _SPACES:
+        ported = protocol in PORTED
+        bounds = {first, end}
         for d, o, n, op, np_ in views:
             for e in (*o.relevant(d, op), *n.relevant(d, np_)):
-                if e.key.protocol in (protocol, Protocol.ANY):
-                    bounds.add(max(e.key.ports.lo, 1))
+                if e.key.protocol == protocol or (ported and e.key.protocol == Protocol.ANY):
+                    bounds.add(max(e.key.ports.lo, first))
                     bounds.add(e.key.ports.hi + 1)
-        cuts = sorted(b for b in bounds if 1 <= b <= 65536)
+        cuts = sorted(b for b in bounds if first <= b <= end)
         run: tuple[int, int, Any, Any] | None = None  # merged l3l4 segments
         for lo, nxt in zip(cuts, cuts[1:]):
             so, sn = sides(False, protocol, lo), sides(True, protocol, lo)
@@ -396,9 +401,11 @@ def _pair(src: FlowEnd, dst: FlowEnd, index: Any, changes: list[FlowChange], unc
         if run is not None:
             _emit_l3l4(src, dst, protocol, run, changes)
 
-    so, sn = sides(False, Protocol.ICMP, 0), sides(True, Protocol.ICMP, 0)
-    if (_canon(so) == _DENY) != (_canon(sn) == _DENY):
-        _emit_l3l4(src, dst, Protocol.ICMP, (0, 65535, (so, _canon(so)), (sn, _canon(sn))), changes)
+
+_SPACES = (
+    (Protocol.TCP, 1, 65536), (Protocol.UDP, 1, 65536), (Protocol.SCTP, 1, 65536),
+    (Protocol.ICMP, 0, 256), (Protocol.ICMPV6, 0, 256),
+)
 
 
 def _emit_l3l4(src: FlowEnd, dst: FlowEnd, protocol: Protocol, run: Any, changes: list[FlowChange]) -> None:

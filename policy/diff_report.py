@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from policy.compiled import ALLOW_ALL_HTTP, CompiledState, HTTPRule, PortRange, Protocol, SNIRule
+from policy.compiled import ALLOW_ALL_HTTP, PORTED, TYPED, CompiledState, HTTPRule, PortRange, Protocol, SNIRule, protocol_name
 from policy.endpoint import DEFAULT_NAMESPACE, NAMESPACE_LABEL
 from policy.families import IPAddress
 from policy.trace import HTTPRequest, Party, TLSHello
@@ -78,7 +78,7 @@ class FlowChange:
     def to_dict(self) -> dict[str, Any]:
         # src and dst are given once per group (PolicyDiff.to_dict).
         d: dict[str, Any] = {
-            "protocol": self.protocol.name,
+            "protocol": protocol_name(self.protocol),
             "ports": port_text(self.protocol, self.ports),
             "layer": self.layer,
             "old": self.old,
@@ -151,11 +151,16 @@ class PolicyDiff:
 
 
 def port_text(protocol: Protocol, ports: PortRange) -> str:
-    if protocol not in (Protocol.TCP, Protocol.UDP):
-        return protocol.name
+    name = protocol_name(protocol)
+    if protocol in TYPED:
+        if ports.lo == 0 and ports.hi >= 255:
+            return name
+        return f"type {ports}/{name}"
+    if protocol not in PORTED:
+        return name
     if ports.lo <= 1 and ports.hi == 65535:
-        return f"*/{protocol.name}"
-    return f"{ports}/{protocol.name}"
+        return f"*/{name}"
+    return f"{ports}/{name}"
 
 
 def rule_dict(r: HTTPRule | SNIRule | None) -> dict[str, Any] | None:

@@ -35,7 +35,7 @@ from agent.core.ports import (
     UpstreamPorts,
     VerdictCounter,
 )
-from policy.compiled import CompiledState, Protocol
+from policy.compiled import CompiledState, protocol_name
 from redirect import bpfsys, counters, proxy_route, tc
 from redirect.datapath import BLOCK_NAME, Datapath
 from redirect.errors import MapFullError, PlumbingError
@@ -204,7 +204,7 @@ class KernelDatapath:
             DumpedEntry(
                 identity=r.identity,
                 direction=r.direction.name.lower(),
-                protocol=r.protocol.name if isinstance(r.protocol, Protocol) else str(r.protocol),
+                protocol=protocol_name(r.protocol),
                 ports=str(r.ports),
                 verdict=r.verdict.name.lower(),
                 proxy_port=r.proxy_port,
@@ -228,7 +228,7 @@ class KernelDatapath:
                     "type": _FLOW_TYPE.get(ev.verdict, "forward"),
                     "endpoint_id": ev.endpoint_id,
                     "direction": ev.direction.name.lower() if ev.direction is not None else None,
-                    "protocol": {6: "TCP", 17: "UDP", 1: "ICMP", 58: "ICMPv6"}.get(ev.protocol, str(ev.protocol)),
+                    "protocol": protocol_name(ev.protocol),
                     "src_ip": str(ev.src),
                     "src_port": ev.sport or None,
                     "dst_ip": str(ev.dst),

@@ -66,6 +66,8 @@ from agent.core.reports import (
 from agent.core.shutdown import stop_tasks
 from agent.core.state_store import StateStore
 from policy.compiled import CompiledState
+from policy.features import rule_features
+from policy.model import Policy
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,7 @@ class Agent:
         self.book = PolicyBook(service_peers)
         self.flows = FlowHub()
         self.metrics = AgentMetrics(
-            policy_counts=self.policy_counts, endpoint_counts=lambda: endpoints_by_state(self.table), identity_counts=self.identity_counts,
+            policy_counts=self.policy_counts, rule_features=self.rule_features, endpoint_counts=lambda: endpoints_by_state(self.table), identity_counts=self.identity_counts,
             kvstore=shared.status if shared is not None else None,
             kubernetes=cluster.health if cluster is not None else None,
         )
@@ -386,6 +388,10 @@ class Agent:
     def policy_counts(self) -> dict[str, int]:
         """Policies by status, for the ciliate_policies gauge (read at scrape time)."""
         return policies_by_state(self.policies())
+
+    def rule_features(self) -> dict[str, int]:
+        """Rules in force by the parts of the language they use, for ciliate_policy_rules."""
+        return rule_features([p for p in self.book.written() if isinstance(p, Policy)])
 
     def identity_counts(self) -> dict[str, int]:
         """Identities by type (reserved, endpoint, cidr), for the ciliate_identity gauge."""

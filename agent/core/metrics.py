@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from agent.core.ports import DatapathCounters, ProxyCounters
+from policy.features import FEATURES
 
 POLICY_STATES = ("enforced", "pending", "not-enforced", "error")
 ENDPOINT_STATES = ("waiting-for-identity", "regenerating", "ready", "not-ready")
@@ -50,6 +51,9 @@ class _ScrapeTime:
     def collect(self) -> Iterator[Metric]:
         m = self._m
         yield _by_state("ciliate_policies", "Policies by status", "state", POLICY_STATES, m.policy_counts())
+        yield _by_state(
+            "ciliate_policy_rules", "Rules in force using each part of the policy language", "feature", FEATURES, m.rule_features()
+        )
         states = m.endpoint_counts()
         yield _by_state("ciliate_endpoint_state", "Endpoints by state", "endpoint_state", ENDPOINT_STATES, states)
         total = GaugeMetricFamily("ciliate_endpoint", "Endpoints managed by this agent")
@@ -165,12 +169,14 @@ class AgentMetrics:
     def __init__(
         self,
         policy_counts: Counts | None = None,
+        rule_features: Counts | None = None,
         endpoint_counts: Counts | None = None,
         identity_counts: Counts | None = None,
         kvstore: Callable[[], Mapping[str, object]] | None = None,
         kubernetes: Callable[[], Mapping[str, object]] | None = None,
     ) -> None:
         self.policy_counts = policy_counts or _zero
+        self.rule_features = rule_features or _zero
         self.kvstore = kvstore  # cluster mode: the shared store's status
         self.kubernetes = kubernetes  # Kubernetes mode: the API source's health
         self.endpoint_counts = endpoint_counts or _zero

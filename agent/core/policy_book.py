@@ -96,6 +96,10 @@ class PolicyBook:
                 del self._resolved[gone]
         return self._in_force
 
+    def written(self) -> list[LoadedPolicy]:
+        """Every policy in force as written (toServices not yet resolved)."""
+        return [e.policy for e in {e.policy.key: e for path in sorted(self._by_file, key=str) for e in self._by_file[path]}.values()]
+
     def _resolve(self, entry: BookEntry) -> BookEntry:
         if self._service_peers is None:
             return entry

@@ -40,7 +40,7 @@ def _verdict(state: CompiledState, src: Party, dst: Party, proto: Protocol, port
 def _check_reported(d: PolicyDiff, old: CompiledState, new: CompiledState) -> None:
     for c in d.changes:
         http = c.sample if c.layer == "l7" else None
-        ports = [0] if c.protocol == Protocol.ICMP else sorted({c.ports.lo, c.ports.hi})
+        ports = sorted({c.ports.lo, c.ports.hi})  # ports, or ICMP types
         for port in ports:
             got = (_verdict(old, c.src.party(), c.dst.party(), c.protocol, port, http),
                    _verdict(new, c.src.party(), c.dst.party(), c.protocol, port, http))
@@ -102,7 +102,7 @@ def test_new_cidr_is_its_own_source_and_world_elsewhere_keeps_its_verdict():
     eps = [Endpoint(1, {"app": "web"}, IPv4Address("100.64.0.1"))]
     d = diff_policies(old, new, eps)
     assert {(c.src.name, c.protocol.name, c.old, c.new) for c in d.changes} == {
-        ("cidr:10.0.0.0/8", proto, ALLOWED, DENIED) for proto in ("TCP", "UDP", "ICMP")
+        ("cidr:10.0.0.0/8", proto, ALLOWED, DENIED) for proto in ("TCP", "UDP", "SCTP", "ICMP", "ICMPV6")
     }
     _check_reported(d, compile_state(old, eps), compile_state(new, eps))
 
@@ -165,12 +165,15 @@ def _rule(draw: Any, direction: str, deny: bool) -> dict:
         rule[f"{pre}Entities"] = draw(st.lists(st.sampled_from(["all", "cluster", "host", "world"]), min_size=1, max_size=2))
     elif kind == "cidr":
         rule[f"{pre}CIDR"] = [draw(st.sampled_from(CIDRS))]
-    if draw(st.booleans()):
+    if draw(st.integers(0, 4)) == 0:
+        rule["icmps"] = [{"fields": [{"type": t, "family": f} for t, f in draw(
+            st.lists(st.sampled_from([(8, "IPv4"), (0, "IPv4"), ("EchoRequest", "IPv6"), (255, "IPv6")]), min_size=1, max_size=2))]}]
+    elif draw(st.booleans()):
         port = draw(st.sampled_from([80, 85, 443, 8080]))
-        proto = draw(st.sampled_from(["TCP", "UDP", "ANY"]))
+        proto = draw(st.sampled_from(["TCP", "UDP", "SCTP", "ANY"]))
         p: dict[str, Any] = {"port": str(port), "protocol": proto}
         pr: dict[str, Any] = {"ports": [p]}
-        if not deny and proto != "UDP" and draw(st.booleans()):
+        if not deny and proto in ("TCP", "ANY") and draw(st.booleans()):
             pr["rules"] = {"http": draw(st.lists(st.sampled_from(HTTP_RULES), min_size=1, max_size=3))}
         elif draw(st.booleans()):
             p["endPort"] = port + draw(st.sampled_from([0, 5, 10]))
@@ -223,7 +226,7 @@ def _covered(d: PolicyDiff, src: Party, dst: Party, proto: Protocol, port: int, 
     t = (_ids(d.old, dst), _ids(d.new, dst))
     for c in d.changes:
         if ((c.src.old_identity, c.src.new_identity) != s or (c.dst.old_identity, c.dst.new_identity) != t
-                or c.protocol != proto or (proto != Protocol.ICMP and not c.ports.contains(port))):
+                or c.protocol != proto or not c.ports.contains(port)):
             continue
         if c.layer == "l3l4" or (req is not None and (c.http_rule is None or http_matches(c.http_rule, req))):
             return True
@@ -252,8 +255,9 @@ def test_diff_agrees_with_trace_on_random_policy_pairs(pair, data):
         src, dst = data.draw(st.sampled_from(parties)), data.draw(st.sampled_from(parties))
         if src.endpoint_id is None and dst.endpoint_id is None:
             continue
-        proto = data.draw(st.sampled_from([Protocol.TCP, Protocol.UDP, Protocol.ICMP]))
-        port = 0 if proto == Protocol.ICMP else data.draw(st.sampled_from(PORTS))
+        proto = data.draw(st.sampled_from([Protocol.TCP, Protocol.UDP, Protocol.SCTP, Protocol.ICMP, Protocol.ICMPV6]))
+        typed = proto in (Protocol.ICMP, Protocol.ICMPV6)
+        port = data.draw(st.sampled_from([0, 8, 128, 255])) if typed else data.draw(st.sampled_from(PORTS))
         req = data.draw(st.none() | st.sampled_from(REQUESTS)) if proto == Protocol.TCP else None
         before, after = _verdict(old, src, dst, proto, port, req), _verdict(new, src, dst, proto, port, req)
         if before != after:

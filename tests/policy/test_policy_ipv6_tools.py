@@ -121,8 +121,10 @@ def test_diff_names_ipv6_pieces_on_a_dual_stack_node():
     by_dst = {}
     for c in d.changes:
         by_dst.setdefault(c.dst.name, set()).add((str(c.ports), c.protocol.name, c.old, c.new))
-    assert by_dst["cidr:2001:db8:bad::/48"] == {("1-65535", "TCP", "allowed", "denied"), ("1-65535", "UDP", "allowed", "denied"),
-                                                ("*", "ICMP", "allowed", "denied")}
+    assert by_dst["cidr:2001:db8:bad::/48"] == {
+        ("1-65535", "TCP", "allowed", "denied"), ("1-65535", "UDP", "allowed", "denied"), ("1-65535", "SCTP", "allowed", "denied"),
+        ("0-255", "ICMP", "allowed", "denied"), ("0-255", "ICMPV6", "allowed", "denied"),
+    }
     assert ("443", "TCP", "denied", "allowed") in by_dst["entity:world-ipv4"]
     assert "cidr:2001:db8::/32" not in by_dst  # still allowed, whole
     end = next(c.dst for c in d.changes if c.dst.name == "cidr:2001:db8:bad::/48")

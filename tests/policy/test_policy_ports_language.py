@@ -158,3 +158,22 @@ spec:
     assert not allowed(c, 1, 2, IN, Protocol.ICMP, 13)
     assert not allowed(c, 1, 3, IN, Protocol.ICMP, 8), "a peer the rule does not name pinged"
     assert not allowed(c, 1, 2, IN, TCP, 8), "an ICMP type admitted TCP port 8"
+
+
+def test_rule_features_count_the_rules_using_each_part_of_the_language():
+    from policy.features import rule_features
+
+    text = NP_NAMED_INGRESS + "---" + CNP_NAMED_EGRESS + """---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: mixed, namespace: default}
+spec:
+  endpointSelector: {}
+  ingress:
+  - icmps: [{fields: [{type: 8}]}]
+  - toPorts: [{ports: [{port: "5000", protocol: SCTP}]}]
+  egress:
+  - toServices: [{k8sService: {serviceName: db, namespace: default}}]
+"""
+    got = rule_features(policies(text))
+    assert got == {"named_ports": 2, "sctp": 1, "icmp": 1, "server_names": 0, "to_services": 1, "http": 0}
