@@ -227,3 +227,89 @@ def test_the_schema_accepts_ipv6_as_the_agent_does(path, value):
     world entities of each family the agent implements."""
     doc = _with(path, value)
     assert _agent_ok(doc) and _schema_ok(doc)
+
+
+# --- icmps and toServices, typed in every rule section of both kinds -----------------
+SECTIONS = ("ingress", "ingressDeny", "egress", "egressDeny")
+
+
+def _rule_doc(kind: str, section: str, item: dict, in_specs: bool = False) -> dict:
+    rule = {"endpointSelector": {"matchLabels": {"app": "a"}}, section: [item]}
+    meta = {"name": "p", "namespace": "default"} if kind == "CiliumNetworkPolicy" else {"name": "p"}
+    doc = {"apiVersion": "cilium.io/v2", "kind": kind, "metadata": meta}
+    doc["specs" if in_specs else "spec"] = [rule] if in_specs else rule
+    return doc
+
+
+PLACES = [pytest.param(kind, section, in_specs, id=f"{kind[6:-13] or 'CNP'}-{'specs' if in_specs else 'spec'}-{section}")
+          for kind in ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy") for in_specs in (False, True) for section in SECTIONS]
+ICMPS = {"icmps": [{"fields": [{"type": 8}, {"family": "IPv4", "type": "EchoReply"}, {"family": "IPv6", "type": "EchoRequest"},
+                               {"family": "IPv6", "type": 136}]}]}
+
+
+def _item_schema(kind: str, section: str, in_specs: bool) -> dict:
+    spec = _schema(kind)["properties"]["specs" if in_specs else "spec"]
+    rule = spec["items"] if in_specs else spec
+    return rule["properties"][section]["items"]
+
+
+@pytest.mark.parametrize("kind,section,in_specs", PLACES)
+def test_icmps_and_toservices_are_typed_in_every_rule_section(kind, section, in_specs):
+    """The blocks repeat per kind, spec/specs and section; none may be missed."""
+    item = _item_schema(kind, section, in_specs)
+    assert item.get("x-kubernetes-preserve-unknown-fields") is True
+    family = item["properties"]["icmps"]["items"]["properties"]["fields"]["items"]["properties"]["family"]
+    assert family["enum"] == ["IPv4", "IPv6"]
+    assert ("toServices" in item["properties"]) == section.startswith("egress")
+    doc = _rule_doc(kind, section, ICMPS, in_specs)
+    assert _agent_ok(doc) and _schema_ok(doc, kind)
+
+
+SERVICES = [
+    pytest.param({"toServices": [{"k8sService": {"serviceName": "payments", "namespace": "billing"}}],
+                  "toPorts": [{"ports": [{"port": "8443", "protocol": "TCP"}]}]}, id="by-name"),
+    pytest.param({"toServices": [{"k8sService": {"serviceName": "payments"}}]}, id="by-name-any-namespace"),
+    pytest.param({"toServices": [{"k8sServiceSelector": {"selector": {"matchLabels": {"tier": "cache"}}, "namespace": "infra"}}],
+                  "toPorts": [{"ports": [{"port": "6379", "protocol": "TCP"}]}]}, id="by-selector"),
+    pytest.param({"toServices": [{"k8sServiceSelector": {"selector": {"matchExpressions": [{"key": "tier", "operator": "Exists"}]}}}]},
+                 id="by-selector-expression"),
+]
+
+
+@pytest.mark.parametrize("item", SERVICES)
+@pytest.mark.parametrize("kind", ["CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy"])
+def test_the_schema_accepts_toservices_as_the_agent_does(kind, item):
+    for in_specs in (False, True):
+        doc = _rule_doc(kind, "egress", item, in_specs)
+        assert _agent_ok(doc) and _schema_ok(doc, kind)
+
+
+@pytest.mark.parametrize("section,item", [
+    pytest.param("ingress", {"icmps": [{"fields": [{"family": "IPv5", "type": 8}]}]}, id="family-IPv5"),
+    pytest.param("egressDeny", {"icmps": [{"fields": [{"family": "ipv6", "type": 128}]}]}, id="family-lowercase"),
+    pytest.param("ingress", {"icmps": [{"fields": [{"type": 256}]}]}, id="type-256"),
+    pytest.param("egress", {"icmps": [{"fields": [{"type": -1}]}]}, id="type-negative"),
+    pytest.param("egress", {"icmps": [{"fields": [{"type": "Echo Request"}]}]}, id="type-not-a-name"),
+    pytest.param("egress", {"icmps": [{"fields": [{"family": "IPv6"}]}]}, id="type-missing"),
+    pytest.param("egress", {"icmps": [{"fields": [{"type": True}]}]}, id="type-boolean"),
+    pytest.param("egress", {"toServices": [{}]}, id="service-neither"),
+    pytest.param("egress", {"toServices": [{"k8sService": {"serviceName": "a"}, "k8sServiceSelector": {"selector": {}}}]},
+                 id="service-both"),
+    pytest.param("egress", {"toServices": [{"k8sService": {"namespace": "billing"}}]}, id="service-name-missing"),
+    pytest.param("egress", {"toServices": [{"k8sService": {"serviceName": ""}}]}, id="service-name-empty"),
+    pytest.param("egress", {"toServices": [{"k8sServiceSelector": {"namespace": "infra"}}]}, id="service-selector-missing"),
+    pytest.param("egress", {"toServices": [{"k8sServiceSelector": {"selector": {"matchLabels": {"tier": 3}}}}]},
+                 id="service-selector-bad-value"),
+    pytest.param("egress", {"toServices": {"k8sService": {"serviceName": "a"}}}, id="services-not-a-list"),
+])
+def test_the_schema_refuses_bad_icmps_and_toservices_as_the_agent_does(section, item):
+    for kind in ("CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy"):
+        bad = _rule_doc(kind, section, item)
+        assert not _agent_ok(bad), "the agent accepts it: the schema must not refuse it"
+        assert not _schema_ok(bad, kind)
+
+
+def test_toservices_in_egress_deny_passes_the_schema_and_the_agent_refuses_it():
+    """Typed as Cilium types it, kept for the agent, which says why in status."""
+    doc = _rule_doc("CiliumNetworkPolicy", "egressDeny", {"toServices": [{"k8sService": {"serviceName": "payments"}}]})
+    assert _schema_ok(doc) and not _agent_ok(doc)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
 from kubernetes import client
 
 from tests.kubeapi.conftest import CNP, pod
@@ -51,9 +52,12 @@ def test_apply_network_policies_into_their_namespaces(kubectl, api):
     out = kubectl("apply", "-f", str(K8S_EXAMPLES)).stdout
     assert "networkpolicy.networking.k8s.io/test-network-policy created" in out
     assert "networkpolicy.networking.k8s.io/default-deny-ingress created" in out
+    # Every NetworkPolicy of the directory, named ports and SCTP included, is stored.
+    written = sorted((d["metadata"]["namespace"], d["metadata"]["name"])
+                     for f in K8S_EXAMPLES.glob("*.yaml") for d in yaml.safe_load_all(f.read_text()) if d)
+    assert {("default", "api-named-ports"), ("default", "sigtran-sctp"), ("prod", "default-deny-ingress")} <= set(written)
     got = json.loads(kubectl("get", "netpol", "-A", "-o", "json").stdout)
-    assert [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in got["items"]] == [
-        ("default", "test-network-policy"), ("prod", "default-deny-ingress")]
+    assert sorted((i["metadata"]["namespace"], i["metadata"]["name"]) for i in got["items"]) == written
     net = client.NetworkingV1Api(api)
     read = net.read_namespaced_network_policy("test-network-policy", "default")
     assert read.spec.egress[0].ports[0].end_port == 5990
