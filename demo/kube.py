@@ -32,6 +32,8 @@ from demo.kubesim import RequestRecord, ThreadedKubeAPIServer
 
 CLONE_NEWNET = 0x40000000
 CNP_PATH = "/apis/cilium.io/v2/namespaces/{ns}/ciliumnetworkpolicies"
+SERVICE_PATH = "/api/v1/namespaces/{ns}/services"
+SLICE_PATH = "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices"
 
 
 class KubeError(RuntimeError):
@@ -157,6 +159,45 @@ class KubeCluster:
         out = self.http("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
         assert out is not None
         return out
+
+    def put(self, collection: str, obj: dict) -> dict:
+        """Create the object in `collection` (an API path), or replace the one
+        of that name at its current resourceVersion, as a controller writes."""
+        name = obj["metadata"]["name"]
+        current = self.http("GET", f"{collection}/{name}")
+        if current is None:
+            out = self.http("POST", collection, obj)
+        else:
+            body = {**obj, "metadata": {**obj["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}}
+            out = self.http("PUT", f"{collection}/{name}", body)
+        assert out is not None
+        return out
+
+    def put_service(self, name: str, selector: dict[str, str] | None = None, port: int = 80,
+                    namespace: str = "default") -> dict:
+        """A Service on TCP `port`; without `selector` a selectorless one,
+        whose backends are whatever its EndpointSlices list."""
+        spec: dict = {"ports": [{"port": port, "protocol": "TCP"}]}
+        if selector:
+            spec["selector"] = dict(selector)
+        return self.put(SERVICE_PATH.format(ns=namespace), {
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+
+    def put_endpoint_slice(self, name: str, service: str, addresses: dict[str, bool], port: int = 80,
+                           namespace: str = "default") -> dict:
+        """An IPv4 EndpointSlice of `service`: {address: ready} (as the
+        endpoint-slice controller, or whoever manages a selectorless Service,
+        writes it)."""
+        return self.put(SLICE_PATH.format(ns=namespace), {
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [a], "conditions": {"ready": ready}} for a, ready in addresses.items()],
+            "ports": [{"port": port, "protocol": "TCP"}],
+        })
+
+    def delete(self, collection: str, name: str) -> None:
+        self.http("DELETE", f"{collection}/{name}")
 
     def get_cnp(self, name: str, namespace: str = "default") -> dict | None:
         return self.http("GET", f"{CNP_PATH.format(ns=namespace)}/{name}")

@@ -261,6 +261,30 @@ class Node:
                 pod.endpoint_id = ep["id"]
         return pod
 
+    def add_host(self, name: str, address: str, gateway: str, prefixlen: int = 30) -> Pod:
+        """A host outside the cluster, routed by the node: a network namespace
+        on its own veth link (address/prefixlen, the node's side `gateway`),
+        with no endpoint and no program: the agent knows it only by address
+        (a CIDR peer, or world). Spawn, serve and request as with a pod; it
+        goes on close like one (its veth with its namespace)."""
+        netns = f"{self.prefix}-{name}"[:15]
+        host_if = f"x-{name}"[:15]
+        self._netns_add(netns)
+        pod = Pod(name, netns, address)
+        self.pods[name] = pod
+        for cmd in (
+            ("ip", "-n", self.host_ns, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns),
+            ("ip", "-n", self.host_ns, "addr", "add", f"{gateway}/{prefixlen}", "dev", host_if),
+            ("ip", "-n", self.host_ns, "link", "set", host_if, "up"),
+            ("ip", "netns", "exec", self.host_ns, "sysctl", "-qw", f"net.ipv4.conf.{host_if}.forwarding=1"),
+            ("ip", "-n", netns, "link", "set", "lo", "up"),
+            ("ip", "-n", netns, "addr", "add", f"{address}/{prefixlen}", "dev", "eth0"),
+            ("ip", "-n", netns, "link", "set", "eth0", "up"),
+            ("ip", "-n", netns, "route", "add", "default", "via", gateway),
+        ):
+            _run(*cmd, check=True)
+        return pod
+
     def cni(self, command: str, pod: Pod) -> dict:
         conf, env = cni_request(command, pod, prefix=self.prefix, socket=self.socket, ipam_dir=self.workdir / "ipam",
                                 subnet=self.subnet, subnet6=self.subnet6)
