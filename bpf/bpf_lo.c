@@ -1,5 +1,5 @@
-/* Node programs: tc ingress on lo (one per install), and in cluster mode
- * tc ingress on the device that carries traffic between nodes.
+/* Node program: tc ingress on lo (one per install). The node's devices
+ * have theirs in bpf_host.c.
  *
  * Packets an endpoint's to_container hook sent to a proxy (ingress redirect
  * of traffic from the node or the world) arrive here through
@@ -47,31 +47,5 @@ int from_lo(struct __sk_buff *skb)
 		emit_event(&p, &c, EV_DROP, R_PROXY_NOT_LISTENING, port);
 		return TC_ACT_SHOT;
 	}
-	return TC_ACT_OK;
-}
-
-/* Cluster mode: tc ingress on the node's underlay device.
- *
- * The proxy's upstream connections keep the client's address (original
- * source), so when the upstream goes to a pod on another node, its replies
- * come back over the underlay addressed to a local pod, and routing would hand
- * them to that pod, which knows nothing of the connection. The upstream socket
- * lives in this netns: when an established (or connecting) socket here matches
- * the packet's 4-tuple and the destination is not the node itself, the
- * to-proxy mark (port 0) makes the `fwmark 0x200/0xf00` rule deliver the
- * packet locally, where the stack finds that socket. Anything else passes
- * untouched: policy is applied at the destination pod's veth.
- */
-int from_netdev(struct __sk_buff *skb)
-{
-	struct pkt p = {};
-	int r = parse_packet(skb, &p);
-
-	if ((r != PARSE_IPV4 && r != PARSE_IPV6) || p.protocol != IPPROTO_TCP)
-		return TC_ACT_OK;
-	if (identity_of(&p, SIDE_DST) == 1 /* host: delivered locally anyway */)
-		return TC_ACT_OK;
-	if (node_holds_connection(skb, &p, 0))
-		skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_MAGIC_TO_PROXY;
 	return TC_ACT_OK;
 }

@@ -74,6 +74,7 @@
 #include "lib/policy.h"
 #include "lib/events.h"
 #include "lib/proxy.h"
+#include "lib/decide.h"
 
 #ifdef CILIATE_LAYOUT_CHECK
 #include CILIATE_LAYOUT_CHECK
@@ -101,54 +102,6 @@ static __always_inline struct lxc_value *self_as_receiver(struct pkt *p, struct 
 	if (self && self->endpoint_id != endpoint_id)
 		return 0;
 	return self;
-}
-
-static __always_inline int same_addr(struct pkt *p, int p_dst, struct pkt *q, int q_dst)
-{
-	if (!p->v6)
-		return (p_dst ? p->daddr : p->saddr) == (q_dst ? q->daddr : q->saddr);
-	__u32 *a = p_dst ? p->daddr6 : p->saddr6;
-	__u32 *b = q_dst ? q->daddr6 : q->saddr6;
-
-	return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
-}
-
-/* An ICMP error about a tracked flow (see the top of this file). Into the
- * pod: addressed to the quoted packet's sender, from anyone (a router on the
- * path). Out of the pod: from the quoted packet's receiver back to its
- * sender only, or a pod could carry data in "errors" to any peer it may not
- * reach. The quoted flow must be tracked. */
-static __always_inline int related_error(struct __sk_buff *skb, struct pkt *p, int into_pod, __u64 now)
-{
-	struct pkt quoted = {};
-
-	if (parse_quoted(skb, p, &quoted))
-		return 0;
-	if (into_pod ? !same_addr(p, 1, &quoted, 0)
-		     : !same_addr(p, 0, &quoted, 1) || !same_addr(p, 1, &quoted, 0))
-		return 0;
-	return ct_find(&quoted, 0, now, CT_SCOPE_FLOW) != 0;
-}
-
-static __always_inline int drop(struct pkt *p, struct ev_ctx *c, __u8 reason)
-{
-	emit_event(p, c, EV_DROP, reason, 0);
-	return TC_ACT_SHOT;
-}
-
-/* The audit event of a flow passed in audit mode: the direction whose policy
- * would have dropped it, why, and whose policy that was. An ingress audit
- * seen at the sender's veth names the receiver, as the same audit seen at the
- * receiver's own veth would, so a flow reads the same wherever it was judged. */
-static __always_inline void emit_audit(struct pkt *p, struct ev_ctx *c, __u8 direction, __u8 reason,
-				       __u32 endpoint_id, __u32 peer_endpoint_id)
-{
-	struct ev_ctx a = *c;
-
-	a.direction = direction;
-	a.endpoint_id = endpoint_id;
-	a.peer_endpoint_id = peer_endpoint_id;
-	emit_event(p, &a, EV_AUDIT, reason, 0);
 }
 
 /* A TCP packet (not a SYN) that matched no entry and that policy drops in
@@ -468,6 +421,25 @@ int to_container(struct __sk_buff *skb)
 			c.direction = 1;
 			emit_event(&p, &c, EV_FORWARD, R_CT_RESTORED, 0);
 			return TC_ACT_OK;
+		}
+	}
+
+	/* From the node itself: the node's egress policy too (host policies;
+	 * the proxy's upstreams took from_proxy above). */
+	struct lxc_value *host = lxc_of(&p, SIDE_SRC);
+	if (host && host->endpoint_id == HOST_ENDPOINT_ID) {
+		struct verdict heg = {};
+
+		c.direction = 1;
+		policy_decide(HOST_ENDPOINT_ID, host->flags & LXC_F_EGRESS_ENFORCED, self->identity, 1, &p, &heg);
+		if (audit_pass(host->flags, &heg))
+			emit_audit(&p, &c, 1, heg.reason, HOST_ENDPOINT_ID, endpoint_id);
+		if (!heg.verdict) {
+			if (restorable && restore_reply(&p, &c, &rev, now, 1))
+				return TC_ACT_OK;
+			c.endpoint_id = HOST_ENDPOINT_ID;
+			c.peer_endpoint_id = endpoint_id;
+			return drop(&p, &c, heg.reason);
 		}
 	}
 

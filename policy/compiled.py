@@ -41,6 +41,12 @@ from policy.families import IPAddress, IPNetwork, Stack
 from policy.identity import IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, RESERVED_IDENTITIES  # noqa: F401
 from policy.ipcache import PrefixMap
 
+# The node itself as an endpoint (host policies, nodeSelector): its policy
+# is EndpointPolicy HOST_ENDPOINT_ID with identity IDENTITY_HOST, enforced on
+# the node's own traffic (bpf/bpf_host.c, and at pods' veths for traffic
+# between a pod and the node). Outside the agent's endpoint id range (1-4095).
+HOST_ENDPOINT_ID = 65535
+
 # Proxy ports (policy/proxyports.py) are allocated per (endpoint, direction,
 # port) redirect from this range.
 PROXY_PORT_MIN = 10000
@@ -313,6 +319,16 @@ class CompiledState:
 
     def endpoint_by_ip(self, addr: IPAddress) -> EndpointPolicy | None:
         return self._endpoints_by_ip.get(addr)
+
+    @cached_property
+    def host_addresses(self) -> tuple[IPAddress, ...]:
+        """The node's own addresses (its ipcache host entries, one address
+        each), sorted: what the host endpoint's entries are keyed by."""
+        return tuple(sorted(
+            (net.network_address for net, ident in self.ipcache.items()
+             if ident == IDENTITY_HOST and net.prefixlen == net.max_prefixlen),
+            key=lambda a: (a.version, int(a)),
+        ))
 
     @cached_property
     def _ingress_l7_by_port(self) -> Mapping[int, tuple[tuple[EndpointPolicy, L7Policy], ...]]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from policy.compiled import CompiledState, EndpointPolicy, RedirectKey
+from policy.compiled import HOST_ENDPOINT_ID, IDENTITY_HOST, CompiledState, EndpointPolicy, RedirectKey
 from policy.endpoint import Endpoint
 from policy.families import IPAddress, IPNetwork, Stack
 from policy.identity import IdentityAllocator, identity_labels, reserved_labels, selectable_labels
@@ -96,6 +96,10 @@ class Compiler:
         # port (their subjects re-merge when the names served change).
         self._named = NamedPortIndex()
         self._named_policies: set[str] = set()
+        # The host endpoint (host policies): the node's labels, None while
+        # the node is not an endpoint; re-merged when its policies change.
+        self._host_labels: dict[str, str] | None = None
+        self._host_dirty = False
         self._dirty_ids: set[int] = set()
         self._dirty_eps: set[int] = set()
         self._removed_eps: set[int] = set()
@@ -166,6 +170,17 @@ class Compiler:
         for key in self._named_policies:
             self._dirty_ids |= self._subjects.get(key, frozenset())
 
+    def set_host(self, labels: Mapping[str, str] | None) -> None:
+        """Make the node an endpoint (HOST_ENDPOINT_ID) whose policy is the
+        host policies selecting these node labels; None: it is none."""
+        labels = dict(labels) if labels is not None else None
+        if labels == self._host_labels:
+            return
+        if labels is None:
+            self._removed_eps.add(HOST_ENDPOINT_ID)
+        self._host_labels = labels
+        self._host_dirty = True
+
     def set_host_ips(self, host_ips: Iterable[IPAddress]) -> None:
         self._ipcache.set_host_ips(host_ips)
 
@@ -221,10 +236,13 @@ class Compiler:
         return self._ep_identity.get(endpoint_id)
 
     def endpoints_of_policy(self, key: str) -> frozenset[int]:
-        """Endpoints the policy selects (it contributes to their EndpointPolicy)."""
+        """Endpoints the policy selects (it contributes to their EndpointPolicy),
+        HOST_ENDPOINT_ID among them when it is a host policy selecting the node."""
         out: set[int] = set()
         for ident in self._subjects.get(key, ()):
             out |= self._identity_eps.get(ident, set())
+        if self.host_selected_by(key):
+            out.add(HOST_ENDPOINT_ID)
         return frozenset(out)
 
     @property
@@ -246,11 +264,15 @@ class Compiler:
         self._retarget_cidrs(policy.cidrs(), add=True)
         if any(uses_names(spec) for spec in policy.specs):
             self._named_policies.add(policy.key)
+        if any(spec.node_subject is not None for spec in policy.specs):
+            self._host_dirty = True
         self._set_subjects(policy.key, self._subjects_of(policy.key))
 
     def _unregister(self, policy: Policy) -> None:
         self._set_subjects(policy.key, frozenset())
         self._named_policies.discard(policy.key)
+        if any(spec.node_subject is not None for spec in policy.specs):
+            self._host_dirty = True
         for peer in _selectors_of(policy):
             self._selectors.drop(peer, policy.key)
         self._retarget_cidrs(policy.cidrs(), add=False)
@@ -383,6 +405,7 @@ class Compiler:
     def compile(self) -> CompiledState:
         if self._state is not None and not (
             self._selectors.has_stale or self._dirty_ids or self._dirty_eps or self._removed_eps or self._ipcache.dirty
+            or self._host_dirty
         ):
             self._changed = frozenset()
             return self._state
@@ -419,10 +442,15 @@ class Compiler:
         # is half-applied and the next compile retries the same work (ports
         # already handed out are stable per RedirectKey, so a retry reuses them).
         built = {ep.id: endpoint_policy(ep, ident, ip, self.proxy_ports) for ep, ident, ip in resolved}
+        if self._host_labels is not None:
+            # One merge, redone whenever anything changed: its peers' members
+            # may have moved, and a policy selecting it does not make it dirty.
+            built[HOST_ENDPOINT_ID] = (self._host_policy(), set())
         changed = self._commit(built)
         prev = self._state
         ipcache = self._ipcache.table(prev.ipcache if prev is not None else None)
         labels = self._identity_labels() if (self._labels_dirty or prev is None) else prev.identity_labels
+        self._host_dirty = False
         self._dirty_ids.clear()
         self._peer_dirty.clear()
         self._dirty_eps.clear()
@@ -453,6 +481,28 @@ class Compiler:
                 changed.add(ep_id)
         return changed
 
+    def _host_specs(self) -> list[tuple[str, str, PolicySpec]]:
+        labels = self._host_labels or {}
+        return [
+            (key, ref_name, spec)
+            for key, (ref_name, pairs) in sorted(self._meta.items())
+            for _, spec in pairs
+            if spec.node_subject is not None and spec.node_subject.matches(labels)
+        ]
+
+    def _host_policy(self) -> EndpointPolicy:
+        specs = self._host_specs()
+        # allow_localhost is about the node reaching pods; the node's own
+        # ingress is what its host policies say.
+        ip = merge_specs(specs, self._selectors.members, allow_localhost=False) if specs else UNSELECTED
+        return EndpointPolicy(
+            HOST_ENDPOINT_ID, IDENTITY_HOST, None, ip.ingress_enforced, ip.egress_enforced, ip.entries, (), ip.selected_by
+        )
+
+    def host_selected_by(self, key: str) -> bool:
+        """Whether the policy `key` selects the host endpoint."""
+        return self._host_labels is not None and any(k == key for k, _, _ in self._host_specs())
+
     def _identity_labels(self) -> dict[int, frozenset[str]]:
         out = reserved_labels()
         out.update(self._label_view)
@@ -477,9 +527,12 @@ def compile_state(
     host_ips: Iterable[IPAddress] = (),
     allow_localhost: bool = True,
     stack: Stack = Stack.IPV4,
+    host_labels: Mapping[str, str] | None = None,
 ) -> CompiledState:
-    """One-shot compile of a complete input (a fresh Compiler underneath)."""
+    """One-shot compile of a complete input (a fresh Compiler underneath);
+    with `host_labels` the node is an endpoint with those labels."""
     c = Compiler(identities, proxy_ports, host_ips, allow_localhost, stack)
+    c.set_host(host_labels)
     for p in policies:
         c.upsert_policy(p)
     for ep in endpoints:

@@ -12,11 +12,15 @@ from dataclasses import dataclass
 
 from policy.compiled import Direction, HTTPRule, PortRange, Protocol, RuleRef
 from policy.families import IPNetwork
-from policy.selector import LabelSelector
+from policy.selector import LabelSelector, Requirement
 
 KIND_CNP = "CiliumNetworkPolicy"
 KIND_CCNP = "CiliumClusterwideNetworkPolicy"
 KIND_NP = "NetworkPolicy"
+
+# The subject of a host policy's spec: no endpoint has a value in an empty
+# `In` set, so it selects no pod whatever labels a pod gives itself.
+NO_ENDPOINTS = LabelSelector.of([Requirement("reserved:host-policy", "In", ())])
 
 # Entities (Cilium's names). "all" is identity 0; "cluster" and the world
 # ones are sets that grow with endpoints and CIDR prefixes (see compiler.py;
@@ -139,6 +143,9 @@ class PolicySpec:
     rules: tuple[Rule, ...]
     enforce_ingress: bool
     enforce_egress: bool
+    # A host policy (nodeSelector): the nodes, by their labels, whose host
+    # endpoint it applies to; its `subject` is then NO_ENDPOINTS.
+    node_subject: LabelSelector | None = None
 
 
 @dataclass(frozen=True, slots=True)

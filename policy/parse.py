@@ -29,6 +29,7 @@ from policy.endpoint import NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX, strip_sour
 from policy.errors import PolicyError, PolicyErrors
 from policy.model import (
     KIND_CCNP,
+    NO_ENDPOINTS,
     AnyPeer,
     CIDRPeer,
     EndpointPeer,
@@ -79,6 +80,9 @@ def _policy(d: api.Document, source: str, doc: int | None) -> Policy:
         specs = (_np_spec(d.spec, d.metadata.namespace, ref),)
     else:
         assert isinstance(d, CiliumNetworkPolicy)
+        problems = [PolicyError(source, doc, at, why) for path, rule in d.rules() for at, why in _host_problems(rule, path, namespace)]
+        if problems:
+            raise PolicyErrors(problems)
         specs = tuple(_cilium_spec(rule, path, d.KIND, namespace, ref) for path, rule in d.rules())
     return Policy(d.KIND, d.metadata.name, namespace, specs, source, doc)
 
@@ -107,8 +111,30 @@ def _namespace_key(key: str) -> str:
 # ---------------------------------------------------------------- Cilium
 
 
+def _host_problems(r: CiliumRule, path: str, namespace: str | None) -> list[tuple[str, str]]:
+    """What a host policy (nodeSelector) may not say, as Cilium refuses it."""
+    if not r.host:
+        return []
+    if namespace is not None:
+        return [(f"{path}.nodeSelector", "nodeSelector needs a CiliumClusterwideNetworkPolicy: a node belongs to no namespace")]
+    out = []
+    for section, items in r.items():
+        for i, item in enumerate(items):
+            for j, pr in enumerate(item.toPorts or ()):
+                for name, value in (("rules", getattr(pr, "rules", None)), ("serverNames", getattr(pr, "serverNames", None))):
+                    if value:
+                        out.append((f"{path}.{section}[{i}].toPorts[{j}].{name}",
+                                    "not supported in a host policy: the node's own traffic is not redirected to the proxy (L3/L4 only)"))
+    return out
+
+
 def _cilium_spec(r: CiliumRule, path: str, kind: str, namespace: str | None, ref: str) -> PolicySpec:
-    subject = _selector(r.endpointSelector)
+    node_subject = None
+    if r.nodeSelector is not None:
+        subject, node_subject = NO_ENDPOINTS, _selector(r.nodeSelector)
+    else:
+        assert r.endpointSelector is not None
+        subject = _selector(r.endpointSelector)
     if namespace is not None:
         subject = subject.and_(_in_namespace(namespace))
     rules: list[Rule] = []
@@ -124,7 +150,7 @@ def _cilium_spec(r: CiliumRule, path: str, kind: str, namespace: str | None, ref
             enforce[Direction.INGRESS] = False
         if r.enableDefaultDeny.egress is False:
             enforce[Direction.EGRESS] = False
-    return PolicySpec(subject, tuple(rules), enforce[Direction.INGRESS], enforce[Direction.EGRESS])
+    return PolicySpec(subject, tuple(rules), enforce[Direction.INGRESS], enforce[Direction.EGRESS], node_subject)
 
 
 def _cilium_rule(item: CiliumItem, direction: Direction, deny: bool, namespace: str | None, ref: RuleRef) -> Rule:

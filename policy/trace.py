@@ -19,6 +19,8 @@ from typing import Any
 import re2
 
 from policy.compiled import (
+    HOST_ENDPOINT_ID,
+    IDENTITY_HOST,
     CompiledState,
     Decision,
     Direction,
@@ -217,11 +219,15 @@ def _resolve(state: CompiledState, p: Party) -> tuple[int, EndpointPolicy | None
         if ep is None:
             raise TraceInputError(f"no endpoint {p.endpoint_id}")
         return ep.identity, ep
+    host = state.endpoints.get(HOST_ENDPOINT_ID)  # the node, when host policies apply to it
     if p.ip is not None:
         ep = state.endpoint_by_ip(p.ip)
         if ep is not None:
             return ep.identity, ep
-        return state.identity_of(p.ip), None
+        ident = state.identity_of(p.ip)
+        return ident, host if ident == IDENTITY_HOST and p.ip in state.host_addresses else None
+    if p.identity == IDENTITY_HOST and host is not None:
+        return IDENTITY_HOST, host
     if p.identity is not None:
         family = p.family
         if family is not None:
@@ -277,7 +283,7 @@ def trace(
         checks.append((dst_ep, Direction.INGRESS, src_id))
     for ep, direction, peer in checks:
         d = lookup(ep, peer, direction, protocol, dport)
-        where = f"endpoint {ep.endpoint_id} {direction.name.lower()}"
+        where = f"{'the node (host endpoint)' if ep.endpoint_id == HOST_ENDPOINT_ID else f'endpoint {ep.endpoint_id}'} {direction.name.lower()}"
         if not d.allowed:
             steps.append(Step(ep.endpoint_id, direction, peer, d))
             rules = tuple(str(r) for r in d.entry.rules) if d.entry else ()

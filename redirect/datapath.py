@@ -37,8 +37,8 @@ from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
-from policy.compiled import CompiledState
-from redirect import bpfsys, config, counters, layout, loader, policymap, proxy_route, tc, upstream_ports
+from policy.compiled import HOST_ENDPOINT_ID, CompiledState
+from redirect import bpfsys, config, counters, host_connections, layout, loader, policymap, proxy_route, tc, upstream_ports
 from redirect.errors import DatapathError, PlumbingError, ProgramLoadError
 from redirect.events import EventStream
 from redirect.maps import DEFAULT_PIN_DIR, MapSizes, PinnedMaps
@@ -375,27 +375,47 @@ class Datapath:
     def upstream_port_stats(self) -> upstream_ports.UpstreamStats:
         return upstream_ports.read_stats(self.maps, counters.possible_cpus())
 
-    def attach_netdev(self, ifname: str) -> None:
-        """Cluster mode: the program that delivers the proxy's cross-node
-        replies (bpf_lo.c from_netdev) on tc ingress of the underlay device.
+    def attach_netdev(self, ifname: str, host_firewall: bool = False) -> None:
+        """The node's device programs (bpf_host.c) on `ifname`: tc ingress
+        always (cluster mode's steering of the proxy's cross-node replies),
+        and with `host_firewall` both hooks enforce the host endpoint's
+        policy there (the device maps to HOST_ENDPOINT_ID in ciliate_ifindex).
         Idempotent; remembered in the plumbing record for teardown."""
         header, digest = self._shared()
-        name = f"ciliate_netdev_{_digest(digest, loader.LO_ENTRY)}"
+        name = f"ciliate_netdev_{_digest(digest, loader.HOST_ENTRY)}"
         now = tc.attached(ifname, self.netns, prio=NETDEV_PRIO)
         if now is None:
-            raise PlumbingError(f"underlay device {ifname} not found")
-        if now.ingress != name:
-            fds, module = loader.load_functions(0, header, loader.LO_ENTRY, ("from_netdev",))
+            raise PlumbingError(f"device {ifname} not found")
+        marker = self.state_dir / PLUMBING_FILE
+        record = json.loads(marker.read_text()) if marker.exists() else {"netns": self.netns, "sysctls": {}}
+        host_devs = record.setdefault("host_devices", [])
+        egress = host_firewall or ifname in host_devs
+        if host_firewall:
+            # Before the programs: a device they run on is firewalled from
+            # their first packet (a host endpoint not enforced yet passes all).
+            self.maps.policy_fd(HOST_ENDPOINT_ID)
+            self.maps.write_ifindex(tc.ifindex(ifname, self.netns), HOST_ENDPOINT_ID, IPv4Address(0))
+        if now.ingress != name or (egress and now.egress != name):
+            fds, module = loader.load_functions(0, header, loader.HOST_ENTRY, ("from_netdev", "to_netdev"))
             try:
-                tc.attach(ifname, fds["from_netdev"], None, name, self.netns, prio=NETDEV_PRIO)
+                tc.attach(ifname, fds["from_netdev"], fds["to_netdev"] if egress else None, name, self.netns, prio=NETDEV_PRIO)
             finally:
                 with contextlib.suppress(Exception):
                     module.cleanup()  # type: ignore[attr-defined]
-        marker = self.state_dir / PLUMBING_FILE
-        record = json.loads(marker.read_text()) if marker.exists() else {"netns": self.netns, "sysctls": {}}
         if ifname not in record.setdefault("netdevs", []):
             record["netdevs"].append(ifname)
-            marker.write_text(json.dumps(record) + "\n")
+        if host_firewall and ifname not in host_devs:
+            host_devs.append(ifname)
+        marker.write_text(json.dumps(record) + "\n")
+
+    def attach_host_devices(self, devices: list[str]) -> int:
+        """Host policies on these devices: their programs, then the node's
+        established TCP connections copied into conntrack so a policy that
+        would not admit them anew does not cut them (redirect/host_connections.py).
+        Returns how many connections were adopted."""
+        for dev in devices:
+            self.attach_netdev(dev, host_firewall=True)
+        return host_connections.adopt(self.maps, host_connections.established(self.netns))
 
     def close(self) -> None:
         """Release this process's handles; the kernel keeps enforcing."""
@@ -419,6 +439,8 @@ class Datapath:
             saved = record.get("sysctls", {})
             for ifname in record.get("netdevs", []):
                 tc.detach_filter(ifname, NETDEV_PRIO, self.netns)
+                with contextlib.suppress(Exception):
+                    self.maps.delete_ifindex(tc.ifindex(ifname, self.netns), HOST_ENDPOINT_ID)
             tc.detach_filter("lo", LO_PRIO, self.netns)
             proxy_route.teardown(self.netns, saved)
             marker.unlink()

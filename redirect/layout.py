@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import enum
 
+from policy.compiled import HOST_ENDPOINT_ID
+
 POLICY_FIXED_BITS = 48  # identity(32) + direction(8) + protocol(8)
 IPCACHE_FIXED_BITS = 0
 
@@ -275,6 +277,7 @@ CONSTANTS: dict[str, int] = {
     "EV_FORWARD": EventVerdict.FORWARD,
     "EV_REDIRECT": EventVerdict.REDIRECT,
     "EV_AUDIT": EventVerdict.AUDIT,
+    "HOST_ENDPOINT_ID": HOST_ENDPOINT_ID,
     "HOOK_FROM_ENDPOINT": Hook.FROM_ENDPOINT,
     "HOOK_TO_ENDPOINT": Hook.TO_ENDPOINT,
     "DIR_NONE": DIR_NONE,

@@ -24,6 +24,7 @@ from redirect.errors import ProgramLoadError
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 ENTRY = BPF_DIR / "bpf_lxc.c"
 LO_ENTRY = BPF_DIR / "bpf_lo.c"
+HOST_ENTRY = BPF_DIR / "bpf_host.c"
 SOCK_ENTRY = BPF_DIR / "bpf_sock.c"
 _INCLUDE = re.compile(r'\s*#include\s+"(lib/[^"]+)"')
 _compiles = 0

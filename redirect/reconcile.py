@@ -27,7 +27,8 @@ before anything is written.
 
 Both families: an IPv6 prefix goes into ciliate_ipcache6, an endpoint's
 IPv6 address into ciliate_lxc6 with the same value as its IPv4 one, and the
-steps above treat them alike.
+steps above treat them alike. The host endpoint (host policies) has an lxc
+entry for every address of the node.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from ipaddress import IPv4Address, IPv6Address, ip_network
 
-from policy.compiled import CompiledState, EndpointPolicy
+from policy.compiled import HOST_ENDPOINT_ID, CompiledState, EndpointPolicy
 from redirect import bpfsys, layout, policymap
 from redirect.errors import DatapathError, MapFullError
 from redirect.maps import PinnedMaps
@@ -77,7 +78,11 @@ def _transition(old: int, new: int) -> int:
     return ((old | new) & ~layout.LXC_F_AUDIT) | audit
 
 
-def _addrs(ep: EndpointPolicy) -> list[IPv4Address | IPv6Address]:
+def _addrs(state: CompiledState, ep: EndpointPolicy) -> list[IPv4Address | IPv6Address]:
+    """The addresses an endpoint's lxc entries are keyed by: a pod's own,
+    or every address of the node for the host endpoint."""
+    if ep.endpoint_id == HOST_ENDPOINT_ID:
+        return list(state.host_addresses)
     return [a for a in (ep.ipv4, ep.ipv6) if a is not None]
 
 
@@ -133,7 +138,7 @@ def apply_state(
     for ep_id, ep in ok_eps.items():
         prev = by_id.get(ep_id)
         flags0[ep_id] = _transition(prev[1][2], _flags(ep)) if prev else _flags(ep)
-        for addr in _addrs(ep):
+        for addr in _addrs(state, ep):
             old = lxc_now.get(addr)
             if old is None or old[0] != ep_id:
                 maps.write_lxc(addr, ep_id, ep.identity, flags0[ep_id])
@@ -157,7 +162,7 @@ def apply_state(
             maps.write_ipcache(net, ident)
             res.ipcache_written += 1
     for ep_id, ep in ok_eps.items():
-        for addr in _addrs(ep):
+        for addr in _addrs(state, ep):
             maps.write_lxc(addr, ep_id, ep.identity, flags0[ep_id])
     for net in have_ip:
         if net not in want_ip:
@@ -171,10 +176,10 @@ def apply_state(
 
     # 4. final flags; endpoints that left the state go.
     for ep_id, ep in ok_eps.items():
-        for addr in _addrs(ep):
+        for addr in _addrs(state, ep):
             maps.write_lxc(addr, ep_id, ep.identity, _flags(ep))
     wanted_ids = set(state.endpoints) | set(keep)
-    current_ip = {i: set(_addrs(ep)) for i, ep in state.endpoints.items()}
+    current_ip = {i: set(_addrs(state, ep)) for i, ep in state.endpoints.items()}
     for ip, (ep_id, _, _) in maps.read_lxc().items():
         moved = ep_id in ok_eps and ip not in current_ip.get(ep_id, {ip})
         if ep_id not in wanted_ids or moved:

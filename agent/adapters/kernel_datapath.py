@@ -97,9 +97,12 @@ class KernelDatapath:
     def __init__(
         self, pin_dir: Path, state_dir: Path, *,
         upstream_ports: PortRange = DEFAULT_RANGE, cgroup_root: Path | None = None, netns: str | None = None,
+        host_devices: tuple[str, ...] = (),
     ) -> None:
         """`netns`: the named network namespace the endpoints' veths live in
-        (tests build a node in one); None: the agent's own."""
+        (tests build a node in one); None: the agent's own. `host_devices`:
+        the node's devices where host policies are enforced (bpf/bpf_host.c)."""
+        self.host_devices = host_devices
         pin_dir.mkdir(parents=True, exist_ok=True)  # a directory in bpffs, e.g. /sys/fs/bpf/tc/globals
         self._dp = Datapath(pin_dir, state_dir, netns=netns)
         self._upstream_range = upstream_ports
@@ -110,6 +113,10 @@ class KernelDatapath:
 
     async def setup(self) -> None:
         await asyncio.to_thread(self._dp.setup_proxy_plumbing)
+        if self.host_devices:
+            adopted = await asyncio.to_thread(self._dp.attach_host_devices, list(self.host_devices))
+            log.info("host firewall on %s: %d established connections of the node kept through it",
+                     ", ".join(self.host_devices), adopted)
         try:
             done = await asyncio.to_thread(self._dp.choose_upstream_ports, self._upstream_range, self._cgroup_root)
         except PlumbingError as e:

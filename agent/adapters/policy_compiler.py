@@ -14,11 +14,13 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
-from agent.core.ports import Allocations, EndpointSpec, LoadedFile, PolicyProblem
+from agent.core.ports import Allocations, EndpointSpec, HostEndpoint, LoadedFile, PolicyProblem
 from policy.compiled import RESERVED_IDENTITIES, CompiledState
 from policy.compiler import Compiler
 from policy.endpoint import Endpoint, NamedPort
 from policy.families import Stack
+from policy.host_rails import KEY as RAILS_KEY
+from policy.host_rails import rails_policy
 from policy.identity import IdentityAllocator, identity_labels
 from policy.proxyports import ProxyPortAllocator
 from policy.load import load_paths
@@ -56,6 +58,7 @@ class RealCompiler:
         # world-ipv6 (10); `world` in a policy means both.
         self._c = Compiler(ids, ports, host_ips, stack=stack)
         self._last: CompiledState | None = None
+        self._host: HostEndpoint | None = None
 
     def upsert_policy(self, policy: Policy) -> None:  # type: ignore[override]
         self._c.upsert_policy(policy)
@@ -74,6 +77,17 @@ class RealCompiler:
 
     def delete_endpoint(self, endpoint_id: int) -> None:
         self._c.delete_endpoint(endpoint_id)
+
+    def set_host(self, host: HostEndpoint | None) -> None:
+        if host == self._host:
+            return
+        self._host = host
+        self._c.set_host(host.labels if host is not None else None)
+        rails = rails_policy(host.always_reach) if host is not None else None
+        if rails is not None:
+            self._c.upsert_policy(rails)
+        else:
+            self._c.delete_policy(RAILS_KEY)
 
     def set_host_ips(self, ips: Iterable[IPv4Address | IPv6Address]) -> None:
         self._c.set_host_ips(ips)

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from pydantic import BaseModel
 
 from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_socket
 from agent.cli import log_setup, monitor
+from agent.cli.host_flags import host_endpoint_from_args
 from agent.cli.k8s_flags import add_k8s_flags, k8s_source_from_args
 from agent.cli.kvstore_flags import ClusterFlagError, add_kvstore_flags, shared_state_from_args
 from xds.limits import ProxyLimits
@@ -300,6 +302,12 @@ def _run_agent(args: argparse.Namespace) -> int:
     except ClusterFlagError as exc:
         print(f"ciliate agent: {exc}", file=sys.stderr)
         return 2
+    try:
+        host = host_endpoint_from_args(args)
+    except ValueError as exc:
+        print(f"ciliate agent: {exc}", file=sys.stderr)
+        return 2
+    config = replace(config, host=host, host_policy_audit_mode=args.host_policy_audit_mode)
     if args.proxy_max_heap_mb <= 0:
         print(f"ciliate agent: --proxy-max-heap-mb must be positive, not {args.proxy_max_heap_mb}", file=sys.stderr)
         return 2
@@ -333,6 +341,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         datapath = KernelDatapath(
             Path(args.bpf_dir), state_dir / "endpoints", upstream_ports=upstream_ports,
             cgroup_root=Path(args.cgroup_root) if args.cgroup_root else None,
+            host_devices=tuple(dict.fromkeys(args.host_device)),
         )
     except Exception as exc:  # e.g. no bpffs, no bcc: say so in one line
         print(f"ciliate agent: cannot open the kernel datapath in {args.bpf_dir}: {exc}", file=sys.stderr)
@@ -427,6 +436,25 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     a.add_argument("--log-level", default="info", choices=log_setup.LEVELS, help="default %(default)s: state changes, errors, one line per policy change")
     a.add_argument("--debug", action="store_true", help="log everything, including every API request and every call to Envoy's admin API")
     a.add_argument("--log-format", default="text", choices=log_setup.FORMATS, help="text (default) or one JSON object per line")
+    h = a.add_argument_group("host policies (CiliumClusterwideNetworkPolicy with nodeSelector)")
+    h.add_argument(
+        "--host-firewall", action="store_true",
+        help="make the node an endpoint whose policy is the host policies selecting its labels; enforced for "
+        "traffic between pods and the node, and on every --host-device",
+    )
+    h.add_argument(
+        "--host-device", action="append", default=[], metavar="DEV",
+        help="a device of the node where its host policies are enforced (repeat for more; implies --host-firewall)",
+    )
+    h.add_argument(
+        "--node-label", action="append", default=[], metavar="KEY=VALUE",
+        help="a label of this node, which nodeSelector matches (repeat for more)",
+    )
+    h.add_argument(
+        "--host-policy-audit-mode", action="store_true",
+        help="audit the node's policy instead of enforcing it (recommended first: what it would drop passes and "
+        "is reported as AUDIT)",
+    )
     add_k8s_flags(a)
     add_kvstore_flags(a)
     a.set_defaults(func=_run_agent)

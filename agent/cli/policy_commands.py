@@ -19,6 +19,7 @@ from policy.endpoint import Endpoint, NamedPort
 from policy.errors import CiliateError
 from policy.families import Stack
 from policy.icmp_types import icmp_type
+from policy.labels import key_problem, value_problem
 from policy.load import load_paths
 from policy.named_ports import port_name_problem
 from policy.services import resolve_all
@@ -65,6 +66,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     t.add_argument(
         "--dport", required=True, metavar="PORT[/PROTO]",
         help="N or a port name, /TCP (default), /UDP or /SCTP; or an ICMP type (number or name) /ICMP or /ICMPv6",
+    )
+    t.add_argument(
+        "--node-label", action="append", default=[], metavar="KEY=VALUE",
+        help="a label of the node (host policies' nodeSelector); entity:host is then the node as an endpoint",
     )
     t.add_argument(
         "--named-port", action="append", default=[], metavar="NAME=N[/PROTO]",
@@ -168,6 +173,17 @@ def _parse_dport(s: str, named: list[NamedPort]) -> tuple[int, Protocol]:
     return port, _PROTOCOLS[p]
 
 
+def _node_labels(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        why = "expected KEY=VALUE" if not sep else key_problem(key) or value_problem(value)
+        if why:
+            raise CiliateError(f"bad --node-label {item!r}: {why}")
+        out[key] = value
+    return out
+
+
 def _parse_named_ports(items: list[str]) -> list[NamedPort]:
     out: list[NamedPort] = []
     for item in items:
@@ -233,7 +249,9 @@ def _trace(args: argparse.Namespace) -> int:
     stack = Stack(args.stack)
     # No Service source here: a toServices peer selects nothing (notes say so).
     policies, notes = resolve_all(res.policies, None)
-    state = compile_state(policies, endpoints, stack=stack)
+    # The node is an endpoint when a host policy could select it.
+    host = any(s.node_subject is not None for p in policies for s in p.specs) or bool(args.node_label)
+    state = compile_state(policies, endpoints, stack=stack, host_labels=_node_labels(args.node_label) if host else None)
     result = trace(state, src, dst, port, proto, http, _sni(args.sni))
     if args.output == "json":
         print(json.dumps(result.to_dict() | {"notes": notes}, indent=2))

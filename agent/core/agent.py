@@ -40,6 +40,7 @@ from agent.core.ports import (
     ClusterSource,
     CompilerFactory,
     DatapathControl,
+    HostEndpoint,
     PolicyCompiler,
     PolicyLoader,
     ServicePeers,
@@ -87,6 +88,10 @@ class AgentConfig:
     shutdown_grace: float = 10.0
     pod_wait: float = 5.0  # Kubernetes mode: how long an endpoint create waits for its Pod to be seen
     policy_audit_mode: bool = False  # endpoints without their own setting audit instead of enforcing
+    # Host policies (nodeSelector): the node is an endpoint with these
+    # settings; None: host policies are accepted and enforce nothing.
+    host: HostEndpoint | None = None
+    host_policy_audit_mode: bool = False  # the node's policy is audited, not enforced
 
     @property
     def socket(self) -> Path:
@@ -181,6 +186,8 @@ class Agent:
             host_ips=self._host_ips,
             policy_audit_mode=self.config.policy_audit_mode,
             cluster=cluster_sync,
+            host=self.config.host,
+            host_audit_mode=self.config.host_policy_audit_mode,
         )
         self.regenerator.on_report = self._observe
         await self.datapath.setup()

@@ -27,9 +27,9 @@ from agent.core.endpoint_table import EndpointTable
 from agent.core.l7_view import l7_view
 from agent.core.models import EndpointRecord, EndpointState
 from agent.core.policy_book import BookEntry, PolicyBook
-from agent.core.ports import Allocations, ClusterPeers, EndpointSpec, PolicyCompiler
+from agent.core.ports import Allocations, ClusterPeers, EndpointSpec, HostEndpoint, PolicyCompiler
 from agent.core.regeneration_queue import Batch
-from policy.compiled import CompiledState, EndpointPolicy, Protocol
+from policy.compiled import HOST_ENDPOINT_ID, CompiledState, EndpointPolicy, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,15 @@ class CompileStep:
         save_allocations: Callable[[Allocations], None],
         host_ips: Callable[[], Iterable[IPv4Address | IPv6Address]] | None = None,
         policy_audit_mode: bool = False,
+        host: HostEndpoint | None = None,
+        host_audit_mode: bool = False,
     ) -> None:
         """`policy_audit_mode`: the agent-wide default of endpoints whose record
-        does not say (EndpointRecord.policy_audit_mode None)."""
+        does not say (EndpointRecord.policy_audit_mode None). `host`: the node
+        is an endpoint too (host policies); `host_audit_mode` audits its policy."""
         self.compiler = compiler
+        self.host = host
+        self.host_audit_mode = host_audit_mode or policy_audit_mode
         self.table = table
         self.book = book
         self.policy_audit_mode = policy_audit_mode
@@ -155,6 +160,8 @@ class CompileStep:
             ident = identities.get(eid) if identities else None
             endpoints.append((eid, None if rec is None else EndpointSpec(eid, dict(rec.labels), rec.ipv4, ident, rec.ipv6, named_ports_of(rec))))
         audited = frozenset(i for i in self.table.ids() if self.audits(i))
+        if self.host is not None and self.host_audit_mode:
+            audited |= {HOST_ENDPOINT_ID}
         return CompileJob(
             batch.revision, host_ips, deleted, upserted, tuple(endpoints), frozenset(self._in_compiler), audited, remote
         )
@@ -170,6 +177,7 @@ class CompileStep:
         """Runs in the worker thread: the only place the compiler is called."""
         out = CompileResult()
         c = self.compiler
+        c.set_host(self.host)  # the same every time: a no-op after the first
         if job.host_ips is not None:
             c.set_host_ips(job.host_ips)
         if job.remote is not None:

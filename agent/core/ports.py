@@ -34,6 +34,16 @@ class EndpointSpec:
     named_ports: tuple[tuple[str, int, int], ...] = ()
 
 
+@dataclass(frozen=True)
+class HostEndpoint:
+    """The node as an endpoint (host policies, `--host-firewall`): the labels
+    nodeSelector matches, and the peers the node must always reach whatever
+    its policies say (the agent's kvstore and API server: (address, TCP port))."""
+
+    labels: Mapping[str, str]
+    always_reach: tuple[tuple[IPv4Address | IPv6Address, int], ...] = ()
+
+
 class LoadedPolicy(Protocol):
     """One parsed policy as the loader hands it over and the compiler takes it
     back, unchanged (policy.model.Policy is one): the core reads only these
@@ -140,6 +150,10 @@ class PolicyCompiler(Protocol):
         ...
 
     def delete_endpoint(self, endpoint_id: int) -> None: ...
+
+    def set_host(self, host: HostEndpoint | None) -> None:
+        """The node as an endpoint (host policies) with these settings; None: not."""
+        ...
 
     def set_host_ips(self, ips: Iterable[IPv4Address | IPv6Address]) -> None:
         """Addresses that carry the `host` identity in the ipcache."""

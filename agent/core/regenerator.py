@@ -33,13 +33,14 @@ from agent.core.ports import (
     EndpointSpec,
     EndpointUnsupported,
     Failure,
+    HostEndpoint,
     PolicyCompiler,
     ProxyControl,
     ProxyRejected,
     ProxyTimeout,
 )
 from agent.core.regeneration_queue import Batch
-from policy.compiled import CompiledState, EndpointPolicy, L7Policy
+from policy.compiled import HOST_ENDPOINT_ID, CompiledState, EndpointPolicy, L7Policy
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,12 @@ class Regenerator:
         host_ips: Callable[[], Iterable[IPv4Address | IPv6Address]] | None = None,
         policy_audit_mode: bool = False,
         cluster: ClusterSync | None = None,
+        host: HostEndpoint | None = None,
+        host_audit_mode: bool = False,
     ) -> None:
-        """`compiler`, `table`, `book`, `save_allocations`, `host_ips` and
-        `policy_audit_mode`: the compile step's (compile_step.py); `cluster`:
+        """`compiler`, `table`, `book`, `save_allocations`, `host_ips`,
+        `policy_audit_mode`, `host` and `host_audit_mode`: the compile step's
+        (compile_step.py); `cluster`:
         the shared store's part (identities, peers, publication) in cluster mode."""
         self.cluster = cluster
         self.datapath = datapath
@@ -94,6 +98,8 @@ class Regenerator:
             save_allocations=save_allocations,
             host_ips=host_ips,
             policy_audit_mode=policy_audit_mode,
+            host=host,
+            host_audit_mode=host_audit_mode,
         )
         self._retry = retry
         self.ack_timeout = ack_timeout
@@ -197,6 +203,11 @@ class Regenerator:
             effective[eid] = safe
 
         attached = {i: ep for i, ep in effective.items() if (lv := self.table.live(i)) is not None and lv.attached}
+        host_ep = state.endpoints.get(HOST_ENDPOINT_ID)
+        if host_ep is not None:
+            # The node's own entries: not a table row, nothing to attach.
+            attached[HOST_ENDPOINT_ID] = host_ep
+            self.realized[HOST_ENDPOINT_ID] = host_ep
         apply_state = replace(state, endpoints=attached)
         try:
             outcome = await self.datapath.apply(apply_state)

@@ -26,6 +26,8 @@ struct ipcache6_key {
 };
 
 /* lxc: local endpoints by IPv4 (network order); lxc6 by IPv6, same value. */
+/* The node itself as an endpoint (host policies): policy/compiled.py */
+#define HOST_ENDPOINT_ID 65535
 #define LXC_F_INGRESS_ENFORCED 0x1
 #define LXC_F_EGRESS_ENFORCED  0x2
 /* Audit (Cilium's policy-audit-mode): a packet this endpoint's policy would

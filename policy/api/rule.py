@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Any
 
-from pydantic import ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from policy.api.base import Strict
 from policy.api.peers import EgressAllowPeers, EgressDenyPeers, IngressPeers
 from policy.api.ports import DenyPortRule, PortRule
-from policy.api.problems import fail, unsupported
+from policy.api.problems import UP, fail, unsupported
 from policy.api.selectors import Selector
 
 
@@ -59,15 +59,34 @@ class DefaultDeny(Strict):
 
 
 class CiliumRule(Strict):
-    endpointSelector: Selector
+    """One rule: it applies to the endpoints `endpointSelector` selects, or
+    (a host policy, CiliumClusterwideNetworkPolicy only) to the nodes
+    `nodeSelector` selects by their labels: exactly one of the two."""
+
+    endpointSelector: Selector | None = None
     ingress: list[IngressRule] | None = None
     ingressDeny: list[IngressDenyRule] | None = None
     egress: list[EgressRule] | None = None
     egressDeny: list[EgressDenyRule] | None = None
     enableDefaultDeny: DefaultDeny | None = None
-    nodeSelector: Annotated[Any, unsupported("node policies")] = None
+    nodeSelector: Selector | None = Field(None, validate_default=True)
     labels: Any = None
     description: Any = None
+
+    @field_validator("nodeSelector")
+    @classmethod
+    def _one_subject(cls, node: Selector | None, info: ValidationInfo) -> Selector | None:
+        if "endpointSelector" not in info.data:
+            return node  # endpointSelector itself was wrong: that is the error to read
+        if node is not None and info.data["endpointSelector"] is not None:
+            fail("a rule selects endpoints (endpointSelector) or nodes (nodeSelector), not both")
+        if node is None and info.data["endpointSelector"] is None:
+            fail("required: endpointSelector, or nodeSelector for a host policy", at=UP + ("endpointSelector",))
+        return node
+
+    @property
+    def host(self) -> bool:
+        return self.nodeSelector is not None
 
     def items(self) -> list[tuple[str, Sequence[CiliumItem]]]:
         """(section name, its items) for every section present, in a fixed order."""

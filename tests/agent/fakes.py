@@ -152,6 +152,9 @@ class FakeCompiler:
     def set_host_ips(self, ips) -> None:
         self.host_ips = frozenset(ips)
 
+    def set_host(self, host) -> None:
+        self.host = host
+
     def set_remote(self, endpoints, node_ips) -> None:
         self.remote = (dict(endpoints), frozenset(node_ips))
 

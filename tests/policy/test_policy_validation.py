@@ -95,7 +95,7 @@ CASES = [
     pytest.param("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n  ingress: [{}]\n",
                  "spec.endpointSelector", "required", id="missing-endpoint-selector"),
     pytest.param("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec:\n  nodeSelector: {}\n",
-                 "spec.nodeSelector", "not supported: node policies", id="node-selector"),
+                 "spec.nodeSelector", "nodeSelector needs a CiliumClusterwideNetworkPolicy", id="node-selector-in-cnp"),
     pytest.param("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {}\nspec: {endpointSelector: {}}\n",
                  "metadata.name", "required", id="missing-name"),
     pytest.param("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: p}\n", "kind", "unknown kind 'ConfigMap'", id="unknown-kind"),

@@ -119,7 +119,7 @@ def test_the_walk_finds_the_levels_the_table_is_about():
     levels = {level for level, _ in code_fields()}
     assert {ROOT, "ingress", "egressDeny", "toPorts", "ports", "rules", "http", "icmps", "fields", "toServices",
             "k8sService", "k8sServiceSelector"} <= levels
-    assert code_fields()[(ROOT, "nodeSelector")] == {"refused"}
+    assert code_fields()[("ingress", "fromRequires")] == {"refused"}
     assert code_fields()[("egress", "toEndpoints")] == {"supported"}
     assert ("ingress", "toEndpoints") not in code_fields()  # an egress field, refused in ingress as unknown
 

@@ -1,0 +1,174 @@
+"""Host policies in the kernel: the node as an endpoint (HOST_ENDPOINT_ID).
+
+Pod c's veth serves as one of the node's devices (the programs of
+bpf/bpf_host.c on it, c itself unmanaged: an outside host). The node's
+address GATEWAY is a host address in the ipcache, so its lxc entries are the
+host endpoint's. What the node receives from c, sends to c, receives from a
+pod and sends to a pod is judged by the host endpoint's policy; every drop is
+shown from the server's side (nothing arrived)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from policy.compiled import HOST_ENDPOINT_ID, EndpointPolicy, PolicyEntry
+from redirect.layout import EventVerdict, Reason
+from tests.datapath.conftest import Install
+from tests.datapath.support import (
+    ANY,
+    DENIED_WAIT,
+    EGRESS,
+    INGRESS,
+    TCP,
+    Server,
+    endpoint,
+    exchange,
+    rule,
+    state,
+    tcp_connect,
+)
+from tests.kernelnode import GATEWAY
+
+pytestmark = pytest.mark.privileged
+
+WAIT = 10.0  # hang guard for what must arrive: returns as soon as it does
+C_ID = 16777300  # the outside host's identity (a CIDR identity)
+
+
+def host(entries: list[PolicyEntry], ingress: bool = True, egress: bool = False, audit: bool = False) -> EndpointPolicy:
+    return EndpointPolicy(HOST_ENDPOINT_ID, 1, None, ingress, egress, tuple(sorted(entries, key=lambda e: e.key)), audit=audit)
+
+
+def apply(inst: Install, rev: int, host_ep: EndpointPolicy, *pods: EndpointPolicy) -> None:
+    res = inst.dp.apply(state(rev, [*pods, host_ep], extra_ipcache={f"{inst.node.pods['c'].ip}/32": C_ID}))
+    res.raise_for_failures()
+
+
+@pytest.fixture
+def fw(fresh_install) -> Iterator[Install]:
+    with fresh_install(attach=("a", "b")) as inst:
+        inst.dp.attach_host_devices([inst.node.pods["c"].host_ifname])
+        yield inst
+
+
+def to_node(inst: Install, client, port: int, expect: bool) -> bool:
+    """A TCP connection from `client` (a pod) to the node's address, a byte each way."""
+    with Server(inst.node, port) as srv:
+        c = tcp_connect(client, GATEWAY, port, WAIT if expect else DENIED_WAIT)
+        conn = srv.accept(0.2 if c is None else WAIT)
+        try:
+            if c is None or conn is None:
+                return False
+            exchange(c, conn)
+            return True
+        finally:
+            for s in (c, conn):
+                if s is not None:
+                    s.close()
+
+
+def from_node(inst: Install, server_pod, port: int, expect: bool) -> bool:
+    """A TCP connection from the node to a pod (or to c)."""
+    with Server(server_pod, port) as srv:
+        c = tcp_connect(inst.node, server_pod.ip, port, WAIT if expect else DENIED_WAIT)
+        conn = srv.accept(0.2 if c is None else WAIT)
+        try:
+            if c is None or conn is None:
+                return False
+            exchange(c, conn)
+            return True
+        finally:
+            for s in (c, conn):
+                if s is not None:
+                    s.close()
+
+
+def test_the_nodes_ingress_from_a_device_is_its_host_policy(fw):
+    c = fw.node.pods["c"]
+    apply(fw, 1, host([rule(C_ID, INGRESS, TCP, 2222)]))
+    with fw.dp.events() as stream:
+        stream.drain()
+        assert to_node(fw, c, 2222, True)
+        assert not to_node(fw, c, 2223, False), "a port the host policy does not admit reached the node"
+        drops = [e for e in stream.drain() if e.verdict == EventVerdict.DROP]
+    assert drops and (drops[0].endpoint_id, drops[0].dport, drops[0].src_identity) == (HOST_ENDPOINT_ID, 2223, C_ID)
+
+
+def test_without_a_host_policy_the_node_is_not_enforced(fw):
+    c = fw.node.pods["c"]
+    apply(fw, 1, host([], ingress=False, egress=False))
+    assert to_node(fw, c, 2223, True)
+    assert from_node(fw, c, 8080, True)
+
+
+def test_the_nodes_egress_through_a_device_is_its_host_policy_and_replies_pass(fw):
+    c = fw.node.pods["c"]
+    apply(fw, 1, host([rule(C_ID, EGRESS, TCP, 8080)], ingress=True, egress=True))
+    assert from_node(fw, c, 8080, True), "an allowed connection of the node's, or its replies, were dropped"
+    assert not from_node(fw, c, 8081, False)
+
+
+def test_a_pod_reaching_the_node_is_judged_by_the_nodes_ingress_too(fw):
+    a, b = fw.ep("a"), fw.ep("b")
+    apply(fw, 1, host([rule(a.identity, INGRESS, TCP, 4000)]),
+          endpoint(a, [], ingress=False, egress=False), endpoint(b, [], ingress=False, egress=False))
+    assert to_node(fw, a.pod, 4000, True)
+    assert not to_node(fw, b.pod, 4000, False), "a pod the host policy does not name reached the node"
+    assert not to_node(fw, a.pod, 4001, False)
+
+
+def test_the_node_reaching_a_pod_is_judged_by_its_egress_too(fw):
+    a, b = fw.ep("a"), fw.ep("b")
+    apply(fw, 1, host([rule(a.identity, EGRESS, TCP, 5000)], ingress=False, egress=True),
+          endpoint(a, [], ingress=False, egress=False), endpoint(b, [], ingress=False, egress=False))
+    assert from_node(fw, a.pod, 5000, True)
+    assert not from_node(fw, b.pod, 5000, False), "the node reached a pod its egress policy does not name"
+
+
+def test_host_audit_mode_lets_through_and_reports_what_policy_would_drop(fw):
+    c = fw.node.pods["c"]
+    apply(fw, 1, host([], ingress=True, audit=True))
+    with fw.dp.events() as stream:
+        stream.drain()
+        assert to_node(fw, c, 2224, True)
+        audits = [e for e in stream.drain() if e.verdict == EventVerdict.AUDIT]
+    assert audits and (audits[0].endpoint_id, audits[0].reason) == (HOST_ENDPOINT_ID, Reason.NO_POLICY_MATCH)
+    apply(fw, 2, host([], ingress=True, audit=False))
+    assert not to_node(fw, c, 2225, False)
+
+
+def test_a_connection_the_node_had_before_its_devices_were_firewalled_survives(fresh_install):
+    """The operator's session: open before the host firewall came, not
+    admitted by the policy that comes with it, still carried afterwards;
+    a new connection like it is not."""
+    with fresh_install(attach=("a", "b")) as inst:
+        c = inst.node.pods["c"]
+        with Server(inst.node, 2200) as srv:
+            cli = tcp_connect(c, GATEWAY, 2200, WAIT)
+            assert cli is not None
+            conn = srv.accept(WAIT)
+            assert conn is not None
+            try:
+                exchange(cli, conn)
+                adopted = inst.dp.attach_host_devices([c.host_ifname])
+                assert adopted >= 1
+                apply(inst, 1, host([], ingress=True, egress=True))  # admits nothing at all
+                exchange(cli, conn)  # both directions still carried
+                late = tcp_connect(c, GATEWAY, 2200, DENIED_WAIT)
+                assert late is None and not srv.pending(0.2), "a new connection got past a policy that admits nothing"
+            finally:
+                cli.close()
+                conn.close()
+
+
+def test_teardown_removes_the_device_programs_and_the_node_is_open_again(fresh_install):
+    with fresh_install(attach=("a",)) as inst:
+        c = inst.node.pods["c"]
+        inst.dp.attach_host_devices([c.host_ifname])
+        apply(inst, 1, host([], ingress=True))
+        assert not to_node(inst, c, 2226, False)
+        inst.dp.teardown()
+        assert to_node(inst, c, 2226, True), "the node stayed firewalled after teardown"
