@@ -415,6 +415,11 @@ class Datapath:
         Returns how many connections were adopted."""
         for dev in devices:
             self.attach_netdev(dev, host_firewall=True)
+        return self.adopt_host_connections()
+
+    def adopt_host_connections(self) -> int:
+        """Copy the node's established TCP connections into conntrack (see
+        redirect/host_connections.py); returns how many were new to it."""
         return host_connections.adopt(self.maps, host_connections.established(self.netns))
 
     def close(self) -> None:

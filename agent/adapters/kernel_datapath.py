@@ -35,7 +35,7 @@ from agent.core.ports import (
     UpstreamPorts,
     VerdictCounter,
 )
-from policy.compiled import CompiledState, protocol_name
+from policy.compiled import HOST_ENDPOINT_ID, CompiledState, protocol_name
 from redirect import bpfsys, counters, proxy_route, tc
 from redirect.datapath import BLOCK_NAME, Datapath
 from redirect.errors import MapFullError, PlumbingError
@@ -103,6 +103,7 @@ class KernelDatapath:
         (tests build a node in one); None: the agent's own. `host_devices`:
         the node's devices where host policies are enforced (bpf/bpf_host.c)."""
         self.host_devices = host_devices
+        self._host_enforcing = False
         pin_dir.mkdir(parents=True, exist_ok=True)  # a directory in bpffs, e.g. /sys/fs/bpf/tc/globals
         self._dp = Datapath(pin_dir, state_dir, netns=netns)
         self._upstream_range = upstream_ports
@@ -195,6 +196,15 @@ class KernelDatapath:
         return await asyncio.to_thread(read)
 
     async def apply(self, state: CompiledState) -> ApplyOutcome:
+        host = state.endpoints.get(HOST_ENDPOINT_ID)
+        enforcing = host is not None and (host.ingress_enforced or host.egress_enforced)
+        if enforcing and not self._host_enforcing:
+            # The node's policy starts to bite: whatever the node has open
+            # now (the agent's own kvstore connection, an operator's ssh) is
+            # tracked first, so it goes on whatever the policy says of it.
+            adopted = await asyncio.to_thread(self._dp.adopt_host_connections)
+            log.info("host policy now enforced: %d established connections of the node kept", adopted)
+        self._host_enforcing = enforcing
         # redirect/ diffs desired against what the kernel holds, per endpoint.
         result = await asyncio.to_thread(self._dp.apply, state)
         failed: dict[int, Failure] = {}
