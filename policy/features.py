@@ -1,6 +1,7 @@
 """Which parts of the policy language a policy's rules use, for the
 `ciliate_policy_rules` metric: operators see how much of their policy rests
-on named ports, SCTP, ICMP types, TLS server names, toServices or HTTP rules
+on named ports, SCTP, ICMP types, TLS server names, toServices, HTTP rules
+or host policies (nodeSelector)
 (and so what a regression there would touch). Pure.
 """
 
@@ -11,7 +12,7 @@ from collections import Counter
 from policy.compiled import Protocol
 from policy.model import Policy, Rule, ServicePeer
 
-FEATURES = ("named_ports", "sctp", "icmp", "server_names", "to_services", "http")
+FEATURES = ("named_ports", "sctp", "icmp", "server_names", "to_services", "http", "host")
 
 
 def _rule_features(rule: Rule) -> set[str]:
@@ -40,5 +41,5 @@ def rule_features(policies: list[Policy]) -> dict[str, int]:
     for policy in policies:
         for spec in policy.specs:
             for rule in spec.rules:
-                counts.update(_rule_features(rule))
+                counts.update(_rule_features(rule) | ({"host"} if spec.node_subject is not None else set()))
     return dict(counts)

@@ -102,6 +102,18 @@ def family_lines(families: dict) -> list[str]:
     return lines
 
 
+def _host_lines(h) -> list[str]:
+    if h is None:
+        return []
+    enforced = [d for d, on in (("ingress", h.ingress_enforced), ("egress", h.egress_enforced)) if on]
+    mode = ("audit: " if h.audit else "") + (" and ".join(enforced) + " enforced" if enforced else "not enforced")
+    return [
+        f"Host firewall:   endpoint {h.endpoint_id}, {mode}, devices {', '.join(h.devices) or '(pods only)'}, "
+        f"policies {', '.join(h.policies) or 'none'}",
+        f"                 always reaches {', '.join(h.always_reach) or 'nothing else'}",
+    ]
+
+
 def _status(client: AgentClient, args: argparse.Namespace) -> int:
     def human(s) -> str:
         eps = ", ".join(f"{n} {k}" for k, n in sorted(s.endpoints.items())) or "none"
@@ -128,6 +140,7 @@ def _status(client: AgentClient, args: argparse.Namespace) -> int:
             + ([f"Cluster:         {_kvstore_line(s.kvstore)}"] if s.kvstore else [])
             + _conntrack_lines(s.conntrack)
             + _upstream_lines(s.upstream_ports)
+            + _host_lines(s.host_firewall)
         )
 
     status = client.status()

@@ -59,4 +59,4 @@ def host_endpoint_from_args(args: argparse.Namespace) -> HostEndpoint | None:
         if key.strip() == "etcd.endpoints":
             urls += [u for u in value.split(",") if u.strip()]
     reach = tuple(dict.fromkeys(p for url in urls for p in _addresses(url.strip())))
-    return HostEndpoint(labels, reach)
+    return HostEndpoint(labels, reach, tuple(dict.fromkeys(args.host_device)))

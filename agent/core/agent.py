@@ -32,7 +32,17 @@ from agent.core.flow_pump import pump_flows
 from agent.core.flows import FlowHub
 from agent.core.map_pressure import conntrack_status, upstream_ports_status
 from agent.core.metrics import AgentMetrics
-from agent.core.models import BpfPolicyDump, Endpoint, EndpointConfig, EndpointCreate, Health, IdentityList, PolicyList, Status
+from agent.core.models import (
+    BpfPolicyDump,
+    Endpoint,
+    EndpointConfig,
+    EndpointCreate,
+    Health,
+    HostFirewallStatus,
+    IdentityList,
+    PolicyList,
+    Status,
+)
 from agent.core.policy_book import PolicyBook
 from agent.core.policy_status import policy_statuses
 from agent.core.ports import (
@@ -66,8 +76,9 @@ from agent.core.reports import (
 )
 from agent.core.shutdown import stop_tasks
 from agent.core.state_store import StateStore
-from policy.compiled import CompiledState
+from policy.compiled import HOST_ENDPOINT_ID, CompiledState
 from policy.features import rule_features
+from policy.host_rails import NAME as RAILS_NAME
 from policy.model import Policy
 
 log = logging.getLogger(__name__)
@@ -419,7 +430,7 @@ class Agent:
         return health_of(self._readings())
 
     def status(self) -> Status:
-        return status_of(
+        return self._with_host(status_of(
             self._readings(),
             self.policies(),
             endpoints_by_state(self.table),
@@ -428,10 +439,26 @@ class Agent:
             conntrack_status(self.metrics.datapath),  # as last read: read_kernel_counters()
             upstream_ports_status(self.metrics.datapath),
             families_of(self.datapath.families(), (r for i in self.table.ids() if (r := self.table.record(i)) is not None)),
-        )
+        ))
+
+    def _with_host(self, status: Status) -> Status:
+        host = self.config.host
+        if host is None:
+            return status
+        ep = self.regenerator.realized.get(HOST_ENDPOINT_ID) if self.regenerator is not None else None
+        return status.model_copy(update={"host_firewall": HostFirewallStatus(
+            endpoint_id=HOST_ENDPOINT_ID,
+            devices=list(host.devices),
+            node_labels=dict(host.labels),
+            ingress_enforced=bool(ep and ep.ingress_enforced),
+            egress_enforced=bool(ep and ep.egress_enforced),
+            audit=bool(ep and ep.audit),
+            policies=sorted(p for p in ep.selected_by if p != RAILS_NAME) if ep else [],
+            always_reach=[f"{a}:{p}" if a.version == 4 else f"[{a}]:{p}" for a, p in host.always_reach],
+        )})
 
     async def bpf_policy(self, endpoint_id: int) -> BpfPolicyDump | None:
-        if endpoint_id not in self.table:
+        if endpoint_id not in self.table and not (endpoint_id == HOST_ENDPOINT_ID and self.config.host is not None):
             return None
         entries = await self.datapath.dump_policy(endpoint_id)
         return bpf_policy_dump(endpoint_id, entries, self._identity_labels())

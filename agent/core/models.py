@@ -261,6 +261,22 @@ class Status(_Model):
     families: dict[str, FamilyStatus] = Field(
         default_factory=dict, description='per address family ("ipv4", "ipv6"): whether the datapath enforces policy for it'
     )
+    host_firewall: HostFirewallStatus | None = Field(
+        default=None, description="host policies: the node as an endpoint (absent without --host-firewall)"
+    )
+
+
+class HostFirewallStatus(_Model):
+    """The node as an endpoint (host policies): where and how its policy is enforced."""
+
+    endpoint_id: int = Field(description="the host endpoint's id in flows and `ciliate bpf policy get`")
+    devices: list[str] = Field(description="devices where the node's own traffic is judged (beside pods' veths)")
+    node_labels: dict[str, str] = Field(description="the labels nodeSelector matches")
+    ingress_enforced: bool
+    egress_enforced: bool
+    audit: bool = Field(description="what the node's policy would drop passes and is reported as AUDIT")
+    policies: list[str] = Field(description="host policies selecting this node")
+    always_reach: list[str] = Field(description="the agent's own peers, reachable whatever the node's policy says")
 
 
 class BpfPolicyEntry(_Model):

@@ -42,6 +42,7 @@ class HostEndpoint:
 
     labels: Mapping[str, str]
     always_reach: tuple[tuple[IPv4Address | IPv6Address, int], ...] = ()
+    devices: tuple[str, ...] = ()  # where the datapath enforces it besides pods' veths (for status)
 
 
 class LoadedPolicy(Protocol):

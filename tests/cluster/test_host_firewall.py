@@ -101,6 +101,11 @@ def test_a_host_policy_judges_the_nodes_own_traffic_on_its_devices_and_the_agent
     node.apply_policy(policy)
     got = {p["name"]: p for p in node.ciliate_json("policy", "get")["policies"]}
     assert got["worker-nodes"]["state"] == "enforced", got
+    fw = node.status()["host_firewall"]
+    assert (fw["ingress_enforced"], fw["egress_enforced"], fw["audit"]) == (True, True, False), fw
+    assert fw["devices"] == ["eth-u", "x-outside"] and fw["policies"] == ["worker-nodes"], fw
+    assert "10.250.0.254:2379" in fw["always_reach"], fw
+    assert "Host firewall:   endpoint 65535, ingress and egress enforced" in node.ciliate("status").stdout
 
     assert host_node.reached(outside, f"http://{node_addr}:2222/")
     seen = len(other.snapshot())

@@ -176,4 +176,4 @@ spec:
   - toServices: [{k8sService: {serviceName: db, namespace: default}}]
 """
     got = rule_features(policies(text))
-    assert got == {"named_ports": 2, "sctp": 1, "icmp": 1, "server_names": 0, "to_services": 1, "http": 0}
+    assert got == {"named_ports": 2, "sctp": 1, "icmp": 1, "server_names": 0, "to_services": 1, "http": 0, "host": 0}
