@@ -21,6 +21,9 @@ from pydantic.dataclasses import dataclass as validated_dataclass
 # (hostnames), never "/" (it separates key segments).
 NodeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([-A-Za-z0-9._]{0,251}[A-Za-z0-9])?$")]
 Identity = Annotated[int, Field(ge=1, le=0xFFFFFFFF)]
+# A label key or value as a node publishes it (the agent checks Kubernetes'
+# syntax before publishing; here only what keeps a record sane).
+LabelText = Annotated[str, Field(max_length=317)]
 
 
 @validated_dataclass(frozen=True)
@@ -35,6 +38,9 @@ class NodeInfo:
     pod_cidr: IPv4Network
     pod_cidr6: IPv6Network | None = None
     ip6: IPv6Address | None = None
+    # The node's labels (fromNodes/toNodes and host policies select nodes
+    # by them); None for nodes that publish none, and in older records.
+    labels: dict[LabelText, LabelText] | None = field(default=None, hash=False)  # a dict: left out of the hash
 
 
 @validated_dataclass(frozen=True)

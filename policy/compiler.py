@@ -100,6 +100,10 @@ class Compiler:
         # the node is not an endpoint; re-merged when its policies change.
         self._host_labels: dict[str, str] | None = None
         self._host_dirty = False
+        # Nodes (fromNodes/toNodes): remote node identities -> labels, and
+        # this node's labels when it is not a host endpoint.
+        self._remote_nodes: dict[int, dict[str, str]] = {}
+        self._node_labels: dict[str, str] | None = None
         self._dirty_ids: set[int] = set()
         self._dirty_eps: set[int] = set()
         self._removed_eps: set[int] = set()
@@ -180,6 +184,7 @@ class Compiler:
             self._removed_eps.add(HOST_ENDPOINT_ID)
         self._host_labels = labels
         self._host_dirty = True
+        self._selectors.set_nodes(self._remote_nodes, self._own_node_labels())
 
     def set_host_ips(self, host_ips: Iterable[IPAddress]) -> None:
         self._ipcache.set_host_ips(host_ips)
@@ -188,6 +193,7 @@ class Compiler:
         self,
         endpoints: Mapping[IPAddress, tuple[int, frozenset[str]]],
         node_ips: Iterable[IPAddress] = (),
+        node_labels: Mapping[IPAddress, Mapping[str, str]] | None = None,
     ) -> None:
         """The rest of the cluster, whole: other nodes' endpoints (address ->
         the identity the cluster allocated and its labels) and the other
@@ -213,7 +219,24 @@ class Compiler:
             self._remote_refs[ident] = n + 1
             if n == 0 and not self._identity_eps.get(ident):
                 self._identity_added(ident)
-        self._ipcache.set_remote_node_ips(node_ips)
+        # A node that published labels gets an identity by them (nodes with
+        # the same labels share it), which fromNodes/toNodes select.
+        labelled = {a: dict(ls) for a, ls in (node_labels or {}).items() if ls}
+        node_ids = {a: self.identities.for_node(ls) for a, ls in labelled.items()}
+        self._ipcache.set_remote_node_ips(node_ips, node_ids)
+        self._remote_nodes = {node_ids[a]: labelled[a] for a in node_ids}
+        self._selectors.set_nodes(self._remote_nodes, self._own_node_labels())
+        if self._ipcache.dirty:
+            self._labels_dirty = True
+
+    def set_node_labels(self, labels: Mapping[str, str] | None) -> None:
+        """This node's labels (for fromNodes/toNodes) when it is not a host
+        endpoint; set_host's labels take precedence."""
+        self._node_labels = dict(labels) if labels is not None else None
+        self._selectors.set_nodes(self._remote_nodes, self._own_node_labels())
+
+    def _own_node_labels(self) -> Mapping[str, str] | None:
+        return self._host_labels if self._host_labels is not None else self._node_labels
 
     def _unref_remote(self, ident: int) -> None:
         n = self._remote_refs.pop(ident) - 1
@@ -507,6 +530,7 @@ class Compiler:
         out = reserved_labels()
         out.update(self._label_view)
         out.update(self._ipcache.cidr_labels())
+        out.update({i: self.identities.labels_of(i) for i in self._remote_nodes})
         return out
 
 

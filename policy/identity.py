@@ -114,6 +114,8 @@ class IdentityAllocator:
         self._cidrs: dict[int, IPv4Network | IPv6Network] = {}
         self._next_label = FIRST_LABEL_IDENTITY
         self._next_cidr = FIRST_CIDR_IDENTITY
+        self._by_node: dict[frozenset[str], int] = {}
+        self._node_labels: dict[int, frozenset[str]] = {}
 
     def for_labels(self, labels: Mapping[str, str]) -> int:
         """The identity of an endpoint with these labels (allocated on first use)."""
@@ -154,6 +156,20 @@ class IdentityAllocator:
             self._cidrs[ident] = net
         return ident
 
+    def for_node(self, labels: Mapping[str, str]) -> int:
+        """A remote node's identity, by its labels (nodes with equal labels
+        share one): local to this agent, numbered beside the CIDR identities
+        (a cluster-allocated pod identity never collides with it), never
+        saved: the ipcache is rebuilt from the nodes on every start."""
+        label_set = frozenset({"reserved:remote-node", *(f"node:{k}={v}" for k, v in labels.items())})
+        ident = self._by_node.get(label_set)
+        if ident is None:
+            ident = self._next_cidr
+            self._next_cidr += 1
+            self._by_node[label_set] = ident
+            self._node_labels[ident] = label_set
+        return ident
+
     def labels_of(self, ident: int) -> frozenset[str]:
         if ident in RESERVED_IDENTITIES:
             return frozenset({f"reserved:{RESERVED_IDENTITIES[ident]}"})
@@ -161,7 +177,7 @@ class IdentityAllocator:
             return self._labels[ident]
         if ident in self._cidrs:
             return frozenset({f"cidr:{self._cidrs[ident]}", "reserved:world"})
-        return frozenset()
+        return self._node_labels.get(ident, frozenset())
 
     @property
     def cidr_count(self) -> int:

@@ -126,6 +126,9 @@ class IPCache:
         self._dirty_addrs: set[IPAddress] = set()
         self._table: dict[IPNetwork, int] = {}
         self.remote_node_ips: frozenset[IPAddress] = frozenset()
+        # A remote node's identity: by its labels when it published any
+        # (fromNodes/toNodes select them), else `remote-node`.
+        self._node_ids: dict[IPAddress, int] = {}
         self._cidr_labels: dict[int, frozenset[str]] | None = None
 
     @property
@@ -155,11 +158,14 @@ class IPCache:
             self.host_ips = new
             self._rebuild = True
 
-    def set_remote_node_ips(self, ips: Iterable[IPAddress]) -> None:
-        """Other nodes' addresses: they carry the `remote-node` identity."""
+    def set_remote_node_ips(self, ips: Iterable[IPAddress], identities: Mapping[IPAddress, int] | None = None) -> None:
+        """Other nodes' addresses: they carry the `remote-node` identity, or
+        the one `identities` gives (a node identity by labels)."""
         new = frozenset(ips)
-        if new != self.remote_node_ips:
+        ids = dict(identities or {})
+        if new != self.remote_node_ips or ids != self._node_ids:
             self.remote_node_ips = new
+            self._node_ids = ids
             self._rebuild = True
 
     def add_prefixes(self, nets: Iterable[IPNetwork]) -> list[tuple[IPNetwork, int]]:
@@ -222,7 +228,7 @@ class IPCache:
         if addr in self.host_ips:
             return IDENTITY_HOST
         if addr in self.remote_node_ips:
-            return IDENTITY_REMOTE_NODE
+            return self._node_ids.get(addr, IDENTITY_REMOTE_NODE)
         return None
 
     def table(self, prev: Mapping[IPNetwork, int] | None) -> Mapping[IPNetwork, int]:
@@ -231,7 +237,7 @@ class IPCache:
             out: dict[IPNetwork, int] = self.stack.default_routes()
             out.update(self.cidr_ids)
             for addr in self.remote_node_ips:
-                out[host_net(addr)] = IDENTITY_REMOTE_NODE
+                out[host_net(addr)] = self._node_ids.get(addr, IDENTITY_REMOTE_NODE)
             for addr in self.host_ips:
                 out[host_net(addr)] = IDENTITY_HOST
             for addr, eps in self._ip_eps.items():

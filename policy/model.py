@@ -63,6 +63,14 @@ class CIDRPeer:
 
 
 @dataclass(frozen=True, slots=True)
+class NodePeer:
+    """Nodes (fromNodes/toNodes) by their labels: the remote nodes whose
+    labels match, and this node itself (the host) when its own do."""
+
+    selector: LabelSelector
+
+
+@dataclass(frozen=True, slots=True)
 class AnyPeer:
     """Every peer: identity 0."""
 
@@ -91,7 +99,7 @@ class ServicePeer:
 
 
 # ServicePeer only until policy/services.py resolved it (see there).
-Peer = EndpointPeer | EntityPeer | CIDRPeer | AnyPeer | ServicePeer
+Peer = EndpointPeer | NodePeer | EntityPeer | CIDRPeer | AnyPeer | ServicePeer
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from policy.errors import PolicyError, PolicyErrors
 from policy.model import (
     KIND_CCNP,
     NO_ENDPOINTS,
+    NodePeer,
     AnyPeer,
     CIDRPeer,
     EndpointPeer,
@@ -166,12 +167,14 @@ def _cilium_rule(item: CiliumItem, direction: Direction, deny: bool, namespace: 
     peers += [CIDRPeer(net) for net in item.cidrs or ()]
     peers += [CIDRPeer(c.cidr, tuple(sorted(set(c.excepts or ())))) for c in item.cidr_sets or ()]
     peers += [AnyPeer() if e == "all" else EntityPeer(e) for e in item.entities or ()]
+    # Nodes are not namespaced: a node selector is taken as written.
+    peers += [NodePeer(_selector(s)) for s in item.nodes or ()]
     services = getattr(item, "services", None) or ()  # egress allow items only (api/peers.py)
     peers += [_service_peer(s) for s in services]
     port_rules = tuple(_port_rule(p) for p in item.toPorts or ()) + tuple(_icmp_rule(r) for r in item.icmps or ())
     # Cilium: an L4-only rule applies to every peer. A toServices rule is not
     # L4-only even when no Service matches: it then selects nothing.
-    if port_rules and not (item.endpoints or item.cidrs or item.cidr_sets or item.entities or services):
+    if port_rules and not (item.endpoints or item.cidrs or item.cidr_sets or item.entities or item.nodes or services):
         peers.append(AnyPeer())
     return Rule(direction, deny, tuple(dict.fromkeys(peers)), port_rules, ref)
 

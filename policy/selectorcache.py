@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from policy.families import WORLD_ENTITIES, IPNetwork, Stack, net_key, within
-from policy.identity import CLUSTER_RESERVED, IDENTITY_ANY, RESERVED_BY_NAME
-from policy.model import AnyPeer, CIDRPeer, EndpointPeer, EntityPeer, Peer
+from policy.identity import CLUSTER_RESERVED, IDENTITY_ANY, IDENTITY_HOST, IDENTITY_REMOTE_NODE, RESERVED_BY_NAME
+from policy.model import AnyPeer, CIDRPeer, EndpointPeer, EntityPeer, NodePeer, Peer
 from policy.selector import SelectorIndex
 
 
@@ -69,6 +69,13 @@ class SelectorCache:
         self._cidr_lens: dict[tuple[int, int], int] = {}
         # Selectors whose membership changed, and the identities that moved.
         self._stale: dict[Peer, set[int]] = {}
+        # Nodes: remote node identities -> their labels, and this node's own
+        # labels (None: unknown). What fromNodes/toNodes, `remote-node` and
+        # `cluster` select follows them; node selectors are few, so a change
+        # re-resolves them all.
+        self._nodes: dict[int, Mapping[str, str]] = {}
+        self._own_labels: Mapping[str, str] | None = None
+        self._node_dependent: set[Peer] = set()
 
     # ------------------------------------------------------------ selectors
 
@@ -90,6 +97,8 @@ class SelectorCache:
                 self._by_kv.setdefault(kv, set()).add(peer)
         elif _depends_on_labels(peer):
             self._unindexed.add(peer)
+        if isinstance(peer, NodePeer) or (isinstance(peer, EntityPeer) and peer.name in ("remote-node", "cluster")):
+            self._node_dependent.add(peer)
         is_world, family = _world_family(peer)
         if is_world:
             self._world[peer] = family
@@ -108,6 +117,7 @@ class SelectorCache:
         del self._users[peer]
         del self.members[peer]
         self._unindexed.discard(peer)
+        self._node_dependent.discard(peer)
         self._world.pop(peer, None)
         if isinstance(peer, CIDRPeer):
             key = net_key(peer.net)
@@ -131,13 +141,20 @@ class SelectorCache:
             return self._labels.resolve(peer.selector)
         if isinstance(peer, AnyPeer):
             return frozenset({IDENTITY_ANY})
+        if isinstance(peer, NodePeer):
+            out = {i for i, labels in self._nodes.items() if peer.selector.matches(labels)}
+            if self._own_labels is not None and peer.selector.matches(self._own_labels):
+                out.add(IDENTITY_HOST)
+            return frozenset(out)
         if isinstance(peer, EntityPeer):
             is_world, family = _world_family(peer)
             if is_world:
                 cidrs = (i for net, i in self._cidrs.items() if family is None or net.version == family)
                 return self.stack.world_of(family) | frozenset(cidrs)
             if peer.name == "cluster":
-                return self._labels.all() | CLUSTER_RESERVED
+                return self._labels.all() | CLUSTER_RESERVED | frozenset(self._nodes)
+            if peer.name == "remote-node":
+                return frozenset({IDENTITY_REMOTE_NODE, *self._nodes})
             return frozenset({RESERVED_BY_NAME[peer.name]})
         assert isinstance(peer, CIDRPeer)
         out = {ident for net, ident in self._cidrs.items() if cidr_selects(peer, net)}
@@ -206,6 +223,20 @@ class SelectorCache:
                     if cidr_selects(peer, net):
                         hits.setdefault(peer, set()).add(ident)
         return hits
+
+    def set_nodes(self, nodes: Mapping[int, Mapping[str, str]], own_labels: Mapping[str, str] | None) -> None:
+        """The remote nodes' identities with their labels, and this node's labels."""
+        nodes = {i: dict(ls) for i, ls in nodes.items()}
+        own = dict(own_labels) if own_labels is not None else None
+        if nodes == self._nodes and own == self._own_labels:
+            return
+        self._nodes, self._own_labels = nodes, own
+        for peer in self._node_dependent:
+            new = self._resolve(peer)
+            old = self.members[peer]
+            if new != old:
+                self.members[peer] = new
+                self._stale.setdefault(peer, set()).update(new ^ old)
 
     # ------------------------------------------------------------ changes
 

@@ -90,7 +90,8 @@ class KvstoreState:
         doc = {
             "revision": view.revision,
             "nodes": {
-                n.name: {"ip": str(n.ip), "pod_cidr": str(n.pod_cidr), "pod_cidr6": _str(n.pod_cidr6), "ip6": _str(n.ip6)}
+                n.name: {"ip": str(n.ip), "pod_cidr": str(n.pod_cidr), "pod_cidr6": _str(n.pod_cidr6), "ip6": _str(n.ip6),
+                         "labels": dict(n.labels or {})}
                 for n in view.nodes.values()
             },
             "endpoints": {str(e.ip): [e.identity, e.node] for e in view.endpoints.values()},
@@ -115,6 +116,7 @@ class KvstoreState:
                         name=name, ip=IPv4Address(n["ip"]), pod_cidr=IPv4Network(n["pod_cidr"]),
                         pod_cidr6=IPv6Network(n["pod_cidr6"]) if n.get("pod_cidr6") else None,
                         ip6=IPv6Address(n["ip6"]) if n.get("ip6") else None,
+                        labels=n.get("labels") or None,
                     )
                     for name, n in doc["nodes"].items()
                     if name != self.node.name
@@ -249,7 +251,7 @@ def _trusted_nodes_cached(items: tuple, me: NodeInfo) -> tuple[dict[str, PeerNod
             continue
         for c in cidrs:
             bisect.insort(taken[c.version], (*_span(c), name))
-        nodes[name] = PeerNode(n.name, n.ip, n.pod_cidr, n.pod_cidr6, n.ip6)
+        nodes[name] = PeerNode(n.name, n.ip, n.pod_cidr, n.pod_cidr6, n.ip6, dict(n.labels or {}))
     for name, peer in list(nodes.items()):
         for addr in (peer.ip, peer.ip6):
             if addr is None:

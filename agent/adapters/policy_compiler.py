@@ -95,8 +95,12 @@ class RealCompiler:
     def set_remote(
         self, endpoints: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]],
         node_ips: Iterable[IPv4Address | IPv6Address],
+        node_labels: Mapping[IPv4Address | IPv6Address, Mapping[str, str]] | None = None,
     ) -> None:
-        self._c.set_remote(endpoints, node_ips)
+        self._c.set_remote(endpoints, node_ips, node_labels)
+
+    def set_node_labels(self, labels: Mapping[str, str] | None) -> None:
+        self._c.set_node_labels(labels)
 
     def compile(self, revision: int) -> CompiledState:
         state = self._c.compile()

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_socket
 from agent.cli import log_setup, monitor
-from agent.cli.host_flags import host_endpoint_from_args
+from agent.cli.host_flags import host_endpoint_from_args, node_labels_from_args
 from agent.cli.k8s_flags import add_k8s_flags, k8s_source_from_args
 from agent.cli.kvstore_flags import ClusterFlagError, add_kvstore_flags, shared_state_from_args
 from xds.limits import ProxyLimits
@@ -317,10 +317,11 @@ def _run_agent(args: argparse.Namespace) -> int:
         return 2
     try:
         host = host_endpoint_from_args(args)
+        node_labels = node_labels_from_args(args)
     except ValueError as exc:
         print(f"ciliate agent: {exc}", file=sys.stderr)
         return 2
-    config = replace(config, host=host, host_policy_audit_mode=args.host_policy_audit_mode)
+    config = replace(config, host=host, host_policy_audit_mode=args.host_policy_audit_mode, node_labels=node_labels)
     if args.proxy_max_heap_mb <= 0:
         print(f"ciliate agent: --proxy-max-heap-mb must be positive, not {args.proxy_max_heap_mb}", file=sys.stderr)
         return 2
@@ -449,7 +450,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     a.add_argument("--log-level", default="info", choices=log_setup.LEVELS, help="default %(default)s: state changes, errors, one line per policy change")
     a.add_argument("--debug", action="store_true", help="log everything, including every API request and every call to Envoy's admin API")
     a.add_argument("--log-format", default="text", choices=log_setup.FORMATS, help="text (default) or one JSON object per line")
-    h = a.add_argument_group("host policies (CiliumClusterwideNetworkPolicy with nodeSelector)")
+    h = a.add_argument_group("nodes: host policies (CiliumClusterwideNetworkPolicy with nodeSelector), fromNodes/toNodes")
     h.add_argument(
         "--host-firewall", action="store_true",
         help="make the node an endpoint whose policy is the host policies selecting its labels; enforced for "
@@ -461,7 +462,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     )
     h.add_argument(
         "--node-label", action="append", default=[], metavar="KEY=VALUE",
-        help="a label of this node, which nodeSelector matches (repeat for more)",
+        help="a label of this node, which nodeSelector and fromNodes/toNodes match; published to the other nodes "
+        "in cluster mode (repeat for more)",
     )
     h.add_argument(
         "--host-policy-audit-mode", action="store_true",

@@ -18,6 +18,11 @@ from policy.labels import key_problem, value_problem
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def node_labels_from_args(args: argparse.Namespace) -> dict[str, str]:
+    """--node-label KEY=VALUE (repeatable): this node's labels."""
+    return _labels(args.node_label)
+
+
 def _labels(items: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in items:
@@ -47,8 +52,8 @@ def _addresses(url: str) -> list[tuple[IPv4Address | IPv6Address, int]]:
 
 def host_endpoint_from_args(args: argparse.Namespace) -> HostEndpoint | None:
     if not (args.host_firewall or args.host_device):
-        if args.node_label or args.host_policy_audit_mode:
-            raise ValueError("--node-label and --host-policy-audit-mode need --host-firewall (or --host-device)")
+        if args.host_policy_audit_mode:
+            raise ValueError("--host-policy-audit-mode needs --host-firewall (or --host-device)")
         return None
     labels = _labels(args.node_label)
     urls: list[str] = []

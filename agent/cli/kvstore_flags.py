@@ -122,6 +122,13 @@ def shared_state_from_args(args: argparse.Namespace, state_dir: Path):
     assert isinstance(node_ip, IPv4Address) and isinstance(pod_cidr, IPv4Network)
     assert pod_cidr6 is None or isinstance(pod_cidr6, IPv6Network)
     assert node_ip6 is None or isinstance(node_ip6, IPv6Address)
-    node = NodeInfo(name=args.node_name or socket.gethostname(), ip=node_ip, pod_cidr=pod_cidr, pod_cidr6=pod_cidr6, ip6=node_ip6)
+    from agent.cli.host_flags import node_labels_from_args
+
+    try:
+        labels = node_labels_from_args(args) if getattr(args, "node_label", None) else None
+    except ValueError as exc:
+        raise ClusterFlagError(str(exc)) from None
+    node = NodeInfo(name=args.node_name or socket.gethostname(), ip=node_ip, pod_cidr=pod_cidr, pod_cidr6=pod_cidr6, ip6=node_ip6,
+                    labels=labels or None)
     kw = {} if args.kvstore_lease_ttl is None else {"lease_ttl": args.kvstore_lease_ttl}
     return KvstoreState(config, node, state_dir, **kw), node_ip

@@ -103,6 +103,7 @@ class AgentConfig:
     # settings; None: host policies are accepted and enforce nothing.
     host: HostEndpoint | None = None
     host_policy_audit_mode: bool = False  # the node's policy is audited, not enforced
+    node_labels: Mapping[str, str] | None = None  # this node's labels (fromNodes/toNodes, nodeSelector)
 
     @property
     def socket(self) -> Path:
@@ -199,6 +200,7 @@ class Agent:
             cluster=cluster_sync,
             host=self.config.host,
             host_audit_mode=self.config.host_policy_audit_mode,
+            node_labels=self.config.node_labels,
         )
         self.regenerator.on_report = self._observe
         await self.datapath.setup()

@@ -91,6 +91,11 @@ class ClusterSync:
                 log.exception("setting the routes to the other nodes failed; retried at the next regeneration")
 
 
+def node_labels(peers: ClusterPeers) -> dict[IPv4Address | IPv6Address, Mapping[str, str]]:
+    """Each other node's addresses -> the labels it published."""
+    return {a: n.labels for n in peers.nodes.values() for a in (n.ip, n.ip6) if a is not None and n.labels}
+
+
 def node_ips(peers: ClusterPeers) -> list[IPv4Address | IPv6Address]:
     """The other nodes' addresses (remote-node), both families."""
     return [a for n in peers.nodes.values() for a in (n.ip, n.ip6) if a is not None]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
-from agent.core.cluster_sync import node_ips
+from agent.core.cluster_sync import node_ips, node_labels
 from agent.core.endpoint_table import EndpointTable
 from agent.core.l7_view import l7_view
 from agent.core.models import EndpointRecord, EndpointState
@@ -86,12 +86,14 @@ class CompileStep:
         policy_audit_mode: bool = False,
         host: HostEndpoint | None = None,
         host_audit_mode: bool = False,
+        node_labels: Mapping[str, str] | None = None,
     ) -> None:
         """`policy_audit_mode`: the agent-wide default of endpoints whose record
         does not say (EndpointRecord.policy_audit_mode None). `host`: the node
         is an endpoint too (host policies); `host_audit_mode` audits its policy."""
         self.compiler = compiler
         self.host = host
+        self.node_labels = dict(node_labels) if node_labels is not None else None
         self.host_audit_mode = host_audit_mode or policy_audit_mode
         self.table = table
         self.book = book
@@ -178,10 +180,11 @@ class CompileStep:
         out = CompileResult()
         c = self.compiler
         c.set_host(self.host)  # the same every time: a no-op after the first
+        c.set_node_labels(self.node_labels)
         if job.host_ips is not None:
             c.set_host_ips(job.host_ips)
         if job.remote is not None:
-            c.set_remote(job.remote.endpoints, node_ips(job.remote))
+            c.set_remote(job.remote.endpoints, node_ips(job.remote), node_labels(job.remote))
         for key in job.deleted_policies:
             c.delete_policy(key)
         for key, entry in job.upserted_policies:

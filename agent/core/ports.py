@@ -156,6 +156,10 @@ class PolicyCompiler(Protocol):
         """The node as an endpoint (host policies) with these settings; None: not."""
         ...
 
+    def set_node_labels(self, labels: Mapping[str, str] | None) -> None:
+        """This node's labels (fromNodes/toNodes select the node by them)."""
+        ...
+
     def set_host_ips(self, ips: Iterable[IPv4Address | IPv6Address]) -> None:
         """Addresses that carry the `host` identity in the ipcache."""
         ...
@@ -163,9 +167,11 @@ class PolicyCompiler(Protocol):
     def set_remote(
         self, endpoints: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]],
         node_ips: Iterable[IPv4Address | IPv6Address],
+        node_labels: Mapping[IPv4Address | IPv6Address, Mapping[str, str]] | None = None,
     ) -> None:
         """Cluster mode: the other nodes' endpoints (address -> identity,
-        labels) and addresses, whole; peers in policy, never its subjects."""
+        labels) and addresses (with the labels their node published), whole;
+        peers in policy, never its subjects."""
         ...
 
     def compile(self, revision: int) -> CompiledState:
@@ -469,6 +475,7 @@ class PeerNode:
     pod_cidr: IPv4Network
     pod_cidr6: IPv6Network | None = None
     ip6: IPv6Address | None = None  # None: its IPv6 pods are reached via `ip`
+    labels: Mapping[str, str] = field(default_factory=dict)  # what fromNodes/toNodes select it by
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,6 +82,7 @@ class Regenerator:
         cluster: ClusterSync | None = None,
         host: HostEndpoint | None = None,
         host_audit_mode: bool = False,
+        node_labels: Mapping[str, str] | None = None,
     ) -> None:
         """`compiler`, `table`, `book`, `save_allocations`, `host_ips`,
         `policy_audit_mode`, `host` and `host_audit_mode`: the compile step's
@@ -100,6 +101,7 @@ class Regenerator:
             policy_audit_mode=policy_audit_mode,
             host=host,
             host_audit_mode=host_audit_mode,
+            node_labels=node_labels,
         )
         self._retry = retry
         self.ack_timeout = ack_timeout

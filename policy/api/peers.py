@@ -146,7 +146,7 @@ class IngressPeers(_BothSides):
     entities: list[Entity] | None = Field(None, alias="fromEntities")
     fromRequires: Annotated[Any, unsupported("fromRequires")] = None
     fromGroups: Annotated[Any, unsupported("fromGroups")] = None
-    fromNodes: Annotated[Any, unsupported("fromNodes")] = None
+    nodes: list[Selector] | None = Field(None, alias="fromNodes")
     toEndpoints: Annotated[Any, _egress_only("toEndpoints")] = None
     toCIDR: Annotated[Any, _egress_only("toCIDR")] = None
     toCIDRSet: Annotated[Any, _egress_only("toCIDRSet")] = None
@@ -166,7 +166,7 @@ class EgressPeers(_BothSides):
     services: list[ServiceRef] | None = Field(None, alias="toServices")
     toRequires: Annotated[Any, unsupported("toRequires")] = None
     toGroups: Annotated[Any, unsupported("toGroups")] = None
-    toNodes: Annotated[Any, unsupported("toNodes")] = None
+    nodes: list[Selector] | None = Field(None, alias="toNodes")
     toFQDNs: Annotated[Any, unsupported("toFQDNs (DNS-based policy)")] = None
     fromEndpoints: Annotated[Any, _ingress_only("fromEndpoints")] = None
     fromCIDR: Annotated[Any, _ingress_only("fromCIDR")] = None

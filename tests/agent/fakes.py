@@ -155,8 +155,12 @@ class FakeCompiler:
     def set_host(self, host) -> None:
         self.host = host
 
-    def set_remote(self, endpoints, node_ips) -> None:
+    def set_remote(self, endpoints, node_ips, node_labels=None) -> None:
         self.remote = (dict(endpoints), frozenset(node_ips))
+        self.node_labels = dict(node_labels or {})
+
+    def set_node_labels(self, labels) -> None:
+        self.own_node_labels = labels
 
     def allocations(self) -> Allocations:
         return Allocations(identities=dict(self.ids), proxy_ports=dict(self.ports))
