@@ -16,6 +16,8 @@ apt_pkgs+=(docker.io mmdebstrap)
 apt_pkgs+=(etcd-server etcd-client)
 # The suite is also run with both cores busy (README, Tests): `stress-ng --cpu 2`.
 apt_pkgs+=(stress-ng)
+# The TLS server-name (serverNames) tests make throw-away certificates with it.
+apt_pkgs+=(openssl)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
