@@ -47,6 +47,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from policy.compiled import (
+    HOST_ENDPOINT_ID,
     ALLOW_ALL_HTTP,
     ANY_CONNECTION,
     CompiledState,
@@ -86,9 +87,12 @@ Side = Any  # _DENY | _ALLOW | frozenset[HTTPRule]
 def compile_pair(
     old: Iterable[Policy], new: Iterable[Policy], endpoints: Iterable[Endpoint], host_ips: Iterable[IPAddress] = (),
     stack: Stack = Stack.IPV4,
+    host_labels: Mapping[str, str] | None = None,
 ) -> tuple[CompiledState, CompiledState, frozenset[int]]:
-    """Both states from one Compiler, and the endpoints whose policy changed."""
+    """Both states from one Compiler, and the endpoints whose policy changed;
+    with `host_labels` the node is an endpoint too (host policies)."""
     c = Compiler(host_ips=host_ips, stack=stack)
+    c.set_host(host_labels)
     for p in old:
         c.upsert_policy(p)
     for ep in endpoints:
@@ -107,8 +111,9 @@ def compile_pair(
 def diff_policies(
     old: Iterable[Policy], new: Iterable[Policy], endpoints: Iterable[Endpoint], host_ips: Iterable[IPAddress] = (),
     stack: Stack = Stack.IPV4,
+    host_labels: Mapping[str, str] | None = None,
 ) -> PolicyDiff:
-    old_state, new_state, changed = compile_pair(old, new, endpoints, host_ips, stack)
+    old_state, new_state, changed = compile_pair(old, new, endpoints, host_ips, stack, host_labels)
     return diff_states(old_state, new_state, changed)
 
 
@@ -247,8 +252,8 @@ def _local_ends(state: CompiledState) -> dict[int, FlowEnd]:
         reps.setdefault(ep.identity, ep_id)
         counts[ep.identity] = counts.get(ep.identity, 0) + 1
     return {
-        ident: FlowEnd("endpoint", identity_name(state.identity_labels.get(ident, ())), ident, ident, ep_id,
-                       endpoints=counts[ident])
+        ident: FlowEnd("endpoint", "host" if ep_id == HOST_ENDPOINT_ID else identity_name(state.identity_labels.get(ident, ())),
+                       ident, ident, ep_id, endpoints=counts[ident])
         for ident, ep_id in reps.items()
     }
 
@@ -273,7 +278,7 @@ def _outside_ends(old: CompiledState, new: CompiledState, local_ids: set[int]) -
     stack = new.stack
     unused = stack.unused_world()
     ends = [FlowEnd("entity", f"entity:{name}", ident, ident) for ident, name in sorted(RESERVED_IDENTITIES.items())
-            if ident not in unused]
+            if ident not in unused and ident not in local_ids]  # the node as an endpoint is a local end
     world = stack.world_of(None)
     nets = sorted((n for n in set(old.ipcache) | set(new.ipcache) if stack.runs(n.version)), key=net_key)
     # Offset so no index reads as PrefixMap's "no match" (world, 2).

@@ -173,7 +173,8 @@ def _parse_dport(s: str, named: list[NamedPort]) -> tuple[int, Protocol]:
     return port, _PROTOCOLS[p]
 
 
-def _node_labels(items: list[str]) -> dict[str, str]:
+def node_labels(items: list[str]) -> dict[str, str]:
+    """--node-label KEY=VALUE items (trace, diff)."""
     out: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -251,7 +252,7 @@ def _trace(args: argparse.Namespace) -> int:
     policies, notes = resolve_all(res.policies, None)
     # The node is an endpoint when a host policy could select it.
     host = any(s.node_subject is not None for p in policies for s in p.specs) or bool(args.node_label)
-    state = compile_state(policies, endpoints, stack=stack, host_labels=_node_labels(args.node_label) if host else None)
+    state = compile_state(policies, endpoints, stack=stack, host_labels=node_labels(args.node_label) if host else None)
     result = trace(state, src, dst, port, proto, http, _sni(args.sni))
     if args.output == "json":
         print(json.dumps(result.to_dict() | {"notes": notes}, indent=2))

@@ -26,7 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_socket
-from agent.cli.policy_commands import add_stack_flag
+from agent.cli.policy_commands import add_stack_flag, node_labels
 from policy.compiled import SNIRule
 from policy.compiler import compile_state
 from policy.diff import diff_policies
@@ -64,6 +64,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     d.add_argument("--old", nargs="+", action="extend", default=[], metavar="PATH", help="policies in force now")
     d.add_argument("--new", nargs="+", action="extend", required=True, metavar="PATH", help="proposed policies")
     d.add_argument("--endpoints", metavar="FILE", help="YAML list of {labels: {...}} (default: the running agent's endpoints)")
+    d.add_argument(
+        "--node-label", action="append", default=[], metavar="KEY=VALUE",
+        help="a label of the node (host policies' nodeSelector): the node is then an endpoint of the diff, `host`",
+    )
     d.add_argument("--observed", action="store_true", help="replay the flows the agent saw recently against --new")
     d.add_argument("--since", type=float, metavar="SECONDS", help="with --observed: only the last SECONDS (default: all the agent keeps)")
     d.add_argument("--socket", default=str(default_socket()), help="agent API socket (env CILIATE_SOCKET)")
@@ -155,7 +159,9 @@ def _diff(args: argparse.Namespace) -> int:
     else:
         with AgentClient(Path(args.socket)) as client:
             eps = _agent_endpoints(client)
-    d = diff_policies(old, new, eps, stack=stack)
+    # The node is an endpoint when a host policy could select it.
+    host = bool(args.node_label) or any(s.node_subject is not None for p in (*old, *new) for s in p.specs)
+    d = diff_policies(old, new, eps, stack=stack, host_labels=node_labels(args.node_label) if host else None)
     if args.output == "json":
         print(json.dumps(d.to_dict(), indent=2))
     else:

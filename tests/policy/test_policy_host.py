@@ -127,3 +127,14 @@ def test_what_a_host_policy_may_not_say_is_refused_with_the_field(text, field, r
     res = load_text(text, "host.yaml")
     assert not res.policies
     assert any(e.field == field and reason in e.reason for e in res.errors), [str(e) for e in res.errors]
+
+
+def test_policy_diff_shows_what_changes_for_the_node():
+    from policy.diff import diff_policies
+
+    new = HOST_FW.replace('"22"', '"2222"')
+    d = diff_policies(policies(HOST_FW), policies(new), [POD], host_labels=WORKER)
+    got = {(c.src.name, c.dst.name, str(c.ports), c.protocol.name, c.old, c.new) for c in d.changes}
+    assert ("entity:world", "host", "22", "TCP", "allowed", "denied") in got
+    assert ("entity:world", "host", "2222", "TCP", "denied", "allowed") in got
+    assert all(c.dst.name == "host" for c in d.changes), got
