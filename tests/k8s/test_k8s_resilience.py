@@ -12,8 +12,10 @@ from dataclasses import replace
 from tests.k8s.conftest import FAST, NODE, cnp, eventually
 
 CNP_PATH = "/apis/cilium.io/v2/namespaces/default/ciliumnetworkpolicies"
+# Every kind the agent watches: a test that waits for fewer races the rest.
 WATCHED = ("/apis/cilium.io/v2/ciliumnetworkpolicies", "/apis/cilium.io/v2/ciliumclusterwidenetworkpolicies",
-           "/apis/networking.k8s.io/v1/networkpolicies", "/api/v1/namespaces", "/api/v1/pods")
+           "/apis/networking.k8s.io/v1/networkpolicies", "/api/v1/namespaces", "/api/v1/pods",
+           "/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices")
 
 
 async def _two_pods(rig):
