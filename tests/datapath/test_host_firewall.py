@@ -172,3 +172,46 @@ def test_teardown_removes_the_device_programs_and_the_node_is_open_again(fresh_i
         assert not to_node(inst, c, 2226, False)
         inst.dp.teardown()
         assert to_node(inst, c, 2226, True), "the node stayed firewalled after teardown"
+
+
+def _tcp6(src_ns: str | None, dst: str, port: int, server_ns: str | None, expect: bool) -> bool:
+    """A TCP connection over IPv6 from netns src_ns to dst:port, served in
+    server_ns on [::]:port; True if the server's socket saw it."""
+    import select
+
+    from tests.kernelnode import in_netns
+
+    with in_netns(server_ns):
+        srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    with in_netns(src_ns):
+        cli = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("::", port))
+        srv.listen(4)
+        cli.settimeout(WAIT if expect else DENIED_WAIT)
+        try:
+            cli.connect((dst, port))
+        except OSError:
+            pass
+        return bool(select.select([srv], [], [], WAIT if expect else 0.2)[0])
+    finally:
+        srv.close()
+        cli.close()
+
+
+def test_the_nodes_ipv6_is_judged_by_the_same_host_policy(fresh_install):
+    from tests.datapath.support import NODE6
+    from tests.kernelnode import wire_ipv6
+
+    with fresh_install(attach=("a",)) as inst:
+        c = inst.node.pods["c"]
+        wire_ipv6(inst.node.netns, c, "fd00:201::9", str(NODE6))
+        inst.dp.attach_host_devices([c.host_ifname])
+        res = inst.dp.apply(state(1, [host([rule(C_ID, INGRESS, TCP, 2222), rule(C_ID, EGRESS, TCP, 8080)], egress=True)],
+                                  extra_ipcache={"fd00:201::9/128": C_ID}))
+        res.raise_for_failures()
+        assert _tcp6(c.netns, str(NODE6), 2222, inst.node.netns, True)
+        assert not _tcp6(c.netns, str(NODE6), 2223, inst.node.netns, False), "an IPv6 port the host policy does not admit reached the node"
+        assert _tcp6(inst.node.netns, "fd00:201::9", 8080, c.netns, True)
+        assert not _tcp6(inst.node.netns, "fd00:201::9", 8081, c.netns, False)
