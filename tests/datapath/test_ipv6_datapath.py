@@ -636,3 +636,33 @@ def test_a_pods_icmp_error_passes_only_back_to_the_sender_it_reports_on(n6):
     finally:
         for s in (srv, sender, raw, *sniffers.values()):
             s.close()
+
+
+def _sctp6(src: Pod, dst: Pod, dport: int, wait: float) -> bool:
+    """One SCTP packet (raw: the kernel has no SCTP sockets) from src to dst
+    over IPv6; True if dst's raw socket got it (IPv6 raw sockets get the
+    payload only)."""
+    import struct
+
+    with in_netns(src.netns):
+        tx = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_SCTP)
+    with in_netns(dst.netns):
+        rx = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_SCTP)
+    try:
+        tx.sendto(struct.pack("!HHII", 40000, dport, 0, 0) + struct.pack("!BBHIIHHI", 1, 0, 20, 1, 65535, 1, 1, 7),
+                  (str(IPV6[dst.name]), 0))
+        while select.select([rx], [], [], wait)[0]:
+            if struct.unpack("!HH", rx.recv(2048)[:4]) == (40000, dport):
+                return True
+        return False
+    finally:
+        tx.close()
+        rx.close()
+
+
+def test_sctp_over_ipv6_is_decided_by_port(n6):
+    a, b = n6.ep("a"), n6.ep("b")
+    n6.dp.apply(state6(1, [endpoint6(a, [rule(257, EGRESS, Protocol.SCTP, 9000)], ingress=False),
+                           endpoint6(b, [rule(256, INGRESS, Protocol.SCTP, 9000)], egress=False)]))
+    assert _sctp6(a.pod, b.pod, 9000, WAIT)
+    assert not _sctp6(a.pod, b.pod, 9001, DENIED_WAIT)
