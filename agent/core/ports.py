@@ -525,6 +525,11 @@ class SharedState(Protocol):
         Kept as desired state and written whenever the store is reachable."""
         ...
 
+    async def set_node_labels(self, labels: Mapping[str, str] | None) -> None:
+        """This node's labels as the other nodes see them (their fromNodes/
+        toNodes); kept as desired state, written whenever the store is reachable."""
+        ...
+
     def peers(self) -> ClusterPeers: ...
 
     def status(self) -> Mapping[str, Any]:

@@ -53,8 +53,10 @@ class K8sRig:
     agent: Agent | None = None
     source: KubernetesSource | None = None
 
-    def build(self, policy_dir: Path | None = None, config: dict[str, Any] | None = None, **options: Any) -> Agent:
-        """`config`: more AgentConfig fields (host, node_labels); `options`: KubernetesOptions'."""
+    def build(self, policy_dir: Path | None = None, config: dict[str, Any] | None = None, shared: Any = None,
+              **options: Any) -> Agent:
+        """`config`: more AgentConfig fields (host, node_labels); `shared`: a
+        SharedState (cluster mode); `options`: KubernetesOptions'."""
         opts = dict(node_name=NODE, timing=FAST, sync_timeout=5.0, status_interval=0.5, status_qps=100.0,
                     status_settle=0.05, server=self.kube.url)
         opts.update(options)
@@ -67,6 +69,7 @@ class K8sRig:
             datapath=self.datapath,
             proxy=self.proxy,
             cluster=self.source,
+            shared=shared,
         )
         return self.agent
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from agent.core.ports import HostEndpoint
 from policy.compiled import HOST_ENDPOINT_ID, IDENTITY_HOST, Direction, Protocol, lookup
+from tests.agent.fakes import FakeShared
 from tests.k8s.conftest import CCNP, NODE, eventually
 
 HOST_POLICY = {
@@ -114,3 +115,14 @@ async def test_kubectl_label_node_moves_the_node_into_a_host_policy(rig, kubectl
     assert kubectl("label", "node", NODE, "role-").returncode == 0
     await eventually(lambda: _host_policies(agent) == [])
 
+
+async def test_in_cluster_mode_the_node_publishes_its_node_objects_labels(rig):
+    """What the other nodes' fromNodes/toNodes select this node by follows
+    its Node too, --node-label added over it."""
+    rig.node({"role": "db"})
+    shared = FakeShared()
+    agent = rig.build(config={"node_labels": {"zone": "a"}}, shared=shared)
+    await agent.start(serve_api=False)
+    await eventually(lambda: shared.node_labels == {"role": "db", "zone": "a"})
+    rig.core.patch_node(NODE, {"metadata": {"labels": {"role": "worker"}}})
+    await eventually(lambda: shared.node_labels == {"role": "worker", "zone": "a"})
