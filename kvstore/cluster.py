@@ -16,7 +16,8 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
@@ -225,6 +226,19 @@ class Cluster:
         key = self._publisher.release(layout.check_labels(labels))
         if key is not None:
             await self._publisher.sync([key])
+
+    # -- the node record -------------------------------------------------------
+
+    async def set_node_labels(self, labels: Mapping[str, str] | None) -> None:
+        """Publish new labels in this node's record (desired state: written
+        now if etcd answers, else when it does again; never raises for etcd
+        trouble). Its name and addresses do not change while it runs."""
+        labels = dict(labels) if labels else None
+        if labels == self.node.labels:
+            return
+        self.node = replace(self.node, labels=labels)  # validated again: a bad label raises here
+        self._publisher.node = self.node
+        await self._publisher.sync([layout.node_key(self.node.name)])
 
     # -- endpoints -----------------------------------------------------------
 

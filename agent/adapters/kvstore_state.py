@@ -168,6 +168,14 @@ class KvstoreState:
             except KvstoreError as exc:  # best effort: the reference goes with the lease anyway
                 log.warning("releasing identity of %s: %s", sorted(labels), exc)
 
+    async def set_node_labels(self, labels: Mapping[str, str] | None) -> None:
+        assert self._cluster is not None, "start() first"
+        try:
+            await self._cluster.set_node_labels(labels)
+        except ValueError as exc:  # the record's own validation (label length)
+            log.warning("kvstore: node labels not published, the previous ones stay: %s", exc)
+        self.node = self._cluster.node
+
     def peers(self) -> ClusterPeers:
         if self._cluster is None:
             return self._peers

@@ -463,7 +463,8 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     h.add_argument(
         "--node-label", action="append", default=[], metavar="KEY=VALUE",
         help="a label of this node, which nodeSelector and fromNodes/toNodes match; published to the other nodes "
-        "in cluster mode (repeat for more)",
+        "in cluster mode (repeat for more). In Kubernetes mode the node's labels are its Node object's, followed "
+        "as they change, and each --node-label is added over them (it wins over the Node's label of the same key)",
     )
     h.add_argument(
         "--host-policy-audit-mode", action="store_true",

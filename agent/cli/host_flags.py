@@ -1,7 +1,8 @@
 """`ciliate agent`'s host policy flags -> HostEndpoint (or None).
 
 `--host-firewall` (or any `--host-device`) makes the node an endpoint;
-`--node-label` gives the labels nodeSelector matches. The peers the node must
+`--node-label` gives the labels nodeSelector matches (in Kubernetes mode,
+added over the labels of the node's Node object: agent/core/compile_step.py). The peers the node must
 always reach are the agent's own: its kvstore endpoints and its API server,
 as addresses (a name is resolved once, here)."""
 

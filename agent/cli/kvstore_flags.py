@@ -128,6 +128,8 @@ def shared_state_from_args(args: argparse.Namespace, state_dir: Path):
         labels = node_labels_from_args(args) if getattr(args, "node_label", None) else None
     except ValueError as exc:
         raise ClusterFlagError(str(exc)) from None
+    # The labels published at start; in Kubernetes mode the core republishes
+    # them with the Node object's (agent/core/cluster_sync.py).
     node = NodeInfo(name=args.node_name or socket.gethostname(), ip=node_ip, pod_cidr=pod_cidr, pod_cidr6=pod_cidr6, ip6=node_ip6,
                     labels=labels or None)
     kw = {} if args.kvstore_lease_ttl is None else {"lease_ttl": args.kvstore_lease_ttl}

@@ -323,6 +323,17 @@ class Agent:
         """Re-identify the endpoints of these pods whose labels changed (ClusterEvents)."""
         await self.endpoint_changes.relabel(names)
 
+    async def node_labels_changed(self) -> None:
+        """This node's labels changed in the cluster source (ClusterEvents):
+        the host endpoint's policy (nodeSelector) and every policy selecting
+        the node (fromNodes/toNodes) are compiled again."""
+        regen = self.regenerator
+        if regen is None or self.cluster is None:
+            return
+        if regen.compile_step.set_cluster_node_labels(self.cluster.node_labels()):
+            self._policy_seen.append(time.monotonic())
+            self.queue.mark(policy_changed=True, reason="node labels changed")
+
     async def _regenerate(self, batch) -> None:
         regen = self.regenerator
         assert regen is not None
@@ -444,7 +455,7 @@ class Agent:
         ))
 
     def _with_host(self, status: Status) -> Status:
-        host = self.config.host
+        host = self.regenerator.compile_step.host if self.regenerator is not None else self.config.host
         if host is None:
             return status
         ep = self.regenerator.realized.get(HOST_ENDPOINT_ID) if self.regenerator is not None else None

@@ -10,7 +10,7 @@ the reason, and is retried).
 Into the compile: the rest of the cluster (other nodes' endpoints and
 addresses), whenever the store showed a new view.
 
-After the kernel write: this node's endpoints are published, and routes to
+After the kernel write: this node's endpoints and labels are published, and routes to
 the other nodes' pod CIDRs follow the node list. Routes come after the
 ipcache holds the remote endpoints, so the first packet from a new node's pod
 is already judged by its real identity. No I/O of its own: the SharedState
@@ -46,6 +46,7 @@ class ClusterSync:
         self._taken: ClusterPeers | None = None
         self._routed: Mapping[str, PeerNode] | None = None
         self._published: dict[IPv4Address | IPv6Address, tuple[int, frozenset[str]]] | None = None
+        self._published_labels: tuple[Mapping[str, str] | None] | None = None  # (labels,) once published
 
     async def identities(self, specs: Iterable[EndpointSpec]) -> tuple[dict[int, int], dict[int, str]]:
         """(endpoint id -> identity, endpoint id -> why it has none yet)."""
@@ -77,11 +78,19 @@ class ClusterSync:
         self._taken = peers
         return peers
 
-    async def after_apply(self, local: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]]) -> None:
-        """Publish this node's endpoints and follow the node list with routes."""
+    async def after_apply(
+        self,
+        local: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]],
+        node_labels: Mapping[str, str] | None = None,
+    ) -> None:
+        """Publish this node's endpoints and labels (what the other nodes'
+        fromNodes/toNodes select it by) and follow the node list with routes."""
         if local != self._published:
             await self.shared.publish(local)
             self._published = dict(local)
+        if self._published_labels != (node_labels,):
+            await self.shared.set_node_labels(node_labels)
+            self._published_labels = (dict(node_labels) if node_labels is not None else None,)
         taken = self._taken
         if self.routing is not None and taken is not None and taken.nodes != self._routed:
             try:

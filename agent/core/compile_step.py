@@ -9,7 +9,16 @@ job, so the compiler is never touched by two threads at once; API reads such
 as identity_labels() see the last immutable CompiledState.
 
 It owns what the compiler has been given (policies, endpoints, host
-addresses), the compiler's refusals and the saving of its allocations.
+addresses, this node's labels), the compiler's refusals and the saving of
+its allocations.
+
+This node's labels (what nodeSelector and fromNodes/toNodes match): its
+Node object's labels when the cluster source knows the Node, with each
+`--node-label` added over them (a flag wins over the Node's label of the
+same key); without a known Node, the flags alone. Both the host endpoint's
+labels and the compiler's node labels follow that rule, and follow a
+relabelled Node at run time.
+
 I/O only through the PolicyCompiler port and the `save_allocations` callback.
 """
 
@@ -57,6 +66,8 @@ class CompileJob:
     in_compiler: frozenset[int]
     audited: frozenset[int] = frozenset()  # endpoints in policy audit mode
     remote: ClusterPeers | None = None  # cluster mode: the rest of the cluster, when it changed
+    host: HostEndpoint | None = None  # the node as an endpoint, with its labels now
+    node_labels: Mapping[str, str] | None = None  # this node's labels now
 
 
 @dataclass(slots=True)
@@ -92,8 +103,9 @@ class CompileStep:
         does not say (EndpointRecord.policy_audit_mode None). `host`: the node
         is an endpoint too (host policies); `host_audit_mode` audits its policy."""
         self.compiler = compiler
-        self.host = host
-        self.node_labels = dict(node_labels) if node_labels is not None else None
+        self._host = host  # its labels: `--node-label`'s
+        self._flag_labels = dict(node_labels) if node_labels is not None else None
+        self._cluster_labels: dict[str, str] | None = None  # the Node's, once the cluster source knows it
         self.host_audit_mode = host_audit_mode or policy_audit_mode
         self.table = table
         self.book = book
@@ -109,6 +121,33 @@ class CompileStep:
         # allocation save). A worker thread; bench/bench_cidr.py swaps in an
         # inline call to measure the old on-loop behaviour as its baseline.
         self.offload: Offload = asyncio.to_thread
+
+    def set_cluster_node_labels(self, labels: Mapping[str, str] | None) -> bool:
+        """This node's labels as the cluster source has them (None: it knows
+        no Node); True when that changes what the compiler is to be told."""
+        new = dict(labels) if labels is not None else None
+        if new == self._cluster_labels:
+            return False
+        before = (self.node_labels, self.host)
+        self._cluster_labels = new
+        return (self.node_labels, self.host) != before
+
+    def _with_cluster(self, flags: Mapping[str, str] | None) -> Mapping[str, str] | None:
+        if self._cluster_labels is None:
+            return flags
+        return {**self._cluster_labels, **(flags or {})}
+
+    @property
+    def node_labels(self) -> Mapping[str, str] | None:
+        """This node's labels (fromNodes/toNodes; published in cluster mode)."""
+        return self._with_cluster(self._flag_labels)
+
+    @property
+    def host(self) -> HostEndpoint | None:
+        """The node as an endpoint, with the labels its nodeSelector matches."""
+        if self._host is None or self._cluster_labels is None:
+            return self._host
+        return replace(self._host, labels=self._with_cluster(self._host.labels))
 
     @property
     def given(self) -> Mapping[str, BookEntry]:
@@ -165,7 +204,8 @@ class CompileStep:
         if self.host is not None and self.host_audit_mode:
             audited |= {HOST_ENDPOINT_ID}
         return CompileJob(
-            batch.revision, host_ips, deleted, upserted, tuple(endpoints), frozenset(self._in_compiler), audited, remote
+            batch.revision, host_ips, deleted, upserted, tuple(endpoints), frozenset(self._in_compiler), audited, remote,
+            self.host, self.node_labels,
         )
 
     def audits(self, endpoint_id: int) -> bool:
@@ -179,8 +219,8 @@ class CompileStep:
         """Runs in the worker thread: the only place the compiler is called."""
         out = CompileResult()
         c = self.compiler
-        c.set_host(self.host)  # the same every time: a no-op after the first
-        c.set_node_labels(self.node_labels)
+        c.set_host(job.host)  # the same as last time: a no-op
+        c.set_node_labels(job.node_labels)
         if job.host_ips is not None:
             c.set_host_ips(job.host_ips)
         if job.remote is not None:

@@ -424,6 +424,11 @@ class ClusterEvents(Protocol):
         changed: the core asks ClusterSource.endpoint_labels() again."""
         ...
 
+    async def node_labels_changed(self) -> None:
+        """This node's labels changed (its Node object was labelled): the
+        core asks ClusterSource.node_labels() again."""
+        ...
+
     def policies(self) -> Any:
         """Every policy's status (agent.core.models.PolicyList), to write back."""
         ...
@@ -443,6 +448,11 @@ class ClusterSource(Protocol):
     def endpoint_labels(self, name: str) -> Mapping[str, str] | None:
         """The labels of the endpoint named `namespace/pod`, or None when the
         source knows no such pod (not one of its pods, or not seen yet)."""
+        ...
+
+    def node_labels(self) -> Mapping[str, str] | None:
+        """This node's labels as the orchestrator has them (the Node object's),
+        or None when it knows no such node (then `--node-label` alone says)."""
         ...
 
     async def wait_endpoint_labels(self, name: str, timeout: float) -> Mapping[str, str] | None:
@@ -513,6 +523,11 @@ class SharedState(Protocol):
         """This node's endpoints, whole (address -> identity, labels); label
         sets no local endpoint has any more lose this node's reference.
         Kept as desired state and written whenever the store is reachable."""
+        ...
+
+    async def set_node_labels(self, labels: Mapping[str, str] | None) -> None:
+        """This node's labels as the other nodes see them (their fromNodes/
+        toNodes); kept as desired state, written whenever the store is reachable."""
         ...
 
     def peers(self) -> ClusterPeers: ...

@@ -234,7 +234,7 @@ class Regenerator:
 
         self._record(state, endpoints, changed, failures)
         if self.cluster is not None:
-            await self.cluster.after_apply(self._local_endpoints())
+            await self.cluster.after_apply(self._local_endpoints(), step.node_labels)
         self.last_state = state
         self.applied_policies = dict(step.given)
         await self.table.notify()

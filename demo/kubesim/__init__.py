@@ -12,7 +12,8 @@ can talk to it, for these kinds only:
 - `cilium.io/v2` CiliumNetworkPolicy (namespaced) and
   CiliumClusterwideNetworkPolicy (cluster-scoped), both with a status subresource;
 - `networking.k8s.io/v1` NetworkPolicy;
-- core `v1` Namespace, Pod and Service (each with a status subresource);
+- core `v1` Namespace, Node, Pod and Service (each with a status subresource;
+  a Node is stored as written: no kubelet registers or updates one);
 - `discovery.k8s.io/v1` EndpointSlice (stored as written: no controller
   fills slices from a Service's selector, a test writes them).
 

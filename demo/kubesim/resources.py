@@ -46,6 +46,13 @@ RESOURCES: tuple[ResourceType, ...] = (
         field_labels=("status.phase",), initial_status={"phase": "Active"},
     ),
     ResourceType(
+        # Registered by each kubelet; its metadata.labels are what host
+        # policies (nodeSelector) and fromNodes/toNodes select.
+        group="", version="v1", plural="nodes", singular="node", kind="Node",
+        namespaced=False, short_names=("no",), has_status=True, has_generation=False,
+        field_labels=("spec.unschedulable",),
+    ),
+    ResourceType(
         group="", version="v1", plural="pods", singular="pod", kind="Pod", namespaced=True,
         short_names=("po",), categories=("all",), has_status=True,
         field_labels=(

@@ -375,6 +375,11 @@ class FakeShared:
     async def publish(self, endpoints) -> None:
         self.published = dict(endpoints)
 
+    node_labels: dict | None = None
+
+    async def set_node_labels(self, labels) -> None:
+        self.node_labels = dict(labels) if labels is not None else None
+
     def peers(self) -> ClusterPeers:
         return self._peers
 

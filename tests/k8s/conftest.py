@@ -53,18 +53,23 @@ class K8sRig:
     agent: Agent | None = None
     source: KubernetesSource | None = None
 
-    def build(self, policy_dir: Path | None = None, **options: Any) -> Agent:
+    def build(self, policy_dir: Path | None = None, config: dict[str, Any] | None = None, shared: Any = None,
+              **options: Any) -> Agent:
+        """`config`: more AgentConfig fields (host, node_labels); `shared`: a
+        SharedState (cluster mode); `options`: KubernetesOptions'."""
         opts = dict(node_name=NODE, timing=FAST, sync_timeout=5.0, status_interval=0.5, status_qps=100.0,
                     status_settle=0.05, server=self.kube.url)
         opts.update(options)
         self.source = KubernetesSource(KubeAccess(api_server=self.kube.url).api_client, KubernetesOptions(**opts))
         self.agent = build_agent(
-            AgentConfig(state_dir=self.tmp / "state", policy_dir=policy_dir, metrics_port=None, settle=0.0, pod_wait=2.0),
+            AgentConfig(state_dir=self.tmp / "state", policy_dir=policy_dir, metrics_port=None, settle=0.0, pod_wait=2.0,
+                        **(config or {})),
             compiler_factory=make_compiler_factory(),
             loader=PolicyFileLoader(),
             datapath=self.datapath,
             proxy=self.proxy,
             cluster=self.source,
+            shared=shared,
         )
         return self.agent
 
@@ -89,6 +94,10 @@ class K8sRig:
             metadata=client.V1ObjectMeta(name=name, namespace=namespace, labels=labels),
             spec=client.V1PodSpec(node_name=node, service_account_name=service_account,
                                   containers=[client.V1Container(name="c", image="busybox")])))
+
+    def node(self, labels: dict[str, str], name: str = NODE) -> None:
+        """What a kubelet registers: the Node object, with these labels."""
+        self.core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=name, labels=labels)))
 
     def namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
         self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels or {})))

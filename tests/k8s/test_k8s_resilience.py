@@ -178,7 +178,7 @@ async def test_stop_returns_when_the_api_server_hangs_mid_stream_and_a_wake_meet
     source = rig.source
     assert source is not None
     await eventually(lambda: (rig.get_cnp("deny-client").get("status") or {}).get("nodes", {}).get(NODE))
-    await eventually(lambda: rig.kube.open_watches >= len(WATCHED))
+    await eventually(lambda: rig.kube.open_watches >= len(rig.source.reflectors))  # every kind watched
 
     rig.kube.stall()
     await eventually(lambda: not agent.health().ok, timeout=30)  # the silence taken for a dead server
@@ -198,7 +198,7 @@ async def test_stop_leaves_behind_a_reflector_blocked_before_the_response_and_sa
     slow = replace(FAST, read_timeout=600.0)
     agent = rig.build(timing=slow, stop_timeout=0.5)
     await agent.start(serve_api=False)
-    await eventually(lambda: rig.kube.open_watches >= len(WATCHED))
+    await eventually(lambda: rig.kube.open_watches >= len(rig.source.reflectors))  # every kind watched
     rig.kube.stall()
     rig.kube.clear_request_log()
     rig.kube.drop_watches()  # every stream cut: each reflector asks again and gets no answer

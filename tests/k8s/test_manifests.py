@@ -87,8 +87,10 @@ def test_rbac_is_least_privilege():
     granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     reads = {("", "namespaces"), ("", "pods"), ("networking.k8s.io", "networkpolicies"),
              ("cilium.io", CNP_PLURAL), ("cilium.io", CCNP_PLURAL),
-             ("", "services"), ("discovery.k8s.io", "endpointslices")}  # toServices
+             ("", "services"), ("discovery.k8s.io", "endpointslices"),  # toServices
+             ("", "nodes")}  # its Node's labels
     assert {(g, r, v) for g, r in reads for v in ("list", "watch")} <= granted
+    assert {(g, r) for g, r, v in granted if v in ("list", "watch")} == reads  # nothing read beyond these
     writes = {(g, r, v) for g, r, v in granted if v not in ("list", "watch", "get")}
     assert writes == {("cilium.io", f"{CNP_PLURAL}/status", "patch"), ("cilium.io", f"{CCNP_PLURAL}/status", "patch")}
     assert {(g, r) for g, r, v in granted if v == "get"} == {("", "nodes")}  # the CNI installer's pod CIDR

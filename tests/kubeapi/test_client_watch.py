@@ -171,3 +171,27 @@ def test_request_log_counts_api_requests(kube, api):
         ("GET", "/apis/cilium.io/v2/ciliumnetworkpolicies", 200),
     ]
     assert log[-1].query == {"labelSelector": "x=y"} and not log[-1].is_watch
+
+
+def test_a_node_is_listed_and_watched_by_name_as_the_agent_does(api, collectors):
+    """One node's own Node object: list and watch with metadata.name, label
+    patches as MODIFIED, the other nodes never seen."""
+    core = client.CoreV1Api(api)
+    core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name="node-a", labels={"kubernetes.io/hostname": "node-a"})))
+    core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name="node-b")))
+    listed = core.list_node(field_selector="metadata.name=node-a")
+    assert [n.metadata.name for n in listed.items] == ["node-a"]
+    w = collectors(core.list_node, field_selector="metadata.name=node-a",
+                   resource_version=listed.metadata.resource_version, timeout_seconds=5)
+    core.patch_node("node-b", {"metadata": {"labels": {"role": "worker"}}})
+    core.patch_node("node-a", {"metadata": {"labels": {"role": "worker"}}})
+    ev = w.next()
+    assert ev["type"] == "MODIFIED" and ev["object"].metadata.labels == {"kubernetes.io/hostname": "node-a", "role": "worker"}
+    core.patch_node("node-a", {"metadata": {"labels": {"role": None}}})
+    assert w.next()["object"].metadata.labels == {"kubernetes.io/hostname": "node-a"}
+    core.delete_node("node-a")
+    assert w.next()["type"] == "DELETED"
+    assert core.list_node(field_selector="metadata.name=node-a").items == []
+    with pytest.raises(client.ApiException) as e:
+        core.list_node(field_selector="spec.nodeName=node-a")  # not a field label of nodes
+    assert e.value.status == 400

@@ -153,3 +153,18 @@ async def test_stop_leaves_no_thread_behind(clusters):
     assert any(t.name == "kvstore-etcd" for t in threading.enumerate())
     await clusters.stop(a)
     assert not any(t.name == "kvstore-etcd" for t in threading.enumerate())
+
+
+async def test_new_node_labels_are_published_to_the_other_nodes(clusters, etcd):
+    """A relabelled node (its Kubernetes Node) republishes its record; the
+    other nodes' view follows, and nothing else of the record changes."""
+    a, b = await clusters.node("a"), await clusters.node("b")
+    await connected(a)
+    await connected(b)
+    await eventually(lambda: "b" in a.view.nodes, what="a sees b")
+    assert a.view.nodes["b"].labels is None
+    await b.cluster.set_node_labels({"role": "worker"})
+    await eventually(lambda: a.view.nodes["b"].labels == {"role": "worker"}, what="the new labels seen")
+    assert a.view.nodes["b"].ip == b.info.ip and a.view.nodes["b"].pod_cidr == b.info.pod_cidr
+    await b.cluster.set_node_labels(None)
+    await eventually(lambda: a.view.nodes["b"].labels is None, what="the labels removed")

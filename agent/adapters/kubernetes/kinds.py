@@ -21,6 +21,7 @@ KIND_CNP = "CiliumNetworkPolicy"
 KIND_CCNP = "CiliumClusterwideNetworkPolicy"
 KIND_NP = "NetworkPolicy"
 KIND_NAMESPACE = "Namespace"
+KIND_NODE = "Node"  # this node's own: its labels (node_labels.py)
 KIND_POD = "Pod"
 KIND_SERVICE = "Service"
 KIND_ENDPOINTSLICE = "EndpointSlice"
@@ -52,6 +53,8 @@ def kinds(api: client.ApiClient, node_name: str) -> dict[str, Kind]:
         KIND_CCNP: Kind(KIND_CCNP, cilium, functools.partial(co.list_cluster_custom_object, CILIUM_GROUP, CILIUM_VERSION, CCNP_PLURAL)),
         KIND_NP: Kind(KIND_NP, "networking.k8s.io/v1", net.list_network_policy_for_all_namespaces),
         KIND_NAMESPACE: Kind(KIND_NAMESPACE, "v1", core.list_namespace),
+        # Only this node's Node: its labels are this node's labels.
+        KIND_NODE: Kind(KIND_NODE, "v1", functools.partial(core.list_node, field_selector=f"metadata.name={node_name}")),
         # Only the pods scheduled here: a node never holds the whole cluster's pods.
         KIND_POD: Kind(KIND_POD, "v1", functools.partial(core.list_pod_for_all_namespaces, field_selector=f"spec.nodeName={node_name}")),
         KIND_SERVICE: Kind(KIND_SERVICE, "v1", core.list_service_for_all_namespaces),

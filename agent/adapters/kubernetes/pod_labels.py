@@ -36,10 +36,6 @@ CLUSTER_NAME = "default"
 
 def refusal(key: str, value: Any) -> str | None:
     """Why a Pod may not set this label itself, or None when it may."""
-    if ":" in key:
-        return f"a ':' would make it a label of source {key.partition(':')[0]!r}"
-    if "=" in key:
-        return "an '=' would end the key early in the label's source:key=value form"
     if key == NAMESPACE_LABEL:
         return "the namespace is the Pod's metadata.namespace"
     if key.startswith(NAMESPACE_LABELS_PREFIX):
@@ -48,6 +44,16 @@ def refusal(key: str, value: Any) -> str | None:
         return "the service account is the Pod's spec.serviceAccountName"
     if key.startswith(AGENT_PREFIX):
         return f"keys starting with {AGENT_PREFIX} are set by the agent"
+    return syntax_refusal(key, value)
+
+
+def syntax_refusal(key: str, value: Any) -> str | None:
+    """Why this is no Kubernetes label (the last item of the module
+    docstring), or None; what any object's labels must pass, a Node's too."""
+    if ":" in key:
+        return f"a ':' would make it a label of source {key.partition(':')[0]!r}"
+    if "=" in key:
+        return "an '=' would end the key early in the label's source:key=value form"
     if problem := key_problem(key):
         return f"not a Kubernetes label: {problem}"
     if not isinstance(value, str):

@@ -1,12 +1,13 @@
 """The ClusterSource port (agent/core/ports.py) bound to the Kubernetes API.
 
-Seven reflectors (reflector.py) run in threads: CiliumNetworkPolicy,
-CiliumClusterwideNetworkPolicy, NetworkPolicy, Namespace, the Pods
-scheduled on this node, Service and EndpointSlice. Their events hop onto
-the agent's event loop, where this source keeps the objects and tells the
-core what changed: policy objects (parsed by policy/'s loader in a worker
-thread), the endpoints whose Pod or Namespace labels changed, and a new
-Services snapshot (services.py) when what `toServices` reads changed. start() returns once every kind has
+Eight reflectors (reflector.py) run in threads: CiliumNetworkPolicy,
+CiliumClusterwideNetworkPolicy, NetworkPolicy, Namespace, this node's own
+Node, the Pods scheduled on this node, Service and EndpointSlice. Their
+events hop onto the agent's event loop, where this source keeps the objects
+and tells the core what changed: policy objects (parsed by policy/'s loader
+in a worker thread), the endpoints whose Pod or Namespace labels changed,
+this node's labels (its Node's, node_labels.py), and a new Services
+snapshot (services.py) when what `toServices` reads changed. start() returns once every kind has
 been listed, so the agent's first regeneration sees the cluster's policies.
 While the API server is unreachable the reflectors retry and nothing is
 withdrawn: the last known policies stay enforced and health() says so.
@@ -27,6 +28,7 @@ from kubernetes import client
 from agent.adapters.kubernetes.kinds import (
     KIND_ENDPOINTSLICE,
     KIND_NAMESPACE,
+    KIND_NODE,
     KIND_POD,
     KIND_SERVICE,
     POLICY_KINDS,
@@ -36,6 +38,7 @@ from agent.adapters.kubernetes.kinds import (
     kinds,
     patch_status,
 )
+from agent.adapters.kubernetes.node_labels import node_labels
 from agent.adapters.kubernetes.node_status import StatusWriter, Target
 from agent.adapters.kubernetes.objects import load_object, pod_name, source_name, spec_of
 from agent.adapters.kubernetes.pod_addresses import pod_ips
@@ -80,8 +83,13 @@ class KubernetesSource:
         self.api: client.ApiClient | None = None
         self.reflectors: dict[str, Reflector] = {}
         self.objects: dict[str, dict[str, dict[str, Any]]] = {
-            k: {} for k in (*POLICY_KINDS, KIND_NAMESPACE, KIND_POD, *SERVICE_KINDS)
+            k: {} for k in (*POLICY_KINDS, KIND_NAMESPACE, KIND_NODE, KIND_POD, *SERVICE_KINDS)
         }
+        # This node's labels from its Node object; None until a Node is seen.
+        # A deleted Node leaves them in force, as a deleted Pod leaves its
+        # endpoint's labels: the node is still here (its kubelet registers
+        # it again).
+        self._node_labels: dict[str, str] | None = None
         self._services: Any = None  # the last ServiceCatalog handed to the core
         self._events: ClusterEvents | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -120,6 +128,8 @@ class KubernetesSource:
             self._tasks.append(asyncio.create_task(
                 self._writer.run(self._statuses, self._targets, self._reachable), name="ciliate-k8s-status"))
             self._writer.wake()
+        if self._node_labels is None:
+            log.warning("Kubernetes: no Node %s; this node's labels are its --node-label ones only", self.options.node_name)
         log.info("Kubernetes: %d policies, %d namespaces, %d pods on node %s, %d services",
                  sum(len(self.objects[k]) for k in POLICY_KINDS), len(self.objects[KIND_NAMESPACE]),
                  len(self.objects[KIND_POD]), self.options.node_name, len(self.objects[KIND_SERVICE]))
@@ -180,6 +190,8 @@ class KubernetesSource:
             await self._apply_namespaces(events)
         elif name == KIND_POD:
             await self._apply_pods(events)
+        elif name == KIND_NODE:
+            await self._apply_node(events)
         elif name in SERVICE_KINDS:
             await self._apply_services(name, events)
         if relisted:
@@ -250,6 +262,28 @@ class KubernetesSource:
             if self._events is not None:
                 await self._events.endpoint_labels_changed(touched)
 
+    async def _apply_node(self, events: list[Event]) -> None:
+        store = self.objects[KIND_NODE]
+        labels = self._node_labels
+        for type_, obj in events:
+            name = str((obj.get("metadata") or {}).get("name"))
+            if type_ == "DELETED":
+                store.pop(name, None)
+                log.warning("Kubernetes: Node %s deleted; its last labels stay in force", name)
+                continue
+            old, store[name] = store.get(name), obj
+            if old is not None and _labels(old) == _labels(obj):
+                continue  # a status update (the kubelet's heartbeats)
+            labels, dropped = node_labels(obj)
+            for key, why in sorted(dropped.items()):
+                log.warning("node %s: label %r not taken from the Node: %s", name, key, why)
+        if labels != self._node_labels:
+            log.info("Kubernetes: node %s labels %s", self.options.node_name,
+                     ", ".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or "none")
+            self._node_labels = labels
+            if self._events is not None:
+                await self._events.node_labels_changed()
+
     async def _apply_services(self, kind: str, events: list[Event]) -> None:
         store = self.objects[kind]
         for type_, obj in events:
@@ -280,6 +314,9 @@ class KubernetesSource:
             return None
         ns = (pod.get("metadata") or {}).get("namespace")
         return endpoint_labels(pod, self.objects[KIND_NAMESPACE].get(ns))
+
+    def node_labels(self) -> Mapping[str, str] | None:
+        return dict(self._node_labels) if self._node_labels is not None else None
 
     def endpoint_named_ports(self, name: str) -> list[dict[str, Any]] | None:
         pod = self.objects[KIND_POD].get(name)
@@ -320,6 +357,7 @@ class KubernetesSource:
             "pods_ipv6": sum(pod_ips(p).ipv6 is not None for p in self.objects[KIND_POD].values()),
             "status_writes": self._writer.writes if self._writer is not None else 0,
             "pod_labels_dropped": self._labels_dropped,
+            "node_seen": self._node_labels is not None,  # labels from this node's Node object
         }
         if down:
             since = min(r.health.since for r in down) or time.time()
