@@ -83,6 +83,12 @@ class KubeCluster:
                 "contexts:\n- name: ciliate-demo\n  context: {cluster: ciliate-demo, user: demo}\n"
                 "current-context: ciliate-demo\n"
             )
+            # The node the agent runs as, as a kubelet registers it: the
+            # agent takes its labels (nodeSelector, fromNodes) from it.
+            self.http("POST", "/api/v1/nodes", {
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": self.node_name, "labels": {"kubernetes.io/hostname": self.node_name}},
+            })
         except BaseException:
             self.close()
             raise
