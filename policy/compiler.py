@@ -407,7 +407,9 @@ class Compiler:
             return memo[memo_key]
         specs = [(key, self._meta[key][0], self._meta[key][1][idx][1]) for key, idx in selecting]
         if named:
-            out = merge_specs(specs, self._selectors.members, self.allow_localhost, self._named.of(ident), self._named.of)
+            out = merge_specs(
+                specs, self._selectors.members, self.allow_localhost, self._named.of(ident), self._named.of, self._named.identities
+            )
         else:
             out = merge_specs(specs, self._selectors.members, self.allow_localhost)
         if memo is not None:

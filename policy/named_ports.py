@@ -7,8 +7,11 @@ endpoint serves under it (a Pod's `containers[].ports[].name`), so:
 - an egress rule resolves it per peer, against that peer's endpoints, so
   `port: http` towards two backends that serve http on 8080 and 9090 admits
   8080 to the first and 9090 to the second only; towards "any peer" (an
-  L4-only rule) it admits every number some known endpoint serves it on, as
-  Cilium does;
+  L4-only rule) it admits each endpoint that serves the name on its own
+  number, and nothing towards peers that are not endpoints (the world has
+  no names). Cilium resolves such a rule against the union of every
+  endpoint's names, towards every destination: there a tenant's pod naming
+  its port 22 `http` would open 22 to the world for every such rule;
 - a name no endpoint serves matches nothing, and a rule's protocol must
   match the port's own (ANY takes the port's).
 Endpoints sharing an identity (one Deployment's pods) are resolved as one:
@@ -113,6 +116,10 @@ class NamedPortIndex:
         if set(self._all) != all_before:
             changed.add(IDENTITY_ANY)
             self._cache.pop(IDENTITY_ANY, None)
+
+    def identities(self) -> frozenset[int]:
+        """The identities that serve some name."""
+        return frozenset(self._ident)
 
     def of(self, ident: int) -> PortsByName:
         """The names an identity serves; for IDENTITY_ANY, every endpoint's."""

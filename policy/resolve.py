@@ -26,7 +26,7 @@ from policy.compiled import (
     Verdict,
 )
 from policy.endpoint import Endpoint
-from policy.identity import IDENTITY_HOST
+from policy.identity import IDENTITY_ANY, IDENTITY_HOST
 from policy.merge import Atoms, L7Listener, merge_entries, merge_l7
 from policy.model import Peer, PolicySpec, PortRule, PortSpec, Rule
 from policy.named_ports import NOTHING, PortsByName
@@ -59,14 +59,20 @@ def _entry_order(e: PolicyEntry) -> tuple[int, int, int, int]:
 
 
 def _named(
-    ps: PortSpec, direction: Direction, fpeers: frozenset[int], subject: PortsByName, peer_ports: Callable[[int], PortsByName]
+    ps: PortSpec, direction: Direction, fpeers: frozenset[int], subject: PortsByName, peer_ports: Callable[[int], PortsByName],
+    named_peers: Callable[[], Iterable[int]],
 ) -> Iterator[tuple[frozenset[int], PortSpec]]:
     """A named spec as (peers, numbered spec) pairs: ingress names are the
-    subject's ports, egress names each peer's (policy/named_ports.py)."""
+    subject's ports, egress names each peer's (policy/named_ports.py). "Any
+    peer" stands for every identity that serves names: a name means a pod's
+    port, so a tenant's pod that calls its port 22 `http` opens 22 towards
+    itself only, never towards the world for every rule naming `http`."""
     if direction == Direction.INGRESS:
         for spec in resolve_name(ps, subject):
             yield fpeers, spec
         return
+    if IDENTITY_ANY in fpeers:
+        fpeers = (fpeers - {IDENTITY_ANY}) | frozenset(named_peers())
     groups: dict[tuple[PortSpec, ...], set[int]] = {}
     for peer in fpeers:
         groups.setdefault(resolve_name(ps, peer_ports(peer)), set()).add(peer)
@@ -81,6 +87,7 @@ def merge_specs(
     allow_localhost: bool,
     subject_ports: PortsByName = NOTHING,
     peer_ports: Callable[[int], PortsByName] = lambda _: NOTHING,
+    named_peers: Callable[[], Iterable[int]] = lambda: (),
 ) -> IdentityPolicy:
     """(policy key, RuleRef policy name, spec) of every spec selecting an
     identity -> its policy. Named ports resolve against `subject_ports` (the
@@ -106,7 +113,7 @@ def merge_specs(
                     if ps.name is None:
                         _add(atoms, rule, pr, ps, fpeers)
                     else:
-                        for peers, spec in _named(ps, rule.direction, fpeers, subject_ports, peer_ports):
+                        for peers, spec in _named(ps, rule.direction, fpeers, subject_ports, peer_ports, named_peers):
                             _add(atoms, rule, pr, spec, peers)
     if ingress and allow_localhost:
         # As Cilium's allow-localhost default: the node itself may always

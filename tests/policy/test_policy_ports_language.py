@@ -177,3 +177,22 @@ spec:
 """
     got = rule_features(policies(text))
     assert got == {"named_ports": 2, "sctp": 1, "icmp": 1, "server_names": 0, "to_services": 1, "http": 0, "host": 0}
+
+
+def test_an_any_peer_named_port_admits_each_server_on_its_own_number_and_never_the_world():
+    """A tenant's pod that calls its port 22 `http` opens 22 towards itself,
+    not towards the world for every rule that names `http`."""
+    text = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toPorts: [{ports: [{port: http}]}]
+"""
+    c = compiler(text, ep(1, {"app": "client"}), ep(2, {"app": "b"}, ("http", TCP, 8080)), ep(3, {"app": "sneaky"}, ("http", TCP, 22)))
+    assert allowed(c, 1, 2, OUT, TCP, 8080) and not allowed(c, 1, 2, OUT, TCP, 22)
+    assert allowed(c, 1, 3, OUT, TCP, 22) and not allowed(c, 1, 3, OUT, TCP, 8080)
+    assert not allowed(c, 1, None, OUT, TCP, 22), "a pod's port name opened the world"
+    assert not allowed(c, 1, None, OUT, TCP, 8080)
