@@ -47,11 +47,23 @@ def apply(inst: Install, rev: int, host_ep: EndpointPolicy, *pods: EndpointPolic
     res.raise_for_failures()
 
 
-@pytest.fixture
-def fw(fresh_install) -> Iterator[Install]:
-    with fresh_install(attach=("a", "b")) as inst:
+@pytest.fixture(scope="module")
+def _fw_install() -> Iterator[Install]:
+    from tests.datapath.conftest import make_install
+
+    with make_install(attach=("a", "b")) as inst:
         inst.dp.attach_host_devices([inst.node.pods["c"].host_ifname])
         yield inst
+
+
+@pytest.fixture
+def fw(_fw_install: Install) -> Iterator[Install]:
+    """One install for the module (its programs compile once); each test
+    starts from a node that is not enforced and an empty conntrack."""
+    _fw_install.dp.maps.flush_ct()
+    yield _fw_install
+    apply(_fw_install, 1000, host([], ingress=False, egress=False))
+    _fw_install.dp.maps.flush_ct()
 
 
 def to_node(inst: Install, client, port: int, expect: bool) -> bool:
