@@ -315,3 +315,15 @@ def test_toservices_in_egress_deny_passes_the_schema_and_the_agent_refuses_it():
     """Typed as Cilium types it, kept for the agent, which says why in status."""
     doc = _rule_doc("CiliumNetworkPolicy", "egressDeny", {"toServices": [{"k8sService": {"serviceName": "payments"}}]})
     assert _schema_ok(doc) and not _agent_ok(doc)
+
+
+@pytest.mark.parametrize("rule, ok", [
+    ({"fromNodes": [{"matchLabels": {"role": "frontend"}}]}, True),
+    ({"fromNodes": [{"matchExpressions": [{"key": "role", "operator": "In", "values": ["a"]}]}]}, True),
+    ({"fromNodes": [{"matchExpressions": [{"key": "role", "operator": "Near"}]}]}, False),
+    ({"fromNodes": [{"matchLabels": {"role": 3}}]}, False),
+])
+def test_the_schema_types_from_nodes_as_the_agent_reads_it(rule, ok):
+    doc = copy.deepcopy(BASE)
+    doc["spec"]["ingress"] = [rule]
+    assert _agent_ok(doc) is ok and _schema_ok(doc) is ok
