@@ -52,6 +52,7 @@ class Pod:
     ip6: str | None = None  # when the node's IPAM has an IPv6 range
     labels: dict[str, str] = field(default_factory=dict)
     namespace: str | None = None  # Kubernetes mode: the Pod object's namespace; its labels come from the API
+    named_ports: list[dict] = field(default_factory=list)  # file/CNI mode: args.cni.namedPorts [{name, port, protocol}]
 
 
 class Lines:
@@ -243,14 +244,15 @@ class Node:
 
     # -- pods
 
-    def add_pod(self, name: str, labels: dict[str, str], namespace: str | None = None) -> Pod:
+    def add_pod(self, name: str, labels: dict[str, str], namespace: str | None = None,
+                named_ports: list[dict] | None = None) -> Pod:
         """Join a pod. With `namespace` (Kubernetes mode) the plugin passes
         K8S_POD_NAMESPACE/K8S_POD_NAME and the agent takes the labels from the
         Pod object, which must exist in the API server; `labels` is then only
         what the caller expects to see."""
         netns = f"{self.prefix}-{name}"[:15]
         self._netns_add(netns)
-        pod = Pod(name, netns, "", labels=dict(labels), namespace=namespace)
+        pod = Pod(name, netns, "", labels=dict(labels), namespace=namespace, named_ports=list(named_ports or []))
         self.pods[name] = pod
         result = self.cni("ADD", pod)
         addrs = [ip["address"].split("/")[0] for ip in result["ips"]]
@@ -405,6 +407,8 @@ def cni_request(
     env["CNI_ARGS"] = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.namespace or 'default'};K8S_POD_NAME={pod.name}"
     if pod.namespace is None:
         conf["args"] = {"cni": {"labels": [{"key": k, "value": v} for k, v in pod.labels.items()]}}
+        if pod.named_ports:
+            conf["args"]["cni"]["namedPorts"] = pod.named_ports
     return conf, env
 
 

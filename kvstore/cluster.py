@@ -242,16 +242,19 @@ class Cluster:
 
     # -- endpoints -----------------------------------------------------------
 
-    async def set_endpoint(self, ip: IPv4Address | IPv6Address, identity: int) -> None:
+    async def set_endpoint(
+        self, ip: IPv4Address | IPv6Address, identity: int, named_ports: tuple[tuple[str, int, int], ...] = (),
+    ) -> None:
         """Publish a local endpoint's address, either family (desired state:
         written now if etcd answers, else when it does again; never raises
         for etcd trouble)."""
         ip = ip_address(ip)
         if not isinstance(identity, int) or not 0 < identity <= 0xFFFFFFFF:
             raise ValueError(f"identity must be a positive 32-bit integer, got {identity!r}")
-        if self._publisher.endpoints.get(ip) == identity:
+        named_ports = tuple(sorted(named_ports))
+        if self._publisher.endpoints.get(ip) == identity and self._publisher.named_ports.get(ip, ()) == named_ports:
             return
-        await self._publisher.sync([self._publisher.set_endpoint(ip, identity)])
+        await self._publisher.sync([self._publisher.set_endpoint(ip, identity, named_ports)])
 
     async def remove_endpoint(self, ip: IPv4Address | IPv6Address) -> None:
         ip = ip_address(ip)

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from kvstore.model import Identity, NodeInfo, NodeName, RemoteEndpoint
+from kvstore.model import Identity, NamedPortRecord, NodeInfo, NodeName, RemoteEndpoint
 
 PREFIX = "ciliate/state/"
 IDENTITIES = PREFIX + "identities/v1/"
@@ -177,10 +177,11 @@ class IpRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
     identity: Identity
     node: NodeName
+    named_ports: tuple[NamedPortRecord, ...] | None = None  # left out when empty: older agents read the record alike
 
 
-def ip_value(identity: int, node: str) -> bytes:
-    return IpRecord(identity=identity, node=node).model_dump_json().encode()
+def ip_value(identity: int, node: str, named_ports: tuple[tuple[str, int, int], ...] = ()) -> bytes:
+    return IpRecord(identity=identity, node=node, named_ports=named_ports or None).model_dump_json(exclude_none=True).encode()
 
 
 def parse_ip_value(ip: IPv4Address | IPv6Address, value: bytes) -> RemoteEndpoint | None:
@@ -188,7 +189,7 @@ def parse_ip_value(ip: IPv4Address | IPv6Address, value: bytes) -> RemoteEndpoin
         rec = IpRecord.model_validate_json(value)
     except ValidationError:
         return None
-    return RemoteEndpoint(ip=ip, identity=rec.identity, node=rec.node)
+    return RemoteEndpoint(ip=ip, identity=rec.identity, node=rec.node, named_ports=rec.named_ports or ())
 
 
 def identity_value(identity: int) -> bytes:

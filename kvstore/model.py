@@ -21,6 +21,12 @@ from pydantic.dataclasses import dataclass as validated_dataclass
 # (hostnames), never "/" (it separates key segments).
 NodeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9]([-A-Za-z0-9._]{0,251}[A-Za-z0-9])?$")]
 Identity = Annotated[int, Field(ge=1, le=0xFFFFFFFF)]
+# A named port as published: (IANA service name, IP protocol, port number).
+NamedPortRecord = tuple[
+    Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")],
+    Annotated[int, Field(ge=0, le=255)],
+    Annotated[int, Field(ge=1, le=65535)],
+]
 # A label key or value as a node publishes it (the agent checks Kubernetes'
 # syntax before publishing; here only what keeps a record sane).
 LabelText = Annotated[str, Field(max_length=317)]
@@ -51,6 +57,10 @@ class RemoteEndpoint:
     ip: IPv4Address | IPv6Address
     identity: Identity
     node: NodeName
+    # (name, IP protocol number, port) of each port the endpoint serves by
+    # name (a Pod's container ports): other nodes resolve `port: http` in
+    # egress rules towards it by them. Empty in older records.
+    named_ports: tuple[NamedPortRecord, ...] = ()
 
 
 def _frozen(m: Mapping) -> Mapping:

@@ -124,6 +124,7 @@ class Publisher:
         self.restore_grace = restore_grace
         self.resync_interval = resync_interval
         self.endpoints: dict[IPv4Address | IPv6Address, int] = {}
+        self.named_ports: dict[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]] = {}
         self.refs: dict[frozenset[str], int] = {}
         self.tombstones: set[bytes] = set()
         self.conflicts: dict[str, str] = {}
@@ -147,14 +148,16 @@ class Publisher:
     def mark_dirty(self) -> None:
         self._dirty.set()
 
-    def set_endpoint(self, ip: IPv4Address | IPv6Address, identity: int) -> bytes:
+    def set_endpoint(self, ip: IPv4Address | IPv6Address, identity: int, named_ports: tuple[tuple[str, int, int], ...] = ()) -> bytes:
         self.endpoints[ip] = identity
+        self.named_ports[ip] = tuple(named_ports)
         key = layout.ip_key(ip)
         self.tombstones.discard(key)
         return key
 
     def remove_endpoint(self, ip: IPv4Address | IPv6Address) -> bytes:
         self.endpoints.pop(ip, None)
+        self.named_ports.pop(ip, None)
         key = layout.ip_key(ip)
         self.tombstones.add(key)
         return key
@@ -178,7 +181,7 @@ class Publisher:
         me = self.node.name
         desired = {layout.node_key(me): layout.node_value(self.node)}
         for ip, identity in self.endpoints.items():
-            desired[layout.ip_key(ip)] = layout.ip_value(identity, me)
+            desired[layout.ip_key(ip)] = layout.ip_value(identity, me, self.named_ports.get(ip, ()))
         refs = {layout.ref_key(n, me): Ref(n, labels) for labels, n in self.refs.items()}
         return desired, refs
 

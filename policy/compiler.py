@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from policy.compiled import HOST_ENDPOINT_ID, IDENTITY_HOST, CompiledState, EndpointPolicy, RedirectKey
-from policy.endpoint import Endpoint
+from policy.endpoint import Endpoint, NamedPort
 from policy.families import IPAddress, IPNetwork, Stack
 from policy.identity import IdentityAllocator, identity_labels, reserved_labels, selectable_labels
 from policy.ipcache import REMOTE_OWNER, IPCache
@@ -103,6 +103,7 @@ class Compiler:
         # Nodes (fromNodes/toNodes): remote node identities -> labels, and
         # this node's labels when it is not a host endpoint.
         self._remote_nodes: dict[int, dict[str, str]] = {}
+        self._remote_named: dict[IPAddress, tuple[int, tuple[NamedPort, ...]]] = {}
         self._node_labels: dict[str, str] | None = None
         self._dirty_ids: set[int] = set()
         self._dirty_eps: set[int] = set()
@@ -194,6 +195,7 @@ class Compiler:
         endpoints: Mapping[IPAddress, tuple[int, frozenset[str]]],
         node_ips: Iterable[IPAddress] = (),
         node_labels: Mapping[IPAddress, Mapping[str, str]] | None = None,
+        named_ports: Mapping[IPAddress, tuple[tuple[str, int, int], ...]] | None = None,
     ) -> None:
         """The rest of the cluster, whole: other nodes' endpoints (address ->
         the identity the cluster allocated and its labels) and the other
@@ -219,6 +221,22 @@ class Compiler:
             self._remote_refs[ident] = n + 1
             if n == 0 and not self._identity_eps.get(ident):
                 self._identity_added(ident)
+        # The ports other nodes' endpoints serve by name, which egress rules
+        # towards them resolve `port: http` by (keyed apart from local ids).
+        changed: set[int] = set()
+        named_ports = named_ports or {}
+        for addr in [a for a in self._remote_named if a not in named_ports or a not in self._remote]:
+            changed |= self._named.set(("remote", addr), None, ())
+            del self._remote_named[addr]
+        for addr, ports in named_ports.items():
+            ident = self._remote.get(addr)
+            if ident is None:
+                continue
+            want = tuple(NamedPort(n, p, num) for n, p, num in ports)
+            if self._remote_named.get(addr) != (ident, want):
+                changed |= self._named.set(("remote", addr), ident, want)
+                self._remote_named[addr] = (ident, want)
+        self._names_changed(changed)
         # A node that published labels gets an identity by them (nodes with
         # the same labels share it), which fromNodes/toNodes select.
         labelled = {a: dict(ls) for a, ls in (node_labels or {}).items() if ls}

@@ -21,7 +21,7 @@ the identity serves a name on every number any of them does. Pure.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 
 from policy.compiled import PortRange, Protocol
 from policy.endpoint import NamedPort
@@ -76,12 +76,13 @@ class NamedPortIndex:
     endpoints come, change and go."""
 
     def __init__(self) -> None:
-        self._ep: dict[int, tuple[int, tuple[NamedPort, ...]]] = {}
+        # endpoint id, or ("remote", address) for another node's endpoint
+        self._ep: dict[Hashable, tuple[int, tuple[NamedPort, ...]]] = {}
         self._ident: dict[int, Counter[NamedPort]] = {}
         self._all: Counter[NamedPort] = Counter()
         self._cache: dict[int, PortsByName] = {}
 
-    def set(self, endpoint_id: int, ident: int | None, ports: Iterable[NamedPort]) -> set[int]:
+    def set(self, endpoint_id: Hashable, ident: int | None, ports: Iterable[NamedPort]) -> set[int]:
         """Record an endpoint's identity and ports (ident None: it is gone);
         returns the identities whose names changed, IDENTITY_ANY among them
         when the node's did."""

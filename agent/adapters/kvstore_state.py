@@ -50,7 +50,7 @@ class KvstoreState:
         self._cluster: Cluster | None = None
         self._on_change: Callable[[], None] | None = None
         self._ids: dict[frozenset[str], int] = {}
-        self._published: dict[IPv4Address | IPv6Address, int] = {}
+        self._published: dict[IPv4Address | IPv6Address, tuple[int, tuple[tuple[str, int, int], ...]]] = {}
         self._view: ClusterView | None = None
         self._peers = ClusterPeers()
         self._refused: list[str] = []
@@ -151,15 +151,21 @@ class KvstoreState:
         self._ids[labels] = ident
         return ident
 
-    async def publish(self, endpoints: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]]) -> None:
+    async def publish(
+        self,
+        endpoints: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]],
+        named_ports: Mapping[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]] | None = None,
+    ) -> None:
         assert self._cluster is not None, "start() first"
+        named_ports = named_ports or {}
         for addr in [a for a in self._published if a not in endpoints]:
             await self._cluster.remove_endpoint(addr)
             del self._published[addr]
         for addr, (ident, _) in endpoints.items():
-            if self._published.get(addr) != ident:
-                await self._cluster.set_endpoint(addr, ident)
-                self._published[addr] = ident
+            want = (ident, tuple(sorted(named_ports.get(addr, ()))))
+            if self._published.get(addr) != want:
+                await self._cluster.set_endpoint(addr, ident, want[1])
+                self._published[addr] = want
         in_use = {labels for _, labels in endpoints.values()}
         for labels in [ls for ls in self._ids if ls not in in_use]:
             del self._ids[labels]
@@ -222,6 +228,7 @@ def trusted_peers(view: ClusterView, me: NodeInfo) -> tuple[ClusterPeers, list[s
     """
     nodes, refused = _trusted_nodes(tuple(sorted(view.nodes.items())), me)
     endpoints: dict[IPv4Address | IPv6Address, tuple[int, frozenset[str]]] = {}
+    named: dict[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]] = {}
     identities = view.identities
     for ep in view.endpoints.values():
         owner = nodes.get(ep.node)
@@ -230,7 +237,9 @@ def trusted_peers(view: ClusterView, me: NodeInfo) -> tuple[ClusterPeers, list[s
             refused.append(f"endpoint {ep.ip} of node {ep.node}: not inside that node's pod CIDR")
             continue
         endpoints[ep.ip] = (ep.identity, identities.get(ep.identity, frozenset()))
-    return ClusterPeers(nodes, endpoints), refused
+        if ep.named_ports:
+            named[ep.ip] = ep.named_ports
+    return ClusterPeers(nodes, endpoints, named), refused
 
 
 def _str(v: object) -> str | None:

@@ -47,6 +47,7 @@ class ClusterSync:
         self._routed: Mapping[str, PeerNode] | None = None
         self._published: dict[IPv4Address | IPv6Address, tuple[int, frozenset[str]]] | None = None
         self._published_labels: tuple[Mapping[str, str] | None] | None = None  # (labels,) once published
+        self._published_ports: dict[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]] = {}
 
     async def identities(self, specs: Iterable[EndpointSpec]) -> tuple[dict[int, int], dict[int, str]]:
         """(endpoint id -> identity, endpoint id -> why it has none yet)."""
@@ -82,12 +83,16 @@ class ClusterSync:
         self,
         local: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]],
         node_labels: Mapping[str, str] | None = None,
+        named_ports: Mapping[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]] | None = None,
     ) -> None:
-        """Publish this node's endpoints and labels (what the other nodes'
-        fromNodes/toNodes select it by) and follow the node list with routes."""
-        if local != self._published:
-            await self.shared.publish(local)
+        """Publish this node's endpoints (with the ports they serve by name)
+        and labels (what the other nodes' fromNodes/toNodes select it by) and
+        follow the node list with routes."""
+        named_ports = dict(named_ports or {})
+        if local != self._published or named_ports != self._published_ports:
+            await self.shared.publish(local, named_ports)
             self._published = dict(local)
+            self._published_ports = named_ports
         if self._published_labels != (node_labels,):
             await self.shared.set_node_labels(node_labels)
             self._published_labels = (dict(node_labels) if node_labels is not None else None,)
@@ -98,6 +103,11 @@ class ClusterSync:
                 self._routed = taken.nodes
             except Exception:
                 log.exception("setting the routes to the other nodes failed; retried at the next regeneration")
+
+
+def remote_named_ports(peers: ClusterPeers) -> Mapping[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]]:
+    """Each other node's endpoint address -> the ports it serves by name."""
+    return peers.named_ports
 
 
 def node_labels(peers: ClusterPeers) -> dict[IPv4Address | IPv6Address, Mapping[str, str]]:

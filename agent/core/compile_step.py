@@ -224,7 +224,7 @@ class CompileStep:
         if job.host_ips is not None:
             c.set_host_ips(job.host_ips)
         if job.remote is not None:
-            c.set_remote(job.remote.endpoints, node_ips(job.remote), node_labels(job.remote))
+            c.set_remote(job.remote.endpoints, node_ips(job.remote), node_labels(job.remote), job.remote.named_ports)
         for key in job.deleted_policies:
             c.delete_policy(key)
         for key, entry in job.upserted_policies:

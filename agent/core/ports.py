@@ -168,10 +168,12 @@ class PolicyCompiler(Protocol):
         self, endpoints: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]],
         node_ips: Iterable[IPv4Address | IPv6Address],
         node_labels: Mapping[IPv4Address | IPv6Address, Mapping[str, str]] | None = None,
+        named_ports: Mapping[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]] | None = None,
     ) -> None:
         """Cluster mode: the other nodes' endpoints (address -> identity,
-        labels) and addresses (with the labels their node published), whole;
-        peers in policy, never its subjects."""
+        labels; and the ports each serves by name) and addresses (with the
+        labels their node published), whole; peers in policy, never its
+        subjects."""
         ...
 
     def compile(self, revision: int) -> CompiledState:
@@ -494,6 +496,8 @@ class ClusterPeers:
 
     nodes: Mapping[str, PeerNode] = field(default_factory=dict)
     endpoints: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]] = field(default_factory=dict)  # address -> identity, labels
+    # address -> the (name, protocol, port) it serves by name, for endpoints that serve any
+    named_ports: Mapping[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]] = field(default_factory=dict)
 
 
 class IdentityUnavailable(Exception):
@@ -519,8 +523,13 @@ class SharedState(Protocol):
         use, referenced by this node). Raises IdentityUnavailable."""
         ...
 
-    async def publish(self, endpoints: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]]) -> None:
-        """This node's endpoints, whole (address -> identity, labels); label
+    async def publish(
+        self,
+        endpoints: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]],
+        named_ports: Mapping[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]] | None = None,
+    ) -> None:
+        """This node's endpoints, whole (address -> identity, labels; and the
+        ports each serves by name, which other nodes resolve `port: http` by); label
         sets no local endpoint has any more lose this node's reference.
         Kept as desired state and written whenever the store is reachable."""
         ...

@@ -20,7 +20,7 @@ from ipaddress import IPv4Address, IPv6Address
 from dataclasses import dataclass, replace
 
 from agent.core.cluster_sync import RETRY_IDENTITY, ClusterSync
-from agent.core.compile_step import CompileStep
+from agent.core.compile_step import CompileStep, named_ports_of
 from agent.core.endpoint_table import EndpointTable
 from agent.core.l7_view import l7_view
 from agent.core.make_before_break import fail_closed, with_retiring
@@ -234,7 +234,7 @@ class Regenerator:
 
         self._record(state, endpoints, changed, failures)
         if self.cluster is not None:
-            await self.cluster.after_apply(self._local_endpoints(), step.node_labels)
+            await self.cluster.after_apply(self._local_endpoints(), step.node_labels, self._local_named_ports())
         self.last_state = state
         self.applied_policies = dict(step.given)
         await self.table.notify()
@@ -243,6 +243,20 @@ class Regenerator:
         if self.on_report is not None:
             self.on_report(report)
         return report
+
+    def _local_named_ports(self) -> dict[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]]:
+        """What this node publishes of the ports its endpoints serve by name,
+        per address (the other nodes resolve egress `port: http` by them)."""
+        out: dict[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]] = {}
+        for eid in self.table.ids():
+            rec = self.table.record(eid)
+            if rec is None or not rec.named_ports or not self.compile_step.holds(eid):
+                continue
+            ports = named_ports_of(rec)
+            for addr in (rec.ipv4, rec.ipv6):
+                if addr is not None:
+                    out[addr] = ports
+        return out
 
     def _local_endpoints(self) -> dict[IPv4Address | IPv6Address, tuple[int, frozenset[str]]]:
         """What this node publishes: each address (either family) of each

@@ -155,7 +155,7 @@ class FakeCompiler:
     def set_host(self, host) -> None:
         self.host = host
 
-    def set_remote(self, endpoints, node_ips, node_labels=None) -> None:
+    def set_remote(self, endpoints, node_ips, node_labels=None, named_ports=None) -> None:
         self.remote = (dict(endpoints), frozenset(node_ips))
         self.node_labels = dict(node_labels or {})
 
@@ -372,8 +372,9 @@ class FakeShared:
             raise IdentityUnavailable("etcd at http://192.0.2.1:2379 unreachable")
         return self.ids.setdefault(labels, 1000 + len(self.ids))
 
-    async def publish(self, endpoints) -> None:
+    async def publish(self, endpoints, named_ports=None) -> None:
         self.published = dict(endpoints)
+        self.published_ports = dict(named_ports or {})
 
     node_labels: dict | None = None
 

@@ -168,3 +168,22 @@ async def test_new_node_labels_are_published_to_the_other_nodes(clusters, etcd):
     assert a.view.nodes["b"].ip == b.info.ip and a.view.nodes["b"].pod_cidr == b.info.pod_cidr
     await b.cluster.set_node_labels(None)
     await eventually(lambda: a.view.nodes["b"].labels is None, what="the labels removed")
+
+
+async def test_an_endpoints_named_ports_reach_the_other_nodes_and_follow_changes(clusters, etcd):
+    """What `port: http` means for a pod on another node travels with its
+    address record; an endpoint without named ports keeps the old record
+    shape (older agents read it alike)."""
+    a, b = await clusters.node("a"), await clusters.node("b")
+    await connected(a)
+    await connected(b)
+    await b.cluster.set_endpoint(B_POD, 301, (("http", 6, 8080),))
+    await eventually(lambda: B_POD in a.view.endpoints and a.view.endpoints[B_POD].named_ports == (("http", 6, 8080),),
+                     what="a sees b's named port")
+    await b.cluster.set_endpoint(B_POD, 301, (("http", 6, 9090), ("dns", 17, 53)))
+    await eventually(lambda: a.view.endpoints[B_POD].named_ports == (("dns", 17, 53), ("http", 6, 9090)),
+                     what="the change seen")
+    await b.cluster.set_endpoint(B_POD, 301)
+    await eventually(lambda: a.view.endpoints[B_POD].named_ports == (), what="the names removed")
+    keys = etcd.get_prefix("ciliate/state/")
+    assert json.loads(keys[f"ciliate/state/ip/v1/{B_POD}"].value) == {"identity": 301, "node": "b"}

@@ -196,3 +196,15 @@ spec:
     assert allowed(c, 1, 3, OUT, TCP, 22) and not allowed(c, 1, 3, OUT, TCP, 8080)
     assert not allowed(c, 1, None, OUT, TCP, 22), "a pod's port name opened the world"
     assert not allowed(c, 1, None, OUT, TCP, 8080)
+
+
+def test_an_egress_named_port_resolves_against_another_nodes_pod_by_what_it_published():
+    remote = IPv4Address("10.1.0.5")
+    c = compiler(CNP_NAMED_EGRESS, ep(1, {"app": "client"}))
+    labels = frozenset({"k8s:tier=backend", "k8s:io.kubernetes.pod.namespace=default"})
+    c.set_remote({remote: (70000, labels)}, [], None, {remote: (("http", 6, 5432),)})
+    state = c.compile()
+    assert lookup(state.endpoints[1], 70000, OUT, TCP, 5432).allowed
+    assert not lookup(state.endpoints[1], 70000, OUT, TCP, 80).allowed
+    c.set_remote({remote: (70000, labels)}, [], None, {})
+    assert not lookup(c.compile().endpoints[1], 70000, OUT, TCP, 5432).allowed, "a name the pod no longer serves still admitted"
