@@ -21,12 +21,11 @@ from agent.core.ports import (
     ClusterSource,
     CompilerFactory,
     DatapathControl,
-    NodeRouting,
     PolicyLoader,
     ProxyControl,
     ServicePeers,
-    SharedState,
 )
+from agent.core.cluster_ports import NodeRouting, SharedState
 
 __all__ = ["Agent", "AgentConfig", "build_agent"]
 

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from policy.compiled import HOST_ENDPOINT_ID, IDENTITY_HOST, CompiledState, EndpointPolicy, RedirectKey
-from policy.endpoint import Endpoint, NamedPort
+from policy.compiled import HOST_ENDPOINT_ID, CompiledState, EndpointPolicy, RedirectKey
+from policy.endpoint import Endpoint
 from policy.families import IPAddress, IPNetwork, Stack
 from policy.identity import IdentityAllocator, identity_labels, reserved_labels, selectable_labels
 from policy.ipcache import REMOTE_OWNER, IPCache
@@ -42,6 +42,7 @@ from policy.named_ports import NamedPortIndex, uses_names
 from policy.proxyports import ProxyPortAllocator
 from policy.resolve import (
     UNSELECTED,
+    host_policy,
     IdentityPolicy,
     endpoint_policy,
     merge_specs,
@@ -103,7 +104,6 @@ class Compiler:
         # Nodes (fromNodes/toNodes): remote node identities -> labels, and
         # this node's labels when it is not a host endpoint.
         self._remote_nodes: dict[int, dict[str, str]] = {}
-        self._remote_named: dict[IPAddress, tuple[int, tuple[NamedPort, ...]]] = {}
         self._node_labels: dict[str, str] | None = None
         self._dirty_ids: set[int] = set()
         self._dirty_eps: set[int] = set()
@@ -223,20 +223,7 @@ class Compiler:
                 self._identity_added(ident)
         # The ports other nodes' endpoints serve by name, which egress rules
         # towards them resolve `port: http` by (keyed apart from local ids).
-        changed: set[int] = set()
-        named_ports = named_ports or {}
-        for addr in [a for a in self._remote_named if a not in named_ports or a not in self._remote]:
-            changed |= self._named.set(("remote", addr), None, ())
-            del self._remote_named[addr]
-        for addr, ports in named_ports.items():
-            ident = self._remote.get(addr)
-            if ident is None:
-                continue
-            want = tuple(NamedPort(n, p, num) for n, p, num in ports)
-            if self._remote_named.get(addr) != (ident, want):
-                changed |= self._named.set(("remote", addr), ident, want)
-                self._remote_named[addr] = (ident, want)
-        self._names_changed(changed)
+        self._names_changed(self._named.set_remote(self._remote, named_ports or {}))
         # A node that published labels gets an identity by them (nodes with
         # the same labels share it), which fromNodes/toNodes select.
         labelled = {a: dict(ls) for a, ls in (node_labels or {}).items() if ls}
@@ -534,13 +521,7 @@ class Compiler:
         ]
 
     def _host_policy(self) -> EndpointPolicy:
-        specs = self._host_specs()
-        # allow_localhost is about the node reaching pods; the node's own
-        # ingress is what its host policies say.
-        ip = merge_specs(specs, self._selectors.members, allow_localhost=False) if specs else UNSELECTED
-        return EndpointPolicy(
-            HOST_ENDPOINT_ID, IDENTITY_HOST, None, ip.ingress_enforced, ip.egress_enforced, ip.entries, (), ip.selected_by
-        )
+        return host_policy(self._host_specs(), self._selectors.members)
 
     def host_selected_by(self, key: str) -> bool:
         """Whether the policy `key` selects the host endpoint."""

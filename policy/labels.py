@@ -75,3 +75,16 @@ def value_problem(value: str) -> str | None:
     if not _NAME.fullmatch(value):
         return f"label value {shown(value)} must be empty or {_CHARSET}"
     return None
+
+
+def label_items(items: list[str], flag: str) -> dict[str, str]:
+    """KEY=VALUE items (a repeatable command-line flag) -> labels; ValueError
+    naming the flag, the item and what is wrong with it."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        why = "expected KEY=VALUE" if not sep else key_problem(key) or value_problem(value)
+        if why:
+            raise ValueError(f"bad {flag} {item!r}: {why}")
+        out[key] = value
+    return out

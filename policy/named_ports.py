@@ -25,6 +25,7 @@ from collections.abc import Hashable, Iterable, Mapping
 
 from policy.compiled import PortRange, Protocol
 from policy.endpoint import NamedPort
+from policy.families import IPAddress
 from policy.identity import IDENTITY_ANY
 from policy.model import PolicySpec, PortSpec
 
@@ -81,6 +82,7 @@ class NamedPortIndex:
         self._ident: dict[int, Counter[NamedPort]] = {}
         self._all: Counter[NamedPort] = Counter()
         self._cache: dict[int, PortsByName] = {}
+        self._remote: dict[IPAddress, tuple[int, tuple[NamedPort, ...]]] = {}
 
     def set(self, endpoint_id: Hashable, ident: int | None, ports: Iterable[NamedPort]) -> set[int]:
         """Record an endpoint's identity and ports (ident None: it is gone);
@@ -117,6 +119,24 @@ class NamedPortIndex:
         if set(self._all) != all_before:
             changed.add(IDENTITY_ANY)
             self._cache.pop(IDENTITY_ANY, None)
+
+    def set_remote(self, identities: Mapping[IPAddress, int], ports: Mapping[IPAddress, Iterable[tuple[str, int, int]]]) -> set[int]:
+        """Other nodes' endpoints, whole: address -> identity, and the
+        (name, protocol, port) each published; returns the identities whose
+        names changed, as set() does."""
+        changed: set[int] = set()
+        for addr in [a for a in self._remote if a not in ports or a not in identities]:
+            changed |= self.set(("remote", addr), None, ())
+            del self._remote[addr]
+        for addr, published in ports.items():
+            ident = identities.get(addr)
+            if ident is None:
+                continue
+            want = (ident, tuple(sorted(NamedPort(n, p, num) for n, p, num in published)))
+            if self._remote.get(addr) != want:
+                changed |= self.set(("remote", addr), *want)
+                self._remote[addr] = want
+        return changed
 
     def identities(self) -> frozenset[int]:
         """The identities that serve some name."""

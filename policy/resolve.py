@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from policy.compiled import (
     ALL_PORTS,
+    HOST_ENDPOINT_ID,
     Direction,
     EndpointPolicy,
     L7Policy,
@@ -164,6 +165,15 @@ def patch_peers(
     kept = [e for e in ip.entries if e.key.identity not in peers]
     entries = tuple(sorted(kept + list(merge_entries(atoms)), key=_entry_order))
     return IdentityPolicy(ip.ingress_enforced, ip.egress_enforced, entries, {}, ip.selected_by, ip.policy_keys)
+
+
+def host_policy(specs: Sequence[tuple[str, str, PolicySpec]], members: Mapping[Peer, frozenset[int]]) -> EndpointPolicy:
+    """The node's own policy (HOST_ENDPOINT_ID) from the host specs selecting
+    it. L3/L4 only (the parser refuses L7 in host policies); allow_localhost
+    is about the node reaching pods, the node's own ingress is what its
+    host policies say."""
+    ip = merge_specs(specs, members, allow_localhost=False) if specs else UNSELECTED
+    return EndpointPolicy(HOST_ENDPOINT_ID, IDENTITY_HOST, None, ip.ingress_enforced, ip.egress_enforced, ip.entries, (), ip.selected_by)
 
 
 def redirect_keys(endpoint_id: int, ip: IdentityPolicy) -> set[RedirectKey]:

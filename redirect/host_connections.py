@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
 import socket
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -26,8 +24,8 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from pyroute2 import DiagSocket
 
 from redirect import bpfsys, conntrack, layout
-from redirect.errors import PlumbingError
 from redirect.maps import PinnedMaps
+from redirect.netns import run_in
 
 TCP_ESTABLISHED = 1
 CT_SCOPE_FLOW = 0
@@ -59,28 +57,7 @@ def _dump() -> list[Connection]:
 def established(netns: str | None) -> list[Connection]:
     """The established TCP connections of the node's network namespace (this
     process's, or a named one under /run/netns)."""
-    if netns is None:
-        return _dump()
-    got: list[list[Connection] | BaseException] = []
-
-    def inside() -> None:  # setns affects this thread only, which then ends
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, 0x40000000) != 0:
-                raise PlumbingError(f"setns({netns}): {os.strerror(ctypes.get_errno())}")
-            got.append(_dump())
-        except BaseException as e:  # handed to the caller's thread
-            got.append(e)
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=inside, name="host-connections")
-    t.start()
-    t.join()
-    if isinstance(got[0], BaseException):
-        raise got[0]
-    return got[0]
+    return run_in(netns, _dump, "host-connections")
 
 
 def _key(src: IPv4Address | IPv6Address, dst: IPv4Address | IPv6Address, sport: int, dport: int) -> tuple[str, bytes]:

@@ -27,13 +27,13 @@ import json
 import os
 import socket
 import struct
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from redirect import bpfsys, layout, loader
 from redirect.errors import PlumbingError
 from redirect.maps import PinnedMaps
+from redirect.netns import run_in
 
 LINK_PIN = "ciliate_link_upstream4"
 LINK_PIN6 = "ciliate_link_upstream6"
@@ -127,28 +127,7 @@ def ensure_cgroup2(cgroup_root: Path | None) -> Path:
 def netns_cookie(netns: str | None) -> int:
     """The kernel's cookie of a network namespace (this process's, or a named
     one under /run/netns), read from a socket made there."""
-    if netns is None:
-        return _socket_cookie()
-    out: list[int | BaseException] = []
-
-    def inside() -> None:  # setns affects this thread only, which then ends
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, 0x40000000) != 0:
-                raise PlumbingError(f"setns({netns}): {os.strerror(ctypes.get_errno())}")
-            out.append(_socket_cookie())
-        except BaseException as e:  # handed to the caller's thread
-            out.append(e)
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=inside, name="netns-cookie")
-    t.start()
-    t.join()
-    if isinstance(out[0], BaseException):
-        raise out[0]
-    return out[0]
+    return run_in(netns, _socket_cookie, "netns-cookie")
 
 
 def _socket_cookie() -> int:

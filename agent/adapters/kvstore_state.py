@@ -29,7 +29,7 @@ import json
 import os
 from ipaddress import IPv4Network, IPv6Network
 
-from agent.core.ports import ClusterPeers, IdentityUnavailable, PeerNode
+from agent.core.cluster_ports import ClusterPeers, IdentityUnavailable, PeerNode
 from kvstore.cluster import Cluster
 from kvstore.config import EtcdConfig
 from kvstore.errors import KvstoreError, KvstoreUnavailable

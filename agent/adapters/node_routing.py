@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from ipaddress import IPv4Address
 
 from agent.adapters.kernel_datapath import KernelDatapath
-from agent.core.ports import PeerNode
+from agent.core.cluster_ports import PeerNode
 from redirect import node_routes
 
 

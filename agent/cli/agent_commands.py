@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_socket
 from agent.cli import log_setup, monitor
-from agent.cli.host_flags import host_endpoint_from_args, node_labels_from_args
+from agent.cli.host_flags import add_host_flags, host_endpoint_from_args, node_labels_from_args
 from agent.cli.k8s_flags import add_k8s_flags, k8s_source_from_args
 from agent.cli.kvstore_flags import ClusterFlagError, add_kvstore_flags, shared_state_from_args
 from xds.limits import ProxyLimits
@@ -450,27 +450,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     a.add_argument("--log-level", default="info", choices=log_setup.LEVELS, help="default %(default)s: state changes, errors, one line per policy change")
     a.add_argument("--debug", action="store_true", help="log everything, including every API request and every call to Envoy's admin API")
     a.add_argument("--log-format", default="text", choices=log_setup.FORMATS, help="text (default) or one JSON object per line")
-    h = a.add_argument_group("nodes: host policies (CiliumClusterwideNetworkPolicy with nodeSelector), fromNodes/toNodes")
-    h.add_argument(
-        "--host-firewall", action="store_true",
-        help="make the node an endpoint whose policy is the host policies selecting its labels; enforced for "
-        "traffic between pods and the node, and on every --host-device",
-    )
-    h.add_argument(
-        "--host-device", action="append", default=[], metavar="DEV",
-        help="a device of the node where its host policies are enforced (repeat for more; implies --host-firewall)",
-    )
-    h.add_argument(
-        "--node-label", action="append", default=[], metavar="KEY=VALUE",
-        help="a label of this node, which nodeSelector and fromNodes/toNodes match; published to the other nodes "
-        "in cluster mode (repeat for more). In Kubernetes mode the node's labels are its Node object's, followed "
-        "as they change, and each --node-label is added over them (it wins over the Node's label of the same key)",
-    )
-    h.add_argument(
-        "--host-policy-audit-mode", action="store_true",
-        help="audit the node's policy instead of enforcing it (recommended first: what it would drop passes and "
-        "is reported as AUDIT)",
-    )
+    add_host_flags(a)
     add_k8s_flags(a)
     add_kvstore_flags(a)
     a.set_defaults(func=_run_agent)

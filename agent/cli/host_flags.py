@@ -14,25 +14,40 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from urllib.parse import urlsplit
 
 from agent.core.ports import HostEndpoint
-from policy.labels import key_problem, value_problem
+from policy.labels import label_items
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def add_host_flags(a: argparse.ArgumentParser) -> None:
+    """`ciliate agent`'s flags for the node itself: host policies and its labels."""
+    h = a.add_argument_group("nodes: host policies (CiliumClusterwideNetworkPolicy with nodeSelector), fromNodes/toNodes")
+    h.add_argument(
+        "--host-firewall", action="store_true",
+        help="make the node an endpoint whose policy is the host policies selecting its labels; enforced for "
+        "traffic between pods and the node, and on every --host-device",
+    )
+    h.add_argument(
+        "--host-device", action="append", default=[], metavar="DEV",
+        help="a device of the node where its host policies are enforced (repeat for more; implies --host-firewall)",
+    )
+    h.add_argument(
+        "--node-label", action="append", default=[], metavar="KEY=VALUE",
+        help="a label of this node, which nodeSelector and fromNodes/toNodes match; published to the other nodes "
+        "in cluster mode (repeat for more). In Kubernetes mode the node's labels are its Node object's, followed "
+        "as they change, and each --node-label is added over them (it wins over the Node's label of the same key)",
+    )
+    h.add_argument(
+        "--host-policy-audit-mode", action="store_true",
+        help="audit the node's policy instead of enforcing it (recommended first: what it would drop passes and "
+        "is reported as AUDIT)",
+    )
+
+
+
 def node_labels_from_args(args: argparse.Namespace) -> dict[str, str]:
     """--node-label KEY=VALUE (repeatable): this node's labels."""
-    return _labels(args.node_label)
-
-
-def _labels(items: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        why = "expected KEY=VALUE" if not sep else key_problem(key) or value_problem(value)
-        if why:
-            raise ValueError(f"--node-label {item!r}: {why}")
-        out[key] = value
-    return out
+    return label_items(args.node_label, "--node-label")
 
 
 def _addresses(url: str) -> list[tuple[IPv4Address | IPv6Address, int]]:
@@ -56,7 +71,7 @@ def host_endpoint_from_args(args: argparse.Namespace) -> HostEndpoint | None:
         if args.host_policy_audit_mode:
             raise ValueError("--host-policy-audit-mode needs --host-firewall (or --host-device)")
         return None
-    labels = _labels(args.node_label)
+    labels = label_items(args.node_label, "--node-label")
     urls: list[str] = []
     if getattr(args, "k8s_api_server", None):
         urls.append(args.k8s_api_server)

@@ -19,7 +19,7 @@ from policy.endpoint import Endpoint, NamedPort
 from policy.errors import CiliateError
 from policy.families import Stack
 from policy.icmp_types import icmp_type
-from policy.labels import key_problem, value_problem
+from policy.labels import label_items
 from policy.load import load_paths
 from policy.named_ports import port_name_problem
 from policy.services import resolve_all
@@ -175,14 +175,10 @@ def _parse_dport(s: str, named: list[NamedPort]) -> tuple[int, Protocol]:
 
 def node_labels(items: list[str]) -> dict[str, str]:
     """--node-label KEY=VALUE items (trace, diff)."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        why = "expected KEY=VALUE" if not sep else key_problem(key) or value_problem(value)
-        if why:
-            raise CiliateError(f"bad --node-label {item!r}: {why}")
-        out[key] = value
-    return out
+    try:
+        return label_items(items, "--node-label")
+    except ValueError as exc:
+        raise CiliateError(str(exc)) from None
 
 
 def _parse_named_ports(items: list[str]) -> list[NamedPort]:

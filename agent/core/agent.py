@@ -56,11 +56,10 @@ from agent.core.ports import (
     ServicePeers,
     PolicyObjects,
     PolicySourceFactory,
-    NodeRouting,
     ProxyControl,
     Service,
-    SharedState,
 )
+from agent.core.cluster_ports import NodeRouting, SharedState
 from agent.core.regeneration_queue import RegenerationQueue
 from agent.core.regenerator import RegenerationReport, Regenerator
 from agent.core.reports import (

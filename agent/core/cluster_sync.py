@@ -23,7 +23,8 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from ipaddress import IPv4Address, IPv6Address
 
-from agent.core.ports import ClusterPeers, EndpointSpec, IdentityUnavailable, NodeRouting, PeerNode, SharedState
+from agent.core.ports import EndpointSpec
+from agent.core.cluster_ports import ClusterPeers, IdentityUnavailable, NodeRouting, PeerNode, SharedState
 from policy.identity import identity_labels
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,13 @@ from agent.core.endpoint_table import EndpointTable
 from agent.core.l7_view import l7_view
 from agent.core.models import EndpointRecord, EndpointState
 from agent.core.policy_book import BookEntry, PolicyBook
-from agent.core.ports import Allocations, ClusterPeers, EndpointSpec, HostEndpoint, PolicyCompiler
+from agent.core.ports import (
+    Allocations,
+    EndpointSpec,
+    HostEndpoint,
+    PolicyCompiler,
+)
+from agent.core.cluster_ports import ClusterPeers
 from agent.core.regeneration_queue import Batch
 from policy.compiled import HOST_ENDPOINT_ID, CompiledState, EndpointPolicy, Protocol
 

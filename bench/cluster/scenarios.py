@@ -17,7 +17,7 @@ from pathlib import Path
 
 from agent.adapters.kvstore_state import KvstoreState
 from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory
-from agent.core.ports import PeerNode
+from agent.core.cluster_ports import PeerNode
 from agent.daemon import AgentConfig, build_agent
 from bench.bench_agent import NullDatapath, NullProxy
 from bench.cluster.etcd_stats import count_keys, db_size

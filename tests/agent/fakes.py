@@ -18,8 +18,6 @@ from typing import Any
 from agent.core.ports import (
     Allocations,
     ApplyOutcome,
-    ClusterPeers,
-    IdentityUnavailable,
     DatapathCounters,
     UpstreamPorts,
     MapFill,
@@ -36,6 +34,7 @@ from agent.core.ports import (
     ProxyRejected,
     ProxyTimeout,
 )
+from agent.core.cluster_ports import ClusterPeers, IdentityUnavailable
 from policy.identity import identity_labels
 from policy.compiled import (
     ALLOW_ALL_HTTP,

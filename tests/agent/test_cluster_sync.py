@@ -10,7 +10,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from agent.core.agent import Agent
 from agent.core.models import EndpointState
-from agent.core.ports import ClusterPeers, PeerNode
+from agent.core.cluster_ports import ClusterPeers, PeerNode
 from agent.daemon import AgentConfig, build_agent
 from policy.identity import identity_labels
 from tests.agent.conftest import Rig

@@ -133,9 +133,15 @@ def exchange(client: socket.socket, server: socket.socket) -> None:
 def tcp_flow_passes(client: Pod, server: Pod, port: int, expect: bool) -> bool:
     """Open a TCP connection and exchange a byte each way; True if the server
     saw the connection. When `expect` is False, wait only DENIED_WAIT."""
+    return tcp_passes(client, server, server.ip, port, expect)
+
+
+def tcp_passes(client, server, dst, port: int, expect: bool, wait: float = ALLOWED_WAIT) -> bool:
+    """tcp_flow_passes between any two places with sockets (a pod, the node)
+    to the address `dst` of the server's; `wait` bounds what must arrive."""
     with Server(server, port) as srv:
-        c = tcp_connect(client, server.ip, port, ALLOWED_WAIT if expect else DENIED_WAIT)
-        conn = srv.accept(0.2 if c is None else ALLOWED_WAIT)
+        c = tcp_connect(client, dst, port, wait if expect else DENIED_WAIT)
+        conn = srv.accept(0.2 if c is None else wait)
         try:
             if c is None or conn is None:
                 return False

@@ -29,6 +29,7 @@ from tests.datapath.support import (
     rule,
     state,
     tcp_connect,
+    tcp_passes,
 )
 from tests.kernelnode import GATEWAY
 
@@ -68,34 +69,12 @@ def fw(_fw_install: Install) -> Iterator[Install]:
 
 def to_node(inst: Install, client, port: int, expect: bool) -> bool:
     """A TCP connection from `client` (a pod) to the node's address, a byte each way."""
-    with Server(inst.node, port) as srv:
-        c = tcp_connect(client, GATEWAY, port, WAIT if expect else DENIED_WAIT)
-        conn = srv.accept(0.2 if c is None else WAIT)
-        try:
-            if c is None or conn is None:
-                return False
-            exchange(c, conn)
-            return True
-        finally:
-            for s in (c, conn):
-                if s is not None:
-                    s.close()
+    return tcp_passes(client, inst.node, GATEWAY, port, expect, WAIT)
 
 
 def from_node(inst: Install, server_pod, port: int, expect: bool) -> bool:
     """A TCP connection from the node to a pod (or to c)."""
-    with Server(server_pod, port) as srv:
-        c = tcp_connect(inst.node, server_pod.ip, port, WAIT if expect else DENIED_WAIT)
-        conn = srv.accept(0.2 if c is None else WAIT)
-        try:
-            if c is None or conn is None:
-                return False
-            exchange(c, conn)
-            return True
-        finally:
-            for s in (c, conn):
-                if s is not None:
-                    s.close()
+    return tcp_passes(inst.node, server_pod, server_pod.ip, port, expect, WAIT)
 
 
 def test_the_nodes_ingress_from_a_device_is_its_host_policy(fw):
