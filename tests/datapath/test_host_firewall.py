@@ -206,3 +206,19 @@ def test_the_nodes_ipv6_is_judged_by_the_same_host_policy(fresh_install):
         assert not _tcp6(c.netns, str(NODE6), 2223, inst.node.netns, False), "an IPv6 port the host policy does not admit reached the node"
         assert _tcp6(inst.node.netns, "fd00:201::9", 8080, c.netns, True)
         assert not _tcp6(inst.node.netns, "fd00:201::9", 8081, c.netns, False)
+
+
+def test_between_a_pod_and_the_node_both_sides_policies_hold(fw):
+    """Pod -> node: the node's ingress admits a, a's own egress does not
+    (nothing for host). Node -> pod: the node's egress admits b, b's own
+    ingress does not. Each side's policy alone drops the flow."""
+    a, b = fw.ep("a"), fw.ep("b")
+    apply(fw, 1, host([rule(a.identity, INGRESS, TCP, 4000), rule(b.identity, EGRESS, TCP, 5000)], egress=True),
+          endpoint(a, [rule(257, EGRESS, ANY)], ingress=False, egress=True),
+          endpoint(b, [rule(256, INGRESS, ANY)], ingress=True, egress=False))
+    assert not to_node(fw, a.pod, 4000, False), "a's egress admits nothing for the node, yet a reached it"
+    assert not from_node(fw, b.pod, 5000, False), "b's ingress does not admit the node, yet the node reached b"
+    apply(fw, 2, host([rule(a.identity, INGRESS, TCP, 4000), rule(b.identity, EGRESS, TCP, 5000)], egress=True),
+          endpoint(a, [rule(1, EGRESS, TCP, 4000)], ingress=False, egress=True),
+          endpoint(b, [rule(1, INGRESS, TCP, 5000)], ingress=True, egress=False))
+    assert to_node(fw, a.pod, 4000, True) and from_node(fw, b.pod, 5000, True)
