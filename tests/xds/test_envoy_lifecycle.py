@@ -82,3 +82,26 @@ async def test_supervisor_restarts_killed_envoy_which_gets_its_config_back(envoy
         r = await rig.get(client, port, "/x")
         assert (r.status_code, r.text) == (200, "upstream GET /x")
         assert (await rig.get(client, port, "/y")).status_code == 403
+
+
+@pytest.mark.parametrize("delta", PROTOCOLS)
+async def test_a_change_after_a_listener_removal_does_not_wait_for_its_drain(envoy_rig, delta):
+    """A removed listener drains for Envoy's drain time while Envoy stays
+    subscribed to its route configuration. The removal is in force at
+    Envoy's LDS ACK, and the next policy change is enforced at once, while
+    the old listener is still draining (a drain time longer than every wait
+    here makes "at once" an event, not a timing)."""
+    from sidecar.supervisor import admin_client
+
+    rig = await envoy_rig(delta=delta, drain_time_s=120)
+    kept, removed = free_port(), free_port()
+    await rig.publish(state({kept: (rule([CLIENT_IDENTITY], path="/a"),), removed: (rule([CLIENT_IDENTITY], path="/b"),)}))
+    await rig.envoy.wait_ready()
+    await rig.publish(state({kept: (rule([CLIENT_IDENTITY], path="/a"),)}), timeout=20)
+    await rig.publish(state({kept: (rule([CLIENT_IDENTITY], path="/c"),)}), timeout=20)
+    async with httpx.AsyncClient() as client:
+        assert (await rig.get(client, kept, "/c")).status_code == 200
+        assert (await rig.get(client, kept, "/a")).status_code == 403
+    async with admin_client(rig.envoy.admin_socket) as admin:
+        stats = (await admin.get("/stats", params={"filter": "total_listeners_draining"})).text
+    assert "listener_manager.total_listeners_draining: 1" in stats, stats

@@ -212,3 +212,40 @@ async def test_route_change_carries_only_the_changed_route_configuration():
 
     assert [RouteConfiguration.parse(a.value).name for a in r.resources] == ["ciliate-proxy-15002"]
     await s.close()
+
+
+async def test_listener_removal_is_acked_while_envoy_still_subscribes_to_its_routes():
+    """Envoy keeps a removed listener draining (seconds) and stays subscribed
+    to its route configuration meanwhile. The snapshot without that listener
+    is in force once Envoy ACKs the listeners: waiting for the unsubscribe
+    would stall every change queued behind the removal for the drain time."""
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", snap({15001: "/a", 15002: "/b"}))
+    s, _ = await connect(cache)
+    smaller = snap({15001: "/a"})
+    cache.set_snapshot("n1", smaller)
+    lds = await s.next()
+    assert lds.type_url == LISTENER and len(lds.resources) == 1
+    s.push(type_url=LISTENER, version_info=lds.version_info, response_nonce=lds.nonce)
+    assert await s.quiet(), "a route configuration that only went away is not re-sent"
+    assert cache.acked_version("n1") == smaller.version
+    # The drain ends: Envoy unsubscribes, nothing changes.
+    s.push(type_url=ROUTE, resource_names=["ciliate-proxy-15001"], response_nonce=await _last_rds_nonce(s))
+    assert await s.quiet()
+    assert cache.acked_version("n1") == smaller.version
+    await s.close()
+
+
+async def test_a_changed_route_configuration_still_needs_its_own_ack():
+    cache = SnapshotCache()
+    cache.set_snapshot("n1", snap({15001: "/a", 15002: "/b"}))
+    s, _ = await connect(cache)
+    back = snap({15001: "/a", 15002: "/new"})
+    cache.set_snapshot("n1", back)
+    rds = await s.next()
+    assert rds.type_url == ROUTE
+    assert cache.acked_version("n1") != back.version, "the changed route configuration is not ACKed yet"
+    s.push(type_url=ROUTE, resource_names=["ciliate-proxy-15001", "ciliate-proxy-15002"], response_nonce=rds.nonce, version_info=rds.version_info)
+    await s.quiet()
+    assert cache.acked_version("n1") == back.version
+    await s.close()
