@@ -21,15 +21,42 @@ Modules, one job each:
   trace     trace(): what the datapath and the proxy would do with a flow
 """
 
-from policy.compiler import Compiler, compile_state
-from policy.endpoint import Endpoint
-from policy.errors import CiliateError, PolicyError, PolicyErrors, TraceInputError
-from policy.identity import IdentityAllocator
-from policy.load import LoadResult, load_paths, load_text
-from policy.model import Policy
-from policy.parse import parse_object
-from policy.proxyports import ProxyPortAllocator, ProxyPortsExhausted
-from policy.trace import HTTPRequest, Party, TraceResult, trace
+import importlib
+from typing import Any
+
+# Where each public name lives. Imported on first use (PEP 562): a module
+# that needs only policy.labels (the agent's API models, the CNI plugin, every
+# `ciliate status`) must not load the parser, pydantic's policy schema and the
+# compiler with it.
+_HOME = {
+    "Compiler": "policy.compiler",
+    "compile_state": "policy.compiler",
+    "Endpoint": "policy.endpoint",
+    "CiliateError": "policy.errors",
+    "PolicyError": "policy.errors",
+    "PolicyErrors": "policy.errors",
+    "TraceInputError": "policy.errors",
+    "IdentityAllocator": "policy.identity",
+    "LoadResult": "policy.load",
+    "load_paths": "policy.load",
+    "load_text": "policy.load",
+    "Policy": "policy.model",
+    "parse_object": "policy.parse",
+    "ProxyPortAllocator": "policy.proxyports",
+    "ProxyPortsExhausted": "policy.proxyports",
+    "HTTPRequest": "policy.trace",
+    "Party": "policy.trace",
+    "TraceResult": "policy.trace",
+    "trace": "policy.trace",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'policy' has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)
+
 
 __all__ = [
     "CiliateError",

@@ -7,7 +7,6 @@ listening) or AgentError (the agent said no, with its reason). Does socket I/O.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -16,6 +15,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from agent.api.address import AgentError, AgentUnavailable, default_socket  # noqa: F401 (re-exported: the CLI and CNI catch them here)
 from agent.core.flow_history import FlowHistoryList
 from agent.core.models import (
     BpfPolicyDump,
@@ -32,24 +32,7 @@ from agent.core.models import (
     Status,
 )
 
-DEFAULT_SOCKET = Path("/var/run/ciliate/agent.sock")
 M = TypeVar("M", bound=BaseModel)
-
-
-def default_socket() -> Path:
-    return Path(os.environ.get("CILIATE_SOCKET", str(DEFAULT_SOCKET)))
-
-
-class AgentUnavailable(Exception):
-    pass
-
-
-class AgentError(Exception):
-    def __init__(self, status: int, error: str, detail: str | None) -> None:
-        super().__init__(f"{error}: {detail}" if detail else error)
-        self.status = status
-        self.error = error
-        self.detail = detail
 
 
 class AgentClient:

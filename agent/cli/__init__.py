@@ -3,6 +3,15 @@
 offline policy tools (policy_commands.py) and the compose demo's attach loop
 (compose_attach.py)."""
 
-from agent.cli.ciliate import build_parser, main
+from typing import Any
 
 __all__ = ["build_parser", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazily: importing a sibling (log_setup, say) must not load the whole CLI.
+    if name in __all__:
+        from agent.cli import ciliate
+
+        return getattr(ciliate, name)
+    raise AttributeError(name)

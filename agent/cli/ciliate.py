@@ -4,28 +4,49 @@ modules that own them (policy tools, agent client commands, demo)."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 
-from agent.cli import agent_commands as cli_agent, policy_commands as cli_policy, policy_diff as cli_diff
-from demo import command as demo_command
-
 # Each module adds its subcommands and sets `func` on its parsers; `func`
-# takes the parsed namespace and returns the process exit code.
-_COMMAND_MODULES = (cli_policy, cli_diff, cli_agent, demo_command)
+# takes the parsed namespace and returns the process exit code. Modules are
+# imported by name, and only those owning the command asked for: an offline
+# `ciliate policy trace` must not load the agent, its API models and its HTTP
+# client (that tripled its start-up time).
+_POLICY_TOOLS = ("agent.cli.policy_commands", "agent.cli.policy_diff")
+_AGENT_COMMANDS = "agent.cli.agent_commands"  # the daemon and its client commands
+_DEMO = "demo.command"
+_ALL = (*_POLICY_TOOLS, _AGENT_COMMANDS, _DEMO)  # registration order: `policy get` joins the tools' parser
+_OFFLINE_POLICY = frozenset({"validate", "trace", "diff"})
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _modules_for(argv: Sequence[str]) -> tuple[str, ...]:
+    words = [a for a in argv if not a.startswith("-")]
+    first = words[0] if words else None
+    if first == "policy" and len(words) > 1 and words[1] in _OFFLINE_POLICY:
+        return _POLICY_TOOLS
+    if first == "demo":
+        return (_DEMO,)
+    if first in {"agent", "status", "endpoint", "identity", "bpf", "monitor"}:
+        return (_AGENT_COMMANDS,)
+    return _ALL  # help, `policy get`, a typo: every command, so argparse lists them all
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with every subcommand, or (given the argv it will parse)
+    with only the modules owning its command; an unknown command gets them
+    all, so argparse's error lists every choice."""
     parser = argparse.ArgumentParser(prog="ciliate", description="L7 network policy with Envoy and eBPF")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in _COMMAND_MODULES:
-        module.register(sub)
+    for name in _modules_for(argv) if argv is not None else _ALL:
+        importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:

@@ -20,12 +20,12 @@ import json
 import sys
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_socket
+from agent.api.address import AgentError, AgentUnavailable, default_socket
 from agent.cli.policy_commands import add_stack_flag, node_labels
 from policy.compiled import SNIRule
 from policy.compiler import compile_state
@@ -40,6 +40,9 @@ from policy.load import load_paths
 from policy.services import resolve_all
 from policy.model import Policy
 from policy.trace import TLSHello
+
+if TYPE_CHECKING:
+    from agent.api.client import AgentClient
 
 EXIT_SAME, EXIT_CHANGED, EXIT_BAD_INPUT = 0, 1, 2
 # Offline endpoints without an address get one from here, in file order.
@@ -134,7 +137,13 @@ def load_endpoints(path: str) -> list[Endpoint]:
     return out
 
 
-def _agent_endpoints(client: AgentClient) -> list[Endpoint]:
+def _agent_client(socket: str) -> "AgentClient":
+    from agent.api.client import AgentClient  # httpx and the API models: only when the agent is asked
+
+    return AgentClient(Path(socket))
+
+
+def _agent_endpoints(client: "AgentClient") -> list[Endpoint]:
     return [Endpoint(e.id, dict(e.labels), e.ipv4, e.ipv6) for e in client.endpoints()]
 
 
@@ -142,7 +151,7 @@ def _diff(args: argparse.Namespace) -> int:
     new = _policies(args.new, "new")
     stack = Stack(args.stack)
     if args.observed:
-        with AgentClient(Path(args.socket)) as client:
+        with _agent_client(args.socket) as client:
             eps = load_endpoints(args.endpoints) if args.endpoints else _agent_endpoints(client)
             history = client.flow_history(args.since)
         report = replay(history.events, compile_state(new, eps, stack=stack))
@@ -157,7 +166,7 @@ def _diff(args: argparse.Namespace) -> int:
     if args.endpoints:
         eps = load_endpoints(args.endpoints)
     else:
-        with AgentClient(Path(args.socket)) as client:
+        with _agent_client(args.socket) as client:
             eps = _agent_endpoints(client)
     # The node is an endpoint when a host policy could select it.
     host = bool(args.node_label) or any(s.node_subject is not None for p in (*old, *new) for s in p.specs)

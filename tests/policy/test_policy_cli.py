@@ -202,3 +202,29 @@ def test_trace_refuses_bad_ports_with_a_reason(capsys, tmp_path, argv, message):
     got, out, err = run(capsys, "policy", "trace", "--policies", str(f), "--src", "labels:app=client",
                         "--dst", "labels:app=web", *argv)
     assert got == 2 and message in err, out + err
+
+
+def test_an_offline_trace_loads_neither_the_agent_nor_an_http_client():
+    """`ciliate policy trace` is a tool people run in loops and in CI: it
+    loads the policy code only (the agent's CLI, API models and httpx
+    doubled its start-up), and still answers."""
+    probe = (
+        "import sys\n"
+        "from agent.cli.ciliate import main\n"
+        f"rc = main(['policy', 'trace', '--policies', {L7!r}, '--src', {TIE!r}, '--dst', {DEATHSTAR!r},"
+        " '--dport', '80', '--method', 'POST', '--path', '/v1/request-landing'])\n"
+        "heavy = sorted(m for m in ('httpx', 'agent.core.models', 'agent.api.client', 'agent.cli.agent_commands', 'demo.command') if m in sys.modules)\n"
+        "print('RC', rc, 'HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "verdict: allowed" in out.stdout, out.stdout + out.stderr
+    assert "RC 0 HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_help_still_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    for command in ("policy", "agent", "status", "endpoint", "identity", "bpf", "monitor", "demo"):
+        assert command in out.stdout, out.stdout
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "policy", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    for sub in ("validate", "trace", "diff", "get"):
+        assert sub in out.stdout, out.stdout

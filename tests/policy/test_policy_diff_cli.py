@@ -81,7 +81,7 @@ class _FakeClient:
 
 
 def test_agent_endpoints_and_observed_replay(monkeypatch, capsys):
-    monkeypatch.setattr(policy_diff, "AgentClient", _FakeClient)
+    monkeypatch.setattr(policy_diff, "_agent_client", _FakeClient)
     assert cli.main(["policy", "diff", "--old", OLD, "--new", NEW]) == 1
     assert "class=tiefighter,org=empire -> class=deathstar,org=empire" in capsys.readouterr().out
     assert cli.main(["policy", "diff", "--observed", "--new", NEW]) == 1
