@@ -35,6 +35,11 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_DOCUMENT_BYTES = 1536 * 1024
 
 
+# libyaml's loader when PyYAML was built with it: ~10x faster than the pure
+# Python one, which was most of the agent's time reading one changed file.
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 class _TooBig:
     """A document over MAX_DOCUMENT_BYTES, kept in its place (never constructed)."""
 
@@ -45,7 +50,7 @@ class _TooBig:
 def _yaml_documents(text: str, limit: int) -> list[Any]:
     """yaml.safe_load_all, but a document over `limit` bytes becomes a
     _TooBig instead of being built (its size is known once it is composed)."""
-    loader = yaml.SafeLoader(text)
+    loader = _SafeLoader(text)
     docs: list[Any] = []
     try:
         while loader.check_node():

@@ -7,7 +7,12 @@ inotify sees nothing, so the watcher still scans every `interval`. inotify
 only wakes it early; without it a change waited up to a whole poll period
 (measured: p99 217 ms from file written to enforcement with a 200 ms poll).
 It wakes on close-after-write and renames, not on every write, so a file is
-not read half-written. `diff_stamps` is pure; `scan` and `Inotify` do I/O.
+not read half-written. An inotify event names the file: only the named policy
+files are stat'ed again (a whole scan of 1,000 files was 6-14 ms of every
+change's latency); a ConfigMap's `..data` swap, a queue overflow or the
+directory itself moving gets a whole scan.
+`diff_stamps` and `parse_events` are pure; `scan`, `stamps_of` and `Inotify`
+do I/O.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import ctypes
 import ctypes.util
 import logging
 import os
-from collections.abc import Mapping
+import stat
+import struct
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -46,7 +53,7 @@ def scan(directory: Path) -> dict[str, Stamp]:
     except FileNotFoundError:
         return found
     for entry in entries:
-        if entry.name.startswith(".") or not entry.name.endswith(POLICY_SUFFIXES):
+        if not is_policy_name(entry.name):
             continue
         try:
             st = entry.stat()
@@ -55,6 +62,53 @@ def scan(directory: Path) -> dict[str, Stamp]:
         if entry.is_file():
             found[entry.path] = Stamp(st.st_mtime_ns, st.st_size, st.st_ino)
     return found
+
+
+def stamps_of(directory: Path, names: Iterable[str]) -> dict[str, Stamp | None]:
+    """The stamps of these files in `directory` (None: gone, or not a file),
+    keyed as scan() keys them."""
+    out: dict[str, Stamp | None] = {}
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            out[path] = None
+            continue
+        out[path] = Stamp(st.st_mtime_ns, st.st_size, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+    return out
+
+
+def is_policy_name(name: str) -> bool:
+    return not name.startswith(".") and name.endswith(POLICY_SUFFIXES)
+
+
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then len bytes of name
+_IN_Q_OVERFLOW = 0x4000
+_IN_DIRECTORY_GONE = 0x400 | 0x800 | 0x8000  # IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
+
+
+def parse_events(buf: bytes) -> set[str] | None:
+    """The policy file names a buffer of inotify events touches; None when
+    only a whole scan can tell (overflow, the directory itself, or a
+    ConfigMap's `..data` swap, which changes every file behind unchanged
+    names)."""
+    names: set[str] = set()
+    off = 0
+    while off + _EVENT.size <= len(buf):
+        _, mask, _, length = _EVENT.unpack_from(buf, off)
+        raw = buf[off + _EVENT.size : off + _EVENT.size + length]
+        off += _EVENT.size + length
+        if mask & (_IN_Q_OVERFLOW | _IN_DIRECTORY_GONE):
+            return None
+        name = os.fsdecode(raw.split(b"\0", 1)[0])
+        if not name or name.startswith(".."):
+            return None  # Kubernetes swaps a ConfigMap's files in through `..data`
+        if is_policy_name(name):
+            names.add(name)
+        # else: a file scan() skips too (an editor's swap file, a hidden temp
+        # file renamed into place later, which is then an event of its own).
+    return names
 
 
 def diff_stamps(old: Mapping[str, Stamp], new: Mapping[str, Stamp]) -> Changes:
@@ -81,12 +135,17 @@ class Inotify:
             raise OSError(err, f"inotify_add_watch {directory} failed")
         self.fd = fd
 
-    def drain(self) -> None:
+    def drain(self) -> set[str] | None:
+        """Read every pending event: the policy file names they touch (None:
+        scan everything, see parse_events)."""
+        names: set[str] | None = set()
         try:
-            while os.read(self.fd, 65536):
-                pass
+            while buf := os.read(self.fd, 65536):
+                got = parse_events(buf)
+                names = None if got is None or names is None else names | got
         except BlockingIOError:
             pass
+        return names
 
     def close(self) -> None:
         os.close(self.fd)
@@ -101,11 +160,31 @@ class DirectoryWatcher:
         self._on_change = on_change
         self._stamps: dict[str, Stamp] = {}
         self._lock = asyncio.Lock()
+        # Since the last look: whether inotify woke us, and the names it
+        # reported (None: only a whole scan can tell what changed).
+        self._woken = False
+        self._named: set[str] | None = set()
 
-    async def poll_once(self) -> Changes:
-        """One scan; a caller arriving mid-scan waits until that scan's changes are handled."""
+    def _noticed(self, names: set[str] | None) -> None:
+        if not self._woken:
+            self._woken, self._named = True, names
+        elif self._named is not None:
+            self._named = None if names is None else self._named | names
+
+    async def poll_once(self, names: set[str] | None = None) -> Changes:
+        """One scan (of the files `names` only, when given); a caller
+        arriving mid-scan waits until that scan's changes are handled."""
         async with self._lock:
-            new = await asyncio.to_thread(scan, self.directory)
+            if names is None:
+                new = await asyncio.to_thread(scan, self.directory)
+            else:
+                # A few stats: cheaper inline than a hop to a thread.
+                new = dict(self._stamps)
+                for path, stamp in stamps_of(self.directory, names).items():
+                    if stamp is None:
+                        new.pop(path, None)
+                    else:
+                        new[path] = stamp
             changes = diff_stamps(self._stamps, new)
             self._stamps = new
             if changes:
@@ -118,15 +197,19 @@ class DirectoryWatcher:
         loop = asyncio.get_running_loop()
         try:
             notify = Inotify(self.directory)
-            loop.add_reader(notify.fd, lambda: (notify.drain(), wake.set()))
+            loop.add_reader(notify.fd, lambda: (self._noticed(notify.drain()), wake.set()))
         except OSError as exc:  # missing directory, no inotify: polling alone still works
             log.info("policy directory %s: no inotify (%s); polling every %.1fs", self.directory, exc, self.interval)
             notify = None
         try:
             while True:
                 wake.clear()
+                # Woken by inotify with names: those files only; by the
+                # timer (or an event only a scan explains): everything.
+                names = self._named if self._woken else None
+                self._woken, self._named = False, set()
                 try:
-                    await self.poll_once()
+                    await self.poll_once(names)
                 except Exception:  # a watcher that dies silently would freeze policy
                     log.exception("policy directory poll failed; retrying")
                 # Not asyncio.wait_for: on 3.11 it swallows a cancel that arrives
