@@ -136,10 +136,10 @@ class Datapath:
         tmp.replace(d / RECORD_FILE)
         self._endpoints[rec.endpoint_id] = rec
 
-    def _block(self, endpoint_id: int, ifname: str) -> None:
+    def _block(self, endpoint_id: int, ifname: str, link: tc.Netns = None) -> None:
         fd = bpfsys.load_drop_program(BLOCK_NAME)
         try:
-            tc.attach(ifname, fd, fd, BLOCK_NAME, self.netns)
+            tc.attach(ifname, fd, fd, BLOCK_NAME, link if link is not None else self.netns)
         finally:
             os.close(fd)
 
@@ -199,44 +199,46 @@ class Datapath:
         # with new datapath code rebuilds instead of adopting the old program.
         name = f"ciliate_lxc_{_digest(digest, self.program_source)}"
 
-        now = tc.attached(ifname, self.netns)
-        if now is None:
-            raise DatapathError(f"endpoint {endpoint_id}: interface {ifname} not found")
-        ifindex = tc.ifindex(ifname, self.netns)
-        config.write_endpoint(config.EndpointConfig(endpoint_id, identity, ip, ifname, ifindex, name, header), ep_dir)
+        # One netlink socket for the whole attach (tc.session).
+        with tc.session(self.netns) as link:
+            now = tc.attached(ifname, link)
+            if now is None:
+                raise DatapathError(f"endpoint {endpoint_id}: interface {ifname} not found")
+            ifindex = tc.ifindex(ifname, link)
+            config.write_endpoint(config.EndpointConfig(endpoint_id, identity, ip, ifname, ifindex, name, header), ep_dir)
 
-        # Fail closed before anything else: an lxc entry that enforces both
-        # directions (apply() sets the real flags), an empty policy map, and
-        # the entry by which the shared program finds this endpoint.
-        for addr in (ip4, ip6):
-            if addr is not None:
-                self.maps.write_lxc(addr, endpoint_id, identity,
-                                    layout.LXC_F_INGRESS_ENFORCED | layout.LXC_F_EGRESS_ENFORCED, only_new=True)
-        self.maps.policy_fd(endpoint_id)
-        self.maps.write_ifindex(ifindex, endpoint_id, ip)
-        v4, v6 = str(ip4 or ""), str(ip6 or "")
-        record = EndpointRecord(endpoint_id, ifname, v4, identity, name, ifindex, v6)
+            # Fail closed before anything else: an lxc entry that enforces both
+            # directions (apply() sets the real flags), an empty policy map, and
+            # the entry by which the shared program finds this endpoint.
+            for addr in (ip4, ip6):
+                if addr is not None:
+                    self.maps.write_lxc(addr, endpoint_id, identity,
+                                        layout.LXC_F_INGRESS_ENFORCED | layout.LXC_F_EGRESS_ENFORCED, only_new=True)
+            self.maps.policy_fd(endpoint_id)
+            self.maps.write_ifindex(ifindex, endpoint_id, ip)
+            v4, v6 = str(ip4 or ""), str(ip6 or "")
+            record = EndpointRecord(endpoint_id, ifname, v4, identity, name, ifindex, v6)
 
-        fds = self._program(name)
-        if fds is not None and now.ingress == name and now.egress == name:
+            fds = self._program(name)
+            if fds is not None and now.ingress == name and now.egress == name:
+                self._pin_endpoint(endpoint_id, fds)
+                self._save(record)
+                return  # adopted: same program in place
+            if fds is None:
+                if now.ingress is None or now.egress is None:
+                    self._block(endpoint_id, ifname, link)
+                try:
+                    fds = self._compile(name, header, endpoint_id)
+                except ProgramLoadError as e:
+                    self._block(endpoint_id, ifname, link)
+                    (ep_dir / ERROR_FILE).write_text(e.message + "\n")
+                    self._save(EndpointRecord(endpoint_id, ifname, v4, identity, BLOCK_NAME, ifindex, v6))
+                    raise
+            tc.attach(ifname, fds[0], fds[1], name, link)
             self._pin_endpoint(endpoint_id, fds)
+            with contextlib.suppress(FileNotFoundError):
+                (ep_dir / ERROR_FILE).unlink()
             self._save(record)
-            return  # adopted: same program in place
-        if fds is None:
-            if now.ingress is None or now.egress is None:
-                self._block(endpoint_id, ifname)
-            try:
-                fds = self._compile(name, header, endpoint_id)
-            except ProgramLoadError as e:
-                self._block(endpoint_id, ifname)
-                (ep_dir / ERROR_FILE).write_text(e.message + "\n")
-                self._save(EndpointRecord(endpoint_id, ifname, v4, identity, BLOCK_NAME, ifindex, v6))
-                raise
-        tc.attach(ifname, fds[0], fds[1], name, self.netns)
-        self._pin_endpoint(endpoint_id, fds)
-        with contextlib.suppress(FileNotFoundError):
-            (ep_dir / ERROR_FILE).unlink()
-        self._save(record)
 
     def _pin_endpoint(self, endpoint_id: int, fds: tuple[int, int]) -> None:
         """Per-endpoint pins of the (shared) program, for prog_stats."""

@@ -10,8 +10,10 @@ restarted process tells whether the attached program is current.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from dataclasses import dataclass
+from typing import Union
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -30,11 +32,25 @@ class Attached:
     egress: str | None
 
 
-def _ipr(netns: str | None) -> IPRoute:
+# Where a call works: a netns name, None (this process's netns), or a socket
+# session() opened for several calls. Opening one costs a netlink socket, and
+# in a named netns pyroute2 forks a helper to make it (~13 ms): an endpoint
+# attach made three.
+Netns = Union[str, None, IPRoute]
+
+
+def session(netns: Netns = None) -> IPRoute:
+    """One netlink socket for several calls (`with tc.session(ns) as s:`)."""
     return IPRoute(netns=netns) if netns else IPRoute()
 
 
-def ifindex(ifname: str, netns: str | None = None) -> int:
+def _ipr(netns: Netns) -> "contextlib.AbstractContextManager[IPRoute]":
+    if isinstance(netns, IPRoute):
+        return contextlib.nullcontext(netns)  # the caller's session: not ours to close
+    return session(netns)
+
+
+def ifindex(ifname: str, netns: Netns = None) -> int:
     with _ipr(netns) as ipr:
         idx = ipr.link_lookup(ifname=ifname)
     if not idx:
@@ -42,7 +58,7 @@ def ifindex(ifname: str, netns: str | None = None) -> int:
     return idx[0]
 
 
-def attach(ifname: str, from_fd: int, to_fd: int | None, name: str, netns: str | None = None,
+def attach(ifname: str, from_fd: int, to_fd: int | None, name: str, netns: Netns = None,
            prio: int = PRIO) -> None:
     """Attach `from_fd` on tc ingress and `to_fd` (if any) on tc egress."""
     with _ipr(netns) as ipr:
@@ -64,7 +80,7 @@ def attach(ifname: str, from_fd: int, to_fd: int | None, name: str, netns: str |
                 raise AttachError(f"{ifname}: attaching {name}: {e}") from e
 
 
-def attached(ifname: str, netns: str | None = None, prio: int = PRIO) -> Attached | None:
+def attached(ifname: str, netns: Netns = None, prio: int = PRIO) -> Attached | None:
     """Names of our filters on ifname, None when the interface is gone."""
     with _ipr(netns) as ipr:
         idx = ipr.link_lookup(ifname=ifname)
@@ -84,7 +100,7 @@ def attached(ifname: str, netns: str | None = None, prio: int = PRIO) -> Attache
     return Attached(names[INGRESS], names[EGRESS])
 
 
-def detach_filter(ifname: str, prio: int, netns: str | None = None) -> None:
+def detach_filter(ifname: str, prio: int, netns: Netns = None) -> None:
     """Remove only our filter at `prio` (both directions), leaving the qdisc
     and anyone else's filters (for shared devices such as lo)."""
     with _ipr(netns) as ipr:
@@ -99,7 +115,7 @@ def detach_filter(ifname: str, prio: int, netns: str | None = None) -> None:
                     raise AttachError(f"{ifname}: removing filter prio {prio}: {e}") from e
 
 
-def detach(ifname: str, netns: str | None = None) -> None:
+def detach(ifname: str, netns: Netns = None) -> None:
     """Remove the clsact qdisc (and with it our filters); gone is fine."""
     with _ipr(netns) as ipr:
         idx = ipr.link_lookup(ifname=ifname)
