@@ -144,11 +144,17 @@ def test_a_selector_services_pods_are_followed_as_they_are_relabelled(k8s_node) 
 
     # Scale down: db-1 leaves it. Wait until its new identity is known and
     # the client's map in the kernel does not admit it, then prove the drop.
+    def db1_endpoint() -> dict:
+        return next(e for e in node.ciliate_json("endpoint", "list")["endpoints"] if e["name"] == "default/db-1")
+
+    as_db = db1_endpoint()["identity"]
     kube.kubectl("label", "pod", "db-1", "app=retired", "--overwrite")
 
     def retired_identity() -> int | None:
-        ep = next(e for e in node.ciliate_json("endpoint", "list")["endpoints"] if e["name"] == "default/db-1")
-        return ep["identity"] if ep["labels"].get("k8s:app") == "retired" else None
+        # The new labels show as soon as the Pod event is in; the identity
+        # follows with the regeneration.
+        ep = db1_endpoint()
+        return ep["identity"] if ep["labels"].get("k8s:app") == "retired" and ep["identity"] not in (None, as_db) else None
 
     db1 = wait_for("db-1 relabelled", retired_identity)
     wait_for("db-1 out of the client's map", lambda: all(e["identity"] != db1 for e in egress_entries(node)),
