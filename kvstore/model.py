@@ -68,6 +68,18 @@ def _frozen(m: Mapping) -> Mapping:
 
 
 @dataclass(frozen=True)
+class ViewDelta:
+    """How a view differs from the one the same mirror handed out before it
+    (its `serial` is `base`): the endpoint addresses whose entry or whose
+    identity's labels changed, and whether any node did. A consumer that
+    holds the base patches those addresses instead of walking the cluster."""
+
+    base: int
+    endpoints: frozenset[IPv4Address | IPv6Address]
+    nodes: bool
+
+
+@dataclass(frozen=True)
 class ClusterView:
     """The remote picture, as last seen in etcd (kept while etcd is down).
 
@@ -75,12 +87,16 @@ class ClusterView:
     endpoints   endpoints published by the other nodes
     identities  every identity in etcd: id -> labels
     revision    the etcd revision this view reflects (0 before the first list)
+    serial      this view's number among those its mirror handed out (0: none)
+    delta       what changed since the mirror's previous view (None: unknown)
     """
 
     nodes: Mapping[str, NodeInfo] = field(default_factory=dict)
     endpoints: Mapping[IPv4Address | IPv6Address, RemoteEndpoint] = field(default_factory=dict)
     identities: Mapping[int, frozenset[str]] = field(default_factory=dict)
     revision: int = 0
+    serial: int = 0
+    delta: ViewDelta | None = None
 
     def __post_init__(self) -> None:
         for name in ("nodes", "endpoints", "identities"):

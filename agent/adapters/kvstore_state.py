@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncio
 import bisect
+import collections
 import functools
 import json
 import os
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 
 PEERS_FILE = "kvstore-peers.json"
 SAVE_DELAY = 1.0  # seconds: a burst of changes is saved once
+# Peers changes remembered for changed_since(): more than a regeneration can
+# fall behind while events keep coming; past it the compiler takes peers whole.
+JOURNAL = 1024
 
 
 class KvstoreState:
@@ -53,7 +57,13 @@ class KvstoreState:
         self._published: dict[IPv4Address | IPv6Address, tuple[int, tuple[tuple[str, int, int], ...]]] = {}
         self._view: ClusterView | None = None
         self._peers = ClusterPeers()
-        self._refused: list[str] = []
+        # What trusted_peers left out: nodes (recomputed whole when a node
+        # changes) and endpoints (patched with the addresses that changed).
+        self._refused_nodes: list[str] = []
+        self._refused_eps: dict[IPv4Address | IPv6Address, str] = {}
+        # (serial of a peers, addresses changed from the one before; None:
+        # computed whole): what changed_since() tells the compiler.
+        self._journal: collections.deque[tuple[int, frozenset[IPv4Address | IPv6Address] | None]] = collections.deque(maxlen=JOURNAL)
         self._restored: ClusterPeers | None = None
         self._save_task: asyncio.Task[None] | None = None
 
@@ -189,11 +199,31 @@ class KvstoreState:
         if view.revision == 0 and self._restored is not None:
             return self._restored  # not listed since start: keep what the kernel enforces
         if view is not self._view:
-            self._view = view
-            self._peers, self._refused = trusted_peers(view, self.node)
-            for what in self._refused[:5]:
+            prev, self._view = self._view, view
+            delta = view.delta
+            serial = self._peers.serial + 1
+            if prev is not None and delta is not None and delta.base == prev.serial and not delta.nodes and self._peers.serial:
+                self._peers, changed = patch_peers(self._peers, view, delta.endpoints, self._refused_eps, serial)
+            else:
+                self._peers, self._refused_nodes, self._refused_eps = trusted_parts(view, self.node, serial)
+                changed = None
+            self._journal.append((serial, changed))
+            refused = self.refused()
+            for what in refused[:5]:
                 log.warning("kvstore: ignoring %s", what)
         return self._peers
+
+    def changed_since(self, serial: int) -> frozenset[IPv4Address | IPv6Address] | None:
+        now = self.peers().serial
+        if serial == now:
+            return frozenset()
+        steps = [c for s, c in self._journal if s > serial]
+        if not serial or len(steps) != now - serial or any(c is None for c in steps):
+            return None  # older than the journal, a whole recompute between, or peers restored
+        return frozenset().union(*steps)
+
+    def refused(self) -> list[str]:
+        return [*self._refused_nodes, *self._refused_eps.values()]
 
     def status(self) -> Mapping[str, Any]:
         if self._cluster is None:
@@ -207,14 +237,25 @@ class KvstoreState:
         st["remote_nodes"] = len(peers.nodes)
         st["remote_endpoints"] = len(peers.endpoints)
         st["identities_held"] = len(self._ids)
-        st["refused_entries"] = len(self._refused)
-        if self._refused:
-            st["refused_example"] = self._refused[0]
+        refused = self.refused()
+        st["refused_entries"] = len(refused)
+        if refused:
+            st["refused_example"] = refused[0]
         return st
 
 
-def trusted_peers(view: ClusterView, me: NodeInfo) -> tuple[ClusterPeers, list[str]]:
-    """The view as far as it can be believed, and what was left out and why.
+def trusted_peers(view: ClusterView, me: NodeInfo, serial: int = 0) -> tuple[ClusterPeers, list[str]]:
+    """The view as far as it can be believed, and what was left out and why
+    (trusted_parts has the why by node and by endpoint)."""
+    peers, refused_nodes, refused_eps = trusted_parts(view, me, serial)
+    return peers, [*refused_nodes, *refused_eps.values()]
+
+
+def trusted_parts(
+    view: ClusterView, me: NodeInfo, serial: int = 0,
+) -> tuple[ClusterPeers, list[str], dict[IPv4Address | IPv6Address, str]]:
+    """The view as far as it can be believed, and what was left out and why
+    (nodes; endpoints by address).
 
     Anyone who can write to etcd can claim anything; these checks keep one
     bad or stale entry from taking over traffic it has no business with:
@@ -223,23 +264,51 @@ def trusted_peers(view: ClusterView, me: NodeInfo) -> tuple[ClusterPeers, list[s
     an endpoint outside its own node's pod CIDR (an entry for, say, a world
     address would hand that address a pod's identity and its allows).
 
-    Called on every change of the view, so its cost is one pass over the
-    endpoints plus n log n over the nodes (sorted ranges, not pairs).
+    One pass over the endpoints plus n log n over the nodes (sorted ranges,
+    not pairs); called when nodes changed or the view's delta is unknown,
+    otherwise patch_peers() redoes the changed addresses only.
     """
-    nodes, refused = _trusted_nodes(tuple(sorted(view.nodes.items())), me)
+    nodes, refused_nodes = _trusted_nodes(tuple(sorted(view.nodes.items())), me)
     endpoints: dict[IPv4Address | IPv6Address, tuple[int, frozenset[str]]] = {}
     named: dict[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]] = {}
-    identities = view.identities
+    refused_eps: dict[IPv4Address | IPv6Address, str] = {}
     for ep in view.endpoints.values():
-        owner = nodes.get(ep.node)
-        cidr = None if owner is None else (owner.pod_cidr6 if ep.ip.version == 6 else owner.pod_cidr)
-        if cidr is None or ep.ip not in cidr:
-            refused.append(f"endpoint {ep.ip} of node {ep.node}: not inside that node's pod CIDR")
-            continue
-        endpoints[ep.ip] = (ep.identity, identities.get(ep.identity, frozenset()))
-        if ep.named_ports:
-            named[ep.ip] = ep.named_ports
-    return ClusterPeers(nodes, endpoints, named), refused
+        _trust_endpoint(ep, nodes, view.identities, endpoints, named, refused_eps)
+    return ClusterPeers(nodes, endpoints, named, serial=serial), refused_nodes, refused_eps
+
+
+def patch_peers(
+    prev: ClusterPeers, view: ClusterView, addresses: frozenset[IPv4Address | IPv6Address],
+    refused_eps: dict[IPv4Address | IPv6Address, str], serial: int,
+) -> tuple[ClusterPeers, frozenset[IPv4Address | IPv6Address]]:
+    """trusted_peers() of `view`, from `prev` (trusted_peers of the view
+    before, whose nodes are the same) and the addresses that changed since;
+    updates `refused_eps` in place. Returns the addresses whose entry moved."""
+    endpoints, named = dict(prev.endpoints), dict(prev.named_ports)
+    changed = set()
+    for ip in addresses:
+        before = (endpoints.pop(ip, None), named.pop(ip, None))
+        refused_eps.pop(ip, None)
+        ep = view.endpoints.get(ip)
+        if ep is not None:
+            _trust_endpoint(ep, prev.nodes, view.identities, endpoints, named, refused_eps)
+        if (endpoints.get(ip), named.get(ip)) != before:
+            changed.add(ip)
+    return ClusterPeers(prev.nodes, endpoints, named, serial=serial), frozenset(changed)
+
+
+def _trust_endpoint(
+    ep: RemoteEndpoint, nodes: Mapping[str, PeerNode], identities: Mapping[int, frozenset[str]],
+    endpoints: dict, named: dict, refused: dict,
+) -> None:
+    owner = nodes.get(ep.node)
+    cidr = None if owner is None else (owner.pod_cidr6 if ep.ip.version == 6 else owner.pod_cidr)
+    if cidr is None or ep.ip not in cidr:
+        refused[ep.ip] = f"endpoint {ep.ip} of node {ep.node}: not inside that node's pod CIDR"
+        return
+    endpoints[ep.ip] = (ep.identity, identities.get(ep.identity, frozenset()))
+    if ep.named_ports:
+        named[ep.ip] = ep.named_ports
 
 
 def _str(v: object) -> str | None:

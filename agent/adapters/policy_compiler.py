@@ -97,8 +97,9 @@ class RealCompiler:
         node_ips: Iterable[IPv4Address | IPv6Address],
         node_labels: Mapping[IPv4Address | IPv6Address, Mapping[str, str]] | None = None,
         named_ports: Mapping[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]] | None = None,
+        changed: frozenset[IPv4Address | IPv6Address] | None = None,
     ) -> None:
-        self._c.set_remote(endpoints, node_ips, node_labels, named_ports)
+        self._c.set_remote(endpoints, node_ips, node_labels, named_ports, changed=changed)
 
     def set_node_labels(self, labels: Mapping[str, str] | None) -> None:
         self._c.set_node_labels(labels)

@@ -34,6 +34,12 @@ class ClusterPeers:
     endpoints: Mapping[IPv4Address | IPv6Address, tuple[int, frozenset[str]]] = field(default_factory=dict)  # address -> identity, labels
     # address -> the (name, protocol, port) it serves by name, for endpoints that serve any
     named_ports: Mapping[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]] = field(default_factory=dict)
+    # Which of the shared state's peers this is (0: none in particular), and,
+    # set by whoever hands it on: the addresses whose entry (endpoint or named
+    # ports) differs from the peers numbered `base` (None: take it whole).
+    serial: int = 0
+    base: int = 0
+    changed: frozenset[IPv4Address | IPv6Address] | None = None
 
 
 class IdentityUnavailable(Exception):
@@ -76,6 +82,12 @@ class SharedState(Protocol):
         ...
 
     def peers(self) -> ClusterPeers: ...
+
+    def changed_since(self, serial: int) -> frozenset[IPv4Address | IPv6Address] | None:
+        """The addresses whose entry differs between the peers numbered
+        `serial` and peers() now; None when that is no longer known (or
+        nodes changed): then the consumer takes peers() whole."""
+        ...
 
     def status(self) -> Mapping[str, Any]:
         """{"ok": bool, "detail": str, ...} for `ciliate status`."""

@@ -20,6 +20,7 @@ and NodeRouting ports do it.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from collections.abc import Callable, Iterable, Mapping
 from ipaddress import IPv4Address, IPv6Address
 
@@ -73,11 +74,17 @@ class ClusterSync:
 
     def peers_if_changed(self) -> ClusterPeers | None:
         """The store's view of the rest of the cluster when it changed since
-        the last call (the compiler takes it whole), else None."""
+        the last call, else None. It says which addresses changed since the
+        one handed out before (`base`, `changed`) when the store still
+        knows: the compiler patches those instead of comparing the cluster."""
         peers = self.shared.peers()
         if peers is self._taken:
             return None
-        self._taken = peers
+        taken, self._taken = self._taken, peers
+        if taken is not None and taken.serial and peers.serial:
+            changed = self.shared.changed_since(taken.serial)
+            if changed is not None:
+                return replace(peers, base=taken.serial, changed=changed)
         return peers
 
     async def after_apply(

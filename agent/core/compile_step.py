@@ -123,6 +123,9 @@ class CompileStep:
         self._in_compiler: set[int] = set()
         self._saved_alloc: Allocations | None = None
         self._known_host_ips: frozenset[IPv4Address | IPv6Address] | None = None
+        # The serial of the cluster peers the compiler holds (0: none, or a
+        # set_remote that did not finish): a delta applies only on top of it.
+        self._remote_serial = 0
         # How blocking work leaves the event loop (the compiler, the
         # allocation save). A worker thread; bench/bench_cidr.py swaps in an
         # inline call to measure the old on-loop behaviour as its baseline.
@@ -230,7 +233,11 @@ class CompileStep:
         if job.host_ips is not None:
             c.set_host_ips(job.host_ips)
         if job.remote is not None:
-            c.set_remote(job.remote.endpoints, node_ips(job.remote), node_labels(job.remote), job.remote.named_ports)
+            r = job.remote
+            changed = r.changed if r.changed is not None and r.base and r.base == self._remote_serial else None
+            self._remote_serial = 0
+            c.set_remote(r.endpoints, node_ips(r), node_labels(r), r.named_ports, changed=changed)
+            self._remote_serial = r.serial
         for key in job.deleted_policies:
             c.delete_policy(key)
         for key, entry in job.upserted_policies:

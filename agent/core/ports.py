@@ -169,11 +169,13 @@ class PolicyCompiler(Protocol):
         node_ips: Iterable[IPv4Address | IPv6Address],
         node_labels: Mapping[IPv4Address | IPv6Address, Mapping[str, str]] | None = None,
         named_ports: Mapping[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]] | None = None,
+        changed: frozenset[IPv4Address | IPv6Address] | None = None,
     ) -> None:
         """Cluster mode: the other nodes' endpoints (address -> identity,
         labels; and the ports each serves by name) and addresses (with the
         labels their node published), whole; peers in policy, never its
-        subjects."""
+        subjects. `changed`: the only addresses whose endpoint entry differs
+        from the previous call's, when known (None: compare everything)."""
         ...
 
     def compile(self, revision: int) -> CompiledState:

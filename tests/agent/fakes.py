@@ -154,7 +154,7 @@ class FakeCompiler:
     def set_host(self, host) -> None:
         self.host = host
 
-    def set_remote(self, endpoints, node_ips, node_labels=None, named_ports=None) -> None:
+    def set_remote(self, endpoints, node_ips, node_labels=None, named_ports=None, changed=None) -> None:
         self.remote = (dict(endpoints), frozenset(node_ips))
         self.node_labels = dict(node_labels or {})
 
@@ -382,6 +382,9 @@ class FakeShared:
 
     def peers(self) -> ClusterPeers:
         return self._peers
+
+    def changed_since(self, serial: int):
+        return None  # always whole: the fake keeps no journal
 
     def set_peers(self, peers: ClusterPeers) -> None:
         self._peers = peers

@@ -93,3 +93,62 @@ def test_ipv6_pod_cidrs_route_via_the_nodes_ipv6_address():
         IPv6Network("fd00:10:251:3::/64"): IPv6Address("2001:db8::3"),
         IPv4Network("10.251.4.0/24"): IPv4Address("10.250.0.4"),
     }
+
+
+def test_peers_patched_by_the_views_delta_are_what_the_whole_check_gives():
+    """The adapter patches the changed addresses only (a forged entry is
+    refused the same way), and changed_since() unions what the compiler
+    missed; a node change or a relist makes it start over (None)."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from agent.adapters.kvstore_state import KvstoreState
+    from kvstore import layout
+    from kvstore.config import EtcdConfig
+    from kvstore.mirror import Mirror
+
+    ips = [IPv4Address(f"10.251.2.{i}") for i in range(1, 4)] + [IPv4Address("8.8.8.8"), IPv4Address("10.251.1.7")]
+    event = st.one_of(
+        st.tuples(st.just("ip"), st.sampled_from(ips), st.sampled_from([300, 301]), st.sampled_from(["a", "b", "b", "c"]), st.booleans()),
+        st.tuples(st.just("ip"), st.sampled_from(ips[:3]), st.sampled_from([300, 301]), st.just("b"), st.booleans()),
+        st.tuples(st.just("id"), st.sampled_from([300, 301]), st.sampled_from(["x", "y"]), st.booleans()),
+        st.tuples(st.just("node"), st.booleans()),
+    )
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.lists(event, max_size=4), min_size=1, max_size=8), st.integers(0, 3))
+    def check(batches, lag):
+        m = Mirror("a")
+        m.reset([(layout.node_key("b"), layout.node_value(B))], revision=1)
+        state = KvstoreState(EtcdConfig(endpoints=("http://127.0.0.1:1",)), ME, Path("/nonexistent"))
+        cluster = SimpleNamespace(view=m.view())
+        state._cluster = cluster  # the view source only; nothing here talks to etcd
+        taken = [state.peers()]
+        rev = 1
+        for batch in batches:
+            for ev in batch:
+                rev += 1
+                if ev[0] == "ip":
+                    _, ip, ident, node, delete = ev
+                    m.apply(delete, layout.ip_key(ip), b"" if delete else layout.ip_value(ident, node), rev)
+                elif ev[0] == "id":
+                    _, ident, label, delete = ev
+                    m.apply(delete, layout.id_key(ident), b"" if delete else layout.labels_value(frozenset({label})), rev)
+                else:
+                    m.apply(ev[1], layout.node_key("b"), b"" if ev[1] else layout.node_value(B), rev)
+            cluster.view = m.view()
+            peers = state.peers()
+            whole, refused = trusted_peers(cluster.view, ME)
+            assert (dict(peers.endpoints), dict(peers.named_ports)) == (dict(whole.endpoints), dict(whole.named_ports))
+            assert sorted(state.refused()) == sorted(refused)
+            old = taken[max(0, len(taken) - 1 - lag)]
+            since = state.changed_since(old.serial)
+            if since is not None:
+                moved = {ip for ip in set(old.endpoints) | set(peers.endpoints) if old.endpoints.get(ip) != peers.endpoints.get(ip)}
+                assert moved <= since
+            taken.append(peers)
+
+    check()

@@ -149,3 +149,54 @@ def test_a_dual_stack_node_record_round_trips_and_an_older_one_still_reads():
     assert layout.parse_node_value(layout.node_value(node)) == node
     old = layout.parse_node_value(b'{"name":"a","ip":"192.168.0.1","pod_cidr":"10.1.0.0/24"}')
     assert old is not None and old.pod_cidr6 is None and old.ip6 is None
+
+
+_IPS = [IPv4Address(f"10.2.0.{i}") for i in range(1, 6)]
+_event = st.one_of(
+    st.tuples(st.just("ip"), st.sampled_from(_IPS), st.sampled_from([300, 301, 302]), st.sampled_from(["a", "b", "c"]), st.booleans()),
+    st.tuples(st.just("id"), st.sampled_from([300, 301, 302]), st.sampled_from(["x", "y"]), st.booleans()),
+    st.tuples(st.just("node"), st.sampled_from(["b", "c"]), st.booleans()),
+)
+
+
+@given(st.lists(st.lists(_event, max_size=6), max_size=8))
+def test_a_views_delta_names_every_address_whose_entry_or_labels_changed(batches):
+    """What consumers patch by: applying the delta's addresses to the
+    previous view must give the new view, with every label change seen."""
+    m = Mirror("a")
+    m.reset([], revision=1)
+    prev = m.view()
+    rev = 1
+    for batch in batches:
+        for ev in batch:
+            rev += 1
+            if ev[0] == "ip":
+                _, ip, ident, node, delete = ev
+                m.apply(delete, layout.ip_key(ip), b"" if delete else layout.ip_value(ident, node), rev)
+            elif ev[0] == "id":
+                _, ident, label, delete = ev
+                m.apply(delete, layout.id_key(ident), b"" if delete else layout.labels_value(frozenset({label})), rev)
+            else:
+                _, name, delete = ev
+                info = NodeInfo(name=name, ip="192.168.0.9", pod_cidr="10.9.0.0/24")
+                m.apply(delete, layout.node_key(name), b"" if delete else layout.node_value(info), rev)
+        view = m.view()
+        if view is prev:
+            continue
+        assert view.serial == prev.serial + 1 and view.delta is not None and view.delta.base == prev.serial
+        patched = {ip: ep for ip, ep in prev.endpoints.items() if ip not in view.delta.endpoints}
+        patched.update((ip, view.endpoints[ip]) for ip in view.delta.endpoints if ip in view.endpoints)
+        assert patched == dict(view.endpoints)
+        labels = lambda v, ip: v.identities.get(v.endpoints[ip].identity)  # noqa: E731
+        for ip in set(prev.endpoints) & set(view.endpoints) - view.delta.endpoints:
+            assert labels(prev, ip) == labels(view, ip), f"{ip}'s labels changed unannounced"
+        assert view.delta.nodes or dict(prev.nodes) == dict(view.nodes)
+        prev = view
+
+
+def test_a_relist_says_it_cannot_tell_what_changed():
+    m = Mirror("a")
+    m.reset([], revision=1)
+    first = m.view()
+    m.reset([(layout.ip_key(_IPS[0]), layout.ip_value(300, "b"))], revision=5)
+    assert m.view().delta is None and m.view().serial == first.serial + 1

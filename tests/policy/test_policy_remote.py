@@ -108,3 +108,32 @@ def test_adopt_replaces_a_local_number_for_the_same_labels():
     c.identities.adopt(CLIENT_LABELS, 50000)
     assert c.identities.for_label_set(CLIENT_LABELS) == 50000
     assert c.identities.labels_of(local) == frozenset()
+
+
+def test_set_remote_with_the_changed_addresses_compiles_what_the_whole_map_does():
+    """Cluster mode hands the compiler only the addresses that changed; the
+    result must be what comparing the whole map gives, change after change."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    ips = [IPv4Address(f"10.0.2.{i}") for i in range(1, 7)]
+    labels = {40000: CLIENT_LABELS, 40001: identity_labels({"app": "other"}), 40002: identity_labels({"app": "client", "v": "2"})}
+    maps = st.dictionaries(st.sampled_from(ips), st.sampled_from(sorted(labels)), max_size=6)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(maps, min_size=1, max_size=6))
+    def check(steps):
+        whole, delta = compiler(), compiler()
+        before: dict = {}
+        for step in steps:
+            now = {ip: (i, labels[i]) for ip, i in step.items()}
+            changed = frozenset(ip for ip in set(before) | set(now) if before.get(ip) != now.get(ip))
+            whole.set_remote(now)
+            delta.set_remote(now, changed=changed)
+            a, b = whole.compile(), delta.compile()
+            assert a.ipcache == b.ipcache
+            assert a.endpoints == b.endpoints
+            assert a.identity_labels == b.identity_labels
+            before = now
+
+    check()
