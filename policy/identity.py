@@ -116,6 +116,9 @@ class IdentityAllocator:
         self._next_cidr = FIRST_CIDR_IDENTITY
         self._by_node: dict[frozenset[str], int] = {}
         self._node_labels: dict[int, frozenset[str]] = {}
+        # Bumped by every change of what to_json() writes: a caller that
+        # persists it (every regeneration asks) serializes only on change.
+        self.generation = 0
 
     def for_labels(self, labels: Mapping[str, str]) -> int:
         """The identity of an endpoint with these labels (allocated on first use)."""
@@ -128,6 +131,7 @@ class IdentityAllocator:
             self._next_label += 1
             self._by_labels[label_set] = ident
             self._labels[ident] = label_set
+            self.generation += 1
         return ident
 
     def adopt(self, label_set: frozenset[str], ident: int) -> None:
@@ -137,6 +141,7 @@ class IdentityAllocator:
         cluster cannot shadow the cluster's."""
         if self._by_labels.get(label_set) == ident:
             return
+        self.generation += 1
         old_ident = self._by_labels.pop(label_set, None)
         if old_ident is not None:
             self._labels.pop(old_ident, None)
@@ -154,6 +159,7 @@ class IdentityAllocator:
             self._next_cidr += 1
             self._by_cidr[net] = ident
             self._cidrs[ident] = net
+            self.generation += 1
         return ident
 
     def for_node(self, labels: Mapping[str, str]) -> int:
@@ -168,6 +174,7 @@ class IdentityAllocator:
             self._next_cidr += 1
             self._by_node[label_set] = ident
             self._node_labels[ident] = label_set
+            self.generation += 1
         return ident
 
     def labels_of(self, ident: int) -> frozenset[str]:
@@ -193,6 +200,7 @@ class IdentityAllocator:
             ident = self._by_cidr.pop(net, None)
             if ident is not None:
                 del self._cidrs[ident]
+                self.generation += 1
 
     def release_cidrs_except(self, keep: Collection[IPv4Network | IPv6Network]) -> None:
         """Forget every CIDR identity whose prefix is not in `keep` (one pass)."""

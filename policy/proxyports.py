@@ -27,6 +27,7 @@ class ProxyPortAllocator:
         self._ports: dict[RedirectKey, int] = {}
         self._used: set[int] = set()
         self._cursor = lo
+        self.generation = 0  # bumped by every change of what to_json() writes
 
     def allocate(self, key: RedirectKey) -> int:
         port = self._ports.get(key)
@@ -43,6 +44,7 @@ class ProxyPortAllocator:
         self._cursor = self.lo if self._cursor >= self.hi else self._cursor + 1
         self._ports[key] = port
         self._used.add(port)
+        self.generation += 1
         return port
 
     def port_of(self, key: RedirectKey) -> int | None:
@@ -52,6 +54,7 @@ class ProxyPortAllocator:
         port = self._ports.pop(key, None)
         if port is not None:
             self._used.discard(port)
+            self.generation += 1
 
     def retain(self, keys: Iterable[RedirectKey]) -> None:
         """Release every key not in `keys`."""

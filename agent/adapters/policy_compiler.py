@@ -59,6 +59,7 @@ class RealCompiler:
         self._c = Compiler(ids, ports, host_ips, stack=stack)
         self._last: CompiledState | None = None
         self._host: HostEndpoint | None = None
+        self._alloc_cache: tuple[IdentityAllocator, ProxyPortAllocator, tuple[int, int], Allocations] | None = None
 
     def upsert_policy(self, policy: Policy) -> None:  # type: ignore[override]
         self._c.upsert_policy(policy)
@@ -112,7 +113,16 @@ class RealCompiler:
         return state if state.revision == revision else replace(state, revision=revision)
 
     def allocations(self) -> Allocations:
-        return Allocations(identities=json.loads(self._c.identities.to_json()), proxy_ports=json.loads(self._c.proxy_ports.to_json()))
+        # Asked after every compile; serializing thousands of cluster
+        # identities each time was a third of the agent's CPU in a busy
+        # cluster. The allocators count their changes: same count, same value.
+        ids, ports = self._c.identities, self._c.proxy_ports
+        stamp = (ids.generation, ports.generation)
+        c = self._alloc_cache
+        if c is None or c[0] is not ids or c[1] is not ports or c[2] != stamp:
+            value = Allocations(identities=json.loads(ids.to_json()), proxy_ports=json.loads(ports.to_json()))
+            c = self._alloc_cache = (ids, ports, stamp, value)
+        return c[3]
 
     def labels_of_identity(self, identity: int) -> frozenset[str]:
         return self._c.identities.labels_of(identity)

@@ -137,3 +137,34 @@ def test_set_remote_with_the_changed_addresses_compiles_what_the_whole_map_does(
             before = now
 
     check()
+
+
+def test_the_allocators_count_every_change_they_would_save():
+    """The agent re-serializes its allocations only when this count moves:
+    a change it missed would be lost at the next restart."""
+    from policy.identity import IdentityAllocator
+    from policy.proxyports import ProxyPortAllocator
+    from policy.compiled import RedirectKey
+
+    ids = IdentityAllocator()
+
+    def saved_changes(step) -> bool:
+        before, gen = ids.to_json(), ids.generation
+        step()
+        return (ids.to_json() != before) == (ids.generation != gen)
+
+    assert saved_changes(lambda: ids.for_label_set(CLIENT_LABELS))
+    assert saved_changes(lambda: ids.for_label_set(CLIENT_LABELS))  # known: no change, same count
+    assert saved_changes(lambda: ids.adopt(CLIENT_LABELS, 40000))
+    assert saved_changes(lambda: ids.adopt(CLIENT_LABELS, 40000))
+    assert saved_changes(lambda: ids.for_cidr(IPv4Network("192.0.2.0/24")))
+    assert saved_changes(lambda: ids.for_node({"role": "db"}))
+    assert saved_changes(lambda: ids.release_cidrs([IPv4Network("192.0.2.0/24")]))
+    assert saved_changes(lambda: ids.release_cidrs([IPv4Network("192.0.2.0/24")]))
+
+    ports = ProxyPortAllocator()
+    key = RedirectKey(1, Direction.INGRESS, 80)
+    for step in (lambda: ports.allocate(key), lambda: ports.allocate(key), lambda: ports.release(key), lambda: ports.release(key)):
+        before, gen = ports.to_json(), ports.generation
+        step()
+        assert (ports.to_json() != before) == (ports.generation != gen)
