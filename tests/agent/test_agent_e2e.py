@@ -42,6 +42,10 @@ def test_starwars_through_the_real_agent_and_sigterm_keeps_enforcing(node: Node)
         node.add_pod(pod.name, pod.labels)
     eps = node.ciliate_json("endpoint", "list")["endpoints"]
     assert sorted(e["state"] for e in eps) == ["ready"] * 3
+    # Its programs are compiled and its flows read, yet the compiler never
+    # entered the agent: LLVM would stay in its memory for good.
+    maps = Path(f"/proc/{agent.pid}/maps").read_text()
+    assert "libLLVM" not in maps and "libbcc" not in maps
     server = node.serve_deathstar()
 
     observed: list[tuple[str, str, str, str]] = []
