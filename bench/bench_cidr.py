@@ -44,6 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.adapters.policy_compiler import PolicyFileLoader, RealCompiler  # noqa: E402
+from agent.core import collector  # noqa: E402
 from agent.api.client import AgentClient  # noqa: E402
 from agent.daemon import Agent, AgentConfig, build_agent  # noqa: E402
 from agent.core.models import EndpointCreate  # noqa: E402
@@ -191,7 +192,22 @@ async def _phase(agent: Agent, socket: Path, change: Callable[[], object]) -> Ph
     return Phase(seconds, stall, worst, count)
 
 
-async def agent_core(n: int, baseline: bool) -> tuple[Phase, Phase, int]:
+FULL_COLLECTIONS: list[tuple[int, bool, float]] = []
+
+
+async def agent_core(n: int, baseline: bool, gc_schedule: bool = False) -> tuple[Phase, Phase, int]:
+    """`gc_schedule`: the daemon's cycle-collector settings (agent/core/collector.py;
+    without the freeze of start-up objects, which comes a minute after start)."""
+    saved = gc.get_threshold()
+    if gc_schedule:
+        collector.configure()
+    try:
+        return await _agent_core(n, baseline)
+    finally:
+        gc.set_threshold(*saved)
+
+
+async def _agent_core(n: int, baseline: bool) -> tuple[Phase, Phase, int]:
     tmp = Path(tempfile.mkdtemp(prefix="cil-bench-"))  # short: unix socket paths are limited
     policy_dir = tmp / "p"
     policy_dir.mkdir()
@@ -224,6 +240,9 @@ async def agent_core(n: int, baseline: bool) -> tuple[Phase, Phase, int]:
         text = json.dumps(policy_doc(n))  # built before the clock starts
         add = await _phase(agent, socket, lambda: path.write_text(text))
         entries = len(datapath.kernel.get(view.id, {}))
+        # What the daemon's scheduled full collection costs with this state in memory.
+        _, took = collector.collect_full()
+        FULL_COLLECTIONS.append((n, baseline, took))
         remove = await _phase(agent, socket, path.unlink)
         return add, remove, entries
     finally:
@@ -249,10 +268,11 @@ def main() -> None:
         a, r = offline(n, Compiler)
         rows.append(("offline compiler", n, "now", a, r, "-", "-"))
 
-    variants = ([(args.baseline_n, True)] if not args.skip_baseline else []) + [(args.baseline_n, False)] + [(n, False) for n in args.cidrs]
-    for n, baseline in variants:
-        add, remove, entries = asyncio.run(agent_core(n, baseline))
-        label = "baseline (on loop, legacy)" if baseline else "now"
+    variants = ([(args.baseline_n, True, False)] if not args.skip_baseline else []) + [(args.baseline_n, False, True)]
+    variants += [(n, False, gc_schedule) for n in args.cidrs for gc_schedule in (False, True)]
+    for n, baseline, gc_schedule in variants:
+        add, remove, entries = asyncio.run(agent_core(n, baseline, gc_schedule))
+        label = "baseline (on loop, legacy)" if baseline else ("now, daemon's GC schedule" if gc_schedule else "now, CPython GC defaults")
         rows.append((
             f"agent core ({entries} entries)", n, label, add.seconds, remove.seconds,
             f"{max(add.loop_stall, remove.loop_stall) * 1000:.0f} ms",
@@ -263,6 +283,10 @@ def main() -> None:
     for what, n, variant, a, r, stall, health in rows:
         print(f"{what:<28} {n:>8}  {variant:<27} {a:7.2f} {r:9.2f}  {stall:>10}  {health}")
     print("loop stall: worst lateness of a 10 ms heartbeat on the agent's event loop during add or remove.")
+    print("daemon's GC schedule: no automatic full collection, one a minute between regenerations (agent/core/collector.py).")
+    for n, baseline, took in FULL_COLLECTIONS:
+        if not baseline:
+            print(f"  one full collection with the {n}-CIDR policy loaded: {took * 1000:.0f} ms (the scheduled one's stall, once a minute)")
 
 
 if __name__ == "__main__":

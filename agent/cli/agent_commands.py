@@ -373,7 +373,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         cluster=k8s_source_from_args(args), shared=shared, routing=routing,
     )
     try:
-        asyncio.run(agent.run_until_signalled())
+        asyncio.run(_serve(agent))
     except Exception as exc:  # startup failures: one line a person can act on
         logging.getLogger("agent").debug("agent failed", exc_info=True)
         print(f"ciliate agent: {exc}", file=sys.stderr)
@@ -401,6 +401,20 @@ def _find_subparsers(parser: argparse.ArgumentParser) -> "argparse._SubParsersAc
         if isinstance(action, argparse._SubParsersAction):
             return action
     return None
+
+
+async def _serve(agent: Any) -> None:
+    """The daemon's life, with the cycle collector on its schedule
+    (agent/core/collector.py)."""
+    from agent.core import collector
+
+    collector.configure()
+    task = asyncio.create_task(collector.full_collections(lambda: agent.queue.pending), name="ciliate-gc")
+    try:
+        await agent.run_until_signalled()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

@@ -1,0 +1,65 @@
+"""When CPython's cycle collector runs in the agent process (the daemon
+only: it changes process-wide settings).
+
+A full collection walks every tracked object while holding the GIL, so the
+event loop stalls for as long as it takes. CPython starts one on its own
+whenever the objects that survived two young collections grew by a quarter,
+which a large compile does several times while it runs in the compile
+thread: a policy with 20,000 CIDRs stalled the loop 180-216 ms (the API, the
+xDS server and the flow readers all waited), almost all in full
+collections. Here:
+- young collections stay as CPython runs them: they walk new objects only;
+- automatic full collections are off (their threshold is out of reach);
+- a full collection runs every FULL_INTERVAL, between regenerations, so
+  cyclic garbage is still freed, at a moment nothing waits on a compile;
+- the first one freezes what start-up built (modules, classes, the first
+  state): those objects live for the process's life and no later
+  collection walks them again.
+No I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Callable
+
+log = logging.getLogger(__name__)
+
+FULL_INTERVAL = 60.0  # seconds between full collections
+BUSY_RETRY = 1.0  # seconds to wait while a regeneration is running
+MAX_DEFERRALS = 30  # then collect anyway: garbage must not pile up under churn
+_UNREACHABLE = 1 << 30  # a gen-2 threshold no count of gen-1 collections reaches
+
+
+def configure() -> None:
+    """Keep CPython's young collections; turn its automatic full ones off."""
+    gen0, gen1, _ = gc.get_threshold()
+    gc.set_threshold(gen0, gen1, _UNREACHABLE)
+
+
+def collect_full(freeze: bool = False) -> tuple[int, float]:
+    """One full collection (objects freed, seconds); with `freeze`, what
+    survives it is moved out of every later collection's walk."""
+    t0 = time.perf_counter()
+    freed = gc.collect()
+    if freeze:
+        gc.freeze()
+    return freed, time.perf_counter() - t0
+
+
+async def full_collections(busy: Callable[[], bool], interval: float = FULL_INTERVAL) -> None:
+    """Run forever: a full collection every `interval`, deferred while
+    `busy()` (a regeneration pending) up to MAX_DEFERRALS times."""
+    first = True
+    while True:
+        await asyncio.sleep(interval)
+        for _ in range(MAX_DEFERRALS):
+            if not busy():
+                break
+            await asyncio.sleep(BUSY_RETRY)
+        freed, took = collect_full(freeze=first)
+        first = False
+        log.debug("full collection: %d objects freed in %.1f ms", freed, took * 1000)
