@@ -26,6 +26,7 @@ from pathlib import Path
 
 from redirect.errors import ProgramLoadError
 
+_CODE_ROOT = Path(__file__).resolve().parent.parent  # the directory holding redirect/
 TIMEOUT = 300.0  # seconds: a compile is seconds, on a loaded machine tens
 MAX_REPLY = 1 << 20
 
@@ -43,9 +44,13 @@ def load_in_child(
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "redirect.compile_worker", str(theirs.fileno())],
+            # -P and cwd "/": `-m` would otherwise put the working directory
+            # first on the path, and a `redirect/` planted in it would run as
+            # root; the code comes from where this module was loaded.
+            [sys.executable, "-P", "-m", "redirect.compile_worker", str(theirs.fileno())],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            pass_fds=(theirs.fileno(),), close_fds=True,
+            pass_fds=(theirs.fileno(),), close_fds=True, cwd="/",
+            env={**os.environ, "PYTHONPATH": str(_CODE_ROOT)},
         )
         theirs.close()
         try:
