@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidecar.unix_get import unix_get
 from sidecar.leftover import envoys_using
 
 NETNS_DIR = Path("/var/run/netns")
@@ -103,18 +103,6 @@ def _run(*cmd: str, check: bool = False, **kw) -> subprocess.CompletedProcess:
     if check and out.returncode != 0:
         raise NodeError(f"{' '.join(cmd)}: exit {out.returncode}: {(out.stderr or out.stdout).strip()}")
     return out
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("ciliate-agent", timeout=timeout)
-        self._path = str(path)
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
 
 
 # Read-only queries the helpers poll in loops, answered by the agent's API in
@@ -248,15 +236,9 @@ class Node:
     def api_get(self, path: str, timeout: float = 30.0) -> dict:
         """GET a read-only path of the agent's API; the decoded JSON body.
         Raises OSError when nothing answers, NodeError on an error reply."""
-        conn = _UnixHTTPConnection(self.socket, timeout)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            body = resp.read()
-        finally:
-            conn.close()
-        if resp.status != 200:
-            raise NodeError(f"GET {path}: HTTP {resp.status}: {body[:500]!r}")
+        status, body = unix_get(str(self.socket), path, timeout, host="ciliate-agent")
+        if status != 200:
+            raise NodeError(f"GET {path}: HTTP {status}: {body[:500]!r}")
         return json.loads(body)
 
     def agent_rss(self) -> int:

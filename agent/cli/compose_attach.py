@@ -16,7 +16,6 @@ plugin in-process.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket as socketlib
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from sidecar.unix_get import unix_get
 from agent.cni.plugin import run as cni_run
 
 GATEWAY = "10.200.0.1"
@@ -68,19 +68,9 @@ class UnixDockerApi:
         self.path = path
 
     def get(self, path: str) -> Any:
-        conn = http.client.HTTPConnection("docker", timeout=10)
-        sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
-        sock.settimeout(10)
-        sock.connect(self.path)
-        conn.sock = sock
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            body = resp.read()
-        finally:
-            conn.close()
-        if resp.status != 200:
-            raise OSError(f"Docker API GET {path}: {resp.status} {body[:200]!r}")
+        status, body = unix_get(self.path, path, 10, host="docker")
+        if status != 200:
+            raise OSError(f"Docker API GET {path}: {status} {body[:200]!r}")
         return json.loads(body)
 
 

@@ -109,13 +109,14 @@ def test_peers_patched_by_the_views_delta_are_what_the_whole_check_gives():
     from kvstore import layout
     from kvstore.config import EtcdConfig
     from kvstore.mirror import Mirror
+    from tests.kvstore.support import apply_mirror_events
 
     ips = [IPv4Address(f"10.251.2.{i}") for i in range(1, 4)] + [IPv4Address("8.8.8.8"), IPv4Address("10.251.1.7")]
     event = st.one_of(
         st.tuples(st.just("ip"), st.sampled_from(ips), st.sampled_from([300, 301]), st.sampled_from(["a", "b", "b", "c"]), st.booleans()),
         st.tuples(st.just("ip"), st.sampled_from(ips[:3]), st.sampled_from([300, 301]), st.just("b"), st.booleans()),
         st.tuples(st.just("id"), st.sampled_from([300, 301]), st.sampled_from(["x", "y"]), st.booleans()),
-        st.tuples(st.just("node"), st.booleans()),
+        st.tuples(st.just("node"), st.just("b"), st.booleans()),
     )
 
     @settings(max_examples=150, deadline=None)
@@ -129,16 +130,7 @@ def test_peers_patched_by_the_views_delta_are_what_the_whole_check_gives():
         taken = [state.peers()]
         rev = 1
         for batch in batches:
-            for ev in batch:
-                rev += 1
-                if ev[0] == "ip":
-                    _, ip, ident, node, delete = ev
-                    m.apply(delete, layout.ip_key(ip), b"" if delete else layout.ip_value(ident, node), rev)
-                elif ev[0] == "id":
-                    _, ident, label, delete = ev
-                    m.apply(delete, layout.id_key(ident), b"" if delete else layout.labels_value(frozenset({label})), rev)
-                else:
-                    m.apply(ev[1], layout.node_key("b"), b"" if ev[1] else layout.node_value(B), rev)
+            rev = apply_mirror_events(m, batch, rev, lambda _: B)
             cluster.view = m.view()
             peers = state.peers()
             whole, refused = trusted_peers(cluster.view, ME)

@@ -89,3 +89,23 @@ async def eventually(check: Callable[[], object], timeout: float = 20.0, what: s
 
 async def connected(node: Node, timeout: float = 20.0) -> None:
     await eventually(lambda: node.cluster.connected, timeout, f"{node.name} connected")
+
+
+def apply_mirror_events(mirror, batch, rev: int, node_info: Callable[[str], NodeInfo]) -> int:
+    """Feed a hypothesis batch of events to a kvstore.mirror.Mirror as watch
+    events: ("ip", address, identity, node, delete), ("id", identity, label,
+    delete) or ("node", name, delete). Returns the last revision used."""
+    from kvstore import layout
+
+    for ev in batch:
+        rev += 1
+        if ev[0] == "ip":
+            _, ip, ident, node, delete = ev
+            mirror.apply(delete, layout.ip_key(ip), b"" if delete else layout.ip_value(ident, node), rev)
+        elif ev[0] == "id":
+            _, ident, label, delete = ev
+            mirror.apply(delete, layout.id_key(ident), b"" if delete else layout.labels_value(frozenset({label})), rev)
+        else:
+            _, name, delete = ev
+            mirror.apply(delete, layout.node_key(name), b"" if delete else layout.node_value(node_info(name)), rev)
+    return rev

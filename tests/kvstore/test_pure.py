@@ -14,6 +14,7 @@ from kvstore.gc import GcTracker
 from kvstore.mirror import Change, Mirror
 from kvstore.model import NodeInfo
 from kvstore.publishing import Conflict, Delete, Put, Realized, Ref, plan
+from tests.kvstore.support import apply_mirror_events
 
 labels = st.frozensets(st.text(alphabet=st.sampled_from("ab;\\=:"), min_size=1, max_size=4), max_size=4)
 
@@ -168,18 +169,7 @@ def test_a_views_delta_names_every_address_whose_entry_or_labels_changed(batches
     prev = m.view()
     rev = 1
     for batch in batches:
-        for ev in batch:
-            rev += 1
-            if ev[0] == "ip":
-                _, ip, ident, node, delete = ev
-                m.apply(delete, layout.ip_key(ip), b"" if delete else layout.ip_value(ident, node), rev)
-            elif ev[0] == "id":
-                _, ident, label, delete = ev
-                m.apply(delete, layout.id_key(ident), b"" if delete else layout.labels_value(frozenset({label})), rev)
-            else:
-                _, name, delete = ev
-                info = NodeInfo(name=name, ip="192.168.0.9", pod_cidr="10.9.0.0/24")
-                m.apply(delete, layout.node_key(name), b"" if delete else layout.node_value(info), rev)
+        rev = apply_mirror_events(m, batch, rev, lambda name: NodeInfo(name=name, ip="192.168.0.9", pod_cidr="10.9.0.0/24"))
         view = m.view()
         if view is prev:
             continue
