@@ -409,7 +409,9 @@ async def _serve(agent: Any) -> None:
     from agent.core import collector
 
     collector.configure()
-    task = asyncio.create_task(collector.full_collections(lambda: agent.queue.pending), name="ciliate-gc")
+    task = asyncio.create_task(
+        collector.full_collections(lambda: agent.queue.pending, lambda: agent.started_at > 0), name="ciliate-gc",
+    )
     try:
         await agent.run_until_signalled()
     finally:

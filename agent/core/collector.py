@@ -12,9 +12,11 @@ collections. Here:
 - automatic full collections are off (their threshold is out of reach);
 - a full collection runs every FULL_INTERVAL, between regenerations, so
   cyclic garbage is still freed, at a moment nothing waits on a compile;
-- the first one freezes what start-up built (modules, classes, the first
-  state): those objects live for the process's life and no later
-  collection walks them again.
+- right after start-up (the first regenerations done) one full collection
+  freezes what start-up built (modules, classes, the loaded policies): they
+  mostly live for the process's life, and no later collection walks them
+  (a frozen object is still freed when its last reference goes; only a
+  cycle among frozen objects would stay).
 No I/O.
 """
 
@@ -29,6 +31,7 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 FULL_INTERVAL = 60.0  # seconds between full collections
+STARTUP_POLL = 0.1  # seconds between looks at whether start-up is done
 BUSY_RETRY = 1.0  # seconds to wait while a regeneration is running
 MAX_DEFERRALS = 30  # then collect anyway: garbage must not pile up under churn
 _UNREACHABLE = 1 << 30  # a gen-2 threshold no count of gen-1 collections reaches
@@ -50,16 +53,23 @@ def collect_full(freeze: bool = False) -> tuple[int, float]:
     return freed, time.perf_counter() - t0
 
 
-async def full_collections(busy: Callable[[], bool], interval: float = FULL_INTERVAL) -> None:
-    """Run forever: a full collection every `interval`, deferred while
-    `busy()` (a regeneration pending) up to MAX_DEFERRALS times."""
-    first = True
+async def full_collections(
+    busy: Callable[[], bool], started: Callable[[], bool] = lambda: True, interval: float = FULL_INTERVAL,
+) -> None:
+    """Run forever. Once `started()` and the first regenerations are done,
+    one full collection that freezes what start-up built (the loaded
+    policies among it: later walks skip them); then one every `interval`,
+    each deferred while `busy()` (a regeneration pending) up to
+    MAX_DEFERRALS times."""
+    while not started() or busy():
+        await asyncio.sleep(STARTUP_POLL)
+    freed, took = collect_full(freeze=True)
+    log.info("start-up objects frozen out of the cycle collector's walks (%d freed first, %.0f ms)", freed, took * 1000)
     while True:
         await asyncio.sleep(interval)
         for _ in range(MAX_DEFERRALS):
             if not busy():
                 break
             await asyncio.sleep(BUSY_RETRY)
-        freed, took = collect_full(freeze=first)
-        first = False
+        freed, took = collect_full()
         log.debug("full collection: %d objects freed in %.1f ms", freed, took * 1000)

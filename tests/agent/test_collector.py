@@ -49,9 +49,12 @@ async def test_cyclic_garbage_is_freed_on_schedule_and_not_while_busy(gc_setting
     for _ in range(3):
         gc.collect(1)
     assert garbage() is not None, "young collections do not reach it"
-    busy = True
-    task = asyncio.create_task(collector.full_collections(lambda: busy, interval=0.01))
+    busy, started = True, False
+    task = asyncio.create_task(collector.full_collections(lambda: busy, lambda: started, interval=0.01))
     try:
+        await asyncio.sleep(0.2)
+        assert garbage() is not None and gc.get_freeze_count() == 0, "nothing before start-up is done"
+        started = True
         await asyncio.sleep(0.2)
         assert garbage() is not None, "no full collection while a regeneration is pending"
         busy = False
@@ -61,6 +64,12 @@ async def test_cyclic_garbage_is_freed_on_schedule_and_not_while_busy(gc_setting
             await asyncio.sleep(0.01)
         assert garbage() is None, "freed once idle"
         assert gc.get_freeze_count() > 0, "start-up objects are frozen out of later walks"
+        later = _old_cycle()
+        for _ in range(500):
+            if later() is None:
+                break
+            await asyncio.sleep(0.01)
+        assert later() is None, "the scheduled collections go on after the first"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
