@@ -10,12 +10,14 @@ fakes for those and get the same daemon.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv6Address
 
 from agent.adapters.policy_compiler import ServicePeerResolver
 from agent.adapters.policy_directory import DirectoryWatcher
 from agent.api.server import ApiServer
+from agent.core import collector
 from agent.core.agent import Agent, AgentConfig
 from agent.core.ports import (
     ClusterSource,
@@ -63,3 +65,17 @@ def build_agent(
         routing=routing,
         service_peers=service_peers if service_peers is not None else ServicePeerResolver(),
     )
+
+
+async def serve(agent: Agent) -> None:
+    """The daemon's life: the agent until a signal, with the cycle collector
+    on the daemon's schedule (agent/core/collector.py)."""
+    collector.configure()
+    task = asyncio.create_task(
+        collector.full_collections(lambda: agent.queue.pending, lambda: agent.started_at > 0), name="ciliate-gc",
+    )
+    try:
+        await agent.run_until_signalled()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -287,7 +287,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     from agent.adapters.kernel_datapath import KernelDatapath, node_has_ipv6
     from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory
     from agent.adapters.envoy_proxy import XdsProxy
-    from agent.daemon import AgentConfig, build_agent
+    from agent.daemon import AgentConfig, build_agent, serve
     from policy.compiled import PROXY_PORT_MAX, PROXY_PORT_MIN
     from redirect.layout import MARK_MAGIC_PROXY_ORIGIN
     from redirect.upstream_ports import POD_DEFAULT_RANGE, PortRange
@@ -373,7 +373,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         cluster=k8s_source_from_args(args), shared=shared, routing=routing,
     )
     try:
-        asyncio.run(_serve(agent))
+        asyncio.run(serve(agent))
     except Exception as exc:  # startup failures: one line a person can act on
         logging.getLogger("agent").debug("agent failed", exc_info=True)
         print(f"ciliate agent: {exc}", file=sys.stderr)
@@ -401,22 +401,6 @@ def _find_subparsers(parser: argparse.ArgumentParser) -> "argparse._SubParsersAc
         if isinstance(action, argparse._SubParsersAction):
             return action
     return None
-
-
-async def _serve(agent: Any) -> None:
-    """The daemon's life, with the cycle collector on its schedule
-    (agent/core/collector.py)."""
-    from agent.core import collector
-
-    collector.configure()
-    task = asyncio.create_task(
-        collector.full_collections(lambda: agent.queue.pending, lambda: agent.started_at > 0), name="ciliate-gc",
-    )
-    try:
-        await agent.run_until_signalled()
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
