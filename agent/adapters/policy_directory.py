@@ -177,16 +177,21 @@ class DirectoryWatcher:
         async with self._lock:
             if names is None:
                 new = await asyncio.to_thread(scan, self.directory)
+                changes = diff_stamps(self._stamps, new)
+                self._stamps = new
             else:
-                # A few stats: cheaper inline than a hop to a thread.
-                new = dict(self._stamps)
-                for path, stamp in stamps_of(self.directory, names).items():
+                # A few stats, inline (cheaper than a hop to a thread), and
+                # only these files compared: not every stamp of the directory.
+                got = stamps_of(self.directory, names)
+                changes = diff_stamps(
+                    {p: s for p in got if (s := self._stamps.get(p)) is not None},
+                    {p: s for p, s in got.items() if s is not None},
+                )
+                for path, stamp in got.items():
                     if stamp is None:
-                        new.pop(path, None)
+                        self._stamps.pop(path, None)
                     else:
-                        new[path] = stamp
-            changes = diff_stamps(self._stamps, new)
-            self._stamps = new
+                        self._stamps[path] = stamp
             if changes:
                 await self._on_change(changes)
             return changes
