@@ -208,7 +208,11 @@ async def test_drained_listeners_degrade_health_and_are_restored(node: Node) -> 
     assert node.accepts()
     async with admin_client(node.admin_socket) as client:
         assert (await client.post("/drain_listeners")).status_code == 200
-    assert not node.accepts()  # L7 traffic would now find no proxy
+    # Envoy answers before its workers have closed the sockets (the close is
+    # posted to each worker thread), so the refusal is waited for; the agent
+    # cannot restore the listener sooner than an Envoy restart, seconds away.
+    await wait_for(lambda: not node.accepts(), 10, "Envoy to stop accepting")  # L7 traffic finds no proxy
+    assert node.proxy.supervisor.pid == first_pid
 
     # What `ciliate status` and /v1/healthz report (both read Agent.health()).
     degraded = await wait_for(lambda: None if (h := node.agent.health()).ok else h, 10, "health to notice")
