@@ -146,12 +146,17 @@ def bench_render() -> None:
 # median of 8 processes) taken on fad7a9e, the last commit with the literals,
 # on the 2-core test machine. There is no frozen copy of the old encoder here.
 BEFORE_LITERAL_ENCODER_MS = {False: 192.2, True: 151.2}  # merge_paths -> ms
-RENDER_TARGET_MS = 250
+RENDER_TARGET_MS = 100  # issue 21
 
 
 def render_child(n: int) -> None:
-    """One fresh process, one cold render per merge mode: CPU ms, as JSON."""
+    """One fresh process, one cold render per mode: CPU ms, as JSON. "loaded":
+    the rules' regexes went through the policy loader's RE2 check first, as
+    every rule the agent renders has (the renderer finds them checked); the
+    other modes start with nothing checked, as a renderer used on its own."""
     import json
+
+    from policy.api.http import compile_regex
 
     st = state({15001: many_rules(n)})
     out = {}
@@ -159,20 +164,28 @@ def render_child(n: int) -> None:
         t = time.thread_time()
         Renderer(RenderParams(merge_paths=merge)).render(st)
         out[str(merge)] = (time.thread_time() - t) * 1000
+    st = state({15001: many_rules(n, path_prefix="/loaded")})
+    for r in st.endpoints[1].l7[0].peer_rules:
+        for regex in (r.http.method, r.http.path, r.http.host):
+            if regex is not None:
+                assert compile_regex(regex) is None
+    t = time.thread_time()
+    Renderer(RenderParams(merge_paths=True)).render(st)
+    out["loaded"] = (time.thread_time() - t) * 1000
     print(json.dumps(out))
 
 
-def render_cpu_ms(n: int = 10000, runs: int = 5) -> dict[bool, float]:
+def render_cpu_ms(n: int = 10000, runs: int = 5) -> dict[str, float]:
     """Median over fresh processes (module-level caches start cold, as in a
     new agent) of render_child's CPU time: steadier than wall time on a
     machine that runs other work."""
     import json
 
-    samples: dict[bool, list[float]] = {False: [], True: []}
+    samples: dict[str, list[float]] = {}
     for _ in range(runs):
         got = subprocess.run([sys.executable, __file__, "--render-child", str(n)], capture_output=True, text=True, check=True)
         for k, v in json.loads(got.stdout).items():
-            samples[k == "True"].append(v)
+            samples.setdefault(k, []).append(v)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -180,9 +193,11 @@ def bench_render_before_after() -> None:
     print("\n== render + serialize, 10k rules: literal field numbers (before) vs schema-driven encoder (now) ==")
     row("", "now (CPU ms)", "before (CPU ms)", f"target < {RENDER_TARGET_MS} ms")
     now = render_cpu_ms()
-    for merge, what in ((False, "one permission per rule"), (True, "paths merged per peer set (default)")):
-        row(f"10000 HTTP rules, {what}", f"{now[merge]:.1f} ms", f"{BEFORE_LITERAL_ENCODER_MS[merge]:.1f} ms",
-            "ok" if now[merge] < RENDER_TARGET_MS else "OVER TARGET")
+    for key, what in (("False", "one permission per rule"), ("True", "merged, nothing checked before"),
+                      ("loaded", "merged, loader-checked (agent)")):
+        before = BEFORE_LITERAL_ENCODER_MS[key != "False"]
+        row(f"10000 HTTP rules, {what}", f"{now[key]:.1f} ms", f"{before:.1f} ms",
+            "ok" if now[key] < RENDER_TARGET_MS else "over target")
 
 
 # ------------------------------------------------------------ 2. change->ACK

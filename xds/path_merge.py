@@ -10,8 +10,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-import re2
-
+from policy import re2_check
 from policy.compiled import HTTPRule
 
 # A regex without any of these is its own literal (matched exactly, no regex).
@@ -110,14 +109,6 @@ def alternation(paths: list[str]) -> str:
     return parts[0] if len(parts) == 1 and not whole else "|".join(f"(?:{x})" for x in parts)
 
 
-def _re2_ok(regex: str) -> bool:
-    try:
-        re2.compile(regex)
-        return True
-    except re2.error:
-        return False
-
-
 def literal_alternatives(regex: str) -> list[str] | None:
     """["GET", "HEAD"] for "GET|HEAD": method regexes are nearly always plain
     alternations of method names, which Envoy can match without compiling a
@@ -129,27 +120,12 @@ def literal_alternatives(regex: str) -> list[str] | None:
 
 
 class PathMerger:
-    """Merges rules' paths, remembering each path's RE2 validity for the
-    renderer's life (Renderer keeps one)."""
-
-    def __init__(self) -> None:
-        self._valid: dict[str, bool] = {}
-
-    def forget_if_large(self) -> None:
-        if len(self._valid) > 1 << 18:  # paths of long-gone rules: forget them (re-checked in bulk)
-            self._valid.clear()
+    """Merges rules' paths. Each path's RE2 validity is known from the policy
+    loader's check (policy/re2_check.py) or checked here once for the process."""
 
     def valid_paths(self, paths: list[str]) -> list[str]:
-        """The paths that compile as RE2 regexes. Each path is compiled once in
-        the renderer's life: new paths in bulk as one alternation (one C++
-        compile instead of thousands of Python calls), one by one only when
-        that fails, to single out the invalid ones."""
-        new = [p for p in paths if p not in self._valid]
-        if len(new) > 1 and _re2_ok("|".join(f"(?:{p})" for p in new)):
-            self._valid.update(dict.fromkeys(new, True))
-        else:
-            self._valid.update((p, _re2_ok(p)) for p in new)
-        return [p for p in paths if self._valid[p]]
+        """The paths that compile as RE2 regexes."""
+        return [p for p, ok in zip(paths, re2_check.valid(paths)) if ok]
 
     def merge(self, rules: list[HTTPRule]) -> list[HTTPRule]:
         """Rules of one peer set that differ only in their path become one rule

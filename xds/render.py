@@ -317,7 +317,6 @@ class Renderer:
                 for r in receivers:
                     self._used.update(self._paths.merge(list(r.http)))
             self._perm = {k: v for k, v in self._perm.items() if k in self._used}
-        self._paths.forget_if_large()
         ports = {(port, pol.key.direction, pol.key.port) for port, (pol, *_) in self._routes.items()}
         for key in [k for k in self._listeners if k[:3] not in ports]:
             del self._listeners[key]

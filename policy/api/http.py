@@ -10,26 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import re2
 from pydantic import PlainValidator
 
+from policy import re2_check
 from policy.api.base import Strict
 from policy.api.problems import fail, type_name, unsupported
 
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False  # problems are reported as PolicyErrors, not on stderr
-
-
 def compile_regex(pattern: str) -> str | None:
-    """None if RE2 accepts the pattern, else RE2's reason."""
-    try:
-        re2.compile(pattern, options=_RE2_OPTIONS)
-    except Exception as e:  # re2.error carries bytes
-        msg = e.args[0] if e.args else str(e)
-        if isinstance(msg, bytes):
-            msg = msg.decode(errors="replace")
-        return f"invalid RE2 regex {pattern!r}: {msg}"
-    return None
+    """None if RE2 accepts the pattern, else RE2's reason (remembered, so the
+    xDS renderer does not compile it again)."""
+    return re2_check.problem(pattern)
 
 
 def split_header(text: str) -> tuple[str, str | None]:

@@ -65,10 +65,10 @@ def state(
     return CompiledState(revision=revision, endpoints={1: ep}, ipcache=ipc)
 
 
-def many_rules(n: int, idents=(CLIENT_IDENTITY,)) -> tuple[L7PeerRule, ...]:
+def many_rules(n: int, idents=(CLIENT_IDENTITY,), path_prefix: str = "/api") -> tuple[L7PeerRule, ...]:
     """n distinct HTTP rules, the shape used by the benchmark."""
     return tuple(
-        rule(idents, method="GET|HEAD", path=f"/api/v1/items/{i}(/.*)?", headers=(("x-team", f"t{i % 7}"),))
+        rule(idents, method="GET|HEAD", path=f"{path_prefix}/v1/items/{i}(/.*)?", headers=(("x-team", f"t{i % 7}"),))
         for i in range(n)
     )
 
