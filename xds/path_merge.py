@@ -121,7 +121,18 @@ def literal_alternatives(regex: str) -> list[str] | None:
 
 class PathMerger:
     """Merges rules' paths. Each path's RE2 validity is known from the policy
-    loader's check (policy/re2_check.py) or checked here once for the process."""
+    loader's check (policy/re2_check.py) or checked here once for the process.
+
+    The merge of each (method, host, headers) group is remembered by its
+    paths, so a change to one rule of a 10k-rule listener redoes only the
+    group it is in (a cold merge of 10k rules is ~13 ms of the render)."""
+
+    # Bound on the paths the memo references; past it, it starts over.
+    MEMO_PATHS = 1 << 18
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple, list[HTTPRule]] = {}
+        self._memo_paths = 0
 
     def valid_paths(self, paths: list[str]) -> list[str]:
         """The paths that compile as RE2 regexes."""
@@ -138,22 +149,35 @@ class PathMerger:
         valid RE2 on its own: its parentheses balance and it compiles
         (valid_paths). Any other path stays unmerged, so it cannot change the
         meaning of the others and Envoy's NACK names it."""
-        by_rest: dict[tuple, list[HTTPRule]] = {}
+        by_rest: dict[tuple, list[str | None]] = {}
         for r in rules:
-            by_rest.setdefault((r.method, r.host, r.headers), []).append(r)
+            by_rest.setdefault((r.method, r.host, r.headers), []).append(r.path)
         out: list[HTTPRule] = []
-        for (method, host, headers), same in by_rest.items():
-            if len(same) == 1:
-                out.extend(same)
+        for rest, paths in by_rest.items():
+            method, host, headers = rest
+            if len(paths) == 1:
+                out.append(HTTPRule(method=method, path=paths[0], host=host, headers=headers))
                 continue
-            if any(r.path is None for r in same):
-                out.append(HTTPRule(method=method, path=None, host=host, headers=headers))  # any path
-                continue
-            paths = list(dict.fromkeys(r.path for r in same))  # type: ignore[misc]
-            good = self.valid_paths([p for p in paths if balanced(p)])
-            merged = set(good)
-            out.extend(HTTPRule(method=method, path=p, host=host, headers=headers) for p in paths if p not in merged)
-            if good:
-                path = alternation(good) if len(good) > 1 else good[0]
-                out.append(HTTPRule(method=method, path=path, host=host, headers=headers))
+            key = (rest, tuple(paths))
+            got = self._memo.get(key)
+            if got is None:
+                got = self._merge_group(method, host, headers, paths)
+                if self._memo_paths + len(paths) > self.MEMO_PATHS:
+                    self._memo.clear()
+                    self._memo_paths = 0
+                self._memo[key] = got
+                self._memo_paths += len(paths)
+            out.extend(got)
+        return out
+
+    def _merge_group(self, method: str | None, host: str | None, headers: tuple, paths: list[str | None]) -> list[HTTPRule]:
+        if None in paths:
+            return [HTTPRule(method=method, path=None, host=host, headers=headers)]  # any path
+        unique: list[str] = list(dict.fromkeys(paths))  # type: ignore[arg-type]
+        good = self.valid_paths([p for p in unique if balanced(p)])
+        merged = set(good)
+        out = [HTTPRule(method=method, path=p, host=host, headers=headers) for p in unique if p not in merged]
+        if good:
+            path = alternation(good) if len(good) > 1 else good[0]
+            out.append(HTTPRule(method=method, path=path, host=host, headers=headers))
         return out
