@@ -34,6 +34,14 @@ from .sotw import SotwSession
 log = logging.getLogger(__name__)
 
 
+# Pending connections the kernel queues before accept. grpclib's default of
+# 100 broke a burst of connects (Envoys restarting together, the fan-out
+# benchmark): on a full unix-socket backlog a non-blocking connect fails with
+# EAGAIN, which asyncio's connect waits out as if in progress, and those
+# clients never got a response (bench_xds at 300 clients timed out after 120 s).
+BACKLOG = 4096
+
+
 class Encoded:
     """A message already in wire format."""
 
@@ -119,11 +127,11 @@ class XdsServer:
             if os.path.exists(self.socket_path):
                 os.unlink(self.socket_path)
             srv = _Server([_Ads(self)], codec=_PassthroughCodec())
-            await srv.start(path=self.socket_path)
+            await srv.start(path=self.socket_path, backlog=BACKLOG)
             self._servers.append(srv)
         if self.tcp is not None:
             srv = _Server([_Ads(self)], codec=_PassthroughCodec())
-            await srv.start(self.tcp[0], self.tcp[1])
+            await srv.start(self.tcp[0], self.tcp[1], backlog=BACKLOG)
             self._servers.append(srv)
             self.tcp_port = srv._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 

@@ -60,3 +60,29 @@ async def test_listeners_served_over_grpc_and_stop_ends_the_stream(transport, de
 def test_tcp_listener_must_be_loopback():
     with pytest.raises(XdsError, match="loopback"):
         XdsServer(SnapshotCache(), tcp=("0.0.0.0", 18000))
+
+
+async def test_a_burst_of_connections_is_queued_not_refused(short_dir):
+    """Envoys restarting together connect at once, before the server's loop
+    accepts any. A non-blocking unix-socket connect on a full backlog fails
+    with EAGAIN, and asyncio's connect would wait on it as if in progress: a
+    client that never gets a response. All 300 must be queued."""
+    import errno
+    import socket
+
+    server = XdsServer(SnapshotCache(), socket_path=str(short_dir / "xds.sock"))
+    await server.start()
+    socks = []
+    try:
+        # No await in between: the server cannot accept while these connect.
+        for _ in range(300):
+            s = socket.socket(socket.AF_UNIX)
+            s.setblocking(False)
+            socks.append(s)
+        results = [s.connect_ex(str(short_dir / "xds.sock")) for s in socks]
+        refused = [errno.errorcode.get(r, r) for r in results if r != 0]
+        assert not refused, f"{len(refused)} of 300 connects not queued: {refused[:3]}"
+    finally:
+        for s in socks:
+            s.close()
+        await server.stop()
