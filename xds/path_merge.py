@@ -7,6 +7,7 @@ RE2 itself)."""
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 
@@ -103,7 +104,15 @@ def alternation(paths: list[str]) -> str:
             by_tail.setdefault(split[1], []).append(split[0])
     parts = []
     for tail, prefixes in by_tail.items():
-        head = prefixes[0] if len(prefixes) == 1 else "(?:" + "|".join(prefixes) + ")"
+        if len(prefixes) == 1:
+            head = prefixes[0]
+        else:
+            # The prefixes are literals, so their common start can be cut
+            # anywhere and written once: Envoy's time to apply a route
+            # configuration grows with the regex text (bench_xds: a 90-byte
+            # common prefix on 10k paths took change->ACK from 14 to 51 ms).
+            common = os.path.commonprefix(prefixes)
+            head = common + "(?:" + "|".join(p[len(common):] for p in prefixes) + ")"
         parts.append(head + (f"(?:{tail})" if tail else ""))
     parts.extend(whole)
     return parts[0] if len(parts) == 1 and not whole else "|".join(f"(?:{x})" for x in parts)

@@ -8,7 +8,8 @@ import re2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xds.path_merge import alternation as _alternation, balanced as _balanced
+from policy.compiled import HeaderMatch, HTTPRule
+from xds.path_merge import PathMerger, alternation as _alternation, balanced as _balanced
 
 PIECES = ["/a", "/b", "x", "1", ".*", "(/.*)?", "[ab]+", "(x|y)", "\\d", "b?", "[^/]*", "/", "a{2}"]
 paths = st.lists(st.sampled_from(PIECES), min_size=1, max_size=4).map("".join)
@@ -31,3 +32,24 @@ def test_balance_check_table():
     cases = {"/a(b)?": True, "a)|(b": False, "[)]x": True, "[^)]": True, "\\)": True, "x(": False, "[]()]": True,
              ")(": False, "/x/(a|b)(/.*)?": True, "((a)": False}
     assert {k: _balanced(k) for k in cases} == cases
+
+
+rule_lists = st.lists(
+    st.builds(
+        lambda m, p, h: HTTPRule(method=m, path=p, headers=h),
+        st.sampled_from([None, "GET", "GET|HEAD"]),
+        st.one_of(st.none(), paths),
+        st.sampled_from([(), (HeaderMatch("x-team", "a"),), (HeaderMatch("x-team", "b"),)]),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(rule_lists, min_size=1, max_size=5))
+def test_a_merger_that_remembers_groups_merges_as_a_fresh_one(sequence):
+    """The memo keyed by each group's paths never hands back a stale merge:
+    every render of a changing rule list equals a merge from scratch."""
+    kept = PathMerger()
+    for rules in sequence:
+        assert kept.merge(rules) == PathMerger().merge(rules)
