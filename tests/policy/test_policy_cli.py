@@ -213,7 +213,7 @@ def test_an_offline_trace_loads_neither_the_agent_nor_an_http_client():
         "from agent.cli.ciliate import main\n"
         f"rc = main(['policy', 'trace', '--policies', {L7!r}, '--src', {TIE!r}, '--dst', {DEATHSTAR!r},"
         " '--dport', '80', '--method', 'POST', '--path', '/v1/request-landing'])\n"
-        "heavy = sorted(m for m in ('httpx', 'agent.core.models', 'agent.api.client', 'agent.cli.agent_commands', 'demo.command') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('httpx', 'agent.core.models', 'agent.api.client', 'agent.cli.agent_commands', 'demo.command', 'agent.cli.policy_diff', 'policy.diff') if m in sys.modules)\n"
         "print('RC', rc, 'HEAVY', heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
