@@ -78,4 +78,8 @@ if [ ! -e "$site/bcc" ]; then
   ln -sfn /usr/lib/python3/dist-packages/bcc "$site/bcc"
 fi
 "$venv/bin/python" -c 'import bcc, envoy, grpclib, pyroute2' || { echo "import check failed" >&2; exit 1; }
+# The project's bytecode, written now: where PYTHONDONTWRITEBYTECODE is set
+# (some CI images and containers) every `ciliate` run would otherwise compile
+# its modules again (policy trace: ~0.4 s instead of ~0.25 s).
+"$venv/bin/python" -m compileall -q -j 0 "$here/policy" "$here/xds" "$here/redirect" "$here/sidecar" "$here/agent" "$here/demo" "$here/kvstore" >/dev/null
 log "ok: $venv"
