@@ -81,5 +81,5 @@ fi
 # The project's bytecode, written now: where PYTHONDONTWRITEBYTECODE is set
 # (some CI images and containers) every `ciliate` run would otherwise compile
 # its modules again (policy trace: ~0.4 s instead of ~0.25 s).
-"$venv/bin/python" -m compileall -q -j 0 "$here/policy" "$here/xds" "$here/redirect" "$here/sidecar" "$here/agent" "$here/demo" "$here/kvstore" >/dev/null
+"$venv/bin/python" -m compileall -q -j 0 "$here/policy" "$here/xds" "$here/redirect" "$here/sidecar" "$here/agent" "$here/demo" "$here/kvstore" "$here/dnsproxy" >/dev/null
 log "ok: $venv"
