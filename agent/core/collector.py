@@ -10,17 +10,20 @@ xDS server and the flow readers all waited), almost all in full
 collections. Here:
 - young collections stay as CPython runs them: they walk new objects only;
 - automatic full collections are off (their threshold is out of reach);
-- a full collection runs between regenerations, every second or, when one
-  takes long (a large policy in memory), as often as keeps them under 2 %
-  of the time: cyclic garbage is freed about as soon as CPython would (a
-  minute apart, garbage piled up: +46 MiB at start and 48 KiB per
-  endpoint instead of 16 in bench_e2e), at moments nothing waits on a
-  compile;
 - right after start-up (the first regenerations done) one full collection
   freezes what start-up built (modules, classes, the loaded policies): they
-  mostly live for the process's life, and no later collection walks them
-  (a frozen object is still freed when its last reference goes; only a
-  cycle among frozen objects would stay).
+  mostly live for the process's life;
+- then, every second or as often as keeps them under 2 % of the time, a
+  collection walks only what was built since the last one, and freezes what
+  survives it: cyclic garbage among new objects is freed about as soon as
+  CPython would, and the walk stays short whatever the agent holds (walking
+  everything took 43-62 ms with 1,000 policies, and a policy change that
+  arrived during one waited for it: the kernel p99 of bench_e2e);
+- once a minute everything is unfrozen and walked (deferred while a
+  regeneration is pending), so garbage cycles among older objects are freed
+  too, at moments nothing waits on a compile.
+A frozen object is still freed as soon as its last reference goes; only a
+cycle among frozen objects waits for the minute's whole walk.
 No I/O.
 """
 
@@ -34,13 +37,12 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-FULL_INTERVAL = 60.0  # seconds: the longest wait between full collections
-MIN_INTERVAL = 1.0  # seconds: the shortest
-SHARE = 0.02  # of the time, at most, spent in scheduled full collections
+FULL_INTERVAL = 60.0  # seconds between walks of everything (frozen objects included)
+MIN_INTERVAL = 1.0  # seconds: the shortest wait between walks
+SHARE = 0.02  # of the time, at most, spent in the walks of new objects
 STARTUP_POLL = 0.1  # seconds between looks at whether start-up is done
-BUSY_RETRY = 1.0  # seconds to wait while a regeneration is running
-MAX_DEFERRALS = 10  # then collect anyway: garbage must not pile up under churn
-CHEAP = 0.02  # seconds: a walk this short is not worth deferring
+BUSY_RETRY = 1.0  # seconds a walk of everything waits while a regeneration is pending
+MAX_DEFERRALS = 10  # then walk anyway: garbage must not pile up under churn
 _UNREACHABLE = 1 << 30  # a gen-2 threshold no count of gen-1 collections reaches
 
 
@@ -64,26 +66,28 @@ async def full_collections(
     busy: Callable[[], bool], started: Callable[[], bool] = lambda: True, interval: float = FULL_INTERVAL,
 ) -> None:
     """Run forever. Once `started()` and the first regenerations are done,
-    one full collection that freezes what start-up built (the loaded
-    policies among it: later walks skip them); then one a second, or less
-    often when a walk takes long (at most SHARE of the time, at least one
-    every `interval`), each deferred while `busy()` (a regeneration
-    pending) up to MAX_DEFERRALS times."""
+    one full collection that freezes what start-up built; then a walk of
+    what is new every second (or less often when one takes long: at most
+    SHARE of the time), freezing its survivors, and a walk of everything
+    every `interval`, deferred while `busy()` (a regeneration pending) up
+    to MAX_DEFERRALS times."""
     while not started() or busy():
         await asyncio.sleep(STARTUP_POLL)
     freed, took = collect_full(freeze=True)
     log.info("start-up objects frozen out of the cycle collector's walks (%d freed first, %.0f ms)", freed, took * 1000)
+    clock = time.monotonic
+    last_whole = clock()
     while True:
-        # As often as CPython would, but never more than SHARE of the time:
-        # a young heap is walked every second, one holding a 20k-CIDR
-        # policy (~150 ms a walk) every few seconds.
         await asyncio.sleep(min(interval, max(MIN_INTERVAL, took / SHARE)))
-        # A walk that takes long waits for a moment between regenerations; a
-        # short one does not (waiting under churn let garbage pile up: 45
-        # KiB per endpoint while 900 registered, 16 with CPython's schedule).
-        for _ in range(MAX_DEFERRALS if took > CHEAP else 0):
-            if not busy():
-                break
-            await asyncio.sleep(BUSY_RETRY)
-        freed, took = collect_full()
-        log.debug("full collection: %d objects freed in %.1f ms", freed, took * 1000)
+        whole = clock() - last_whole >= interval
+        if whole:
+            # A walk of everything is long with a large state: it waits for
+            # a moment between regenerations.
+            for _ in range(MAX_DEFERRALS):
+                if not busy():
+                    break
+                await asyncio.sleep(BUSY_RETRY)
+            gc.unfreeze()
+            last_whole = clock()
+        freed, took = collect_full(freeze=True)
+        log.debug("%s collection: %d objects freed in %.1f ms", "whole" if whole else "young", freed, took * 1000)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import weakref
 
 import pytest
@@ -42,7 +43,6 @@ def _old_cycle() -> weakref.ref:
 
 
 async def test_cyclic_garbage_is_freed_on_schedule_and_not_while_busy(gc_settings, monkeypatch) -> None:
-    monkeypatch.setattr(collector, "CHEAP", -1.0)  # every walk counts as long: they wait for idle moments
     monkeypatch.setattr(collector, "BUSY_RETRY", 0.01)
     monkeypatch.setattr(collector, "MAX_DEFERRALS", 10_000)
     collector.configure()
@@ -78,27 +78,59 @@ async def test_cyclic_garbage_is_freed_on_schedule_and_not_while_busy(gc_setting
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_a_short_walk_does_not_wait_for_an_idle_moment(gc_settings, monkeypatch) -> None:
-    """Under constant churn a regeneration is nearly always pending; a walk
-    that is cheap runs anyway, or garbage piles up (it did: 45 KiB per
-    endpoint while 900 registered)."""
-    monkeypatch.setattr(collector, "CHEAP", 10.0)
-    monkeypatch.setattr(collector, "BUSY_RETRY", 10.0)
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    perf_counter = staticmethod(time.perf_counter)  # the walks still time themselves
+
+
+async def _until(cond, what: str) -> None:
+    for _ in range(500):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_walks_of_new_objects_do_not_wait_and_frozen_cycles_wait_for_the_whole_walk(gc_settings, monkeypatch) -> None:
+    """Under constant churn a regeneration is nearly always pending: the
+    short walks of new objects run anyway (garbage piled up when they
+    waited: 45 KiB per endpoint while 900 registered). A cycle among objects
+    frozen by an earlier walk is freed only by the walk of everything, once
+    per `interval`, and that walk waits for an idle moment."""
+    clock = _Clock()
+    monkeypatch.setattr(collector, "time", clock)
+    monkeypatch.setattr(collector, "MIN_INTERVAL", 0.01)
+    monkeypatch.setattr(collector, "BUSY_RETRY", 0.01)
+    monkeypatch.setattr(collector, "MAX_DEFERRALS", 10_000)
     collector.configure()
     busy = False
-    task = asyncio.create_task(collector.full_collections(lambda: busy, interval=0.01))
+    task = asyncio.create_task(collector.full_collections(lambda: busy, interval=60.0))
     try:
-        for _ in range(500):
-            if gc.get_freeze_count():
-                break
-            await asyncio.sleep(0.01)
+        await _until(lambda: gc.get_freeze_count() > 0, "the start-up freeze")
         busy = True  # from now on a regeneration is always pending
-        garbage = _old_cycle()
-        for _ in range(500):
-            if garbage() is None:
-                break
-            await asyncio.sleep(0.01)
-        assert garbage() is None
+        frozen = gc.get_freeze_count()
+        kept = [[] for _ in range(1000)]  # survivors: the walk freezes them out of the next ones
+        young = _old_cycle()
+        await _until(lambda: young() is None, "a walk of new objects to free a young cycle")
+        assert gc.get_freeze_count() >= frozen + len(kept)
+
+        old = _old_cycle()
+        gc.freeze()  # as a walk does to what survives it
+        young = _old_cycle()
+        await _until(lambda: young() is None, "the next walk of new objects")
+        assert old() is not None, "frozen objects are not walked before the minute is up"
+
+        clock.now += 61.0  # the minute is up, but a regeneration is pending
+        young = _old_cycle()
+        await asyncio.sleep(0.2)
+        assert old() is not None and young() is not None, "the walk of everything waits for an idle moment"
+        busy = False
+        await _until(lambda: old() is None, "the walk of everything to free the frozen cycle")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
