@@ -11,6 +11,7 @@ fakes for those and get the same daemon.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv6Address
 
@@ -67,10 +68,17 @@ def build_agent(
     )
 
 
+SWITCH_INTERVAL = 0.001  # seconds
+
+
 async def serve(agent: Agent) -> None:
     """The daemon's life: the agent until a signal, with the cycle collector
     on the daemon's schedule (agent/core/collector.py)."""
     collector.configure()
+    # The loop hands work to threads (loading, compiling, kernel writes,
+    # API writes) and waits on them: with two threads wanting the GIL, each
+    # handoff may wait the whole switch interval (5 ms by default).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     task = asyncio.create_task(
         collector.full_collections(lambda: agent.queue.pending, lambda: agent.started_at > 0), name="ciliate-gc",
     )
