@@ -18,6 +18,8 @@ apt_pkgs+=(etcd-server etcd-client)
 apt_pkgs+=(stress-ng)
 # The TLS server-name (serverNames) tests make throw-away certificates with it.
 apt_pkgs+=(openssl)
+# The DNS proxy's tests resolve through a real DNS server on loopback.
+apt_pkgs+=(dnsmasq-base)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
