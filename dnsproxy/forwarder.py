@@ -2,7 +2,7 @@
 answer out (asyncio). Where the query was going and whether it may go there
 are the caller's (`Policy`); this module moves and checks the messages.
 
-For each datagram:
+For each query (UDP datagram, or message on a TCP connection):
 - a query that does not parse is answered FORMERR (when its id is
   readable) and goes nowhere;
 - a denied query is answered by the proxy itself (REFUSED or NXDOMAIN);
@@ -93,13 +93,106 @@ class _Upstream(asyncio.DatagramProtocol):
             self.answer.set_exception(exc)
 
 
+async def ask_udp(server: Addr, data: bytes, timeout: float) -> bytes:
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    transport, proto = await loop.create_datagram_endpoint(_Upstream, remote_addr=server, family=family)
+    try:
+        transport.sendto(data)
+        return await asyncio.wait_for(proto.answer, timeout)
+    finally:
+        transport.close()
+
+
+async def read_framed(reader: asyncio.StreamReader) -> bytes | None:
+    """One DNS-over-TCP message (RFC 1035 4.2.2: a 2-octet length first);
+    None at a clean end of stream."""
+    try:
+        head = await reader.readexactly(2)
+    except asyncio.IncompleteReadError as e:
+        if e.partial:
+            raise
+        return None
+    return await reader.readexactly(int.from_bytes(head, "big"))
+
+
+def framed(data: bytes) -> bytes:
+    return len(data).to_bytes(2, "big") + data
+
+
+async def ask_tcp(server: Addr, data: bytes, timeout: float) -> bytes:
+    async def exchange() -> bytes:
+        reader, writer = await asyncio.open_connection(*server)
+        try:
+            writer.write(framed(data))
+            await writer.drain()
+            got = await read_framed(reader)
+            if got is None:
+                raise ConnectionError("the resolver closed the connection without an answer")
+            return got
+        finally:
+            writer.close()
+
+    return await asyncio.wait_for(exchange(), timeout)
+
+
+Ask = Callable[[Addr, bytes, float], Awaitable[bytes]]
+
+
 @dataclass
-class UDPForwarder(asyncio.DatagramProtocol):
+class Pipeline:
+    """What happens to one query, whatever carried it: returns the bytes the
+    client gets (None: nothing to send)."""
+
     policy: Policy
     on_event: Callable[[DNSEvent], None] = lambda _e: None
     config: ForwarderConfig = field(default_factory=ForwarderConfig)
 
-    def __post_init__(self) -> None:
+    def unparsed(self, data: bytes, client: Addr, local: Addr, verdict: str, rcode: int, error: str = "") -> bytes | None:
+        self.on_event(DNSEvent(client, local, "", "", verdict, dns.rcode.to_text(rcode), error=error))
+        msg_id = query_id(data)
+        if msg_id is None:
+            return None
+        if rcode == dns.rcode.FORMERR:
+            return format_error(msg_id)
+        resp = dns.message.Message(id=msg_id)
+        resp.flags = dns.flags.QR | dns.flags.RA
+        resp.set_rcode(rcode)
+        return resp.to_wire()
+
+    async def answer(self, data: bytes, client: Addr, local: Addr, ask: Ask) -> bytes | None:
+        t0 = time.monotonic()
+        try:
+            query = parse_query(data)
+        except MessageError as e:
+            return self.unparsed(data, client, local, "malformed", dns.rcode.FORMERR, str(e))
+        server = self.policy.upstream(client, local)
+        verdict = self.policy.decide(client, server, query)
+        if not verdict.allowed:
+            self.on_event(DNSEvent(client, server, query.name, query.qtype, "denied",
+                                   dns.rcode.to_text(self.config.reject.rcode), rule=verdict.rule, latency_s=time.monotonic() - t0))
+            return refusal(query, self.config.reject)
+        try:
+            wire = await ask(server, data, self.config.upstream_timeout)
+            answer = parse_response(wire, query)
+        except (OSError, EOFError, asyncio.TimeoutError, asyncio.IncompleteReadError, MessageError) as e:
+            self.on_event(DNSEvent(client, server, query.name, query.qtype, "allowed", "SERVFAIL", rule=verdict.rule,
+                                   error=str(e) or type(e).__name__, latency_s=time.monotonic() - t0))
+            return servfail(query)
+        if answer.addresses:
+            try:
+                await asyncio.wait_for(self.policy.learned(client, query, answer), self.config.release_delay)
+            except asyncio.TimeoutError:
+                log.debug("releasing the answer for %s before its addresses were admitted", query.name)
+        self.on_event(DNSEvent(client, server, query.name, query.qtype, "allowed", answer.rcode,
+                               tuple(str(a) for a, _ in answer.addresses), verdict.rule, latency_s=time.monotonic() - t0))
+        return wire
+
+
+class UDPForwarder(asyncio.DatagramProtocol):
+    def __init__(self, policy: Policy, on_event: Callable[[DNSEvent], None] = lambda _e: None,
+                 config: ForwarderConfig | None = None) -> None:
+        self.pipeline = Pipeline(policy, on_event, config or ForwarderConfig())
         self.transport: asyncio.DatagramTransport | None = None
         self.local: Addr = ("", 0)
         self._pending: set[asyncio.Task] = set()
@@ -107,7 +200,6 @@ class UDPForwarder(asyncio.DatagramProtocol):
     async def start(self, host: str, port: int) -> Addr:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
-        self.transport = transport  # type: ignore[assignment]
         self.local = transport.get_extra_info("sockname")[:2]
         return self.local
 
@@ -123,63 +215,68 @@ class UDPForwarder(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
         client: Addr = addr[:2]
-        if len(self._pending) >= self.config.max_pending:
-            self._answer_unparsed(data, client, "overload", dns.rcode.REFUSED)
+        if len(self._pending) >= self.pipeline.config.max_pending:
+            self._send(self.pipeline.unparsed(data, client, self.local, "overload", dns.rcode.REFUSED), client)
             return
         task = asyncio.get_running_loop().create_task(self._handle(data, client))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    def _send(self, data: bytes, client: Addr) -> None:
-        if self.transport is not None:
+    async def _handle(self, data: bytes, client: Addr) -> None:
+        self._send(await self.pipeline.answer(data, client, self.local, ask_udp), client)
+
+    def _send(self, data: bytes | None, client: Addr) -> None:
+        if data is not None and self.transport is not None:
             self.transport.sendto(data, client)
 
-    def _answer_unparsed(self, data: bytes, client: Addr, verdict: str, rcode: int, error: str = "") -> None:
-        msg_id = query_id(data)
-        if msg_id is not None:
-            resp = dns.message.Message(id=msg_id)
-            resp.flags = dns.flags.QR | dns.flags.RA
-            resp.set_rcode(rcode)
-            self._send(resp.to_wire() if rcode != dns.rcode.FORMERR else format_error(msg_id), client)
-        self.on_event(DNSEvent(client, self.local, "", "", verdict, dns.rcode.to_text(rcode), error=error))
 
-    async def _handle(self, data: bytes, client: Addr) -> None:
-        t0 = time.monotonic()
-        try:
-            query = parse_query(data)
-        except MessageError as e:
-            self._answer_unparsed(data, client, "malformed", dns.rcode.FORMERR, str(e))
-            return
-        server = self.policy.upstream(client, self.local)
-        verdict = self.policy.decide(client, server, query)
-        if not verdict.allowed:
-            self._send(refusal(query, self.config.reject), client)
-            self.on_event(DNSEvent(client, server, query.name, query.qtype, "denied",
-                                   dns.rcode.to_text(self.config.reject.rcode), rule=verdict.rule, latency_s=time.monotonic() - t0))
-            return
-        try:
-            wire = await self._ask(server, data)
-            answer = parse_response(wire, query)
-        except (OSError, asyncio.TimeoutError, MessageError) as e:
-            self._send(servfail(query), client)
-            self.on_event(DNSEvent(client, server, query.name, query.qtype, "allowed", "SERVFAIL", rule=verdict.rule,
-                                   error=str(e) or type(e).__name__, latency_s=time.monotonic() - t0))
-            return
-        if answer.addresses:
-            try:
-                await asyncio.wait_for(self.policy.learned(client, query, answer), self.config.release_delay)
-            except asyncio.TimeoutError:
-                log.debug("releasing the answer for %s before its addresses were admitted", query.name)
-        self._send(wire, client)
-        self.on_event(DNSEvent(client, server, query.name, query.qtype, "allowed", answer.rcode,
-                               tuple(str(a) for a, _ in answer.addresses), verdict.rule, latency_s=time.monotonic() - t0))
+class TCPForwarder:
+    """DNS over TCP (clients retry there when a UDP answer is truncated):
+    each message on a connection goes through the same pipeline, answered
+    in order; a connection idle for `idle_timeout` seconds, or one that
+    sends a broken frame, is closed; at most `max_pending` connections."""
 
-    async def _ask(self, server: Addr, data: bytes) -> bytes:
-        loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
-        transport, proto = await loop.create_datagram_endpoint(_Upstream, remote_addr=server, family=family)
+    def __init__(self, policy: Policy, on_event: Callable[[DNSEvent], None] = lambda _e: None,
+                 config: ForwarderConfig | None = None, idle_timeout: float = 10.0) -> None:
+        self.pipeline = Pipeline(policy, on_event, config or ForwarderConfig())
+        self.idle_timeout = idle_timeout
+        self.local: Addr = ("", 0)
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task] = set()
+
+    async def start(self, host: str, port: int) -> Addr:
+        self._server = await asyncio.start_server(self._serve, host, port)
+        self.local = self._server.sockets[0].getsockname()[:2]
+        return self.local
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._conns):
+            t.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        client: Addr = writer.get_extra_info("peername")[:2]
+        if len(self._conns) >= self.pipeline.config.max_pending:
+            writer.close()
+            return
+        if task is not None:
+            self._conns.add(task)
         try:
-            transport.sendto(data)
-            return await asyncio.wait_for(proto.answer, self.config.upstream_timeout)
+            while True:
+                data = await asyncio.wait_for(read_framed(reader), self.idle_timeout)
+                if data is None:
+                    return
+                reply = await self.pipeline.answer(data, client, self.local, ask_tcp)
+                if reply is None:
+                    return
+                writer.write(framed(reply))
+                await writer.drain()
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            return
         finally:
-            transport.close()
+            if task is not None:
+                self._conns.discard(task)
+            writer.close()

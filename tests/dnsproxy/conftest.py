@@ -56,7 +56,7 @@ def dnsmasq() -> Iterator[DnsServer]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                dns.query.udp(dns.message.make_query("allowed.test", "A"), "127.0.0.1", port=port, timeout=0.5)
+                dns.query.udp(dns.message.make_query("allowed.test", "A"), "127.0.0.1", port=port, timeout=0.1)
                 break
             except Exception:
                 if proc.poll() is not None or time.monotonic() > deadline:

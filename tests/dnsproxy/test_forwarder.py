@@ -11,7 +11,7 @@ import dns.message
 import dns.rcode
 import pytest
 
-from dnsproxy.forwarder import DNSEvent, ForwarderConfig, UDPForwarder, Verdict
+from dnsproxy.forwarder import DNSEvent, ForwarderConfig, TCPForwarder, UDPForwarder, Verdict
 from dnsproxy.messages import Reject
 from policy.dns_names import NameSelector, check_match_name
 
@@ -139,3 +139,57 @@ async def test_past_the_in_flight_limit_queries_are_refused(dnsmasq, proxy_for):
     reply, _ = await ask(addr, "allowed.test")
     assert reply.rcode() == dns.rcode.REFUSED
     assert events[0].verdict == "overload"
+
+
+@pytest.fixture
+async def tcp_proxy_for():
+    started = []
+
+    async def make(rules, **cfg):
+        events: list[DNSEvent] = []
+        fwd = TCPForwarder(rules, events.append, ForwarderConfig(**cfg), idle_timeout=5.0)
+        addr = await fwd.start("127.0.0.1", 0)
+        started.append(fwd)
+        return addr, events
+
+    yield make
+    for f in started:
+        await f.stop()
+
+
+async def tcp_exchange(proxy, *wires: bytes, timeout: float = 10.0) -> list[dns.message.Message]:
+    reader, writer = await asyncio.open_connection(*proxy)
+    try:
+        for w in wires:
+            writer.write(len(w).to_bytes(2, "big") + w)
+        await writer.drain()
+        out = []
+        for _ in wires:
+            head = await asyncio.wait_for(reader.readexactly(2), timeout)
+            out.append(dns.message.from_wire(await reader.readexactly(int.from_bytes(head, "big"))))
+        return out
+    finally:
+        writer.close()
+
+
+async def test_over_tcp_queries_on_one_connection_are_answered_in_order(dnsmasq, tcp_proxy_for):
+    rules = Rules(dnsmasq.addr)
+    addr, events = await tcp_proxy_for(rules)
+    allowed = dns.message.make_query("allowed.test", "A")
+    denied = dns.message.make_query("other.test", "A")
+    a, d = await tcp_exchange(addr, allowed.to_wire(), denied.to_wire())
+    assert a.id == allowed.id and [rr.address for rrset in a.answer for rr in rrset] == [NAMES["allowed.test"]]
+    assert d.id == denied.id and d.rcode() == dns.rcode.REFUSED and not d.answer
+    assert [e.verdict for e in events] == ["allowed", "denied"]
+    assert rules.learned_at and rules.learned_at[0][1] == "allowed.test."
+
+
+async def test_over_tcp_a_broken_frame_closes_the_connection(dnsmasq, tcp_proxy_for):
+    addr, _ = await tcp_proxy_for(Rules(dnsmasq.addr))
+    reader, writer = await asyncio.open_connection(*addr)
+    try:
+        writer.write(b"\x00\x40" + b"\x01" * 10)  # announces 64 octets, sends 10, then ends
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
