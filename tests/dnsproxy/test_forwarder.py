@@ -62,19 +62,30 @@ async def ask(proxy, name: str, qtype: str = "A", raw: bytes | None = None, time
 
 
 @pytest.fixture
-async def proxy_for():
-    started = []
+async def started():
+    """make(Forwarder class, rules, **config) -> (address, events); all stopped after the test."""
+    servers = []
 
-    async def make(rules, **cfg):
+    async def make(cls, rules, **cfg):
         events: list[DNSEvent] = []
-        fwd = UDPForwarder(rules, events.append, ForwarderConfig(**cfg))
+        fwd = cls(rules, events.append, ForwarderConfig(**cfg))
         addr = await fwd.start("127.0.0.1", 0)
-        started.append(fwd)
+        servers.append(fwd)
         return addr, events
 
     yield make
-    for f in started:
+    for f in servers:
         await f.stop()
+
+
+@pytest.fixture
+def proxy_for(started):
+    return lambda rules, **cfg: started(UDPForwarder, rules, **cfg)
+
+
+@pytest.fixture
+def tcp_proxy_for(started):
+    return lambda rules, **cfg: started(TCPForwarder, rules, **cfg)
 
 
 async def test_an_allowed_name_is_answered_by_the_resolver_after_its_addresses_are_admitted(dnsmasq, proxy_for):
@@ -139,22 +150,6 @@ async def test_past_the_in_flight_limit_queries_are_refused(dnsmasq, proxy_for):
     reply, _ = await ask(addr, "allowed.test")
     assert reply.rcode() == dns.rcode.REFUSED
     assert events[0].verdict == "overload"
-
-
-@pytest.fixture
-async def tcp_proxy_for():
-    started = []
-
-    async def make(rules, **cfg):
-        events: list[DNSEvent] = []
-        fwd = TCPForwarder(rules, events.append, ForwarderConfig(**cfg), idle_timeout=5.0)
-        addr = await fwd.start("127.0.0.1", 0)
-        started.append(fwd)
-        return addr, events
-
-    yield make
-    for f in started:
-        await f.stop()
 
 
 async def tcp_exchange(proxy, *wires: bytes, timeout: float = 10.0) -> list[dns.message.Message]:
