@@ -18,8 +18,9 @@ compose-demo: install
 # keep their bytecode in .venv/pycache even where PYTHONDONTWRITEBYTECODE is
 # set: without it each one compiles the project from source, and pytest
 # rewrites every test module's asserts again, on every run (on a loaded
-# machine ~20 s before the fast tier's first test, 4 s with the cache). The
-# source tree stays free of __pycache__.
+# machine ~20 s before the fast tier's first test, 4 s with the cache).
+# (scripts/install.sh writes the project's own bytecode beside the sources,
+# for `ciliate` run outside the tests; git ignores it.)
 PYTEST := env -u PYTHONDONTWRITEBYTECODE PYTHONPYCACHEPREFIX=$(VENV)/pycache $(PY) -m pytest
 
 # The whole suite on two workers: kernel tests of two modules may run side by
