@@ -51,12 +51,12 @@ class PolicyBook:
         self._in_force: dict[str, BookEntry] | None = None  # cache, dropped on every change
         self._service_peers = service_peers
         self._services: Any = None  # None: no source of Services (file mode)
-        # key -> (entry as written, entry in force, why a toServices item selects nothing)
-        self._resolved: dict[str, tuple[BookEntry, BookEntry, tuple[str, ...]]] = {}
-        # key -> (entry as written, Services snapshot, entry in force): resolving
-        # walks every rule, and in_force() runs after every change; with 1,000
-        # policies redoing all of them was 5 of the agent's 17 ms per change.
-        self._memo: dict[str, tuple[BookEntry, Any, BookEntry]] = {}
+        # key -> (entry as written, the Services snapshot it was resolved
+        # against, entry in force, why a toServices item selects nothing).
+        # in_force() runs after every change: with 1,000 policies, resolving
+        # them all again was 5 of the agent's 17 ms per change, so an entry
+        # is resolved again only when it or the snapshot is new.
+        self._resolved: dict[str, tuple[BookEntry, Any, BookEntry, tuple[str, ...]]] = {}
         self._order: list[Source] | None = None  # sources in shadowing order; None: sort again
 
     def update_file(self, path: Source, loaded: LoadedFile) -> bool:
@@ -112,8 +112,6 @@ class PolicyBook:
             self._in_force = {k: self._resolve(e) for k, e in written.items()}
             for gone in set(self._resolved) - set(written):
                 del self._resolved[gone]
-            for gone in set(self._memo) - set(written):
-                del self._memo[gone]
         return self._in_force
 
     def written(self) -> list[LoadedPolicy]:
@@ -124,36 +122,28 @@ class PolicyBook:
         if self._service_peers is None:
             return entry
         key = entry.key
-        memo = self._memo.get(key)
-        if memo is not None and memo[0] is entry and memo[1] is self._services:
-            return memo[2]  # same policy, same Services: resolves as last time
-        resolved = self._resolve_now(entry, key)
-        self._memo[key] = (entry, self._services, resolved)
-        return resolved
-
-    def _resolve_now(self, entry: BookEntry, key: str) -> BookEntry:
-        assert self._service_peers is not None
+        prev = self._resolved.get(key)
+        if prev is not None and prev[0] is entry and prev[1] is self._services:
+            return prev[2]  # same policy, same Services: resolves as last time
         policy, notes = self._service_peers.resolve(entry.policy, self._services)
         if policy is entry.policy:
-            self._resolved.pop(key, None)
-            return entry
-        prev = self._resolved.get(key)
-        if prev is not None and prev[0] is entry and prev[1].policy == policy:
-            resolved = prev[1]  # unchanged: the compiler is not asked again
+            resolved, notes = entry, ()
+        elif prev is not None and prev[0] is entry and prev[2].policy == policy:
+            resolved = prev[2]  # a new snapshot, the same result: the compiler is not asked again
         else:
             resolved = BookEntry(policy, entry.source)
-        self._resolved[key] = (entry, resolved, notes)
+        self._resolved[key] = (entry, self._services, resolved, notes)
         return resolved
 
     def service_notes(self) -> Mapping[str, tuple[str, ...]]:
         """key -> why toServices items of that policy in force select nothing."""
         self.in_force()
-        return {k: notes for k, (_, _, notes) in self._resolved.items() if notes}
+        return {k: notes for k, (_, _, _, notes) in self._resolved.items() if notes}
 
     def shadowed(self) -> dict[str, list[Source]]:
         """key -> files whose definition of that policy is hidden by a later file."""
         seen: dict[str, list[Source]] = {}
-        for path in sorted(self._by_file, key=str):
+        for path in self._sources():
             for e in self._by_file[path]:
                 seen.setdefault(e.key, []).append(path)
         return {k: paths[:-1] for k, paths in seen.items() if len(paths) > 1}
