@@ -29,11 +29,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import dns.flags
 import dns.message
 import dns.rcode
 
-from .messages import Answer, MessageError, Query, Reject, format_error, parse_query, parse_response, query_id, refusal
+from .messages import Answer, MessageError, Query, Reject, header_only, parse_query, parse_response, query_id, refusal
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +150,7 @@ class Pipeline:
     def unparsed(self, data: bytes, client: Addr, local: Addr, verdict: str, rcode: int, error: str = "") -> bytes | None:
         self.on_event(DNSEvent(client, local, "", "", verdict, dns.rcode.to_text(rcode), error=error))
         msg_id = query_id(data)
-        if msg_id is None:
-            return None
-        if rcode == dns.rcode.FORMERR:
-            return format_error(msg_id)
-        resp = dns.message.Message(id=msg_id)
-        resp.flags = dns.flags.QR | dns.flags.RA
-        resp.set_rcode(rcode)
-        return resp.to_wire()
+        return None if msg_id is None else header_only(msg_id, rcode)
 
     async def answer(self, data: bytes, client: Addr, local: Addr, ask: Ask) -> bytes | None:
         t0 = time.monotonic()

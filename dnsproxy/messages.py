@@ -104,11 +104,12 @@ def refusal(query: Query, reject: Reject) -> bytes:
     return resp.to_wire()
 
 
-def format_error(msg_id: int) -> bytes:
-    """FORMERR for a query that could not be parsed (no question to echo)."""
+def header_only(msg_id: int, rcode: int = dns.rcode.FORMERR) -> bytes:
+    """An answer with no question to echo: FORMERR for a query that could
+    not be parsed, REFUSED for one the proxy has no room for."""
     resp = dns.message.Message(id=msg_id)
     resp.flags = dns.flags.QR | dns.flags.RA
-    resp.set_rcode(dns.rcode.FORMERR)
+    resp.set_rcode(rcode)
     return resp.to_wire()
 
 

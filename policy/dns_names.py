@@ -63,13 +63,18 @@ def _check_labels(text: str, what: str) -> None:
             raise DNSNameError(f"{what} {text!r} has a label longer than {MAX_LABEL} characters")
 
 
+def _checked_text(value: object, field: str, chars: re.Pattern, allowed: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DNSNameError(f"{field} must be a non-empty string")
+    text = value.strip()
+    if not chars.fullmatch(text):
+        raise DNSNameError(f"{field} {text!r} may contain only {allowed}")
+    return text
+
+
 def check_match_name(name: str) -> str:
     """The canonical form of a valid matchName; DNSNameError otherwise."""
-    if not isinstance(name, str) or not name.strip():
-        raise DNSNameError("matchName must be a non-empty string")
-    text = name.strip()
-    if not _NAME_CHARS.fullmatch(text):
-        raise DNSNameError(f"matchName {text!r} may contain only letters, digits, '-', '_' and '.'")
+    text = _checked_text(name, "matchName", _NAME_CHARS, "letters, digits, '-', '_' and '.'")
     if text != ".":
         _check_labels(text, "matchName")
     return canonical(text)
@@ -77,11 +82,7 @@ def check_match_name(name: str) -> str:
 
 def check_match_pattern(pattern: str) -> str:
     """The canonical form of a valid matchPattern; DNSNameError otherwise."""
-    if not isinstance(pattern, str) or not pattern.strip():
-        raise DNSNameError("matchPattern must be a non-empty string")
-    text = pattern.strip()
-    if not _PATTERN_CHARS.fullmatch(text):
-        raise DNSNameError(f"matchPattern {text!r} may contain only letters, digits, '-', '_', '.' and '*'")
+    text = _checked_text(pattern, "matchPattern", _PATTERN_CHARS, "letters, digits, '-', '_', '.' and '*'")
     if "***" in text:
         raise DNSNameError(f"matchPattern {text!r}: at most two '*' in a row ('**.' is any number of labels)")
     if text in ("*", "**"):

@@ -15,6 +15,7 @@ _OPTIONS.log_errors = False  # problems are reported as PolicyErrors, not on std
 # if they come back. 64k entries reference strings the rules already hold.
 _LIMIT = 1 << 16
 _checked: dict[str, str | None] = {}  # pattern -> None (valid) or RE2's reason
+_UNSEEN = object()
 
 
 def _compile(pattern: str) -> str | None:
@@ -50,8 +51,8 @@ def valid(patterns: list[str]) -> list[bool]:
     one by one only when that fails, to single out the invalid ones. Callers
     pass only patterns whose parentheses balance, so none can close another's
     group in the alternation."""
-    known = {p: _checked.get(p, _checked) for p in patterns}  # _checked: "not seen"
-    new = [p for p, v in known.items() if v is _checked]
+    known = {p: _checked.get(p, _UNSEEN) for p in patterns}
+    new = [p for p, v in known.items() if v is _UNSEEN]
     if len(new) > 1 and _compile("|".join(f"(?:{p})" for p in new)) is None:
         for p in new:
             known[p] = None

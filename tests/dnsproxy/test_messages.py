@@ -20,7 +20,7 @@ from dnsproxy.messages import (
     MAX_CHAIN,
     MessageError,
     Reject,
-    format_error,
+    header_only,
     parse_query,
     parse_response,
     query_id,
@@ -92,7 +92,7 @@ def test_a_denied_query_is_answered_with_its_id_question_and_the_chosen_rcode(re
 
 def test_an_unparsable_query_gets_formerr_when_its_id_is_readable():
     assert query_id(b"\x01\x02" + b"\x00" * 10) == 0x0102 and query_id(b"\x01") is None
-    resp = dns.message.from_wire(format_error(0x0102))
+    resp = dns.message.from_wire(header_only(0x0102))
     assert resp.id == 0x0102 and resp.rcode() == dns.rcode.FORMERR
 
 
