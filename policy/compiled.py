@@ -37,6 +37,7 @@ from typing import Mapping, NamedTuple
 # Identities have their home in policy/identity.py; the four names that
 # redirect/, xds/, agent/ and their tests read from this contract are
 # re-exported here.
+from policy.dns_names import NameSelector
 from policy.families import IPAddress, IPNetwork, Stack
 from policy.identity import IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, RESERVED_IDENTITIES  # noqa: F401
 from policy.ipcache import PrefixMap
@@ -51,6 +52,10 @@ HOST_ENDPOINT_ID = 65535
 # port) redirect from this range.
 PROXY_PORT_MIN = 10000
 PROXY_PORT_MAX = 20000
+# Every DNS redirect goes to the agent's one DNS proxy (as Cilium's), on
+# this port unless the agent is told otherwise (ProxyPortAllocator.dns_port);
+# outside the range above so no Envoy listener can take it.
+DNS_PROXY_PORT = 20053
 
 
 class Direction(enum.IntEnum):
@@ -207,27 +212,52 @@ class SNIRule:
 ANY_CONNECTION = SNIRule()
 
 
+@dataclass(frozen=True, slots=True)
+class DNSRule:
+    """DNS queries (`toPorts[].rules.dns`) for a name one of these selectors
+    matches (ORed), as the agent's DNS proxy enforces them; any other query
+    is refused. `matchPattern: "*"` (ALLOW_ALL_DNS) admits every name."""
+
+    names: tuple[NameSelector, ...]
+
+    def matches(self, name: str) -> NameSelector | None:
+        """The first selector matching `name`, None when none does."""
+        for sel in self.names:
+            if sel.matches(name):
+                return sel
+        return None
+
+
+ALLOW_ALL_DNS = DNSRule((NameSelector(match_pattern="*"),))
+
+
 class L7Kind(enum.Enum):
-    """What one proxy listener inspects: HTTP requests, or the TLS server
-    name of each connection (which it then forwards untouched)."""
+    """What one proxy listener inspects: HTTP requests, the TLS server name
+    of each connection (which it then forwards untouched), or DNS queries
+    (the agent's DNS proxy, not Envoy)."""
 
     HTTP = "http"
     SNI = "sni"
+    DNS = "dns"
 
 
 @dataclass(frozen=True, slots=True)
 class L7PeerRule:
-    """An HTTP rule (HTTP listeners) or an SNI rule (SNI listeners) and the
-    peers it admits. Rules of one listener are ORed."""
+    """An HTTP rule (HTTP listeners), an SNI rule (SNI listeners) or a DNS
+    rule (DNS redirects) and the peers it admits. Rules of one listener are
+    ORed."""
 
     identities: frozenset[int]  # may contain IDENTITY_ANY
-    http: HTTPRule | None  # None on an SNI listener
+    http: HTTPRule | None  # None on SNI and DNS listeners
     rules: tuple[RuleRef, ...] = ()
     sni: SNIRule | None = None  # set on an SNI listener only
+    dns: DNSRule | None = None  # set on a DNS redirect only
 
     @property
     def kind(self) -> L7Kind:
-        return L7Kind.HTTP if self.sni is None else L7Kind.SNI
+        if self.sni is not None:
+            return L7Kind.SNI
+        return L7Kind.HTTP if self.dns is None else L7Kind.DNS
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -254,7 +284,7 @@ class L7Policy:
         # One listener, one kind of rule: a mixed listener would be rendered
         # by one kind's code and silently misread the other's rules.
         for r in self.peer_rules:
-            if r.kind != self.kind or (r.http is None) != (self.kind == L7Kind.SNI):
+            if r.kind != self.kind or (r.http is None) != (self.kind != L7Kind.HTTP):
                 raise ValueError(f"{self.kind.value} listener {self.key} holds a {r.kind.value} rule")
 
 
@@ -275,6 +305,17 @@ class EndpointPolicy:
     audit: bool = False
     # Last, with a default: the positional fields above predate it.
     ipv6: IPv6Address | None = None
+    # The DNS redirects (egress DNS rules), sorted by key: enforced by the
+    # agent's DNS proxy, never by an Envoy listener, so kept apart from `l7`.
+    dns: tuple[L7Policy, ...] = ()
+
+    def dns_rules_for(self, peer: int, port: int) -> tuple[L7PeerRule, ...]:
+        """The DNS rules admitting queries to resolver identity `peer` on
+        `port`; empty: the proxy refuses every name there."""
+        for pol in self.dns:
+            if pol.key.port == port:
+                return tuple(r for r in pol.peer_rules if peer in r.identities or IDENTITY_ANY in r.identities)
+        return ()
 
     def enforced(self, direction: Direction) -> bool:
         return self.ingress_enforced if direction == Direction.INGRESS else self.egress_enforced
@@ -350,6 +391,8 @@ class CompiledState:
         if sender is None:
             return ()
         out = []
+        if pol.kind == L7Kind.DNS:
+            return ()  # DNS rules are egress only: no receiver has any
         for ep, ingress in self._ingress_l7_by_port.get(pol.key.port, ()):
             if ep.ipv4 is None:
                 continue

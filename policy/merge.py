@@ -18,9 +18,11 @@ from operator import attrgetter
 from typing import NamedTuple
 
 from policy.compiled import (
+    ALLOW_ALL_DNS,
     ALLOW_ALL_HTTP,
     ANY_CONNECTION,
     Direction,
+    DNSRule,
     HTTPRule,
     L7Kind,
     L7PeerRule,
@@ -37,6 +39,7 @@ from policy.identity import IDENTITY_ANY
 # Sorting by a C-level key tuple is far cheaper than RuleRef's generated __lt__.
 _REF_KEY = attrgetter("kind", "policy", "path")
 
+L7Rule = HTTPRule | SNIRule | DNSRule
 # (lo, hi, verdict, ref)
 Atom = tuple[int, int, Verdict, RuleRef]
 # (direction, protocol, lo, hi, verdict, ref)
@@ -49,8 +52,8 @@ class Atoms:
     only at the end, and peers sharing the same items share the work."""
 
     items: dict[frozenset[int], list[Item]] = field(default_factory=lambda: defaultdict(list))
-    # (direction, port) -> [(peers, HTTP or SNI rule, ref)]
-    l7: dict[tuple[Direction, int], list[tuple[frozenset[int], HTTPRule | SNIRule, RuleRef]]] = field(
+    # (direction, port) -> [(peers, HTTP, SNI or DNS rule, ref)]
+    l7: dict[tuple[Direction, int], list[tuple[frozenset[int], "L7Rule", RuleRef]]] = field(
         default_factory=lambda: defaultdict(list)
     )
 
@@ -117,14 +120,14 @@ def _entry_key(e: PolicyEntry) -> tuple[int, int, int, int]:
     return (k.identity, k.direction, k.protocol, k.ports.lo)
 
 
-def _l4_allows(atoms: Atoms, direction: Direction, port: int) -> dict[int, set[RuleRef]]:
-    """Peers with an L4 ALLOW covering TCP `port`, with the rules that allowed it."""
+def _l4_allows(atoms: Atoms, direction: Direction, port: int, protocols: frozenset[Protocol]) -> dict[int, set[RuleRef]]:
+    """Peers with an L4 ALLOW covering `port` under one of `protocols`, with the rules that allowed it."""
     out: dict[int, set[RuleRef]] = defaultdict(set)
     for ps, items in atoms.items.items():
         refs = {
             ref
             for d, proto, lo, hi, v, ref in items
-            if d == direction and v == Verdict.ALLOW and proto in (Protocol.TCP, Protocol.ANY) and lo <= port <= hi
+            if d == direction and v == Verdict.ALLOW and proto in protocols and lo <= port <= hi
         }
         if refs:
             for peer in ps:
@@ -148,20 +151,22 @@ def merge_l7(atoms: Atoms) -> dict[tuple[Direction, int], L7Listener]:
         # there: fail closed (a TLS connection has no HTTP the proxy could
         # read, and letting it through unread would open the port), and
         # `shadowed` names them so trace says why.
-        kind = L7Kind.SNI if any(isinstance(r, SNIRule) for _, r, _ in items) else L7Kind.HTTP
-        allow_all: HTTPRule | SNIRule = ANY_CONNECTION if kind == L7Kind.SNI else ALLOW_ALL_HTTP
-        by_rule: dict[HTTPRule | SNIRule, tuple[set[int], set[RuleRef]]] = {}
+        # DNS rules likewise win a port they share with HTTP rules: the DNS
+        # proxy gets the port, and the HTTP rules there admit nothing.
+        kind = _kind(items)
+        allow_all = _ALLOW_ALL[kind]
+        by_rule: dict[L7Rule, tuple[set[int], set[RuleRef]]] = {}
         redirected: set[int] = set()
         shadowed: set[RuleRef] = set()
         for peers, l7, ref in items:
             redirected |= peers
-            if (kind == L7Kind.SNI) != isinstance(l7, SNIRule):
+            if not isinstance(l7, _RULE_TYPE[kind]):
                 shadowed.add(ref)
                 continue
             ids, refs = by_rule.setdefault(l7, (set(), set()))
             ids |= peers
             refs.add(ref)
-        allows = _l4_allows(atoms, direction, port)
+        allows = _l4_allows(atoms, direction, port, _L4_PROTOCOLS[kind])
         if allows:
             if IDENTITY_ANY in redirected:
                 extra = set(allows)
@@ -175,12 +180,29 @@ def merge_l7(atoms: Atoms) -> dict[tuple[Direction, int], L7Listener]:
                 for peer in extra:
                     refs |= allows.get(peer, set()) | allows.get(IDENTITY_ANY, set())
         rules = [_peer_rule(frozenset(ids), rule, tuple(sorted(refs, key=_REF_KEY))) for rule, (ids, refs) in by_rule.items()]
-        rules.sort(key=lambda r: (sorted(r.identities), repr(r.http), repr(r.sni)))
+        rules.sort(key=lambda r: (sorted(r.identities), repr(r.http), repr(r.sni), repr(r.dns)))
         out[(direction, port)] = L7Listener(tuple(rules), kind, tuple(sorted(shadowed, key=_REF_KEY)))
     return out
 
 
-def _peer_rule(ids: frozenset[int], rule: HTTPRule | SNIRule, refs: tuple[RuleRef, ...]) -> L7PeerRule:
+_RULE_TYPE: dict[L7Kind, type] = {L7Kind.HTTP: HTTPRule, L7Kind.SNI: SNIRule, L7Kind.DNS: DNSRule}
+_ALLOW_ALL: dict[L7Kind, L7Rule] = {L7Kind.HTTP: ALLOW_ALL_HTTP, L7Kind.SNI: ANY_CONNECTION, L7Kind.DNS: ALLOW_ALL_DNS}
+_TCP = frozenset({Protocol.TCP, Protocol.ANY})
+# An L4 allow of UDP or TCP 53 next to a DNS rule lets its peers ask for any name.
+_L4_PROTOCOLS = {L7Kind.HTTP: _TCP, L7Kind.SNI: _TCP, L7Kind.DNS: frozenset({Protocol.TCP, Protocol.UDP, Protocol.ANY})}
+
+
+def _kind(items: list[tuple[frozenset[int], L7Rule, RuleRef]]) -> L7Kind:
+    if any(isinstance(r, SNIRule) for _, r, _ in items):
+        return L7Kind.SNI
+    if any(isinstance(r, DNSRule) for _, r, _ in items):
+        return L7Kind.DNS
+    return L7Kind.HTTP
+
+
+def _peer_rule(ids: frozenset[int], rule: L7Rule, refs: tuple[RuleRef, ...]) -> L7PeerRule:
     if isinstance(rule, SNIRule):
         return L7PeerRule(ids, None, refs, rule)
+    if isinstance(rule, DNSRule):
+        return L7PeerRule(ids, None, refs, dns=rule)
     return L7PeerRule(ids, rule, refs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from policy.compiled import Direction, HTTPRule, PortRange, Protocol, RuleRef
+from policy.dns_names import NameSelector
 from policy.families import IPNetwork
 from policy.selector import LabelSelector, Requirement
 
@@ -98,8 +99,24 @@ class ServicePeer:
         return f"k8sServiceSelector {self.selector} in {where}"
 
 
-# ServicePeer only until policy/services.py resolved it (see there).
-Peer = EndpointPeer | NodePeer | EntityPeer | CIDRPeer | AnyPeer | ServicePeer
+@dataclass(frozen=True, slots=True)
+class FQDNPeer:
+    """A `toFQDNs` item: the addresses the node's pods resolved, through
+    the DNS proxy, for a name the selector matches.
+
+    Like ServicePeer, the compiler never sees one: policy/fqdn_resolve.py
+    replaces it, given what the proxy learned, with a host CIDRPeer per
+    address, and with nothing before any pod asked (fail closed)."""
+
+    selector: NameSelector
+
+    def __str__(self) -> str:
+        return str(self.selector)
+
+
+# ServicePeer and FQDNPeer only until resolved (policy/services.py,
+# policy/fqdn_resolve.py).
+Peer = EndpointPeer | NodePeer | EntityPeer | CIDRPeer | AnyPeer | ServicePeer | FQDNPeer
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +134,19 @@ class PortSpec:
 @dataclass(frozen=True, slots=True)
 class PortRule:
     """Ports ORed; `http` is None for an L4-only rule. `server_names` (TLS
-    SNI, lower-case) makes the rule inspect the ClientHello instead; the
-    parser never sets both."""
+    SNI, lower-case) makes the rule inspect the ClientHello instead, `dns`
+    (egress only) sends the port's queries to the DNS proxy; the parser sets
+    at most one of the three."""
 
     ports: tuple[PortSpec, ...]
     http: tuple[HTTPRule, ...] | None = None
     server_names: tuple[str, ...] | None = None
+    dns: tuple[NameSelector, ...] | None = None
 
     @property
     def l7(self) -> bool:
         """Whether the rule sends its port to the proxy."""
-        return self.http is not None or self.server_names is not None
+        return self.http is not None or self.server_names is not None or self.dns is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +197,14 @@ class Policy:
     def services(self) -> tuple[ServicePeer, ...]:
         """Every toServices peer, in rule order (empty once resolved)."""
         return tuple(p for spec in self.specs for rule in spec.rules for p in rule.peers if isinstance(p, ServicePeer))
+
+    def fqdns(self) -> tuple[FQDNPeer, ...]:
+        """Every toFQDNs peer, in rule order (empty once resolved)."""
+        return tuple(p for spec in self.specs for rule in spec.rules for p in rule.peers if isinstance(p, FQDNPeer))
+
+    def dns_rules(self) -> bool:
+        """Whether a rule sends DNS to the proxy (toPorts[].rules.dns)."""
+        return any(pr.dns is not None for spec in self.specs for rule in spec.rules for pr in rule.port_rules)
 
     def cidrs(self) -> set[IPNetwork]:
         out: set[IPNetwork] = set()

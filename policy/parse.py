@@ -42,6 +42,7 @@ from policy.model import (
     PortSpec,
     Rule,
     ServicePeer,
+    FQDNPeer,
 )
 from policy.selector import LabelSelector, Requirement
 
@@ -121,6 +122,9 @@ def _host_problems(r: CiliumRule, path: str, namespace: str | None) -> list[tupl
     out = []
     for section, items in r.items():
         for i, item in enumerate(items):
+            if getattr(item, "fqdns", None):
+                out.append((f"{path}.{section}[{i}].toFQDNs",
+                            "not supported in a host policy: the node's own DNS queries do not pass the DNS proxy"))
             for j, pr in enumerate(item.toPorts or ()):
                 for name, value in (("rules", getattr(pr, "rules", None)), ("serverNames", getattr(pr, "serverNames", None))):
                     if value:
@@ -171,10 +175,14 @@ def _cilium_rule(item: CiliumItem, direction: Direction, deny: bool, namespace: 
     peers += [NodePeer(_selector(s)) for s in item.nodes or ()]
     services = getattr(item, "services", None) or ()  # egress allow items only (api/peers.py)
     peers += [_service_peer(s) for s in services]
+    fqdns = getattr(item, "fqdns", None) or ()  # egress allow items only
+    peers += [FQDNPeer(f.selector()) for f in fqdns]
     port_rules = tuple(_port_rule(p) for p in item.toPorts or ()) + tuple(_icmp_rule(r) for r in item.icmps or ())
     # Cilium: an L4-only rule applies to every peer. A toServices rule is not
-    # L4-only even when no Service matches: it then selects nothing.
-    if port_rules and not (item.endpoints or item.cidrs or item.cidr_sets or item.entities or item.nodes or services):
+    # L4-only even when no Service matches: it then selects nothing; nor is
+    # a toFQDNs rule before its names resolved.
+    if port_rules and not (item.endpoints or item.cidrs or item.cidr_sets or item.entities or item.nodes or services
+                           or fqdns):
         peers.append(AnyPeer())
     return Rule(direction, deny, tuple(dict.fromkeys(peers)), port_rules, ref)
 
@@ -194,7 +202,10 @@ def _port_rule(p: PortRuleIn) -> PortRule:
     http = tuple(dict.fromkeys(_http(h) for h in rules)) if rules else None
     # An empty serverNames restricts nothing (Cilium): an L4 rule.
     names = tuple(dict.fromkeys(p.serverNames)) if p.serverNames else None
-    return PortRule(specs, http, names)
+    # An empty dns list, as an empty http list, restricts nothing.
+    dns_in = p.rules.dns if p.rules is not None else None
+    dns = tuple(dict.fromkeys(d.selector() for d in dns_in)) if dns_in else None
+    return PortRule(specs, http, names, dns)
 
 
 def _icmp_rule(r: ICMPRule) -> PortRule:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from policy.compiled import PROXY_PORT_MAX, PROXY_PORT_MIN, Direction, RedirectKey
+from policy.compiled import DNS_PROXY_PORT, PROXY_PORT_MAX, PROXY_PORT_MIN, Direction, RedirectKey
 
 
 class ProxyPortsExhausted(Exception):
@@ -22,8 +22,10 @@ class ProxyPortsExhausted(Exception):
 class ProxyPortAllocator:
     """RedirectKey -> proxy port; a key keeps its port until released."""
 
-    def __init__(self, lo: int = PROXY_PORT_MIN, hi: int = PROXY_PORT_MAX) -> None:
+    def __init__(self, lo: int = PROXY_PORT_MIN, hi: int = PROXY_PORT_MAX, dns_port: int = DNS_PROXY_PORT) -> None:
         self.lo, self.hi = lo, hi
+        # Every DNS redirect's port: the agent's one DNS proxy (not allocated).
+        self.dns_port = dns_port
         self._ports: dict[RedirectKey, int] = {}
         self._used: set[int] = set()
         self._cursor = lo

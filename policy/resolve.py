@@ -17,7 +17,9 @@ from policy.compiled import (
     ALL_PORTS,
     HOST_ENDPOINT_ID,
     Direction,
+    DNSRule,
     EndpointPolicy,
+    L7Kind,
     L7Policy,
     PolicyEntry,
     Protocol,
@@ -127,7 +129,11 @@ def merge_specs(
 
 
 def _add(atoms: Atoms, rule: Rule, pr: PortRule, ps: PortSpec, fpeers: frozenset[int]) -> None:
-    if pr.l7:
+    if pr.dns is not None:
+        # The DNS proxy takes UDP and TCP alike: the port's own protocol.
+        proto, verdict = ps.protocol, Verdict.REDIRECT
+        atoms.l7[(rule.direction, ps.ports.lo)].append((fpeers, DNSRule(pr.dns), rule.ref))
+    elif pr.l7:
         proto, verdict = Protocol.TCP, Verdict.REDIRECT
         for l7 in pr.http or (SNIRule(pr.server_names or ()),):
             atoms.l7[(rule.direction, ps.ports.lo)].append((fpeers, l7, rule.ref))
@@ -195,7 +201,10 @@ def endpoint_policy(
     keys: set[RedirectKey] = set()
     for direction, port in sorted(ip.l7):
         rk = RedirectKey(ep.id, direction, port)
-        ports[(direction, port)] = proxy_ports.allocate(rk)
+        if ip.l7[(direction, port)].kind == L7Kind.DNS:
+            ports[(direction, port)] = proxy_ports.dns_port  # the one DNS proxy, never allocated
+        else:
+            ports[(direction, port)] = proxy_ports.allocate(rk)
         keys.add(rk)
     entries = tuple(
         PolicyEntry(e.key, e.verdict, ports[(e.key.direction, e.key.ports.lo)], e.rules)
@@ -203,8 +212,11 @@ def endpoint_policy(
         else e
         for e in ip.entries
     )
-    l7 = tuple(L7Policy(RedirectKey(ep.id, d, p), ports[(d, p)], *listener) for (d, p), listener in sorted(ip.l7.items()))
+    listeners = [L7Policy(RedirectKey(ep.id, d, p), ports[(d, p)], *listener) for (d, p), listener in sorted(ip.l7.items())]
+    l7 = tuple(pol for pol in listeners if pol.kind != L7Kind.DNS)
+    dns = tuple(pol for pol in listeners if pol.kind == L7Kind.DNS)
     return (
-        EndpointPolicy(ep.id, ident, ep.ipv4, ip.ingress_enforced, ip.egress_enforced, entries, l7, ip.selected_by, ipv6=ep.ipv6),
+        EndpointPolicy(ep.id, ident, ep.ipv4, ip.ingress_enforced, ip.egress_enforced, entries, l7, ip.selected_by,
+                       ipv6=ep.ipv6, dns=dns),
         keys,
     )

@@ -156,7 +156,10 @@ class SelectorCache:
             if peer.name == "remote-node":
                 return frozenset({IDENTITY_REMOTE_NODE, *self._nodes})
             return frozenset({RESERVED_BY_NAME[peer.name]})
-        assert isinstance(peer, CIDRPeer)
+        if not isinstance(peer, CIDRPeer):
+            # A toServices or toFQDNs item nobody resolved (policy/services.py,
+            # policy/fqdn_resolve.py) selects nothing: fail closed.
+            return frozenset()
         out = {ident for net, ident in self._cidrs.items() if cidr_selects(peer, net)}
         if peer.net.prefixlen == 0:
             # The family's default route: its world identity in this stack

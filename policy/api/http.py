@@ -1,20 +1,23 @@
-"""HTTP rules (Cilium's PortRuleHTTP) and the L7 rule kinds around them.
+"""HTTP and DNS rules (Cilium's PortRuleHTTP, PortRuleDNS) and the L7 rule
+kinds around them.
 
 method, path and host are RE2 regexes, checked with RE2 itself because that
 is what Envoy runs; an empty one means "not set", as in Cilium. Headers are
-`Name` (present) or `Name: value` (exact), or headerMatches entries. Only
-HTTP is implemented; every other L7 kind is a clear error. Pure.
+`Name` (present) or `Name: value` (exact), or headerMatches entries. A DNS
+rule (and a toFQDNs item, peers.py) is one `matchName` or one `matchPattern`
+(policy/dns_names.py checks them). Other L7 kinds are a clear error. Pure.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import PlainValidator
+from pydantic import PlainValidator, model_validator
 
 from policy import re2_check
 from policy.api.base import Strict
 from policy.api.problems import fail, type_name, unsupported
+from policy.dns_names import DNSNameError, NameSelector, check_match_name, check_match_pattern
 
 def compile_regex(pattern: str) -> str | None:
     """None if RE2 accepts the pattern, else RE2's reason (remembered, so the
@@ -77,9 +80,43 @@ class PortRuleHTTP(Strict):
     headerMatches: list[HeaderMatch] | None = None
 
 
+def _dns_text(check: Any) -> Any:
+    def validate(v: Any) -> str:
+        try:
+            return check(v)
+        except DNSNameError as e:
+            fail(str(e))
+    return PlainValidator(validate)
+
+
+class FQDNSelector(Strict):
+    """A toFQDNs item or a DNS rule: exactly one of a name or a pattern, as
+    Cilium's FQDNSelector. Both are kept canonical (lower case, one trailing
+    dot), so case and trailing-dot variants are one rule."""
+
+    matchName: Annotated[str, _dns_text(check_match_name)] | None = None
+    matchPattern: Annotated[str, _dns_text(check_match_pattern)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> FQDNSelector:
+        if (self.matchName is None) == (self.matchPattern is None):
+            fail("must set exactly one of matchName and matchPattern")
+        return self
+
+    def selector(self) -> NameSelector:
+        return NameSelector(self.matchName, self.matchPattern)
+
+
 class L7Rules(Strict):
     http: list[PortRuleHTTP] | None = None
     kafka: Annotated[Any, unsupported("Kafka L7 rules")] = None
-    dns: Annotated[Any, unsupported("DNS L7 rules")] = None
+    dns: list[FQDNSelector] | None = None
     l7proto: Annotated[Any, unsupported("generic L7 parsers (l7proto)")] = None
     l7: Annotated[Any, unsupported("generic L7 rules")] = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> L7Rules:
+        # As Cilium: one port's proxy speaks one protocol.
+        if self.http is not None and self.dns is not None:
+            fail("multiple L7 protocol rule types in one rule: http and dns need separate toPorts items")
+        return self

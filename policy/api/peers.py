@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from pydantic import Field, PlainValidator, model_validator
 
 from policy.api.base import Strict
+from policy.api.http import FQDNSelector
 from policy.api.ports import ICMPRule
 from policy.api.problems import Loc, fail, fail_all, reject, type_name, unsupported
 from policy.api.selectors import PeerSelector, Selector
@@ -167,7 +168,7 @@ class EgressPeers(_BothSides):
     toRequires: Annotated[Any, unsupported("toRequires")] = None
     toGroups: Annotated[Any, unsupported("toGroups")] = None
     nodes: list[Selector] | None = Field(None, alias="toNodes")
-    toFQDNs: Annotated[Any, unsupported("toFQDNs (DNS-based policy)")] = None
+    fqdns: list[FQDNSelector] | None = Field(None, alias="toFQDNs")
     fromEndpoints: Annotated[Any, _ingress_only("fromEndpoints")] = None
     fromCIDR: Annotated[Any, _ingress_only("fromCIDR")] = None
     fromCIDRSet: Annotated[Any, _ingress_only("fromCIDRSet")] = None
@@ -188,6 +189,12 @@ class EgressAllowPeers(EgressPeers):
         if self.services and others:
             fail(f"toServices cannot be combined with {others[0]} in one rule (Cilium refuses it): write two rules",
                  at=("toServices",))
+        # toFQDNs peers exist only as the proxy learns them; Cilium refuses
+        # them beside other peer kinds in one rule, and so do we.
+        others += [a for a, v in (("toNodes", self.nodes), ("toServices", self.services)) if v]
+        if self.fqdns and others:
+            fail(f"toFQDNs cannot be combined with {others[0]} in one rule (Cilium refuses it): write two rules",
+                 at=("toFQDNs",))
         return self
 
 
@@ -196,6 +203,10 @@ class EgressDenyPeers(EgressPeers):
     # it denies nothing: refused rather than silently ignored.
     services: Annotated[Any, unsupported("toServices in egressDeny (Cilium never resolves it there)")] = Field(
         None, alias="toServices")
+    # Cilium's deny rules have no toFQDNs: a name's addresses are known only
+    # after the pod asked, so a deny by name would always come too late.
+    fqdns: Annotated[Any, unsupported("toFQDNs in egressDeny (deny the addresses with toCIDR)")] = Field(
+        None, alias="toFQDNs")
 
 
 class NetworkPolicyPeer(Strict):

@@ -153,16 +153,17 @@ class ICMPRule(Strict):
 _NO_INTERCEPTION = "not supported: TLS interception (the proxy neither terminates nor originates TLS; serverNames filters TLS without decrypting it)"
 
 
-def _one_tcp_port(ports: list[PortProtocol] | None, what: str) -> None:
-    """An L7 rule gets one proxy listener per TCP port: refuse other ports,
-    located at each port that does not fit (called by a field declared after
-    `ports`, hence UP)."""
+def _one_tcp_port(ports: list[PortProtocol] | None, what: str, protocols: tuple[Protocol, ...] = (Protocol.TCP,)) -> None:
+    """An L7 rule gets one proxy listener per port: refuse other ports and
+    protocols, located at each port that does not fit (called by a field
+    declared after `ports`, hence UP). DNS rules take UDP as well as TCP."""
     if not ports:
         fail(f"{what} need a single port, got all ports", at=UP + ("ports",))
     problems: list[tuple[Loc, str]] = []
     for i, p in enumerate(ports):
-        if p.protocol not in (Protocol.TCP, Protocol.ANY):
-            problems.append((UP + ("ports", i, "protocol"), f"{what} need TCP, got {p.protocol.name}"))
+        if p.protocol not in protocols + (Protocol.ANY,):
+            wanted = " or ".join(x.name for x in protocols)
+            problems.append((UP + ("ports", i, "protocol"), f"{what} need {wanted}, got {p.protocol.name}"))
         elif not p.single:
             kind = "a port range (endPort)" if p.port else "all ports"
             problems.append((UP + ("ports", i), f"{what} need a single port, got {kind}"))
@@ -184,9 +185,12 @@ class PortRule(Strict):
     @classmethod
     def _http_needs_one_tcp_port(cls, rules: Any, info: ValidationInfo) -> Any:
         """Located at the ports that do not fit (`rules` follows `ports`)."""
-        if not (isinstance(rules, L7Rules) and rules.http) or "ports" not in info.data:
+        if not isinstance(rules, L7Rules) or "ports" not in info.data:
             return rules
-        _one_tcp_port(info.data["ports"], "HTTP rules")
+        if rules.http:
+            _one_tcp_port(info.data["ports"], "HTTP rules")
+        elif rules.dns:
+            _one_tcp_port(info.data["ports"], "DNS rules", (Protocol.UDP, Protocol.TCP))
         return rules
 
     @field_validator("serverNames")
@@ -197,7 +201,7 @@ class PortRule(Strict):
         rules = info.data.get("rules")
         # As Cilium: L7 rules beside serverNames would need the proxy to
         # decrypt (terminatingTLS), which it never does.
-        if isinstance(rules, L7Rules) and rules.http is not None:
+        if isinstance(rules, L7Rules) and (rules.http is not None or rules.dns is not None):
             fail("ServerNames are not allowed with L7 rules without TLS termination")
         if "ports" in info.data:
             _one_tcp_port(info.data["ports"], "serverNames")

@@ -27,9 +27,19 @@ def _not_with_icmps(ports: Any, info: ValidationInfo) -> Any:
     return ports
 
 
+def _no_dns_on_ingress(ports: Any) -> Any:
+    """As Cilium: the DNS proxy sits on a pod's egress, where its queries
+    leave; nothing would read DNS rules on ingress."""
+    for i, p in enumerate(ports or ()):
+        if isinstance(p, PortRule) and p.rules is not None and p.rules.dns is not None:
+            fail("DNS rules apply to egress only", at=(i, "rules", "dns"))
+    return ports
+
+
 class IngressRule(IngressPeers):
     toPorts: list[PortRule] | None = None
     _ports_or_icmps = field_validator("toPorts")(_not_with_icmps)
+    _dns_egress_only = field_validator("toPorts")(_no_dns_on_ingress)
 
 
 class IngressDenyRule(IngressPeers):

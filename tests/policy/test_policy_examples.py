@@ -206,7 +206,7 @@ def test_the_clusterwide_guardrails_deny_ssh_from_outside_and_keep_icmp_errors_o
 
 
 @pytest.mark.parametrize("name,field", [
-    pytest.param("to-fqdns.yaml", "spec.egress[0].toFQDNs", id="toFQDNs"),
+    pytest.param("to-fqdns-deny.yaml", "spec.egressDeny[0].toFQDNs", id="toFQDNs-in-egressDeny"),
     pytest.param("kafka.yaml", "spec.ingress[0].toPorts[0].rules.kafka", id="kafka"),
     pytest.param("listener.yaml", "spec.egress[0].toPorts[0].listener", id="listener"),
     pytest.param("terminating-tls.yaml", "spec.egress[0].toPorts[0].terminatingTLS", id="terminatingTLS"),
@@ -218,5 +218,5 @@ def test_policies_using_refused_fields_are_refused_naming_the_field(name, field)
 
 
 def test_every_refused_file_is_exercised():
-    exercised = {"to-fqdns.yaml", "kafka.yaml", "listener.yaml", "terminating-tls.yaml"}
+    exercised = {"to-fqdns-deny.yaml", "kafka.yaml", "listener.yaml", "terminating-tls.yaml"}
     assert {p.name for p in REFUSED.glob("*.yaml")} == exercised
