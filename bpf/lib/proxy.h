@@ -44,6 +44,23 @@ static __always_inline __u32 sock_tuple(struct bpf_sock_tuple *t, struct pkt *p,
 	return sizeof(t->ipv4);
 }
 
+/* The proxy's own address in the lookup key: PROXY_ADDR for IPv4, ::1 for IPv6. */
+static __always_inline void to_proxy_address(struct bpf_sock_tuple *t, struct pkt *p, __u16 proxy_port)
+{
+	if (p->v6) {
+		__builtin_memset(t->ipv6.daddr, 0, 16);
+		t->ipv6.daddr[3] = htonl(1);
+		t->ipv6.dport = htons(proxy_port);
+	} else {
+		t->ipv4.daddr = htonl(PROXY_ADDR);
+		t->ipv4.dport = htons(proxy_port);
+	}
+}
+
+/* TCP (Envoy, the DNS proxy's TCP side) and UDP (the DNS proxy). A UDP
+ * redirect goes to the proxy's one unconnected socket on the proxy port,
+ * every datagram of the flow alike: it learns the original destination
+ * from IP_RECVORIGDSTADDR and answers from a socket bound to it. */
 static __always_inline int redirect_to_proxy(struct __sk_buff *skb, struct pkt *p, __u16 proxy_port)
 {
 	struct bpf_sock_tuple t = {};
@@ -51,6 +68,14 @@ static __always_inline int redirect_to_proxy(struct __sk_buff *skb, struct pkt *
 	__u32 size;
 	long err;
 
+	if (p->protocol == IPPROTO_UDP) {
+		size = sock_tuple(&t, p, 0);
+		to_proxy_address(&t, p, proxy_port);
+		sk = bpf_sk_lookup_udp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return -1;
+		goto assign;
+	}
 	if (p->protocol != IPPROTO_TCP)
 		return -1;
 	size = sock_tuple(&t, p, 0);
@@ -60,15 +85,7 @@ static __always_inline int redirect_to_proxy(struct __sk_buff *skb, struct pkt *
 			goto assign;
 		bpf_sk_release(sk);
 	}
-	/* The proxy's listener: PROXY_ADDR for IPv4, ::1 for IPv6. */
-	if (p->v6) {
-		__builtin_memset(t.ipv6.daddr, 0, 16);
-		t.ipv6.daddr[3] = htonl(1);
-		t.ipv6.dport = htons(proxy_port);
-	} else {
-		t.ipv4.daddr = htonl(PROXY_ADDR);
-		t.ipv4.dport = htons(proxy_port);
-	}
+	to_proxy_address(&t, p, proxy_port);
 	sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return -1;

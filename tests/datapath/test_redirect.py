@@ -239,3 +239,77 @@ def test_ingress_redirect_of_traffic_not_from_an_endpoint_goes_through_lo(dp_nod
             lst.close()
         ev = [e for e in stream.drain() if e.verdict == EventVerdict.REDIRECT]
     assert ev and ev[0].hook == Hook.TO_ENDPOINT and ev[0].proxy_port == PROXY_PORT
+
+
+IP_RECVORIGDSTADDR = 20
+UDP_PROXY_PORT = 15053
+
+
+def test_udp_redirect_reaches_the_proxy_socket_with_the_original_destination_and_its_answer_returns(dp_node):
+    """A DNS rule's UDP redirect: the datagram goes to the proxy's unconnected
+    transparent socket (never to the real server), which reads the original
+    destination from IP_RECVORIGDSTADDR; the answer, sent from a transparent
+    socket bound to that destination, reaches the client as the server's."""
+    from policy.compiled import Protocol
+
+    UDP = Protocol.UDP
+    a, b = dp_node.ep("a"), dp_node.ep("b")
+    dp_node.dp.apply(state(1, [endpoint(a, [rule(257, EGRESS, UDP, 53, Verdict.REDIRECT, UDP_PROXY_PORT)], ingress=False),
+                               endpoint(b, [rule(256, INGRESS, UDP, 53)], egress=False)]))
+    lst = dp_node.node.socket(socket.SOCK_DGRAM)
+    lst.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+    lst.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+    lst.bind(("127.0.0.1", UDP_PROXY_PORT))
+    lst.settimeout(2.0)
+    real = b.pod.socket(socket.SOCK_DGRAM)
+    real.bind(("0.0.0.0", 53))
+    client = a.pod.socket(socket.SOCK_DGRAM)
+    client.settimeout(2.0)
+    answer = dp_node.node.socket(socket.SOCK_DGRAM)
+    try:
+        with dp_node.dp.events() as stream:
+            stream.drain()
+            client.sendto(b"query-1", (str(b.pod.ip), 53))
+            data, anc, _flags, src = lst.recvmsg(512, socket.CMSG_SPACE(16))
+            assert data == b"query-1" and src == (str(a.pod.ip), client.getsockname()[1])
+            [(level, kind, raw)] = anc
+            assert (level, kind) == (socket.SOL_IP, IP_RECVORIGDSTADDR)
+            assert int.from_bytes(raw[2:4], "big") == 53 and socket.inet_ntoa(raw[4:8]) == str(b.pod.ip)
+            answer.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            answer.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            answer.bind((str(b.pod.ip), 53))
+            answer.sendto(b"answer-1", src)
+            assert client.recvfrom(64) == (b"answer-1", (str(b.pod.ip), 53))
+            client.sendto(b"query-2", (str(b.pod.ip), 53))  # the flow stays redirected
+            assert lst.recvfrom(64)[0] == b"query-2"
+            real.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                real.recvfrom(64)
+            ev = [e for e in stream.drain() if e.verdict == EventVerdict.REDIRECT]
+        assert ev and ev[0].proxy_port == UDP_PROXY_PORT
+    finally:
+        for s in (lst, real, client, answer):
+            s.close()
+
+
+def test_udp_redirect_without_a_proxy_socket_drops_with_reason(dp_node):
+    from policy.compiled import Protocol
+
+    a, b = dp_node.ep("a"), dp_node.ep("b")
+    dp_node.dp.apply(state(1, [endpoint(a, [rule(257, EGRESS, Protocol.UDP, 53, Verdict.REDIRECT, UDP_PROXY_PORT)],
+                                        ingress=False), endpoint(b, [rule(256, INGRESS, Protocol.UDP, 53)], egress=False)]))
+    real = b.pod.socket(socket.SOCK_DGRAM)
+    real.bind(("0.0.0.0", 53))
+    real.settimeout(0.3)
+    client = a.pod.socket(socket.SOCK_DGRAM)
+    try:
+        with dp_node.dp.events() as stream:
+            stream.drain()
+            client.sendto(b"q", (str(b.pod.ip), 53))
+            with pytest.raises(socket.timeout):
+                real.recvfrom(64)
+            drops = [e for e in stream.drain() if e.verdict == EventVerdict.DROP]
+        assert any(e.reason == Reason.PROXY_NOT_LISTENING for e in drops)
+    finally:
+        real.close()
+        client.close()
