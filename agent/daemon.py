@@ -15,7 +15,8 @@ import sys
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv6Address
 
-from agent.adapters.policy_compiler import ServicePeerResolver
+from agent.adapters.policy_compiler import FQDNPeerResolver, ServicePeerResolver
+from agent.adapters.dns_proxy import DNSProxyConfig, dns_proxy_service, learned_names
 from agent.adapters.policy_directory import DirectoryWatcher
 from agent.api.server import ApiServer
 from agent.core import collector
@@ -45,13 +46,15 @@ def build_agent(
     shared: SharedState | None = None,
     routing: NodeRouting | None = None,
     service_peers: ServicePeers | None = None,
+    dns_proxy: DNSProxyConfig | None = None,
 ) -> Agent:
     """An Agent that watches config.policy_dir (when set) and serves the REST
     API on config.socket and metrics on config.metrics_port once started;
     with `cluster`, policies and pod labels also come from the API server;
     with `shared` (and `routing`), the agent is one node of a kvstore cluster.
     Policies naming Kubernetes Services are resolved by `service_peers`
-    (policy/services.py unless given)."""
+    (policy/services.py unless given). With `dns_proxy` the agent runs its
+    DNS proxy (DNS rules, toFQDNs; needs the kernel datapath's redirect)."""
     return Agent(
         config,
         compiler_factory=compiler_factory,
@@ -59,12 +62,14 @@ def build_agent(
         datapath=datapath,
         proxy=proxy,
         policy_source=DirectoryWatcher,
-        services=(ApiServer,),
+        services=(ApiServer,) + ((dns_proxy_service(dns_proxy),) if dns_proxy is not None else ()),
         host_ips=host_ips,
         cluster=cluster,
         shared=shared,
         routing=routing,
         service_peers=service_peers if service_peers is not None else ServicePeerResolver(),
+        fqdn_peers=FQDNPeerResolver(),
+        learned_names=learned_names(config.state_dir, dns_proxy) if dns_proxy is not None else None,
     )
 
 

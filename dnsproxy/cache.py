@@ -97,6 +97,15 @@ class FQDNCache:
                 out |= held.keys()
         return out
 
+    def names(self) -> dict[str, frozenset[Address]]:
+        """name -> every endpoint's addresses for it: what toFQDNs selectors
+        select from (a name one pod resolved is selectable for all, as in
+        Cilium)."""
+        out: dict[str, set[Address]] = {}
+        for (_eid, name), held in self._entries.items():
+            out.setdefault(name, set()).update(held)
+        return {n: frozenset(a) for n, a in out.items()}
+
     def entries(self, now: float) -> Iterator[CacheEntry]:
         for (eid, name), held in sorted(self._entries.items()):
             for addr, t in sorted(held.items(), key=lambda kv: (kv[0].version, int(kv[0]))):

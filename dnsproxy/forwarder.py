@@ -241,6 +241,14 @@ class TCPForwarder:
         self.local = self._server.sockets[0].getsockname()[:2]
         return self.local
 
+    async def start_on(self, sock: socket.socket) -> Addr:
+        """Serve on a listening socket the caller made (e.g. transparent:
+        each accepted connection then has the original destination as its
+        own address, which is where its queries go)."""
+        self._server = await asyncio.start_server(self._serve, sock=sock)
+        self.local = sock.getsockname()[:2]
+        return self.local
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -251,6 +259,7 @@ class TCPForwarder:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         client: Addr = writer.get_extra_info("peername")[:2]
+        local: Addr = writer.get_extra_info("sockname")[:2]
         if len(self._conns) >= self.pipeline.config.max_pending:
             writer.close()
             return
@@ -261,7 +270,7 @@ class TCPForwarder:
                 data = await asyncio.wait_for(read_framed(reader), self.idle_timeout)
                 if data is None:
                     return
-                reply = await self.pipeline.answer(data, client, self.local, ask_tcp)
+                reply = await self.pipeline.answer(data, client, local, ask_tcp)
                 if reply is None:
                     return
                 writer.write(framed(reply))

@@ -25,6 +25,8 @@ from policy.identity import IdentityAllocator, identity_labels
 from policy.proxyports import ProxyPortAllocator
 from policy.load import load_paths
 from policy.model import Policy
+from policy.fqdn_resolve import Names
+from policy.fqdn_resolve import resolve as resolve_fqdns
 from policy.services import ServiceCatalog, resolve
 
 
@@ -36,6 +38,17 @@ class ServicePeerResolver:
         if not isinstance(policy, Policy):  # a test double of the loader's: names no Service
             return policy, ()
         res = resolve(policy, services)
+        return res.policy, res.notes
+
+
+class FQDNPeerResolver:
+    """The FQDNPeers port: policy/fqdn_resolve.py's resolve, with the names
+    the DNS proxy learned (name -> addresses; None: nothing yet)."""
+
+    def resolve(self, policy: Policy, names: Names | None) -> tuple[Policy, tuple[str, ...]]:  # type: ignore[override]
+        if not isinstance(policy, Policy):  # a test double of the loader's: has no toFQDNs
+            return policy, ()
+        res = resolve_fqdns(policy, names)
         return res.policy, res.notes
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from agent.api.address import AgentError, AgentUnavailable, default_socket  # noqa: F401 (re-exported: the CLI and CNI catch them here)
 from agent.core.flow_history import FlowHistoryList
 from agent.core.models import (
+    FQDNCacheList,
     BpfPolicyDump,
     Endpoint,
     EndpointConfig,
@@ -107,6 +108,9 @@ class AgentClient:
 
     def identities(self) -> IdentityList:
         return self._call("GET", "/v1/identities", IdentityList)
+
+    def fqdn_cache(self) -> FQDNCacheList:
+        return self._call("GET", "/v1/fqdn/cache", FQDNCacheList)
 
     def bpf_policy(self, endpoint_id: int) -> BpfPolicyDump:
         return self._call("GET", f"/v1/bpf/policy/{endpoint_id}", BpfPolicyDump)

@@ -36,6 +36,7 @@ from agent.core.models import (
     EndpointList,
     ErrorBody,
     FlowEvent,
+    FQDNCacheList,
     Health,
     IdentityList,
     PolicyList,
@@ -272,6 +273,14 @@ async def flow_history(request: web.Request) -> web.StreamResponse:
     return _json(_agent(request).flows.history.listing(since))
 
 
+async def fqdn_cache(request: web.Request) -> web.StreamResponse:
+    # Read-only: what `ciliate fqdn cache list` prints.
+    proxy = _agent(request).dns_proxy
+    if proxy is None:
+        return _json(FQDNCacheList(running=False, entries=[]))
+    return _json(proxy.listing())
+
+
 async def openapi(request: web.Request) -> web.StreamResponse:
     return web.json_response(openapi_document(ROUTES))
 
@@ -333,6 +342,8 @@ ROUTES: tuple[Route, ...] = (
         FlowHistoryList, errors=(400,),
         params=(Param("since", "query", {"type": "number", "exclusiveMinimum": 0}, "only events of the last SECONDS"),),
     ),
+    Route("GET", "/v1/fqdn/cache", fqdn_cache, "Names the endpoints resolved through the DNS proxy, with their addresses",
+          "getFqdnCache", FQDNCacheList),
     Route("GET", "/openapi.json", openapi, "This OpenAPI document", "getOpenapi", None),
 )
 

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from pydantic import BaseModel
 
 from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_socket
 from agent.cli import log_setup, monitor
+from agent.cli.dns_flags import add_dns_flags, dns_proxy_from_args
 from agent.cli.host_flags import add_host_flags, host_endpoint_from_args, node_labels_from_args
 from agent.cli.k8s_flags import add_k8s_flags, k8s_source_from_args
 from agent.cli.kvstore_flags import ClusterFlagError, add_kvstore_flags, shared_state_from_args
@@ -234,6 +236,16 @@ def _identity_list(client: AgentClient, args: argparse.Namespace) -> int:
     )
 
 
+def _fqdn_cache_list(client: AgentClient, args: argparse.Namespace) -> int:
+    def human(v) -> str:
+        if not v.running:
+            return "the DNS proxy is off (--no-dns-proxy): nothing is learned"
+        return _table(["ENDPOINT", "NAME", "ADDRESS", "TTL", "EXPIRES"],
+                      [(e.endpoint, e.name, e.address, e.ttl,
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.expires))) for e in v.entries])
+    return _emit(args, client.fqdn_cache(), human)
+
+
 def _policy_rows(pols) -> str:
     rows = []
     for p in pols:
@@ -318,6 +330,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     try:
         host = host_endpoint_from_args(args)
         node_labels = node_labels_from_args(args)
+        dns_proxy = dns_proxy_from_args(args)
     except ValueError as exc:
         print(f"ciliate agent: {exc}", file=sys.stderr)
         return 2
@@ -370,7 +383,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     proxy = XdsProxy(state_dir, spawn_envoy=not args.external_envoy, limits=limits, render_params=params)
     agent = build_agent(
         config, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=datapath, proxy=proxy, host_ips=_host_ips,
-        cluster=k8s_source_from_args(args), shared=shared, routing=routing,
+        cluster=k8s_source_from_args(args), shared=shared, routing=routing, dns_proxy=dns_proxy,
     )
     try:
         asyncio.run(serve(agent))
@@ -451,6 +464,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     a.add_argument("--debug", action="store_true", help="log everything, including every API request and every call to Envoy's admin API")
     a.add_argument("--log-format", default="text", choices=log_setup.FORMATS, help="text (default) or one JSON object per line")
     add_host_flags(a)
+    add_dns_flags(a)
     add_k8s_flags(a)
     add_kvstore_flags(a)
     a.set_defaults(func=_run_agent)
@@ -478,6 +492,13 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     isub = i.add_subparsers(dest="identity_command", metavar="SUBCOMMAND", required=True)
     il = isub.add_parser("list", parents=[common], help="list identities and their labels")
     il.set_defaults(func=_client_command(_identity_list))
+
+    f = sub.add_parser("fqdn", help="names the endpoints resolved through the DNS proxy (toFQDNs)")
+    fsub = f.add_subparsers(dest="fqdn_command", metavar="SUBCOMMAND", required=True)
+    fc = fsub.add_parser("cache", help="the DNS proxy's cache")
+    fcsub = fc.add_subparsers(dest="fqdn_cache_command", metavar="SUBCOMMAND", required=True)
+    fcl = fcsub.add_parser("list", parents=[common], help="names, addresses, TTLs and endpoints (cilium-dbg fqdn cache list)")
+    fcl.set_defaults(func=_client_command(_fqdn_cache_list))
 
     # `policy get` joins the policy engineer's `policy` group when it exists.
     policy_parser = sub.choices.get("policy")

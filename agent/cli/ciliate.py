@@ -30,7 +30,7 @@ def _modules_for(argv: Sequence[str]) -> tuple[str, ...]:
         return _POLICY_TOOLS if words[1] == "diff" else _POLICY_TOOLS[:1]
     if first == "demo":
         return (_DEMO,)
-    if first in {"agent", "status", "endpoint", "identity", "bpf", "monitor"}:
+    if first in {"agent", "status", "endpoint", "identity", "bpf", "monitor", "fqdn"}:
         return (_AGENT_COMMANDS,)
     return _ALL  # help, `policy get`, a typo: every command, so argparse lists them all
 

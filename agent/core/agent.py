@@ -54,6 +54,7 @@ from agent.core.ports import (
     PolicyCompiler,
     PolicyLoader,
     ServicePeers,
+    FQDNPeers,
     PolicyObjects,
     PolicySourceFactory,
     ProxyControl,
@@ -128,6 +129,8 @@ class Agent:
         shared: SharedState | None = None,
         routing: NodeRouting | None = None,
         service_peers: ServicePeers | None = None,
+        fqdn_peers: FQDNPeers | None = None,
+        learned_names: Callable[[], Any] | None = None,
     ) -> None:
         """`shared` (with `routing`) joins the agent to a cluster of nodes
         through a kvstore: identities, endpoints and nodes shared with the
@@ -147,7 +150,11 @@ class Agent:
         self.routing = routing
         self.store = StateStore(config.state_dir)
         self.table = EndpointTable(self.store)
-        self.book = PolicyBook(service_peers)
+        self.book = PolicyBook(service_peers, fqdn_peers)
+        # What the DNS proxy learned before a restart, read before the first
+        # regeneration so toFQDNs peers stay admitted across it.
+        self._learned_names = learned_names
+        self.dns_proxy: Any = None  # set by the DNS proxy service, for the API
         self.flows = FlowHub()
         self.metrics = AgentMetrics(
             policy_counts=self.policy_counts, rule_features=self.rule_features, endpoint_counts=lambda: endpoints_by_state(self.table), identity_counts=self.identity_counts,
@@ -220,6 +227,8 @@ class Agent:
             # it would open what the kernel's pinned maps still close.
             await self.cluster.start(self)
             await self.endpoint_changes.relabel(self.endpoint_changes.names())
+        if self._learned_names is not None:
+            self.book.set_names(self._learned_names())
         self.queue.mark(restored, policy_changed=True, reason="agent start")
         self._worker = asyncio.create_task(self.queue.run(), name="ciliate-regeneration")
         if self.watcher is not None:
@@ -320,6 +329,23 @@ class Agent:
         if self.book.set_services(services):
             self._policy_seen.append(time.monotonic())
             self.queue.mark(policy_changed=True, reason="services changed")
+
+    async def fqdn_names_changed(self, names: Any, wait: float) -> bool:
+        """What the node's pods resolved changed (the DNS proxy): the
+        policies with toFQDNs items whose addresses changed are recompiled.
+        Returns once that regeneration is done (the kernel admits the new
+        addresses), or False after `wait` seconds; True at once when no
+        policy resolves differently."""
+        if not self.book.set_names(names):
+            return True
+        ticket = self.queue.ticket()
+        self._policy_seen.append(time.monotonic())
+        self.queue.mark(policy_changed=True, reason="DNS answers changed toFQDNs peers")
+        return await self.queue.wait_for(ticket, wait)
+
+    def enforced_state(self) -> CompiledState | None:
+        """The compiled state the datapath enforces now (None before the first regeneration)."""
+        return self._enforced_state()
 
     async def endpoint_labels_changed(self, names: Iterable[str]) -> None:
         """Re-identify the endpoints of these pods whose labels changed (ClusterEvents)."""

@@ -22,6 +22,10 @@ def fail_closed(ep: EndpointPolicy, acked: Mapping[int, L7Policy]) -> EndpointPo
     the new policy forbids, or hang. Other entries are untouched.
     """
     safe = {l7.proxy_port for l7 in ep.l7 if acked.get(l7.proxy_port) == l7}
+    # The DNS proxy is not Envoy: it reads its rules from the state in force
+    # at each query, so its redirects need no acknowledgement (without it the
+    # kernel drops them: nobody listens).
+    safe |= {d.proxy_port for d in ep.dns}
     if all(e.verdict != Verdict.REDIRECT or e.proxy_port in safe for e in ep.entries):
         return ep
     entries = tuple(

@@ -212,6 +212,19 @@ class IdentityList(_Model):
     identities: list[Identity]
 
 
+class FQDNCacheEntry(_Model):
+    endpoint: int
+    name: str = Field(description="canonical: lower case, trailing dot")
+    address: str
+    expires: float = Field(description="wall-clock seconds (Unix time) when the address leaves the policy")
+    ttl: int = Field(description="seconds left, 0 once expired")
+
+
+class FQDNCacheList(_Model):
+    running: bool = Field(description="whether the agent runs its DNS proxy (`--no-dns-proxy` turns it off)")
+    entries: list[FQDNCacheEntry]
+
+
 class Health(_Model):
     ok: bool
     checks: dict[str, str] = Field(description="component -> ok or what is wrong")

@@ -14,7 +14,9 @@ The book keeps each policy as it was written. A policy that names
 Kubernetes Services (`toServices`) is in force as resolved against the
 latest Services snapshot (`set_services`, through the ServicePeers port):
 its entry is replaced only when the resolution changes, so a Service change
-recompiles just the policies it touches.
+recompiles just the policies it touches. A policy with toFQDNs is resolved
+the same way against the names the DNS proxy learned (`set_names`, through
+the FQDNPeers port).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from typing import Any
 
-from agent.core.ports import LoadedFile, LoadedPolicy, PolicyProblem, ServicePeers
+from agent.core.ports import FQDNPeers, LoadedFile, LoadedPolicy, PolicyProblem, ServicePeers
 
 Source = Path | str  # a policy file, or an API object's source name
 
@@ -44,19 +46,24 @@ class BookEntry:
 
 
 class PolicyBook:
-    def __init__(self, service_peers: ServicePeers | None = None) -> None:
-        """Without `service_peers` policies are in force as written."""
+    def __init__(self, service_peers: ServicePeers | None = None, fqdn_peers: FQDNPeers | None = None) -> None:
+        """Without `service_peers` (`fqdn_peers`) toServices (toFQDNs) items
+        stay as written."""
         self._by_file: dict[Source, tuple[BookEntry, ...]] = {}
         self._problems: dict[Source, tuple[PolicyProblem, ...]] = {}
         self._in_force: dict[str, BookEntry] | None = None  # cache, dropped on every change
         self._service_peers = service_peers
         self._services: Any = None  # None: no source of Services (file mode)
-        # key -> (entry as written, the Services snapshot it was resolved
-        # against, entry in force, why a toServices item selects nothing).
+        self._fqdn_peers = fqdn_peers
+        self._names: Any = None  # None: nothing learned from DNS
+        # key -> (entry as written, the Services and names snapshots it was
+        # resolved against, entry in force, why a toServices or toFQDNs item
+        # selects nothing).
         # in_force() runs after every change: with 1,000 policies, resolving
         # them all again was 5 of the agent's 17 ms per change, so an entry
         # is resolved again only when it or the snapshot is new.
-        self._resolved: dict[str, tuple[BookEntry, Any, BookEntry, tuple[str, ...]]] = {}
+        self._resolved: dict[str, tuple[BookEntry, tuple[Any, Any], BookEntry, tuple[str, ...]]] = {}
+        self._snapshot: tuple[Any, Any] = (None, None)
         self._order: list[Source] | None = None  # sources in shadowing order; None: sort again
 
     def update_file(self, path: Source, loaded: LoadedFile) -> bool:
@@ -99,8 +106,17 @@ class PolicyBook:
 
     def set_services(self, services: Any) -> bool:
         """A new Services snapshot; returns True when a policy in force resolves differently."""
+        return self._new_snapshot(services, self._names)
+
+    def set_names(self, names: Any) -> bool:
+        """A new snapshot of the names the DNS proxy learned; returns True
+        when a policy in force resolves differently."""
+        return self._new_snapshot(self._services, names)
+
+    def _new_snapshot(self, services: Any, names: Any) -> bool:
         before = dict(self.in_force())
-        self._services = services
+        self._services, self._names = services, names
+        self._snapshot = (services, names)
         self._in_force = None
         after = self.in_force()
         return any(after[k] is not before.get(k) for k in after)
@@ -119,20 +135,25 @@ class PolicyBook:
         return [e.policy for e in {e.key: e for path in self._sources() for e in self._by_file[path]}.values()]
 
     def _resolve(self, entry: BookEntry) -> BookEntry:
-        if self._service_peers is None:
+        if self._service_peers is None and self._fqdn_peers is None:
             return entry
         key = entry.key
         prev = self._resolved.get(key)
-        if prev is not None and prev[0] is entry and prev[1] is self._services:
-            return prev[2]  # same policy, same Services: resolves as last time
-        policy, notes = self._service_peers.resolve(entry.policy, self._services)
+        if prev is not None and prev[0] is entry and prev[1] is self._snapshot:
+            return prev[2]  # same policy, same snapshots: resolves as last time
+        policy, notes = entry.policy, ()
+        if self._service_peers is not None:
+            policy, notes = self._service_peers.resolve(policy, self._services)
+        if self._fqdn_peers is not None:
+            policy, more = self._fqdn_peers.resolve(policy, self._names)
+            notes += more
         if policy is entry.policy:
             resolved, notes = entry, ()
         elif prev is not None and prev[0] is entry and prev[2].policy == policy:
             resolved = prev[2]  # a new snapshot, the same result: the compiler is not asked again
         else:
             resolved = BookEntry(policy, entry.source)
-        self._resolved[key] = (entry, self._services, resolved, notes)
+        self._resolved[key] = (entry, self._snapshot, resolved, notes)
         return resolved
 
     def service_notes(self) -> Mapping[str, tuple[str, ...]]:

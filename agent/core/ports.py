@@ -122,6 +122,17 @@ class PolicySourceFactory(Protocol):
     def __call__(self, directory: Path, on_change: OnPolicyChange, interval: float) -> PolicySource: ...
 
 
+class FQDNPeers(Protocol):
+    """Resolves a policy's toFQDNs items into the addresses the node's pods
+    resolved for matching names (`names`: name -> addresses, as the DNS
+    proxy hands them over; None: nothing learned)."""
+
+    def resolve(self, policy: LoadedPolicy, names: Any) -> tuple[LoadedPolicy, tuple[str, ...]]:
+        """The policy to compile (the same object when it has no toFQDNs)
+        and, per toFQDNs item that selects nothing yet, why."""
+        ...
+
+
 class PolicyLoader(Protocol):
     def load_file(self, path: Path) -> LoadedFile:
         """Parse and validate one file; never raises for bad content."""

@@ -1,0 +1,185 @@
+"""toFQDNs and DNS rules through the real agent, kernel and Envoy, with a
+real DNS server (Debian's dnsmasq) in a pod of the test's own and servers
+outside the cluster (world hosts routed by the node).
+
+The client pod may ask the resolver pod for allowed.test (and a few more
+names) only: the kernel sends its DNS to the agent's DNS proxy, which
+refuses other names and learns the addresses of allowed ones; only then may
+the pod connect to them, and only to them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from demo.node import Node
+
+pytestmark = [pytest.mark.privileged, pytest.mark.envoy]
+
+HOSTS = {  # name -> (address, gateway on the node); world hosts, not pods
+    "allowed": ("10.217.1.2", "10.217.1.1"),
+    "other": ("10.217.2.2", "10.217.2.1"),
+    "api": ("10.217.3.2", "10.217.3.1"),
+    "short": ("10.217.4.2", "10.217.4.1"),
+}
+RECORDS = {  # DNS name -> (host, TTL)
+    "allowed.test": ("allowed", 3600),
+    "other.test": ("other", 3600),
+    "api.test": ("api", 3600),
+    "short.test": ("short", 2),
+}
+
+POLICY = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: by-name, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules:
+        dns: [DNS_RULES]
+  - toFQDNs: [FQDNS]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+  - toFQDNs: [{matchName: api.test}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules: {http: [{method: GET, path: "/v1"}]}
+"""
+BY_NAME = POLICY.replace("DNS_RULES", "{matchName: allowed.test}, {matchName: API.test.}, {matchName: short.test}").replace(
+    "FQDNS", "{matchName: allowed.test}, {matchName: short.test}")
+BY_PATTERN = POLICY.replace("DNS_RULES", '{matchPattern: "*.test"}').replace("FQDNS", '{matchPattern: "*.test"}')
+
+
+def dnsmasq_exe() -> str:
+    exe = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if os.path.exists("/usr/sbin/dnsmasq") else None)
+    if exe is None:
+        pytest.skip("dnsmasq is not installed (scripts/install.sh installs Debian's dnsmasq-base)")
+    return exe
+
+
+@pytest.fixture
+def node() -> Iterator[Node]:
+    exe = dnsmasq_exe()
+    with Node(prefix="cilfqdn", subnet="10.216.0.0/24") as n:
+        n.start_agent()
+        n.add_pod("client", {"app": "client"})
+        dns_pod = n.add_pod("dns", {"app": "dns"})
+        for name, (address, gateway) in HOSTS.items():
+            n.add_host(name, address, gateway)
+            n.serve_deathstar(name, 80)
+        records = [f"--host-record={name},{HOSTS[host][0]},{ttl}" for name, (host, ttl) in RECORDS.items()]
+        proc = n.spawn("dns", [exe, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                               "--bind-interfaces", f"--listen-address={dns_pod.ip}", "--port=53", "--pid-file=",
+                               "--user=root", *records])
+        deadline = time.monotonic() + 30
+        while query(n, "allowed.test").get("rcode") != "NOERROR":
+            assert proc.poll() is None and time.monotonic() < deadline, "dnsmasq did not start in the dns pod"
+            time.sleep(0.2)
+        yield n
+
+
+def query(node: Node, name: str, tcp: bool = False) -> dict:
+    out = subprocess.run(
+        ["ip", "netns", "exec", node.pods["client"].netns, sys.executable, "-m", "tests.agent.dns_peer",
+         node.pods["dns"].ip, name, *(["--tcp"] if tcp else [])],
+        capture_output=True, text=True, timeout=60,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def get(node: Node, host: str, path: str = "/v1", timeout: float = 1.0) -> dict:
+    return node.request("client", "GET", HOSTS[host][0], path, timeout=timeout)
+
+
+def apply(node: Node, tmp_path: Path, text: str) -> None:
+    f = tmp_path / "by-name.yaml"
+    f.write_text(text)
+    node.apply_policy(f)
+
+
+def cached(node: Node) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for e in node.ciliate_json("fqdn", "cache", "list")["entries"]:
+        out.setdefault(e["name"], set()).add(e["address"])
+    return out
+
+
+def test_a_pod_reaches_the_names_it_may_resolve_and_nothing_else(node: Node, tmp_path: Path) -> None:
+    apply(node, tmp_path, BY_NAME)
+    # Before resolving: the address is not admitted, even dialled directly.
+    assert "error" in get(node, "allowed")
+
+    other = query(node, "other.test")
+    assert other.get("rcode") == "REFUSED" and not other.get("addresses"), other
+    assert "error" in get(node, "other"), "other.test's address is dropped in the kernel when dialled directly"
+
+    got = query(node, "ALLOWED.test.")  # case and trailing dot are the same name
+    assert got == {"rcode": "NOERROR", "addresses": [HOSTS["allowed"][0]], "ttl": 3600}, got
+    # The answer is released once the datapath admits its address: the very
+    # first connection goes through.
+    assert get(node, "allowed").get("status") == 200
+    assert "error" in get(node, "other"), "a name's answer opens its own addresses only"
+    assert cached(node) == {"allowed.test.": {HOSTS["allowed"][0]}}
+
+    tcp = query(node, "allowed.test", tcp=True)  # DNS over TCP takes the same path
+    assert tcp.get("rcode") == "NOERROR" and tcp["addresses"] == [HOSTS["allowed"][0]], tcp
+    assert query(node, "other.test", tcp=True).get("rcode") == "REFUSED"
+
+
+def test_http_rules_on_a_name_are_enforced_by_envoy(node: Node, tmp_path: Path) -> None:
+    apply(node, tmp_path, BY_NAME)
+    assert "error" in get(node, "api")
+    assert query(node, "api.test").get("rcode") == "NOERROR"
+    assert get(node, "api", "/v1").get("status") == 200
+    assert get(node, "api", "/v2").get("status") == 403, "Envoy denies what the HTTP rule does not admit"
+
+
+def test_a_pattern_admits_every_matching_name(node: Node, tmp_path: Path) -> None:
+    apply(node, tmp_path, BY_PATTERN)
+    assert "error" in get(node, "other")
+    assert query(node, "other.test").get("rcode") == "NOERROR"
+    assert get(node, "other").get("status") == 200
+    assert query(node, "other.example").get("rcode") == "REFUSED"
+
+
+def test_a_long_connection_survives_its_names_expiry_and_new_ones_do_not(node: Node, tmp_path: Path) -> None:
+    apply(node, tmp_path, BY_NAME)
+    assert query(node, "short.test").get("ttl") == 2
+    lines = node.traffic("client", "GET", HOSTS["short"][0], "/v1", keepalive=True, interval=0.1)
+    try:
+        deadline = time.monotonic() + 60
+        while "short.test." in cached(node):
+            assert time.monotonic() < deadline, "short.test never expired from the DNS cache"
+            time.sleep(0.2)
+        expired_at = len(lines.snapshot())
+        assert "error" in get(node, "short"), "a new connection after the expiry is dropped"
+        deadline = time.monotonic() + 30
+        while len(lines.snapshot()) < expired_at + 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        out = lines.stop()
+    after = [ln for ln in out[expired_at:] if "seq" in ln]
+    assert after and all(ln.get("status") == 200 for ln in after), after[:5]
+    assert max(ln.get("conn", 1) for ln in out if "seq" in ln) == 1, "the kept-alive connection was never replaced"
+
+
+def test_learned_names_survive_an_agent_restart(node: Node, tmp_path: Path) -> None:
+    apply(node, tmp_path, BY_NAME)
+    assert query(node, "allowed.test").get("rcode") == "NOERROR"
+    assert get(node, "allowed").get("status") == 200
+    node.kill_agent()
+    node.start_agent()
+    assert get(node, "allowed").get("status") == 200, "a name resolved before the restart is still admitted"
+    assert cached(node) == {"allowed.test.": {HOSTS["allowed"][0]}}
