@@ -57,6 +57,7 @@ class DNSEvent:
     rule: str = ""
     error: str = ""
     latency_s: float = 0.0
+    transport: str = "UDP"  # or "TCP"
 
 
 class Policy(Protocol):
@@ -147,29 +148,31 @@ class Pipeline:
     on_event: Callable[[DNSEvent], None] = lambda _e: None
     config: ForwarderConfig = field(default_factory=ForwarderConfig)
 
-    def unparsed(self, data: bytes, client: Addr, local: Addr, verdict: str, rcode: int, error: str = "") -> bytes | None:
-        self.on_event(DNSEvent(client, local, "", "", verdict, dns.rcode.to_text(rcode), error=error))
+    def unparsed(self, data: bytes, client: Addr, local: Addr, verdict: str, rcode: int, error: str = "",
+                 transport: str = "UDP") -> bytes | None:
+        self.on_event(DNSEvent(client, local, "", "", verdict, dns.rcode.to_text(rcode), error=error, transport=transport))
         msg_id = query_id(data)
         return None if msg_id is None else header_only(msg_id, rcode)
 
-    async def answer(self, data: bytes, client: Addr, local: Addr, ask: Ask) -> bytes | None:
+    async def answer(self, data: bytes, client: Addr, local: Addr, ask: Ask, transport: str = "UDP") -> bytes | None:
         t0 = time.monotonic()
         try:
             query = parse_query(data)
         except MessageError as e:
-            return self.unparsed(data, client, local, "malformed", dns.rcode.FORMERR, str(e))
+            return self.unparsed(data, client, local, "malformed", dns.rcode.FORMERR, str(e), transport)
         server = self.policy.upstream(client, local)
         verdict = self.policy.decide(client, server, query)
         if not verdict.allowed:
             self.on_event(DNSEvent(client, server, query.name, query.qtype, "denied",
-                                   dns.rcode.to_text(self.config.reject.rcode), rule=verdict.rule, latency_s=time.monotonic() - t0))
+                                   dns.rcode.to_text(self.config.reject.rcode), rule=verdict.rule, latency_s=time.monotonic() - t0,
+                                   transport=transport))
             return refusal(query, self.config.reject)
         try:
             wire = await ask(server, data, self.config.upstream_timeout)
             answer = parse_response(wire, query)
         except (OSError, EOFError, asyncio.TimeoutError, asyncio.IncompleteReadError, MessageError) as e:
             self.on_event(DNSEvent(client, server, query.name, query.qtype, "allowed", "SERVFAIL", rule=verdict.rule,
-                                   error=str(e) or type(e).__name__, latency_s=time.monotonic() - t0))
+                                   error=str(e) or type(e).__name__, latency_s=time.monotonic() - t0, transport=transport))
             return servfail(query)
         if answer.addresses:
             try:
@@ -177,7 +180,8 @@ class Pipeline:
             except asyncio.TimeoutError:
                 log.debug("releasing the answer for %s before its addresses were admitted", query.name)
         self.on_event(DNSEvent(client, server, query.name, query.qtype, "allowed", answer.rcode,
-                               tuple(str(a) for a, _ in answer.addresses), verdict.rule, latency_s=time.monotonic() - t0))
+                               tuple(str(a) for a, _ in answer.addresses), verdict.rule, latency_s=time.monotonic() - t0,
+                               transport=transport))
         return wire
 
 
@@ -270,7 +274,7 @@ class TCPForwarder:
                 data = await asyncio.wait_for(read_framed(reader), self.idle_timeout)
                 if data is None:
                     return
-                reply = await self.pipeline.answer(data, client, local, ask_tcp)
+                reply = await self.pipeline.answer(data, client, local, ask_tcp, "TCP")
                 if reply is None:
                     return
                 writer.write(framed(reply))

@@ -48,10 +48,12 @@ from typing import Any
 
 from policy.compiled import (
     HOST_ENDPOINT_ID,
+    ALLOW_ALL_DNS,
     ALLOW_ALL_HTTP,
     ANY_CONNECTION,
     CompiledState,
     Direction,
+    DNSRule,
     EndpointPolicy,
     HTTPRule,
     PORTED,
@@ -71,7 +73,7 @@ from policy.http_path import PathRejected, normalize_path
 from policy.identity import IDENTITY_ANY, IDENTITY_HOST, RESERVED_IDENTITIES
 from policy.ipcache import PrefixMap
 from policy.model import Policy
-from policy.trace import HTTPRequest, TLSHello, http_matches, sni_matches
+from policy.trace import DNSQuery, HTTPRequest, TLSHello, http_matches, sni_matches
 
 # One enforcing side's answer for a flow: DENY, ALLOW (no proxy), or the
 # HTTP rules (serverNames rules, on an SNI listener) its proxy admits for
@@ -129,7 +131,7 @@ class _Index:
         for e in ep.entries:
             self.groups.setdefault((e.key.direction, e.key.identity), []).append(e)
         self.l7: dict[tuple[Direction, int], tuple[L7PeerRule, ...]] = {
-            (p.key.direction, p.key.port): p.peer_rules for p in ep.l7
+            (p.key.direction, p.key.port): p.peer_rules for p in (*ep.l7, *ep.dns)
         }
         self._mini: dict[tuple[Direction, int], EndpointPolicy] = {}
 
@@ -158,18 +160,20 @@ def _norm(entries: Iterable[PolicyEntry]) -> frozenset[tuple[Any, ...]]:
     return frozenset((e.key, e.verdict, e.proxy_port != 0) for e in entries)
 
 
-def _rule(r: L7PeerRule) -> HTTPRule | SNIRule:
-    """The rule a peer rule holds, HTTP or (on an SNI listener) serverNames."""
-    return r.http if r.http is not None else r.sni  # type: ignore[return-value]
+def _rule(r: L7PeerRule) -> HTTPRule | SNIRule | DNSRule:
+    """The rule a peer rule holds: HTTP, serverNames (SNI listener) or DNS."""
+    if r.http is not None:
+        return r.http
+    return r.sni if r.sni is not None else r.dns  # type: ignore[return-value]
 
 
-def _l7_pairs(rules: Iterable[L7PeerRule]) -> set[tuple[int, HTTPRule | SNIRule]]:
+def _l7_pairs(rules: Iterable[L7PeerRule]) -> set[tuple[int, HTTPRule | SNIRule | DNSRule]]:
     return {(i, _rule(r)) for r in rules for i in r.identities}
 
 
 def _admits_all(s: Side) -> bool:
     """A proxied side admitting everything: an L4 allow on a redirected port."""
-    return ALLOW_ALL_HTTP in s or ANY_CONNECTION in s
+    return ALLOW_ALL_HTTP in s or ANY_CONNECTION in s or ALLOW_ALL_DNS in s
 
 
 def _changed_peers(o: _Index, n: _Index, d: Direction) -> tuple[bool, set[int]]:
@@ -202,15 +206,22 @@ def _canon(sides: tuple[Side, ...]) -> Any:
     return _ALLOW if not restricting else restricting
 
 
-def request_allowed(sides: tuple[Side, ...], req: HTTPRequest | TLSHello) -> bool:
-    """What trace answers for this request (or TLS connection), given each
-    enforcing side's answer. An SNI listener sees an HTTP request as a plain
-    connection (no server name); an HTTP listener can read nothing of a TLS
-    connection, so only a rule admitting any request passes it."""
+def request_allowed(sides: tuple[Side, ...], req: HTTPRequest | TLSHello | DNSQuery) -> bool:
+    """What trace answers for this request (TLS connection, DNS query), given
+    each enforcing side's answer. An SNI listener sees an HTTP request as a
+    plain connection (no server name); an HTTP listener can read nothing of a
+    TLS connection, so only a rule admitting any request passes it; the DNS
+    proxy judges DNS queries only."""
     for s in sides:
         if s == _DENY:
             return False
         if s == _ALLOW:
+            continue
+        dns_side = any(isinstance(r, DNSRule) for r in s)
+        if dns_side or isinstance(req, DNSQuery):
+            if not (dns_side and isinstance(req, DNSQuery)
+                    and any(isinstance(r, DNSRule) and r.matches(req.name) for r in s)):
+                return False
             continue
         if any(isinstance(r, SNIRule) for r in s):
             name = req.server_name if isinstance(req, TLSHello) else None
@@ -338,6 +349,8 @@ def diff_states(old: CompiledState, new: CompiledState, changed_endpoints: Itera
             != _l7_pairs(r for p in old.endpoints[i].l7 for r in p.peer_rules)
             or {(p.key.direction, p.key.port) for p in new.endpoints[i].l7}
             != {(p.key.direction, p.key.port) for p in old.endpoints[i].l7}
+            or _l7_pairs(r for p in new.endpoints[i].dns for r in p.peer_rules)
+            != _l7_pairs(r for p in old.endpoints[i].dns for r in p.peer_rules)
         ]
     changed_ids = {new.endpoints[i].identity for i in changed_endpoints if i in new.endpoints}
 

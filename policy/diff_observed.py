@@ -56,6 +56,7 @@ class ObservedFlow(TypingProtocol):
     method: str | None
     path: str | None
     status: int | None
+    dns_name: str | None
 
 
 @dataclass(frozen=True, order=True)
@@ -207,10 +208,15 @@ def replay(events: Iterable[ObservedFlow], proposed: CompiledState) -> ReplayRep
         if src.endpoint_id is None and dst.endpoint_id is None:
             skip("no local endpoint in the proposed state")
             continue
-        layer = "l7" if ev.type == "l7" else "l3l4"
-        http = HTTPRequest(method=ev.method or "GET", path=ev.path or "/") if layer == "l7" else None
+        layer = "l7" if ev.type in ("l7", "dns") else "l3l4"
+        http = HTTPRequest(method=ev.method or "GET", path=ev.path or "/") if ev.type == "l7" else None
+        # A DNS proxy event: the query, judged by the proposed DNS rules.
+        dns_name = ev.dns_name if ev.type == "dns" else None
+        if ev.type == "dns" and not dns_name:
+            skip("DNS event without a name (malformed query)")
+            continue
         try:
-            new = trace(proposed, src, dst, port, proto, http).verdict
+            new = trace(proposed, src, dst, port, proto, http, dns_name=dns_name).verdict
         except CiliateError:
             skip("not traceable")
             continue
@@ -223,7 +229,8 @@ def replay(events: Iterable[ObservedFlow], proposed: CompiledState) -> ReplayRep
         key = ReplayKey(_name(proposed, src), _name(proposed, dst), port, proto.name, layer, old, new)
         g = groups.get(key)
         if g is None:
-            example = f"{http.method} {http.path}" if http else f"{ev.src_ip or '?'} -> {host_port(ev.dst_ip or '?', port)}"
+            example = (f"{http.method} {http.path}" if http else f"DNS query for {dns_name}" if dns_name
+                       else f"{ev.src_ip or '?'} -> {host_port(ev.dst_ip or '?', port)}")
             g = groups[key] = ReplayGroup(key, first=ev.time, last=ev.time, example=example)
         g.count += 1
         g.first, g.last = min(g.first, ev.time), max(g.last, ev.time)

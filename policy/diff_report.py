@@ -14,10 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from policy.compiled import ALLOW_ALL_HTTP, PORTED, TYPED, CompiledState, HTTPRule, PortRange, Protocol, SNIRule, protocol_name
+from policy.compiled import ALLOW_ALL_HTTP, PORTED, DNSRule, TYPED, CompiledState, HTTPRule, PortRange, Protocol, SNIRule, protocol_name
 from policy.endpoint import DEFAULT_NAMESPACE, NAMESPACE_LABEL
 from policy.families import IPAddress
-from policy.trace import HTTPRequest, Party, TLSHello
+from policy.trace import DNSQuery, HTTPRequest, Party, TLSHello
 
 ALLOWED, DENIED = "allowed", "denied"
 
@@ -163,22 +163,27 @@ def port_text(protocol: Protocol, ports: PortRange) -> str:
     return f"{ports}/{name}"
 
 
-def rule_dict(r: HTTPRule | SNIRule | None) -> dict[str, Any] | None:
+def rule_dict(r: HTTPRule | SNIRule | DNSRule | None) -> dict[str, Any] | None:
     if r is None:
         return None
     if isinstance(r, SNIRule):
         return {"server_names": list(r.server_names)}
+    if isinstance(r, DNSRule):
+        return {"dns": [{"matchName": n.match_name} if n.match_name is not None else {"matchPattern": n.match_pattern}
+                        for n in r.names]}
     d: dict[str, Any] = {k: v for k, v in (("method", r.method), ("path", r.path), ("host", r.host)) if v is not None}
     if r.headers:
         d["headers"] = [{"name": h.name, "value": h.value} if h.value is not None else {"name": h.name} for h in r.headers]
     return d
 
 
-def rule_text(r: HTTPRule | SNIRule | None) -> str:
+def rule_text(r: HTTPRule | SNIRule | DNSRule | None) -> str:
     if r is None or r == ALLOW_ALL_HTTP:
         return "any request"
     if isinstance(r, SNIRule):
         return f"TLS to {', '.join(r.server_names)}" if r.server_names else "any connection"
+    if isinstance(r, DNSRule):
+        return "DNS for " + ", ".join(n.match_name or n.match_pattern or "" for n in r.names)
     parts = [r.method or "any method", r.path or "any path"]
     if r.host is not None:
         parts.append(f"host {r.host}")
@@ -187,9 +192,11 @@ def rule_text(r: HTTPRule | SNIRule | None) -> str:
     return " ".join(parts)
 
 
-def request_dict(q: HTTPRequest | TLSHello) -> dict[str, Any]:
+def request_dict(q: HTTPRequest | TLSHello | DNSQuery) -> dict[str, Any]:
     if isinstance(q, TLSHello):
         return {"tls_server_name": q.server_name}
+    if isinstance(q, DNSQuery):
+        return {"dns_name": q.name}
     d: dict[str, Any] = {"method": q.method, "path": q.path}
     if q.host:
         d["host"] = q.host
@@ -198,9 +205,11 @@ def request_dict(q: HTTPRequest | TLSHello) -> dict[str, Any]:
     return d
 
 
-def request_text(q: HTTPRequest | TLSHello) -> str:
+def request_text(q: HTTPRequest | TLSHello | DNSQuery) -> str:
     if isinstance(q, TLSHello):
         return f"TLS with server name {q.server_name}"
+    if isinstance(q, DNSQuery):
+        return f"DNS query for {q.name}"
     out = f"{q.method} {q.path}"
     if q.host:
         out += f" (host {q.host})"

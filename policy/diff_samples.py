@@ -17,9 +17,9 @@ from functools import lru_cache
 
 import re2
 
-from policy import server_names
-from policy.compiled import HTTPRule, SNIRule
-from policy.trace import HTTPRequest, TLSHello
+from policy import dns_names, server_names
+from policy.compiled import DNSRule, HTTPRule, SNIRule
+from policy.trace import DNSQuery, HTTPRequest, TLSHello
 
 _OPTS = re2.Options()
 _OPTS.log_errors = False
@@ -162,13 +162,15 @@ def regex_samples(pattern: str, generic: tuple[str, ...] = ()) -> tuple[str, ...
     return tuple(dict.fromkeys(s for s in cands if rx.fullmatch(s)))
 
 
-def rule_samples(rule: HTTPRule | SNIRule | None) -> list[HTTPRequest] | list[TLSHello]:
+def rule_samples(rule: HTTPRule | SNIRule | DNSRule | None) -> list[HTTPRequest] | list[TLSHello] | list[DNSQuery]:
     """Requests the rule admits (None: "any request", generic probes), at most
     MAX_SAMPLES, the most literal first. Empty if no sample could be built.
     A serverNames rule: a TLS connection per name (a wildcard's by a name it
     admits)."""
     if isinstance(rule, SNIRule):
         return [TLSHello(server_names.example(n)) for n in rule.server_names[:MAX_SAMPLES]]
+    if isinstance(rule, DNSRule):
+        return [DNSQuery(dns_names.example(sel)) for sel in rule.names[:MAX_SAMPLES]]
     rule = rule or HTTPRule()
     methods = regex_samples(rule.method, GENERIC_METHODS) if rule.method is not None else GENERIC_METHODS
     paths = regex_samples(rule.path, GENERIC_PATHS) if rule.path is not None else GENERIC_PATHS

@@ -153,3 +153,14 @@ class NameSelector:
         if self.match_pattern is not None:
             parts.append(f"matchPattern: {self.match_pattern}")
         return ", ".join(parts)
+
+
+def example(sel: NameSelector) -> str:
+    """A name the selector admits (diff's sample queries)."""
+    if sel.match_name is not None:
+        return sel.match_name
+    pattern = sel.match_pattern or "*"
+    if pattern in ("*", "**"):
+        return "example.com."
+    out = pattern.replace("**.", "x.y.").replace("**", "x.y").replace("*", "x")
+    return out if pattern_matches(pattern, out) else "example.com."

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from ipaddress import ip_address
 
+from policy.dns_names import DNSNameError, check_match_name
 from policy.fqdn_peers import Address, fqdn_peers
 from policy.model import CIDRPeer, FQDNPeer, Peer, Policy, Rule
-from policy.services import Resolved
+from policy.services import Resolved, resolve_each
 
 # canonical name -> the addresses it resolved to (any endpoint's, unexpired)
 Names = Mapping[str, Iterable[Address]]
@@ -59,3 +61,27 @@ def _rule(rule: Rule, names: Names, in_cluster: Callable[[Address], bool], notes
         notes.append(f"{rule.ref.path}: toFQDNs: {addr} (answered for {', '.join(sorted(by))}) is a cluster address: "
                      "not admitted by name")
     return replace(rule, peers=tuple(dict.fromkeys(peers)))
+
+
+def resolve_all(policies: Iterable[Policy], names: Names | None) -> tuple[list[Policy], list[str]]:
+    """Every policy resolved, and the notes naming their policy (the CLI's
+    trace and diff, given the names by the user)."""
+    return resolve_each(policies, lambda p: resolve(p, names))
+
+
+def names_from_flags(items: Iterable[str]) -> dict[str, set[Address]]:
+    """`--resolve NAME=ADDR[,ADDR]` values (the CLI's stand-in for what the
+    DNS proxy would have learned) -> canonical name -> addresses; ValueError
+    naming the value otherwise."""
+    out: dict[str, set[Address]] = {}
+    for item in items:
+        name, sep, addrs = item.partition("=")
+        try:
+            canon = check_match_name(name)
+            parsed = {ip_address(a.strip()) for a in addrs.split(",") if a.strip()}
+        except (DNSNameError, ValueError) as e:
+            raise ValueError(f"--resolve {item!r}: {e}") from None
+        if not sep or not parsed:
+            raise ValueError(f"--resolve {item!r}: expected NAME=ADDR[,ADDR]")
+        out.setdefault(canon, set()).update(parsed)
+    return out

@@ -23,7 +23,7 @@ the policy status and the CLI.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import ip_network
 
@@ -127,10 +127,15 @@ def _rule(rule: Rule, catalog: ServiceCatalog | None, notes: list[str]) -> Rule:
 def resolve_all(policies: Iterable[Policy], catalog: ServiceCatalog | None) -> tuple[list[Policy], list[str]]:
     """Every policy resolved, and the notes each one gave, naming its policy
     (for the CLI, which has no Service source: `catalog` None)."""
+    return resolve_each(policies, lambda p: resolve(p, catalog))
+
+
+def resolve_each(policies: Iterable[Policy], one: Callable[[Policy], Resolved]) -> tuple[list[Policy], list[str]]:
+    """`one` applied to every policy; the notes prefixed with their policy."""
     out: list[Policy] = []
     notes: list[str] = []
     for p in policies:
-        res = resolve(p, catalog)
+        res = one(p)
         out.append(res.policy)
         notes += [f"{p.kind} {p.ref_name}: {n}" for n in res.notes]
     return out, notes

@@ -38,6 +38,7 @@ from policy.compiled import (
 from policy import server_names
 from policy.errors import TraceInputError
 from policy.families import FAMILY_NAMES, WORLD_ENTITIES, IPAddress
+from policy.dns_names import canonical
 from policy.http_path import PathRejected, normalize_path
 from policy.identity import IDENTITY_ANY, RESERVED_BY_NAME, RESERVED_IDENTITIES
 
@@ -105,6 +106,14 @@ class TLSHello:
     the name alone)."""
 
     server_name: str
+
+
+@dataclass(frozen=True)
+class DNSQuery:
+    """A DNS query as the DNS proxy judges it: the name asked for (diff's
+    sample for a DNS rule; trace takes the name alone)."""
+
+    name: str
 
 
 @dataclass(frozen=True)
@@ -257,10 +266,13 @@ def trace(
     protocol: int = Protocol.TCP,
     http: HTTPRequest | None = None,
     sni: str | None = None,
+    dns_name: str | None = None,
 ) -> TraceResult:
     """`sni`: the server name the client's TLS ClientHello carries, judged by
     serverNames rules where the flow is redirected to an SNI listener; an
-    `http` request without `sni` is a plain connection there."""
+    `http` request without `sni` is a plain connection there. `dns_name`:
+    the flow is a DNS query for that name, judged by the DNS rules where it
+    is redirected to the DNS proxy (the proxy answers a refused name itself)."""
     if not 0 <= dport <= 65535:
         raise TraceInputError(f"port {dport} out of range 0-65535")
     src_id, src_ep = _resolve(state, src)
@@ -276,6 +288,8 @@ def trace(
     steps: list[Step] = []
     redirected = False
     judged_sni = False  # an SNI listener judged the connection
+    judged_dns = False  # the DNS proxy judged the query
+    dns_unjudged = False  # redirected to the DNS proxy, no name given
     checks: list[tuple[EndpointPolicy, Direction, int]] = []
     if src_ep is not None:
         checks.append((src_ep, Direction.EGRESS, dst_id))
@@ -292,6 +306,21 @@ def trace(
             else:
                 reason = f"{where}: no rule allows peer {_name(state, peer)} on {dport}/{_proto_name(protocol)} (default deny)"
             return TraceResult("denied", "l3l4", reason, rules, src_id, dst_id, tuple(steps), redirected)
+        if d.proxy_port and direction == Direction.EGRESS and any(p.key.port == dport for p in ep.dns):
+            redirected = True
+            if dns_name is None:
+                dns_unjudged = True
+                steps.append(Step(ep.endpoint_id, direction, peer, d))
+                continue
+            judged_dns = True
+            rule = next((r for r in ep.dns_rules_for(peer, dport) if r.dns is not None and r.dns.matches(dns_name)), None)
+            steps.append(Step(ep.endpoint_id, direction, peer, d, rule is not None, rule))
+            if rule is None:
+                reason = (f"{where}: the DNS proxy refuses the query, no DNS rule for peer {_name(state, peer)} "
+                          f"matches {canonical(dns_name)}")
+                rules = tuple(str(r) for r in d.entry.rules) if d.entry else ()
+                return TraceResult("denied", "l7", reason, rules, src_id, dst_id, tuple(steps), redirected)
+            continue
         if d.proxy_port:
             redirected = True
             l7 = next(
@@ -342,8 +371,12 @@ def trace(
         elif s.decision.entry is not None:
             rules.extend(str(r) for r in s.decision.entry.rules)
     rules = list(dict.fromkeys(rules))
-    layer = "l7" if redirected and (http is not None or judged_sni) else "l3l4"
-    if judged_sni and http is None:
+    layer = "l7" if redirected and (http is not None or judged_sni or judged_dns) else "l3l4"
+    if judged_dns:
+        reason = f"allowed: a DNS rule admits {canonical(dns_name or '')} (the proxy forwards the query)"
+    elif dns_unjudged:
+        reason = "allowed at L3/L4 and redirected to the DNS proxy: its DNS rules decide (give --dns-name)"
+    elif judged_sni and http is None:
         named = f"server name {sni!r}" if sni is not None else "a connection without a TLS server name"
         reason = f"allowed: a serverNames rule admits {named}"
     elif redirected and http is None:

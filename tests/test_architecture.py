@@ -1,8 +1,10 @@
 """The layering in pyproject's [tool.importlinter] holds: policy is pure and
 data flows one way (policy -> renderers -> agent)."""
 
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,3 +40,13 @@ def test_no_import_circle_in_the_demo():
     """No two demo modules import each other (demo/run.py and cluster_run.py
     once did: one for the stage constants, the other to dispatch `--nodes`)."""
     assert import_circles("demo") == []
+
+
+def test_the_image_copies_every_package_the_project_installs():
+    """deploy/Dockerfile copies the packages one by one: a new package left
+    out builds an image whose agent cannot start (the compose demo and the
+    DaemonSet would fail at the first import)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", (ROOT / "deploy" / "Dockerfile").read_text(), re.M))
+    assert packages <= copied, f"deploy/Dockerfile does not copy {sorted(packages - copied)}"

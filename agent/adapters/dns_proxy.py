@@ -25,8 +25,9 @@ Who can reach it: the sockets are bound to PROXY_ADDR (127.0.0.1) in the
 node netns, so only the node's own processes and redirected pod traffic
 reach them; a query from an address that is not a local endpoint is
 refused. The cache is written to STATE_DIR/fqdn-cache.json (root only,
-the agent's umask) and read back at start, so names resolved before a
-restart stay admitted.
+the agent's umask) when an answer brings a new address, and within a second
+of other answers (expiry times), and read back at start, so names resolved
+before a restart stay admitted.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.core.models import FQDNCacheEntry, FQDNCacheList
+from pydantic import ValidationError
+
+from agent.core.models import FlowEvent, FQDNCacheEntry, FQDNCacheList
 from dnsproxy.cache import DEFAULT_MAX_PER_NAME, FQDNCache
 from dnsproxy.forwarder import (
     Addr,
@@ -92,7 +95,7 @@ def orig_dst(ancillary: list[tuple[int, int, bytes]]) -> Addr | None:
     for level, kind, raw in ancillary:
         if level == socket.SOL_IP and kind == IP_RECVORIGDSTADDR and len(raw) >= 8:
             return socket.inet_ntop(socket.AF_INET, raw[4:8]), struct.unpack("!H", raw[2:4])[0]
-        if level == socket.SOL_IPV6 and kind == IPV6_RECVORIGDSTADDR and len(raw) >= 24:
+        if level == socket.IPPROTO_IPV6 and kind == IPV6_RECVORIGDSTADDR and len(raw) >= 24:
             return socket.inet_ntop(socket.AF_INET6, raw[8:24]), struct.unpack("!H", raw[2:4])[0]
     return None
 
@@ -101,7 +104,7 @@ def _transparent(family: int, kind: int) -> socket.socket:
     s = socket.socket(family, kind)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if family == socket.AF_INET6:
-        s.setsockopt(socket.SOL_IPV6, IPV6_TRANSPARENT, 1)
+        s.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
     else:
         s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
     s.setblocking(False)
@@ -134,9 +137,11 @@ class DNSProxy:
         self._events: list[Callable[[DNSEvent], None]] = [on_event] if on_event is not None else []
         self.pipeline = Pipeline(self, self._event, fwd)
         self.tcp = TCPForwarder(self, self._event, fwd)
-        self._udp: socket.socket | None = None
+        self.tcp6 = TCPForwarder(self, self._event, fwd)
+        self._udp: list[socket.socket] = []
         self._pending: set[asyncio.Task] = set()
         self._expiry: asyncio.Task | None = None
+        self._dirty = False  # learned since the cache file was written
         self.refused_addresses = 0  # answers' cluster addresses not learned
         self.stats: dict[str, int] = {}
 
@@ -147,25 +152,45 @@ class DNSProxy:
         # The agent read the same file before its first regeneration
         # (learned_names): this changes nothing unless it was written since.
         await self.agent.fqdn_names_changed(self.cache.names(), 5.0)
-        loop = asyncio.get_running_loop()
-        udp = _transparent(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
-        udp.bind((self.config.address, self.config.port))
-        self._udp = udp
-        loop.add_reader(udp.fileno(), self._readable)
-        tcp = _transparent(socket.AF_INET, socket.SOCK_STREAM)
-        tcp.bind((self.config.address, self.config.port))
-        tcp.listen(128)
-        await self.tcp.start_on(tcp)
+        self._gauges()
+        await self._listen(socket.AF_INET, self.config.address, self.tcp)
+        # IPv6 pods' queries come to ::1 (bpf/lib/proxy.h); a node without
+        # IPv6 has no ::1, and its datapath drops every IPv6 packet anyway.
+        try:
+            await self._listen(socket.AF_INET6, "::1", self.tcp6)
+        except OSError as e:
+            log.info("DNS proxy: no IPv6 socket on [::1]:%d (%s); IPv4 only", self.config.port, e)
         self._expiry = asyncio.create_task(self._expire_loop(), name="ciliate-dns-expiry")
         log.info("DNS proxy listening on %s:%d (UDP, TCP)", self.config.address, self.config.port)
 
+    async def _listen(self, family: int, address: str, tcp_forwarder: TCPForwarder) -> None:
+        udp = _transparent(family, socket.SOCK_DGRAM)
+        tcp = _transparent(family, socket.SOCK_STREAM)
+        try:
+            if family == socket.AF_INET6:
+                for sk in (udp, tcp):
+                    sk.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                udp.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVORIGDSTADDR, 1)
+            else:
+                udp.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+            udp.bind((address, self.config.port))
+            tcp.bind((address, self.config.port))
+            tcp.listen(128)
+        except OSError:
+            udp.close()
+            tcp.close()
+            raise
+        self._udp.append(udp)
+        asyncio.get_running_loop().add_reader(udp.fileno(), self._readable, udp)
+        await tcp_forwarder.start_on(tcp)
+
     async def stop(self) -> None:
-        if self._udp is not None:
-            asyncio.get_running_loop().remove_reader(self._udp.fileno())
-            self._udp.close()
-            self._udp = None
+        for udp in self._udp:
+            asyncio.get_running_loop().remove_reader(udp.fileno())
+            udp.close()
+        self._udp.clear()
         await self.tcp.stop()
+        await self.tcp6.stop()
         tasks = [t for t in (self._expiry, *self._pending) if t is not None]
         for t in tasks:
             t.cancel()
@@ -177,19 +202,47 @@ class DNSProxy:
 
     def _event(self, ev: DNSEvent) -> None:
         self.stats[ev.verdict] = self.stats.get(ev.verdict, 0) + 1
+        self._publish(ev)
         for fn in self._events:
             try:
                 fn(ev)
             except Exception:  # a broken listener must not stop DNS
                 log.exception("DNS event listener failed")
 
+    def _publish(self, ev: DNSEvent) -> None:
+        """Into `ciliate monitor` (type dns) and the metrics."""
+        agent = self.agent
+        agent.metrics.observe_dns(ev.verdict, ev.latency_s)
+        verdict = {"allowed": "forwarded", "denied": "denied"}.get(ev.verdict, "dropped")
+        addrs = ", ".join(ev.addresses)
+        raw = {
+            "type": "dns", "direction": "egress", "verdict": verdict, "protocol": ev.transport,
+            "src_ip": ev.client[0], "src_port": ev.client[1], "dst_ip": ev.server[0], "dst_port": ev.server[1],
+            "dns_name": ev.name or None, "dns_type": ev.qtype or None, "dns_rcode": ev.rcode or None,
+            "dns_addresses": list(ev.addresses), "reason": ev.error or ev.rule or None,
+            "summary": f"DNS {ev.qtype or '?'} {ev.name or '?'} {ev.verdict} -> {ev.rcode}" + (f" [{addrs}]" if addrs else ""),
+        }
+        try:
+            data = agent.enricher.enrich(raw)
+            data["endpoint_id"] = data.get("src_endpoint_id")
+            event = FlowEvent.model_validate(data)
+        except ValidationError as e:
+            log.debug("dropping a malformed DNS flow event: %s", e)
+            return
+        agent.metrics.flow_events.labels("dns").inc()
+        agent.flows.publish(event)
+
+    def _gauges(self) -> None:
+        names = self.cache.names()
+        self.agent.metrics.fqdn_names.set(len(names))
+        self.agent.metrics.fqdn_ips.set(len(set().union(*names.values())) if names else 0)
+
     # -- UDP
 
-    def _readable(self) -> None:
-        assert self._udp is not None
+    def _readable(self, udp: socket.socket) -> None:
         for _ in range(64):  # then let the loop breathe
             try:
-                data, anc, _flags, src = self._udp.recvmsg(65535, socket.CMSG_SPACE(64))
+                data, anc, _flags, src = udp.recvmsg(65535, socket.CMSG_SPACE(64))
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -264,9 +317,16 @@ class DNSProxy:
             log.warning("DNS answer for %s names %d cluster address(es): not admitted by name", query.name, refused)
         if not addrs:
             return
-        self.cache.learn(ep.endpoint_id, answer.names, addrs, time.time())
+        added = self.cache.learn(ep.endpoint_id, answer.names, addrs, time.time())
+        self._dirty = True  # expiry times moved: saved by the next expiry pass
+        if not added:
+            return  # nothing new to admit: a repeated answer costs no regeneration
+        self._gauges()
         if not await self.agent.fqdn_names_changed(self.cache.names(), self.config.release_delay):
             log.debug("DNS answer for %s released before its addresses were admitted", query.name)
+        # A new address is on disk at once (a crash right after must not lose
+        # it); repeats only move expiry times and wait for the next pass.
+        self._dirty = False
         self._save_cache()
 
     def listing(self) -> FQDNCacheList:
@@ -288,7 +348,10 @@ class DNSProxy:
                 for eid in {e.endpoint_id for e in self.cache.entries(time.time())} - set(state.endpoints):
                     changed |= bool(self.cache.forget_endpoint(eid))
             if changed:
+                self._gauges()
                 await self.agent.fqdn_names_changed(self.cache.names(), 5.0)
+            if changed or self._dirty:
+                self._dirty = False
                 self._save_cache()
 
     def _save_cache(self) -> None:

@@ -16,12 +16,15 @@ from typing import Any
 from policy.compiled import Protocol
 from policy.compiler import compile_state
 from policy.endpoint import Endpoint, NamedPort
-from policy.errors import CiliateError
+from policy.errors import CiliateError, TraceInputError
 from policy.families import Stack
 from policy.icmp_types import icmp_type
 from policy.labels import label_items
 from policy.load import load_paths
 from policy.named_ports import port_name_problem
+from policy.dns_names import canonical
+from policy.fqdn_resolve import names_from_flags
+from policy.fqdn_resolve import resolve_all as resolve_fqdns_all
 from policy.services import resolve_all
 from policy.trace import HTTPRequest, Party, TraceResult, parse_party, trace
 
@@ -86,6 +89,15 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         "--sni", metavar="NAME",
         help="TLS server name the client sends (judged by serverNames rules when the flow is redirected to them; "
              "without it such a port sees a plain connection when an HTTP request is given)",
+    )
+    t.add_argument(
+        "--dns-name", metavar="NAME",
+        help="the flow is a DNS query for NAME (judged by DNS rules where it is redirected to the DNS proxy)",
+    )
+    t.add_argument(
+        "--resolve", action="append", default=[], metavar="NAME=ADDR[,ADDR]",
+        help="what NAME resolves to, as the DNS proxy would have learned it (toFQDNs); repeat for more names; "
+             "--dst fqdn:NAME then means its first address",
     )
     t.add_argument("-o", "--output", choices=("text", "json"), default="text")
     t.set_defaults(func=_guard(_trace))
@@ -230,8 +242,18 @@ def _trace(args: argparse.Namespace) -> int:
     named = _parse_named_ports(args.named_port)
     port, proto = _parse_dport(args.dport, named)
     endpoints: list[Endpoint] = []
+    try:
+        names = names_from_flags(args.resolve)
+    except ValueError as e:
+        raise TraceInputError(str(e)) from None
     src = _party(args.src, _SRC_ID, endpoints)
-    dst = _party(args.dst, _DST_ID, endpoints, named)
+    dst_spec = args.dst
+    if dst_spec.startswith("fqdn:"):
+        wanted = canonical(dst_spec[5:])
+        if not names.get(wanted):
+            raise TraceInputError(f"--dst {dst_spec}: give its addresses with --resolve {dst_spec[5:]}=ADDR")
+        dst_spec = f"ip:{sorted(names[wanted], key=lambda a: (a.version, a))[0]}"
+    dst = _party(dst_spec, _DST_ID, endpoints, named)
     res = load_paths(args.policies)
     if not res.ok:
         for e in res.errors:
@@ -246,10 +268,13 @@ def _trace(args: argparse.Namespace) -> int:
     stack = Stack(args.stack)
     # No Service source here: a toServices peer selects nothing (notes say so).
     policies, notes = resolve_all(res.policies, None)
+    # toFQDNs: what --resolve says the names resolved to (nothing otherwise).
+    policies, fqdn_notes = resolve_fqdns_all(policies, names)
+    notes += fqdn_notes
     # The node is an endpoint when a host policy could select it.
     host = any(s.node_subject is not None for p in policies for s in p.specs) or bool(args.node_label)
     state = compile_state(policies, endpoints, stack=stack, host_labels=node_labels(args.node_label) if host else None)
-    result = trace(state, src, dst, port, proto, http, _sni(args.sni))
+    result = trace(state, src, dst, port, proto, http, _sni(args.sni), args.dns_name)
     if args.output == "json":
         print(json.dumps(result.to_dict() | {"notes": notes}, indent=2))
     else:

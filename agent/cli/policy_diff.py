@@ -37,6 +37,8 @@ from policy.errors import CiliateError
 from policy.families import Stack
 from policy.labels import selector_key_problem, value_problem
 from policy.load import load_paths
+from policy.fqdn_resolve import names_from_flags
+from policy.fqdn_resolve import resolve_all as resolve_fqdns_all
 from policy.services import resolve_all
 from policy.model import Policy
 from policy.trace import TLSHello
@@ -71,6 +73,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
         "--node-label", action="append", default=[], metavar="KEY=VALUE",
         help="a label of the node (host policies' nodeSelector): the node is then an endpoint of the diff, `host`",
     )
+    d.add_argument(
+        "--resolve", action="append", default=[], metavar="NAME=ADDR[,ADDR]",
+        help="what NAME resolves to, as the DNS proxy would have learned it, for toFQDNs in both sets; repeat for more",
+    )
     d.add_argument("--observed", action="store_true", help="replay the flows the agent saw recently against --new")
     d.add_argument("--since", type=float, metavar="SECONDS", help="with --observed: only the last SECONDS (default: all the agent keeps)")
     d.add_argument("--socket", default=str(default_socket()), help="agent API socket (env CILIATE_SOCKET)")
@@ -87,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
 
 
-def _policies(paths: list[str], which: str) -> list[Policy]:
+def _policies(paths: list[str], which: str, resolve: list[str] | None = None) -> list[Policy]:
     res = load_paths(paths)
     if not res.ok:
         for e in res.errors:
@@ -97,6 +103,12 @@ def _policies(paths: list[str], which: str) -> list[Policy]:
         print(f"warning: {w}", file=sys.stderr)
     # No Service source here: a toServices peer selects nothing (said on stderr).
     policies, notes = resolve_all(res.policies, None)
+    try:
+        names = names_from_flags(resolve or [])
+    except ValueError as e:
+        raise CiliateError(str(e)) from None
+    policies, fqdn_notes = resolve_fqdns_all(policies, names)
+    notes += fqdn_notes
     for n in notes:
         print(f"note: {which} policies: {n}", file=sys.stderr)
     return policies
@@ -148,7 +160,7 @@ def _agent_endpoints(client: "AgentClient") -> list[Endpoint]:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    new = _policies(args.new, "new")
+    new = _policies(args.new, "new", args.resolve)
     stack = Stack(args.stack)
     if args.observed:
         with _agent_client(args.socket) as client:
@@ -162,7 +174,7 @@ def _diff(args: argparse.Namespace) -> int:
         return EXIT_CHANGED if report.changed else EXIT_SAME
     if not args.old:
         raise CiliateError("--old is required (or use --observed)")
-    old = _policies(args.old, "old")
+    old = _policies(args.old, "old", args.resolve)
     if args.endpoints:
         eps = load_endpoints(args.endpoints)
     else:

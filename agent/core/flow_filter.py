@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from agent.core.models import FlowEvent
 
-FLOW_TYPES = ("drop", "forward", "redirect", "audit", "l7", "policy-verdict", "agent")
+FLOW_TYPES = ("drop", "forward", "redirect", "audit", "l7", "dns", "policy-verdict", "agent")
 # What users type -> the verdict an event carries. Kernel events say drop /
 # forward / redirect, L7 events forwarded / denied; hubble says DROPPED and
 # FORWARDED. Each spelling is accepted, case-insensitively.

@@ -217,14 +217,28 @@ class AgentMetrics:
         self.proxy_publishes = Counter(
             "ciliate_proxy_publishes", "Publishes of a new L7 configuration to Envoy, by outcome (acked, rejected, timeout)", ["outcome"], registry=r
         )
-        for rule in L7_RULES:  # present from the start, so rate() sees the first request
-            self.policy_l7.labels(rule, "http")
+        self.dns_reply = Histogram(
+            "ciliate_proxy_upstream_reply_seconds",
+            "DNS proxy: from a query to the answer the pod gets (resolver, learning, kernel write), by outcome",
+            ["outcome"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.fqdn_names = Gauge("ciliate_fqdn_active_names", "Names the DNS proxy holds addresses for (all endpoints)", registry=r)
+        self.fqdn_ips = Gauge("ciliate_fqdn_active_ips", "Addresses toFQDNs selectors may select (all names)", registry=r)
+        for proxy_type in ("http", "dns"):
+            for rule in L7_RULES:  # present from the start, so rate() sees the first request
+                self.policy_l7.labels(rule, proxy_type)
         r.register(_ScrapeTime(self))
 
     def observe_l7(self, verdict: str | None) -> None:
         self.policy_l7.labels("received", "http").inc()
         rule = {"denied": "denied", "audit": "audited"}.get(verdict or "", "forwarded")
         self.policy_l7.labels(rule, "http").inc()
+
+    def observe_dns(self, outcome: str, seconds: float) -> None:
+        """One query the DNS proxy answered: allowed, denied, malformed or overload."""
+        self.policy_l7.labels("received", "dns").inc()
+        self.policy_l7.labels("forwarded" if outcome == "allowed" else "denied", "dns").inc()
+        self.dns_reply.labels(outcome).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -307,7 +307,7 @@ class BpfPolicyDump(_Model):
     entries: list[BpfPolicyEntry]
 
 
-FlowType = Literal["drop", "forward", "redirect", "audit", "l7", "policy-verdict", "agent"]
+FlowType = Literal["drop", "forward", "redirect", "audit", "l7", "dns", "policy-verdict", "agent"]
 
 
 class FlowEvent(BaseModel):
@@ -339,6 +339,10 @@ class FlowEvent(BaseModel):
     method: str | None = None
     path: str | None = None
     status: int | None = None
+    dns_name: str | None = Field(default=None, description="DNS events: the name asked for (canonical)")
+    dns_type: str | None = Field(default=None, description="DNS events: the query type (A, AAAA, ...)")
+    dns_rcode: str | None = Field(default=None, description="DNS events: the answer's code (NOERROR, REFUSED, ...)")
+    dns_addresses: list[str] | None = Field(default=None, description="DNS events: the answer's addresses")
     summary: str | None = None
 
 

@@ -80,7 +80,8 @@ def node() -> Iterator[Node]:
             n.serve_deathstar(name, 80)
         records = [f"--host-record={name},{HOSTS[host][0]},{ttl}" for name, (host, ttl) in RECORDS.items()]
         proc = n.spawn("dns", [exe, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-                               "--bind-interfaces", f"--listen-address={dns_pod.ip}", "--port=53", "--pid-file=",
+                               "--bind-interfaces", f"--listen-address={dns_pod.ip}",
+                               *([f"--listen-address={dns_pod.ip6}"] if dns_pod.ip6 else []), "--port=53", "--pid-file=",
                                "--user=root", *records])
         deadline = time.monotonic() + 30
         while query(n, "allowed.test").get("rcode") != "NOERROR":
@@ -89,10 +90,10 @@ def node() -> Iterator[Node]:
         yield n
 
 
-def query(node: Node, name: str, tcp: bool = False) -> dict:
+def query(node: Node, name: str, tcp: bool = False, server: str | None = None) -> dict:
     out = subprocess.run(
         ["ip", "netns", "exec", node.pods["client"].netns, sys.executable, "-m", "tests.agent.dns_peer",
-         node.pods["dns"].ip, name, *(["--tcp"] if tcp else [])],
+         server or node.pods["dns"].ip, name, *(["--tcp"] if tcp else [])],
         capture_output=True, text=True, timeout=60,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -131,6 +132,16 @@ def test_a_pod_reaches_the_names_it_may_resolve_and_nothing_else(node: Node, tmp
     assert get(node, "allowed").get("status") == 200
     assert "error" in get(node, "other"), "a name's answer opens its own addresses only"
     assert cached(node) == {"allowed.test.": {HOSTS["allowed"][0]}}
+
+    # `ciliate monitor` (and the flow history) show each query with its verdict.
+    dns = [e for e in node.api_get("/v1/flows/history")["events"] if e["type"] == "dns"]
+    refused = [e for e in dns if e.get("dns_name") == "other.test."]
+    admitted = [e for e in dns if e.get("dns_name") == "allowed.test."]
+    client = node.pods["client"]
+    assert refused and refused[0]["verdict"] == "denied" and refused[0]["dns_rcode"] == "REFUSED", refused
+    assert admitted and admitted[-1]["verdict"] == "forwarded" and admitted[-1]["dns_addresses"] == [HOSTS["allowed"][0]]
+    assert admitted[-1]["src_endpoint_id"] == client.endpoint_id and admitted[-1]["dst_ip"] == node.pods["dns"].ip
+    assert admitted[-1]["dst_labels"] and "k8s:app=dns" in admitted[-1]["dst_labels"]
 
     tcp = query(node, "allowed.test", tcp=True)  # DNS over TCP takes the same path
     assert tcp.get("rcode") == "NOERROR" and tcp["addresses"] == [HOSTS["allowed"][0]], tcp
@@ -183,3 +194,16 @@ def test_learned_names_survive_an_agent_restart(node: Node, tmp_path: Path) -> N
     node.start_agent()
     assert get(node, "allowed").get("status") == 200, "a name resolved before the restart is still admitted"
     assert cached(node) == {"allowed.test.": {HOSTS["allowed"][0]}}
+
+
+def test_dns_over_ipv6_takes_the_same_path(node: Node, tmp_path: Path) -> None:
+    """A dual-stack pod asking the resolver's IPv6 address: redirected to the
+    proxy's [::1] sockets, judged by the same rules."""
+    resolver6 = node.pods["dns"].ip6
+    assert resolver6 and node.pods["client"].ip6, "the node's pods are dual-stack"
+    apply(node, tmp_path, BY_NAME)
+    for tcp in (False, True):
+        assert query(node, "other.test", tcp, resolver6).get("rcode") == "REFUSED"
+        got = query(node, "allowed.test", tcp, resolver6)
+        assert got.get("rcode") == "NOERROR" and got["addresses"] == [HOSTS["allowed"][0]], got
+    assert get(node, "allowed").get("status") == 200

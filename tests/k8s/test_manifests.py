@@ -327,3 +327,31 @@ def test_the_schema_types_from_nodes_as_the_agent_reads_it(rule, ok):
     doc = copy.deepcopy(BASE)
     doc["spec"]["ingress"] = [rule]
     assert _agent_ok(doc) is ok and _schema_ok(doc) is ok
+
+
+FQDN_ITEMS = [
+    {"toFQDNs": [{"matchName": "api.example.com"}, {"matchPattern": "*.example.com"}],
+     "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]},
+    {"toEndpoints": [{"matchLabels": {"k8s-app": "kube-dns"}}],
+     "toPorts": [{"ports": [{"port": "53", "protocol": "ANY"}], "rules": {"dns": [{"matchPattern": "**.example.com"}]}}]},
+]
+
+
+@pytest.mark.parametrize("item", FQDN_ITEMS)
+@pytest.mark.parametrize("kind", ["CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy"])
+def test_the_schema_accepts_to_fqdns_and_dns_rules_as_the_agent_does(kind, item):
+    for in_specs in (False, True):
+        doc = _rule_doc(kind, "egress", item, in_specs)
+        assert _agent_ok(doc) and _schema_ok(doc, kind)
+
+
+@pytest.mark.parametrize("item", [
+    pytest.param({"toFQDNs": [{"matchName": "api example.com"}]}, id="name-with-space"),
+    pytest.param({"toFQDNs": [{"matchPattern": "a/b.com"}]}, id="pattern-with-slash"),
+    pytest.param({"toFQDNs": [{"matchName": 3}]}, id="name-not-a-string"),
+    pytest.param({"toPorts": [{"ports": [{"port": "53"}], "rules": {"dns": [{"matchName": "a..b;"}]}}]}, id="dns-bad-name"),
+])
+def test_the_schema_refuses_bad_names_as_the_agent_does(item):
+    bad = _rule_doc("CiliumNetworkPolicy", "egress", item)
+    assert not _agent_ok(bad), "the agent accepts it: the schema must not refuse it"
+    assert not _schema_ok(bad)

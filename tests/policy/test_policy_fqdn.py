@@ -6,8 +6,12 @@ any pod asked (fail closed)."""
 
 from __future__ import annotations
 
+import json
 from ipaddress import ip_address
 
+import pytest
+
+from agent.cli import main
 from policy.compiled import DNS_PROXY_PORT, Direction, L7Kind, Protocol, Verdict, lookup
 from policy.compiler import compile_state
 from policy.endpoint import Endpoint
@@ -109,3 +113,80 @@ def test_an_l4_allow_beside_a_dns_rule_lets_that_peer_ask_anything():
     other = state.endpoints[3].identity
     admitted = [r.dns for r in dns.peer_rules if other in r.identities]
     assert any(r.matches("anything.example") for r in admitted)
+
+
+# ---------------------------------------------------------------- trace (CLI)
+
+
+def trace_cli(capsys, tmp_path, *argv: str) -> tuple[int, dict]:
+    f = tmp_path / "fqdn.yaml"
+    f.write_text(POLICY)
+    rc = main(["policy", "trace", "--policies", str(f), "--src", "labels:app=client", "-o", "json", *argv])
+    out = capsys.readouterr()
+    return rc, json.loads(out.out) if out.out.strip() else {"err": out.err}
+
+
+@pytest.mark.parametrize("name, allowed", [("allowed.test", True), ("ALLOWED.TEST.", True), ("x.cdn.test", True),
+                                           ("other.test", False), ("a.b.cdn.test", False)])
+def test_trace_judges_a_dns_query_by_the_dns_rules(capsys, tmp_path, name, allowed):
+    rc, got = trace_cli(capsys, tmp_path, "--dst", "labels:app=dns", "--dport", "53/UDP", "--dns-name", name)
+    assert (rc == 0) is allowed and got["verdict"] == ("allowed" if allowed else "denied"), got
+    assert got["layer"] == "l7" and got["redirected"]
+
+
+def test_trace_takes_a_destination_name_with_the_addresses_it_resolves_to(capsys, tmp_path):
+    rc, got = trace_cli(capsys, tmp_path, "--dst", "fqdn:Allowed.test", "--resolve", "allowed.test=192.0.2.10",
+                        "--dport", "80")
+    assert rc == 0 and got["verdict"] == "allowed", got
+    rc, got = trace_cli(capsys, tmp_path, "--dst", "ip:192.0.2.10", "--dport", "80")
+    assert rc == 1 and any("selects nothing yet" in n for n in got["notes"]), "unresolved, the name admits nothing"
+    rc, got = trace_cli(capsys, tmp_path, "--dst", "fqdn:allowed.test", "--dport", "80")
+    assert rc == 2 and "--resolve" in got["err"]
+
+
+# ---------------------------------------------------------------- diff
+
+def test_diff_reports_dns_names_added_and_removed_with_a_query_trace_agrees_with():
+    from policy.diff import diff_policies
+    from policy.diff_report import rule_text
+    from policy.trace import Party, trace
+
+    def policy(names: str) -> list:
+        text = POLICY.replace("dns: [{matchName: Allowed.Test.}, {matchPattern: \"*.cdn.test\"}]", f"dns: [{names}]")
+        return [resolve(p, {}).policy for p in load_text(text, "fqdn.yaml").policies]
+
+    old = policy('{matchName: allowed.test}, {matchPattern: "*.cdn.test"}')
+    new = policy('{matchName: allowed.test}, {matchPattern: "**.other.test"}')
+    eps = [CLIENT, RESOLVER, OTHER_POD]
+    d = diff_policies(old, new, eps)
+    got = {(c.change, rule_text(c.http_rule), c.old, c.new, c.sample.name) for c in d.changes if c.layer == "l7"}
+    assert got == {
+        ("removed", "DNS for allowed.test., *.cdn.test.", "allowed", "denied", "x.cdn.test."),
+        ("added", "DNS for allowed.test., **.other.test.", "denied", "allowed", "x.y.other.test."),
+    }, got
+    old_state, new_state = compile_state(old, eps), compile_state(new, eps)
+    for c in d.changes:
+        for state, want in ((old_state, c.old), (new_state, c.new)):
+            r = trace(state, Party.endpoint(1), Party.endpoint(2), 53, c.protocol, dns_name=c.sample.name)
+            assert r.verdict == want, (c, r.reason)
+
+
+def test_replaying_observed_dns_queries_against_new_rules():
+    """`policy diff --observed`: a DNS event (the proxy's monitor line) is
+    judged again by the proposed DNS rules."""
+    from agent.core.models import FlowEvent
+    from policy.diff_observed import replay
+
+    _, state = compiled({})
+
+    def ev(name: str, verdict: str) -> FlowEvent:
+        return FlowEvent(time=1.0, type="dns", protocol="UDP", src_ip="10.0.0.1", dst_ip="10.0.0.2", dst_port=53,
+                         verdict=verdict, dns_name=name)
+
+    report = replay([ev("allowed.test.", "forwarded"), ev("other.test.", "forwarded"), ev("x.cdn.test.", "denied"),
+                     FlowEvent(time=1.0, type="dns", src_ip="10.0.0.1", dst_ip="10.0.0.2", dst_port=53, verdict="dropped")],
+                    state)
+    assert report.replayed == 3 and report.unchanged == 1
+    got = {(g.key.old, g.key.new, g.example) for g in report.changed}
+    assert got == {("allowed", "denied", "DNS query for other.test."), ("denied", "allowed", "DNS query for x.cdn.test.")}
+    assert sum(report.skipped.values()) == 1
