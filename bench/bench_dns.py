@@ -166,6 +166,8 @@ def main() -> None:
               f"connect p50 {pct(r['connect_ms'], 0.5):5.2f} ms  failed {r['failed']}/{r['names']}")
     print(f"  a new name's answer waits p50 {pct(new['query_ms'], 0.5) - pct(known['query_ms'], 0.5):+.2f} ms for its "
           f"address to be admitted; connects refused after a released answer: {new['failed']}")
+    if new["failures"]:
+        print(f"  first refused connects (name, query ms, error): {new['failures'][:5]}")
     print(f"agent RSS after the run: {rss / 2**20:.1f} MiB")
 
 

@@ -75,6 +75,7 @@ async def fresh(server: str, names: list[str], port: int, timeout: float) -> dic
     query_ms: list[float] = []
     connect_ms: list[float] = []
     failed = 0
+    failures: list[tuple[str, float, str]] = []  # name, query ms, why
     loop = asyncio.get_running_loop()
     for name in names:
         took, data = await _ask(server, name, timeout)
@@ -94,11 +95,13 @@ async def fresh(server: str, names: list[str], port: int, timeout: float) -> dic
             # No retransmission within the bound: a dropped SYN is a failure.
             await asyncio.wait_for(loop.sock_connect(s, (addrs[0], port)), 0.9)
             connect_ms.append((time.perf_counter() - t0) * 1000)
-        except (OSError, asyncio.TimeoutError):
+        except (OSError, asyncio.TimeoutError) as e:
             failed += 1
+            failures.append((name, round(took * 1000, 2), type(e).__name__))
         finally:
             s.close()
-    return {"names": len(names), "query_ms": query_ms, "connect_ms": connect_ms, "failed": failed}
+    return {"names": len(names), "query_ms": query_ms, "connect_ms": connect_ms, "failed": failed,
+            "failures": failures[:20]}
 
 
 def main() -> None:

@@ -12,7 +12,8 @@
  * from_container hands the pod's replies back to the proxy's socket.
  *
  * Order: conntrack first (established flows and replies pass; a redirected
- * flow stays redirected), then policy. A TCP SYN without ACK is always a new
+ * TCP flow stays redirected, a UDP flow's redirect follows the current
+ * policy: udp_follow_policy), then policy. A TCP SYN without ACK is always a new
  * connection and is policed again even when its 5-tuple is still tracked.
  * Established flows are kept across a policy change that denies new ones (as
  * Cilium does): they end when the connection closes or its entry expires.
@@ -142,6 +143,49 @@ static __always_inline int restore_upstream_reply(struct __sk_buff *skb, struct 
 	return reply_to_proxy_upstream(skb);
 }
 
+/* A UDP datagram of a tracked flow, leaving the pod. UDP has no connection
+ * for a proxy to hold, so where a datagram goes follows the current egress
+ * policy, not the verdict its tuple got first: a DNS rule added after the pod
+ * opened its socket sends the next query to the DNS proxy, and a removed one
+ * sends it straight to the resolver again (Cilium keeps the first verdict
+ * for the flow's life: cilium/cilium#17459). Only the redirect follows; an
+ * allowed flow that policy now denies keeps running until it idles out, as
+ * any established flow does. Both entries keep the port, so a restored or
+ * reply lookup agrees. */
+static __always_inline int udp_follow_policy(struct __sk_buff *skb, struct pkt *p, struct ev_ctx *c,
+					     struct ct_value *ctv, struct lxc_key *self_key, __u32 endpoint_id,
+					     __u64 now)
+{
+	struct lxc_value *self = p->v6 ? lxc_of(p, SIDE_SRC) : lxc.lookup(self_key);
+	struct verdict eg = {};
+	struct ct_value *twin;
+	__u16 port;
+
+	if (!self)
+		return drop(p, c, R_ENDPOINT_UNKNOWN);
+	c->src_identity = self->identity;
+	c->dst_identity = identity_of(p, SIDE_DST);
+	c->direction = 1;
+	policy_decide(endpoint_id, self->flags & LXC_F_EGRESS_ENFORCED, c->dst_identity, 1, p, &eg);
+	port = eg.verdict == VERDICT_REDIRECT ? eg.proxy_port : 0;
+	if (port != ctv->proxy_port || !(ctv->flags & CT_F_REDIRECT) != !port) {
+		ctv->flags = port ? (ctv->flags | CT_F_REDIRECT) : (ctv->flags & ~CT_F_REDIRECT);
+		ctv->proxy_port = port;
+		twin = ct_find(p, 1, now, CT_SCOPE_FLOW);
+		if (twin) {
+			twin->flags = port ? (twin->flags | CT_F_REDIRECT) : (twin->flags & ~CT_F_REDIRECT);
+			twin->proxy_port = port;
+		}
+		if (port)
+			emit_event(p, c, EV_REDIRECT, R_POLICY_REDIRECT, port);
+	}
+	if (!port)
+		return pass_decided(skb);
+	if (redirect_to_proxy(skb, p, port) == 0)
+		return TC_ACT_OK;
+	return drop(p, c, R_PROXY_NOT_LISTENING);
+}
+
 static __always_inline int parse_or_verdict(struct __sk_buff *skb, struct pkt *p, struct ev_ctx *c)
 {
 	int r = parse_packet(skb, p);
@@ -238,6 +282,8 @@ int from_container(struct __sk_buff *skb)
 		}
 		if (ctv) {
 			ct_refresh(ctv, &p, now, CT_SCOPE_FLOW);
+			if (p.protocol == IPPROTO_UDP && !(ctv->flags & CT_F_REPLY))
+				return udp_follow_policy(skb, &p, &c, ctv, &self_key, endpoint_id, now);
 			/* replies, and flows that were not redirected, pass */
 			if ((ctv->flags & (CT_F_REDIRECT | CT_F_REPLY)) != CT_F_REDIRECT)
 				return pass_decided(skb);

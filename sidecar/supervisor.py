@@ -48,7 +48,10 @@ ADMIN_HOST = "http://envoy-admin"  # any name: the transport goes to the unix so
 def admin_client(socket_path: str | Path, timeout: float = 5.0) -> httpx.AsyncClient:
     """An HTTP client for the Envoy admin API at this unix socket; request
     paths are relative (`await client.get("/ready")`)."""
-    transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+    # Plain HTTP on a unix socket: TLS never runs, and without verify=False
+    # httpx loads the system CA bundle for every client, 34 ms of blocked
+    # event loop each time (the agent checks Envoy's listeners every second).
+    transport = httpx.AsyncHTTPTransport(uds=str(socket_path), verify=False)
     return httpx.AsyncClient(transport=transport, base_url=ADMIN_HOST, timeout=timeout)
 
 

@@ -313,3 +313,42 @@ def test_udp_redirect_without_a_proxy_socket_drops_with_reason(dp_node):
     finally:
         real.close()
         client.close()
+
+
+def test_a_udp_flows_redirect_follows_the_current_policy_both_ways(dp_node):
+    """A DNS rule that arrives after the pod opened its socket redirects the
+    next datagram on that socket; once the rule goes, the next one reaches
+    the server again (a redirect is not kept for the tuple's life)."""
+    from policy.compiled import Protocol
+
+    UDP = Protocol.UDP
+    a, b = dp_node.ep("a"), dp_node.ep("b")
+    plain = [endpoint(a, [rule(257, EGRESS, UDP, 53)], ingress=False), endpoint(b, [rule(256, INGRESS, UDP, 53)], egress=False)]
+    redirected = [endpoint(a, [rule(257, EGRESS, UDP, 53, Verdict.REDIRECT, UDP_PROXY_PORT)], ingress=False),
+                  endpoint(b, [rule(256, INGRESS, UDP, 53)], egress=False)]
+    lst = dp_node.node.socket(socket.SOCK_DGRAM)
+    lst.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+    lst.bind(("127.0.0.1", UDP_PROXY_PORT))
+    lst.settimeout(2.0)
+    real = b.pod.socket(socket.SOCK_DGRAM)
+    real.bind(("0.0.0.0", 53))
+    real.settimeout(2.0)
+    client = a.pod.socket(socket.SOCK_DGRAM)
+    client.settimeout(2.0)
+    dst = (str(b.pod.ip), 53)
+    try:
+        dp_node.dp.apply(state(1, plain))
+        client.sendto(b"one", dst)
+        assert real.recvfrom(64)[0] == b"one"
+        dp_node.dp.apply(state(2, redirected))
+        client.sendto(b"two", dst)  # the same socket, the same tuple
+        assert lst.recvfrom(64)[0] == b"two", "the redirect added since applies to the tracked flow"
+        dp_node.dp.apply(state(3, plain))
+        client.sendto(b"three", dst)
+        assert real.recvfrom(64)[0] == b"three", "a removed redirect no longer holds the flow"
+        lst.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            lst.recvfrom(64)
+    finally:
+        for s in (lst, real, client):
+            s.close()
