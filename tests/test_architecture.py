@@ -43,10 +43,13 @@ def test_no_import_circle_in_the_demo():
 
 
 def test_the_image_copies_every_package_the_project_installs():
-    """deploy/Dockerfile copies the packages one by one: a new package left
-    out builds an image whose agent cannot start (the compose demo and the
-    DaemonSet would fail at the first import)."""
+    """deploy/Dockerfile copies the packages one by one from a build context
+    .dockerignore lists: a new package left out of either builds no image, or
+    one whose agent cannot start (the compose demo and the DaemonSet)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
     copied = set(re.findall(r"^COPY (\w+) \./\1$", (ROOT / "deploy" / "Dockerfile").read_text(), re.M))
     assert packages <= copied, f"deploy/Dockerfile does not copy {sorted(packages - copied)}"
+    # .dockerignore excludes everything but what it names: the build context must hold them.
+    in_context = set(re.findall(r"^!(\w+)/$", (ROOT / ".dockerignore").read_text(), re.M))
+    assert packages <= in_context, f".dockerignore leaves {sorted(packages - in_context)} out of the build context"

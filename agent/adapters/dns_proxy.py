@@ -18,6 +18,8 @@ socket's own address. For each query (dnsproxy/forwarder.py's Pipeline):
   `release_delay` (Cilium's --tofqdns-proxy-response-max-delay, 100 ms);
 - an answer naming a cluster address (a pod, a node, the host) teaches
   nothing: a name never opens the cluster (policy/fqdn_peers.py);
+- an address leaves when its TTL has passed and no live connection of the
+  endpoint (conntrack, read only when something is due) still goes to it;
 - the answer goes back from a transparent socket bound to the original
   destination, so the pod sees the resolver's address and port.
 
@@ -49,7 +51,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from agent.core.models import FlowEvent, FQDNCacheEntry, FQDNCacheList
-from dnsproxy.cache import DEFAULT_MAX_PER_NAME, FQDNCache
+from dnsproxy.cache import DEFAULT_MAX_PER_NAME, Address, FQDNCache
 from dnsproxy.forwarder import (
     Addr,
     DNSEvent,
@@ -366,11 +368,27 @@ class DNSProxy:
 
     # -- expiry and restart
 
+    async def _in_use(self, state: CompiledState | None, now: float) -> Callable[[int, Address], bool]:
+        """Whether an endpoint still has a live connection to an address, for
+        the addresses due to expire (read from conntrack only when some are)."""
+        if state is None or not any(e.expired for e in self.cache.entries(now)):
+            return lambda _e, _a: False
+        try:
+            live = await self.agent.datapath.connections()
+        except Exception as e:  # keep them rather than cut on a failed read
+            log.warning("DNS cache expiry: reading conntrack failed (%s); expired names kept for now", e)
+            return lambda _e, _a: True
+        sources: dict[int, tuple[str, ...]] = {
+            eid: tuple(str(a) for a in (ep.ipv4, ep.ipv6) if a is not None) for eid, ep in state.endpoints.items()
+        }
+        return lambda eid, addr: any((src, str(addr)) in live for src in sources.get(eid, ()))
+
     async def _expire_loop(self) -> None:
         while True:
             await asyncio.sleep(EXPIRY_INTERVAL)
             state = self._state()
-            changed = bool(self.cache.expire(time.time()))
+            now = time.time()
+            changed = bool(self.cache.expire(now, await self._in_use(state, now)))
             if state is not None:
                 for eid in {e.endpoint_id for e in self.cache.entries(time.time())} - set(state.endpoints):
                     changed |= bool(self.cache.forget_endpoint(eid))

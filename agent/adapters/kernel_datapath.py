@@ -37,6 +37,7 @@ from agent.core.ports import (
 )
 from policy.compiled import HOST_ENDPOINT_ID, CompiledState, protocol_name
 from redirect import bpfsys, counters, proxy_route, tc
+from redirect import conntrack as ct
 from redirect.datapath import BLOCK_NAME, Datapath
 from redirect.errors import MapFullError, PlumbingError
 from redirect.layout import DIR_NONE, EventVerdict, Hook, Reason
@@ -234,6 +235,16 @@ class KernelDatapath:
             maps = self._dp.maps
             fills = tuple(MapFill(f.name, f.entries, f.capacity) for f in counters.map_fill(maps))
             return DatapathCounters(verdict_counters(counters.read_verdict_counts(maps)), fills, self._upstream_ports())
+
+        return await asyncio.to_thread(read)
+
+    async def connections(self) -> set[tuple[str, str]]:
+        """(source, destination) addresses of every live tracked flow, in the
+        direction it was opened (the DNS proxy keeps a name's address while a
+        connection to it lives)."""
+        def read() -> set[tuple[str, str]]:
+            now = ct.clock_ns()
+            return {(str(e.saddr), str(e.daddr)) for e in ct.read(self._dp.maps) if not e.reply and e.live(now)}
 
         return await asyncio.to_thread(read)
 

@@ -360,6 +360,11 @@ class DatapathControl(Protocol):
         """The kernel's per-CPU verdict counters and every map's fill, now."""
         ...
 
+    async def connections(self) -> set[tuple[str, str]]:
+        """(source, destination) addresses of the live tracked flows, in the
+        direction each was opened."""
+        ...
+
 
 class ProxyRejected(Exception):
     """Envoy NACKed the configuration; `detail` is Envoy's own error text."""

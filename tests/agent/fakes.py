@@ -228,6 +228,7 @@ def compiler_factory(store: list[FakeCompiler]):
 class FakeDatapath:
     def __init__(self) -> None:
         self.setups = 0
+        self.live_connections: set[tuple[str, str]] = set()  # what connections() reports
         self.attached: dict[int, tuple[str, IPv4Address | None, int]] = {}
         self.attached6: dict[int, IPv6Address | None] = {}
         self.detached: list[int] = []
@@ -253,6 +254,9 @@ class FakeDatapath:
         """Packets the fake kernel counted, as bpf/lib/events.h does."""
         key = (verdict, reason, direction)
         self.verdict_counts[key] = self.verdict_counts.get(key, 0) + packets
+
+    async def connections(self) -> set[tuple[str, str]]:
+        return set(self.live_connections)
 
     async def counters(self) -> DatapathCounters:
         verdicts = tuple(VerdictCounter(v, r, d, n) for (v, r, d), n in sorted(self.verdict_counts.items()))
