@@ -56,8 +56,9 @@ spec:
     - ports: [{port: "80", protocol: TCP}]
       rules: {http: [{method: GET, path: "/v1"}]}
 """
-BY_NAME = POLICY.replace("DNS_RULES", "{matchName: allowed.test}, {matchName: API.test.}, {matchName: short.test}").replace(
-    "FQDNS", "{matchName: allowed.test}, {matchName: short.test}")
+BY_NAME = POLICY.replace(
+    "DNS_RULES", "{matchName: allowed.test}, {matchName: API.test.}, {matchName: short.test}, {matchName: pod.test}",
+).replace("FQDNS", "{matchName: allowed.test}, {matchName: short.test}, {matchName: pod.test}")
 BY_PATTERN = POLICY.replace("DNS_RULES", '{matchPattern: "*.test"}').replace("FQDNS", '{matchPattern: "*.test"}')
 
 
@@ -79,6 +80,10 @@ def node() -> Iterator[Node]:
             n.add_host(name, address, gateway)
             n.serve_deathstar(name, 80)
         records = [f"--host-record={name},{HOSTS[host][0]},{ttl}" for name, (host, ttl) in RECORDS.items()]
+        # A name the resolver points at a pod (the resolver's own): a name
+        # must never open a cluster address.
+        records.append(f"--host-record=pod.test,{dns_pod.ip},3600")
+        n.serve_deathstar("dns", 80)
         proc = n.spawn("dns", [exe, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
                                "--bind-interfaces", f"--listen-address={dns_pod.ip}",
                                *([f"--listen-address={dns_pod.ip6}"] if dns_pod.ip6 else []), "--port=53", "--pid-file=",
@@ -222,3 +227,12 @@ def test_dns_over_ipv6_takes_the_same_path(node: Node, tmp_path: Path) -> None:
         got = query(node, "allowed.test", tcp, resolver6)
         assert got.get("rcode") == "NOERROR" and got["addresses"] == [HOSTS["allowed"][0]], got
     assert get(node, "allowed").get("status") == 200
+
+
+def test_a_name_answered_with_a_pods_address_does_not_open_that_pod(node: Node, tmp_path: Path) -> None:
+    apply(node, tmp_path, BY_NAME)
+    dns_ip = node.pods["dns"].ip
+    got = query(node, "pod.test")
+    assert got.get("rcode") == "NOERROR" and got["addresses"] == [dns_ip], got  # the pod sees the answer...
+    assert "error" in node.request("client", "GET", dns_ip, "/v1", timeout=1.0), "...but may not connect to the pod by name"
+    assert "pod.test." not in cached(node)
