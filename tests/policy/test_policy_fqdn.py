@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from ipaddress import ip_address
+from pathlib import Path
 
 import pytest
 
@@ -190,3 +191,26 @@ def test_replaying_observed_dns_queries_against_new_rules():
     got = {(g.key.old, g.key.new, g.example) for g in report.changed}
     assert got == {("allowed", "denied", "DNS query for other.test."), ("denied", "allowed", "DNS query for x.cdn.test.")}
     assert sum(report.skipped.values()) == 1
+
+
+# ---------------------------------------------------------------- the example
+
+@pytest.mark.parametrize("argv, verdict", [
+    (["--dst", "labels:k8s-app=kube-dns,k8s:io.kubernetes.pod.namespace=kube-system", "--dport", "53/UDP",
+      "--dns-name", "storage.example.com"], "allowed"),
+    (["--dst", "labels:k8s-app=kube-dns,k8s:io.kubernetes.pod.namespace=kube-system", "--dport", "53/TCP",
+      "--dns-name", "a.b.example.com"], "allowed"),
+    (["--dst", "labels:k8s-app=kube-dns,k8s:io.kubernetes.pod.namespace=kube-system", "--dport", "53/UDP",
+      "--dns-name", "example.org"], "denied"),
+    (["--dst", "ip:8.8.8.8", "--dport", "53/UDP", "--dns-name", "storage.example.com"], "denied"),
+    (["--dst", "fqdn:storage.example.com", "--resolve", "storage.example.com=203.0.113.7", "--dport", "443"], "allowed"),
+    (["--dst", "fqdn:img.cdn.example.com", "--resolve", "img.cdn.example.com=203.0.113.8", "--dport", "443"], "allowed"),
+    (["--dst", "fqdn:a.img.cdn.example.com", "--resolve", "a.img.cdn.example.com=203.0.113.9", "--dport", "443"],
+     "denied"),
+    (["--dst", "ip:203.0.113.7", "--dport", "443"], "denied"),
+])
+def test_the_dns_example_behaves_as_documented(capsys, argv, verdict):
+    example = Path(__file__).resolve().parents[2] / "examples" / "cilium" / "dns-fqdn.yaml"
+    rc = main(["policy", "trace", "--policies", str(example), "--src", "labels:app=uploader", "-o", "json", *argv])
+    got = json.loads(capsys.readouterr().out)
+    assert got["verdict"] == verdict and rc == (0 if verdict == "allowed" else 1), got["reason"]
