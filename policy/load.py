@@ -2,7 +2,9 @@
 
 The only module of `policy/` that does I/O: it reads the files it is given.
 Directories are walked recursively over *.yaml, *.yml and *.json (sorted, so
-order is reproducible). A file may hold several documents; a bad file or
+order is reproducible). A file may hold several documents; a policy test
+(`ciliate.io/v1 PolicyTest`, policy/flow_tests.py) is skipped, so tests can
+live beside their policies; a bad file or
 document is reported and skipped, the good ones still load. When two
 documents define the same policy key, the later one in load order replaces
 the earlier (as `kubectl apply` of both would) and a warning says so.
@@ -24,6 +26,9 @@ from policy.model import Policy
 from policy.parse import parse_object
 
 EXTENSIONS = (".yaml", ".yml", ".json")
+# A policy test's document (policy/flow_tests.py): skipped by the loader.
+TEST_API_VERSION = "ciliate.io/v1"
+TEST_KIND = "PolicyTest"
 INTERNAL_ERROR = "internal error while parsing (please report)"
 # Kubernetes caps one object near 1.5 MiB (etcd's request limit); a file may
 # hold several documents, so allow a few of those. A bigger file is refused
@@ -47,7 +52,7 @@ class _TooBig:
         self.size = size
 
 
-def _yaml_documents(text: str, limit: int) -> list[Any]:
+def yaml_documents(text: str, limit: int) -> list[Any]:
     """yaml.safe_load_all, but a document over `limit` bytes becomes a
     _TooBig instead of being built (its size is known once it is composed)."""
     loader = _SafeLoader(text)
@@ -75,6 +80,10 @@ class LoadResult:
         return not self.errors
 
 
+def is_test_document(doc: Any) -> bool:
+    return isinstance(doc, dict) and doc.get("apiVersion") == TEST_API_VERSION and doc.get("kind") == TEST_KIND
+
+
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
@@ -98,7 +107,7 @@ def load_text(text: str, source: str, is_json: bool = False, doc_limit: int = MA
             size = len(text.strip().encode())  # the object, not the whitespace around it
             docs = [_TooBig(size) if size > doc_limit else json.loads(text)]
         else:
-            docs = _yaml_documents(text, doc_limit)
+            docs = yaml_documents(text, doc_limit)
     except json.JSONDecodeError as e:
         out.errors.append(PolicyError(source, None, "", f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"))
         return out
@@ -119,6 +128,8 @@ def load_text(text: str, source: str, is_json: bool = False, doc_limit: int = MA
                 PolicyError(source, i if multi else None, "", f"document is {d.size} bytes, over the {doc_limit}-byte limit of a Kubernetes object")
             )
             continue
+        if is_test_document(d):
+            continue  # a PolicyTest (policy/flow_tests.py) beside the policies it tests: not a policy
         try:
             out.policies.append(parse_object(d, source, i if multi else None))
         except PolicyErrors as e:
