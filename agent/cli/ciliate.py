@@ -18,7 +18,7 @@ _POLICY_TOOLS = ("agent.cli.policy_commands", "agent.cli.policy_diff")
 _AGENT_COMMANDS = "agent.cli.agent_commands"  # the daemon and its client commands
 _DEMO = "demo.command"
 _ALL = (*_POLICY_TOOLS, _AGENT_COMMANDS, _DEMO)  # registration order: `policy get` joins the tools' parser
-_OFFLINE_POLICY = frozenset({"validate", "trace", "diff", "test"})
+_OFFLINE_POLICY = frozenset({"validate", "trace", "diff", "test", "suggest"})
 
 
 def _modules_for(argv: Sequence[str]) -> tuple[str, ...]:

@@ -44,9 +44,10 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     psub = pol.add_subparsers(dest="policy_command", metavar="SUBCOMMAND")
     pol.set_defaults(func=lambda _a: (pol.print_help(sys.stderr), 2)[1])
 
-    from agent.cli import policy_tests
+    from agent.cli import policy_suggest, policy_tests
 
     policy_tests.add_parser(psub)
+    policy_suggest.add_parser(psub)
     v = psub.add_parser(
         "validate",
         help="check policy files and directories",

@@ -7,12 +7,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from policy.errors import CiliateError, PolicyErrors
-from policy.flow_tests import Outcome, is_test_document, parse_test_document, run_case
-from policy.load import MAX_DOCUMENT_BYTES, LoadResult, load_paths, read_policy_file, yaml_documents
+from policy.load import MAX_DOCUMENT_BYTES, LoadResult, is_test_document, load_paths, read_policy_file, yaml_documents
+
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
+
+    from policy.flow_tests import Outcome
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -49,7 +53,10 @@ def _documents(path: Path) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    suites: list[tuple[str, list[Outcome]]] = []
+    # Imported here: `ciliate policy trace` registers this command too.
+    from policy.flow_tests import parse_test_document, run_case
+
+    suites: list[tuple[str, list["Outcome"]]] = []
     try:
         for name in args.files:
             path = Path(name)
@@ -82,12 +89,12 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _row(o: Outcome) -> dict:
+def _row(o: "Outcome") -> dict:
     return {"name": o.case.name, "flow": o.case.flow(), "expect": o.case.expect, "got": o.got,
             "passed": o.passed, "reason": o.reason}
 
 
-def _print(suites: list[tuple[str, list[Outcome]]], failed: int) -> None:
+def _print(suites: list[tuple[str, list["Outcome"]]], failed: int) -> None:
     total = 0
     for name, outs in suites:
         print(f"{name}:")
@@ -100,7 +107,9 @@ def _print(suites: list[tuple[str, list[Outcome]]], failed: int) -> None:
     print(f"{total - failed} passed, {failed} failed")
 
 
-def _junit(suites: list[tuple[str, list[Outcome]]]) -> ET.ElementTree:
+def _junit(suites: list[tuple[str, list["Outcome"]]]) -> "ET.ElementTree":
+    import xml.etree.ElementTree as ET
+
     root = ET.Element("testsuites")
     for name, outs in suites:
         failures = sum(not o.passed and o.got != "error" for o in outs)
