@@ -49,3 +49,16 @@ def run_trace(
 
 def get(method: str, path: str, host: str = "", **headers: str) -> HTTPRequest:
     return HTTPRequest(method, path, host, {k.replace("_", "-"): v for k, v in headers.items()})
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """`ciliate ARGV` in process: (exit code, stdout, stderr); never a traceback."""
+    from agent.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse usage errors
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+    return code, out.out, out.err

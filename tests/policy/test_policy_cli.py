@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from tests.policy.policytest_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 L7 = str(ROOT / "examples/starwars/2-l7.yaml")
@@ -20,14 +20,7 @@ XWING = "labels:org=alliance,class=xwing"
 DEATHSTAR = "labels:org=empire,class=deathstar"
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:  # argparse usage errors
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    assert "Traceback" not in out.out + out.err
-    return code, out.out, out.err
+run = run_cli
 
 
 def test_validate_examples_ok(capsys):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from policytest_helpers import policies
 
-from agent.cli import main
+from tests.policy.policytest_helpers import run_cli
 from agent.core.models import FlowEvent
 from policy.compiler import compile_state
 from policy.diff import diff_policies
@@ -36,14 +36,7 @@ NEW = cnp("p", "- toCIDRSet: [{cidr: '2001:db8::/32', except: ['2001:db8:bad::/4
                "  toPorts: [{ports: [{port: '443', protocol: TCP}]}]")
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    assert "Traceback" not in out.out + out.err
-    return code, out.out, out.err
+run = run_cli
 
 
 @pytest.fixture

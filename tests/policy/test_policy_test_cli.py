@@ -9,21 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from tests.policy.policytest_helpers import run_cli
 from policy.load import load_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 STARWARS_TESTS = ROOT / "examples" / "starwars" / "policy-tests.yaml"
 
 
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    assert "Traceback" not in out.out + out.err
-    return code, out.out, out.err
+run = run_cli
 
 
 def write(tmp_path: Path, body: str, policies: str = "[../examples/starwars/2-l7.yaml]") -> Path:
