@@ -19,6 +19,7 @@ from agent.core.models import FlowEvent
 from policy.compiler import compile_state
 from policy.diff_observed import replay
 from policy.endpoint import Endpoint
+from policy.families import Stack
 from policy.fqdn_resolve import resolve_all as resolve_fqdns
 from policy.load import load_text
 from policy.suggest import path_pattern, suggest
@@ -57,7 +58,7 @@ def compiled(docs: list[dict], names: dict | None = None):
     res = load_text(text, "suggested.yaml")
     assert res.ok, [str(e) for e in res.errors]
     policies, _ = resolve_fqdns(res.policies, names or {})
-    return compile_state(policies, endpoints(), host_ips=[IPv4Address("10.0.0.254")])
+    return compile_state(policies, endpoints(), host_ips=[IPv4Address("10.0.0.254")], stack=Stack.DUAL)
 
 
 TRAFFIC = [
@@ -163,3 +164,15 @@ def test_the_suggestion_admits_every_flow_it_came_from(flows, exact):
     state = compiled([s.document() for s in suggestions])
     report = replay(flows, state)
     assert report.changed == [], [(g.key, g.example) for g in report.changed]
+
+
+def test_ipv6_peers_are_suggested_as_128s():
+    flows = [ev("forward", 1, "2001:db8::7", 443), ev("forward", "2001:db8::9", 2, 8080)]
+    suggestions, _ = suggest(flows)
+    docs = {s.workload.name: s.document()["spec"] for s in suggestions}
+    assert docs["suggested-tiefighter"]["egress"] == [
+        {"toCIDR": ["2001:db8::7/128"], "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]}]
+    assert docs["suggested-deathstar"]["ingress"] == [
+        {"fromCIDR": ["2001:db8::9/128"], "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]
+    state = compiled([s.document() for s in suggestions])
+    assert replay(flows, state).changed == []
