@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,7 +84,11 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         for d in docs:
-            f = out / f"{d['metadata']['namespace']}-{d['metadata']['name']}.yaml"
+            # Labels are a tenant's to choose (the namespace one too, outside
+            # Kubernetes): the file name keeps only safe characters, so a
+            # namespace such as "../x" cannot write outside DIR.
+            stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{d['metadata']['namespace']}-{d['metadata']['name']}").lstrip(".")
+            f = out / f"{stem}.yaml"
             f.write_text(yaml.safe_dump(d, sort_keys=False))
             print(f"wrote {f}", file=sys.stderr)
     elif docs:

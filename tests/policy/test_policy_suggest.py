@@ -176,3 +176,16 @@ def test_ipv6_peers_are_suggested_as_128s():
         {"fromCIDR": ["2001:db8::9/128"], "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}]}]}]
     state = compiled([s.document() for s in suggestions])
     assert replay(flows, state).changed == []
+
+
+def test_a_hostile_namespace_label_cannot_write_outside_the_output_directory(capsys, tmp_path):
+    PODS[9] = (["k8s:app=evil", "k8s:io.kubernetes.pod.namespace=../../escaped"], "10.0.0.9")
+    try:
+        flows = tmp_path / "flows.json"
+        flows.write_text(ev("forward", 9, "198.51.100.1", 443).model_dump_json() + "\n")
+        out = tmp_path / "out" / "suggested"
+        assert main(["policy", "suggest", "--flows", str(flows), "--out", str(out)]) == 0
+        written = [p for p in tmp_path.rglob("*.yaml")]
+        assert written and all(p.parent == out for p in written), written
+    finally:
+        del PODS[9]
