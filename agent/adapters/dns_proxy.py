@@ -77,6 +77,7 @@ IPV6_TRANSPARENT = 75
 
 CACHE_FILE = "fqdn-cache.json"
 EXPIRY_INTERVAL = 1.0  # seconds between expiry passes
+CT_READ_INTERVAL = 5.0  # seconds a conntrack read serves expiry passes (a full table is ~50 ms)
 
 
 @dataclass(frozen=True)
@@ -154,14 +155,12 @@ class DNSProxy:
     """The dnsproxy Policy port over the agent's enforced state, and the
     proxy's sockets. Started and stopped with the agent (a Service)."""
 
-    def __init__(self, agent: "Agent", config: DNSProxyConfig = DNSProxyConfig(),
-                 on_event: Callable[[DNSEvent], None] | None = None) -> None:
+    def __init__(self, agent: "Agent", config: DNSProxyConfig = DNSProxyConfig()) -> None:
         self.agent = agent
         self.config = config
         self.cache = FQDNCache(config.min_ttl, config.max_per_name)
         self._cache_path = agent.config.state_dir / CACHE_FILE
         fwd = ForwarderConfig(reject=config.reject, release_delay=config.release_delay)
-        self._events: list[Callable[[DNSEvent], None]] = [on_event] if on_event is not None else []
         self.pipeline = Pipeline(self, self._event, fwd)
         self.tcp = TCPForwarder(self, self._event, fwd)
         self.tcp6 = TCPForwarder(self, self._event, fwd)
@@ -170,8 +169,10 @@ class DNSProxy:
         self._pending: set[asyncio.Task] = set()
         self._expiry: asyncio.Task | None = None
         self._dirty = False  # learned since the cache file was written
-        self.refused_addresses = 0  # answers' cluster addresses not learned
-        self.stats: dict[str, int] = {}
+        # Conntrack's live (source, destination) pairs and when they were read:
+        # while a kept address's connection lives, a pass reuses them for
+        # CT_READ_INTERVAL instead of reading the whole table every second.
+        self._live: tuple[float, set[tuple[str, str]]] | None = None
 
     # -- lifecycle
 
@@ -226,17 +227,11 @@ class DNSProxy:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._save_cache()
 
-    def subscribe(self, fn: Callable[[DNSEvent], None]) -> None:
-        self._events.append(fn)
-
     def _event(self, ev: DNSEvent) -> None:
-        self.stats[ev.verdict] = self.stats.get(ev.verdict, 0) + 1
-        self._publish(ev)
-        for fn in self._events:
-            try:
-                fn(ev)
-            except Exception:  # a broken listener must not stop DNS
-                log.exception("DNS event listener failed")
+        try:
+            self._publish(ev)
+        except Exception:  # monitor and metrics must not stop DNS
+            log.exception("publishing a DNS event failed")
 
     def _publish(self, ev: DNSEvent) -> None:
         """Into `ciliate monitor` (type dns) and the metrics."""
@@ -342,7 +337,6 @@ class DNSProxy:
         addrs = [(a, ttl) for a, ttl in answer.addresses if not self.in_cluster(state, a)]
         refused = len(answer.addresses) - len(addrs)
         if refused:
-            self.refused_addresses += refused
             log.warning("DNS answer for %s names %d cluster address(es): not admitted by name", query.name, refused)
         if not addrs:
             return
@@ -373,11 +367,13 @@ class DNSProxy:
         the addresses due to expire (read from conntrack only when some are)."""
         if state is None or not any(e.expired for e in self.cache.entries(now)):
             return lambda _e, _a: False
-        try:
-            live = await self.agent.datapath.connections()
-        except Exception as e:  # keep them rather than cut on a failed read
-            log.warning("DNS cache expiry: reading conntrack failed (%s); expired names kept for now", e)
-            return lambda _e, _a: True
+        if self._live is None or time.monotonic() - self._live[0] > CT_READ_INTERVAL:
+            try:
+                self._live = (time.monotonic(), await self.agent.datapath.connections())
+            except Exception as e:  # keep them rather than cut on a failed read
+                log.warning("DNS cache expiry: reading conntrack failed (%s); expired names kept for now", e)
+                return lambda _e, _a: True
+        live = self._live[1]
         sources: dict[int, tuple[str, ...]] = {
             eid: tuple(str(a) for a in (ep.ipv4, ep.ipv6) if a is not None) for eid, ep in state.endpoints.items()
         }

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from pydantic import BaseModel
 
 from agent.api.client import AgentClient, AgentError, AgentUnavailable, default_socket
 from agent.cli import log_setup, monitor
+from agent.cli import fqdn_commands
 from agent.cli.dns_flags import add_dns_flags, dns_proxy_from_args
 from agent.cli.host_flags import add_host_flags, host_endpoint_from_args, node_labels_from_args
 from agent.cli.k8s_flags import add_k8s_flags, k8s_source_from_args
@@ -234,16 +234,6 @@ def _identity_list(client: AgentClient, args: argparse.Namespace) -> int:
             [(i.id, ", ".join(i.labels), ",".join(map(str, i.endpoints))) for i in v.identities],
         ),
     )
-
-
-def _fqdn_cache_list(client: AgentClient, args: argparse.Namespace) -> int:
-    def human(v) -> str:
-        if not v.running:
-            return "the DNS proxy is off (--no-dns-proxy): nothing is learned"
-        return _table(["ENDPOINT", "NAME", "ADDRESS", "TTL", "EXPIRES"],
-                      [(e.endpoint, e.name, e.address, e.ttl,
-                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.expires))) for e in v.entries])
-    return _emit(args, client.fqdn_cache(), human)
 
 
 def _policy_rows(pols) -> str:
@@ -493,12 +483,7 @@ def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     il = isub.add_parser("list", parents=[common], help="list identities and their labels")
     il.set_defaults(func=_client_command(_identity_list))
 
-    f = sub.add_parser("fqdn", help="names the endpoints resolved through the DNS proxy (toFQDNs)")
-    fsub = f.add_subparsers(dest="fqdn_command", metavar="SUBCOMMAND", required=True)
-    fc = fsub.add_parser("cache", help="the DNS proxy's cache")
-    fcsub = fc.add_subparsers(dest="fqdn_cache_command", metavar="SUBCOMMAND", required=True)
-    fcl = fcsub.add_parser("list", parents=[common], help="names, addresses, TTLs and endpoints (cilium-dbg fqdn cache list)")
-    fcl.set_defaults(func=_client_command(_fqdn_cache_list))
+    fqdn_commands.register(sub, common, _client_command, _emit, _table)
 
     # `policy get` joins the policy engineer's `policy` group when it exists.
     policy_parser = sub.choices.get("policy")

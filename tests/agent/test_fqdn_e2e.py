@@ -236,3 +236,32 @@ def test_a_name_answered_with_a_pods_address_does_not_open_that_pod(node: Node, 
     assert got.get("rcode") == "NOERROR" and got["addresses"] == [dns_ip], got  # the pod sees the answer...
     assert "error" in node.request("client", "GET", dns_ip, "/v1", timeout=1.0), "...but may not connect to the pod by name"
     assert "pod.test." not in cached(node)
+
+
+RESOLVER_INGRESS = """
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: resolver-ingress, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: dns}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: somebody-else}}]
+    toPorts: [{ports: [{port: "53", protocol: ANY}]}]
+"""
+
+
+def test_the_resolvers_ingress_policy_holds_beside_the_clients_dns_rule(node: Node, tmp_path: Path) -> None:
+    """Where the client's egress DNS rule meets the resolver's ingress: both
+    must admit the query. The redirect to the proxy happens only after the
+    resolver's ingress admitted the client, so the proxy (which asks from the
+    node's address) never carries a query the resolver refuses."""
+    apply(node, tmp_path, BY_NAME)
+    f = tmp_path / "resolver-ingress.yaml"
+    f.write_text(RESOLVER_INGRESS)
+    node.apply_policy(f)
+    for tcp in (False, True):
+        got = query(node, "allowed.test", tcp)
+        assert "error" in got, f"the resolver's ingress refuses the client, yet it got {got}"
+    assert "allowed.test." not in cached(node), "nothing was learned through a query the resolver refuses"
+    node.remove_policy("resolver-ingress.yaml")
+    assert query(node, "allowed.test").get("rcode") == "NOERROR"
