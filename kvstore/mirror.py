@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
+import immutables
+
 from kvstore import layout
 from kvstore.model import ClusterView, NodeInfo, RemoteEndpoint, ViewDelta
 
@@ -44,11 +46,13 @@ class Mirror:
         self.revision = 0
         self._nodes: dict[str, NodeInfo] = {}
         self._endpoints: dict[IPAddress, RemoteEndpoint] = {}
-        self._identities: dict[int, frozenset[str]] = {}
+        # Persistent maps: a view takes them as they are (O(1)), and the
+        # next event's change costs O(log n), not a copy of the cluster.
+        self._identities: immutables.Map[int, frozenset[str]] = immutables.Map()
         self._view: ClusterView | None = None
         # Kept as they change, for the views: the other nodes' endpoints,
         # and by identity (a change of an identity's labels changes theirs).
-        self._others: dict[IPAddress, RemoteEndpoint] = {}
+        self._others: immutables.Map[IPAddress, RemoteEndpoint] = immutables.Map()
         self._by_identity: dict[int, set[IPAddress]] = {}
         # Since the last view handed out: changed addresses (None: anything
         # may have, e.g. after a relist) and whether a node changed.
@@ -60,8 +64,8 @@ class Mirror:
         """Replace everything with a fresh list taken at `revision` (always
         reported as a view change: the caller tells its listener after a
         relist even when nothing moved)."""
-        self._nodes, self._endpoints, self._identities = {}, {}, {}
-        self._others, self._by_identity = {}, {}
+        self._nodes, self._endpoints, self._identities = {}, {}, immutables.Map()
+        self._others, self._by_identity = immutables.Map(), {}
         for key, value in kvs:
             self._put(key, value)
         self.revision = revision
@@ -147,7 +151,9 @@ class Mirror:
         return False
 
     def _set_identity(self, identity: int, labels: frozenset[str] | None) -> bool:
-        changed = self._set(self._identities, identity, labels)
+        before = self._identities
+        self._identities = _set_in(before, identity, labels)
+        changed = self._identities is not before
         if changed and self._changed is not None:
             self._changed.update(self._by_identity.get(identity, ()))
         return changed
@@ -163,13 +169,13 @@ class Mirror:
             return False
         ep = self._endpoints.get(ip)
         if old is not None and old.node != self.local_node:
-            del self._others[ip]
+            self._others = self._others.delete(ip)
             held = self._by_identity[old.identity]
             held.discard(ip)
             if not held:
                 del self._by_identity[old.identity]
         if ep is not None and ep.node != self.local_node:
-            self._others[ip] = ep
+            self._others = self._others.set(ip, ep)
             self._by_identity.setdefault(ep.identity, set()).add(ip)
         if self._changed is not None and (old is not None and old.node != self.local_node or ep is not None and ep.node != self.local_node):
             self._changed.add(ip)
@@ -210,3 +216,12 @@ class Mirror:
         if gone:
             self._view = None
         return Change(view=gone)
+
+
+def _set_in(m: immutables.Map, key, value) -> immutables.Map:
+    """Mirror._set for a persistent map: the same map when nothing changed."""
+    if value is None:
+        return m.delete(key) if key in m else m
+    if m.get(key) == value:
+        return m
+    return m.set(key, value)

@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from types import MappingProxyType
 from typing import Annotated
 
+import immutables
 from pydantic import Field
 from pydantic.dataclasses import dataclass as validated_dataclass
 
@@ -64,6 +65,10 @@ class RemoteEndpoint:
 
 
 def _frozen(m: Mapping) -> Mapping:
+    # A persistent map is already immutable: the mirror hands out its own
+    # (an O(1) snapshot) instead of a copy of 50,000 endpoints per event.
+    if isinstance(m, immutables.Map):
+        return m
     return MappingProxyType(dict(m))
 
 

@@ -31,6 +31,8 @@ import os
 import time
 from ipaddress import IPv4Network, IPv6Network
 
+import immutables
+
 from agent.core.cluster_ports import ClusterPeers, IdentityUnavailable, PeerNode
 from kvstore.cluster import Cluster
 from kvstore.config import EtcdConfig
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 
 PEERS_FILE = "kvstore-peers.json"
 SAVE_DELAY = 1.0  # seconds: a burst of changes is saved once
-SAVE_SHARE = 0.05  # of the time, at most, spent saving the view
+SAVE_SHARE = 0.01  # of the time, at most, spent saving the view (a fallback for a restart with etcd down)
 # Peers changes remembered for changed_since(): more than a regeneration can
 # fall behind while events keep coming; past it the compiler takes peers whole.
 JOURNAL = 1024
@@ -281,7 +283,9 @@ def trusted_parts(
     refused_eps: dict[IPv4Address | IPv6Address, str] = {}
     for ep in view.endpoints.values():
         _trust_endpoint(ep, nodes, view.identities, endpoints, named, refused_eps)
-    return ClusterPeers(nodes, endpoints, named, serial=serial), refused_nodes, refused_eps
+    # Persistent maps, so that patch_peers() costs the addresses it changes
+    # and not a copy of every remote pod.
+    return ClusterPeers(nodes, immutables.Map(endpoints), immutables.Map(named), serial=serial), refused_nodes, refused_eps
 
 
 def patch_peers(
@@ -291,7 +295,8 @@ def patch_peers(
     """trusted_peers() of `view`, from `prev` (trusted_peers of the view
     before, whose nodes are the same) and the addresses that changed since;
     updates `refused_eps` in place. Returns the addresses whose entry moved."""
-    endpoints, named = dict(prev.endpoints), dict(prev.named_ports)
+    endpoints = _persistent(prev.endpoints).mutate()
+    named = _persistent(prev.named_ports).mutate()
     changed = set()
     for ip in addresses:
         before = (endpoints.pop(ip, None), named.pop(ip, None))
@@ -301,7 +306,11 @@ def patch_peers(
             _trust_endpoint(ep, prev.nodes, view.identities, endpoints, named, refused_eps)
         if (endpoints.get(ip), named.get(ip)) != before:
             changed.add(ip)
-    return ClusterPeers(prev.nodes, endpoints, named, serial=serial), frozenset(changed)
+    return ClusterPeers(prev.nodes, endpoints.finish(), named.finish(), serial=serial), frozenset(changed)
+
+
+def _persistent(m: Mapping) -> immutables.Map:
+    return m if isinstance(m, immutables.Map) else immutables.Map(m)
 
 
 def _trust_endpoint(

@@ -22,7 +22,7 @@ def test_a_well_formed_peer_is_taken_whole():
     ep = RemoteEndpoint(ip=IPv4Address("10.251.2.9"), identity=300, node="b")
     peers, refused = trusted_peers(view([B], [ep]), ME)
     assert refused == []
-    assert set(peers.nodes) == {"b"} and peers.endpoints == {ep.ip: (300, LABELS)}
+    assert set(peers.nodes) == {"b"} and dict(peers.endpoints) == {ep.ip: (300, LABELS)}
 
 
 def test_an_endpoint_outside_its_nodes_pod_cidr_gets_no_identity():
@@ -30,7 +30,7 @@ def test_an_endpoint_outside_its_nodes_pod_cidr_gets_no_identity():
     mine = RemoteEndpoint(ip=IPv4Address("10.251.1.9"), identity=300, node="b")
     orphan = RemoteEndpoint(ip=IPv4Address("10.251.3.9"), identity=300, node="ghost")
     peers, refused = trusted_peers(view([B], [world, mine, orphan]), ME)
-    assert peers.endpoints == {}
+    assert dict(peers.endpoints) == {}
     assert len(refused) == 3 and all("not inside that node's pod CIDR" in r for r in refused)
 
 
@@ -61,11 +61,11 @@ def test_an_ipv6_endpoint_is_believed_only_inside_its_nodes_ipv6_pod_cidr():
     mine = RemoteEndpoint(ip=IPv6Address("fd00:10:251:1::9"), identity=300, node="b")  # this node's range
     world = RemoteEndpoint(ip=IPv6Address("2001:db8::7"), identity=300, node="b")
     peers, refused = trusted_peers(view([B6], [good, mine, world]), ME6)
-    assert peers.endpoints == {good.ip: (300, LABELS)}
+    assert dict(peers.endpoints) == {good.ip: (300, LABELS)}
     assert len(refused) == 2
     # A node that published no IPv6 pod CIDR owns no IPv6 address at all.
     peers, refused = trusted_peers(view([B], [good]), ME6)
-    assert peers.endpoints == {} and "not inside that node's pod CIDR" in refused[0]
+    assert dict(peers.endpoints) == {} and "not inside that node's pod CIDR" in refused[0]
 
 
 def test_a_node_claiming_an_overlapping_ipv6_pod_cidr_gets_no_route():

@@ -100,7 +100,7 @@ async def test_compaction_past_a_disconnected_watcher_forces_a_relist(clusters, 
     assert B_POD not in a.view.endpoints
     assert a.cluster.status()["relists"] == relists + 1
     # The view reaches its subscriber (the agent) a moment after it is in force.
-    await eventually(lambda: a.views[-1].endpoints.keys() == {B_POD2}, what="the relisted view handed on")
+    await eventually(lambda: set(a.views[-1].endpoints) == {B_POD2}, what="the relisted view handed on")
     await b.cluster.set_endpoint(B_POD, 303)  # and the watch runs again after the relist
     await eventually(lambda: B_POD in a.view.endpoints)
 

@@ -84,7 +84,7 @@ def test_mirror_hides_this_node_and_skips_malformed_values():
     assert v.revision == 7
     assert v.nodes == {"b": NODE_B}
     assert set(v.endpoints) == {IPv4Address("10.2.0.1")}
-    assert v.identities == {300: frozenset({"x"})}
+    assert dict(v.identities) == {300: frozenset({"x"})}
 
 
 def test_mirror_reports_our_keys_lost_and_view_changes():
