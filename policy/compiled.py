@@ -40,7 +40,7 @@ from typing import Mapping, NamedTuple
 from policy.dns_names import NameSelector
 from policy.families import IPAddress, IPNetwork, Stack
 from policy.identity import IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, RESERVED_IDENTITIES  # noqa: F401
-from policy.ipcache import PrefixMap
+from policy.ipcache import PrefixMap, TableFacts
 
 # The node itself as an endpoint (host policies, nodeSelector): its policy
 # is EndpointPolicy HOST_ENDPOINT_ID with identity IDENTITY_HOST, enforced on
@@ -339,6 +339,22 @@ class CompiledState:
     # The families the node runs, which the world identities above follow
     # (policy/families.py).
     stack: Stack = Stack.IPV4
+    # What the compiler knows of `ipcache` beyond its entries, so that
+    # consumers need not walk a cluster-sized table per change (None: walk).
+    ipcache_facts: TableFacts | None = field(default=None, compare=False, repr=False)
+
+    def ipcache_by_identity(self) -> Mapping[int, frozenset[IPNetwork]] | None:
+        """Identity -> its prefixes in `ipcache`; None when not kept."""
+        f = self.ipcache_facts
+        return f.by_identity if f is not None and f.table is self.ipcache else None
+
+    def ipcache_changes_since(self, revision: int) -> frozenset[IPNetwork] | None:
+        """The prefixes whose entry differs from the ipcache of the state
+        numbered `revision` (None: not known; compare whole)."""
+        f = self.ipcache_facts
+        if f is None or f.table is not self.ipcache or f.changes is None or not revision or f.base != revision:
+            return None
+        return f.changes
 
     @cached_property
     def prefixes(self) -> PrefixMap:

@@ -36,7 +36,7 @@ from policy.compiled import HOST_ENDPOINT_ID, CompiledState, EndpointPolicy, Red
 from policy.endpoint import Endpoint
 from policy.families import IPAddress, IPNetwork, Stack
 from policy.identity import IdentityAllocator, identity_labels, reserved_labels, selectable_labels
-from policy.ipcache import REMOTE_OWNER, IPCache
+from policy.ipcache import REMOTE_OWNER, IPCache, TableFacts
 from policy.model import EndpointPeer, Peer, Policy, PolicySpec
 from policy.named_ports import NamedPortIndex, uses_names
 from policy.proxyports import ProxyPortAllocator
@@ -197,6 +197,7 @@ class Compiler:
         node_labels: Mapping[IPAddress, Mapping[str, str]] | None = None,
         named_ports: Mapping[IPAddress, tuple[tuple[str, int, int], ...]] | None = None,
         changed: Iterable[IPAddress] | None = None,
+        nodes_unchanged: bool = False,
     ) -> None:
         """The rest of the cluster, whole: other nodes' endpoints (address ->
         the identity the cluster allocated and its labels) and the other
@@ -205,7 +206,8 @@ class Compiler:
         like one selecting a local pod. `changed`, when the caller knows it:
         the only addresses whose entry may differ from the last call's (the
         rest is not compared: at 50,000 remote pods that comparison was most
-        of the cost of one pod event)."""
+        of the cost of one pod event). `nodes_unchanged`: the other nodes are
+        those of the last call (`node_ips` and `node_labels` are not read)."""
         if changed is None:
             gone = [(a, i) for a, i in self._remote.items() if (new := endpoints.get(a)) is None or new[0] != i]
             fresh: Iterable[tuple[IPAddress, tuple[int, frozenset[str]]]] = endpoints.items()
@@ -231,15 +233,22 @@ class Compiler:
                 self._identity_added(ident)
         # The ports other nodes' endpoints serve by name, which egress rules
         # towards them resolve `port: http` by (keyed apart from local ids).
-        self._names_changed(self._named.set_remote(self._remote, named_ports or {}))
+        self._names_changed(self._named.set_remote(self._remote, named_ports or {}, only=changed))
+        if nodes_unchanged:
+            return
         # A node that published labels gets an identity by them (nodes with
         # the same labels share it), which fromNodes/toNodes select.
         labelled = {a: dict(ls) for a, ls in (node_labels or {}).items() if ls}
         node_ids = {a: self.identities.for_node(ls) for a, ls in labelled.items()}
         self._ipcache.set_remote_node_ips(node_ips, node_ids)
-        self._remote_nodes = {node_ids[a]: labelled[a] for a in node_ids}
-        self._selectors.set_nodes(self._remote_nodes, self._own_node_labels())
-        if self._ipcache.dirty:
+        remote_nodes = {node_ids[a]: labelled[a] for a in node_ids}
+        if remote_nodes != self._remote_nodes:
+            # Node identities are shown with their labels; a pod coming or
+            # going changes no label (its identity's come with _identity_added),
+            # and rebuilding every identity's labels per pod event grew the
+            # cost of one event with the cluster.
+            self._remote_nodes = remote_nodes
+            self._selectors.set_nodes(self._remote_nodes, self._own_node_labels())
             self._labels_dirty = True
 
     def set_node_labels(self, labels: Mapping[str, str] | None) -> None:
@@ -495,10 +504,11 @@ class Compiler:
         self._removed_eps.clear()
         self._labels_dirty = False
         self._changed = frozenset(changed)
-        if prev is not None and not changed and ipcache == prev.ipcache and labels == prev.identity_labels:
+        if prev is not None and not changed and ipcache is prev.ipcache and (labels is prev.identity_labels or labels == prev.identity_labels):
             return prev
         self._revision += 1
-        self._state = CompiledState(self._revision, dict(self._ep_policy), ipcache, labels, self.stack)
+        facts = TableFacts(ipcache, self._ipcache.by_identity(), prev.revision if prev is not None else 0, self._ipcache.last_changes)
+        self._state = CompiledState(self._revision, dict(self._ep_policy), ipcache, labels, self.stack, ipcache_facts=facts)
         return self._state
 
     def _commit(self, built: dict[int, tuple[EndpointPolicy, set[RedirectKey]]]) -> set[int]:

@@ -23,6 +23,10 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import immutables
+
 from policy.families import IPAddress, IPNetwork, Stack, host_net, net_key
 from policy.identity import IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD, IdentityAllocator
 
@@ -104,6 +108,17 @@ class PrefixMap:
         ]
 
 
+@dataclass(frozen=True)
+class TableFacts:
+    """What IPCache knows of one table it handed out: valid for that table
+    object only (a state rebuilt with another ipcache must not use them)."""
+
+    table: Mapping[IPNetwork, int]
+    by_identity: Mapping[int, frozenset[IPNetwork]]  # identity -> its prefixes
+    base: int = 0  # revision of the state `changes` is counted from (0: none)
+    changes: frozenset[IPNetwork] | None = None  # prefixes whose entry differs from that state's
+
+
 class IPCache:
     """The compiler's ipcache, patched per address as endpoints come and go."""
 
@@ -124,7 +139,16 @@ class IPCache:
         # policy merge); an endpoint change patches its address.
         self._rebuild = True
         self._dirty_addrs: set[IPAddress] = set()
-        self._table: dict[IPNetwork, int] = {}
+        # Persistent maps: each compiled state holds its own table without a
+        # copy, and a pod event costs O(log n) (copying a 50,000-entry dict
+        # per event made a cluster's CPU grow with its size). `_by_ident`:
+        # identity -> its prefixes, kept alongside for the questions asked
+        # per identity (which addresses an L7 rule's peers have).
+        self._table: immutables.Map[IPNetwork, int] = immutables.Map()
+        self._by_ident: immutables.Map[int, frozenset[IPNetwork]] = immutables.Map()
+        # The prefixes the last table() changed from its `prev` (None: not
+        # known, it was rebuilt): the datapath writes only those.
+        self.last_changes: frozenset[IPNetwork] | None = None
         self.remote_node_ips: frozenset[IPAddress] = frozenset()
         # A remote node's identity: by its labels when it published any
         # (fromNodes/toNodes select them), else `remote-node`.
@@ -232,7 +256,8 @@ class IPCache:
         return None
 
     def table(self, prev: Mapping[IPNetwork, int] | None) -> Mapping[IPNetwork, int]:
-        """The table as of now; `prev` itself when nothing changed since it."""
+        """The table as of now, immutable; `prev` itself when nothing changed
+        since it (callers compare with `is`)."""
         if self._rebuild or prev is None:
             out: dict[IPNetwork, int] = self.stack.default_routes()
             out.update(self.cidr_ids)
@@ -243,8 +268,16 @@ class IPCache:
             for addr, eps in self._ip_eps.items():
                 if eps:
                     out[host_net(addr)] = eps[min(eps)]
-            self._table = out
+            if prev is not None and len(prev) == len(out) and all(prev.get(n) == i for n, i in out.items()):
+                self._table = prev if isinstance(prev, immutables.Map) else immutables.Map(prev)
+                self.last_changes = frozenset()
+            else:
+                self._table = immutables.Map(out)
+                self.last_changes = None
+            self._by_ident = _index(self._table)
         elif self._dirty_addrs:
+            table, index = self._table.mutate(), self._by_ident.mutate()
+            moved: set[IPNetwork] = set()
             for addr in self._dirty_addrs:
                 net = host_net(addr)
                 ident = self._endpoint_identity(addr)
@@ -252,15 +285,37 @@ class IPCache:
                     ident = self._node_identity(addr)
                 if ident is None:
                     ident = self.cidr_ids.get(net)
+                old = table.get(net)
+                if old == ident:
+                    continue
+                moved.add(net)
+                if old is not None:
+                    rest = index[old] - {net}
+                    if rest:
+                        index[old] = rest
+                    else:
+                        del index[old]
                 if ident is None:
-                    self._table.pop(net, None)
+                    del table[net]
                 else:
-                    self._table[net] = ident
+                    table[net] = ident
+                    index[ident] = index.get(ident, frozenset()) | {net}
+            if moved:
+                self._table, self._by_ident = table.finish(), index.finish()
+            self.last_changes = frozenset(moved)
         else:
+            self._rebuild = False
+            self.last_changes = frozenset()
             return prev
         self._rebuild = False
         self._dirty_addrs.clear()
-        return dict(self._table)
+        if prev is not None and self._table is prev:
+            return prev
+        return self._table
+
+    def by_identity(self) -> Mapping[int, frozenset[IPNetwork]]:
+        """Identity -> its prefixes in the last table() (immutable)."""
+        return self._by_ident
 
     def cidr_labels(self) -> dict[int, frozenset[str]]:
         """CIDR identity -> labels: every policy prefix containing its prefix,
@@ -273,3 +328,10 @@ class IPCache:
                 for net, ident in self.cidr_ids.items()
             }
         return self._cidr_labels
+
+
+def _index(table: Mapping[IPNetwork, int]) -> immutables.Map:
+    by_ident: dict[int, set[IPNetwork]] = {}
+    for net, ident in table.items():
+        by_ident.setdefault(ident, set()).add(net)
+    return immutables.Map({i: frozenset(v) for i, v in by_ident.items()})

@@ -120,11 +120,29 @@ class NamedPortIndex:
             changed.add(IDENTITY_ANY)
             self._cache.pop(IDENTITY_ANY, None)
 
-    def set_remote(self, identities: Mapping[IPAddress, int], ports: Mapping[IPAddress, Iterable[tuple[str, int, int]]]) -> set[int]:
+    def set_remote(
+        self, identities: Mapping[IPAddress, int], ports: Mapping[IPAddress, Iterable[tuple[str, int, int]]],
+        only: Iterable[IPAddress] | None = None,
+    ) -> set[int]:
         """Other nodes' endpoints, whole: address -> identity, and the
         (name, protocol, port) each published; returns the identities whose
-        names changed, as set() does."""
+        names changed, as set() does. `only`: the addresses that may have
+        changed since the last call (the rest is not compared: it would be
+        a walk of every remote pod per event)."""
         changed: set[int] = set()
+        if only is not None:
+            for addr in only:
+                ident, published = identities.get(addr), ports.get(addr)
+                want = None if ident is None or published is None else (ident, tuple(sorted(NamedPort(n, p, num) for n, p, num in published)))
+                if self._remote.get(addr) == want:
+                    continue
+                if want is None:
+                    changed |= self.set(("remote", addr), None, ())
+                    del self._remote[addr]
+                else:
+                    changed |= self.set(("remote", addr), *want)
+                    self._remote[addr] = want
+            return changed
         for addr in [a for a in self._remote if a not in ports or a not in identities]:
             changed |= self.set(("remote", addr), None, ())
             del self._remote[addr]

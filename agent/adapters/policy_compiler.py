@@ -112,8 +112,9 @@ class RealCompiler:
         node_labels: Mapping[IPv4Address | IPv6Address, Mapping[str, str]] | None = None,
         named_ports: Mapping[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]] | None = None,
         changed: frozenset[IPv4Address | IPv6Address] | None = None,
+        nodes_unchanged: bool = False,
     ) -> None:
-        self._c.set_remote(endpoints, node_ips, node_labels, named_ports, changed=changed)
+        self._c.set_remote(endpoints, node_ips, node_labels, named_ports, changed=changed, nodes_unchanged=nodes_unchanged)
 
     def set_node_labels(self, labels: Mapping[str, str] | None) -> None:
         self._c.set_node_labels(labels)

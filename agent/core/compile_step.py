@@ -126,6 +126,7 @@ class CompileStep:
         # The serial of the cluster peers the compiler holds (0: none, or a
         # set_remote that did not finish): a delta applies only on top of it.
         self._remote_serial = 0
+        self._remote_nodes: object | None = None  # the peers' node map last given to the compiler
         # How blocking work leaves the event loop (the compiler, the
         # allocation save). A worker thread; bench/bench_cidr.py swaps in an
         # inline call to measure the old on-loop behaviour as its baseline.
@@ -236,8 +237,14 @@ class CompileStep:
             r = job.remote
             changed = r.changed if r.changed is not None and r.base and r.base == self._remote_serial else None
             self._remote_serial = 0
-            c.set_remote(r.endpoints, node_ips(r), node_labels(r), r.named_ports, changed=changed)
-            self._remote_serial = r.serial
+            # Nodes come and go far less often than pods: the same node map
+            # object as last time is not walked again.
+            same_nodes = changed is not None and r.nodes is self._remote_nodes
+            if same_nodes:
+                c.set_remote(r.endpoints, (), None, r.named_ports, changed=changed, nodes_unchanged=True)
+            else:
+                c.set_remote(r.endpoints, node_ips(r), node_labels(r), r.named_ports, changed=changed)
+            self._remote_serial, self._remote_nodes = r.serial, r.nodes
         for key in job.deleted_policies:
             c.delete_policy(key)
         for key, entry in job.upserted_policies:

@@ -31,4 +31,9 @@ def l7_ipcache(state: CompiledState, l7: tuple) -> object:
     idents.discard(IDENTITY_ANY)
     if any(not FIRST_LABEL_IDENTITY <= i < FIRST_CIDR_IDENTITY for i in idents):
         return state.ipcache
-    return frozenset((net, i) for net, i in state.ipcache.items() if i in idents)
+    index = state.ipcache_by_identity()
+    if index is None:
+        return frozenset((net, i) for net, i in state.ipcache.items() if i in idents)
+    # The compiler's index: the rule's identities only, not a walk of every
+    # remote pod at each cluster event.
+    return tuple((i, index.get(i, frozenset())) for i in sorted(idents))

@@ -181,12 +181,15 @@ class PolicyCompiler(Protocol):
         node_labels: Mapping[IPv4Address | IPv6Address, Mapping[str, str]] | None = None,
         named_ports: Mapping[IPv4Address | IPv6Address, tuple[tuple[str, int, int], ...]] | None = None,
         changed: frozenset[IPv4Address | IPv6Address] | None = None,
+        nodes_unchanged: bool = False,
     ) -> None:
         """Cluster mode: the other nodes' endpoints (address -> identity,
         labels; and the ports each serves by name) and addresses (with the
         labels their node published), whole; peers in policy, never its
         subjects. `changed`: the only addresses whose endpoint entry differs
-        from the previous call's, when known (None: compare everything)."""
+        from the previous call's, when known (None: compare everything).
+        `nodes_unchanged`: the nodes are the previous call's (`node_ips` and
+        `node_labels` are not read)."""
         ...
 
     def compile(self, revision: int) -> CompiledState:

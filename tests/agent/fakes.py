@@ -154,7 +154,10 @@ class FakeCompiler:
     def set_host(self, host) -> None:
         self.host = host
 
-    def set_remote(self, endpoints, node_ips, node_labels=None, named_ports=None, changed=None) -> None:
+    def set_remote(self, endpoints, node_ips=(), node_labels=None, named_ports=None, changed=None, nodes_unchanged=False) -> None:
+        if nodes_unchanged:
+            self.remote = (dict(endpoints), self.remote[1])
+            return
         self.remote = (dict(endpoints), frozenset(node_ips))
         self.node_labels = dict(node_labels or {})
 

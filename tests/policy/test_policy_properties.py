@@ -21,6 +21,7 @@ from policy.load import INTERNAL_ERROR, load_text
 from policy.model import AnyPeer, CIDRPeer, EndpointPeer, EntityPeer, Policy
 from policy.parse import parse_object
 from policy.trace import HTTPRequest, Party, trace
+from ipcache_facts import assert_ipcache_facts
 
 # POLICY_FUZZ_EXAMPLES=2000 for a deeper run; the default keeps the suite lean.
 SETTINGS = settings(max_examples=int(__import__("os").environ.get("POLICY_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -381,6 +382,7 @@ def test_incremental_compile_equals_full_compile(data, narrow):
             full = compile_state(pols.values(), eps.values(), identities=ids, host_ips=[IPv4Address(HOST_IP)])
             assert _normalized(state) == _normalized(full)
             assert dict(state.ipcache) == dict(full.ipcache)
+            assert_ipcache_facts(state, prev)
             assert dict(state.identity_labels) == dict(full.identity_labels)
             differs = {i for i in set(state.endpoints) | set(prev.endpoints) if state.endpoints.get(i) != prev.endpoints.get(i)}
             assert c.changed_endpoints() == differs

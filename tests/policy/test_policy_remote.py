@@ -13,6 +13,7 @@ from policy.compiled import Direction, Verdict, lookup
 from policy.compiler import Compiler
 from policy.endpoint import Endpoint
 from policy.identity import IDENTITY_REMOTE_NODE, identity_labels
+from ipcache_facts import assert_ipcache_facts
 
 WEB = Endpoint(1, {"app": "web"}, IPv4Address("10.0.1.5"))
 CLIENT_LABELS = identity_labels({"app": "client"})
@@ -125,6 +126,7 @@ def test_set_remote_with_the_changed_addresses_compiles_what_the_whole_map_does(
     def check(steps):
         whole, delta = compiler(), compiler()
         before: dict = {}
+        prev = None
         for step in steps:
             now = {ip: (i, labels[i]) for ip, i in step.items()}
             changed = frozenset(ip for ip in set(before) | set(now) if before.get(ip) != now.get(ip))
@@ -132,6 +134,8 @@ def test_set_remote_with_the_changed_addresses_compiles_what_the_whole_map_does(
             delta.set_remote(now, changed=changed)
             a, b = whole.compile(), delta.compile()
             assert a.ipcache == b.ipcache
+            assert_ipcache_facts(b, prev)
+            prev = b
             assert a.endpoints == b.endpoints
             assert a.identity_labels == b.identity_labels
             before = now
@@ -168,3 +172,47 @@ def test_the_allocators_count_every_change_they_would_save():
         before, gen = ports.to_json(), ports.generation
         step()
         assert (ports.to_json() != before) == (ports.generation != gen)
+
+
+def test_named_ports_of_remote_pods_patched_by_changed_address_equal_the_whole_map():
+    """An egress `port: http` resolves by the ports remote pods publish; with
+    only the changed addresses handed over, the result must be the one the
+    whole map gives, as pods come, go and rename their ports."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    egress = """apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-out}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: http, protocol: TCP}]}]
+"""
+    ips = [IPv4Address(f"10.0.2.{i}") for i in range(1, 6)]
+    ports = st.sampled_from([(), (("http", 6, 8080),), (("http", 6, 9090),), (("web", 6, 80),)])
+    pods = st.dictionaries(st.sampled_from(ips), st.tuples(st.sampled_from([40000, 40001]), ports), max_size=5)
+    labels = {40000: CLIENT_LABELS, 40001: identity_labels({"app": "other"})}
+
+    def fresh() -> Compiler:
+        c = compiler()
+        for p in policies(egress):
+            c.upsert_policy(p)
+        return c
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(pods, min_size=1, max_size=6))
+    def check(steps):
+        whole, delta = fresh(), fresh()
+        before: dict = {}
+        for step in steps:
+            eps = {ip: (i, labels[i]) for ip, (i, _) in step.items()}
+            named = {ip: p for ip, (_, p) in step.items() if p}
+            changed = frozenset(ip for ip in set(before) | set(step) if before.get(ip) != step.get(ip))
+            whole.set_remote(eps, named_ports=named)
+            delta.set_remote(eps, named_ports=named, changed=changed)
+            assert whole.compile().endpoints == delta.compile().endpoints
+            before = dict(step)
+
+    check()
