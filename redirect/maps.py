@@ -222,9 +222,10 @@ class PinnedMaps:
         name, key = self._ipcache_key(net)
         bpfsys.update(self.fds[name], key, struct.pack("=II", identity, 0))
 
-    def delete_ipcache(self, net: IPv4Network | IPv6Network) -> None:
+    def delete_ipcache(self, net: IPv4Network | IPv6Network) -> bool:
+        """False when the kernel had no such entry."""
         name, key = self._ipcache_key(net)
-        bpfsys.delete(self.fds[name], key)
+        return bpfsys.delete(self.fds[name], key)
 
     # -- local endpoints (one map per family, the same value) ------------------
     def read_lxc(self) -> dict[IPv4Address | IPv6Address, tuple[int, int, int]]:

@@ -104,11 +104,20 @@ def apply_state(
     state: CompiledState,
     keep: set[int] = frozenset(),
     after_write: Callable[[], None] | None = None,
+    *,
+    ipcache_changes: frozenset | None = None,
+    unchanged: frozenset[int] = frozenset(),
 ) -> ApplyResult:
     """Reconcile the kernel maps with `state`. `keep`: endpoint ids that are
     attached but not in the state yet (left alone instead of removed).
     `after_write` runs after every policy map write (tests widen the gaps
-    between writes with it to prove no window opens)."""
+    between writes with it to prove no window opens).
+
+    What the caller knows the kernel already holds, so that a cluster event
+    costs what it changes and not a read of every map: `ipcache_changes`,
+    the only prefixes whose entry may differ from the ipcache map (None:
+    read it whole and compare); `unchanged`, endpoints whose policy map
+    holds exactly their entries in `state` (not read nor rendered)."""
     res = ApplyResult(state.revision)
     cap = maps.sizes.policy_entries
 
@@ -116,8 +125,11 @@ def apply_state(
         raise MapFullError("ipcache", len(state.ipcache), maps.sizes.ipcache)
 
     # Desired per endpoint; refuse the ones that do not fit.
-    desired: dict[int, dict[policymap.KernelKey, policymap.KernelValue]] = {}
+    desired: dict[int, dict[policymap.KernelKey, policymap.KernelValue] | None] = {}  # None: as the kernel holds
     for ep_id, ep in state.endpoints.items():
+        if ep_id in unchanged and maps.policy_fd(ep_id, create=False) is not None:
+            desired[ep_id] = None
+            continue
         try:
             d = policymap.render(ep)
         except ValueError as e:
@@ -150,13 +162,22 @@ def apply_state(
     for ep_id, d in desired.items():
         fd = maps.policy_fd(ep_id)
         assert fd is not None
+        if d is None:
+            plans[ep_id] = (fd, [])
+            continue
         first, second = policymap.plan_phases(maps.read_policy(ep_id), d)
         _run(fd, first, res, after_write)
         plans[ep_id] = (fd, second)
 
     # 2. ipcache and identities: writes before deletes.
-    want_ip = {ip_network(k): int(v) for k, v in state.ipcache.items()}
-    have_ip = maps.read_ipcache()
+    if ipcache_changes is None:
+        want_ip = {ip_network(k): int(v) for k, v in state.ipcache.items()}
+        have_ip = maps.read_ipcache()
+        stale = [net for net in have_ip if net not in want_ip]
+    else:
+        want_ip = {ip_network(k): int(v) for k in ipcache_changes if (v := state.ipcache.get(k)) is not None}
+        have_ip = {}
+        stale = [ip_network(k) for k in ipcache_changes if k not in state.ipcache]
     for net, ident in want_ip.items():
         if have_ip.get(net) != ident:
             maps.write_ipcache(net, ident)
@@ -164,9 +185,8 @@ def apply_state(
     for ep_id, ep in ok_eps.items():
         for addr in _addrs(state, ep):
             maps.write_lxc(addr, ep_id, ep.identity, flags0[ep_id])
-    for net in have_ip:
-        if net not in want_ip:
-            maps.delete_ipcache(net)
+    for net in stale:
+        if maps.delete_ipcache(net):
             res.ipcache_deleted += 1
 
     # 3. policy: new allows/redirects, then stale denies.
