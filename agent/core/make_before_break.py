@@ -14,7 +14,29 @@ from dataclasses import replace
 from policy.compiled import CompiledState, EndpointPolicy, L7Policy, Verdict
 
 
-def fail_closed(ep: EndpointPolicy, acked: Mapping[int, L7Policy]) -> EndpointPolicy:
+class RedirectPorts:
+    """Per endpoint, the proxy ports its entries redirect to, remembered for
+    the EndpointPolicy object they were read from: an endpoint selected by
+    rules over thousands of remote identities has as many entries, and
+    reading them all at every cluster event grew the agent's CPU with the
+    cluster (the compiler hands back the same object when nothing changed)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[EndpointPolicy, frozenset[int]]] = {}
+
+    def of(self, ep: EndpointPolicy) -> frozenset[int]:
+        hit = self._seen.get(ep.endpoint_id)
+        if hit is not None and hit[0] is ep:
+            return hit[1]
+        ports = frozenset(e.proxy_port for e in ep.entries if e.verdict == Verdict.REDIRECT)
+        self._seen[ep.endpoint_id] = (ep, ports)
+        return ports
+
+    def forget(self, endpoint_id: int) -> None:
+        self._seen.pop(endpoint_id, None)
+
+
+def fail_closed(ep: EndpointPolicy, acked: Mapping[int, L7Policy], redirects: frozenset[int] | None = None) -> EndpointPolicy:
     """Turn redirects to listeners Envoy has not acknowledged as-is into denies.
 
     A denied flow is what the user would get from a proxy that rejects it; a
@@ -26,6 +48,8 @@ def fail_closed(ep: EndpointPolicy, acked: Mapping[int, L7Policy]) -> EndpointPo
     # at each query, so its redirects need no acknowledgement (without it the
     # kernel drops them: nobody listens).
     safe |= {d.proxy_port for d in ep.dns}
+    if redirects is not None and redirects <= safe:
+        return ep
     if all(e.verdict != Verdict.REDIRECT or e.proxy_port in safe for e in ep.entries):
         return ep
     entries = tuple(

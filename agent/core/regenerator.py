@@ -23,7 +23,7 @@ from agent.core.cluster_sync import RETRY_IDENTITY, ClusterSync
 from agent.core.compile_step import CompileStep, named_ports_of
 from agent.core.endpoint_table import EndpointTable
 from agent.core.l7_view import l7_view
-from agent.core.make_before_break import fail_closed, with_retiring
+from agent.core.make_before_break import RedirectPorts, fail_closed, with_retiring
 from agent.core.models import EndpointState
 from agent.core.policy_book import BookEntry, PolicyBook
 from agent.core.ports import (
@@ -115,6 +115,7 @@ class Regenerator:
         self.last_report: RegenerationReport | None = None
         self._published_view: tuple | None = None
         self._acked_l7: dict[int, L7Policy] = {}
+        self._redirects = RedirectPorts()
         self._attempts: dict[int, int] = {}
         self.on_report: Callable[[RegenerationReport], None] | None = None
 
@@ -199,7 +200,7 @@ class Regenerator:
         published = proxy_failure is None
         effective: dict[int, EndpointPolicy] = {}
         for eid, ep in endpoints.items():
-            safe = fail_closed(ep, self._acked_l7)
+            safe = fail_closed(ep, self._acked_l7, self._redirects.of(ep))
             if safe is not ep and proxy_failure is not None:
                 failures.setdefault(eid, proxy_failure)
             effective[eid] = safe
@@ -226,6 +227,7 @@ class Regenerator:
 
         for eid in sorted(removed):
             self.realized.pop(eid, None)
+            self._redirects.forget(eid)
             self._attempts.pop(eid, None)
             try:
                 await self.datapath.detach_endpoint(eid)
