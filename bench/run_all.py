@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("compile", "cidr", "xds", "datapath", "attach", "conntrack", "upstream_ports", "agent", "cluster", "e2e", "k8s", "flood", "dns")
+ORDER = ("compile", "cli", "cidr", "xds", "datapath", "attach", "conntrack", "upstream_ports", "agent", "cluster", "e2e", "k8s", "flood", "dns")
 
 
 def main(argv: list[str]) -> int:
