@@ -4,6 +4,7 @@ lines, -o json, and never a traceback."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -212,6 +213,32 @@ def test_an_offline_trace_loads_neither_the_agent_nor_an_http_client():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert "verdict: allowed" in out.stdout, out.stdout + out.stderr
     assert "RC 0 HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("setting, looked_for", [(None, False), ("", True)])
+def test_ciliate_as_its_own_process_looks_for_no_pydantic_plugins(setting, looked_for):
+    """Run as a process (main() without argv), ciliate does not have pydantic
+    look for plugins (it has none; looking imports importlib.metadata and
+    reads every installed distribution's metadata): PYDANTIC_DISABLE_PLUGINS
+    defaults to all, and a value the user sets is pydantic's to judge (empty:
+    look). The trace answers alike, the cycle collector is on again after
+    it, and pydantic's plugin loader still has its other names."""
+    probe = (
+        "import gc, sys\n"
+        "from agent.cli.ciliate import main\n"
+        f"sys.argv[1:] = ['policy', 'trace', '--policies', {L7!r}, '--src', {TIE!r}, '--dst', {DEATHSTAR!r}, '--dport', '80']\n"
+        "rc = main()\n"
+        "print('RC', rc, 'LOOKED', 'importlib.metadata' in sys.modules, 'GC', gc.isenabled())\n"
+        "from pydantic.plugin._loader import PYDANTIC_ENTRY_POINT_GROUP\n"
+        "print('GROUP', PYDANTIC_ENTRY_POINT_GROUP)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    if setting is not None:
+        env["PYDANTIC_DISABLE_PLUGINS"] = setting
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert "verdict: allowed" in out.stdout, out.stdout + out.stderr
+    assert f"RC 0 LOOKED {looked_for} GC True" in out.stdout, out.stdout + out.stderr
+    assert "GROUP pydantic" in out.stdout, out.stdout + out.stderr
 
 
 def test_help_still_lists_every_command():
