@@ -8,9 +8,7 @@ import gc
 import importlib
 import os
 import sys
-import types
 from collections.abc import Sequence
-from typing import Any
 
 # Each module adds its subcommands and sets `func` on its parsers; `func`
 # takes the parsed namespace and returns the process exit code. Modules are
@@ -81,38 +79,13 @@ def _as_process(argv: list[str]) -> int:
         gc.freeze()
 
 
-_PLUGINS_OFF = ("__all__", "1", "true")  # the PYDANTIC_DISABLE_PLUGINS values meaning "none at all"
-
-
 def _without_pydantic_plugins() -> None:
     """ciliate ships no pydantic plugins and needs none, so it runs without:
-    pydantic looks for them (the `pydantic` entry-point group) at its first
-    model build, importing importlib.metadata (email, zipfile, csv, ...) and
-    reading every installed distribution's metadata: ~20 ms of a `policy
-    trace`, most of its "first validation". An explicit
-    PYDANTIC_DISABLE_PLUGINS wins (set it empty to have them looked for)."""
+    pydantic would look for them (the `pydantic` entry-point group) at its
+    first model build, reading every installed distribution's metadata
+    (~10 ms of a `policy trace`). An explicit PYDANTIC_DISABLE_PLUGINS wins
+    (set it empty to have them looked for)."""
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
-    if os.environ["PYDANTIC_DISABLE_PLUGINS"] in _PLUGINS_OFF and _PydanticPluginLoader.NAME not in sys.modules:
-        sys.modules[_PydanticPluginLoader.NAME] = _PydanticPluginLoader(_PydanticPluginLoader.NAME)
-
-
-class _PydanticPluginLoader(types.ModuleType):
-    """Stands in for pydantic's plugin loader while every plugin is disabled:
-    its get_plugins() then returns () without looking, as this one does, but
-    importing the module imports importlib.metadata (~12 ms) regardless. Any
-    other name a pydantic version asks of it is the real module's."""
-
-    NAME = "pydantic.plugin._loader"
-
-    def get_plugins(self) -> tuple[()]:
-        return ()
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):  # the import system's probes (__path__, ...): a plain module's answers
-            raise AttributeError(name)
-        if sys.modules.get(self.NAME) is self:
-            del sys.modules[self.NAME]
-        return getattr(importlib.import_module(self.NAME), name)
 
 
 def _run(argv: list[str], parser: argparse.ArgumentParser | None = None) -> int:
