@@ -11,8 +11,10 @@ fakes for those and get the same daemon.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from ipaddress import IPv4Address, IPv6Address
 
 from agent.adapters.policy_compiler import FQDNPeerResolver, ServicePeerResolver
@@ -76,9 +78,13 @@ def build_agent(
 SWITCH_INTERVAL = 0.001  # seconds
 
 
-async def serve(agent: Agent) -> None:
-    """The daemon's life: the agent until a signal, with the cycle collector
-    on the daemon's schedule (agent/core/collector.py)."""
+@contextlib.asynccontextmanager
+async def daemon_runtime(agent: Agent) -> AsyncIterator[None]:
+    """The process-wide settings the daemon runs the agent under, for its
+    life (benchmarks measure the agent under them too): the cycle collector
+    on the daemon's schedule (agent/core/collector.py) and a short GIL
+    switch interval. Put back on exit."""
+    saved = gc.get_threshold(), sys.getswitchinterval()
     collector.configure()
     # The loop hands work to threads (loading, compiling, kernel writes,
     # API writes) and waits on them: with two threads wanting the GIL, each
@@ -88,7 +94,16 @@ async def serve(agent: Agent) -> None:
         collector.full_collections(lambda: agent.queue.pending, lambda: agent.started_at > 0), name="ciliate-gc",
     )
     try:
-        await agent.run_until_signalled()
+        yield
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        gc.set_threshold(*saved[0])
+        sys.setswitchinterval(saved[1])
+        gc.unfreeze()
+
+
+async def serve(agent: Agent) -> None:
+    """The daemon's life: the agent until a signal, under daemon_runtime()."""
+    async with daemon_runtime(agent):
+        await agent.run_until_signalled()

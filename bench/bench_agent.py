@@ -29,8 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory  # noqa: E402
-from agent.core import collector  # noqa: E402
-from agent.daemon import SWITCH_INTERVAL, AgentConfig, build_agent  # noqa: E402
+from agent.daemon import AgentConfig, build_agent, daemon_runtime  # noqa: E402
 from agent.core.models import EndpointCreate  # noqa: E402
 from agent.core.ports import ApplyOutcome  # noqa: E402
 from policy.compiler import Compiler  # noqa: E402
@@ -98,35 +97,27 @@ async def change_latency(n_policies: int, n_endpoints: int, changes: int) -> lis
         cfg = AgentConfig(state_dir=Path(tmp) / "state", policy_dir=pol, metrics_port=None, poll_interval=3600, settle=0.0)
         agent = build_agent(cfg, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=NullDatapath(), proxy=NullProxy())
         await agent.start(serve_api=False)
-        # As the daemon runs (agent/daemon.py serve()): its cycle-collector
-        # schedule and GIL switch interval, or the figures would show
-        # CPython's own full collections, which the daemon never has.
-        saved = gc.get_threshold(), sys.getswitchinterval()
-        collector.configure()
-        sys.setswitchinterval(SWITCH_INTERVAL)
-        gc_task = asyncio.create_task(collector.full_collections(lambda: agent.queue.pending, lambda: agent.started_at > 0))
+        # As the daemon runs (agent/daemon.py daemon_runtime()): its
+        # cycle-collector schedule and GIL switch interval, or the figures
+        # would show CPython's own full collections, which the daemon never has.
         try:
-            for i in range(n_endpoints):
-                agent.table.upsert(EndpointCreate(container_id=f"c{i}", host_ifname=f"lxc{i}", ipv4=IPv4Address(f"10.210.{i // 256}.{i % 256}"), labels=labels(i)))
-                agent.queue.mark([i + 1])
-            await agent.queue.drain(120)
-            out = []
-            for c in range(changes):
-                k = c % n_policies
-                path = pol / f"p{k:05d}.yaml"
-                t0 = time.perf_counter()
-                path.write_text(policy_yaml(k, 20000 + c))
-                await agent.watcher.poll_once()
-                await agent.queue.drain(60)
-                out.append(time.perf_counter() - t0)
-            assert all(p.state == "enforced" for p in agent.policies().policies)
-            return out
+            async with daemon_runtime(agent):
+                for i in range(n_endpoints):
+                    agent.table.upsert(EndpointCreate(container_id=f"c{i}", host_ifname=f"lxc{i}", ipv4=IPv4Address(f"10.210.{i // 256}.{i % 256}"), labels=labels(i)))
+                    agent.queue.mark([i + 1])
+                await agent.queue.drain(120)
+                out = []
+                for c in range(changes):
+                    k = c % n_policies
+                    path = pol / f"p{k:05d}.yaml"
+                    t0 = time.perf_counter()
+                    path.write_text(policy_yaml(k, 20000 + c))
+                    await agent.watcher.poll_once()
+                    await agent.queue.drain(60)
+                    out.append(time.perf_counter() - t0)
+                assert all(p.state == "enforced" for p in agent.policies().policies)
+                return out
         finally:
-            gc_task.cancel()
-            await asyncio.gather(gc_task, return_exceptions=True)
-            gc.set_threshold(*saved[0])
-            sys.setswitchinterval(saved[1])
-            gc.unfreeze()
             await agent.stop()
 
 

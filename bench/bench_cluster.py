@@ -96,7 +96,7 @@ process is watched with, process_stats.py and etcd_stats.py the memory, CPU
 and key counts, report.py the table.
 
 A script, not a test: prints a table, asserts nothing about time.
-Run: .venv/bin/python bench/bench_cluster.py [--nodes 100,500] [--pods 50]
+Run: .venv/bin/python bench/bench_cluster.py [--nodes 100,500,1000] [--pods 50]
        [--pods-per-identity 10] [--churn 10] [--adds 200] [--add-rate 2]
        [--local-adds 30] [--alloc 300]            (about 5 min)
      .venv/bin/python bench/bench_cluster.py --quick   (smoke run, ~30 s)
@@ -139,7 +139,7 @@ def child_main(a: argparse.Namespace) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--nodes", help="comma-separated simulated node counts, one scenario each (default 100,500; --quick: 10)")
+    ap.add_argument("--nodes", help="comma-separated simulated node counts, one scenario each (default 100,500,1000: the issue's range; --quick: 10)")
     ap.add_argument("--pods", type=int, default=50, help="pods per simulated node (M)")
     ap.add_argument("--pods-per-identity", type=int, default=10)
     ap.add_argument("--churn", type=float, default=10.0, help="background pod events per second")
@@ -160,7 +160,7 @@ def main() -> int:
         return child_main(a)
     if a.quick:
         a.nodes, a.pods, a.adds, a.add_rate, a.local_adds, a.alloc, a.churn = a.nodes or "10", 10, 20, 5.0, 10, 30, 5.0
-    a.nodes = a.nodes or "100,500"
+    a.nodes = a.nodes or "100,500,1000"
     if (missing := etcd_missing_reason()) is not None:
         print(missing)
         return 1
