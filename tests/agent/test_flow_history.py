@@ -52,3 +52,24 @@ async def test_api_serves_the_history_and_refuses_a_bad_since(rig: Rig) -> None:
             r = await client.get("/v1/flows/history", params={"since": bad})
             assert r.status == 400, bad
             assert "since" in (await r.json())["detail"]
+
+
+def test_history_gives_back_every_field_it_was_given():
+    """The ring keeps events in their JSON form; what a replay reads back is
+    the event as it was recorded, whatever fields it carries."""
+    labels = ["k8s:org=empire", "k8s:class=tiefighter"]
+    kept = [
+        FlowEvent(time=1.0, type="drop", endpoint_id=3, direction="egress", protocol="TCP", src_ip="10.0.0.1", src_port=41000,
+                  dst_ip="fd00::9", dst_port=80, src_identity=300, dst_identity=2, src_labels=labels, verdict="drop", reason="policy denied"),
+        FlowEvent(time=2.0, type="l7", src_ip="10.0.0.1", dst_ip="10.0.0.9", dst_port=80, src_labels=labels, dst_labels=["k8s:class=deathstar"],
+                  src_pod="tiefighter", src_namespace="default", verdict="forwarded", method="PUT", path="/v1/exhaust-port?x=1", status=403),
+        FlowEvent(time=3.0, type="dns", dns_name="allowed.test.", dns_type="AAAA", dns_rcode="NOERROR", dns_addresses=["fd00::7", "10.9.9.9"], verdict="forwarded"),
+        FlowEvent(time=4.0, type="agent", summary="an extra field survives", node="b"),  # extra="allow"
+        FlowEvent(time=5.0, type="drop", src_port=0, dst_port=0, src_labels=[], status=0),  # falsy values are values
+    ]
+    h = FlowHistory(capacity=10, max_age=3600, clock=lambda: 6.0)
+    for e in kept:
+        h.add(e)
+    back = h.events()
+    assert back == kept
+    assert [e.model_dump() for e in back] == [e.model_dump() for e in kept]
