@@ -33,16 +33,16 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
-from policy.compiled import HOST_ENDPOINT_ID, CompiledState, EndpointPolicy
+from policy.compiled import HOST_ENDPOINT_ID, CompiledState
 from redirect import bpfsys, config, counters, host_connections, layout, loader, policymap, proxy_route, tc, upstream_ports
 from redirect.errors import DatapathError, PlumbingError, ProgramLoadError
 from redirect.events import EventStream
 from redirect.maps import DEFAULT_PIN_DIR, MapSizes, PinnedMaps
+from redirect.applied import AppliedMemory
 from redirect.reconcile import ApplyResult, apply_state
 
 DEFAULT_STATE_DIR = Path("/var/run/ciliate/endpoints")
@@ -53,7 +53,6 @@ PLUMBING_FILE = "proxy-plumbing.json"
 SHARED_DIR = "datapath"  # the shared config header every program is built from
 LO_PRIO = 2004  # our filter's prio on lo, which others may use too
 NETDEV_PRIO = 2005  # our filter's prio on the underlay device (cluster mode)
-FULL_RESYNC = 60.0  # seconds: every map read back and compared at least this often
 
 
 @dataclass(frozen=True)
@@ -116,13 +115,7 @@ class Datapath:
         self.maps = PinnedMaps(self.pin_dir, sizes)
         self._endpoints: dict[int, EndpointRecord] = {}
         self._programs: dict[str, tuple[int, int]] = {}  # shared program name -> fds held
-        # What the last apply left in the kernel (apply() writes only the
-        # difference from it): endpoint id -> the policy its map holds, the
-        # ipcache table and the revision of its state.
-        self._applied_eps: dict[int, EndpointPolicy] = {}
-        self._applied_ipcache: object | None = None
-        self._applied_revision = 0
-        self._full_due = 0.0
+        self._applied = AppliedMemory()  # what apply() wrote: the next writes the difference
         for rec in self.state_dir.glob(f"*/{RECORD_FILE}"):  # adopt endpoints
             try:
                 r = EndpointRecord(**json.loads(rec.read_text()))
@@ -201,7 +194,7 @@ class Datapath:
         ip4, ip6 = _as_ip(ipv4), _as_ip6(ipv6)
         if ip4 is None and ip6 is None:
             raise DatapathError(f"endpoint {endpoint_id}: no address to attach it by")
-        self._applied_eps.pop(endpoint_id, None)  # its maps are read back at the next apply
+        self._applied.forget_endpoint(endpoint_id)
         ip = ip4 or IPv4Address(0)  # ciliate_ifindex's address: 0 matches no IPv4 packet
         ep_dir = self._ep_dir(endpoint_id)
         header, digest = self._shared()
@@ -267,7 +260,7 @@ class Datapath:
 
     def detach_endpoint(self, endpoint_id: int) -> None:
         """Remove the endpoint's programs and its map state (idempotent)."""
-        self._applied_eps.pop(endpoint_id, None)
+        self._applied.forget_endpoint(endpoint_id)
         rec = self._endpoints.pop(endpoint_id, None)
         if rec is not None:
             tc.detach(rec.ifname, self.netns)
@@ -327,26 +320,14 @@ class Datapath:
     def resync(self) -> None:
         """Make the next apply read every map back and compare, as after a
         start (whatever this process believes it wrote)."""
-        self._full_due = 0.0
+        self._applied.resync()
 
     def apply(self, state: CompiledState) -> ApplyResult:
         """Reconcile the kernel with `state`: only what changed since the last
-        apply, as far as this process wrote it itself, and everything read
-        back and compared at least every FULL_RESYNC seconds (and after any
-        failure), which repairs a map someone else wrote meanwhile."""
-        full = time.monotonic() >= self._full_due
-        if full:
-            changes, unchanged = None, frozenset()
-        else:
-            changes = frozenset() if state.ipcache is self._applied_ipcache else state.ipcache_changes_since(self._applied_revision)
-            unchanged = frozenset(i for i, ep in state.endpoints.items() if self._applied_eps.get(i) is ep)
-        # Forgotten first: an apply that raises midway leaves the next one a full one.
-        self._applied_eps, self._applied_ipcache, self._applied_revision = {}, None, 0
+        apply, as far as this process wrote it itself (redirect/applied.py)."""
+        full, changes, unchanged = self._applied.plan(state)
         res = apply_state(self.maps, state, keep=set(self._endpoints), ipcache_changes=changes, unchanged=unchanged)
-        self._applied_eps = {i: state.endpoints[i] for i in res.applied}
-        self._applied_ipcache, self._applied_revision = state.ipcache, state.revision
-        if full:
-            self._full_due = time.monotonic() + FULL_RESYNC
+        self._applied.recorded(state, res.applied, full)
         return res
 
     def dump_policy(self, endpoint_id: int, merge_ranges: bool = True) -> list[policymap.DecodedEntry]:
