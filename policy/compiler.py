@@ -37,6 +37,7 @@ from policy.endpoint import Endpoint
 from policy.families import IPAddress, IPNetwork, Stack
 from policy.identity import IdentityAllocator, identity_labels, reserved_labels, selectable_labels
 from policy.ipcache import REMOTE_OWNER, IPCache, TableFacts
+from policy.remote_endpoints import Gone, RemoteEndpoints
 from policy.model import EndpointPeer, Peer, Policy, PolicySpec
 from policy.named_ports import NamedPortIndex, uses_names
 from policy.proxyports import ProxyPortAllocator
@@ -82,11 +83,7 @@ class Compiler:
         self._endpoints: dict[int, Endpoint] = {}
         self._ep_identity: dict[int, int] = {}
         self._identity_eps: dict[int, set[int]] = {}
-        # Other nodes' endpoints (cluster mode): address -> identity, and how
-        # many of them each identity has. They are peers only: selectable,
-        # in the ipcache, never a subject of local policy.
-        self._remote: dict[IPAddress, int] = {}
-        self._remote_refs: dict[int, int] = {}
+        self._remote = RemoteEndpoints()  # other nodes' endpoints (cluster mode)
         self._id_policy: dict[int, IdentityPolicy] = {}
         self._ep_policy: dict[int, EndpointPolicy] = {}
         self._ep_redirects: dict[int, set[RedirectKey]] = {}
@@ -145,7 +142,7 @@ class Compiler:
             self._ep_identity[ep.id] = ident
             eps = self._identity_eps.setdefault(ident, set())
             eps.add(ep.id)
-            if len(eps) == 1 and ident not in self._remote_refs:
+            if len(eps) == 1 and not self._remote.holds(ident):
                 self._identity_added(ident)
         # One ipcache entry per family: the pod's /32 and /128 both carry its
         # identity, and each outranks any CIDR prefix covering it.
@@ -208,32 +205,21 @@ class Compiler:
         rest is not compared: at 50,000 remote pods that comparison was most
         of the cost of one pod event). `nodes_unchanged`: the other nodes are
         those of the last call (`node_ips` and `node_labels` are not read)."""
-        if changed is None:
-            gone = [(a, i) for a, i in self._remote.items() if (new := endpoints.get(a)) is None or new[0] != i]
-            fresh: Iterable[tuple[IPAddress, tuple[int, frozenset[str]]]] = endpoints.items()
-        else:
-            gone = [(a, i) for a in changed if (i := self._remote.get(a)) is not None and ((new := endpoints.get(a)) is None or new[0] != i)]
-            fresh = [(a, new) for a in changed if (new := endpoints.get(a)) is not None]
-        for addr, ident in gone:
-            new = endpoints.get(addr)
-            del self._remote[addr]
-            if new is None:
-                self._ipcache.delete_endpoint(REMOTE_OWNER, addr)
-            self._unref_remote(ident)
-        for addr, (ident, label_set) in fresh:
-            if self._remote.get(addr) == ident:
+        for step in self._remote.update(endpoints, changed):
+            if isinstance(step, Gone):
+                if not step.present:
+                    self._ipcache.delete_endpoint(REMOTE_OWNER, step.addr)
+                if step.last and not self._identity_eps.get(step.identity):
+                    self._identity_removed(step.identity)
                 continue
-            if self.identities.labels_of(ident) != label_set:
-                self.identities.adopt(label_set, ident)
-            self._remote[addr] = ident
-            self._ipcache.upsert_endpoint(REMOTE_OWNER, None, addr, ident)
-            n = self._remote_refs.get(ident, 0)
-            self._remote_refs[ident] = n + 1
-            if n == 0 and not self._identity_eps.get(ident):
-                self._identity_added(ident)
+            if self.identities.labels_of(step.identity) != step.labels:
+                self.identities.adopt(step.labels, step.identity)
+            self._ipcache.upsert_endpoint(REMOTE_OWNER, None, step.addr, step.identity)
+            if step.first and not self._identity_eps.get(step.identity):
+                self._identity_added(step.identity)
         # The ports other nodes' endpoints serve by name, which egress rules
         # towards them resolve `port: http` by (keyed apart from local ids).
-        self._names_changed(self._named.set_remote(self._remote, named_ports or {}, only=changed))
+        self._names_changed(self._named.set_remote(self._remote.identity_of, named_ports or {}, only=changed))
         if nodes_unchanged:
             return
         # A node that published labels gets an identity by them (nodes with
@@ -259,13 +245,6 @@ class Compiler:
 
     def _own_node_labels(self) -> Mapping[str, str] | None:
         return self._host_labels if self._host_labels is not None else self._node_labels
-
-    def _unref_remote(self, ident: int) -> None:
-        n = self._remote_refs.pop(ident) - 1
-        if n:
-            self._remote_refs[ident] = n
-        elif not self._identity_eps.get(ident):
-            self._identity_removed(ident)
 
     # ------------------------------------------------------------ queries
 
@@ -391,7 +370,7 @@ class Compiler:
         self._id_policy.pop(ident, None)
         self._peer_dirty.pop(ident, None)
         self._dirty_ids.discard(ident)
-        if ident not in self._remote_refs:
+        if not self._remote.holds(ident):
             self._identity_removed(ident)
 
     def _identity_removed(self, ident: int) -> None:
