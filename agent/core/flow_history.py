@@ -11,11 +11,13 @@ no I/O.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticSerializationError
 
 from agent.core.models import FlowEvent
 
@@ -42,7 +44,13 @@ class FlowHistory:
     def add(self, event: FlowEvent) -> None:
         if len(self._events) == self.capacity:
             self.evicted += 1
-        self._events.append((event.time, event.model_dump_json(exclude_defaults=True).encode()))
+        try:
+            raw = event.model_dump_json(exclude_defaults=True).encode()
+        except PydanticSerializationError:
+            # A string no UTF-8 encoder takes (a lone surrogate, e.g. from a
+            # path a tenant sent): stdlib JSON escapes it and gives it back.
+            raw = _ESCAPED + json.dumps(event.model_dump(exclude_defaults=True)).encode()
+        self._events.append((event.time, raw))
 
     def _expire(self) -> None:
         horizon = self._clock() - self.max_age
@@ -54,7 +62,7 @@ class FlowHistory:
         """Events kept, oldest first; with `since`, only those of the last `since` seconds."""
         self._expire()
         horizon = None if since is None else self._clock() - since
-        return [FlowEvent.model_validate_json(raw) for t, raw in self._events if horizon is None or t >= horizon]
+        return [_read(raw) for t, raw in self._events if horizon is None or t >= horizon]
 
     def listing(self, since: float | None = None) -> FlowHistoryList:
         return FlowHistoryList(events=self.events(since), capacity=self.capacity, max_age=self.max_age, evicted=self.evicted)
@@ -62,6 +70,15 @@ class FlowHistory:
     def __len__(self) -> int:
         self._expire()
         return len(self._events)
+
+
+_ESCAPED = b"~"  # before JSON written by the stdlib encoder (pydantic's JSON reader rejects lone surrogates)
+
+
+def _read(raw: bytes) -> FlowEvent:
+    if raw.startswith(_ESCAPED):
+        return FlowEvent.model_validate(json.loads(raw[len(_ESCAPED):]))
+    return FlowEvent.model_validate_json(raw)
 
 
 class FlowHistoryList(BaseModel):

@@ -73,3 +73,14 @@ def test_history_gives_back_every_field_it_was_given():
     back = h.events()
     assert back == kept
     assert [e.model_dump() for e in back] == [e.model_dump() for e in kept]
+
+
+def test_a_hostile_string_in_an_event_neither_breaks_the_history_nor_changes():
+    """Paths and names come from tenants: a lone surrogate (not encodable as
+    UTF-8), NUL, a bidi override and quotes are kept as they were, and the
+    events around them are unaffected."""
+    hostile = FlowEvent(time=2.0, type="l7", path='/a\udc80b\x00\u202e"\\', summary="x\ud800", src_labels=["k8s:app=\udcff"])
+    h = FlowHistory(capacity=10, max_age=3600, clock=lambda: 5.0)
+    for e in (_ev(1.0), hostile, _ev(3.0)):
+        h.add(e)
+    assert h.events() == [_ev(1.0), hostile, _ev(3.0)]
