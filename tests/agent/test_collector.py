@@ -137,3 +137,42 @@ async def test_walks_of_new_objects_do_not_wait_and_frozen_cycles_wait_for_the_w
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_walks_of_everything_that_find_little_come_less_often_and_one_that_finds_much_resets(gc_settings, monkeypatch) -> None:
+    """The walk of everything stalls the loop for as long as the heap is
+    large; when it frees (almost) nothing the next comes twice as late, up
+    to max_interval; when it frees at least WORTH_IT, a minute again."""
+    clock = _Clock()
+    monkeypatch.setattr(collector, "time", clock)
+    monkeypatch.setattr(collector, "MIN_INTERVAL", 0.01)
+    monkeypatch.setattr(collector, "SHARE", 1e9)
+    monkeypatch.setattr(collector, "WORTH_IT", 10_000_000)  # a frozen cycle or two is "little"
+    collector.configure()
+    task = asyncio.create_task(collector.full_collections(lambda: False, interval=60.0, max_interval=120.0))
+
+    async def frozen_cycle_freed_after(advance: float) -> bool:
+        old = _old_cycle()
+        gc.freeze()
+        clock.now += advance
+        # Two collector turns after the clock moved (each frees a new cycle):
+        # a walk of everything due by then has run.
+        for turn in range(2):
+            young = _old_cycle()
+            await _until(lambda: young() is None, f"collector turn {turn + 1}")
+        return old() is None
+
+    try:
+        await _until(lambda: gc.get_freeze_count() > 0, "the start-up freeze")
+        assert await frozen_cycle_freed_after(61.0), "the first walk of everything after a minute"
+        assert not await frozen_cycle_freed_after(61.0), "little found: the next one waits two minutes"
+        assert await frozen_cycle_freed_after(60.0)
+        assert not await frozen_cycle_freed_after(61.0)
+        assert await frozen_cycle_freed_after(60.0), "never later than max_interval"
+        monkeypatch.setattr(collector, "WORTH_IT", 1)
+        assert not await frozen_cycle_freed_after(61.0)
+        assert await frozen_cycle_freed_after(60.0), "this one finds something ..."
+        assert await frozen_cycle_freed_after(61.0), "... so the next is a minute later again"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
