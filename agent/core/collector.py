@@ -24,9 +24,9 @@ collections. Here:
   too, at moments nothing waits on a compile. That walk stalls the loop
   for as long as the heap is large (~0.4 s at 50,000 remote pods, where it
   was the p99 of a remote pod's arrival), and it rarely finds anything: a
-  walk of everything that frees fewer than WORTH_IT old objects doubles
-  the wait for the next one, up to FULL_INTERVAL_MAX; one that frees more
-  brings it back to a minute.
+  walk of everything that frees fewer than WORTH_IT old objects (the
+  start-up one included) doubles the wait for the next one, up to
+  FULL_INTERVAL_MAX; one that frees more brings it back to a minute.
 A frozen object is still freed as soon as its last reference goes; only a
 cycle among frozen objects waits for the minute's whole walk.
 No I/O.
@@ -87,7 +87,7 @@ async def full_collections(
     log.info("start-up objects frozen out of the cycle collector's walks (%d freed first, %.0f ms)", freed, took * 1000)
     clock = time.monotonic
     last_whole = clock()
-    spacing = interval
+    spacing = interval if freed >= WORTH_IT else min(max_interval, interval * 2)  # that was a walk of everything too
     while True:
         await asyncio.sleep(min(interval, max(MIN_INTERVAL, took / SHARE)))
         whole = clock() - last_whole >= spacing
