@@ -168,6 +168,11 @@ class Cluster:
         """The last known remote view (kept while etcd is unreachable)."""
         return self._mirror.view()
 
+    def changed_since(self, serial: int, upto: int) -> frozenset | None:
+        """Mirror.changed_since: the addresses that may differ between two
+        views this cluster handed out (None: compare everything)."""
+        return self._mirror.changed_since(serial, upto)
+
     def status(self) -> dict:
         """JSON-able state for `ciliate status`. The lease id is a hex
         string (etcdctl's spelling; 63-bit ids do not survive JSON numbers

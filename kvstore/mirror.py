@@ -12,6 +12,7 @@ compared every endpoint, cost more than the event itself.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
@@ -38,6 +39,7 @@ NOTHING = Change()
 
 
 IPAddress = IPv4Address | IPv6Address
+JOURNAL = 1024  # views whose changes changed_since() can still union
 
 
 class Mirror:
@@ -59,6 +61,11 @@ class Mirror:
         self._changed: set[IPAddress] | None = None
         self._nodes_changed = True
         self._last: ClusterView | None = None
+        # (serial of each view handed out, the addresses changed from the one
+        # before, None: unknown or a node changed): a consumer that did not
+        # see every view (several events came while it was busy) still
+        # patches by their union instead of walking the cluster.
+        self._journal: deque[tuple[int, frozenset[IPAddress] | None]] = deque(maxlen=JOURNAL)
 
     def reset(self, kvs: Iterable[tuple[bytes, bytes]], revision: int) -> Change:
         """Replace everything with a fresh list taken at `revision` (always
@@ -109,7 +116,21 @@ class Mirror:
         if self._view is not self._last:
             self._last = self._view
             self._changed, self._nodes_changed = set(), False
+            d = self._view.delta
+            self._journal.append((self._view.serial, None if d is None or d.nodes else d.endpoints))
         return self._view
+
+    def changed_since(self, serial: int, upto: int) -> frozenset[IPAddress] | None:
+        """The addresses whose entry (or identity's labels) may differ
+        between the views numbered `serial` and `upto`, both handed out by
+        this mirror; None when not known (a relist, a node change, or
+        older than the journal): compare everything."""
+        if not serial or upto < serial:
+            return None
+        steps = [c for s, c in self._journal if serial < s <= upto]
+        if len(steps) != upto - serial or any(c is None for c in steps):
+            return None
+        return frozenset().union(*steps)
 
     def identity_ids(self) -> frozenset[int]:
         return frozenset(self._identities)

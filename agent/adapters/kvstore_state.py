@@ -209,10 +209,15 @@ class KvstoreState:
             return self._restored  # not listed since start: keep what the kernel enforces
         if view is not self._view:
             prev, self._view = self._view, view
-            delta = view.delta
             serial = self._peers.serial + 1
-            if prev is not None and delta is not None and delta.base == prev.serial and not delta.nodes and self._peers.serial:
-                self._peers, changed = patch_peers(self._peers, view, delta.endpoints, self._refused_eps, serial)
+            # Several views may have passed since the last one taken here
+            # (events keep coming while a regeneration runs): their union.
+            # Taking only the newest view's delta sent every later event to
+            # the whole recompute once two came within one regeneration,
+            # which made the next regeneration longer still.
+            moved = self._cluster.changed_since(prev.serial, view.serial) if prev is not None and self._peers.serial else None
+            if moved is not None:
+                self._peers, changed = patch_peers(self._peers, view, moved, self._refused_eps, serial)
             else:
                 self._peers, self._refused_nodes, self._refused_eps = trusted_parts(view, self.node, serial)
                 changed = None
