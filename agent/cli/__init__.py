@@ -1,7 +1,7 @@
 """The `ciliate` command line (`python -m agent.cli`): the entry point
-(ciliate.py), the agent and its client commands (agent_commands.py), the
-offline policy tools (policy_commands.py) and the compose demo's attach loop
-(compose_attach.py)."""
+(ciliate.py), the agent daemon (agent_daemon.py) and its client commands
+(agent_commands.py), the offline policy tools (policy_commands.py) and the
+compose demo's attach loop (compose_attach.py)."""
 
 from typing import Any
 

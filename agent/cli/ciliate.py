@@ -16,7 +16,7 @@ from collections.abc import Sequence
 # `ciliate policy trace` must not load the agent, its API models and its HTTP
 # client (that tripled its start-up time).
 _POLICY_TOOLS = ("agent.cli.policy_commands", "agent.cli.policy_diff")
-_AGENT_COMMANDS = "agent.cli.agent_commands"  # the daemon and its client commands
+_AGENT_COMMANDS = "agent.cli.agent_commands"  # the agent's client commands, and the daemon (agent_daemon.py)
 _DEMO = "demo.command"
 _ALL = (*_POLICY_TOOLS, _AGENT_COMMANDS, _DEMO)  # registration order: `policy get` joins the tools' parser
 _OFFLINE_POLICY = frozenset({"validate", "trace", "diff", "test", "suggest"})
