@@ -4,10 +4,12 @@ it reported) and a polling `eventually`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -88,7 +90,23 @@ async def eventually(check: Callable[[], object], timeout: float = 20.0, what: s
 
 
 async def connected(node: Node, timeout: float = 20.0) -> None:
-    await eventually(lambda: node.cluster.connected, timeout, f"{node.name} connected")
+    try:
+        await eventually(lambda: node.cluster.connected, timeout, f"{node.name} connected")
+    except AssertionError as e:
+        # Which endpoint, which lease, which last error: a failure in a full
+        # CI run must say why without a re-run.
+        raise AssertionError(f"{e}; status: {node.cluster.status()}") from None
+
+
+@contextlib.contextmanager
+def refused_endpoint() -> Iterator[str]:
+    """An etcd URL on loopback that refuses every connection for as long as
+    the block runs: the port stays bound (never listening), so no other
+    process of a parallel run can start listening on it meanwhile, as it
+    could on a port merely picked and released."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def apply_mirror_events(mirror, batch, rev: int, node_info: Callable[[str], NodeInfo]) -> int:

@@ -12,9 +12,8 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from demo.etcd_process import free_port
 from kvstore import KvstoreUnavailable, RemoteEndpoint
-from tests.kvstore.support import connected, eventually
+from tests.kvstore.support import connected, eventually, refused_endpoint
 
 pytestmark = pytest.mark.etcd
 
@@ -155,14 +154,14 @@ async def test_a_node_cut_off_longer_than_its_ttl_comes_back_with_a_new_lease(cl
 
 
 async def test_a_dead_first_endpoint_fails_over_to_the_next(clusters, etcd):
-    dead = f"http://127.0.0.1:{free_port()}"
     # The refused endpoint fails at once whatever the timeouts; the test's
     # fast 1 s calls and 2 s lease would also fail the live one on a loaded
     # machine and send the client back to the dead one (a full CI run did).
-    a = await clusters.node("a", url=f"{dead},{etcd.client_url}", op_timeout=5.0, lease_ttl=15.0)
-    await connected(a, timeout=60)
-    assert a.cluster.status()["endpoint"] == etcd.client_url
-    assert await a.cluster.allocate_identity(X) >= 256
+    with refused_endpoint() as dead:
+        a = await clusters.node("a", url=f"{dead},{etcd.client_url}", op_timeout=5.0, lease_ttl=15.0)
+        await connected(a, timeout=60)
+        assert a.cluster.status()["endpoint"] == etcd.client_url
+        assert await a.cluster.allocate_identity(X) >= 256
 
 
 async def test_our_keys_deleted_by_hand_are_put_back(clusters, etcd):
