@@ -202,8 +202,24 @@ def test_etcd_down_keeps_enforcing_and_a_new_pod_waits_for_its_identity(world: W
     )
     # two ships and the new pod, each with an IPv4 and an IPv6 address
     wait_for("node 1 to see the new pod", lambda: world.home.status()["kvstore"]["remote_endpoints"] == 6, timeout=30)
-    ids = world.cluster.identities()
-    assert len(set(ids["ywing"].values())) == 1 and None not in ids["ywing"].values(), ids
+    # Node 1's own pod regenerated on a retry (every 2 s) once etcd answered
+    # its restarted agent, independently of node 2: wait for the two nodes to
+    # agree on every pod, the new one included, rather than catch node 1
+    # between its retries.
+    last: list[dict] = []
+
+    def agreed() -> bool:
+        ids = world.cluster.identities()
+        last[:] = [ids]
+        return set(ids) == {"deathstar", "tiefighter", "xwing", "ywing"} and all(
+            len(per_node) == 2 and None not in per_node.values() and len(set(per_node.values())) == 1
+            for per_node in ids.values()
+        )
+
+    try:
+        wait_for("both nodes to give every pod one identity", agreed, timeout=30, every=0.5)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {last}; node 1's endpoints: {world.home.ciliate_json('endpoint', 'list')}") from None
 
 
 def _lease_ttl(world: World, lease_id: int) -> int:
