@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,10 +30,12 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # share their conftest's node prefix and fixtures, and the cluster tests and
 # the cluster demo each run an underlay. Other tests go by module, as
 # loadscope does; the kernel tests of different lanes and modules live in
-# namespaces of their own and may run side by side.
+# namespaces of their own and may run side by side. The compose test shares
+# nothing with the others (its engine and namespace are its own), so it is a
+# module like any other: either worker may take it.
 # (pytest-xdist's own --dist loadgroup does not group under pytest 9: it
 # rewrites item._nodeid, which pytest 9 no longer reads.)
-LANES = {"reliability": "lane-b", "cluster": "lane-b", "demo": "lane-b", "datapath": "lane-a", "compose": "lane-a"}
+LANES = {"reliability": "lane-c", "cluster": "lane-b", "demo": "lane-b", "datapath": "lane-a"}
 
 
 def work_unit(nodeid: str) -> str:
@@ -46,11 +49,17 @@ def work_unit(nodeid: str) -> str:
 
 # Longest first: each unit's seconds in the last whole run with the same
 # markers (`make test`, `make test-fast`; kept in pytest's cache,
-# .pytest_cache/) decide the order units are handed out in, so a long module
-# does not start last and leave the other worker idle at the end. Units with
-# no time yet follow in xdist's order; with no cache (-p no:cacheprovider)
-# the order is xdist's own. A run of some files or of `-k` records nothing:
-# its units would look shorter than they are.
+# .pytest_cache/) decide the order units are handed out in, so a long unit
+# does not start last and leave the other worker idle at the end. A fresh
+# checkout (CI) has no cache, and a unit may be new to it: then the seconds of
+# each of its modules in tests/module-seconds.json (a whole run's, committed;
+# only the order depends on them, so a stale figure costs time, never a
+# result) add up to its time. Units with no time at all follow in xdist's
+# order (collection order, which would hand the longest lanes out last). A run of some files or of `-k` records
+# nothing: its units would look shorter than they are.
+MODULE_SECONDS = Path(__file__).with_name("module-seconds.json")
+
+
 def _unit_seconds_key(config: pytest.Config) -> str:
     marks = config.getoption("markexpr", "") or ""
     return "ciliate/unit-seconds/" + (hashlib.sha1(marks.encode()).hexdigest()[:12] if marks else "all")
@@ -95,15 +104,20 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN201 - x
 
     cache = getattr(config, "cache", None)
     seconds: dict[str, float] = cache.get(_unit_seconds_key(config), {}) if cache is not None else {}
+    by_module: dict[str, float] = json.loads(MODULE_SECONDS.read_text())
+
+    def unit_seconds(unit: str, nodeids: Iterable[str]) -> float:
+        if unit in seconds:
+            return seconds[unit]
+        return sum(by_module.get(m, 0.0) for m in {n.split("::", 1)[0] for n in nodeids})
 
     class KernelLanes(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return work_unit(nodeid)
 
         def _assign_work_unit(self, node) -> None:  # noqa: ANN001 - xdist's WorkerController
-            if seconds:
-                longest = max(self.workqueue, key=lambda unit: seconds.get(unit, 0.0))
-                self.workqueue.move_to_end(longest, last=False)
+            longest = max(self.workqueue, key=lambda unit: unit_seconds(unit, self.workqueue[unit]))
+            self.workqueue.move_to_end(longest, last=False)
             super()._assign_work_unit(node)
 
     return KernelLanes(config, log)
