@@ -31,10 +31,37 @@ class DnsServer:
         return self.host, self.port
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port_both() -> int:
+    """A loopback port free for UDP and TCP alike (dnsmasq binds both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            try:
+                t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+def _start(exe: str) -> DnsServer:
+    port = _free_port_both()
+    argv = [exe, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces",
+            "--listen-address=127.0.0.1", f"--port={port}", f"--local-ttl={TTL}", "--pid-file=", "--log-queries",
+            "--log-facility=-"]
+    if os.geteuid() == 0:
+        argv.append("--user=root")  # no switch to a user this machine may not have
+    argv += [f"--address=/{n}/{ip}" for n, ip in NAMES.items()]
+    return DnsServer("127.0.0.1", port, subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture
@@ -42,30 +69,30 @@ def dnsmasq() -> Iterator[DnsServer]:
     exe = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if os.path.exists("/usr/sbin/dnsmasq") else None)
     if exe is None:
         pytest.skip("dnsmasq is not installed (scripts/install.sh installs Debian's dnsmasq-base)")
-    port = _free_udp_port()
-    argv = [exe, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces",
-            "--listen-address=127.0.0.1", f"--port={port}", f"--local-ttl={TTL}", "--pid-file=", "--log-queries",
-            "--log-facility=-"]
-    if os.geteuid() == 0:
-        argv.append("--user=root")  # no switch to a user this machine may not have
-    argv += [f"--address=/{n}/{ip}" for n, ip in NAMES.items()]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    server = DnsServer("127.0.0.1", port, proc)
+    # The port is free when picked, but the other worker's servers may take
+    # it before dnsmasq binds: then a new port, a few times.
+    for _ in range(5):
+        server = _start(exe)
+        proc = server.proc
+        try:
+            # Ready when it answers; a generous bound only against a hang.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    dns.query.udp(dns.message.make_query("allowed.test", "A"), "127.0.0.1", port=server.port, timeout=0.1)
+                    break
+                except Exception:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        _stop(proc)  # before reading its stderr to the end
+                        raise RuntimeError(f"dnsmasq did not start: {proc.stderr.read().decode(errors='replace') if proc.stderr else ''}")
+        except RuntimeError as e:
+            if "Address already in use" in str(e):
+                continue
+            raise
+        break
+    else:
+        raise RuntimeError("dnsmasq found every port it was given taken")
     try:
-        # Ready when it answers; a generous bound only against a hang.
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                dns.query.udp(dns.message.make_query("allowed.test", "A"), "127.0.0.1", port=port, timeout=0.1)
-                break
-            except Exception:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"dnsmasq did not start: {proc.stderr.read().decode(errors='replace') if proc.stderr else ''}")
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
