@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from policy.errors import PolicyError, PolicyErrors
 from policy.model import Policy
-from policy.parse import parse_object
+
+if TYPE_CHECKING:
+    import yaml
+
+# yaml and the validating parser (pydantic, about half of an offline
+# command's start-up) are imported when a file's text is first parsed, not
+# with this module: `ciliate policy trace` answered from its parse cache
+# (agent/cli/parse_cache.py) never needs them.
 
 EXTENSIONS = (".yaml", ".yml", ".json")
 # A policy test's document (policy/flow_tests.py): skipped by the loader.
@@ -40,9 +45,14 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_DOCUMENT_BYTES = 1536 * 1024
 
 
-# libyaml's loader when PyYAML was built with it: ~10x faster than the pure
-# Python one, which was most of the agent's time reading one changed file.
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+def _safe_loader() -> type:
+    """libyaml's loader when PyYAML was built with it: ~10x faster than the
+    pure Python one, which was most of the agent's time reading one changed
+    file."""
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _TooBig:
@@ -55,7 +65,7 @@ class _TooBig:
 def yaml_documents(text: str, limit: int) -> list[Any]:
     """yaml.safe_load_all, but a document over `limit` bytes becomes a
     _TooBig instead of being built (its size is known once it is composed)."""
-    loader = _SafeLoader(text)
+    loader = _safe_loader()(text)
     docs: list[Any] = []
     try:
         while loader.check_node():
@@ -100,6 +110,10 @@ def _yaml_error(e: yaml.YAMLError) -> str:
 
 def load_text(text: str, source: str, is_json: bool = False, doc_limit: int = MAX_DOCUMENT_BYTES) -> LoadResult:
     """Parse the documents of one file's text."""
+    import yaml
+
+    from policy.parse import parse_object
+
     out = LoadResult(files=[source])
     docs: list[Any]
     try:
@@ -169,7 +183,18 @@ def read_policy_file(path: Path, out: LoadResult, limit: int = MAX_FILE_BYTES) -
         return None
 
 
-def load_paths(paths: Sequence[str | Path]) -> LoadResult:
+# One file's text, its name and whether it is JSON -> its documents parsed.
+ParseText = Callable[[str, str, bool], LoadResult]
+
+
+def parse_file_text(text: str, source: str, is_json: bool) -> LoadResult:
+    return load_text(text, source, is_json=is_json)
+
+
+def load_paths(paths: Sequence[str | Path], parse: ParseText = parse_file_text) -> LoadResult:
+    """Every policy of `paths` (files or directories). `parse` turns one
+    file's text into its documents: load_text itself, or a cache in front
+    of it (the same result for the same text, name and code)."""
     out = LoadResult()
     seen: dict[str, Policy] = {}
     for raw in paths:
@@ -182,7 +207,7 @@ def load_paths(paths: Sequence[str | Path]) -> LoadResult:
             text = read_policy_file(f, out)
             if text is None:
                 continue
-            res = load_text(text, name, is_json=f.suffix.lower() == ".json")
+            res = parse(text, name, f.suffix.lower() == ".json")
             out.files.append(name)
             out.errors.extend(res.errors)
             for p in res.policies:

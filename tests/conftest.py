@@ -24,6 +24,13 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# The offline policy commands keep parsed files in a cache
+# (agent/cli/parse_cache.py), by default under the user's home: each test
+# process, and every `ciliate` it starts, uses one of its own instead, gone
+# when the process ends.
+_PARSE_CACHE = tempfile.mkdtemp(prefix="ciliate-test-parse-cache-")
+os.environ["CILIATE_CACHE_DIR"] = _PARSE_CACHE
+
 
 # Under pytest-xdist (`make test`: -n 2 --dist loadscope) the kernel tests run
 # in lanes, each lane on one worker and in turn: the tests of one directory
@@ -92,6 +99,10 @@ class _UnitSeconds:
             known = self.config.cache.get(key, {})
             known.update({u: round(s, 2) for u, s in self.seconds.items()})
             self.config.cache.set(key, known)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_PARSE_CACHE, ignore_errors=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:

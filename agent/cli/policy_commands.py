@@ -13,6 +13,7 @@ import json
 import sys
 from typing import Any
 
+from agent.cli.parse_cache import load_policies
 from policy.compiled import Protocol
 from policy.compiler import compile_state
 from policy.endpoint import Endpoint, NamedPort
@@ -20,7 +21,6 @@ from policy.errors import CiliateError, TraceInputError
 from policy.families import Stack
 from policy.icmp_types import icmp_type
 from policy.labels import label_items
-from policy.load import load_paths
 from policy.named_ports import port_name_problem
 from policy.dns_names import canonical
 from policy.fqdn_resolve import names_from_flags
@@ -133,7 +133,7 @@ def _guard(fn: Any) -> Any:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    res = load_paths(args.paths)
+    res = load_policies(args.paths)
     # Valid, but `toServices` has no Services to stand for outside the agent's
     # Kubernetes mode: say so rather than let it silently allow nothing.
     _, notes = resolve_all(res.policies, None)
@@ -258,7 +258,7 @@ def _trace(args: argparse.Namespace) -> int:
             raise TraceInputError(f"--dst {dst_spec}: give its addresses with --resolve {dst_spec[5:]}=ADDR")
         dst_spec = f"ip:{sorted(names[wanted], key=lambda a: (a.version, a))[0]}"
     dst = _party(dst_spec, _DST_ID, endpoints, named)
-    res = load_paths(args.policies)
+    res = load_policies(args.policies)
     if not res.ok:
         for e in res.errors:
             print(str(e), file=sys.stderr)

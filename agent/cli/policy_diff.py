@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.api.address import AgentError, AgentUnavailable, default_socket
 from agent.cli.policy_commands import add_stack_flag, node_labels
+from agent.cli.parse_cache import load_policies
 from policy.compiled import SNIRule
 from policy.compiler import compile_state
 from policy.diff import diff_policies
@@ -36,7 +37,6 @@ from policy.endpoint import Endpoint
 from policy.errors import CiliateError
 from policy.families import Stack
 from policy.labels import selector_key_problem, value_problem
-from policy.load import load_paths
 from policy.fqdn_resolve import names_from_flags
 from policy.fqdn_resolve import resolve_all as resolve_fqdns_all
 from policy.services import resolve_all
@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _policies(paths: list[str], which: str, resolve: list[str] | None = None) -> list[Policy]:
-    res = load_paths(paths)
+    res = load_policies(paths)
     if not res.ok:
         for e in res.errors:
             print(str(e), file=sys.stderr)

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from policy.errors import CiliateError, PolicyErrors
-from policy.load import MAX_DOCUMENT_BYTES, LoadResult, is_test_document, load_paths, read_policy_file, yaml_documents
+from agent.cli.parse_cache import load_policies
+from policy.load import MAX_DOCUMENT_BYTES, LoadResult, is_test_document, read_policy_file, yaml_documents
 
 if TYPE_CHECKING:
     import xml.etree.ElementTree as ET
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                 paths = [str(path.parent / p) for p in test.spec.policies] + list(args.policies)
                 if not paths:
                     raise CiliateError(f"{path}: spec.policies is empty and no --policies given: nothing to test")
-                res = load_paths(paths)
+                res = load_policies(paths)
                 if not res.ok:
                     for e in res.errors:
                         print(str(e), file=sys.stderr)

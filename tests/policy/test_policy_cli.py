@@ -233,6 +233,7 @@ def test_ciliate_as_its_own_process_looks_for_no_pydantic_plugins(setting, looke
         "print('RC', rc, 'LOOKED', bool(looked), 'GC', gc.isenabled())\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    env["CILIATE_CACHE_DIR"] = "off"  # parse for real: a cached parse never imports pydantic
     if setting is not None:
         env["PYDANTIC_DISABLE_PLUGINS"] = setting
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
