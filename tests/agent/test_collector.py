@@ -178,3 +178,39 @@ async def test_walks_of_everything_that_find_little_come_less_often_and_one_that
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.parametrize("growth, freed", [(0.25, True), (1e9, False)])
+async def test_frozen_objects_grown_by_a_quarter_bring_the_walk_of_everything_forward(gc_settings, monkeypatch, growth, freed) -> None:
+    """Cycles frozen while alive (a regeneration's temporaries in flight at a
+    walk of new objects) and dead since then wait for a walk of everything.
+    Once the frozen objects grew by GROWTH since the last one, it comes
+    without waiting for its interval (the clock here never moves); with the
+    bound out of reach, the same garbage stays (the control)."""
+    clock = _Clock()
+    monkeypatch.setattr(collector, "time", clock)
+    monkeypatch.setattr(collector, "MIN_INTERVAL", 0.01)
+    monkeypatch.setattr(collector, "SHARE", 1e9)
+    monkeypatch.setattr(collector, "GROWTH", growth)
+    monkeypatch.setattr(collector, "GROWTH_MIN", 100)
+    collector.configure()
+    task = asyncio.create_task(collector.full_collections(lambda: False, interval=60.0, max_interval=960.0))
+    try:
+        await _until(lambda: gc.get_freeze_count() > 0, "the start-up freeze")
+        base = gc.get_freeze_count()
+        # More cycles than a quarter of what is frozen, frozen alive, then garbage.
+        pairs = []
+        for _ in range(base // 3 + 1000):
+            a, b = _Node(), _Node()
+            a.other, b.other = b, a
+            pairs.append(a)
+        first = weakref.ref(pairs[0])
+        gc.freeze()  # as a walk of new objects does, with no await before they die
+        pairs.clear()
+        for turn in range(3):
+            young = _old_cycle()
+            await _until(lambda: young() is None, f"collector turn {turn + 1}")
+        assert (first() is None) is freed
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
