@@ -72,22 +72,9 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     a.set_defaults(func=_run_agent)
 
 
-def _host_ips() -> list:
-    """The node's addresses for the `host` identity, both families (which ones: agent/core/addresses.py)."""
-    from ipaddress import ip_address
-
-    from pyroute2 import IPRoute
-
-    from agent.core.addresses import host_addresses
-
-    with IPRoute() as ipr:
-        # AF_INET and AF_INET6; an IPv6 IFA_ADDRESS carries no zone, so ip_address takes it as is.
-        found = [ip_address(a.get_attr("IFA_ADDRESS")) for family in (2, 10) for a in ipr.get_addr(family=family)]
-    return host_addresses(found)
-
-
 def _run_agent(args: argparse.Namespace) -> int:
     from agent.adapters.kernel_datapath import KernelDatapath, node_has_ipv6
+    from agent.adapters.node_addresses import read_host_ips
     from agent.adapters.policy_compiler import PolicyFileLoader, make_compiler_factory
     from agent.adapters.envoy_proxy import XdsProxy
     from agent.daemon import AgentConfig, build_agent, serve
@@ -173,7 +160,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     params = RenderParams(upstream_mark=MARK_MAGIC_PROXY_ORIGIN, listen_address6="::" if node_has_ipv6(None) else None)
     proxy = XdsProxy(state_dir, spawn_envoy=not args.external_envoy, limits=limits, render_params=params)
     agent = build_agent(
-        config, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=datapath, proxy=proxy, host_ips=_host_ips,
+        config, compiler_factory=make_compiler_factory(), loader=PolicyFileLoader(), datapath=datapath, proxy=proxy, host_ips=read_host_ips,
         cluster=k8s_source_from_args(args), shared=shared, routing=routing, dns_proxy=dns_proxy,
     )
     try:
