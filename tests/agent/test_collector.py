@@ -193,6 +193,7 @@ async def test_frozen_objects_grown_by_a_quarter_bring_the_walk_of_everything_fo
     monkeypatch.setattr(collector, "SHARE", 1e9)
     monkeypatch.setattr(collector, "GROWTH", growth)
     monkeypatch.setattr(collector, "GROWTH_MIN", 100)
+    monkeypatch.setattr(collector, "COUNT_SHARE", 1e9)  # the frozen objects counted at every turn
     collector.configure()
     task = asyncio.create_task(collector.full_collections(lambda: False, interval=60.0, max_interval=960.0))
     try:
@@ -214,3 +215,21 @@ async def test_frozen_objects_grown_by_a_quarter_bring_the_walk_of_everything_fo
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_the_frozen_objects_are_counted_no_more_than_their_share_of_the_time(gc_settings, monkeypatch) -> None:
+    """Counting walks the frozen list: a large heap is counted less often."""
+    ticks = iter([0.0, 0.05])  # one count that took 50 ms
+
+    class _Perf:
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def perf_counter() -> float:
+            return next(ticks)
+
+    monkeypatch.setattr(collector, "time", _Perf)
+    monkeypatch.setattr(collector, "COUNT_SHARE", 0.005)
+    _, every = collector._count_frozen()
+    assert every == pytest.approx(10.0)
+
