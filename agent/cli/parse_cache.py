@@ -21,8 +21,9 @@ mode 0600, opened without following a symbolic link, through the
 directory's own descriptor (a directory swapped in after the check is not
 read). Anything else, or anything that fails to load, is a miss: the file is
 parsed as if there were no cache. Writes go to a temporary file renamed into
-place, so a reader never sees half an entry. At most MAX_ENTRIES are kept;
-the oldest go first.
+place, so a reader never sees half an entry. When a command that wrote
+entries ends, the cache is cut to half of MAX_ENTRIES once over it, the
+oldest first.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class ParseCache:
         self._fingerprint: bytes | None = None
         self._dir_fd: int | None = None
         self._opened = False
+        self._wrote = False
 
     def __call__(self, text: str, source: str, is_json: bool) -> LoadResult:
         fd = self._dir()
@@ -112,11 +114,15 @@ class ParseCache:
             return hit
         self.misses += 1
         result = self.parse(text, source, is_json)
-        self._write(fd, key, result)
+        self._wrote |= self._write(fd, key, result)
         return result
 
     def close(self) -> None:
+        """Prune once if anything was written (not at every write: a cold
+        load of a large directory would list the cache once per file)."""
         if self._dir_fd is not None:
+            if self._wrote:
+                self._prune(self._dir_fd)
             os.close(self._dir_fd)
             self._dir_fd = None
 
@@ -178,13 +184,14 @@ class ParseCache:
         return value if isinstance(value, LoadResult) else None
 
     @staticmethod
-    def _write(dir_fd: int, name: str, result: LoadResult) -> None:
+    def _write(dir_fd: int, name: str, result: LoadResult) -> bool:
+        """Whether the entry was written."""
         try:
             data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception:  # noqa: BLE001 - a result that does not pickle is just not kept
-            return
+            return False
         if len(data) > MAX_ENTRY_BYTES:
-            return
+            return False
         tmp = f".{name}.{os.getpid()}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
@@ -197,8 +204,8 @@ class ParseCache:
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
-            return
-        ParseCache._prune(dir_fd)
+            return False
+        return True
 
     @staticmethod
     def _prune(dir_fd: int) -> None:
