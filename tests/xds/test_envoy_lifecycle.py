@@ -97,6 +97,16 @@ async def test_a_change_after_a_listener_removal_does_not_wait_for_its_drain(env
     kept, removed = free_port(), free_port()
     await rig.publish(state({kept: (rule([CLIENT_IDENTITY], path="/a"),), removed: (rule([CLIENT_IDENTITY], path="/b"),)}))
     await rig.envoy.wait_ready()
+    # Both listeners active before one is removed: a listener removed while
+    # still warming (its routes not yet there, which a loaded machine can
+    # stretch past the LDS ACK) goes at once, with no drain to observe.
+    deadline = asyncio.get_running_loop().time() + 30
+    async with admin_client(rig.envoy.admin_socket) as admin:
+        while "listener_manager.total_listeners_active: 2" not in (
+            stats := (await admin.get("/stats", params={"filter": "total_listeners_active"})).text
+        ):
+            assert asyncio.get_running_loop().time() < deadline, stats
+            await asyncio.sleep(0.05)
     await rig.publish(state({kept: (rule([CLIENT_IDENTITY], path="/a"),)}), timeout=20)
     await rig.publish(state({kept: (rule([CLIENT_IDENTITY], path="/c"),)}), timeout=20)
     async with httpx.AsyncClient() as client:
