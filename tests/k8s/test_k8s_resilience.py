@@ -147,6 +147,17 @@ async def test_status_writes_are_coalesced_and_skipped_when_nothing_changed(rig)
     assert not [r for r in rig.kube.request_log() if r.method == "PATCH"]
 
 
+async def test_this_nodes_entry_replaced_by_another_writer_is_put_back(rig):
+    rig.create_cnp(cnp("p", app="server", from_app="client"))
+    agent, srv, cli = await _two_pods(rig)
+    await eventually(lambda: (rig.get_cnp("p").get("status") or {}).get("nodes", {}).get(NODE))
+    wrong = {"ok": False, "enforcing": False, "error": "written by someone else", "localPolicyRevision": 0}
+    rig.co.patch_namespaced_custom_object_status(
+        "cilium.io", "v2", "default", "ciliumnetworkpolicies", "p", {"status": {"nodes": {NODE: wrong}}})
+    entry = await eventually(lambda: (e := rig.get_cnp("p")["status"]["nodes"][NODE])["ok"] is True and e, timeout=10)
+    assert entry["enforcing"] is True and "error" not in entry
+
+
 async def test_status_already_on_the_object_is_not_rewritten_after_a_restart(rig, tmp_path):
     rig.create_cnp(cnp("p", app="server", from_app="client"))
     agent, srv, cli = await _two_pods(rig)

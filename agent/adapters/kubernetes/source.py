@@ -201,6 +201,7 @@ class KubernetesSource:
         store = self.objects[kind]
         removed: set[str] = set()
         parse: dict[str, dict[str, Any]] = {}
+        look_again = False  # the status writer: something its entries depend on changed
         for type_, obj in events:
             key = self.reflectors[kind].kind.key(obj)
             src = source_name(kind, obj)
@@ -216,14 +217,19 @@ class KubernetesSource:
             removed.discard(src)
             if prev is None or spec_of(prev) != spec_of(obj):
                 parse[src] = obj
+                look_again = True
+            elif _entry_inputs(prev) != _entry_inputs(obj) or (self._writer is not None and self._writer.undone(src, obj)):
+                look_again = True
         changed: dict[str, LoadedFile] = {}
         if parse:
             # Parsing a thousand objects after a relist takes a while: off the loop.
             changed = await asyncio.to_thread(lambda: {s: load_object(kind, o) for s, o in parse.items()})
         if (changed or removed) and self._events is not None:
             await self._events.policy_objects_changed(PolicyObjects(changed, frozenset(removed)))
-        if self._writer is not None:
-            self._writer.wake()  # new objects, or status-only writes that may undo ours
+        if self._writer is not None and look_again:
+            # Not on our own writes coming back: with a thousand objects each
+            # one started another pass over all of them.
+            self._writer.wake()
 
     async def _apply_namespaces(self, events: list[Event]) -> None:
         store = self.objects[KIND_NAMESPACE]
@@ -388,6 +394,12 @@ class KubernetesSource:
 
 def _labels(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
     return ((obj or {}).get("metadata") or {}).get("labels") or {}
+
+
+def _entry_inputs(obj: Mapping[str, Any]) -> tuple[Any, Any]:
+    """What of an object, besides its policy, this node's status entry repeats."""
+    meta = obj.get("metadata") or {}
+    return meta.get("annotations"), meta.get("generation")
 
 
 def _sa(obj: Mapping[str, Any] | None) -> str | None:
