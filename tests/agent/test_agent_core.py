@@ -266,6 +266,41 @@ async def test_map_full_is_reported_on_endpoint_and_policy(rig: Rig) -> None:
         await agent.stop()
 
 
+async def test_statuses_read_again_follow_every_kind_of_change(rig: Rig) -> None:
+    """Statuses are kept between reads while nothing changed (each scrape
+    and status write-back reads them): a read after any change shows it."""
+    agent = await started(rig)
+    try:
+        ids = await add_starwars(agent)
+        rig.write_policy("l4.json", [L4])
+        await settle(agent)
+        first = agent.policies()
+        assert agent.policies() is first, "nothing changed: the kept answer"
+        assert [s.state for s in first.policies] == ["enforced"]
+
+        rig.write_policy("l4.json", "not json")  # the book only: no regeneration
+        await agent.watcher.poll_once()
+        (st,) = agent.policies().policies
+        assert st.state == "error" and st.stale
+
+        rig.write_policy("l4.json", [L4])
+        await settle(agent)
+        (st,) = agent.policies().policies
+        assert st.state == "enforced" and not st.stale and st.endpoints == 1
+
+        agent.table.set_live(ids["deathstar"], state=EndpointState.NOT_READY)  # an endpoint's live state only
+        (st,) = agent.policies().policies
+        assert st.endpoints == 0
+
+        rig.datapath.map_capacity = 1  # a regeneration's outcome
+        agent.queue.mark(list(agent.table.ids()), reason="test")
+        await settle(agent)
+        (st,) = agent.policies().policies
+        assert st.state == "error" and st.errors[0].kind == "map-full"
+    finally:
+        await agent.stop()
+
+
 async def test_attach_failure_is_not_ready_and_others_proceed(rig: Rig) -> None:
     agent = await started(rig)
     try:
