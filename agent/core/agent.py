@@ -31,7 +31,6 @@ from agent.core.flow_enrich import FlowEnricher
 from agent.core.flow_pump import pump_flows
 from agent.core.flows import FlowHub
 from agent.core.map_pressure import conntrack_status, upstream_ports_status
-from agent.core.memo import Memo
 from agent.core.metrics import AgentMetrics
 from agent.core.models import (
     BpfPolicyDump,
@@ -45,7 +44,7 @@ from agent.core.models import (
     Status,
 )
 from agent.core.policy_book import PolicyBook
-from agent.core.policy_status import policy_statuses
+from agent.core.policy_reads import PolicyReads
 from agent.core.ports import (
     Changes,
     ClusterSource,
@@ -78,9 +77,7 @@ from agent.core.reports import (
 from agent.core.shutdown import stop_tasks
 from agent.core.state_store import StateStore
 from policy.compiled import HOST_ENDPOINT_ID, CompiledState
-from policy.features import rule_features
 from policy.host_rails import NAME as RAILS_NAME
-from policy.model import Policy
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +181,7 @@ class Agent:
         self._service_factories = tuple(services)
         self.services: list[Service] = []  # the started ones
         self._stopping = asyncio.Event()
-        self._statuses: Memo[PolicyList] = Memo()  # every scrape and status write-back reads them
-        self._features: Memo[dict[str, int]] = Memo()
+        self._policy_reads = PolicyReads(self.book, self.table, lambda: self.regenerator)
         self.started_at = 0.0
 
     # --- lifecycle -----------------------------------------------------------------
@@ -433,30 +429,7 @@ class Agent:
 
     def policies(self) -> PolicyList:
         """Every policy's status, computed from the current state (reads only)."""
-        regen = self.regenerator
-        errors = regen.compile_step.compile_errors if regen else {}
-        live = {i: lv for i in self.table.ids() if (lv := self.table.live(i)) is not None}
-
-        def compute() -> PolicyList:
-            statuses = policy_statuses(
-                self.book.in_force(),
-                self.book.problems(),
-                errors,
-                live,
-                regen.applied_revision if regen else 0,
-                self.book.shadowed(),
-                regen.last_state if regen else None,
-                applied=regen.applied_policies if regen else {},
-                service_notes=self.book.service_notes(),
-            )
-            return PolicyList(revision=regen.applied_revision if regen else 0, policies=statuses)
-
-        # The book hands out a new mapping after any change to it (problems,
-        # shadowing and Service notes included); a regeneration that applies
-        # replaces the compiled state and the applied policies; a live
-        # state is replaced, never changed in place.
-        same = (self.book.in_force(), regen.last_state if regen else None, regen.applied_policies if regen else None)
-        return self._statuses.get(same, (tuple(errors.items()), tuple(live.items())), compute)
+        return self._policy_reads.statuses()
 
     def policy_counts(self) -> dict[str, int]:
         """Policies by status, for the ciliate_policies gauge (read at scrape time)."""
@@ -464,9 +437,7 @@ class Agent:
 
     def rule_features(self) -> dict[str, int]:
         """Rules in force by the parts of the language they use, for ciliate_policy_rules."""
-        return self._features.get(
-            (self.book.in_force(),), (), lambda: rule_features([p for p in self.book.written() if isinstance(p, Policy)])
-        )
+        return self._policy_reads.features()
 
     def identity_counts(self) -> dict[str, int]:
         """Identities by type (reserved, endpoint, cidr), for the ciliate_identity gauge."""
