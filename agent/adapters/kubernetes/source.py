@@ -218,8 +218,12 @@ class KubernetesSource:
             if prev is None or spec_of(prev) != spec_of(obj):
                 parse[src] = obj
                 look_again = True
-            elif _entry_inputs(prev) != _entry_inputs(obj) or (self._writer is not None and self._writer.undone(src, obj)):
-                look_again = True
+            else:
+                # undone() first: it also forgets what was written, so the
+                # next pass compares with the object even when its
+                # annotations changed in the same event.
+                undone = self._writer is not None and self._writer.undone(src, obj)
+                look_again |= undone or _entry_inputs(prev) != _entry_inputs(obj)
         changed: dict[str, LoadedFile] = {}
         if parse:
             # Parsing a thousand objects after a relist takes a while: off the loop.
